@@ -1,0 +1,125 @@
+//! The arena index: any address to its span in O(1), without a lock (Go's `spanOf`).
+//!
+//! The heap is made of 64 MiB arenas, each reserved by one aligned `mmap`. Like Go on
+//! linux/amd64, the index has two levels:
+//!
+//! ```text
+//!   addr (48 bits):  | L1 index: 22 bits | page in arena: 13 bits | offset in page: 13 bits |
+//!                         addr >> 26          (addr >> 13) & 8191
+//!
+//!   L1: [AtomicPtr<ArenaMeta>; 1 << 22]   32 MiB, one MAP_NORESERVE mapping, touched lazily
+//!          |
+//!          v  (one per arena, mapped when the arena is reserved, never freed)
+//!   ArenaMeta { spans: [AtomicPtr<Span>; 8192] }     page -> span that covers it
+//!          |
+//!          v
+//!   Span (metadata from the span allocator, never unmapped)
+//! ```
+//!
+//! Writers hold the heap lock. An in-use span has every one of its pages pointing at it; a free
+//! page run has (at least) its first and last page pointing at its free `Span` (used to coalesce
+//! neighbours). Other entries may be stale: readers must check that the span they get is in use
+//! and actually covers the address. Entries are published with Release and read with Acquire, so a
+//! reader that sees a fresh entry sees the span fields written before it.
+
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+use crate::span::Span;
+use crate::{ARENA_SIZE, PAGE_SIZE, os};
+
+/// Bits of address the index covers (x86-64 and aarch64 user space with 4-level page tables).
+const ADDR_BITS: u32 = 48;
+/// log2 of [`ARENA_SIZE`].
+const ARENA_SHIFT: u32 = ARENA_SIZE.trailing_zeros();
+/// Entries in the first level.
+const L1_ENTRIES: usize = 1 << (ADDR_BITS - ARENA_SHIFT);
+/// Pages per arena (entries in the second level).
+pub(crate) const PAGES_PER_ARENA: usize = ARENA_SIZE / PAGE_SIZE;
+
+/// Per-arena metadata: the page → span map.
+struct ArenaMeta {
+    /// `spans[i]`: the span covering page `i` of the arena. Written under the heap lock with
+    /// Release, read anywhere with Acquire.
+    spans: [AtomicPtr<Span>; PAGES_PER_ARENA],
+}
+
+/// The first level, mapped on first use (under the heap lock); null until then.
+static L1: AtomicPtr<AtomicPtr<ArenaMeta>> = AtomicPtr::new(core::ptr::null_mut());
+
+#[inline]
+fn l1() -> Option<&'static [AtomicPtr<ArenaMeta>; L1_ENTRIES]> {
+    // Acquire: pairs with the Release store in `register_arena` that published the mapping.
+    let p = L1.load(Ordering::Acquire);
+    // SAFETY: a non-null L1 points at a live, never unmapped, zero-initialised mapping of
+    // L1_ENTRIES atomics (all-zero is a valid null AtomicPtr).
+    (!p.is_null()).then(|| unsafe { &*p.cast::<[AtomicPtr<ArenaMeta>; L1_ENTRIES]>() })
+}
+
+#[inline]
+fn meta_of(addr: usize) -> Option<&'static ArenaMeta> {
+    let i = addr >> ARENA_SHIFT;
+    let m = l1()?.get(i)?.load(Ordering::Acquire); // Acquire: pairs with `register_arena`.
+    // SAFETY: non-null entries point at ArenaMeta mappings that are never unmapped.
+    (!m.is_null()).then(|| unsafe { &*m })
+}
+
+/// The span recorded for the page holding `addr`, or null. The answer may be stale or belong to
+/// a recycled span: callers validate it (see the module docs).
+#[inline]
+pub(crate) fn span_of(addr: usize) -> *const Span {
+    match meta_of(addr) {
+        Some(m) => m.spans[(addr >> PAGE_SIZE.trailing_zeros()) & (PAGES_PER_ARENA - 1)]
+            .load(Ordering::Acquire) // Acquire: pairs with the Release in `set_span`.
+            .cast_const(),
+        None => core::ptr::null(),
+    }
+}
+
+/// Records `span` for the page holding `addr`. The caller holds the heap lock and the arena of
+/// `addr` is registered.
+#[inline]
+pub(crate) fn set_span(addr: usize, span: *const Span) {
+    if let Some(m) = meta_of(addr) {
+        // Release: pairs with the Acquire in `span_of`, publishing the span's fields.
+        m.spans[(addr >> PAGE_SIZE.trailing_zeros()) & (PAGES_PER_ARENA - 1)]
+            .store(span.cast_mut(), Ordering::Release);
+    }
+}
+
+/// Records `span` for every page of `[start, start + npages * PAGE_SIZE)`.
+pub(crate) fn set_span_range(start: usize, npages: usize, span: *const Span) {
+    for i in 0..npages {
+        set_span(start + i * PAGE_SIZE, span);
+    }
+}
+
+/// Makes the arena at `base` (ARENA_SIZE-aligned) indexable. Called with the heap lock held.
+/// Returns false when a mapping fails or the address is outside the indexed range.
+pub(crate) fn register_arena(base: usize) -> bool {
+    let l1 = match l1() {
+        Some(l1) => l1,
+        None => {
+            let Some(p) = os::map(L1_ENTRIES * size_of::<AtomicPtr<ArenaMeta>>()) else {
+                return false;
+            };
+            // Release: pairs with the Acquire in `l1`. Only the heap-lock holder stores here.
+            L1.store(p.as_ptr().cast(), Ordering::Release);
+            match l1() {
+                Some(l1) => l1,
+                None => return false,
+            }
+        }
+    };
+    let Some(slot) = l1.get(base >> ARENA_SHIFT) else {
+        return false;
+    };
+    if !slot.load(Ordering::Relaxed).is_null() {
+        return true;
+    }
+    let Some(m) = os::map(size_of::<ArenaMeta>()) else {
+        return false;
+    };
+    // Release: pairs with the Acquire in `meta_of`.
+    slot.store(m.as_ptr().cast(), Ordering::Release);
+    true
+}

@@ -1,0 +1,414 @@
+//! goro-alloc: Go's heap (mheap / mcentral / mcache) rebuilt in Rust, serving both the garbage
+//! collector (`Gc`-kind spans) and the whole process as its `#[global_allocator]`
+//! ([`GoroAlloc`]).
+//!
+//! # Vocabulary (Go's)
+//!
+//! - *page*: 8 KiB ([`PAGE_SIZE`]). *arena*: 64 MiB of address space reserved at once
+//!   ([`ARENA_SIZE`]).
+//! - *span* (`mspan`): a run of pages; in use it holds equal *slots* of one *size class*
+//!   ([`size_class`], 67 classes from 8 B to 32 KiB) or one *large* object (> 32 KiB).
+//! - *span class*: size class × kind, kind being [`SpanKind::Malloc`] (ordinary Rust heap
+//!   blocks) or [`SpanKind::Gc`] (collector objects). The kinds never share a span.
+//! - *mcache*: per-thread cache owning one current span per span class (`mcache.rs`).
+//! - *mcentral*: per span class, the unowned spans with free slots (`mcentral.rs`).
+//! - *mheap*: the page heap carving spans out of arenas and coalescing freed runs (`mheap.rs`).
+//! - *arena index*: the two-level map from any address to its span (`arena.rs`), which makes
+//!   [`find_block`] O(1) and lock-free for interior pointers.
+//!
+//! # Allocation, in order of cost
+//!
+//! 1. Small (`size <= 32 KiB`): size → class by table lookup; the thread cache pops its current
+//!    span's free list or bumps into never-used slots (no atomics, no lock).
+//! 2. The span is exhausted: collect frees other threads pushed on its remote stack; else trade
+//!    it for a span from the central list (a spin lock per span class); else carve a new span
+//!    from the page heap (one global spin lock).
+//! 3. Large: a span of its own straight from the page heap.
+//!
+//! Frees look the span up through the arena index: the owning thread pushes on the span's local
+//! list, any other thread on its lock-free remote stack (`mcentral.rs` argues why a span never
+//! gets lost or listed twice).
+//!
+//! ```text
+//!   address --arena index (L1[addr>>26] -> L2[page])--> Span { start, elem_size, nelems, ... }
+//!                                                             |
+//!   | slot 0 | slot 1 | ... | slot n-1 | tail |  <-----------+   index = (addr-start)*magic>>32
+//! ```
+//!
+//! # The Gc slot convention
+//!
+//! The collector (goro-gc) relies on this layout, and the allocator keeps it:
+//!
+//! - In a Gc-kind span the **last word** of every slot (`slot + elem_size - 8`) is the client's
+//!   *header word*. The allocator never reads or writes it, except that it is **0 in every free
+//!   slot**: the allocator zeroes all headers when it carves a Gc span (reused pages may be
+//!   dirty), and the client must zero the header before calling [`free_gc`].
+//! - The allocator's free-list link lives in word 0 of a free slot, so Gc slots are at least
+//!   16 bytes ([`gc_slot_size`]).
+//! - A large Gc object (> 32 KiB) has its own span with one slot: `elem_size` is the size rounded
+//!   up to 8 and the header is at `start + elem_size - 8`.
+//! - When `alloc_gc` is asked for an alignment above 8, the slot may come from a larger class than
+//!   `gc_slot_size(size)` (the first whose size is a multiple of the alignment); the true slot
+//!   size is `find_block(ptr).size` / [`GcSpan::elem_size`].
+//! - Mark bits: one per slot, kept in the span (16 words: at most 1024 slots), cleared when a span
+//!   is carved and by [`clear_marks`]. Malloc-kind spans have mark bits too (the collector may
+//!   use them for conservative scanning of non-GC blocks).
+//!
+//! # Re-entrance and thread exit
+//!
+//! Nothing here allocates through the global allocator, panics, or unwinds: locks are spin locks
+//! (`sync.rs`), metadata comes from `mmap`, out of memory returns null. A thread's cache is
+//! released by its thread-local destructor; later calls on that thread (from other destructors)
+//! use a shared cache under a lock.
+//!
+//! Left for later (see docs/alloc.md): returning memory to the OS (scavenger), `fork` handling,
+//! per-P caches, Go's radix-tree page allocator.
+
+pub mod size_class;
+
+mod arena;
+mod mcache;
+mod mcentral;
+mod mheap;
+mod os;
+mod span;
+mod stats;
+mod sync;
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::sync::atomic::Ordering;
+
+use size_class::{MAX_SMALL_SIZE, SizeClass};
+use span::{MAX_OBJECTS, STATE_LARGE, STATE_SMALL, Span};
+
+pub use stats::AllocStats;
+
+/// Bytes per page: the unit spans are made of.
+pub const PAGE_SIZE: usize = 8192;
+/// Bytes per arena: the unit of address space reserved from the OS.
+pub const ARENA_SIZE: usize = 64 << 20;
+
+/// Which allocator interface a span serves.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum SpanKind {
+    /// Ordinary heap blocks from [`GoroAlloc`] (Box, Vec, ...).
+    Malloc = 0,
+    /// Collector objects from [`alloc_gc`], following the Gc slot convention.
+    Gc = 1,
+}
+
+/// Ends the process with a grep-able message (Go's `throw`); never unwinds.
+#[cold]
+pub(crate) fn throw(msg: &str) -> ! {
+    os::write_stderr("fatal error: goro-alloc: ");
+    os::write_stderr(msg);
+    os::write_stderr("\n");
+    os::abort()
+}
+
+/// Allocates `size` bytes aligned to `align` (a power of two) in a span of `kind`.
+#[inline]
+fn malloc(size: usize, align: usize, kind: SpanKind) -> *mut u8 {
+    match SizeClass::for_size_align(size, align) {
+        Some(c) => mcache::alloc_small(c.index() * 2 + kind as usize),
+        None => alloc_large(size, align, kind),
+    }
+}
+
+/// A large object: its own span from the page heap. With `align > PAGE_SIZE` the span is
+/// over-allocated by `align - PAGE_SIZE` bytes and the object starts at the first aligned address.
+#[cold]
+fn alloc_large(size: usize, align: usize, kind: SpanKind) -> *mut u8 {
+    let Some(elem) = size.max(16).checked_next_multiple_of(8) else {
+        return core::ptr::null_mut();
+    };
+    let extra = align.saturating_sub(PAGE_SIZE);
+    let Some(npages) = elem.checked_add(extra).map(|b| b.div_ceil(PAGE_SIZE)) else {
+        return core::ptr::null_mut();
+    };
+    let Some(s) = mheap::alloc_span(npages) else {
+        return core::ptr::null_mut();
+    };
+    let start = s.start.load(Ordering::Relaxed);
+    let obj = start.next_multiple_of(align.max(8));
+    let gc = kind == SpanKind::Gc;
+    // Malloc objects may grow in place up to the end of the span; Gc objects keep the exact
+    // (8-rounded) size so the header word sits where the collector expects it.
+    let elem_size = if gc {
+        elem
+    } else {
+        start + npages * PAGE_SIZE - obj
+    };
+    s.init_large(obj, elem_size, gc);
+    mheap::publish(s, STATE_LARGE);
+    stats::MALLOCS.fetch_add(1, Ordering::Relaxed);
+    obj as *mut u8
+}
+
+/// Frees a block from `malloc`.
+///
+/// # Safety
+/// `p` must be a live block start returned by this allocator, freed once.
+unsafe fn free(p: *mut u8) {
+    let s = arena::span_of(p as usize);
+    if s.is_null() {
+        throw("free of a pointer that is not in the goro heap");
+    }
+    // SAFETY: span metadata is never unmapped.
+    let s: &'static Span = unsafe { &*s };
+    match s.state.load(Ordering::Acquire) {
+        // SAFETY: `p` is a live slot of `s` (caller's contract).
+        STATE_SMALL => unsafe { mcache::free_small(s, p) },
+        STATE_LARGE => {
+            if s.obj_base.load(Ordering::Relaxed) != p as usize {
+                throw("free of a pointer inside a large object");
+            }
+            stats::FREES.fetch_add(1, Ordering::Relaxed);
+            mheap::free_span(s);
+        }
+        _ => throw("free of a pointer in a free span (double free?)"),
+    }
+}
+
+/// The process's global allocator: `#[global_allocator] static A: GoroAlloc = GoroAlloc;`.
+///
+/// Never unwinds (out of memory returns null), never allocates through itself, and keeps working
+/// on a thread whose cache was already destroyed.
+pub struct GoroAlloc;
+
+// SAFETY: `malloc` returns null or a block of at least `size` bytes aligned to `align` that no
+// other live allocation overlaps; `free` accepts exactly such blocks; nothing unwinds.
+unsafe impl GlobalAlloc for GoroAlloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        malloc(layout.size(), layout.align(), SpanKind::Malloc)
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // SAFETY: GlobalAlloc's contract: `ptr` was allocated by us and is freed once.
+        unsafe { free(ptr) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = malloc(layout.size(), layout.align(), SpanKind::Malloc);
+        if !p.is_null() {
+            // SAFETY: `p` is a fresh block of at least `layout.size()` bytes.
+            unsafe { p.write_bytes(0, layout.size()) };
+        }
+        p
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let align = layout.align();
+        if let Some(b) = find_block(ptr as usize) {
+            let in_place = match SizeClass::for_size_align(new_size, align) {
+                Some(c) => b.size <= MAX_SMALL_SIZE && c.size() == b.size,
+                // Large stays in place while it fits and keeps at least half its pages busy.
+                None => b.size > MAX_SMALL_SIZE && new_size <= b.size && new_size * 2 > b.size,
+            };
+            if in_place && b.start == ptr {
+                return ptr;
+            }
+        }
+        let new = malloc(new_size, align, SpanKind::Malloc);
+        if !new.is_null() {
+            // SAFETY: both blocks are live, distinct, and at least `min(old, new)` bytes long.
+            unsafe { core::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size)) };
+            // SAFETY: GlobalAlloc's contract: `ptr` is ours and is not used after realloc.
+            unsafe { free(ptr) };
+        }
+        new
+    }
+}
+
+/// The slot that contains an address, as found by [`find_block`] (allocated or free).
+#[derive(Copy, Clone, Debug)]
+pub struct Block {
+    /// First byte of the slot.
+    pub start: *mut u8,
+    /// Slot size (`elem_size`).
+    pub size: usize,
+    /// Kind of the span holding the slot.
+    pub kind: SpanKind,
+    span: &'static Span,
+    index: usize,
+}
+
+impl Block {
+    /// Sets this slot's mark bit; true if it was clear.
+    #[inline]
+    pub fn mark(&self) -> bool {
+        let bit = 1u64 << (self.index % 64);
+        match self.span.marks.get(self.index / 64) {
+            // AcqRel: the bit is the collector's "grey" claim; pairs with other markers' RMWs.
+            Some(w) => w.fetch_or(bit, Ordering::AcqRel) & bit == 0,
+            None => false,
+        }
+    }
+
+    /// Whether this slot's mark bit is set.
+    #[inline]
+    pub fn is_marked(&self) -> bool {
+        // Acquire: pairs with the AcqRel in `mark`.
+        self.span
+            .marks
+            .get(self.index / 64)
+            .is_some_and(|w| w.load(Ordering::Acquire) & (1u64 << (self.index % 64)) != 0)
+    }
+}
+
+impl core::fmt::Debug for Span {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Span")
+            .field("start", &(self.start.load(Ordering::Relaxed) as *const u8))
+            .field("npages", &self.npages.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The slot containing `addr` (interior pointers too), in O(1) without a lock. `None` when `addr`
+/// is not inside a slot of an in-use span (free pages, tail waste, alignment padding of a large
+/// span, memory that is not goro's). Safe to call while other threads allocate and free; the
+/// answer may then be stale.
+#[inline]
+pub fn find_block(addr: usize) -> Option<Block> {
+    let s = arena::span_of(addr);
+    if s.is_null() {
+        return None;
+    }
+    // SAFETY: span metadata is never unmapped and made of atomics.
+    let s: &'static Span = unsafe { &*s };
+    let (start, size, index) = s.locate(addr)?;
+    debug_assert!(index < MAX_OBJECTS);
+    let kind = if s.is_gc() {
+        SpanKind::Gc
+    } else {
+        SpanKind::Malloc
+    };
+    Some(Block {
+        start: start as *mut u8,
+        size,
+        kind,
+        span: s,
+        index,
+    })
+}
+
+/// Whether `addr` lies inside a slot of the goro heap (`find_block(addr).is_some()`).
+#[inline]
+pub fn is_goro_heap(addr: usize) -> bool {
+    find_block(addr).is_some()
+}
+
+/// The slot size `alloc_gc(size, align <= 8)` returns: `max(size, 16)` rounded up to its size
+/// class, or above 32 KiB rounded up to 8.
+pub const fn gc_slot_size(size: usize) -> usize {
+    let s = if size < 16 { 16 } else { size };
+    match SizeClass::for_size(s) {
+        Some(c) => c.size(),
+        None => s.next_multiple_of(8),
+    }
+}
+
+/// Allocates a Gc-kind slot of at least `gc_slot_size(size)` bytes aligned to `align` (a power of
+/// two). Its header word (last word) is 0. Null when out of memory.
+#[inline]
+pub fn alloc_gc(size: usize, align: usize) -> *mut u8 {
+    if !align.is_power_of_two() {
+        return core::ptr::null_mut();
+    }
+    malloc(size.max(16), align, SpanKind::Gc)
+}
+
+/// Frees a Gc slot, from any thread.
+///
+/// # Safety
+/// May be called only with a slot start returned by [`alloc_gc`] that is not freed yet, whose
+/// header word the caller has set back to 0, and that nobody uses afterwards.
+pub unsafe fn free_gc(ptr: *mut u8) {
+    // SAFETY: caller's contract.
+    unsafe { free(ptr) }
+}
+
+/// Clears the mark bits of every in-use span (both kinds).
+pub fn clear_marks() {
+    mheap::for_each_span(|s| {
+        let st = s.state.load(Ordering::Acquire);
+        if st == STATE_SMALL || st == STATE_LARGE {
+            s.clear_marks();
+        }
+    });
+}
+
+/// An in-use Gc-kind span, as seen by [`for_each_gc_span`]. Its geometry is a snapshot; the slots'
+/// memory stays mapped forever, so a handle outliving the span is harmless.
+#[derive(Copy, Clone)]
+pub struct GcSpan {
+    span: &'static Span,
+    base: usize,
+    elem_size: usize,
+    len: usize,
+}
+
+impl GcSpan {
+    /// Address of slot 0.
+    pub fn base(&self) -> *mut u8 {
+        self.base as *mut u8
+    }
+    /// Slot size; a slot's header word is at `slot(i) + elem_size() - 8`.
+    pub fn elem_size(&self) -> usize {
+        self.elem_size
+    }
+    /// Number of slots (1 for a large object).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether the span has no slots (never true for an in-use span).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Address of slot `i` (not checked against `len`).
+    pub fn slot(&self, i: usize) -> *mut u8 {
+        self.base.wrapping_add(i.wrapping_mul(self.elem_size)) as *mut u8
+    }
+    /// Whether slot `i`'s mark bit is set (false when `i >= len`).
+    pub fn is_marked(&self, i: usize) -> bool {
+        // Acquire: pairs with the AcqRel in `Block::mark`.
+        i < self.len
+            && self
+                .span
+                .marks
+                .get(i / 64)
+                .is_some_and(|w| w.load(Ordering::Acquire) & (1u64 << (i % 64)) != 0)
+    }
+}
+
+/// Calls `f` on every in-use Gc-kind span (small and large). No lock is held while `f` runs, so
+/// `f` may allocate (even `alloc_gc`) and call `free_gc`; spans created during the walk may or may
+/// not be visited.
+pub fn for_each_gc_span(mut f: impl FnMut(GcSpan)) {
+    mheap::for_each_span(|s| {
+        // Acquire: pairs with the Release in `mheap::publish`.
+        let st = s.state.load(Ordering::Acquire);
+        if (st == STATE_SMALL || st == STATE_LARGE) && s.is_gc() {
+            let g = GcSpan {
+                span: s,
+                base: s.obj_base.load(Ordering::Relaxed),
+                elem_size: s.elem_size.load(Ordering::Relaxed),
+                len: s.nelems.load(Ordering::Relaxed).min(MAX_OBJECTS),
+            };
+            if g.elem_size != 0 {
+                f(g);
+            }
+        }
+    });
+}
+
+/// The heap's counters (a handful of relaxed loads).
+pub fn stats() -> AllocStats {
+    stats::snapshot()
+}
+
+#[cfg(test)]
+mod tests;

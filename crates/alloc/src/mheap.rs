@@ -1,0 +1,335 @@
+//! The page heap (Go's `mheap`): arenas, free page runs, span carving and coalescing, and the
+//! span-metadata allocator.
+//!
+//! Algorithm (all under the one heap lock):
+//!
+//! 1. `alloc_pages(n)`: take the smallest non-empty exact-size free list with at least `n` pages
+//!    (a `u128` bitmap of non-empty lists for runs of 1..=127 pages makes this one
+//!    `trailing_zeros`), else best fit in the unsorted list of runs of 128+ pages, else reserve
+//!    new arenas (64 MiB each, 64 MiB aligned) and retry. A bigger run is split: the front becomes
+//!    the span, the rest stays a free run.
+//! 2. The caller initialises the span outside the lock (state `CARVING` keeps neighbours from
+//!    coalescing with it) and publishes it (state `SMALL`/`LARGE`, Release).
+//! 3. `free_span(s)`: the run merges with a free run ending at its first page and one starting
+//!    right after its last page (found through the arena index, where a free run keeps its first
+//!    and last page entries pointing at it), then goes on its list.
+//!
+//! Span structs come from 1 MiB metadata chunks mapped on demand and are recycled through a free
+//! list, never unmapped, so a racing `find_block` always reads valid atomics. The chunks form an
+//! append-only list that `for_each_span` walks without the lock.
+//!
+//! Left for later (docs/alloc.md): Go's radix tree of page-bitmap summaries, the scavenger.
+
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+use crate::span::{STATE_FREE, STATE_LARGE, STATE_SMALL, STATE_UNUSED, Span};
+use crate::stats::{GC_SPANS_INUSE_BYTES, HEAP_INUSE, HEAP_SYS, SPANS_INUSE};
+use crate::sync::SpinLock;
+use crate::{ARENA_SIZE, PAGE_SIZE, arena, os};
+
+/// `state` of a span taken from the heap but not yet published.
+pub(crate) const STATE_CARVING: u8 = 4;
+
+/// Free runs of fewer pages than this sit on exact-size lists.
+const SMALL_RUNS: usize = 128;
+
+/// Span structs per metadata chunk.
+const CHUNK_SPANS: usize = 4000;
+
+/// A metadata chunk: a header and an array of span structs (zero bytes are valid unused spans).
+struct Chunk {
+    /// The previously mapped chunk (immutable after publication).
+    next: *mut Chunk,
+    /// Structs handed out from `spans` so far; written under the heap lock (Release), read by
+    /// walkers (Acquire).
+    used: AtomicUsize,
+    spans: [Span; CHUNK_SPANS],
+}
+
+/// Newest metadata chunk; the list is append-only at the head. Release on push, Acquire on walk.
+static CHUNKS: AtomicPtr<Chunk> = AtomicPtr::new(null_mut());
+
+/// Page-heap state guarded by [`HEAP`].
+struct Heap {
+    /// `free[n]`: runs of exactly `n` pages (n in 1..128), doubly linked through `next`/`prev`.
+    free: [*mut Span; SMALL_RUNS],
+    /// Bit n set iff `free[n]` is non-empty.
+    nonempty: u128,
+    /// Runs of `SMALL_RUNS` pages or more, unsorted.
+    large: *mut Span,
+    /// Recycled span structs, linked through `next`.
+    meta_free: *mut Span,
+}
+
+// SAFETY: the raw pointers point at never-freed span metadata; the struct is only touched under
+// the heap lock.
+unsafe impl Send for Heap {}
+
+static HEAP: SpinLock<Heap> = SpinLock::new(Heap {
+    free: [null_mut(); SMALL_RUNS],
+    nonempty: 0,
+    large: null_mut(),
+    meta_free: null_mut(),
+});
+
+#[inline]
+fn sp(p: *mut Span) -> &'static Span {
+    // SAFETY: every non-null span pointer the heap stores comes from a metadata chunk, which is
+    // never unmapped, and all fields are atomics.
+    unsafe { &*p }
+}
+
+impl Heap {
+    fn head(&mut self, npages: usize) -> &mut *mut Span {
+        if npages < SMALL_RUNS {
+            &mut self.free[npages]
+        } else {
+            &mut self.large
+        }
+    }
+
+    fn insert(&mut self, s: &'static Span) {
+        let n = s.npages.load(Ordering::Relaxed);
+        let head = self.head(n);
+        let old = *head;
+        s.next.store(old, Ordering::Relaxed);
+        s.prev.store(null_mut(), Ordering::Relaxed);
+        if !old.is_null() {
+            sp(old)
+                .prev
+                .store(s as *const Span as *mut Span, Ordering::Relaxed);
+        }
+        *head = s as *const Span as *mut Span;
+        if n < SMALL_RUNS {
+            self.nonempty |= 1 << n;
+        }
+    }
+
+    fn remove(&mut self, s: &'static Span) {
+        let n = s.npages.load(Ordering::Relaxed);
+        let next = s.next.load(Ordering::Relaxed);
+        let prev = s.prev.load(Ordering::Relaxed);
+        if !next.is_null() {
+            sp(next).prev.store(prev, Ordering::Relaxed);
+        }
+        if prev.is_null() {
+            *self.head(n) = next;
+        } else {
+            sp(prev).next.store(next, Ordering::Relaxed);
+        }
+        if n < SMALL_RUNS && self.free[n].is_null() {
+            self.nonempty &= !(1 << n);
+        }
+        s.next.store(null_mut(), Ordering::Relaxed);
+        s.prev.store(null_mut(), Ordering::Relaxed);
+    }
+
+    /// Smallest free run with at least `npages` pages.
+    fn find(&self, npages: usize) -> Option<&'static Span> {
+        if npages < SMALL_RUNS {
+            let mask = self.nonempty & (!0u128 << npages);
+            if mask != 0 {
+                let head = self.free[mask.trailing_zeros() as usize];
+                return (!head.is_null()).then(|| sp(head));
+            }
+        }
+        let mut best: Option<&'static Span> = None;
+        let mut p = self.large;
+        while !p.is_null() {
+            let s = sp(p);
+            let n = s.npages.load(Ordering::Relaxed);
+            if n >= npages && best.is_none_or(|b| n < b.npages.load(Ordering::Relaxed)) {
+                best = Some(s);
+            }
+            p = s.next.load(Ordering::Relaxed);
+        }
+        best
+    }
+
+    /// A span struct from the recycle list or a metadata chunk.
+    fn new_struct(&mut self) -> Option<&'static Span> {
+        if !self.meta_free.is_null() {
+            let s = sp(self.meta_free);
+            self.meta_free = s.next.load(Ordering::Relaxed);
+            s.next.store(null_mut(), Ordering::Relaxed);
+            return Some(s);
+        }
+        // Acquire: pairs with the Release store below (we hold the lock, so this is our own).
+        let mut c = CHUNKS.load(Ordering::Acquire);
+        // SAFETY: chunks are never unmapped; `used` is an atomic.
+        let full = c.is_null() || unsafe { (*c).used.load(Ordering::Relaxed) } >= CHUNK_SPANS;
+        if full {
+            let bytes = size_of::<Chunk>().next_multiple_of(4096);
+            let n = os::map(bytes)?.as_ptr().cast::<Chunk>();
+            // SAFETY: `n` is a fresh zeroed mapping big enough for a Chunk; zero is a valid
+            // value for every field (null pointer, zero atomics).
+            unsafe { (*n).next = c };
+            // Release: pairs with the Acquire in `for_each_span`, publishing `next`.
+            CHUNKS.store(n, Ordering::Release);
+            c = n;
+        }
+        // SAFETY: `c` is a live chunk (see above); only the heap-lock holder bumps `used`.
+        let chunk = unsafe { &*c };
+        let i = chunk.used.load(Ordering::Relaxed);
+        let s = chunk.spans.get(i)?;
+        // Release: pairs with the Acquire in `for_each_span`.
+        chunk.used.store(i + 1, Ordering::Release);
+        Some(s)
+    }
+
+    fn recycle_struct(&mut self, s: &'static Span) {
+        s.state.store(STATE_UNUSED, Ordering::Release);
+        s.elem_size.store(0, Ordering::Relaxed);
+        s.next.store(self.meta_free, Ordering::Relaxed);
+        self.meta_free = s as *const Span as *mut Span;
+    }
+
+    /// Marks `s` free, merges it with free neighbours, and lists it.
+    fn insert_free(&mut self, s: &'static Span) {
+        s.state.store(STATE_FREE, Ordering::Release);
+        s.elem_size.store(0, Ordering::Relaxed);
+        s.owner.store(0, Ordering::Relaxed);
+        let mut start = s.start.load(Ordering::Relaxed);
+        let mut npages = s.npages.load(Ordering::Relaxed);
+        // Coalesce with the run that ends at `start`.
+        let before = arena::span_of(start.wrapping_sub(PAGE_SIZE));
+        if !before.is_null() && !core::ptr::eq(before, s) {
+            let b = sp(before.cast_mut());
+            let bstart = b.start.load(Ordering::Relaxed);
+            let bn = b.npages.load(Ordering::Relaxed);
+            if b.state.load(Ordering::Relaxed) == STATE_FREE && bstart + bn * PAGE_SIZE == start {
+                self.remove(b);
+                self.recycle_struct(b);
+                start = bstart;
+                npages += bn;
+            }
+        }
+        // Coalesce with the run that starts right after us.
+        let end = start + npages * PAGE_SIZE;
+        let after = arena::span_of(end);
+        if !after.is_null() && !core::ptr::eq(after, s) {
+            let a = sp(after.cast_mut());
+            if a.state.load(Ordering::Relaxed) == STATE_FREE
+                && a.start.load(Ordering::Relaxed) == end
+            {
+                let an = a.npages.load(Ordering::Relaxed);
+                self.remove(a);
+                self.recycle_struct(a);
+                npages += an;
+            }
+        }
+        s.start.store(start, Ordering::Relaxed);
+        s.npages.store(npages, Ordering::Relaxed);
+        arena::set_span(start, s);
+        arena::set_span(start + (npages - 1) * PAGE_SIZE, s);
+        self.insert(s);
+    }
+
+    /// Reserves arenas for at least `npages` pages and adds them as a free run.
+    fn grow(&mut self, npages: usize) -> Option<()> {
+        let bytes = npages
+            .checked_mul(PAGE_SIZE)?
+            .checked_next_multiple_of(ARENA_SIZE)?;
+        let base = os::map_aligned(bytes, ARENA_SIZE)?.as_ptr() as usize;
+        for a in (base..base + bytes).step_by(ARENA_SIZE) {
+            if !arena::register_arena(a) {
+                return None;
+            }
+        }
+        let s = self.new_struct()?;
+        s.start.store(base, Ordering::Relaxed);
+        s.npages.store(bytes / PAGE_SIZE, Ordering::Relaxed);
+        HEAP_SYS.fetch_add(bytes, Ordering::Relaxed);
+        self.insert_free(s);
+        Some(())
+    }
+
+    /// Carves `npages` pages; the span comes back in state `CARVING`, every page indexed to it.
+    fn alloc_pages(&mut self, npages: usize) -> Option<&'static Span> {
+        let run = match self.find(npages) {
+            Some(r) => r,
+            None => {
+                self.grow(npages)?;
+                self.find(npages)?
+            }
+        };
+        self.remove(run);
+        let total = run.npages.load(Ordering::Relaxed);
+        let start = run.start.load(Ordering::Relaxed);
+        let s = if total == npages {
+            run
+        } else {
+            let s = match self.new_struct() {
+                Some(s) => s,
+                None => {
+                    self.insert(run);
+                    return None;
+                }
+            };
+            s.start.store(start, Ordering::Relaxed);
+            s.npages.store(npages, Ordering::Relaxed);
+            run.start
+                .store(start + npages * PAGE_SIZE, Ordering::Relaxed);
+            run.npages.store(total - npages, Ordering::Relaxed);
+            arena::set_span(start + npages * PAGE_SIZE, run);
+            self.insert(run);
+            s
+        };
+        s.state.store(STATE_CARVING, Ordering::Relaxed);
+        arena::set_span_range(start, npages, s);
+        HEAP_INUSE.fetch_add(npages * PAGE_SIZE, Ordering::Relaxed);
+        Some(s)
+    }
+}
+
+/// Takes `npages` pages from the heap as a span in state `CARVING` (not yet visible to
+/// `find_block`). `None` when out of memory.
+pub(crate) fn alloc_span(npages: usize) -> Option<&'static Span> {
+    if npages == 0 {
+        return None;
+    }
+    HEAP.lock().alloc_pages(npages)
+}
+
+/// Makes an initialised span visible as in use (`STATE_SMALL` or `STATE_LARGE`).
+pub(crate) fn publish(s: &Span, state: u8) {
+    SPANS_INUSE.fetch_add(1, Ordering::Relaxed);
+    if s.is_gc() {
+        GC_SPANS_INUSE_BYTES.fetch_add(s.bytes(), Ordering::Relaxed);
+    }
+    // Release: pairs with the Acquire in `Span::locate` and the walkers.
+    s.state.store(state, Ordering::Release);
+}
+
+/// Returns an in-use span's pages to the heap. The caller is the span's last user: nothing may
+/// allocate from or free into it any more.
+pub(crate) fn free_span(s: &'static Span) {
+    let mut h = HEAP.lock();
+    let state = s.state.load(Ordering::Relaxed);
+    if state == STATE_SMALL || state == STATE_LARGE {
+        SPANS_INUSE.fetch_sub(1, Ordering::Relaxed);
+        if s.is_gc() {
+            GC_SPANS_INUSE_BYTES.fetch_sub(s.bytes(), Ordering::Relaxed);
+        }
+    }
+    HEAP_INUSE.fetch_sub(s.bytes(), Ordering::Relaxed);
+    h.insert_free(s);
+}
+
+/// Calls `f` on every span struct ever handed out (any state), without holding a lock. Structs
+/// added during the walk may or may not be visited.
+pub(crate) fn for_each_span(mut f: impl FnMut(&'static Span)) {
+    // Acquire: pairs with the Release in `new_struct`.
+    let mut c = CHUNKS.load(Ordering::Acquire);
+    while !c.is_null() {
+        // SAFETY: chunks are never unmapped and `next` is immutable after publication.
+        let chunk = unsafe { &*c };
+        // Acquire: pairs with the Release in `new_struct`.
+        let used = chunk.used.load(Ordering::Acquire).min(CHUNK_SPANS);
+        for s in &chunk.spans[..used] {
+            f(s);
+        }
+        c = chunk.next;
+    }
+}

@@ -1,0 +1,313 @@
+//! Spans (Go's `mspan`): a run of whole 8 KiB pages, either free in the page heap or in use,
+//! carved into equal slots of one size class (small) or holding one large object.
+//!
+//! ```text
+//!   start (page aligned)                                              start + npages * 8 KiB
+//!   | slot 0 | slot 1 | slot 2 | ...                 | slot nelems-1 | tail waste |
+//!   ^obj_base = start (small)            find_block(tail waste) = None
+//!
+//!   Gc-kind slot:  | word 0: free-list link when free | ... | last word: client header (0 = free) |
+//!   Large span:    | (alignment padding) | obj_base: the object, elem_size bytes | rest |
+//! ```
+//!
+//! Allocation state of a small span (who may touch which field):
+//!
+//! - `free_head`, `bump`, `allocated` belong to the span's *owner*: the cache whose id is in
+//!   `owner`, or the holder of the central lock while the span is on a central list. They are
+//!   atomics only so that `Span` is `Sync`; they are read and written with Relaxed by one thread
+//!   at a time, ownership being handed over through the central lock or the `owner` CAS.
+//! - `remote` is the lock-free remote-free stack (Treiber push by any thread, `swap(0)` by the
+//!   owner). Its link is word 0 of the freed slot.
+//! - `owner` is the ownership word: a cache id (>= [`FIRST_CACHE_ID`]), [`OWNER_CENTRAL`],
+//!   [`OWNER_DETACHED`], or [`OWNER_NONE`]; see `mcentral` for the protocol.
+//! - Geometry fields (`start`, `npages`, `obj_base`, `elem_size`, `nelems`, `div_magic`, `spc`)
+//!   are written under the heap lock before `state` is published (Release) and are read lock-free
+//!   by `find_block` (Acquire on `state`, then Relaxed): a stale answer is possible, UB is not.
+//!
+//! Mark bits: one per slot, `marks[i / 64] >> (i % 64)`, at most 1024 slots per span.
+
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+use crate::PAGE_SIZE;
+use crate::size_class::SizeClass;
+
+/// Words of mark bits per span (1024 slots at most).
+pub(crate) const MARK_WORDS: usize = 16;
+/// Largest slot count a span may have.
+pub(crate) const MAX_OBJECTS: usize = MARK_WORDS * 64;
+
+/// `state`: struct unused (on the metadata free list or never handed out).
+pub(crate) const STATE_UNUSED: u8 = 0;
+/// `state`: a free page run in the page heap.
+pub(crate) const STATE_FREE: u8 = 1;
+/// `state`: an in-use span of small slots.
+pub(crate) const STATE_SMALL: u8 = 2;
+/// `state`: an in-use span holding one large object.
+pub(crate) const STATE_LARGE: u8 = 3;
+
+/// `owner`: not a small span in use (free, large, unused).
+pub(crate) const OWNER_NONE: usize = 0;
+/// `owner`: on its central list (or being pushed there by the winner of the detach CAS).
+pub(crate) const OWNER_CENTRAL: usize = 1;
+/// `owner`: released by its cache while full; the next remote free moves it to central.
+pub(crate) const OWNER_DETACHED: usize = 2;
+/// `owner` of spans held by the shared fallback cache (threads whose cache is gone).
+pub(crate) const GLOBAL_CACHE_ID: usize = 3;
+/// First id handed to a thread cache.
+pub(crate) const FIRST_CACHE_ID: usize = 16;
+
+/// Number of span classes: size class × {Malloc, Gc}.
+pub(crate) const NUM_SPAN_CLASSES: usize = crate::size_class::NUM_SIZE_CLASSES * 2;
+
+/// Span metadata. Lives in the span allocator (`mheap`), never unmapped, recycled.
+pub(crate) struct Span {
+    /// First page address. Heap lock.
+    pub(crate) start: AtomicUsize,
+    /// Pages in the span. Heap lock.
+    pub(crate) npages: AtomicUsize,
+    /// Address of slot 0 (start, or the aligned object of a large span). Heap lock.
+    pub(crate) obj_base: AtomicUsize,
+    /// Slot size; 0 while not in use. Heap lock.
+    pub(crate) elem_size: AtomicUsize,
+    /// Slot count. Heap lock.
+    pub(crate) nelems: AtomicUsize,
+    /// `SizeClass::div_magic` of a small span. Heap lock.
+    pub(crate) div_magic: AtomicU32,
+    /// `STATE_*`. Heap lock; Release on publish, Acquire in readers.
+    pub(crate) state: AtomicU8,
+    /// Span class (`size_class * 2 + kind`); kind bit also meaningful for large spans.
+    pub(crate) spc: AtomicU8,
+    /// Intrusive links: page-heap free lists and metadata free list (heap lock), central lists
+    /// (central lock).
+    pub(crate) next: AtomicPtr<Span>,
+    /// Back link for the page-heap free lists (heap lock).
+    pub(crate) prev: AtomicPtr<Span>,
+    /// Ownership word, see the module docs and `mcentral`.
+    pub(crate) owner: AtomicUsize,
+    /// Remote-free stack head (slot address, 0 = empty).
+    pub(crate) remote: AtomicUsize,
+    /// Owner-only local free list head (slot address, 0 = empty).
+    pub(crate) free_head: AtomicUsize,
+    /// Owner-only: slots `[bump, nelems)` were never handed out.
+    pub(crate) bump: AtomicUsize,
+    /// Owner-only: slots handed out and not yet seen freed by the owner.
+    pub(crate) allocated: AtomicUsize,
+    /// Mark bits, one per slot.
+    pub(crate) marks: [AtomicU64; MARK_WORDS],
+}
+
+impl Span {
+    /// Bytes covered by the span.
+    #[inline]
+    pub(crate) fn bytes(&self) -> usize {
+        self.npages.load(Ordering::Relaxed) * PAGE_SIZE
+    }
+
+    /// Whether the span holds Gc-kind slots.
+    #[inline]
+    pub(crate) fn is_gc(&self) -> bool {
+        self.spc.load(Ordering::Relaxed) & 1 == 1
+    }
+
+    /// Clears every mark bit.
+    pub(crate) fn clear_marks(&self) {
+        for w in &self.marks {
+            w.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Initialises a freshly carved small span of `class`. Heap lock held, struct not yet
+    /// published as in use.
+    pub(crate) fn init_small(&self, spc: usize, class: SizeClass, owner: usize) {
+        let start = self.start.load(Ordering::Relaxed);
+        self.obj_base.store(start, Ordering::Relaxed);
+        self.elem_size.store(class.size(), Ordering::Relaxed);
+        self.nelems
+            .store(class.objects_per_span(), Ordering::Relaxed);
+        self.div_magic.store(class.div_magic(), Ordering::Relaxed);
+        self.spc.store(spc as u8, Ordering::Relaxed);
+        self.reset_alloc_state(owner);
+        if spc & 1 == 1 {
+            // Gc convention: the header word (last word of every slot) is 0 in free slots. The
+            // pages may be dirty from an earlier span, so zero every header now.
+            let size = class.size();
+            for i in 0..class.objects_per_span() {
+                let hdr = (start + (i + 1) * size - 8) as *mut u64;
+                // SAFETY: the span's pages belong to the caller (carved under the heap lock, not
+                // yet published); `hdr` is an 8-aligned word inside slot i.
+                unsafe { hdr.write(0) };
+            }
+        }
+    }
+
+    /// Initialises a large span whose object starts at `obj_base` with `elem_size` bytes.
+    pub(crate) fn init_large(&self, obj_base: usize, elem_size: usize, gc: bool) {
+        self.obj_base.store(obj_base, Ordering::Relaxed);
+        self.elem_size.store(elem_size, Ordering::Relaxed);
+        self.nelems.store(1, Ordering::Relaxed);
+        self.div_magic.store(0, Ordering::Relaxed);
+        self.spc.store(gc as u8, Ordering::Relaxed);
+        self.reset_alloc_state(OWNER_NONE);
+        if gc {
+            // SAFETY: the object's last word lies inside the span's pages, which belong to the
+            // caller; `elem_size` is a multiple of 8 and obj_base is page aligned.
+            unsafe { ((obj_base + elem_size - 8) as *mut u64).write(0) };
+        }
+    }
+
+    fn reset_alloc_state(&self, owner: usize) {
+        self.owner.store(owner, Ordering::Relaxed);
+        self.remote.store(0, Ordering::Relaxed);
+        self.free_head.store(0, Ordering::Relaxed);
+        self.bump.store(0, Ordering::Relaxed);
+        self.allocated.store(0, Ordering::Relaxed);
+        self.next.store(core::ptr::null_mut(), Ordering::Relaxed);
+        self.clear_marks();
+    }
+
+    /// Pops a slot for the owner: local free list, else a never-used slot. Null when neither
+    /// has one. About 10 instructions and two branches on the free-list hit.
+    ///
+    /// # Safety
+    /// May be called only by the span's owner (see the module docs).
+    #[inline]
+    pub(crate) unsafe fn pop_local(&self) -> *mut u8 {
+        let head = self.free_head.load(Ordering::Relaxed);
+        if head != 0 {
+            // SAFETY: `head` is a free slot of this span on the owner's list; word 0 holds the
+            // link, written by the owner or published by the remote stack's Acquire swap.
+            let next = unsafe { (head as *const usize).read() };
+            self.free_head.store(next, Ordering::Relaxed);
+            self.allocated.store(
+                self.allocated.load(Ordering::Relaxed) + 1,
+                Ordering::Relaxed,
+            );
+            return head as *mut u8;
+        }
+        let b = self.bump.load(Ordering::Relaxed);
+        if b < self.nelems.load(Ordering::Relaxed) {
+            self.bump.store(b + 1, Ordering::Relaxed);
+            self.allocated.store(
+                self.allocated.load(Ordering::Relaxed) + 1,
+                Ordering::Relaxed,
+            );
+            return (self.obj_base.load(Ordering::Relaxed)
+                + b * self.elem_size.load(Ordering::Relaxed)) as *mut u8;
+        }
+        core::ptr::null_mut()
+    }
+
+    /// Whether the owner could pop a slot without collecting remote frees.
+    #[inline]
+    pub(crate) fn has_local_free(&self) -> bool {
+        self.free_head.load(Ordering::Relaxed) != 0
+            || self.bump.load(Ordering::Relaxed) < self.nelems.load(Ordering::Relaxed)
+    }
+
+    /// Owner free: pushes `p` on the local free list.
+    ///
+    /// # Safety
+    /// May be called only by the owner, with `p` an allocated slot start of this span.
+    #[inline]
+    pub(crate) unsafe fn push_local(&self, p: *mut u8) {
+        // SAFETY: the slot is ours now (being freed); word 0 becomes the link.
+        unsafe { (p as *mut usize).write(self.free_head.load(Ordering::Relaxed)) };
+        self.free_head.store(p as usize, Ordering::Relaxed);
+        self.allocated.store(
+            self.allocated.load(Ordering::Relaxed) - 1,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Any-thread free: pushes `p` on the remote-free stack (lock-free).
+    ///
+    /// # Safety
+    /// `p` must be an allocated slot start of this span, freed exactly once.
+    #[inline]
+    pub(crate) unsafe fn push_remote(&self, p: *mut u8) {
+        let mut head = self.remote.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: the slot is being freed by us; nobody else reads or writes it until the
+            // push below publishes it.
+            unsafe { (p as *mut usize).write(head) };
+            // SeqCst: Release publishes the link to the owner's Acquire swap in
+            // `collect_remote`; the SeqCst total order is the Dekker handshake with `release`
+            // in mcentral (see there).
+            match self.remote.compare_exchange_weak(
+                head,
+                p as usize,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(h) => head = h,
+            }
+        }
+    }
+
+    /// Owner: moves the remote-free stack onto the local free list. Returns how many slots moved.
+    ///
+    /// # Safety
+    /// May be called only by the owner.
+    pub(crate) unsafe fn collect_remote(&self) -> usize {
+        if self.remote.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        // Acquire: pairs with the Release part of the CAS in `push_remote` (the links).
+        let list = self.remote.swap(0, Ordering::Acquire);
+        let mut n = 0;
+        let mut last = list;
+        let mut p = list;
+        while p != 0 {
+            n += 1;
+            last = p;
+            // SAFETY: every node is a freed slot of this span pushed by `push_remote`, whose
+            // word 0 is the link (visible through the Acquire swap).
+            p = unsafe { (p as *const usize).read() };
+        }
+        if n > 0 {
+            // SAFETY: `last` is the list's last slot, now owned by us.
+            unsafe { (last as *mut usize).write(self.free_head.load(Ordering::Relaxed)) };
+            self.free_head.store(list, Ordering::Relaxed);
+            let a = self.allocated.load(Ordering::Relaxed);
+            self.allocated.store(a.saturating_sub(n), Ordering::Relaxed);
+        }
+        n
+    }
+
+    /// Slot index of `addr` if it lies inside one of this span's slots, validating everything
+    /// (the span may be stale). Returns `(slot start, slot size, index)`.
+    #[inline]
+    pub(crate) fn locate(&self, addr: usize) -> Option<(usize, usize, usize)> {
+        // Acquire: pairs with the Release store of `state` in mheap's publish.
+        let state = self.state.load(Ordering::Acquire);
+        if state != STATE_SMALL && state != STATE_LARGE {
+            return None;
+        }
+        let base = self.obj_base.load(Ordering::Relaxed);
+        let size = self.elem_size.load(Ordering::Relaxed);
+        let n = self.nelems.load(Ordering::Relaxed);
+        let start = self.start.load(Ordering::Relaxed);
+        let end = start.wrapping_add(self.bytes());
+        if addr < base || addr >= end || addr < start || size == 0 {
+            return None;
+        }
+        let off = addr - base;
+        let idx = if state == STATE_SMALL {
+            let magic = self.div_magic.load(Ordering::Relaxed) as u64;
+            if off >= n.wrapping_mul(size) {
+                return None;
+            }
+            ((off as u64).wrapping_mul(magic) >> 32) as usize
+        } else {
+            if off >= size {
+                return None;
+            }
+            0
+        };
+        if idx >= n || idx >= MAX_OBJECTS {
+            return None;
+        }
+        Some((base.wrapping_add(idx.wrapping_mul(size)), size, idx))
+    }
+}

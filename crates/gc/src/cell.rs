@@ -1,0 +1,249 @@
+//! `GcCell<T>`: interior mutability for the fields of collected objects.
+//!
+//! A `GcCell` is a `RefCell` whose borrow flag is atomic, so that a `Gc` to an object holding one
+//! can be shared between goroutines (`Gc<T>` needs `T: Sync` to cross threads). Conflicting
+//! borrows panic with the reason instead of blocking: a `GcCell` is not a lock, it is the place a
+//! store of a `Gc` into the heap goes through, so that the concurrent collector can put its write
+//! barrier there. With the stop-the-world collector of this version no barrier is needed: every
+//! mutator is stopped at a safe point while marking runs, and a value a mutator holds in a register
+//! while borrowing is spilled to its stack when it stops, where the conservative scan sees it.
+//! Goroutines that need mutual exclusion across blocking points use `goro::sync::Mutex` around
+//! the `Gc` instead.
+//!
+//! Flag states: 0 = unborrowed, `n > 0` = `n` shared borrows, `WRITING` = one mutable borrow.
+
+use crate::trace::{Trace, Tracer};
+use core::cell::UnsafeCell;
+use core::fmt;
+use core::ops::{Deref, DerefMut};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+const WRITING: usize = usize::MAX;
+
+/// A mutable memory location inside a collected object, with dynamically checked borrows.
+pub struct GcCell<T: ?Sized> {
+    flag: AtomicUsize,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the atomic flag serialises access exactly like `RwLock::try_*`: `&T` is shared between
+// threads only while no `&mut T` exists (needs `T: Sync`), and `&mut T` moves `T` access to
+// another thread (needs `T: Send`).
+unsafe impl<T: ?Sized + Send + Sync> Sync for GcCell<T> {}
+
+/// The error of [`GcCell::try_borrow`] and [`GcCell::try_borrow_mut`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BorrowError {
+    /// The cell is mutably borrowed.
+    MutablyBorrowed,
+    /// The cell is borrowed (shared), so it cannot be borrowed mutably.
+    Borrowed,
+}
+
+impl fmt::Display for BorrowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BorrowError::MutablyBorrowed => f.write_str("GcCell already mutably borrowed"),
+            BorrowError::Borrowed => f.write_str("GcCell already borrowed"),
+        }
+    }
+}
+
+impl std::error::Error for BorrowError {}
+
+impl<T> GcCell<T> {
+    /// A new cell holding `value`.
+    pub const fn new(value: T) -> GcCell<T> {
+        GcCell {
+            flag: AtomicUsize::new(0),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    /// Replaces the contents, returning the old value.
+    ///
+    /// # Panics
+    /// Panics if the cell is borrowed.
+    pub fn replace(&self, value: T) -> T {
+        core::mem::replace(&mut *self.borrow_mut(), value)
+    }
+
+    /// Stores `value`, dropping the old contents.
+    ///
+    /// # Panics
+    /// Panics if the cell is borrowed.
+    pub fn set(&self, value: T) {
+        drop(self.replace(value));
+    }
+
+    /// Consumes the cell, returning its contents.
+    pub fn into_inner(self) -> T {
+        self.value.into_inner()
+    }
+}
+
+impl<T: Copy> GcCell<T> {
+    /// A copy of the contents.
+    ///
+    /// # Panics
+    /// Panics if the cell is mutably borrowed.
+    pub fn get(&self) -> T {
+        *self.borrow()
+    }
+}
+
+impl<T: Default> GcCell<T> {
+    /// Takes the contents, leaving `T::default()`.
+    ///
+    /// # Panics
+    /// Panics if the cell is borrowed.
+    pub fn take(&self) -> T {
+        self.replace(T::default())
+    }
+}
+
+impl<T: ?Sized> GcCell<T> {
+    /// Borrows the contents immutably.
+    ///
+    /// # Panics
+    /// Panics with "GcCell already mutably borrowed" if a mutable borrow is live.
+    #[track_caller]
+    pub fn borrow(&self) -> GcRef<'_, T> {
+        match self.try_borrow() {
+            Ok(guard) => guard,
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    /// Borrows the contents immutably, or says why not.
+    pub fn try_borrow(&self) -> Result<GcRef<'_, T>, BorrowError> {
+        let mut flag = self.flag.load(Ordering::Relaxed);
+        loop {
+            if flag >= WRITING - 1 {
+                return Err(BorrowError::MutablyBorrowed);
+            }
+            // Acquire: pairs with the Release in `GcRefMut::drop`, so the writer's stores are
+            // visible to this reader.
+            match self.flag.compare_exchange_weak(
+                flag,
+                flag + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(GcRef { cell: self }),
+                Err(current) => flag = current,
+            }
+        }
+    }
+
+    /// Borrows the contents mutably.
+    ///
+    /// # Panics
+    /// Panics with "GcCell already borrowed" (or "already mutably borrowed") if any borrow is live.
+    #[track_caller]
+    pub fn borrow_mut(&self) -> GcRefMut<'_, T> {
+        match self.try_borrow_mut() {
+            Ok(guard) => guard,
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    /// Borrows the contents mutably, or says why not.
+    pub fn try_borrow_mut(&self) -> Result<GcRefMut<'_, T>, BorrowError> {
+        // Acquire: pairs with the Release in both guards' drops, so earlier accesses happen before.
+        match self
+            .flag
+            .compare_exchange(0, WRITING, Ordering::Acquire, Ordering::Relaxed)
+        {
+            Ok(_) => Ok(GcRefMut { cell: self }),
+            Err(WRITING) => Err(BorrowError::MutablyBorrowed),
+            Err(_) => Err(BorrowError::Borrowed),
+        }
+    }
+}
+
+impl<T: Default> Default for GcCell<T> {
+    fn default() -> Self {
+        GcCell::new(T::default())
+    }
+}
+
+impl<T: ?Sized + fmt::Debug> fmt::Debug for GcCell<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.try_borrow() {
+            Ok(value) => f.debug_struct("GcCell").field("value", &&*value).finish(),
+            Err(_) => f.write_str("GcCell { <mutably borrowed> }"),
+        }
+    }
+}
+
+// SAFETY: the contents are traced. The collector runs only while every mutator is stopped at a
+// safe point, so no borrow is being written through while `trace` reads the value (see the module
+// docs for values held in registers).
+unsafe impl<T: Trace + ?Sized> Trace for GcCell<T> {
+    fn trace(&self, tracer: &mut Tracer) {
+        // SAFETY: as above: every mutator is stopped, so reading cannot race with a write.
+        unsafe { (*self.value.get()).trace(tracer) }
+    }
+}
+
+impl<T: ?Sized + fmt::Debug> fmt::Debug for GcRef<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl<T: ?Sized + fmt::Debug> fmt::Debug for GcRefMut<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+/// A shared borrow of a [`GcCell`].
+pub struct GcRef<'a, T: ?Sized> {
+    cell: &'a GcCell<T>,
+}
+
+impl<T: ?Sized> Deref for GcRef<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        // SAFETY: the flag counts this shared borrow, so no `&mut T` exists.
+        unsafe { &*self.cell.value.get() }
+    }
+}
+
+impl<T: ?Sized> Drop for GcRef<'_, T> {
+    fn drop(&mut self) {
+        // Release: pairs with the Acquire in `try_borrow_mut`.
+        self.cell.flag.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// A mutable borrow of a [`GcCell`].
+pub struct GcRefMut<'a, T: ?Sized> {
+    cell: &'a GcCell<T>,
+}
+
+impl<T: ?Sized> Deref for GcRefMut<'_, T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        // SAFETY: the flag is WRITING and this guard owns it.
+        unsafe { &*self.cell.value.get() }
+    }
+}
+
+impl<T: ?Sized> DerefMut for GcRefMut<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the flag is WRITING and this guard owns it: no other borrow exists.
+        unsafe { &mut *self.cell.value.get() }
+    }
+}
+
+impl<T: ?Sized> Drop for GcRefMut<'_, T> {
+    fn drop(&mut self) {
+        // Release: pairs with the Acquire in `try_borrow` / `try_borrow_mut`.
+        self.cell.flag.store(0, Ordering::Release);
+    }
+}

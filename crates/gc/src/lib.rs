@@ -1,0 +1,74 @@
+//! goro-gc: `Gc<T>` objects and the collector that reclaims them.
+//!
+//! Vocabulary (Go's `mgc.go`): an *object* is a value behind a `Gc<T>`, living in a slot of a
+//! Gc-kind span of goro-alloc; a *root* is memory outside the collected heap that may hold pointers
+//! to objects (goroutine stacks and their saved registers, the scheduler's G structs, blocks of the
+//! malloc heap reachable from those); *marking* finds every object reachable from the roots;
+//! *sweeping* drops and frees every object that marking did not reach.
+//!
+//! This version is a stop-the-world mark-sweep collector:
+//!
+//! 1. A cycle starts when the Gc heap has grown by GOGC percent over what the last cycle found live
+//!    (see [`pacer`]), or on [`collect`].
+//! 2. The [`Mutators`] implementation (the `goro` facade, joining the collector to the scheduler)
+//!    stops every goroutine at a safe point and runs the cycle on the system stack of one M.
+//! 3. Mark bits of every span are cleared; the roots are scanned *conservatively*: every aligned word
+//!    that resolves, through goro-alloc's arena index, to an allocated slot marks it. A Gc object
+//!    found this way is traced *precisely* through its [`Trace`] impl; a malloc block is scanned
+//!    conservatively in turn (it may be a `Box`, a `Vec` buffer or a channel's queue holding `Gc`s),
+//!    but it is never freed by the collector.
+//! 4. Sweeping walks every Gc span and drops each allocated object whose mark bit is clear.
+//! 5. The world restarts; the pacer sets the next goal.
+//!
+//! The concurrent collector (tri-color marking with the hybrid barrier, assists, background
+//! workers) replaces steps 2-4 in a later issue; the interfaces here ([`Mutators`], [`Trace`],
+//! [`GcCell`]) are the ones it keeps.
+//!
+//! Object layout (the slot convention of goro-alloc: the last word of a Gc slot is ours):
+//!
+//! ```text
+//!  slot start = Gc<T> pointer                                   slot + elem_size
+//!  |                                                            |
+//!  v                                                            v
+//!  +---------------------------+---------------+----------------+
+//!  | T (at offset 0)           | padding       | header word    |
+//!  +---------------------------+---------------+----------------+
+//!                                               &'static VTable | IMMORTAL bit, 0 = free slot
+//! ```
+//!
+//! The header sits at the *end* so that a pointer one past the end of `T` (an exhausted slice
+//! iterator over an array field, say) still resolves to the same slot.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod cell;
+mod collector;
+mod object;
+pub mod pacer;
+mod ptr;
+mod roots;
+mod stats;
+mod trace;
+
+pub use cell::{BorrowError, GcCell, GcRef, GcRefMut};
+pub use collector::{collect, keep_alive, retire};
+pub use pacer::{set_memory_limit, set_percent};
+pub use ptr::Gc;
+pub use roots::{MutatorThread, Mutators, RootVisitor, install, uninstall};
+pub use stats::{GcStats, set_trace, stats};
+pub use trace::{Trace, Tracer};
+
+#[doc(hidden)]
+pub mod __private {
+    /// Implemented by `#[derive(Trace)]` for every traced type, and blanket-implemented for every
+    /// type with a `Drop` impl: a traced type with a user `Drop` therefore fails to compile with
+    /// "conflicting implementations of trait `NoUserDrop`". The drop glue of a collected object
+    /// runs while sweeping, when the objects it points to may already be freed; use
+    /// `goro::gc::add_cleanup` for clean-up work instead.
+    pub trait NoUserDrop {}
+    #[allow(
+        drop_bounds,
+        reason = "the bound is the point: it detects user Drop impls"
+    )]
+    impl<T: ?Sized + Drop> NoUserDrop for T {}
+}

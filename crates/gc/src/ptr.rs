@@ -1,0 +1,143 @@
+//! `Gc<T>`: a copyable pointer to a collected object.
+
+use crate::collector;
+use crate::object::{Layout, header_of};
+use crate::trace::Trace;
+use core::fmt;
+use core::hash::{Hash, Hasher};
+use core::ops::Deref;
+use core::ptr::NonNull;
+
+/// A pointer to a `T` in the collected heap: Go's `*T`.
+///
+/// `Gc<T>` is `Copy`: copies are free and need no bookkeeping. The object lives as long as any
+/// `Gc` to it is reachable from a goroutine (its stack, its registers, a `Box` or `Vec` it owns, a
+/// field of another reachable object); after that the collector drops it. Objects are immutable
+/// through a `Gc` except through [`GcCell`](crate::GcCell) fields.
+///
+/// `Gc::new` may only be called on a goroutine (or a goro scheduler thread): the collector must be
+/// able to find the new pointer, and it scans only what the runtime owns.
+pub struct Gc<T: ?Sized> {
+    ptr: NonNull<T>,
+}
+
+// SAFETY: sharing a `Gc<T>` across threads shares `&T` (hence `T: Sync`) and lets another thread
+// be the last to reach it, so that the sweeper drops it elsewhere (hence `T: Send`).
+unsafe impl<T: ?Sized + Send + Sync> Send for Gc<T> {}
+// SAFETY: as above.
+unsafe impl<T: ?Sized + Send + Sync> Sync for Gc<T> {}
+
+impl<T: Trace + Send + 'static> Gc<T> {
+    /// Moves `value` into the collected heap.
+    ///
+    /// This is a safe point: if a collection is due, it runs here first.
+    ///
+    /// # Panics
+    /// Panics when called outside a goro runtime, or on a thread goro did not start.
+    #[inline]
+    pub fn new(value: T) -> Gc<T> {
+        let slot = collector::allocate(Layout::<T>::REQUEST, Layout::<T>::ALIGN, Layout::<T>::SLOT);
+        // Over-aligned types may get a larger class than `gc_slot_size` says (the first class
+        // whose size is a multiple of the alignment); the header sits at the real slot's end.
+        let slot_size = if Layout::<T>::ALIGN > 8 {
+            goro_alloc::find_block(slot as usize).map_or(Layout::<T>::SLOT, |block| block.size)
+        } else {
+            Layout::<T>::SLOT
+        };
+        // SAFETY: `slot` is a fresh, exclusively owned slot of `slot_size` bytes, aligned for
+        // `T`, and its last word (the header) lies past `size_of::<T>()` within it.
+        unsafe {
+            slot.cast::<T>().write(value);
+            let vtable: &'static crate::object::VTable = &Layout::<T>::VTABLE;
+            header_of(slot, slot_size).write(vtable as *const _ as usize);
+            collector::allocated_black(slot);
+            Gc {
+                ptr: NonNull::new_unchecked(slot.cast::<T>()),
+            }
+        }
+    }
+}
+
+impl<T: ?Sized> Gc<T> {
+    /// Whether two `Gc`s point to the same object (Go's `p == q`).
+    #[inline]
+    pub fn ptr_eq(this: &Gc<T>, other: &Gc<T>) -> bool {
+        core::ptr::addr_eq(this.ptr.as_ptr(), other.ptr.as_ptr())
+    }
+
+    /// The address of the object.
+    #[inline]
+    pub fn as_ptr(&self) -> *const T {
+        self.ptr.as_ptr()
+    }
+}
+
+impl<T: ?Sized> Clone for Gc<T> {
+    #[inline]
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T: ?Sized> Copy for Gc<T> {}
+
+impl<T: ?Sized> Deref for Gc<T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: a `Gc` only comes from `Gc::new`, and the collector keeps every object that a
+        // mutator can still reach (docs/soundness.md argues each route); `self` is such a route.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl<T: ?Sized> AsRef<T> for Gc<T> {
+    fn as_ref(&self) -> &T {
+        self
+    }
+}
+
+impl<T: ?Sized + fmt::Debug> fmt::Debug for Gc<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl<T: ?Sized + fmt::Display> fmt::Display for Gc<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl<T: ?Sized> fmt::Pointer for Gc<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Pointer::fmt(&self.ptr, f)
+    }
+}
+
+impl<T: ?Sized + PartialEq> PartialEq for Gc<T> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl<T: ?Sized + Eq> Eq for Gc<T> {}
+
+impl<T: ?Sized + PartialOrd> PartialOrd for Gc<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        (**self).partial_cmp(&**other)
+    }
+}
+
+impl<T: ?Sized + Ord> Ord for Gc<T> {
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        (**self).cmp(&**other)
+    }
+}
+
+impl<T: ?Sized + Hash> Hash for Gc<T> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (**self).hash(state);
+    }
+}

@@ -1,0 +1,290 @@
+//! Mark-sweep on hand-built graphs, with a fake `Mutators` whose only roots are a word array.
+
+use goro_derive::Trace;
+use goro_gc::{Gc, GcCell, MutatorThread, Mutators, RootVisitor, Trace, Tracer};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// Root words the fake reports; the test writes object addresses here.
+struct Roots([AtomicUsize; 16]);
+
+static ROOTS: Roots = Roots([const { AtomicUsize::new(0) }; 16]);
+static DROPS: AtomicUsize = AtomicUsize::new(0);
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Fake;
+
+// SAFETY: the test thread is the only mutator; it calls the collector itself, so it is stopped
+// while the cycle runs, and the only roots it relies on are the words of `ROOTS`.
+unsafe impl Mutators for Fake {
+    fn stop_the_world(&self, cycle: &mut dyn FnMut()) {
+        cycle();
+    }
+    fn roots(&self, visitor: &mut RootVisitor<'_>) {
+        let lo = ROOTS.0.as_ptr().cast::<u8>();
+        // SAFETY: a static array, readable for the whole program.
+        unsafe { visitor.range(lo, lo.add(size_of_val(&ROOTS.0))) };
+    }
+    fn safe_point(&self) {}
+    fn procs(&self) -> usize {
+        1
+    }
+}
+
+static FAKE: Fake = Fake;
+
+/// Counts drops of the object that holds it.
+struct DropCounter;
+
+impl Drop for DropCounter {
+    fn drop(&mut self) {
+        DROPS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+// SAFETY: owns no Gc; its drop touches only a static counter.
+unsafe impl Trace for DropCounter {
+    fn trace(&self, _: &mut Tracer) {}
+}
+
+#[derive(Trace)]
+#[trace(crate = "goro_gc")]
+struct Node {
+    value: u64,
+    next: GcCell<Option<Gc<Node>>>,
+    children: Vec<Gc<Node>>,
+    counter: DropCounter,
+}
+
+fn node(value: u64) -> Gc<Node> {
+    Gc::new(Node {
+        value,
+        next: GcCell::new(None),
+        children: Vec::new(),
+        counter: DropCounter,
+    })
+}
+
+/// Serialises the tests (one installed `Mutators` per process) and registers the thread.
+fn setup() -> (MutexGuard<'static, ()>, MutatorThread) {
+    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    goro_gc::uninstall();
+    goro_gc::install(&FAKE);
+    for root in &ROOTS.0 {
+        root.store(0, Ordering::SeqCst);
+    }
+    let thread = MutatorThread::register();
+    // Start from a clean slate: collect whatever earlier tests left unrooted.
+    goro_gc::collect();
+    DROPS.store(0, Ordering::SeqCst);
+    (guard, thread)
+}
+
+fn root(index: usize, gc: Gc<Node>) {
+    ROOTS.0[index].store(gc.as_ptr() as usize, Ordering::SeqCst);
+}
+
+#[test]
+fn unreachable_objects_are_dropped_and_reachable_ones_kept() {
+    let (_serial, _thread) = setup();
+    // a -> b -> c (through a GcCell), a.children = [g]; d <-> e a cycle; f alone.
+    let a = node(1);
+    let b = node(2);
+    let c = node(3);
+    a.next.set(Some(b));
+    b.next.set(Some(c));
+    let g = Gc::new(Node {
+        value: 7,
+        next: GcCell::new(None),
+        children: Vec::new(),
+        counter: DropCounter,
+    });
+    let a = Gc::new(Node {
+        value: a.value,
+        next: GcCell::new(a.next.get()),
+        children: vec![g],
+        counter: DropCounter,
+    });
+    let d = node(4);
+    let e = node(5);
+    d.next.set(Some(e));
+    e.next.set(Some(d));
+    let _f = node(6);
+    root(0, a);
+    let before = goro_gc::stats().cycles;
+    goro_gc::collect();
+    // The first `a` (value 1, no longer rooted), d, e and f are gone: 4 drops.
+    assert_eq!(DROPS.load(Ordering::SeqCst), 4);
+    assert_eq!(goro_gc::stats().cycles, before + 1);
+    let b = a.next.get().unwrap();
+    let c = b.next.get().unwrap();
+    assert_eq!(
+        (a.value, b.value, c.value, a.children[0].value),
+        (1, 2, 3, 7)
+    );
+    assert!(c.next.get().is_none());
+
+    ROOTS.0[0].store(0, Ordering::SeqCst);
+    goro_gc::collect();
+    assert_eq!(DROPS.load(Ordering::SeqCst), 8);
+}
+
+#[test]
+fn an_interior_pointer_keeps_its_object() {
+    let (_serial, _thread) = setup();
+    let a = node(11);
+    let field = &a.value as *const u64 as usize;
+    ROOTS.0[1].store(field + 4, Ordering::SeqCst);
+    goro_gc::collect();
+    assert_eq!(DROPS.load(Ordering::SeqCst), 0);
+    assert_eq!(a.value, 11);
+    // One past the end of the value still lands in the slot (the header is at the end).
+    ROOTS.0[1].store(
+        a.as_ptr() as usize + std::mem::size_of::<Node>(),
+        Ordering::SeqCst,
+    );
+    goro_gc::collect();
+    assert_eq!(DROPS.load(Ordering::SeqCst), 0);
+    ROOTS.0[1].store(0, Ordering::SeqCst);
+    goro_gc::collect();
+    assert_eq!(DROPS.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_long_chain_is_marked_without_recursion_and_freed() {
+    let (_serial, _thread) = setup();
+    let head = node(0);
+    // Rooted before the chain grows: building it triggers cycles on its own.
+    root(2, head);
+    let mut tail = head;
+    for i in 1..200_000 {
+        let next = node(i);
+        tail.next.set(Some(next));
+        tail = next;
+    }
+    goro_gc::collect();
+    assert_eq!(DROPS.load(Ordering::SeqCst), 0);
+    let mut sum = 0;
+    let mut at = Some(head);
+    while let Some(n) = at {
+        sum += n.value;
+        at = n.next.get();
+    }
+    assert_eq!(sum, 199_999 * 200_000 / 2);
+    let live = goro_gc::stats().heap_live;
+    assert!(
+        live >= 200_000 * std::mem::size_of::<Node>(),
+        "heap_live {live}"
+    );
+    ROOTS.0[2].store(0, Ordering::SeqCst);
+    goro_gc::collect();
+    assert_eq!(DROPS.load(Ordering::SeqCst), 200_000);
+    assert!(goro_gc::stats().heap_live < live / 100);
+}
+
+#[test]
+fn large_objects_are_collected() {
+    let (_serial, _thread) = setup();
+    #[derive(Trace)]
+    #[trace(crate = "goro_gc")]
+    struct Big {
+        bytes: [u8; 100_000],
+        counter: DropCounter,
+    }
+    let kept = Gc::new(Big {
+        bytes: [7; 100_000],
+        counter: DropCounter,
+    });
+    for _ in 0..10 {
+        Gc::new(Big {
+            bytes: [1; 100_000],
+            counter: DropCounter,
+        });
+    }
+    ROOTS.0[3].store(kept.as_ptr() as usize, Ordering::SeqCst);
+    goro_gc::collect();
+    assert_eq!(DROPS.load(Ordering::SeqCst), 10);
+    assert!(kept.bytes.iter().all(|&b| b == 7));
+}
+
+#[test]
+fn retired_objects_are_never_freed() {
+    let (_serial, _thread) = setup();
+    let kept = node(21);
+    let _lost = node(22);
+    let word = kept.as_ptr() as usize;
+    goro_gc::retire(&mut |visitor: &mut RootVisitor<'_>| {
+        let lo = (&word as *const usize).cast::<u8>();
+        // SAFETY: a local that outlives the call.
+        unsafe { visitor.range(lo, lo.add(8)) };
+    });
+    assert_eq!(DROPS.load(Ordering::SeqCst), 1);
+    // No root refers to `kept` any more, yet it survives: it outlived its runtime.
+    goro_gc::collect();
+    goro_gc::collect();
+    assert_eq!(DROPS.load(Ordering::SeqCst), 1);
+    assert_eq!(kept.value, 21);
+}
+
+#[test]
+fn allocation_triggers_collection_by_gogc() {
+    let (_serial, _thread) = setup();
+    let before = goro_gc::stats().cycles;
+    for i in 0..400_000 {
+        node(i);
+    }
+    let after = goro_gc::stats();
+    // 400k nodes of ~64 bytes = ~25 MiB allocated against a 4 MiB minimum goal.
+    assert!(
+        after.cycles >= before + 3,
+        "only {} cycles",
+        after.cycles - before
+    );
+    assert!(
+        after.heap_alloc < 8 << 20,
+        "heap_alloc {}",
+        after.heap_alloc
+    );
+}
+
+#[test]
+fn gc_cell_borrow_errors_say_why() {
+    let (_serial, _thread) = setup();
+    let cell = GcCell::new(5);
+    let shared = cell.borrow();
+    assert_eq!(
+        cell.try_borrow_mut().unwrap_err().to_string(),
+        "GcCell already borrowed"
+    );
+    drop(shared);
+    let exclusive = cell.borrow_mut();
+    assert_eq!(
+        cell.try_borrow().unwrap_err().to_string(),
+        "GcCell already mutably borrowed"
+    );
+    drop(exclusive);
+    assert_eq!(cell.get(), 5);
+}
+
+#[test]
+fn gc_new_on_an_unregistered_thread_panics_with_the_reason() {
+    let (_serial, thread) = setup();
+    let message = std::thread::spawn(|| {
+        let error = std::panic::catch_unwind(|| Gc::new(1u32)).unwrap_err();
+        error.downcast_ref::<&str>().map(|s| s.to_string()).unwrap()
+    })
+    .join()
+    .unwrap();
+    assert!(
+        message.starts_with("Gc::new called on a thread goro did not start"),
+        "{message}"
+    );
+    drop(thread);
+    goro_gc::uninstall();
+    let error = std::panic::catch_unwind(|| Gc::new(1u32)).unwrap_err();
+    let message = error.downcast_ref::<&str>().unwrap();
+    assert!(
+        message.starts_with("Gc::new called outside a goro runtime"),
+        "{message}"
+    );
+}

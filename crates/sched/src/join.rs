@@ -1,0 +1,162 @@
+//! `JoinHandle`: waiting for a goroutine's result, and `Panic`: what a failed goroutine left.
+
+use crate::park::{Waiter, park};
+use crate::proc::lock;
+use crate::stw;
+use std::any::Any;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+/// The unwind payload of `goro::exit()` (Go's `runtime.Goexit`).
+pub(crate) struct Goexit;
+
+/// Why a goroutine did not return a value: it panicked, or it called `goro::exit()`.
+pub struct Panic {
+    payload: Box<dyn Any + Send + 'static>,
+}
+
+impl Panic {
+    pub(crate) fn new(payload: Box<dyn Any + Send + 'static>) -> Panic {
+        Panic { payload }
+    }
+
+    /// True if the goroutine ended with `goro::exit()` rather than a panic.
+    pub fn is_exit(&self) -> bool {
+        self.payload.is::<Goexit>()
+    }
+
+    /// The panic message, when the payload is a string (as for `panic!("...")`).
+    pub fn message(&self) -> Option<&str> {
+        if let Some(s) = self.payload.downcast_ref::<&'static str>() {
+            Some(s)
+        } else {
+            self.payload.downcast_ref::<String>().map(String::as_str)
+        }
+    }
+
+    /// The payload, as `std::thread::JoinHandle::join` would return it.
+    pub fn into_payload(self) -> Box<dyn Any + Send + 'static> {
+        self.payload
+    }
+
+    /// Continues unwinding with the payload on the calling thread.
+    pub fn resume(self) -> ! {
+        std::panic::resume_unwind(self.payload)
+    }
+}
+
+impl fmt::Debug for Panic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_exit() {
+            f.write_str("Panic(goro::exit)")
+        } else {
+            f.debug_tuple("Panic")
+                .field(&self.message().unwrap_or("<non-string payload>"))
+                .finish()
+        }
+    }
+}
+
+impl fmt::Display for Panic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.is_exit(), self.message()) {
+            (true, _) => f.write_str("goroutine ended with goro::exit()"),
+            (false, Some(message)) => write!(f, "goroutine panicked: {message}"),
+            (false, None) => f.write_str("goroutine panicked with a non-string payload"),
+        }
+    }
+}
+
+enum State<R> {
+    Running(Option<Waiter>),
+    Done(Result<R, Panic>),
+    Taken,
+}
+
+/// Where a goroutine leaves its result for its `JoinHandle`.
+pub(crate) struct Packet<R> {
+    state: Mutex<State<R>>,
+}
+
+impl<R> Packet<R> {
+    pub(crate) fn new() -> Packet<R> {
+        Packet {
+            state: Mutex::new(State::Running(None)),
+        }
+    }
+
+    /// Stores the result and wakes the joiner, if one waits.
+    pub(crate) fn complete(&self, result: Result<R, Panic>) {
+        let previous = std::mem::replace(&mut *lock(&self.state), State::Done(result));
+        if let State::Running(Some(waiter)) = previous {
+            waiter.wake();
+        }
+    }
+
+    /// Takes the result if the goroutine is done.
+    pub(crate) fn take(&self) -> Option<Result<R, Panic>> {
+        let mut state = lock(&self.state);
+        match std::mem::replace(&mut *state, State::Taken) {
+            State::Done(result) => Some(result),
+            other => {
+                *state = other;
+                None
+            }
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(*lock(&self.state), State::Done(_))
+    }
+}
+
+/// An owned permission to wait for a goroutine and take its result.
+///
+/// Dropping the handle detaches the goroutine. The handle may be sent to any thread; `join` parks
+/// a goroutine, or blocks a thread that is not one.
+pub struct JoinHandle<R> {
+    packet: Arc<Packet<R>>,
+    id: u64,
+}
+
+impl<R> JoinHandle<R> {
+    pub(crate) fn new(packet: Arc<Packet<R>>, id: u64) -> JoinHandle<R> {
+        JoinHandle { packet, id }
+    }
+
+    /// The goroutine's id (as Go prints in tracebacks: the main goroutine is 1).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether the goroutine has finished.
+    pub fn is_finished(&self) -> bool {
+        self.packet.is_done()
+    }
+
+    /// Waits for the goroutine to finish; returns its value, or the [`Panic`] it ended with.
+    pub fn join(self) -> Result<R, Panic> {
+        stw::safe_point();
+        loop {
+            let mut state = lock(&self.packet.state);
+            match std::mem::replace(&mut *state, State::Taken) {
+                State::Done(result) => return result,
+                State::Taken => unreachable!("a JoinHandle's result is taken only by join"),
+                State::Running(_) => {
+                    let waiter = Waiter::current();
+                    let parker = waiter.thread_parker();
+                    *state = State::Running(Some(waiter));
+                    park(state, parker);
+                }
+            }
+        }
+    }
+}
+
+impl<R> fmt::Debug for JoinHandle<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}

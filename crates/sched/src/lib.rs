@@ -1,0 +1,63 @@
+//! goro-sched: goroutines scheduled M:P:G over OS threads, channels, and the sync primitives that
+//! park goroutines instead of threads.
+//!
+//! Vocabulary (Go's `proc.go`):
+//!
+//! - **G**: a goroutine: a closure, a stack slot of goro-stack, and the stack pointer saved when it
+//!   is switched out.
+//! - **M**: a worker thread. Its own OS stack is *g0*, the system stack: the scheduler loop runs
+//!   there, and goroutines switch to it to block, yield or exit.
+//! - **P**: a processor: the right to run Go code, and a local run queue. There are GOMAXPROCS Ps.
+//!
+//! In this version M *i* always holds P *i* (there is no hand-off of Ps around blocking calls yet,
+//! so the pairing is fixed and an M never waits for a P). Scheduling:
+//!
+//! 1. `go(f)` makes a G and puts it on the current P's local queue (the global queue from threads
+//!    that are not Ms, or when the local queue holds more than [`LOCAL_QUEUE_SOFT_LIMIT`]), then
+//!    wakes an idle M so it can steal.
+//! 2. An M's loop takes work in this order: the global queue first on every 61st tick (fairness, as
+//!    in Go), its local queue, the global queue, stealing half of another P's queue; then it parks
+//!    on its own futex-backed parker until woken.
+//! 3. **Migration rule** (DESIGN.md section 3): a goroutine may move to another M only before it
+//!    first runs. Its stack may hold `!Send` values and thread-local addresses once it has run, so
+//!    after the first run it is *bound* to that M: when readied it goes back to that M's P, and
+//!    stealing takes only Gs that have never run.
+//! 4. A goroutine blocks by *parking*: it queues itself where a waker will find it (a channel's
+//!    wait queue, a join handle), then switches to g0, which releases the lock the goroutine held
+//!    (Go's `gopark(unlockf)`), so no waker can see the goroutine before its registers are saved.
+//!    Blocking operations called outside a goroutine park the OS thread instead.
+//! 5. The collector stops the world by raising a flag that every goroutine polls at safe points
+//!    (channel operations, spawn, yield, join, `Gc` allocation batches); a goroutine at a safe point
+//!    switches to g0 and waits there, so its stack is scannable from its saved stack pointer.
+//!
+//! Alternatives rejected for now: lock-free run queues and `runnext` (issue 5 brings them, with
+//! loom models), signal-based preemption (unsound to switch inside a handler; sysmon's preempt flag
+//! comes with issue 5).
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod chan;
+mod join;
+mod park;
+mod proc;
+mod stw;
+pub mod sync;
+
+pub use join::{JoinHandle, Panic};
+pub use proc::{
+    Config, Finished, LOCAL_QUEUE_SOFT_LIMIT, RootRange, current_goroutine_id, for_each_root, go,
+    is_goroutine, num_goroutine, procs, run, yield_now,
+};
+pub use stw::{safe_point, stop_the_world};
+
+/// Ends the calling goroutine (Go's `runtime.Goexit`): it unwinds, running destructors, and its
+/// `JoinHandle` reports [`Panic::is_exit`].
+///
+/// # Panics
+/// Panics when called outside a goroutine.
+pub fn exit() -> ! {
+    if !is_goroutine() {
+        panic!("goro::exit called outside a goroutine");
+    }
+    std::panic::resume_unwind(Box::new(join::Goexit))
+}

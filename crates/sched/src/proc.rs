@@ -1,0 +1,747 @@
+//! Gs, Ms and Ps, the scheduler loop, spawning, and the start and end of a runtime.
+//!
+//! ```text
+//!   M0 (caller of run)      M1 (thread "goro-m1")        ...
+//!   g0: schedule() loop      g0: schedule() loop
+//!     |  switch  ^             |  switch  ^
+//!     v          | request     v          | request
+//!   G (on its own stack)     G
+//!   P0.runq                  P1.runq          global queue (unstarted Gs only)
+//! ```
+//!
+//! A goroutine returns control to g0 by [`switch_to_g0`] with a [`Request`] saying why (yield,
+//! park, exit, stop for the collector, run a stop-the-world closure); g0 acts on it after the
+//! switch, when the goroutine's registers are saved on its stack.
+
+use crate::join::{JoinHandle, Packet, Panic};
+use crate::park::ThreadParker;
+use crate::stw;
+use goro_stack::{Stack, StackPointer, init_stack, switch};
+use std::cell::{Cell, UnsafeCell};
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// Beyond this many queued Gs, new goroutines go to the global queue instead of the local one.
+pub const LOCAL_QUEUE_SOFT_LIMIT: usize = 256;
+/// Every this many schedules an M looks at the global queue first (Go's fairness rule).
+const GLOBAL_QUEUE_INTERVAL: u32 = 61;
+/// `G::home` of a goroutine that has not run yet (and may still move to any M).
+const NO_HOME: usize = usize::MAX;
+
+/// Settings of one runtime.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Number of Ps (GOMAXPROCS), and so of worker threads. At least 1.
+    pub procs: usize,
+    /// Usable bytes of each goroutine stack.
+    pub stack_size: usize,
+    /// Called on every M thread (the caller of `run` included) before it schedules anything.
+    pub on_thread_start: Option<fn()>,
+    /// Called on every M thread after it has stopped scheduling.
+    pub on_thread_stop: Option<fn()>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            procs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            stack_size: goro_stack::DEFAULT_STACK_SIZE,
+            on_thread_start: None,
+            on_thread_stop: None,
+        }
+    }
+}
+
+/// Goroutine states, as Go's `_Grunnable`, `_Grunning`, `_Gwaiting`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GStatus {
+    Runnable = 0,
+    Running = 1,
+    Waiting = 2,
+}
+
+/// A goroutine.
+pub(crate) struct G {
+    id: u64,
+    sched: &'static Sched,
+    /// Informational state; written by whoever moves the G, read by nobody for decisions.
+    status: AtomicU8,
+    /// Index of the M (= P) this goroutine is bound to since its first run, or `NO_HOME`.
+    /// Written once by that M before the first switch; read by thieves under a run queue lock
+    /// and by `ready` (which only readies Gs that parked, hence ran, hence have a home).
+    home: AtomicUsize,
+    /// Saved stack pointer while switched out. Written by the switch on the thread running the G;
+    /// read by that thread, or by the collector with the world stopped (ordered by `M::running`).
+    sp: UnsafeCell<StackPointer>,
+    stack: Stack,
+    /// The closure, until the first run takes it. Owned by whoever holds the G.
+    entry: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
+    /// Position in `Sched::allg`; only accessed under that lock.
+    allg_index: UnsafeCell<usize>,
+}
+
+/// A pointer to a G, passed between threads through run queues and wait queues.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct GRef(NonNull<G>);
+
+// SAFETY: a G is handed from thread to thread only through mutex-protected queues, and its
+// interior-mutable fields are accessed only by the thread that currently runs or owns it (see the
+// field docs), so sharing the pointer is sound.
+unsafe impl Send for GRef {}
+// SAFETY: as above.
+unsafe impl Sync for GRef {}
+
+impl GRef {
+    fn g(&self) -> &G {
+        // SAFETY: a G lives until `destroy` frees it, after it has exited and left every queue
+        // (or forever, when its runtime abandons it).
+        unsafe { self.0.as_ref() }
+    }
+}
+
+/// Why a goroutine switched to g0; set by the goroutine, consumed by g0.
+#[derive(Clone, Copy)]
+pub(crate) enum Request {
+    None,
+    Yield,
+    /// Parked; g0 runs the closure (which releases the lock the goroutine queued itself under).
+    Park(*mut dyn FnMut()),
+    Exit,
+    /// Stopped at a safe point because the world is stopping.
+    Stop,
+    /// Asked g0 to stop the world and run the closure.
+    StopTheWorld(*mut dyn FnMut()),
+}
+
+/// A worker thread.
+pub(crate) struct M {
+    id: usize,
+    /// The runtime this M belongs to (leaked, so valid forever).
+    sched: NonNull<Sched>,
+    /// g0's saved stack pointer while a goroutine runs. Own thread only.
+    g0_sp: UnsafeCell<StackPointer>,
+    /// The goroutine running on this M, if any. Own thread only.
+    curg: Cell<Option<GRef>>,
+    /// The request of the goroutine that last switched to g0. Own thread only.
+    request: Cell<Request>,
+    /// True while this M runs a goroutine. SeqCst, paired with `Sched::stopping` (see `stw`).
+    pub(crate) running: AtomicBool,
+    /// True while this M looks for work or sleeps; a waker that swaps it to false must unpark.
+    idle: AtomicBool,
+    parker: ThreadParker,
+    /// Schedules so far, for the global queue's fairness rule. Own thread only.
+    tick: Cell<u32>,
+}
+
+// SAFETY: the `Cell`/`UnsafeCell` fields are touched only by the M's own thread (documented per
+// field); other threads use only the atomics and the parker.
+unsafe impl Sync for M {}
+
+/// A processor: a local run queue. P *i* belongs to M *i*.
+struct P {
+    runq: Mutex<VecDeque<GRef>>,
+}
+
+/// One runtime's scheduler state. Leaked when the runtime ends, because wakers on threads goro
+/// does not own may still hold pointers to its Gs (and ignore them, seeing `shutdown`).
+pub(crate) struct Sched {
+    config: Config,
+    ms: Box<[M]>,
+    ps: Box<[P]>,
+    /// Gs that have never run, from threads that are not Ms and from full local queues.
+    global: Mutex<VecDeque<GRef>>,
+    /// Every G not yet exited; the collector's root set.
+    allg: Mutex<Vec<GRef>>,
+    live: AtomicUsize,
+    next_id: AtomicU64,
+    /// Set when the main goroutine returns: every M leaves its loop.
+    pub(crate) shutdown: AtomicBool,
+    /// The stop-the-world flag and its lock (see `stw`).
+    pub(crate) stopping: AtomicBool,
+    pub(crate) stw_lock: Mutex<()>,
+    pub(crate) stw_cv: Condvar,
+}
+
+impl Sched {
+    pub(crate) fn ms(&self) -> &[M] {
+        &self.ms
+    }
+}
+
+impl M {
+    fn new(id: usize, sched: NonNull<Sched>) -> M {
+        M {
+            id,
+            sched,
+            g0_sp: UnsafeCell::new(StackPointer(std::ptr::null_mut())),
+            curg: Cell::new(None),
+            request: Cell::new(Request::None),
+            running: AtomicBool::new(false),
+            idle: AtomicBool::new(false),
+            parker: ThreadParker::default(),
+            tick: Cell::new(0),
+        }
+    }
+
+    pub(crate) fn sched(&self) -> &'static Sched {
+        // SAFETY: an M is created only by `run`, pointing at the leaked Sched that owns it, which
+        // is initialised before any thread reads an M.
+        unsafe { self.sched.as_ref() }
+    }
+}
+
+/// The running runtime (null when none).
+static CURRENT: AtomicPtr<Sched> = AtomicPtr::new(std::ptr::null_mut());
+/// One runtime at a time per process; later `run` calls wait.
+static RUN_LOCK: Mutex<()> = Mutex::new(());
+
+thread_local! {
+    static CURRENT_M: Cell<*const M> = const { Cell::new(std::ptr::null()) };
+}
+
+pub(crate) fn current_m() -> Option<&'static M> {
+    let m = CURRENT_M.with(Cell::get);
+    // SAFETY: CURRENT_M points into a leaked `Sched` while this thread is its M.
+    unsafe { m.as_ref() }
+}
+
+fn current_sched() -> Option<&'static Sched> {
+    if let Some(m) = current_m() {
+        return Some(m.sched());
+    }
+    // Acquire: pairs with the Release store in `run`.
+    let sched = CURRENT.load(Ordering::Acquire);
+    // SAFETY: a published Sched is leaked, never freed.
+    unsafe { sched.as_ref() }
+}
+
+/// The goroutine running on this thread, if the caller is one.
+pub(crate) fn current_g() -> Option<GRef> {
+    current_m().and_then(|m| m.curg.get())
+}
+
+/// Whether the caller runs on a goroutine.
+pub fn is_goroutine() -> bool {
+    current_g().is_some()
+}
+
+/// The id of the calling goroutine (1 is the main goroutine).
+pub fn current_goroutine_id() -> Option<u64> {
+    current_g().map(|g| g.g().id)
+}
+
+/// How many goroutines exist in the running runtime (Go's `runtime.NumGoroutine`).
+pub fn num_goroutine() -> usize {
+    current_sched().map_or(0, |s| s.live.load(Ordering::Relaxed))
+}
+
+/// How many Ps the running runtime has (GOMAXPROCS), or 0 outside a runtime.
+pub fn procs() -> usize {
+    current_sched().map_or(0, |s| s.ps.len())
+}
+
+/// The outcome of [`run`]: the main goroutine's result, and the goroutines left behind.
+pub struct Finished<R> {
+    result: Result<R, Panic>,
+    sched: &'static Sched,
+}
+
+impl<R> Finished<R> {
+    /// The main goroutine's result.
+    pub fn result(&self) -> &Result<R, Panic> {
+        &self.result
+    }
+
+    /// Reports the roots of the goroutines still alive when the main goroutine returned. They
+    /// never run again; their stacks and closures stay allocated (as in Go, nothing of theirs is
+    /// dropped).
+    pub fn for_each_abandoned_root(&self, visit: &mut dyn FnMut(RootRange)) {
+        roots_of(self.sched, visit);
+    }
+
+    /// The main goroutine's result.
+    pub fn into_result(self) -> Result<R, Panic> {
+        self.result
+    }
+}
+
+/// Runs `main` as the main goroutine of a new runtime with `config`, on this thread (M0) and
+/// `config.procs - 1` more; returns when `main` returns. Goroutines still running then are
+/// abandoned at their next scheduling point.
+///
+/// # Panics
+/// Panics if called from a goroutine, or if the main goroutine's stack cannot be allocated.
+pub fn run<R, F>(config: Config, main: F) -> Finished<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    if current_m().is_some() {
+        panic!("goro::run called inside a running goro runtime; use goro::go to start goroutines");
+    }
+    let _one_at_a_time = RUN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let procs = config.procs.max(1);
+    // The Ms point back at the Sched that owns them: reserve its (leaked) memory first.
+    let slot = Box::leak(Box::<Sched>::new_uninit());
+    let address = NonNull::from(&mut *slot).cast::<Sched>();
+    let sched: &'static Sched = slot.write(Sched {
+        ms: (0..procs).map(|id| M::new(id, address)).collect(),
+        ps: (0..procs)
+            .map(|_| P {
+                runq: Mutex::new(VecDeque::new()),
+            })
+            .collect(),
+        config,
+        global: Mutex::new(VecDeque::new()),
+        allg: Mutex::new(Vec::new()),
+        live: AtomicUsize::new(0),
+        next_id: AtomicU64::new(1),
+        shutdown: AtomicBool::new(false),
+        stopping: AtomicBool::new(false),
+        stw_lock: Mutex::new(()),
+        stw_cv: Condvar::new(),
+    });
+    // Release: pairs with the Acquire in `current_sched`.
+    CURRENT.store(sched as *const Sched as *mut Sched, Ordering::Release);
+
+    let packet = Arc::new(Packet::new());
+    let main_packet = packet.clone();
+    let g = new_g(sched, move || {
+        let result = catch_unwind(AssertUnwindSafe(main)).map_err(Panic::new);
+        main_packet.complete(result);
+        begin_shutdown(current_m().expect("main goroutine runs on an M").sched());
+    });
+    sched.ps[0]
+        .runq
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push_back(g);
+
+    let threads: Vec<_> = (1..procs)
+        .map(|id| {
+            std::thread::Builder::new()
+                .name(format!("goro-m{id}"))
+                .spawn(move || m_main(&sched.ms[id]))
+                .unwrap_or_else(|e| panic!("goro::run: cannot start worker thread {id}: {e}"))
+        })
+        .collect();
+    m_main(&sched.ms[0]);
+    for thread in threads {
+        if thread.join().is_err() {
+            std::process::abort();
+        }
+    }
+    CURRENT.store(std::ptr::null_mut(), Ordering::Release);
+    let result = packet.take().unwrap_or_else(|| {
+        unreachable!("the runtime shut down before the main goroutine finished")
+    });
+    Finished { result, sched }
+}
+
+fn m_main(m: &'static M) {
+    CURRENT_M.with(|c| c.set(m));
+    if let Some(start) = m.sched().config.on_thread_start {
+        start();
+    }
+    schedule(m);
+    if let Some(stop) = m.sched().config.on_thread_stop {
+        stop();
+    }
+    CURRENT_M.with(|c| c.set(std::ptr::null()));
+}
+
+fn begin_shutdown(sched: &Sched) {
+    sched.shutdown.store(true, Ordering::Release);
+    for m in sched.ms.iter() {
+        m.idle.store(false, Ordering::SeqCst);
+        m.parker.unpark();
+    }
+}
+
+/// The scheduler loop of one M, on its g0.
+fn schedule(m: &'static M) {
+    let sched = m.sched();
+    loop {
+        if sched.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        stw::wait_while_stopped(sched);
+        let Some(g) = find_runnable(m) else { return };
+        execute(m, g);
+    }
+}
+
+fn find_runnable(m: &M) -> Option<GRef> {
+    let sched = m.sched();
+    loop {
+        if sched.shutdown.load(Ordering::Acquire) {
+            return None;
+        }
+        let tick = m.tick.get().wrapping_add(1);
+        m.tick.set(tick);
+        if tick.is_multiple_of(GLOBAL_QUEUE_INTERVAL)
+            && let Some(g) = pop_global(sched)
+        {
+            return Some(g);
+        }
+        if let Some(g) = lock(&sched.ps[m.id].runq).pop_front() {
+            return Some(g);
+        }
+        if let Some(g) = pop_global(sched).or_else(|| steal(m)) {
+            return Some(g);
+        }
+        // Going idle. SeqCst: pairs with the swap in `wake_idle`/`ready` (see `park`'s docs): either
+        // a waker sees `idle` and unparks, or the re-check below sees its work.
+        m.idle.store(true, Ordering::SeqCst);
+        let found = lock(&sched.ps[m.id].runq)
+            .pop_front()
+            .or_else(|| pop_global(sched));
+        let found = found.or_else(|| steal(m));
+        if found.is_some() || sched.shutdown.load(Ordering::Acquire) {
+            m.idle.store(false, Ordering::SeqCst);
+            if found.is_some() {
+                return found;
+            }
+            continue;
+        }
+        m.parker.park();
+        m.idle.store(false, Ordering::SeqCst);
+    }
+}
+
+fn pop_global(sched: &Sched) -> Option<GRef> {
+    lock(&sched.global).pop_front()
+}
+
+/// Takes half of the never-run Gs of another P's queue; returns one, queues the rest locally.
+fn steal(m: &M) -> Option<GRef> {
+    let sched = m.sched();
+    let n = sched.ps.len();
+    let start = m.tick.get() as usize;
+    for k in 0..n {
+        let victim = (start + k) % n;
+        if victim == m.id {
+            continue;
+        }
+        let mut stolen = Vec::new();
+        {
+            let mut queue = lock(&sched.ps[victim].runq);
+            let movable = queue
+                .iter()
+                .filter(|g| g.g().home.load(Ordering::Relaxed) == NO_HOME);
+            let want = movable.count().div_ceil(2);
+            if want == 0 {
+                continue;
+            }
+            queue.retain(|g| {
+                let take = stolen.len() < want && g.g().home.load(Ordering::Relaxed) == NO_HOME;
+                if take {
+                    stolen.push(*g);
+                }
+                !take
+            });
+        }
+        let mut stolen = stolen.into_iter();
+        let first = stolen.next();
+        lock(&sched.ps[m.id].runq).extend(stolen);
+        return first;
+    }
+    None
+}
+
+fn execute(m: &M, g: GRef) {
+    let sched = m.sched();
+    // SeqCst: pairs with the store of `stopping` in `stw::stop` (Dekker: one of the two sees the
+    // other).
+    m.running.store(true, Ordering::SeqCst);
+    if sched.stopping.load(Ordering::SeqCst) {
+        m.running.store(false, Ordering::SeqCst);
+        stw::notify(sched);
+        lock(&sched.ps[m.id].runq).push_front(g);
+        return;
+    }
+    let gg = g.g();
+    if gg.home.load(Ordering::Relaxed) == NO_HOME {
+        gg.home.store(m.id, Ordering::Relaxed);
+    }
+    debug_assert_eq!(
+        gg.home.load(Ordering::Relaxed),
+        m.id,
+        "a started goroutine changed M"
+    );
+    gg.status.store(GStatus::Running as u8, Ordering::Relaxed);
+    m.curg.set(Some(g));
+    // SAFETY: `g` was switched out (or freshly initialised) with its stack pointer in `sp`; only
+    // this M runs it (it is bound here), and g0's context is saved into `g0_sp`, which only this
+    // thread reads.
+    unsafe { switch(m.g0_sp.get(), *gg.sp.get()) };
+    m.curg.set(None);
+    m.running.store(false, Ordering::SeqCst);
+    if sched.stopping.load(Ordering::SeqCst) {
+        stw::notify(sched);
+    }
+    match m.request.replace(Request::None) {
+        Request::None => unreachable!("a goroutine switched to g0 without a request"),
+        Request::Yield => {
+            gg.status.store(GStatus::Runnable as u8, Ordering::Relaxed);
+            lock(&sched.ps[m.id].runq).push_back(g);
+        }
+        Request::Park(unlock) => {
+            // SAFETY: the closure lives on the parked goroutine's stack, which stays intact
+            // until the goroutine is readied, which cannot happen before this call releases the
+            // lock it queued itself under.
+            unsafe { (*unlock)() };
+        }
+        Request::Exit => destroy(g),
+        Request::Stop => {
+            gg.status.store(GStatus::Runnable as u8, Ordering::Relaxed);
+            lock(&sched.ps[m.id].runq).push_front(g);
+        }
+        Request::StopTheWorld(f) => {
+            stw::stop(m);
+            // SAFETY: the closure lives on the requesting goroutine's stack, which is switched
+            // out until this M resumes it after this call.
+            unsafe { (*f)() };
+            stw::start(sched);
+            gg.status.store(GStatus::Runnable as u8, Ordering::Relaxed);
+            lock(&sched.ps[m.id].runq).push_front(g);
+        }
+    }
+}
+
+/// Switches from the running goroutine to its M's g0 with `request`; returns when g0 resumes it.
+///
+/// # Panics
+/// Panics if the caller is not a goroutine.
+pub(crate) fn switch_to_g0(request: Request) {
+    let m = current_m().expect("switch_to_g0 outside an M");
+    let g = m.curg.get().expect("switch_to_g0 outside a goroutine");
+    m.request.set(request);
+    // SAFETY: we run on `g`'s stack; its context is saved into `g.sp` (read later only by this M
+    // or by the collector with the world stopped) and g0's context, saved by `execute`, resumes.
+    unsafe { switch(g.g().sp.get(), *m.g0_sp.get()) };
+}
+
+/// Parks the running goroutine; g0 drops `guard` once the goroutine's context is saved.
+pub(crate) fn park_goroutine<Guard>(guard: Guard) {
+    let g = current_g().expect("park_goroutine outside a goroutine");
+    g.g()
+        .status
+        .store(GStatus::Waiting as u8, Ordering::Relaxed);
+    let mut guard = Some(guard);
+    let mut unlock = || drop(guard.take());
+    let unlock: &mut dyn FnMut() = &mut unlock;
+    // SAFETY: only the lifetime is erased; g0 calls the closure before this goroutine can be
+    // resumed, so the stack frame it borrows from is still live.
+    let unlock: *mut (dyn FnMut() + 'static) = unsafe { std::mem::transmute(unlock) };
+    switch_to_g0(Request::Park(unlock));
+}
+
+/// Makes a parked goroutine runnable on its M.
+pub(crate) fn ready(g: GRef) {
+    let gg = g.g();
+    let sched = gg.sched;
+    if sched.shutdown.load(Ordering::Acquire) {
+        // The runtime has ended; the goroutine is abandoned and never runs again.
+        return;
+    }
+    gg.status.store(GStatus::Runnable as u8, Ordering::Relaxed);
+    let home = gg.home.load(Ordering::Relaxed);
+    debug_assert_ne!(home, NO_HOME, "readied a goroutine that never ran");
+    lock(&sched.ps[home].runq).push_back(g);
+    let m = &sched.ms[home];
+    // SeqCst: pairs with the store in `find_runnable` before its re-check.
+    if m.idle.swap(false, Ordering::SeqCst) {
+        m.parker.unpark();
+    }
+}
+
+/// Yields the processor (Go's `runtime.Gosched`): the goroutine goes to the back of its P's queue.
+/// Outside a goroutine it yields the OS thread.
+pub fn yield_now() {
+    if is_goroutine() {
+        switch_to_g0(Request::Yield);
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+/// Starts a goroutine running `f` (Go's `go f()`).
+///
+/// This is a safe point. From a thread that is not one of the runtime's Ms (a user thread) the
+/// goroutine goes to the global queue.
+///
+/// # Panics
+/// Panics outside a running goro runtime, or if no stack can be allocated (the message says why).
+pub fn go<F, R>(f: F) -> JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let Some(sched) = current_sched() else {
+        panic!("goro::go called outside a goro runtime: start one with goro::run(|| ...)");
+    };
+    stw::safe_point();
+    let packet = Arc::new(Packet::new());
+    let goroutine_packet = packet.clone();
+    let g = new_g(sched, move || {
+        let result = catch_unwind(AssertUnwindSafe(f)).map_err(Panic::new);
+        goroutine_packet.complete(result);
+    });
+    let id = g.g().id;
+    enqueue_new(sched, g);
+    JoinHandle::new(packet, id)
+}
+
+fn new_g(sched: &'static Sched, entry: impl FnOnce() + Send + 'static) -> GRef {
+    let stack = Stack::with_size(sched.config.stack_size)
+        .unwrap_or_else(|error| panic!("goro::go: cannot allocate a goroutine stack: {error}"));
+    let top = stack.top();
+    let g = Box::new(G {
+        id: sched.next_id.fetch_add(1, Ordering::Relaxed),
+        sched,
+        status: AtomicU8::new(GStatus::Runnable as u8),
+        home: AtomicUsize::new(NO_HOME),
+        sp: UnsafeCell::new(StackPointer(std::ptr::null_mut())),
+        stack,
+        entry: UnsafeCell::new(Some(Box::new(entry))),
+        allg_index: UnsafeCell::new(0),
+    });
+    let g = GRef(NonNull::from(Box::leak(g)));
+    // SAFETY: `top` is the top of the G's own fresh stack, which nothing else uses; the entry
+    // never returns (it ends by switching to g0 with `Exit`).
+    unsafe { *g.g().sp.get() = init_stack(top, g_entry, g.0.as_ptr() as usize) };
+    let mut allg = lock(&sched.allg);
+    // SAFETY: `allg_index` is only accessed under the `allg` lock, which we hold.
+    unsafe { *g.g().allg_index.get() = allg.len() };
+    allg.push(g);
+    sched.live.fetch_add(1, Ordering::Relaxed);
+    g
+}
+
+fn enqueue_new(sched: &Sched, g: GRef) {
+    match current_m() {
+        Some(m) if std::ptr::eq(m.sched(), sched) => {
+            let mut queue = lock(&sched.ps[m.id].runq);
+            if queue.len() < LOCAL_QUEUE_SOFT_LIMIT {
+                queue.push_back(g);
+            } else {
+                drop(queue);
+                lock(&sched.global).push_back(g);
+            }
+            wake_idle(sched, Some(m.id));
+        }
+        _ => {
+            lock(&sched.global).push_back(g);
+            wake_idle(sched, None);
+        }
+    }
+}
+
+/// Wakes one idle M (not `except`) so it can take new work.
+fn wake_idle(sched: &Sched, except: Option<usize>) {
+    for m in sched.ms.iter() {
+        // SeqCst: pairs with the store in `find_runnable` before its re-check.
+        if Some(m.id) != except
+            && m.idle.load(Ordering::Relaxed)
+            && m.idle.swap(false, Ordering::SeqCst)
+        {
+            m.parker.unpark();
+            return;
+        }
+    }
+}
+
+/// The first code on a goroutine's stack.
+///
+/// # Safety
+/// May be called only by the first switch to a stack prepared by `new_g`, with `arg` its G.
+unsafe extern "C" fn g_entry(arg: usize) -> ! {
+    let g = GRef(NonNull::new(arg as *mut G).expect("g_entry without a G"));
+    // SAFETY: the entry is taken once, by the G's first run, on the only thread running it.
+    let entry = unsafe { (*g.g().entry.get()).take() };
+    if let Some(entry) = entry {
+        // The closure catches panics itself (see `go` and `run`).
+        entry();
+    }
+    switch_to_g0(Request::Exit);
+    // g0 never resumes an exited goroutine.
+    std::process::abort()
+}
+
+/// Frees an exited goroutine: it leaves `allg`, its stack goes back to the pool.
+fn destroy(g: GRef) {
+    let sched = g.g().sched;
+    {
+        let mut allg = lock(&sched.allg);
+        // SAFETY: `allg_index` is only accessed under the `allg` lock, which we hold.
+        let index = unsafe { *g.g().allg_index.get() };
+        debug_assert_eq!(allg[index], g);
+        allg.swap_remove(index);
+        if let Some(moved) = allg.get(index) {
+            // SAFETY: as above.
+            unsafe { *moved.g().allg_index.get() = index };
+        }
+    }
+    sched.live.fetch_sub(1, Ordering::Relaxed);
+    // SAFETY: the G exited: it is in no queue and nothing refers to it any more; it came from
+    // `Box::leak` in `new_g`.
+    drop(unsafe { Box::from_raw(g.0.as_ptr()) });
+}
+
+/// Memory the collector must scan for one goroutine.
+#[derive(Clone, Copy, Debug)]
+pub enum RootRange {
+    /// A heap block owned by the runtime (a G struct, holding the closure of a goroutine that has
+    /// not run yet): scan it whole.
+    Block(*const u8),
+    /// The live part of a switched-out goroutine's stack, from its saved stack pointer (which
+    /// points at its saved registers) to the top.
+    Stack {
+        /// The saved stack pointer.
+        lo: *const u8,
+        /// The top of the stack.
+        hi: *const u8,
+    },
+}
+
+/// Reports the roots of every goroutine of the running runtime.
+///
+/// # Panics
+/// Panics if the caller is not on an M whose world is stopped (only the collector calls this,
+/// from inside [`crate::stop_the_world`]).
+pub fn for_each_root(visit: &mut dyn FnMut(RootRange)) {
+    let m = current_m().expect("for_each_root outside a goro M");
+    assert!(
+        m.sched().stopping.load(Ordering::SeqCst),
+        "for_each_root with the world running"
+    );
+    roots_of(m.sched(), visit);
+}
+
+fn roots_of(sched: &Sched, visit: &mut dyn FnMut(RootRange)) {
+    let allg = lock(&sched.allg);
+    for g in allg.iter() {
+        let gg = g.g();
+        visit(RootRange::Block(g.0.as_ptr().cast::<u8>()));
+        if gg.home.load(Ordering::Relaxed) != NO_HOME {
+            // SAFETY: the world is stopped (or the runtime is over), so the G is switched out and
+            // its saved stack pointer is stable.
+            let sp = unsafe { *gg.sp.get() };
+            visit(RootRange::Stack {
+                lo: sp.0,
+                hi: gg.stack.top(),
+            });
+        }
+    }
+}
+
+/// Locks a runtime mutex; a poisoned lock is still usable (no runtime code panics while holding
+/// one, and the data is always consistent between statements).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}

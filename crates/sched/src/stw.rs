@@ -1,0 +1,102 @@
+//! Stopping the world for the collector.
+//!
+//! Protocol (the pairing of `Sched::stopping` and `M::running`, both SeqCst):
+//!
+//! ```text
+//! initiator (on its g0, running = false)      each other M
+//!   stopping = true                              before running a G:  running = true
+//!   for each M: wait until !running                                    if stopping: running = false, back off
+//!   ... world stopped: every G switched out ...  at a safe point in a G: switch to g0 (Request::Stop),
+//!   stopping = false, notify                                           running = false, notify, wait
+//! ```
+//!
+//! The two SeqCst store-then-load pairs form a Dekker handshake: an M that stores `running = true`
+//! either sees `stopping` and backs off, or the initiator sees it running and waits for it to reach
+//! a safe point. An M that has set `running = false` has saved its goroutine's registers (the
+//! switch happens first), so the collector reads every saved stack pointer after the handshake.
+//! Ms that are idle or busy in g0 code (readying, unlocking) are not running a goroutine and so
+//! count as stopped; they run no user code until the world restarts.
+//!
+//! A goroutine that never reaches a safe point (a loop without channel operations, allocation or
+//! yields) delays the stop; signal-based suspension is a later issue.
+
+use crate::proc::{self, M, Request, Sched, current_m, lock};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// A safe point: if the world is stopping, the calling goroutine stops here until it restarts.
+#[inline]
+pub fn safe_point() {
+    if let Some(m) = current_m()
+        && m.sched().stopping.load(Ordering::Relaxed)
+    {
+        stop_at_safe_point();
+    }
+}
+
+#[cold]
+fn stop_at_safe_point() {
+    if proc::is_goroutine() {
+        proc::switch_to_g0(Request::Stop);
+    }
+}
+
+/// Stops every goroutine of the running runtime at a safe point, runs `f` on this M's system
+/// stack, and restarts them.
+///
+/// # Panics
+/// Panics if the caller is not a goroutine.
+pub fn stop_the_world(f: &mut dyn FnMut()) {
+    if !proc::is_goroutine() {
+        panic!("stop_the_world called outside a goroutine");
+    }
+    // SAFETY: only the lifetime is erased; g0 runs the closure while this goroutine is switched
+    // out, before it can resume, so the frame it borrows from is live throughout.
+    let f: *mut (dyn FnMut() + 'static) = unsafe { std::mem::transmute(f) };
+    proc::switch_to_g0(Request::StopTheWorld(f));
+}
+
+/// Called on the initiator's g0: returns when no other M runs a goroutine.
+pub(crate) fn stop(me: &M) {
+    let sched = me.sched();
+    let mut guard = lock(&sched.stw_lock);
+    // Another initiator is active: this M is already stopped (not running); wait our turn.
+    while sched.stopping.load(Ordering::SeqCst) {
+        guard = sched.stw_cv.wait(guard).unwrap_or_else(|p| p.into_inner());
+    }
+    sched.stopping.store(true, Ordering::SeqCst);
+    for m in sched.ms() {
+        while m.running.load(Ordering::SeqCst) {
+            // The timeout is a backstop only: `notify` wakes us as soon as an M stops.
+            let (g, _) = sched
+                .stw_cv
+                .wait_timeout(guard, Duration::from_millis(1))
+                .unwrap_or_else(|p| p.into_inner());
+            guard = g;
+        }
+    }
+}
+
+/// Restarts the world.
+pub(crate) fn start(sched: &Sched) {
+    let _guard = lock(&sched.stw_lock);
+    sched.stopping.store(false, Ordering::SeqCst);
+    sched.stw_cv.notify_all();
+}
+
+/// Wakes the initiator (and waiters): an M has stopped running goroutines.
+pub(crate) fn notify(sched: &Sched) {
+    let _guard = lock(&sched.stw_lock);
+    sched.stw_cv.notify_all();
+}
+
+/// Blocks an M's g0 while the world is stopped.
+pub(crate) fn wait_while_stopped(sched: &Sched) {
+    if !sched.stopping.load(Ordering::SeqCst) {
+        return;
+    }
+    let mut guard = lock(&sched.stw_lock);
+    while sched.stopping.load(Ordering::SeqCst) {
+        guard = sched.stw_cv.wait(guard).unwrap_or_else(|p| p.into_inner());
+    }
+}

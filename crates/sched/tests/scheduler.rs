@@ -1,0 +1,239 @@
+//! Scheduler behaviour through the public API: spawn, join, yield, exit, panics, binding.
+
+use goro_sched::{Config, go, run, yield_now};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+fn config(procs: usize) -> Config {
+    Config {
+        procs,
+        stack_size: 1 << 20,
+        ..Config::default()
+    }
+}
+
+#[test]
+fn run_returns_the_main_goroutines_value() {
+    let finished = run(config(1), || 6 * 7);
+    assert_eq!(finished.into_result().unwrap(), 42);
+}
+
+#[test]
+fn spawned_goroutines_run_and_join_at_one_and_two_procs() {
+    for procs in [1, 2] {
+        let total = run(config(procs), || {
+            let handles: Vec<_> = (0..1000u64).map(|i| go(move || i * 2)).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum::<u64>()
+        });
+        assert_eq!(total.into_result().unwrap(), 999 * 1000, "procs = {procs}");
+    }
+}
+
+#[test]
+fn yield_interleaves_goroutines_on_one_proc() {
+    let log = run(config(1), || {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let handles: Vec<_> = (0..3)
+            .map(|id| {
+                let log = log.clone();
+                go(move || {
+                    for round in 0..3 {
+                        log.lock().unwrap().push((id, round));
+                        yield_now();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        Arc::try_unwrap(log).unwrap().into_inner().unwrap()
+    })
+    .into_result()
+    .unwrap();
+    // FIFO local queue: each round visits the goroutines in spawn order.
+    let expected: Vec<_> = (0..3)
+        .flat_map(|round| (0..3).map(move |id| (id, round)))
+        .collect();
+    assert_eq!(log, expected);
+}
+
+#[test]
+fn a_started_goroutine_stays_on_its_thread() {
+    let moved = run(config(2), || {
+        let moved = Arc::new(AtomicUsize::new(0));
+        let handles: Vec<_> = (0..64)
+            .map(|_| {
+                let moved = moved.clone();
+                go(move || {
+                    let first = std::thread::current().id();
+                    for _ in 0..200 {
+                        yield_now();
+                        if std::thread::current().id() != first {
+                            moved.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        moved.load(Ordering::Relaxed)
+    });
+    assert_eq!(finished_ok(moved), 0);
+}
+
+fn finished_ok<R>(f: goro_sched::Finished<R>) -> R {
+    f.into_result().unwrap()
+}
+
+#[test]
+fn work_spreads_to_the_second_proc_before_it_starts() {
+    let threads = run(config(2), || {
+        let handles: Vec<_> = (0..200)
+            .map(|_| {
+                go(|| {
+                    // Long enough that the idle M steals some of the queue.
+                    let t = std::time::Instant::now();
+                    while t.elapsed() < std::time::Duration::from_micros(200) {}
+                    std::thread::current().id()
+                })
+            })
+            .collect();
+        let ids: std::collections::HashSet<_> =
+            handles.into_iter().map(|h| h.join().unwrap()).collect();
+        ids.len()
+    });
+    assert_eq!(finished_ok(threads), 2);
+}
+
+#[test]
+fn a_panic_is_caught_and_returned_by_join() {
+    let message = run(config(1), || {
+        let h = go(|| -> u32 { panic!("boom in goroutine") });
+        let panic = h.join().unwrap_err();
+        assert!(!panic.is_exit());
+        assert_eq!(panic.to_string(), "goroutine panicked: boom in goroutine");
+        panic.message().unwrap().to_owned()
+    });
+    assert_eq!(finished_ok(message), "boom in goroutine");
+}
+
+#[test]
+fn exit_unwinds_and_runs_destructors() {
+    struct Flag(Arc<AtomicUsize>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let (dropped, is_exit) = run(config(1), || {
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let flag = Flag(dropped.clone());
+        let h = go(move || {
+            let _flag = flag;
+            goro_sched::exit();
+        });
+        let is_exit = h.join().unwrap_err().is_exit();
+        (dropped.load(Ordering::SeqCst), is_exit)
+    })
+    .into_result()
+    .unwrap();
+    assert!(is_exit);
+    assert_eq!(dropped, 1);
+}
+
+#[test]
+fn exit_outside_a_goroutine_panics_with_the_reason() {
+    let error = std::panic::catch_unwind(|| goro_sched::exit()).unwrap_err();
+    assert_eq!(
+        *error.downcast_ref::<&str>().unwrap(),
+        "goro::exit called outside a goroutine"
+    );
+}
+
+#[test]
+fn go_outside_a_runtime_panics_with_the_reason() {
+    let error = std::panic::catch_unwind(|| go(|| ())).unwrap_err();
+    let message = error.downcast_ref::<&str>().unwrap();
+    assert!(
+        message.starts_with("goro::go called outside a goro runtime"),
+        "{message}"
+    );
+}
+
+#[test]
+fn nested_run_panics_with_the_reason() {
+    let result = run(config(1), || {
+        std::panic::catch_unwind(|| run(config(1), || ())).is_err()
+    });
+    assert!(finished_ok(result));
+}
+
+#[test]
+fn goroutine_ids_and_counts() {
+    let (main_id, count_during, count_after) = run(config(1), || {
+        let main_id = goro_sched::current_goroutine_id().unwrap();
+        let (tx, rx) = goro_sched::chan::channel::<()>(0);
+        let hs: Vec<_> = (0..10)
+            .map(|_| {
+                let rx = rx.clone();
+                go(move || rx.recv())
+            })
+            .collect();
+        yield_now();
+        let during = goro_sched::num_goroutine();
+        drop(tx);
+        for h in hs {
+            assert_eq!(h.join().unwrap(), None);
+        }
+        (main_id, during, goro_sched::num_goroutine())
+    })
+    .into_result()
+    .unwrap();
+    assert_eq!(main_id, 1);
+    assert_eq!(count_during, 11);
+    assert_eq!(count_after, 1);
+}
+
+#[test]
+fn abandoned_goroutines_do_not_block_the_end_of_run() {
+    let finished = run(config(1), || {
+        let (tx, rx) = goro_sched::chan::channel::<u32>(0);
+        for _ in 0..10 {
+            let rx = rx.clone();
+            go(move || rx.recv());
+        }
+        yield_now();
+        std::mem::forget(tx);
+        7
+    });
+    let (mut stacks, mut blocks) = (0, 0);
+    finished.for_each_abandoned_root(&mut |root| match root {
+        goro_sched::RootRange::Stack { lo, hi } => {
+            assert!(lo < hi);
+            stacks += 1;
+        }
+        goro_sched::RootRange::Block(_) => blocks += 1,
+    });
+    // On one P the main goroutine's yield let all ten run and park on the channel.
+    assert_eq!((stacks, blocks), (10, 10));
+    assert_eq!(finished.into_result().unwrap(), 7);
+}
+
+#[test]
+fn plain_threads_join_goroutines_and_use_channels() {
+    let value = run(config(1), || {
+        let h = go(|| {
+            yield_now();
+            99
+        });
+        let (tx, rx) = goro_sched::chan::channel::<i32>(0);
+        // A thread that is not an M blocks itself in `join` and `send`; the goroutine waiting in
+        // `recv` parks, leaving the only M free to run `h`.
+        std::thread::spawn(move || tx.send(h.join().unwrap() + 1));
+        rx.recv().unwrap()
+    });
+    assert_eq!(finished_ok(value), 100);
+}

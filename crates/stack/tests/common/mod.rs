@@ -1,0 +1,97 @@
+//! A minimal asymmetric coroutine on top of `init_stack`/`switch`, for the tests only.
+
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the helper"
+)]
+
+use core::cell::Cell;
+use goro_stack::{Stack, StackPointer, init_stack, switch};
+
+/// Handed to the coroutine body: lets it suspend back to whoever resumed it.
+pub struct Yielder {
+    /// The resumer's saved stack pointer (written by `resume`).
+    caller: Cell<StackPointer>,
+    /// The coroutine's saved stack pointer (written by `suspend`).
+    me: Cell<StackPointer>,
+}
+
+impl Yielder {
+    /// Switches back to the resumer; returns at the next `resume`.
+    pub fn suspend(&self) {
+        // SAFETY: `caller` was saved by the resume that is running us and is resumed once.
+        unsafe { switch(self.me.as_ptr(), self.caller.get()) }
+    }
+}
+
+/// The body of a coroutine, run once on its stack.
+type Body<'a> = Box<dyn FnOnce(&Yielder) + 'a>;
+
+struct Shared<'a> {
+    y: Yielder,
+    body: Cell<Option<Body<'a>>>,
+    done: Cell<bool>,
+}
+
+/// A body running on its own [`Stack`].
+pub struct Coro<'a> {
+    shared: Box<Shared<'a>>,
+    stack: Stack,
+}
+
+unsafe extern "C" fn coro_entry(arg: usize) -> ! {
+    // SAFETY: `arg` is the address of the boxed Shared, which outlives the coroutine.
+    let shared = unsafe { &*(arg as *const Shared<'_>) };
+    let body = shared.body.take().expect("body runs once");
+    body(&shared.y);
+    shared.done.set(true);
+    shared.y.suspend();
+    // Nothing resumes a finished coroutine.
+    std::process::abort()
+}
+
+impl<'a> Coro<'a> {
+    /// A suspended coroutine that will run `body` at the first `resume`.
+    pub fn new(body: impl FnOnce(&Yielder) + 'a) -> Coro<'a> {
+        Coro::with_stack(Stack::new().unwrap(), body)
+    }
+
+    /// As `new`, on a given stack.
+    pub fn with_stack(stack: Stack, body: impl FnOnce(&Yielder) + 'a) -> Coro<'a> {
+        let null = StackPointer(core::ptr::null_mut());
+        let shared = Box::new(Shared {
+            y: Yielder {
+                caller: Cell::new(null),
+                me: Cell::new(null),
+            },
+            body: Cell::new(Some(Box::new(body))),
+            done: Cell::new(false),
+        });
+        let arg = &raw const *shared as usize;
+        // SAFETY: the stack is fresh and owned by this Coro, which outlives the coroutine's use.
+        shared
+            .y
+            .me
+            .set(unsafe { init_stack(stack.top(), coro_entry, arg) });
+        Coro { shared, stack }
+    }
+
+    /// Runs the coroutine until it suspends or finishes; returns whether it can be resumed again.
+    pub fn resume(&self) -> bool {
+        assert!(!self.shared.done.get(), "resumed a finished coroutine");
+        let y = &self.shared.y;
+        // SAFETY: `me` was produced by init_stack or the coroutine's last suspend; resumed once.
+        unsafe { switch(y.caller.as_ptr(), y.me.get()) };
+        !self.shared.done.get()
+    }
+
+    /// The coroutine's saved stack pointer (meaningful while it is suspended).
+    pub fn saved_sp(&self) -> StackPointer {
+        self.shared.y.me.get()
+    }
+
+    /// The stack it runs on.
+    pub fn stack(&self) -> &Stack {
+        &self.stack
+    }
+}
