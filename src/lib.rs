@@ -1,1 +1,62 @@
-//! placeholder
+//! goro: Go's runtime as a Rust library.
+//!
+//! Goroutines by the million on an M:P:G scheduler, channels, a size-class heap that is also the
+//! process's global allocator, and `Gc<T>` objects reclaimed by a tracing collector whose roots
+//! are found by scanning goroutine stacks.
+//!
+//! ```
+//! use goro::{Gc, GcCell, Trace};
+//!
+//! #[global_allocator]
+//! static ALLOC: goro::alloc::GoroAlloc = goro::alloc::GoroAlloc;
+//!
+//! #[derive(Trace)]
+//! struct Node { value: u64, next: GcCell<Option<Gc<Node>>> }
+//!
+//! let sum = goro::run(|| {
+//!     let (tx, rx) = goro::chan::channel(16);
+//!     for i in 0..10 {
+//!         let tx = tx.clone();
+//!         goro::go(move || tx.send(Gc::new(Node { value: i, next: GcCell::new(None) })));
+//!     }
+//!     drop(tx);
+//!     rx.iter().map(|node: Gc<Node>| node.value).sum::<u64>()
+//! });
+//! assert_eq!(sum, 45);
+//! ```
+//!
+//! The pieces, one crate each: goro-alloc (the heap), goro-stack (goroutine stacks and the
+//! context switch), goro-sched (Gs, Ms and Ps, channels, sync), goro-gc (`Gc<T>` and the
+//! collector). This crate starts and stops a runtime ([`run`], [`Runtime`]) and joins the
+//! collector to the scheduler: its `roots` module is the one place that knows both.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod roots;
+mod runtime;
+
+pub use goro_derive::Trace;
+pub use goro_gc::{Gc, GcCell};
+pub use goro_sched::{JoinHandle, Panic, exit, go, num_goroutine, yield_now};
+pub use runtime::{BuildError, Builder, Runtime, run};
+
+/// Channels (Go's `chan T`): `channel(cap)`, `Sender`, `Receiver`.
+pub mod chan {
+    pub use goro_sched::chan::{Iter, Receiver, Sender, TryRecvError, TrySendError, channel};
+}
+
+/// Synchronisation that parks goroutines, never OS threads.
+pub mod sync {
+    pub use goro_sched::sync::WaitGroup;
+}
+
+/// The collector: `Gc<T>`, tracing, statistics and knobs (Go's `runtime` and `runtime/debug` GC
+/// functions).
+pub mod gc {
+    pub use goro_gc::*;
+}
+
+/// The heap: the global allocator and its statistics.
+pub mod alloc {
+    pub use goro_alloc::{AllocStats, GoroAlloc, stats};
+}

@@ -1,0 +1,335 @@
+//! Starting and stopping a runtime: [`run`], [`Runtime::builder`], and the environment defaults.
+//!
+//! Settings come from the builder, else from the environment (Go's names with goro's prefix),
+//! else from the defaults:
+//!
+//! | builder          | environment          | Go          | default                        |
+//! |------------------|----------------------|-------------|--------------------------------|
+//! | `max_procs(n)`   | `GORO_MAX_PROCS`     | GOMAXPROCS  | available cores                |
+//! | `gc_percent(p)`  | `GORO_GC_PERCENT`    | GOGC        | 100 (`off` or < 0: no trigger) |
+//! | `memory_limit(b)`| `GORO_MEMORY_LIMIT`  | GOMEMLIMIT  | none (`1GiB`, `512MiB`, bytes) |
+//! | `stack_size(b)`  | -                    | -           | 1 MiB of address space         |
+//!
+//! `GORO_DEBUG=gctrace=1` prints Go's gctrace line per cycle.
+//!
+//! One runtime runs at a time in a process (later `run` calls wait for it). When the main
+//! goroutine returns, the runtime ends: goroutines still blocked are abandoned (nothing of theirs
+//! is dropped, as when a Go program exits), and the collector *retires* the heap: every object the
+//! returned value or an abandoned goroutine can reach becomes immortal, the rest is dropped.
+
+use crate::roots::{self, GOROUTINE_ROOTS};
+use std::fmt;
+
+/// Usable bytes of each goroutine's stack unless the builder says otherwise. Pages are committed
+/// only when touched, so this is address space, not memory.
+pub const DEFAULT_STACK_SIZE: usize = 1 << 20;
+const MIN_STACK_SIZE: usize = 16 << 10;
+const MAX_STACK_SIZE: usize = 1 << 30;
+const MAX_PROCS: usize = 1024;
+
+static RUN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `main` as the main goroutine of a runtime with the default settings (and the
+/// environment's), and returns its value.
+///
+/// # Panics
+/// Panics with the reason if the runtime cannot start (see [`BuildError`]), and with the main
+/// goroutine's panic if it panicked.
+pub fn run<R, F>(main: F) -> R
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    match Runtime::builder().build() {
+        Ok(runtime) => runtime.run(main),
+        Err(error) => panic!("goro::run: {error}"),
+    }
+}
+
+/// Why a runtime cannot start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildError {
+    /// The process's `#[global_allocator]` is not `goro::alloc::GoroAlloc`.
+    NotGoroAllocator,
+    /// `max_procs` is outside 1..=1024.
+    MaxProcs(usize),
+    /// `stack_size` is outside 16 KiB..=1 GiB.
+    StackSize(usize),
+    /// An environment variable could not be parsed.
+    Environment {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What was expected.
+        expected: &'static str,
+    },
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::NotGoroAllocator => f.write_str(
+                "the global allocator is not goro's, so the collector cannot find Gc pointers \
+                 held in Box, Vec or closures; add `#[global_allocator] static ALLOC: \
+                 goro::alloc::GoroAlloc = goro::alloc::GoroAlloc;` to your program",
+            ),
+            BuildError::MaxProcs(n) => {
+                write!(f, "max_procs must be between 1 and {MAX_PROCS}, got {n}")
+            }
+            BuildError::StackSize(n) => write!(
+                f,
+                "stack_size must be between {MIN_STACK_SIZE} and {MAX_STACK_SIZE} bytes, got {n}"
+            ),
+            BuildError::Environment {
+                name,
+                value,
+                expected,
+            } => {
+                write!(f, "cannot parse {name}={value:?}: expected {expected}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// Settings for a runtime; see the module docs for each one's default.
+#[derive(Debug, Clone, Default)]
+pub struct Builder {
+    max_procs: Option<usize>,
+    gc_percent: Option<i32>,
+    memory_limit: Option<usize>,
+    stack_size: Option<usize>,
+}
+
+impl Builder {
+    /// The number of Ps (GOMAXPROCS): how many goroutines run in parallel.
+    pub fn max_procs(mut self, n: usize) -> Builder {
+        self.max_procs = Some(n);
+        self
+    }
+
+    /// GOGC: a cycle starts when the heap has grown this many percent over the live heap;
+    /// negative turns automatic collection off.
+    pub fn gc_percent(mut self, percent: i32) -> Builder {
+        self.gc_percent = Some(percent);
+        self
+    }
+
+    /// GOMEMLIMIT: a soft limit on the collected heap, in bytes.
+    pub fn memory_limit(mut self, bytes: usize) -> Builder {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// Usable bytes of each goroutine's stack (address space; pages are committed on touch).
+    pub fn stack_size(mut self, bytes: usize) -> Builder {
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// Checks the settings (and the environment) and makes the runtime.
+    pub fn build(self) -> Result<Runtime, BuildError> {
+        if !global_allocator_is_goros() {
+            return Err(BuildError::NotGoroAllocator);
+        }
+        let max_procs = match self.max_procs {
+            Some(n) => n,
+            None => env_parse("GORO_MAX_PROCS", "a number of Ps, e.g. 4", parse_usize)?
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        };
+        if !(1..=MAX_PROCS).contains(&max_procs) {
+            return Err(BuildError::MaxProcs(max_procs));
+        }
+        let gc_percent = match self.gc_percent {
+            Some(p) => p,
+            None => {
+                env_parse("GORO_GC_PERCENT", "a percentage or `off`", parse_percent)?.unwrap_or(100)
+            }
+        };
+        let memory_limit = match self.memory_limit {
+            Some(bytes) => bytes,
+            None => env_parse(
+                "GORO_MEMORY_LIMIT",
+                "bytes, e.g. 1GiB or 512MiB",
+                parse_bytes,
+            )?
+            .unwrap_or(usize::MAX),
+        };
+        let stack_size = self.stack_size.unwrap_or(DEFAULT_STACK_SIZE);
+        if !(MIN_STACK_SIZE..=MAX_STACK_SIZE).contains(&stack_size) {
+            return Err(BuildError::StackSize(stack_size));
+        }
+        let gctrace = std::env::var("GORO_DEBUG").is_ok_and(|debug| {
+            debug
+                .split(',')
+                .any(|setting| setting.trim() == "gctrace=1")
+        });
+        Ok(Runtime {
+            max_procs,
+            gc_percent,
+            memory_limit,
+            stack_size,
+            gctrace,
+        })
+    }
+}
+
+/// A configured runtime, ready to [`run`](Runtime::run) a main goroutine.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    max_procs: usize,
+    gc_percent: i32,
+    memory_limit: usize,
+    stack_size: usize,
+    gctrace: bool,
+}
+
+impl Runtime {
+    /// Settings for a runtime.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The number of Ps this runtime runs with.
+    pub fn max_procs(&self) -> usize {
+        self.max_procs
+    }
+
+    /// Runs `main` as the main goroutine and returns its value once it returns.
+    ///
+    /// # Panics
+    /// Resumes the main goroutine's panic; panics if it ended with `goro::exit()`, or if called
+    /// from inside a goroutine.
+    pub fn run<R, F>(&self, main: F) -> R
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        if goro_sched::is_goroutine() {
+            panic!(
+                "goro::run called inside a running goro runtime; use goro::go to start goroutines"
+            );
+        }
+        // One runtime at a time: the collector's roots and the heap's retirement belong to it.
+        let _one_at_a_time = RUN_LOCK.lock().unwrap_or_else(|poison| poison.into_inner());
+        goro_gc::set_percent(self.gc_percent);
+        goro_gc::set_memory_limit(self.memory_limit);
+        goro_gc::set_trace(self.gctrace);
+        goro_gc::install(&GOROUTINE_ROOTS);
+        let config = goro_sched::Config {
+            procs: self.max_procs,
+            stack_size: self.stack_size,
+            on_thread_start: Some(register_mutator_thread),
+            on_thread_stop: Some(unregister_mutator_thread),
+        };
+        let finished = goro_sched::run(config, main);
+        goro_gc::uninstall();
+        goro_gc::retire(&mut |visitor| {
+            let result = finished.result();
+            let lo = std::ptr::from_ref(result).cast::<u8>();
+            // SAFETY: the result is a live local of this frame for the whole call.
+            unsafe { visitor.range(lo, lo.add(size_of_val(result))) };
+            finished.for_each_abandoned_root(&mut |root| roots::report(visitor, root));
+            roots::report_static_data(visitor);
+        });
+        match finished.into_result() {
+            Ok(value) => value,
+            Err(panic) if panic.is_exit() => {
+                panic!(
+                    "goro::exit called in the main goroutine: the program has no value to return"
+                )
+            }
+            Err(panic) => panic.resume(),
+        }
+    }
+}
+
+thread_local! {
+    static MUTATOR: std::cell::RefCell<Option<goro_gc::MutatorThread>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn register_mutator_thread() {
+    MUTATOR.with(|slot| *slot.borrow_mut() = Some(goro_gc::MutatorThread::register()));
+}
+
+fn unregister_mutator_thread() {
+    MUTATOR.with(|slot| drop(slot.borrow_mut().take()));
+}
+
+/// Whether `#[global_allocator]` is `GoroAlloc`: a fresh `Box` must land in goro's heap.
+fn global_allocator_is_goros() -> bool {
+    let probe = Box::new(0u64);
+    goro_alloc::is_goro_heap(std::ptr::from_ref(&*probe) as usize)
+}
+
+fn env_parse<T>(
+    name: &'static str,
+    expected: &'static str,
+    parse: fn(&str) -> Option<T>,
+) -> Result<Option<T>, BuildError> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
+        Ok(value) => parse(value.trim())
+            .map(Some)
+            .ok_or(BuildError::Environment {
+                name,
+                value,
+                expected,
+            }),
+    }
+}
+
+fn parse_usize(text: &str) -> Option<usize> {
+    text.parse().ok()
+}
+
+fn parse_percent(text: &str) -> Option<i32> {
+    if text.eq_ignore_ascii_case("off") {
+        Some(-1)
+    } else {
+        text.parse().ok()
+    }
+}
+
+/// Go's GOMEMLIMIT syntax: a number with an optional B, KiB, MiB, GiB or TiB suffix.
+pub(crate) fn parse_bytes(text: &str) -> Option<usize> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number.parse().ok()?;
+    let shift = match unit {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        "TiB" => 40,
+        _ => return None,
+    };
+    number.checked_mul(1 << shift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_parse_like_gomemlimit() {
+        assert_eq!(parse_bytes("1GiB"), Some(1 << 30));
+        assert_eq!(parse_bytes("512MiB"), Some(512 << 20));
+        assert_eq!(parse_bytes("4096"), Some(4096));
+        assert_eq!(parse_bytes("10B"), Some(10));
+        assert_eq!(parse_bytes("1GB"), None);
+        assert_eq!(parse_bytes("MiB"), None);
+    }
+
+    #[test]
+    fn percent_parses_off() {
+        assert_eq!(parse_percent("off"), Some(-1));
+        assert_eq!(parse_percent("50"), Some(50));
+        assert_eq!(parse_percent("x"), None);
+    }
+}

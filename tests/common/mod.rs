@@ -1,0 +1,78 @@
+//! Shared pieces of the integration tests: a traced tree with checksums and drop canaries.
+
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use goro::gc::{Trace, Tracer};
+use goro::{Gc, GcCell};
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Ids of canaries whose objects were dropped.
+pub static DROPPED: Mutex<Option<HashSet<u64>>> = Mutex::new(None);
+static NEXT_CANARY: AtomicU64 = AtomicU64::new(1);
+
+/// A field that records its owner's death.
+pub struct Canary(pub u64);
+
+impl Canary {
+    pub fn new() -> Canary {
+        Canary(NEXT_CANARY.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl Drop for Canary {
+    fn drop(&mut self) {
+        DROPPED
+            .lock()
+            .unwrap()
+            .get_or_insert_with(HashSet::new)
+            .insert(self.0);
+    }
+}
+
+// SAFETY: owns no Gc; its drop touches only a static set.
+unsafe impl Trace for Canary {
+    fn trace(&self, _: &mut Tracer) {}
+}
+
+pub fn was_dropped(id: u64) -> bool {
+    DROPPED
+        .lock()
+        .unwrap()
+        .as_ref()
+        .is_some_and(|set| set.contains(&id))
+}
+
+#[derive(goro::Trace)]
+pub struct Tree {
+    pub value: u64,
+    pub children: Vec<Gc<Tree>>,
+    pub link: GcCell<Option<Gc<Tree>>>,
+    pub canary: Canary,
+}
+
+/// A complete binary tree of `depth` levels with values derived from `seed`.
+pub fn build(depth: u32, seed: u64) -> Gc<Tree> {
+    let children = if depth == 0 {
+        Vec::new()
+    } else {
+        vec![build(depth - 1, seed * 2), build(depth - 1, seed * 2 + 1)]
+    };
+    Gc::new(Tree {
+        value: seed,
+        children,
+        link: GcCell::new(None),
+        canary: Canary::new(),
+    })
+}
+
+/// Sum of values over the tree, following links too (once).
+pub fn checksum(tree: &Tree) -> u64 {
+    let linked = tree.link.get().map_or(0, |l| l.value.wrapping_mul(31));
+    tree.children
+        .iter()
+        .fold(tree.value.wrapping_add(linked), |acc, c| {
+            acc.wrapping_add(checksum(c))
+        })
+}

@@ -1,0 +1,131 @@
+//! Starting runtimes: builder values, environment, panics and exits of the main goroutine.
+
+use goro::{BuildError, Runtime};
+
+#[global_allocator]
+static ALLOC: goro::alloc::GoroAlloc = goro::alloc::GoroAlloc;
+
+/// The tests of this file run one at a time, so "outside a runtime" really is outside.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+fn message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .expect("a string panic payload")
+}
+
+#[test]
+fn bad_builder_values_name_the_fix() {
+    let _serial = serial();
+    let error = Runtime::builder().max_procs(0).build().unwrap_err();
+    assert_eq!(error, BuildError::MaxProcs(0));
+    assert_eq!(
+        error.to_string(),
+        "max_procs must be between 1 and 1024, got 0"
+    );
+    let error = Runtime::builder().stack_size(100).build().unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "stack_size must be between 16384 and 1073741824 bytes, got 100"
+    );
+}
+
+#[test]
+fn runs_return_values_and_can_follow_each_other() {
+    let _serial = serial();
+    for procs in 1..=3 {
+        let runtime = Runtime::builder().max_procs(procs).build().unwrap();
+        assert_eq!(runtime.max_procs(), procs);
+        let n = runtime.run(move || {
+            assert_eq!(goro_procs(), procs);
+            goro::go(|| 2).join().unwrap() + 1
+        });
+        assert_eq!(n, 3);
+    }
+}
+
+fn goro_procs() -> usize {
+    // The number of Ps shows as parallel workers: spawn one blocked goroutine per P and count
+    // the threads they ran on.
+    let (tx, rx) = goro::chan::channel::<()>(0);
+    let wg = std::sync::Arc::new(goro::sync::WaitGroup::new());
+    let ids = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let mut handles = Vec::new();
+    for _ in 0..64 {
+        wg.add(1);
+        let (wg, ids, rx) = (wg.clone(), ids.clone(), rx.clone());
+        handles.push(goro::go(move || {
+            ids.lock().unwrap().insert(std::thread::current().id());
+            let t = std::time::Instant::now();
+            while t.elapsed() < std::time::Duration::from_millis(2) {}
+            wg.done();
+            rx.recv();
+        }));
+    }
+    wg.wait();
+    drop(tx);
+    for h in handles {
+        h.join().unwrap();
+    }
+    ids.lock().unwrap().len()
+}
+
+#[test]
+fn a_panic_in_main_reaches_the_caller() {
+    let _serial = serial();
+    let error = std::panic::catch_unwind(|| goro::run(|| panic!("main failed"))).unwrap_err();
+    assert_eq!(*error.downcast_ref::<&str>().unwrap(), "main failed");
+}
+
+#[test]
+fn exit_in_main_says_so() {
+    let _serial = serial();
+    let error = std::panic::catch_unwind(|| goro::run(|| goro::exit())).unwrap_err();
+    let message = message(&*error);
+    assert!(
+        message.starts_with("goro::exit called in the main goroutine"),
+        "{message}"
+    );
+}
+
+#[test]
+fn gc_new_outside_a_runtime_says_so() {
+    let _serial = serial();
+    let error = std::panic::catch_unwind(|| goro::Gc::new(1u8)).unwrap_err();
+    let message = message(&*error);
+    assert!(
+        message.starts_with("Gc::new called outside a goro runtime"),
+        "{message}"
+    );
+}
+
+#[test]
+fn wait_group_waits_for_all() {
+    let _serial = serial();
+    let total = goro::run(|| {
+        let wg = std::sync::Arc::new(goro::sync::WaitGroup::new());
+        let sum = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        for i in 0..1000 {
+            wg.add(1);
+            let (wg, sum) = (wg.clone(), sum.clone());
+            goro::go(move || {
+                sum.fetch_add(i, std::sync::atomic::Ordering::Relaxed);
+                wg.done();
+            });
+        }
+        wg.wait();
+        sum.load(std::sync::atomic::Ordering::Relaxed)
+    });
+    assert_eq!(total, 999 * 1000 / 2);
+    let error = std::panic::catch_unwind(|| goro::sync::WaitGroup::new().done()).unwrap_err();
+    assert_eq!(
+        *error.downcast_ref::<&str>().unwrap(),
+        "sync: negative WaitGroup counter"
+    );
+}
