@@ -252,11 +252,13 @@ thread_local! {
 }
 
 fn register_mutator_thread() {
+    roots::register_thread_tls();
     MUTATOR.with(|slot| *slot.borrow_mut() = Some(goro_gc::MutatorThread::register()));
 }
 
 fn unregister_mutator_thread() {
     MUTATOR.with(|slot| drop(slot.borrow_mut().take()));
+    roots::unregister_thread_tls();
 }
 
 /// Whether `#[global_allocator]` is `GoroAlloc`: a fresh `Box` must land in goro's heap.

@@ -82,13 +82,19 @@ static REGISTRY: Mutex<Vec<Gc<Tree>>> = Mutex::new(Vec::new());
 #[test]
 fn a_gc_in_a_static_survives() {
     goro::run(|| {
-        let tree = build(5, 42);
-        let sum = checksum(&tree);
-        REGISTRY.lock().unwrap().push(tree);
+        // The goroutine that stores the tree exits: afterwards only the static holds it.
+        let (canary, sum) = goro::go(|| {
+            let tree = build(5, 42);
+            REGISTRY.lock().unwrap().push(tree);
+            (tree.canary.0, checksum(&tree))
+        })
+        .join()
+        .unwrap();
         for _ in 0..3 {
-            garbage();
+            goro::go(garbage).join().unwrap();
             goro::gc::collect();
         }
+        assert!(!was_dropped(canary));
         assert_eq!(checksum(&REGISTRY.lock().unwrap()[0]), sum);
     });
 }
@@ -143,4 +149,64 @@ fn cells_can_be_rewired_across_collections() {
             assert_eq!(at.id, 0, "round {round}");
         }
     });
+}
+
+thread_local! {
+    static STASH: std::cell::RefCell<Vec<Gc<Tree>>> = const { std::cell::RefCell::new(Vec::new()) };
+    static ONE: std::cell::Cell<Option<Gc<Tree>>> = const { std::cell::Cell::new(None) };
+}
+
+#[test]
+fn a_gc_in_a_goroutines_thread_local_survives() {
+    // One P, so every goroutine runs on the same M and sees the same thread-locals.
+    goro::Runtime::builder()
+        .max_procs(1)
+        .build()
+        .unwrap()
+        .run(|| {
+            // The goroutine that stores the trees exits: afterwards only the thread-locals hold them.
+            let (kept, sum) = goro::go(|| {
+                let tree = build(5, 77);
+                let single = build(3, 78);
+                STASH.with(|stash| stash.borrow_mut().push(tree));
+                ONE.with(|one| one.set(Some(single)));
+                (tree.canary.0, checksum(&tree) + checksum(&single))
+            })
+            .join()
+            .unwrap();
+            for _ in 0..3 {
+                goro::go(garbage).join().unwrap();
+                goro::gc::collect();
+            }
+            let tree = STASH.with(|stash| stash.borrow_mut().pop().unwrap());
+            let single = ONE.with(|one| one.take().unwrap());
+            assert!(!was_dropped(kept));
+            assert_eq!(checksum(&tree) + checksum(&single), sum);
+        });
+}
+
+#[test]
+fn objects_stored_into_an_immortal_object_by_a_later_runtime_stay_alive() {
+    let holder = goro::run(|| build(0, 1));
+    goro::run(move || {
+        holder.link.set(Some(build(4, 2)));
+    });
+    goro::run(|| {
+        for _ in 0..3 {
+            garbage();
+            goro::gc::collect();
+        }
+    });
+    let linked = holder.link.get().unwrap();
+    assert!(!was_dropped(linked.canary.0));
+    assert_eq!(checksum(&linked), expected_checksum(4, 2));
+}
+
+/// The checksum `build(depth, seed)` has (no links), computed without building it.
+fn expected_checksum(depth: u32, seed: u64) -> u64 {
+    if depth == 0 {
+        seed
+    } else {
+        seed + expected_checksum(depth - 1, seed * 2) + expected_checksum(depth - 1, seed * 2 + 1)
+    }
 }

@@ -20,6 +20,7 @@ use crate::stats::{self, CycleReport};
 use crate::trace::Tracer;
 use goro_alloc::SpanKind;
 use std::cell::Cell;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -141,6 +142,7 @@ fn cycle(mutators: &dyn Mutators, forced: bool, requested: Instant) {
     let mut tracer = Tracer::new();
     goro_alloc::clear_marks();
     let mut roots = 0;
+    mark_immortals(&mut tracer);
     mutators.roots(&mut RootVisitor {
         sink: &mut |lo, hi| {
             roots += hi.saturating_sub(lo);
@@ -180,6 +182,7 @@ pub fn retire(report: &mut dyn FnMut(&mut RootVisitor<'_>)) {
     }
     let mut tracer = Tracer::new();
     goro_alloc::clear_marks();
+    mark_immortals(&mut tracer);
     report(&mut RootVisitor {
         sink: &mut |lo, hi| tracer.push_range(lo, hi),
     });
@@ -187,6 +190,21 @@ pub fn retire(report: &mut dyn FnMut(&mut RootVisitor<'_>)) {
     sweep(true);
     pacer::cycle_done(0, 0);
     COLLECTING.store(false, Ordering::Relaxed);
+}
+
+/// Objects made immortal by [`retire`]. They are roots of every later cycle: whoever holds them
+/// outside any runtime (the caller of `run`, say) may reach, through their `GcCell`s, objects a
+/// later runtime stored there. (The facade's scan of static data would find this list's buffer
+/// too; marking it here keeps the rule independent of that scan.)
+static IMMORTALS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+fn mark_immortals(tracer: &mut Tracer) {
+    let immortals = IMMORTALS
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    for &object in immortals.iter() {
+        tracer.marker.mark_object(object);
+    }
 }
 
 #[derive(Default)]
@@ -200,6 +218,7 @@ struct Swept {
 fn sweep(immortalize: bool) -> Swept {
     let mut swept = Swept::default();
     let mut dead: Vec<(*mut u8, usize)> = Vec::new();
+    let mut new_immortals = Vec::new();
     SWEEPING.store(true, Ordering::Relaxed);
     goro_alloc::for_each_gc_span(|span| {
         let size = span.elem_size();
@@ -216,9 +235,10 @@ fn sweep(immortalize: bool) -> Swept {
             if word & IMMORTAL != 0 || span.is_marked(i) {
                 swept.live_bytes += size;
                 swept.live_objects += 1;
-                if immortalize {
+                if immortalize && word & IMMORTAL == 0 {
                     // SAFETY: as above; no mutator runs, and the slot is allocated.
                     unsafe { header.write(word | IMMORTAL) };
+                    new_immortals.push(slot as usize);
                 }
             } else {
                 dead.push((slot, word));
@@ -241,6 +261,10 @@ fn sweep(immortalize: bool) -> Swept {
         swept.freed_objects += dead.len();
     });
     SWEEPING.store(false, Ordering::Relaxed);
+    IMMORTALS
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .extend(new_immortals);
     swept
 }
 

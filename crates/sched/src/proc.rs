@@ -503,9 +503,14 @@ fn execute(m: &M, g: GRef) {
         }
         Request::StopTheWorld(f) => {
             stw::stop(m);
-            // SAFETY: the closure lives on the requesting goroutine's stack, which is switched
-            // out until this M resumes it after this call.
-            unsafe { (*f)() };
+            // Once the main goroutine has finished, the runtime is ending: its result is held
+            // only by `run`'s frame, which no root covers, so no cycle may start any more. (The
+            // main goroutine sets `shutdown` before it stops running, and `stop` waited for that.)
+            if !sched.shutdown.load(Ordering::SeqCst) {
+                // SAFETY: the closure lives on the requesting goroutine's stack, which is
+                // switched out until this M resumes it after this call.
+                unsafe { (*f)() };
+            }
             stw::start(sched);
             gg.status.store(GStatus::Runnable as u8, Ordering::Relaxed);
             lock(&sched.ps[m.id].runq).push_front(g);

@@ -42,7 +42,8 @@ fn stop_at_safe_point() {
 }
 
 /// Stops every goroutine of the running runtime at a safe point, runs `f` on this M's system
-/// stack, and restarts them.
+/// stack, and restarts them. `f` does not run if the runtime is ending (its main goroutine has
+/// returned): the collector must not run once roots are leaving the runtime's view.
 ///
 /// # Panics
 /// Panics if the caller is not a goroutine.
