@@ -353,14 +353,17 @@ pub struct GcSpan {
 
 impl GcSpan {
     /// Address of slot 0.
+    #[inline]
     pub fn base(&self) -> *mut u8 {
         self.base as *mut u8
     }
     /// Slot size; a slot's header word is at `slot(i) + elem_size() - 8`.
+    #[inline]
     pub fn elem_size(&self) -> usize {
         self.elem_size
     }
     /// Number of slots (1 for a large object).
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -369,10 +372,47 @@ impl GcSpan {
         self.len == 0
     }
     /// Address of slot `i` (not checked against `len`).
+    #[inline]
     pub fn slot(&self, i: usize) -> *mut u8 {
         self.base.wrapping_add(i.wrapping_mul(self.elem_size)) as *mut u8
     }
+    /// Mark bits of slots `64 * w .. 64 * w + 64` (bit `i % 64` for slot `i`); 0 past the end.
+    #[inline]
+    pub fn mark_word(&self, w: usize) -> u64 {
+        // Acquire: pairs with the AcqRel in `Block::mark`.
+        self.span
+            .marks
+            .get(w)
+            .map_or(0, |word| word.load(Ordering::Acquire))
+    }
+
+    /// Frees the given slots of this span, which the caller has dropped and whose header words
+    /// it has zeroed, in one batch (one atomic push for a small span).
+    ///
+    /// # Safety
+    /// May be called only with distinct, allocated slot starts of this span (from
+    /// [`GcSpan::slot`]) whose header words are 0 and that nobody uses afterwards.
+    pub unsafe fn free_slots(&self, slots: &[*mut u8]) {
+        let (Some(&first), Some(&last)) = (slots.first(), slots.last()) else {
+            return;
+        };
+        if self.span.state.load(Ordering::Acquire) != STATE_SMALL {
+            for &slot in slots {
+                // SAFETY: caller's contract (a large span's one slot).
+                unsafe { free(slot) };
+            }
+            return;
+        }
+        for pair in slots.windows(2) {
+            // SAFETY: the slots are dead and ours (caller); word 0 is the free-list link.
+            unsafe { (pair[0] as *mut usize).write(pair[1] as usize) };
+        }
+        // SAFETY: the chain links exactly `slots`, all allocated slots of this small span.
+        unsafe { mcache::free_chain(self.span, first, last, slots.len()) };
+    }
+
     /// Whether slot `i`'s mark bit is set (false when `i >= len`).
+    #[inline]
     pub fn is_marked(&self, i: usize) -> bool {
         // Acquire: pairs with the AcqRel in `Block::mark`.
         i < self.len

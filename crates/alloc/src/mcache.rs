@@ -224,6 +224,21 @@ pub(crate) unsafe fn free_small(s: &'static Span, p: *mut u8) {
     }
 }
 
+/// Frees a chain of slots of the small span `s` (linked through word 0 from `first` to `last`)
+/// as remote frees, with one push.
+///
+/// # Safety
+/// As [`free_small`], for every slot of the chain.
+pub(crate) unsafe fn free_chain(s: &'static Span, first: *mut u8, last: *mut u8, count: usize) {
+    FREES.fetch_add(count as u64, Ordering::Relaxed);
+    // SAFETY: caller's contract.
+    unsafe { s.push_remote_chain(first, last, count) };
+    // SeqCst: the freer half of the handshake in mcentral's docs.
+    if s.owner.load(Ordering::SeqCst) == OWNER_DETACHED {
+        mcentral::reclaim_detached(s);
+    }
+}
+
 /// # Safety
 /// As [`free_small`].
 unsafe fn free_remote(s: &'static Span, p: *mut u8) {

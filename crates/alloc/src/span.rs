@@ -31,6 +31,12 @@ use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize,
 use crate::PAGE_SIZE;
 use crate::size_class::SizeClass;
 
+/// The remote-free word keeps the stack's length above this bit, so that the owner takes the
+/// stack and its length in one swap instead of walking it (user-space addresses fit in 47 bits
+/// on x86_64 and 48 on aarch64; a span has at most 1024 slots).
+pub(crate) const REMOTE_COUNT_SHIFT: u32 = 48;
+const REMOTE_ADDRESS_MASK: usize = (1 << REMOTE_COUNT_SHIFT) - 1;
+
 /// Words of mark bits per span (1024 slots at most).
 pub(crate) const MARK_WORDS: usize = 16;
 /// Largest slot count a span may have.
@@ -84,7 +90,8 @@ pub(crate) struct Span {
     pub(crate) prev: AtomicPtr<Span>,
     /// Ownership word, see the module docs and `mcentral`.
     pub(crate) owner: AtomicUsize,
-    /// Remote-free stack head (slot address, 0 = empty).
+    /// Remote-free stack: head slot address in the low 48 bits, number of slots on the stack in
+    /// the high 16 (see [`REMOTE_COUNT_SHIFT`]); 0 = empty.
     pub(crate) remote: AtomicUsize,
     /// Owner-only local free list head (slot address, 0 = empty).
     pub(crate) free_head: AtomicUsize,
@@ -225,17 +232,33 @@ impl Span {
     /// `p` must be an allocated slot start of this span, freed exactly once.
     #[inline]
     pub(crate) unsafe fn push_remote(&self, p: *mut u8) {
+        // SAFETY: caller's contract, for a chain of one.
+        unsafe { self.push_remote_chain(p, p, 1) }
+    }
+
+    /// Pushes a chain of slots, already linked through word 0 from `first` to `last`, onto the
+    /// remote-free stack with one CAS (the sweeper frees a span's dead slots this way).
+    ///
+    /// # Safety
+    /// Every slot of the chain must be an allocated slot start of this span, freed exactly once,
+    /// and `last` must be the chain's end (its link is overwritten here).
+    pub(crate) unsafe fn push_remote_chain(&self, first: *mut u8, last: *mut u8, count: usize) {
+        debug_assert_eq!(
+            first as usize & !REMOTE_ADDRESS_MASK,
+            0,
+            "slot above 2^48: {first:p}"
+        );
         let mut head = self.remote.load(Ordering::Relaxed);
         loop {
-            // SAFETY: the slot is being freed by us; nobody else reads or writes it until the
-            // push below publishes it.
-            unsafe { (p as *mut usize).write(head) };
-            // SeqCst: Release publishes the link to the owner's Acquire swap in
+            // SAFETY: the chain is ours until the CAS below publishes it.
+            unsafe { (last as *mut usize).write(head & REMOTE_ADDRESS_MASK) };
+            let length = (head >> REMOTE_COUNT_SHIFT) + count;
+            // SeqCst: Release publishes the links to the owner's Acquire swap in
             // `collect_remote`; the SeqCst total order is the Dekker handshake with `release`
             // in mcentral (see there).
             match self.remote.compare_exchange_weak(
                 head,
-                p as usize,
+                first as usize | (length << REMOTE_COUNT_SHIFT),
                 Ordering::SeqCst,
                 Ordering::Relaxed,
             ) {
@@ -253,25 +276,33 @@ impl Span {
         if self.remote.load(Ordering::Relaxed) == 0 {
             return 0;
         }
-        // Acquire: pairs with the Release part of the CAS in `push_remote` (the links).
-        let list = self.remote.swap(0, Ordering::Acquire);
-        let mut n = 0;
-        let mut last = list;
-        let mut p = list;
-        while p != 0 {
-            n += 1;
-            last = p;
-            // SAFETY: every node is a freed slot of this span pushed by `push_remote`, whose
-            // word 0 is the link (visible through the Acquire swap).
-            p = unsafe { (p as *const usize).read() };
+        // Acquire: pairs with the Release part of the CAS in `push_remote_chain` (the links).
+        let word = self.remote.swap(0, Ordering::Acquire);
+        let list = word & REMOTE_ADDRESS_MASK;
+        let n = word >> REMOTE_COUNT_SHIFT;
+        if n == 0 {
+            return 0;
         }
-        if n > 0 {
+        let local = self.free_head.load(Ordering::Relaxed);
+        if local != 0 {
+            // Splice in front of the local list: find the remote list's end (rare: refills
+            // come when the local list is empty).
+            let mut last = list;
+            loop {
+                // SAFETY: every node is a freed slot of this span whose word 0 is the link
+                // (visible through the Acquire swap); the list ends with 0.
+                let next = unsafe { (last as *const usize).read() };
+                if next == 0 {
+                    break;
+                }
+                last = next;
+            }
             // SAFETY: `last` is the list's last slot, now owned by us.
-            unsafe { (last as *mut usize).write(self.free_head.load(Ordering::Relaxed)) };
-            self.free_head.store(list, Ordering::Relaxed);
-            let a = self.allocated.load(Ordering::Relaxed);
-            self.allocated.store(a.saturating_sub(n), Ordering::Relaxed);
+            unsafe { (last as *mut usize).write(local) };
         }
+        self.free_head.store(list, Ordering::Relaxed);
+        let a = self.allocated.load(Ordering::Relaxed);
+        self.allocated.store(a.saturating_sub(n), Ordering::Relaxed);
         n
     }
 

@@ -217,48 +217,58 @@ struct Swept {
 
 fn sweep(immortalize: bool) -> Swept {
     let mut swept = Swept::default();
-    let mut dead: Vec<(*mut u8, usize)> = Vec::new();
+    let mut dead: Vec<*mut u8> = Vec::new();
     let mut new_immortals = Vec::new();
     SWEEPING.store(true, Ordering::Relaxed);
     goro_alloc::for_each_gc_span(|span| {
         let size = span.elem_size();
         dead.clear();
-        for i in 0..span.len() {
-            let slot = span.slot(i);
-            // SAFETY: `slot` is a slot of a Gc span of element size `size`.
-            let header = unsafe { header_of(slot, size) };
-            // SAFETY: the header word lies inside the span's committed memory.
-            let word = unsafe { header.read() };
-            if word == 0 {
-                continue;
-            }
-            if word & IMMORTAL != 0 || span.is_marked(i) {
-                swept.live_bytes += size;
-                swept.live_objects += 1;
-                if immortalize && word & IMMORTAL == 0 {
-                    // SAFETY: as above; no mutator runs, and the slot is allocated.
-                    unsafe { header.write(word | IMMORTAL) };
-                    new_immortals.push(slot as usize);
+        let mut live = 0;
+        // Pass 1: list the dead slots. No user code runs here.
+        for w in 0..span.len().div_ceil(64) {
+            let marks = span.mark_word(w);
+            for i in 64 * w..(64 * w + 64).min(span.len()) {
+                let slot = span.slot(i);
+                // SAFETY: `slot` is a slot of a Gc span of element size `size`.
+                let header = unsafe { header_of(slot, size) };
+                // SAFETY: the header word lies inside the span's memory, which stays mapped.
+                let word = unsafe { header.read() };
+                if word == 0 {
+                    continue;
                 }
-            } else {
-                dead.push((slot, word));
+                if marks & (1 << (i % 64)) != 0 || word & IMMORTAL != 0 {
+                    live += 1;
+                    if immortalize && word & IMMORTAL == 0 {
+                        // SAFETY: as above; no mutator runs, and the slot is allocated.
+                        unsafe { header.write(word | IMMORTAL) };
+                        new_immortals.push(slot as usize);
+                    }
+                } else {
+                    dead.push(slot);
+                }
             }
         }
-        for &(slot, word) in &dead {
+        // Pass 2: drop them. Drop glue may allocate and free; the dead slots stay allocated.
+        for &slot in &dead {
             // SAFETY: the header was written by `Gc::new` for this slot's object, which marking
             // did not reach: no mutator can use it again.
-            unsafe { (vtable_of(word).drop)(slot) };
-        }
-        for &(slot, _) in &dead {
-            // SAFETY: the object was dropped above; zeroing the header before freeing is the
-            // slot convention goro-alloc requires.
             unsafe {
-                header_of(slot, size).write(0);
-                goro_alloc::free_gc(slot);
+                if let Some(drop) = vtable_of(header_of(slot, size).read()).drop {
+                    drop(slot);
+                }
             }
         }
-        swept.freed_bytes += dead.len() * size;
+        // Pass 3: zero the headers (goro-alloc's slot convention) and free in one batch.
+        for &slot in &dead {
+            // SAFETY: the object was dropped above and the slot is still allocated.
+            unsafe { header_of(slot, size).write(0) };
+        }
+        // SAFETY: distinct dead slots of this span, dropped, headers zeroed, never used again.
+        unsafe { span.free_slots(&dead) };
+        swept.live_objects += live;
+        swept.live_bytes += live * size;
         swept.freed_objects += dead.len();
+        swept.freed_bytes += dead.len() * size;
     });
     SWEEPING.store(false, Ordering::Relaxed);
     IMMORTALS

@@ -20,8 +20,8 @@ pub(crate) const IMMORTAL: usize = 1;
 pub(crate) struct VTable {
     /// Calls `<T as Trace>::trace` on the object at the pointer.
     pub(crate) trace: unsafe fn(*const u8, &mut Tracer),
-    /// Drops the `T` at the pointer in place.
-    pub(crate) drop: unsafe fn(*mut u8),
+    /// Drops the `T` at the pointer in place; `None` when `T` has no drop glue.
+    pub(crate) drop: Option<unsafe fn(*mut u8)>,
     /// `size_of::<T>()`, for statistics.
     pub(crate) size: usize,
 }
@@ -42,7 +42,11 @@ impl<T: Trace> Layout<T> {
     pub(crate) const SLOT: usize = goro_alloc::gc_slot_size(Self::REQUEST);
     pub(crate) const VTABLE: VTable = VTable {
         trace: trace_erased::<T>,
-        drop: drop_erased::<T>,
+        drop: if core::mem::needs_drop::<T>() {
+            Some(drop_erased::<T>)
+        } else {
+            None
+        },
         size: size_of::<T>(),
     };
 }
