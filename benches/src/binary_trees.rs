@@ -4,7 +4,7 @@
 //! `2^(N - d + 4)` trees of depth d, each built, checked (node count) and dropped. One mutator.
 //! The check lines are the standard ones; `checksum` is the sum of every check printed.
 
-use crate::report;
+use crate::{Options, Workload, report};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,6 +13,27 @@ use std::time::Instant;
 pub const MIN_DEPTH: u32 = 4;
 /// The suite's default N.
 pub const DEFAULT_N: u32 = 18;
+
+/// The binary_trees family.
+pub const WORKLOADS: &[Workload] = &[Workload {
+    name: "binary_trees",
+    default_size: "18",
+    variants: &[],
+    implementations: &["goro", "box", "rc", "arc"],
+    run,
+}];
+
+fn run(implementation: &str, size: &str, options: &Options) -> Result<(), String> {
+    let n: u32 = crate::parse_size("binary_trees", size)?;
+    match implementation {
+        "goro" => crate::goro_runtime(options)?.run(move || bench::<GoroTrees>("goro", n)),
+        "box" => bench::<BoxTrees>("box", n),
+        "rc" => bench::<RcTrees>("rc", n),
+        "arc" => bench::<ArcTrees>("arc", n),
+        other => return Err(format!("no implementation {other}")),
+    }
+    Ok(())
+}
 
 /// The tree operations a peer provides.
 pub trait Trees {

@@ -1,52 +1,19 @@
 //! The workload runner: `cargo run --release -p goro-bench -- [WORKLOAD [SIZE]] [--impl NAME]
 //! [--procs P] [--variant V]`.
 //!
-//! With no workload it runs the whole suite at default sizes, every implementation in its own
-//! process, and prints a table of the RESULT lines with time ratios against goro. With a workload
-//! and `--impl`, it runs that one implementation and prints its RESULT line. Peers run here, with
-//! the system allocator; `goro` runs in the sibling binary `goro-bench-goro`, whose global
-//! allocator is GoroAlloc (building it first if it is missing or stale).
+//! With no workload it runs the whole suite at default sizes (every variant), every
+//! implementation in its own process, and prints a table of the RESULT lines with ratios against
+//! goro. With a workload and no `--impl`, it runs that workload's implementations the same way.
+//! With `--impl`, it runs one implementation: peers that use the system allocator run here; the
+//! others run in the sibling binary for their allocator (built first by the cargo that built this
+//! one, unless `GORO_BENCH_NO_BUILD` is set).
 
-use goro_bench::binary_trees::{self, ArcTrees, BoxTrees, RcTrees};
-use goro_bench::report;
+use goro_bench::{Args, Binary, Options, Workload, binary_for, report, workloads};
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-/// Each workload, its default size, and the implementations that run it.
-const SUITE: &[(&str, &str, &[&str])] = &[("binary_trees", "18", &["goro", "box", "rc", "arc"])];
-
-struct Args {
-    workload: Option<String>,
-    size: Option<String>,
-    implementation: Option<String>,
-    rest: Vec<String>,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        workload: None,
-        size: None,
-        implementation: None,
-        rest: Vec::new(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--impl" => args.implementation = Some(it.next().ok_or("--impl needs a NAME")?),
-            "--procs" | "--variant" => {
-                let value = it.next().ok_or(format!("{arg} needs a value"))?;
-                args.rest.extend([arg, value]);
-            }
-            flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
-            _ if args.workload.is_none() => args.workload = Some(arg),
-            _ if args.size.is_none() => args.size = Some(arg),
-            _ => return Err(format!("unexpected argument {arg}")),
-        }
-    }
-    Ok(args)
-}
-
 fn main() -> ExitCode {
-    let args = match parse_args() {
+    let args = match Args::parse() {
         Ok(args) => args,
         Err(error) => {
             eprintln!("goro-bench: {error}");
@@ -56,63 +23,106 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Some(workload) = args.workload.clone() else {
-        return run_suite(SUITE);
+    let Some(name) = args.workload.as_deref() else {
+        return run_suite(&workloads(), &args.options);
     };
-    let Some(entry) = SUITE.iter().find(|(name, _, _)| *name == workload) else {
-        let names: Vec<_> = SUITE.iter().map(|(name, _, _)| *name).collect();
+    let Some(workload) = goro_bench::workload(name) else {
+        let names: Vec<_> = workloads().iter().map(|w| w.name).collect();
         eprintln!(
-            "goro-bench: unknown workload {workload}; known: {}",
+            "goro-bench: unknown workload {name}; known: {}",
             names.join(", ")
         );
         return ExitCode::from(2);
     };
-    let size = args.size.clone().unwrap_or_else(|| entry.1.to_string());
+    let size = args.size.as_deref().unwrap_or(workload.default_size);
     match args.implementation.as_deref() {
-        None => run_suite(&[(entry.0, &size, entry.2)]),
-        Some("goro") => {
-            run_child("goro", &workload, &size, &args.rest).map_or(ExitCode::FAILURE, |line| {
-                println!("{line}");
-                ExitCode::SUCCESS
-            })
-        }
-        Some(implementation) => run_peer(&workload, &size, implementation),
-    }
-}
-
-fn run_peer(workload: &str, size: &str, implementation: &str) -> ExitCode {
-    match workload {
-        "binary_trees" => {
-            let Ok(n) = size.parse() else {
-                eprintln!("goro-bench: binary_trees N: N must be a depth, got {size}");
-                return ExitCode::from(2);
-            };
-            match implementation {
-                "box" => binary_trees::bench::<BoxTrees>("box", n),
-                "rc" => binary_trees::bench::<RcTrees>("rc", n),
-                "arc" => binary_trees::bench::<ArcTrees>("arc", n),
-                other => {
-                    eprintln!("goro-bench: binary_trees has no implementation {other}");
-                    return ExitCode::from(2);
+        None => run_workload(workload, size, &args.options, &mut Vec::new()),
+        Some(implementation) if binary_for(implementation) == Binary::System => {
+            match (workload.run)(implementation, size, &args.options) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("goro-bench: {name} --impl {implementation}: {error}");
+                    ExitCode::FAILURE
                 }
             }
         }
-        other => unreachable!("workload {other} is in SUITE but has no runner"),
+        Some(implementation) => match run_child(workload.name, size, implementation, &args.options)
+        {
+            Some(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            None => ExitCode::FAILURE,
+        },
     }
-    ExitCode::SUCCESS
+}
+
+fn run_suite(suite: &[&Workload], options: &Options) -> ExitCode {
+    let mut rows = Vec::new();
+    let mut failed = false;
+    for workload in suite {
+        failed |=
+            run_workload(workload, workload.default_size, options, &mut rows) != ExitCode::SUCCESS;
+    }
+    print_table(&rows);
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Runs every implementation (and variant) of `workload`, each in its own process.
+fn run_workload(
+    workload: &Workload,
+    size: &str,
+    options: &Options,
+    rows: &mut Vec<report::Row>,
+) -> ExitCode {
+    let own_rows = rows.is_empty();
+    let variants: Vec<Option<&str>> = match (&options.variant, workload.variants) {
+        (Some(v), _) => vec![Some(v.as_str())],
+        (None, []) => vec![None],
+        (None, variants) => variants.iter().map(|v| Some(*v)).collect(),
+    };
+    let mut failed = false;
+    for variant in variants {
+        let options = Options {
+            variant: variant.map(str::to_string),
+            ..options.clone()
+        };
+        for implementation in workload.implementations {
+            let label = variant.map_or(String::new(), |v| format!(" --variant {v}"));
+            eprintln!("== {} {size} --impl {implementation}{label}", workload.name);
+            match run_child(workload.name, size, implementation, &options) {
+                Some(line) => {
+                    println!("{line}");
+                    rows.extend(report::parse(&line));
+                }
+                None => failed = true,
+            }
+        }
+    }
+    if own_rows {
+        print_table(rows);
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// Runs one implementation in its own process; returns its RESULT line.
-fn run_child(implementation: &str, workload: &str, size: &str, rest: &[String]) -> Option<String> {
-    let exe = std::env::current_exe().ok()?;
-    let program = if implementation == "goro" {
-        goro_binary(&exe)?
-    } else {
-        exe
-    };
+fn run_child(
+    workload: &str,
+    size: &str,
+    implementation: &str,
+    options: &Options,
+) -> Option<String> {
+    let program = binary_path(binary_for(implementation))?;
     let output = Command::new(&program)
-        .args([workload, size, "--impl", implementation])
-        .args(rest)
+        .args(Args::child_args(workload, size, implementation, options))
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|e| eprintln!("goro-bench: cannot run {}: {e}", program.display()))
@@ -134,9 +144,14 @@ fn run_child(implementation: &str, workload: &str, size: &str, rest: &[String]) 
     line
 }
 
-/// The `goro-bench-goro` binary beside this one, built (by the cargo that built us) if needed.
-fn goro_binary(exe: &std::path::Path) -> Option<std::path::PathBuf> {
-    let sibling = exe.with_file_name("goro-bench-goro");
+/// The executable for `binary`: this one, or a sibling built (by the cargo that built this one)
+/// if needed.
+fn binary_path(binary: Binary) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    if binary == Binary::System {
+        return Some(exe);
+    }
+    let sibling = exe.with_file_name(binary.file_name());
     if std::env::var_os("GORO_BENCH_NO_BUILD").is_none() {
         let release = exe.components().any(|c| c.as_os_str() == "release");
         let mut build = Command::new(option_env!("CARGO").unwrap_or("cargo"));
@@ -146,7 +161,7 @@ fn goro_binary(exe: &std::path::Path) -> Option<std::path::PathBuf> {
             "-p",
             "goro-bench",
             "--bin",
-            "goro-bench-goro",
+            binary.file_name(),
         ]);
         if release {
             build.arg("--release");
@@ -154,10 +169,11 @@ fn goro_binary(exe: &std::path::Path) -> Option<std::path::PathBuf> {
         build.current_dir(env!("CARGO_MANIFEST_DIR"));
         match build.status() {
             Ok(status) if status.success() => {}
-            Ok(status) => eprintln!("goro-bench: building goro-bench-goro failed ({status})"),
-            Err(error) => {
-                eprintln!("goro-bench: cannot run cargo to build goro-bench-goro: {error}")
-            }
+            Ok(status) => eprintln!(
+                "goro-bench: building {} failed ({status})",
+                binary.file_name()
+            ),
+            Err(error) => eprintln!("goro-bench: cannot run cargo: {error}"),
         }
     }
     if sibling.exists() {
@@ -171,29 +187,6 @@ fn goro_binary(exe: &std::path::Path) -> Option<std::path::PathBuf> {
     }
 }
 
-fn run_suite(suite: &[(&str, &str, &[&str])]) -> ExitCode {
-    let mut rows = Vec::new();
-    let mut failed = false;
-    for &(workload, size, implementations) in suite {
-        for &implementation in implementations {
-            eprintln!("== {workload} {size} --impl {implementation}");
-            match run_child(implementation, workload, size, &[]) {
-                Some(line) => {
-                    println!("{line}");
-                    rows.extend(report::parse(&line));
-                }
-                None => failed = true,
-            }
-        }
-    }
-    print_table(&rows);
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
-}
-
 fn print_table(rows: &[report::Row]) {
     let get = |keys: &[(String, String)], key: &str| {
         keys.iter()
@@ -201,23 +194,35 @@ fn print_table(rows: &[report::Row]) {
             .map(|(_, v)| v.clone())
             .unwrap_or_default()
     };
+    let variant_of = |keys: &[(String, String)]| get(keys, "variant");
     println!();
     println!(
-        "{:<16} {:<10} {:>12} {:>12} {:>14} {:>14}",
-        "workload", "impl", "total_ms", "vmhwm_kib", "time/goro", "rss/goro"
+        "{:<16} {:<10} {:<12} {:>12} {:>12} {:>12} {:>11} {:>10}",
+        "workload",
+        "variant",
+        "impl",
+        "total_ms",
+        "ns_per_op",
+        "vmhwm_kib",
+        "time/goro",
+        "rss/goro"
     );
     for (workload, implementation, keys) in rows {
-        let goro = rows.iter().find(|(w, i, _)| w == workload && i == "goro");
+        let goro = rows
+            .iter()
+            .find(|(w, i, k)| w == workload && i == "goro" && variant_of(k) == variant_of(keys));
         let ratio = |key: &str| {
             let mine: f64 = get(keys, key).parse().ok()?;
             let theirs: f64 = get(&goro?.2, key).parse().ok()?;
             Some(format!("{:.2}", mine / theirs))
         };
         println!(
-            "{:<16} {:<10} {:>12} {:>12} {:>14} {:>14}",
+            "{:<16} {:<10} {:<12} {:>12} {:>12} {:>12} {:>11} {:>10}",
             workload,
+            variant_of(keys),
             implementation,
             get(keys, "total_ms"),
+            get(keys, "ns_per_op"),
             get(keys, "vmhwm_kib"),
             ratio("total_ms").unwrap_or_else(|| "-".into()),
             ratio("vmhwm_kib").unwrap_or_else(|| "-".into()),

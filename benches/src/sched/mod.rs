@@ -1,0 +1,6 @@
+//! The sched family of workloads.
+
+use crate::Workload;
+
+/// The workloads of this family.
+pub const WORKLOADS: &[Workload] = &[];

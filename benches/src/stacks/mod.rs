@@ -1,0 +1,6 @@
+//! The stacks family of workloads.
+
+use crate::Workload;
+
+/// The workloads of this family.
+pub const WORKLOADS: &[Workload] = &[];
