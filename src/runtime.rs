@@ -10,7 +10,8 @@
 //! | `memory_limit(b)`| `GORO_MEMORY_LIMIT`  | GOMEMLIMIT  | none (`1GiB`, `512MiB`, bytes) |
 //! | `stack_size(b)`  | -                    | -           | 1 MiB of address space         |
 //!
-//! `GORO_DEBUG=gctrace=1` prints Go's gctrace line per cycle.
+//! `GORO_DEBUG=gctrace=1` prints Go's gctrace line per cycle; `GORO_DEBUG=schedtrace=1000` prints
+//! Go's scheduler line every second.
 //!
 //! One runtime runs at a time in a process (later `run` calls wait for it). When the main
 //! goroutine returns, the runtime ends: goroutines still blocked are abandoned (nothing of theirs
@@ -161,17 +162,13 @@ impl Builder {
         if !(MIN_STACK_SIZE..=MAX_STACK_SIZE).contains(&stack_size) {
             return Err(BuildError::StackSize(stack_size));
         }
-        let gctrace = std::env::var("GORO_DEBUG").is_ok_and(|debug| {
-            debug
-                .split(',')
-                .any(|setting| setting.trim() == "gctrace=1")
-        });
+        let debug = Debug::from_env()?;
         Ok(Runtime {
             max_procs,
             gc_percent,
             memory_limit,
             stack_size,
-            gctrace,
+            debug,
         })
     }
 }
@@ -183,7 +180,42 @@ pub struct Runtime {
     gc_percent: i32,
     memory_limit: usize,
     stack_size: usize,
+    debug: Debug,
+}
+
+/// The `GORO_DEBUG` settings (Go's GODEBUG): `gctrace=1`, `schedtrace=MS`. Unknown keys are
+/// ignored, as Go ignores unknown GODEBUG keys.
+#[derive(Debug, Clone, Copy, Default)]
+struct Debug {
     gctrace: bool,
+    schedtrace: Option<std::time::Duration>,
+}
+
+impl Debug {
+    fn from_env() -> Result<Debug, BuildError> {
+        let mut debug = Debug::default();
+        let Ok(value) = std::env::var("GORO_DEBUG") else {
+            return Ok(debug);
+        };
+        for setting in value.split(',').map(str::trim) {
+            let Some((key, setting_value)) = setting.split_once('=') else {
+                continue;
+            };
+            match key {
+                "gctrace" => debug.gctrace = setting_value == "1",
+                "schedtrace" => {
+                    let ms: u64 = setting_value.parse().map_err(|_| BuildError::Environment {
+                        name: "GORO_DEBUG",
+                        value: value.clone(),
+                        expected: "schedtrace=MILLISECONDS, e.g. schedtrace=1000",
+                    })?;
+                    debug.schedtrace = (ms > 0).then(|| std::time::Duration::from_millis(ms));
+                }
+                _ => {}
+            }
+        }
+        Ok(debug)
+    }
 }
 
 impl Runtime {
@@ -216,13 +248,14 @@ impl Runtime {
         let _one_at_a_time = RUN_LOCK.lock().unwrap_or_else(|poison| poison.into_inner());
         goro_gc::set_percent(self.gc_percent);
         goro_gc::set_memory_limit(self.memory_limit);
-        goro_gc::set_trace(self.gctrace);
+        goro_gc::set_trace(self.debug.gctrace);
         goro_gc::install(&GOROUTINE_ROOTS);
         let config = goro_sched::Config {
             procs: self.max_procs,
             stack_size: self.stack_size,
             on_thread_start: Some(register_mutator_thread),
             on_thread_stop: Some(unregister_mutator_thread),
+            schedtrace: self.debug.schedtrace,
         };
         let finished = goro_sched::run(config, main);
         goro_gc::uninstall();

@@ -298,7 +298,9 @@ impl<T: Send> Sender<T> {
     }
 
     /// Sends without blocking: `Err(Full(v))` when it would block, `Err(Closed(v))` when closed.
+    /// This is a safe point.
     pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
+        stw::safe_point();
         self.chan.try_send(value).map_err(|(error, _)| error)
     }
 
@@ -326,8 +328,9 @@ impl<T: Send> Receiver<T> {
         }
     }
 
-    /// Receives without blocking.
+    /// Receives without blocking. This is a safe point.
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
+        stw::safe_point();
         self.chan.try_recv().map_err(|(error, _)| error)
     }
 

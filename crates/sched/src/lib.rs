@@ -42,6 +42,7 @@ mod park;
 mod proc;
 mod stw;
 pub mod sync;
+mod sysmon;
 
 pub use join::{JoinHandle, Panic};
 pub use proc::{
@@ -49,6 +50,7 @@ pub use proc::{
     is_goroutine, num_goroutine, procs, run, yield_now,
 };
 pub use stw::{safe_point, stop_the_world};
+pub use sysmon::TIME_SLICE;
 
 /// Ends the calling goroutine (Go's `runtime.Goexit`): it unwinds, running destructors, and its
 /// `JoinHandle` reports [`Panic::is_exit`].

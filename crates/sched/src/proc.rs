@@ -42,6 +42,8 @@ pub struct Config {
     pub on_thread_start: Option<fn()>,
     /// Called on every M thread after it has stopped scheduling.
     pub on_thread_stop: Option<fn()>,
+    /// `GORO_DEBUG=schedtrace=MS`: print Go's scheduler line this often.
+    pub schedtrace: Option<std::time::Duration>,
 }
 
 impl Default for Config {
@@ -51,6 +53,7 @@ impl Default for Config {
             stack_size: goro_stack::DEFAULT_STACK_SIZE,
             on_thread_start: None,
             on_thread_stop: None,
+            schedtrace: None,
         }
     }
 }
@@ -77,7 +80,10 @@ pub(crate) struct G {
     /// Saved stack pointer while switched out. Written by the switch on the thread running the G;
     /// read by that thread, or by the collector with the world stopped (ordered by `M::running`).
     sp: UnsafeCell<StackPointer>,
-    stack: Stack,
+    /// The stack, from the first run on (taken lazily, so that queued goroutines that never ran
+    /// cost no stack memory). Written by the home M before the first switch; read by it, and by
+    /// the collector with the world stopped.
+    stack: UnsafeCell<Option<Stack>>,
     /// The closure, until the first run takes it. Owned by whoever holds the G.
     entry: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
     /// Position in `Sched::allg`; only accessed under that lock.
@@ -135,16 +141,29 @@ pub(crate) struct M {
     parker: ThreadParker,
     /// Schedules so far, for the global queue's fairness rule. Own thread only.
     tick: Cell<u32>,
+    /// Goroutines this M has started running; sysmon reads it to see a goroutine that runs long.
+    pub(crate) schedtick: AtomicU64,
+    /// Set by sysmon when the running goroutine has had its time slice; the goroutine yields at
+    /// its next safe point.
+    pub(crate) preempt: AtomicBool,
 }
 
 // SAFETY: the `Cell`/`UnsafeCell` fields are touched only by the M's own thread (documented per
 // field); other threads use only the atomics and the parker.
 unsafe impl Sync for M {}
 
-/// A processor: a local run queue. P *i* belongs to M *i*.
+/// A processor: a local run queue and a cache of stacks. P *i* belongs to M *i*.
 struct P {
     runq: Mutex<VecDeque<GRef>>,
+    /// Stacks of exited goroutines, reused by the next first runs. Only M *i* touches it.
+    stacks: UnsafeCell<Vec<Stack>>,
 }
+
+// SAFETY: `stacks` is touched only by the P's own M (documented on the field); `runq` is a mutex.
+unsafe impl Sync for P {}
+
+/// Stacks a P keeps before it returns half of them to goro-stack's global pool.
+const STACK_CACHE_MAX: usize = 64;
 
 /// One runtime's scheduler state. Leaked when the runtime ends, because wakers on threads goro
 /// does not own may still hold pointers to its Gs (and ignore them, seeing `shutdown`).
@@ -164,11 +183,34 @@ pub(crate) struct Sched {
     pub(crate) stopping: AtomicBool,
     pub(crate) stw_lock: Mutex<()>,
     pub(crate) stw_cv: Condvar,
+    /// sysmon sleeps here between ticks; `begin_shutdown` wakes it.
+    sysmon_lock: Mutex<()>,
+    sysmon_cv: Condvar,
 }
 
 impl Sched {
     pub(crate) fn ms(&self) -> &[M] {
         &self.ms
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub(crate) fn local_queue_len(&self, p: usize) -> usize {
+        lock(&self.ps[p].runq).len()
+    }
+
+    pub(crate) fn global_queue(&self) -> &Mutex<VecDeque<GRef>> {
+        &self.global
+    }
+
+    /// Sleeps for `delay`, or until the runtime shuts down.
+    pub(crate) fn sysmon_sleep(&self, delay: std::time::Duration) {
+        let guard = lock(&self.sysmon_lock);
+        if !self.shutdown.load(Ordering::Acquire) {
+            let _ = self.sysmon_cv.wait_timeout(guard, delay);
+        }
     }
 }
 
@@ -184,7 +226,14 @@ impl M {
             idle: AtomicBool::new(false),
             parker: ThreadParker::default(),
             tick: Cell::new(0),
+            schedtick: AtomicU64::new(0),
+            preempt: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the M is looking for work or asleep.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.idle.load(Ordering::Relaxed)
     }
 
     pub(crate) fn sched(&self) -> &'static Sched {
@@ -293,6 +342,7 @@ where
         ps: (0..procs)
             .map(|_| P {
                 runq: Mutex::new(VecDeque::new()),
+                stacks: UnsafeCell::new(Vec::new()),
             })
             .collect(),
         config,
@@ -304,6 +354,8 @@ where
         stopping: AtomicBool::new(false),
         stw_lock: Mutex::new(()),
         stw_cv: Condvar::new(),
+        sysmon_lock: Mutex::new(()),
+        sysmon_cv: Condvar::new(),
     });
     // Release: pairs with the Acquire in `current_sched`.
     CURRENT.store(sched as *const Sched as *mut Sched, Ordering::Release);
@@ -329,8 +381,12 @@ where
                 .unwrap_or_else(|e| panic!("goro::run: cannot start worker thread {id}: {e}"))
         })
         .collect();
+    let sysmon = std::thread::Builder::new()
+        .name("goro-sysmon".into())
+        .spawn(move || crate::sysmon::run(sched))
+        .unwrap_or_else(|e| panic!("goro::run: cannot start the sysmon thread: {e}"));
     m_main(&sched.ms[0]);
-    for thread in threads {
+    for thread in threads.into_iter().chain([sysmon]) {
         if thread.join().is_err() {
             std::process::abort();
         }
@@ -356,6 +412,10 @@ fn m_main(m: &'static M) {
 
 fn begin_shutdown(sched: &Sched) {
     sched.shutdown.store(true, Ordering::Release);
+    {
+        let _guard = lock(&sched.sysmon_lock);
+        sched.sysmon_cv.notify_all();
+    }
     for m in sched.ms.iter() {
         m.idle.store(false, Ordering::SeqCst);
         m.parker.unpark();
@@ -466,7 +526,7 @@ fn execute(m: &M, g: GRef) {
     }
     let gg = g.g();
     if gg.home.load(Ordering::Relaxed) == NO_HOME {
-        gg.home.store(m.id, Ordering::Relaxed);
+        first_run(m, g);
     }
     debug_assert_eq!(
         gg.home.load(Ordering::Relaxed),
@@ -474,6 +534,8 @@ fn execute(m: &M, g: GRef) {
         "a started goroutine changed M"
     );
     gg.status.store(GStatus::Running as u8, Ordering::Relaxed);
+    m.schedtick.fetch_add(1, Ordering::Relaxed);
+    m.preempt.store(false, Ordering::Relaxed);
     m.curg.set(Some(g));
     // SAFETY: `g` was switched out (or freshly initialised) with its stack pointer in `sp`; only
     // this M runs it (it is bound here), and g0's context is saved into `g0_sp`, which only this
@@ -496,7 +558,7 @@ fn execute(m: &M, g: GRef) {
             // lock it queued itself under.
             unsafe { (*unlock)() };
         }
-        Request::Exit => destroy(g),
+        Request::Exit => destroy(m, g),
         Request::Stop => {
             gg.status.store(GStatus::Runnable as u8, Ordering::Relaxed);
             lock(&sched.ps[m.id].runq).push_front(g);
@@ -516,6 +578,38 @@ fn execute(m: &M, g: GRef) {
             lock(&sched.ps[m.id].runq).push_front(g);
         }
     }
+}
+
+/// Binds a goroutine to `m` and gives it a stack, on its first run.
+fn first_run(m: &M, g: GRef) {
+    let gg = g.g();
+    gg.home.store(m.id, Ordering::Relaxed);
+    // SAFETY: only M `m.id` touches its P's stack cache, and this is M `m.id`.
+    let cache = unsafe { &mut *m.sched().ps[m.id].stacks.get() };
+    let stack = match cache.pop() {
+        Some(stack) => stack,
+        None => Stack::with_size(m.sched().config.stack_size).unwrap_or_else(|error| {
+            throw(&format!(
+                "cannot allocate a stack for goroutine {}: {error}",
+                gg.id
+            ))
+        }),
+    };
+    let top = stack.top();
+    // SAFETY: the G has not run, so nothing else reads its stack fields; `top` is the top of a
+    // stack nothing else uses; the entry never returns (it ends by switching to g0 with `Exit`).
+    unsafe {
+        *gg.stack.get() = Some(stack);
+        *gg.sp.get() = init_stack(top, g_entry, g.0.as_ptr() as usize);
+    }
+}
+
+/// A broken runtime invariant or an unrecoverable runtime failure: Go's `throw`. Prints
+/// `fatal error: ...` and aborts; never unwinds (it may run on g0).
+#[cold]
+pub(crate) fn throw(message: &str) -> ! {
+    eprintln!("fatal error: {message}");
+    std::process::abort()
 }
 
 /// Switches from the running goroutine to its M's g0 with `request`; returns when g0 resumes it.
@@ -603,23 +697,17 @@ where
 }
 
 fn new_g(sched: &'static Sched, entry: impl FnOnce() + Send + 'static) -> GRef {
-    let stack = Stack::with_size(sched.config.stack_size)
-        .unwrap_or_else(|error| panic!("goro::go: cannot allocate a goroutine stack: {error}"));
-    let top = stack.top();
     let g = Box::new(G {
         id: sched.next_id.fetch_add(1, Ordering::Relaxed),
         sched,
         status: AtomicU8::new(GStatus::Runnable as u8),
         home: AtomicUsize::new(NO_HOME),
         sp: UnsafeCell::new(StackPointer(std::ptr::null_mut())),
-        stack,
+        stack: UnsafeCell::new(None),
         entry: UnsafeCell::new(Some(Box::new(entry))),
         allg_index: UnsafeCell::new(0),
     });
     let g = GRef(NonNull::from(Box::leak(g)));
-    // SAFETY: `top` is the top of the G's own fresh stack, which nothing else uses; the entry
-    // never returns (it ends by switching to g0 with `Exit`).
-    unsafe { *g.g().sp.get() = init_stack(top, g_entry, g.0.as_ptr() as usize) };
     let mut allg = lock(&sched.allg);
     // SAFETY: `allg_index` is only accessed under the `allg` lock, which we hold.
     unsafe { *g.g().allg_index.get() = allg.len() };
@@ -678,8 +766,9 @@ unsafe extern "C" fn g_entry(arg: usize) -> ! {
     std::process::abort()
 }
 
-/// Frees an exited goroutine: it leaves `allg`, its stack goes back to the pool.
-fn destroy(g: GRef) {
+/// Frees an exited goroutine: it leaves `allg`, its stack goes to its P's cache. Runs on the
+/// goroutine's home M.
+fn destroy(m: &M, g: GRef) {
     let sched = g.g().sched;
     {
         let mut allg = lock(&sched.allg);
@@ -695,7 +784,16 @@ fn destroy(g: GRef) {
     sched.live.fetch_sub(1, Ordering::Relaxed);
     // SAFETY: the G exited: it is in no queue and nothing refers to it any more; it came from
     // `Box::leak` in `new_g`.
-    drop(unsafe { Box::from_raw(g.0.as_ptr()) });
+    let g = unsafe { Box::from_raw(g.0.as_ptr()) };
+    if let Some(stack) = g.stack.into_inner() {
+        // SAFETY: only M `m.id` touches its P's stack cache, and we run on it.
+        let cache = unsafe { &mut *sched.ps[m.id].stacks.get() };
+        if cache.len() == STACK_CACHE_MAX {
+            // Dropping a `Stack` returns it to goro-stack's global pool.
+            cache.truncate(STACK_CACHE_MAX / 2);
+        }
+        cache.push(stack);
+    }
 }
 
 /// Memory the collector must scan for one goroutine.
@@ -733,13 +831,14 @@ fn roots_of(sched: &Sched, visit: &mut dyn FnMut(RootRange)) {
     for g in allg.iter() {
         let gg = g.g();
         visit(RootRange::Block(g.0.as_ptr().cast::<u8>()));
-        if gg.home.load(Ordering::Relaxed) != NO_HOME {
-            // SAFETY: the world is stopped (or the runtime is over), so the G is switched out and
-            // its saved stack pointer is stable.
+        // SAFETY: the world is stopped (or the runtime is over), so the G is switched out and
+        // its stack fields are stable.
+        if let Some(stack) = unsafe { &*gg.stack.get() } {
+            // SAFETY: as above.
             let sp = unsafe { *gg.sp.get() };
             visit(RootRange::Stack {
                 lo: sp.0,
-                hi: gg.stack.top(),
+                hi: stack.top(),
             });
         }
     }

@@ -24,20 +24,27 @@ use crate::proc::{self, M, Request, Sched, current_m, lock};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// A safe point: if the world is stopping, the calling goroutine stops here until it restarts.
+/// A safe point: if the world is stopping, the calling goroutine stops here until it restarts;
+/// if sysmon flagged its time slice as used up, it yields.
 #[inline]
 pub fn safe_point() {
     if let Some(m) = current_m()
-        && m.sched().stopping.load(Ordering::Relaxed)
+        && (m.sched().stopping.load(Ordering::Relaxed) || m.preempt.load(Ordering::Relaxed))
     {
-        stop_at_safe_point();
+        stop_at_safe_point(m);
     }
 }
 
 #[cold]
-fn stop_at_safe_point() {
-    if proc::is_goroutine() {
+fn stop_at_safe_point(m: &M) {
+    if !proc::is_goroutine() {
+        return;
+    }
+    if m.sched().stopping.load(Ordering::Relaxed) {
         proc::switch_to_g0(Request::Stop);
+    } else {
+        m.preempt.store(false, Ordering::Relaxed);
+        proc::switch_to_g0(Request::Yield);
     }
 }
 

@@ -237,3 +237,28 @@ fn plain_threads_join_goroutines_and_use_channels() {
     });
     assert_eq!(finished_ok(value), 100);
 }
+
+#[test]
+fn a_busy_goroutine_that_calls_the_runtime_is_preempted() {
+    use std::sync::atomic::AtomicBool;
+    let spins = run(config(1), || {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (_tx, rx) = goro_sched::chan::channel::<()>(0);
+        let busy = {
+            let stop = stop.clone();
+            go(move || {
+                let mut spins = 0u64;
+                // Never blocks: only the time-slice flag lets the other goroutine run.
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = rx.try_recv();
+                    spins += 1;
+                }
+                spins
+            })
+        };
+        let stopper = go(move || stop.store(true, Ordering::Relaxed));
+        stopper.join().unwrap();
+        busy.join().unwrap()
+    });
+    assert!(finished_ok(spins) > 0);
+}

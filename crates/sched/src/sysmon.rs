@@ -1,0 +1,94 @@
+//! sysmon: the runtime's monitor thread (Go's `sysmon`).
+//!
+//! It runs without a P, wakes every 20 µs while goroutines run (backing off to 10 ms when the
+//! runtime is idle), and:
+//!
+//! 1. **Preemption flag.** If an M has been running the same schedule (its `schedtick` has not
+//!    moved) for [`TIME_SLICE`], sysmon sets the M's `preempt` flag. The running goroutine sees it
+//!    at its next safe point (allocation batch, channel operation, spawn, join, yield) and yields,
+//!    so a goroutine that calls into the runtime cannot hold its P forever. Nothing is ever
+//!    switched inside a signal handler: a goroutine that never reaches a safe point is not
+//!    preempted (DESIGN.md section 3).
+//! 2. **schedtrace.** With `GORO_DEBUG=schedtrace=MS`, every MS milliseconds it prints Go's line:
+//!    `SCHED 1004ms: gomaxprocs=2 idleprocs=1 threads=4 spinningthreads=0 idlethreads=1
+//!    runqueue=0 [0 3]`.
+
+use crate::proc::{Sched, lock};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// How long a goroutine may run before sysmon asks it to yield (Go's `forcePreemptNS`).
+pub const TIME_SLICE: Duration = Duration::from_millis(10);
+const MIN_DELAY: Duration = Duration::from_micros(20);
+const MAX_DELAY: Duration = Duration::from_millis(10);
+
+/// What sysmon last saw of one M.
+#[derive(Clone, Copy)]
+struct Seen {
+    schedtick: u64,
+    since: Instant,
+}
+
+/// The monitor loop; returns when the runtime shuts down.
+pub(crate) fn run(sched: &'static Sched) {
+    let started = Instant::now();
+    let mut seen: Vec<Seen> = Vec::new();
+    let mut delay = MIN_DELAY;
+    let mut next_trace = sched.config().schedtrace.map(|every| started + every);
+    while !sched.shutdown.load(Ordering::Acquire) {
+        sched.sysmon_sleep(delay);
+        let now = Instant::now();
+        let mut busy = false;
+        for (i, m) in sched.ms().iter().enumerate() {
+            let tick = m.schedtick.load(Ordering::Relaxed);
+            if seen.len() <= i {
+                seen.push(Seen {
+                    schedtick: tick,
+                    since: now,
+                });
+            }
+            let running = m.running.load(Ordering::Relaxed);
+            busy |= running;
+            if seen[i].schedtick != tick || !running {
+                seen[i] = Seen {
+                    schedtick: tick,
+                    since: now,
+                };
+            } else if now.duration_since(seen[i].since) >= TIME_SLICE {
+                m.preempt.store(true, Ordering::Relaxed);
+                seen[i].since = now;
+            }
+        }
+        delay = if busy {
+            MIN_DELAY
+        } else {
+            (delay * 2).min(MAX_DELAY)
+        };
+        if let (Some(at), Some(every)) = (next_trace, sched.config().schedtrace)
+            && now >= at
+        {
+            trace_line(sched, now.duration_since(started));
+            next_trace = Some(at + every);
+        }
+    }
+}
+
+/// Prints Go's schedtrace line.
+fn trace_line(sched: &Sched, elapsed: Duration) {
+    let ms = sched.ms();
+    let idle = ms.iter().filter(|m| m.is_idle()).count();
+    let local: Vec<String> = (0..ms.len())
+        .map(|i| sched.local_queue_len(i).to_string())
+        .collect();
+    eprintln!(
+        "SCHED {}ms: gomaxprocs={} idleprocs={} threads={} spinningthreads=0 idlethreads={} \
+         runqueue={} [{}]",
+        elapsed.as_millis(),
+        ms.len(),
+        idle,
+        ms.len() + 1,
+        idle,
+        lock(sched.global_queue()).len(),
+        local.join(" "),
+    );
+}
