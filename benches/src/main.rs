@@ -211,7 +211,11 @@ fn print_table(rows: &[report::Row]) {
         let goro = rows
             .iter()
             .find(|(w, i, k)| w == workload && i == "goro" && variant_of(k) == variant_of(keys));
+        let failed = !get(keys, "error").is_empty();
         let ratio = |key: &str| {
+            if failed {
+                return None;
+            }
             let mine: f64 = get(keys, key).parse().ok()?;
             let theirs: f64 = get(&goro?.2, key).parse().ok()?;
             Some(format!("{:.2}", mine / theirs))

@@ -123,7 +123,19 @@ fn run_skynet(implementation: &str, size: &str, options: &Options) -> Result<(),
             goro::go(move || goro_skynet(tx, 0, leaves, 10));
             rx.recv().expect("the root's sum")
         }),
-        "may" => peers::may_skynet(leaves, procs),
+        "may" => match peers::may_skynet(leaves, procs) {
+            Ok(sum) => sum,
+            Err(reason) => {
+                eprintln!("skynet --impl may: {reason}");
+                report::Result::new("skynet", implementation)
+                    .key("n", leaves)
+                    .key("gomaxprocs", procs)
+                    .key("reached", 0)
+                    .key("error", "vm.max_map_count")
+                    .print(start.elapsed());
+                return Ok(());
+            }
+        },
         "tokio" => peers::tokio_skynet(leaves, procs),
         other => return Err(format!("no implementation {other}")),
     };

@@ -85,11 +85,32 @@ fn may_skynet_node(out: may::sync::mpsc::Sender<u64>, num: u64, size: u64, div: 
     let _ = out.send(sum);
 }
 
-pub(crate) fn may_skynet(leaves: u64, procs: usize) -> u64 {
+/// How many more coroutine stacks may can map before the kernel's `vm.max_map_count` refuses:
+/// may gives each stack its own mapping plus an `mprotect` guard (two VMAs).
+pub(crate) fn may_stack_budget() -> usize {
+    let limit: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(65530);
+    let used = std::fs::read_to_string("/proc/self/maps").map_or(0, |maps| maps.lines().count());
+    limit.saturating_sub(used) / 2
+}
+
+/// may's skynet, or `Err` with the reason when the tree cannot be alive at once under the VMA
+/// limit (may's coroutines then fail inside the tree, and their parents wait forever).
+pub(crate) fn may_skynet(leaves: u64, procs: usize) -> Result<u64, String> {
+    let nodes = (leaves as f64 * 1.111_111) as usize + 1;
+    let budget = may_stack_budget();
+    if nodes > budget {
+        return Err(format!(
+            "may needs {nodes} coroutine stacks alive at once but vm.max_map_count leaves room \
+             for {budget} (two mappings each)"
+        ));
+    }
     may_config(procs);
     let (tx, rx) = may::sync::mpsc::channel();
     may::go!(move || may_skynet_node(tx, 0, leaves, 10));
-    rx.recv().expect("the root's sum")
+    Ok(rx.recv().expect("the root's sum"))
 }
 
 fn tokio_skynet_node(
