@@ -37,12 +37,14 @@ mod runtime;
 
 pub use goro_derive::Trace;
 pub use goro_gc::{Gc, GcCell};
-pub use goro_sched::{JoinHandle, Panic, exit, go, num_goroutine, yield_now};
+pub use goro_sched::{JoinHandle, Panic, exit, go, num_goroutine, sleep, yield_now};
 pub use runtime::{BuildError, Builder, Runtime, run};
 
 /// Channels (Go's `chan T`): `channel(cap)`, `Sender`, `Receiver`.
 pub mod chan {
-    pub use goro_sched::chan::{Iter, Receiver, Sender, TryRecvError, TrySendError, channel};
+    pub use goro_sched::chan::{
+        Iter, Receiver, Sender, TryRecvError, TrySendError, after, channel, tick,
+    };
 }
 
 /// Synchronisation that parks goroutines, never OS threads.
@@ -58,5 +60,5 @@ pub mod gc {
 
 /// The heap: the global allocator and its statistics.
 pub mod alloc {
-    pub use goro_alloc::{AllocStats, GoroAlloc, stats};
+    pub use goro_alloc::{AllocStats, ClassStats, GoroAlloc, release_memory, stats};
 }

@@ -1,6 +1,82 @@
-//! The stacks family of workloads.
+//! The stacks family: what goroutine stacks cost in memory and in time, for goro and its peers.
+//!
+//! | workload | what | keys |
+//! |---|---|---|
+//! | `parked_memory N` | N goroutines (tasks, threads) blocked on a channel receive at once; RSS growth per goroutine | n, reached, bytes_per_task |
+//! | `deep_recursion D [R]` | recursion to depth D with ~128-byte frames, R times in a fresh goroutine each, then R times in one goroutine | depth, reps, checksum, fresh_ms_per_rep, warm_ms_per_rep |
+//!
+//! The size of `deep_recursion` is `D` or `D,R` (default `100000,100`).
+//!
+//! Peers: `may` (coroutines with mmap'd stacks: it stops at its VMA limit, and the RESULT line
+//! says where with `reached`), `tokio` (stackless tasks, parked_memory only), `threads` (std
+//! threads: at most 10,000 parked; a 64 MiB stack for deep recursion), and `go` (the programs in
+//! `benches/go/`, run with `go run` when a Go toolchain is found).
+//!
+//! goro runs through its public API. `GORO_BENCH_STACK_SIZE` (bytes, `K`/`M`/`G` suffixes)
+//! overrides the runtime's stack size for parked_memory, to compare slot sizes; deep_recursion
+//! uses a 64 MiB stack (the runtime's 1 MiB default cannot hold 100,000 frames).
 
-use crate::Workload;
+mod go;
+mod parked;
+mod recursion;
+
+use crate::{Options, Workload};
 
 /// The workloads of this family.
-pub const WORKLOADS: &[Workload] = &[];
+pub const WORKLOADS: &[Workload] = &[
+    Workload {
+        name: "parked_memory",
+        default_size: "100000",
+        variants: &[],
+        implementations: &["goro", "may", "tokio", "threads", "go"],
+        run: run_parked,
+    },
+    Workload {
+        name: "deep_recursion",
+        default_size: "100000,100",
+        variants: &[],
+        implementations: &["goro", "may", "threads", "go"],
+        run: run_recursion,
+    },
+];
+
+fn run_parked(implementation: &str, size: &str, options: &Options) -> Result<(), String> {
+    let n: usize = crate::parse_size("parked_memory", size)?;
+    match implementation {
+        "goro" => parked::goro(n, options),
+        "may" => parked::may(n, options),
+        "tokio" => parked::tokio(n, options),
+        "threads" => parked::threads(n),
+        "go" => go::run("parked_memory", &[n.to_string()]),
+        other => Err(format!("no implementation {other}")),
+    }
+}
+
+fn run_recursion(implementation: &str, size: &str, options: &Options) -> Result<(), String> {
+    let (depth, reps) = match size.split_once(',') {
+        Some((d, r)) => (
+            crate::parse_size("deep_recursion", d)?,
+            crate::parse_size("deep_recursion", r)?,
+        ),
+        None => (crate::parse_size("deep_recursion", size)?, 100),
+    };
+    match implementation {
+        "goro" => recursion::goro(depth, reps, options),
+        "may" => recursion::may(depth, reps),
+        "threads" => recursion::threads(depth, reps),
+        "go" => go::run("deep_recursion", &[depth.to_string(), reps.to_string()]),
+        other => Err(format!("no implementation {other}")),
+    }
+}
+
+/// Parses a byte count with an optional `K`, `M` or `G` suffix (powers of 1024).
+pub(crate) fn parse_bytes(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let (digits, shift) = match text.as_bytes().last()? {
+        b'K' | b'k' => (&text[..text.len() - 1], 10),
+        b'M' | b'm' => (&text[..text.len() - 1], 20),
+        b'G' | b'g' => (&text[..text.len() - 1], 30),
+        _ => (text, 0),
+    };
+    digits.parse::<usize>().ok()?.checked_mul(1 << shift)
+}

@@ -43,29 +43,30 @@ struct ArenaMeta {
     spans: [AtomicPtr<Span>; PAGES_PER_ARENA],
 }
 
-/// The first level, mapped on first use (under the heap lock); null until then.
+/// The first level, mapped on first use (under the heap lock); null until then. Not a 32 MiB
+/// static: the collector scans the data and bss segments as roots, and would read all of it.
 static L1: AtomicPtr<AtomicPtr<ArenaMeta>> = AtomicPtr::new(core::ptr::null_mut());
 
-#[inline]
-fn l1() -> Option<&'static [AtomicPtr<ArenaMeta>; L1_ENTRIES]> {
-    // Acquire: pairs with the Release store in `register_arena` that published the mapping.
-    let p = L1.load(Ordering::Acquire);
-    // SAFETY: a non-null L1 points at a live, never unmapped, zero-initialised mapping of
-    // L1_ENTRIES atomics (all-zero is a valid null AtomicPtr).
-    (!p.is_null()).then(|| unsafe { &*p.cast::<[AtomicPtr<ArenaMeta>; L1_ENTRIES]>() })
-}
-
-#[inline]
+#[inline(always)]
 fn meta_of(addr: usize) -> Option<&'static ArenaMeta> {
-    let i = addr >> ARENA_SHIFT;
-    let m = l1()?.get(i)?.load(Ordering::Acquire); // Acquire: pairs with `register_arena`.
+    // Acquire: pairs with the Release store in `register_arena` that published the mapping.
+    let l1 = L1.load(Ordering::Acquire);
+    if l1.is_null() {
+        return None;
+    }
+    // The mask replaces a bounds check: an address above 2^48 aliases a lower entry, and every
+    // caller validates that the span it finds covers the address.
+    let i = (addr >> ARENA_SHIFT) & (L1_ENTRIES - 1);
+    // SAFETY: a non-null L1 is a live, never unmapped, zero-initialised mapping of L1_ENTRIES
+    // atomics (all-zero is a valid null AtomicPtr), and `i < L1_ENTRIES`.
+    let m = unsafe { &*l1.add(i) }.load(Ordering::Acquire); // Acquire: pairs with `register_arena`.
     // SAFETY: non-null entries point at ArenaMeta mappings that are never unmapped.
     (!m.is_null()).then(|| unsafe { &*m })
 }
 
 /// The span recorded for the page holding `addr`, or null. The answer may be stale or belong to
 /// a recycled span: callers validate it (see the module docs).
-#[inline]
+#[inline(always)]
 pub(crate) fn span_of(addr: usize) -> *const Span {
     match meta_of(addr) {
         Some(m) => m.spans[(addr >> PAGE_SIZE.trailing_zeros()) & (PAGES_PER_ARENA - 1)]
@@ -96,23 +97,20 @@ pub(crate) fn set_span_range(start: usize, npages: usize, span: *const Span) {
 /// Makes the arena at `base` (ARENA_SIZE-aligned) indexable. Called with the heap lock held.
 /// Returns false when a mapping fails or the address is outside the indexed range.
 pub(crate) fn register_arena(base: usize) -> bool {
-    let l1 = match l1() {
-        Some(l1) => l1,
-        None => {
-            let Some(p) = os::map(L1_ENTRIES * size_of::<AtomicPtr<ArenaMeta>>()) else {
-                return false;
-            };
-            // Release: pairs with the Acquire in `l1`. Only the heap-lock holder stores here.
-            L1.store(p.as_ptr().cast(), Ordering::Release);
-            match l1() {
-                Some(l1) => l1,
-                None => return false,
-            }
-        }
-    };
-    let Some(slot) = l1.get(base >> ARENA_SHIFT) else {
+    if base >> ADDR_BITS != 0 {
         return false;
-    };
+    }
+    let mut l1 = L1.load(Ordering::Acquire);
+    if l1.is_null() {
+        let Some(p) = os::map(L1_ENTRIES * size_of::<AtomicPtr<ArenaMeta>>()) else {
+            return false;
+        };
+        l1 = p.as_ptr().cast();
+        // Release: pairs with the Acquire in `meta_of`. Only the heap-lock holder stores here.
+        L1.store(l1, Ordering::Release);
+    }
+    // SAFETY: `l1` is the live L1 mapping and `base >> ARENA_SHIFT < L1_ENTRIES` (checked above).
+    let slot = unsafe { &*l1.add(base >> ARENA_SHIFT) };
     if !slot.load(Ordering::Relaxed).is_null() {
         return true;
     }

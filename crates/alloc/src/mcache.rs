@@ -1,14 +1,28 @@
 //! Per-thread caches (Go's `mcache`, per thread here instead of per P).
 //!
-//! A cache holds the current span of every span class (size class × {Malloc, Gc}) and owns it:
-//! only this thread allocates from it and frees into its local list. Allocation:
+//! A cache owns, per span class (size class × {Malloc, Gc}), one *current* span and a FIFO of
+//! *partial* spans: spans it owns that have free slots. Only the owner allocates from a span and
+//! frees onto its local list, so neither needs an atomic. Allocation:
 //!
-//! 1. pop the current span's local free list, else bump-allocate a never-used slot (fast path,
-//!    `Span::pop_local`);
-//! 2. else collect the span's remote frees and retry (`refill`, cold);
-//! 3. else release the span (see `mcentral::release`) and take one from the central list,
-//!    collecting its remote frees;
-//! 4. else carve a fresh span from the page heap.
+//! 1. pop the current span's local free list (the fast path: one branch, see `Span::pop_local`);
+//! 2. else (cold, `refill`): thread never-used slots onto the list in a batch
+//!    (`Span::extend_free`), or collect the span's remote frees;
+//! 3. else release the span (`mcentral::release`: to the page heap when empty, to the central
+//!    list when it has remote frees, *detached* when full) and take the head of the partial FIFO,
+//!    else a span from the central list, else carve a fresh span.
+//!
+//! Frees: the span's `owner` word says who owns it. If it is this cache: push on the local list
+//! (no atomics). If it is `DETACHED` and this cache detached it (`last_owner`), the cache
+//! *adopts* it back with one CAS and appends it to the partial FIFO, so a thread that frees its
+//! own objects pays one atomic per span, not per object (the sliding-window pattern of most
+//! programs). Any other free is a lock-free push on the span's remote stack; a remote free into a
+//! detached span lists it centrally (`mcentral.rs`), so memory freed by thread B for objects of
+//! thread A becomes reusable by everyone even if A never allocates again, and never piles up.
+//!
+//! Partial spans are appended at the tail and taken from the head: by the time a span is reused,
+//! the frees that followed its adoption have accumulated on it (mimalloc's page queues have the
+//! same property). A partial span whose last object is freed goes back to the page heap at once
+//! (so a thread that frees most of its heap gives the pages to the scavenger).
 //!
 //! The cache lives in a `thread_local!` with a const initialiser whose `Drop` releases every span
 //! at thread exit. Code that runs after that (other TLS destructors calling `free` or `malloc`)
@@ -17,23 +31,47 @@
 //! allocator, so the `UnsafeCell` borrow inside `try_with` is never re-entered.
 
 use core::cell::UnsafeCell;
+use core::ptr::null_mut;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::span::{FIRST_CACHE_ID, GLOBAL_CACHE_ID, NUM_SPAN_CLASSES, OWNER_DETACHED, Span};
-use crate::stats::{FLUSH_EVERY, FREES, MALLOCS};
+use crate::span::{
+    FIRST_CACHE_ID, GLOBAL_CACHE_ID, IN_PARTIAL, NUM_SPAN_CLASSES, OWNER_DETACHED, STATE_SMALL,
+    Span,
+};
+use crate::stats::{CLASS_FREES, CLASS_MALLOCS, FLUSH_EVERY, add};
 use crate::sync::SpinLock;
 use crate::{mcentral, mheap};
 
+/// Span classes rounded up to a power of two, so that a `u8` index needs no bounds check.
+const SLOTS: usize = 256;
+const _: () = assert!(NUM_SPAN_CLASSES <= SLOTS);
+
+/// Empty spans a cache keeps per span class on its partial FIFO (more go to the page heap).
+const MAX_EMPTIES: u8 = 4;
+
+/// Id of a cache that has not been given one yet: matches no `owner` word.
+const NO_ID: usize = usize::MAX;
+
+/// The "no current span" sentinel: its free list is always empty.
+static EMPTY: Span = Span::empty();
+
 /// A span cache. Used by one thread at a time (its thread, or the holder of [`GLOBAL`]'s lock).
 pub(crate) struct MCache {
-    /// Owner id written into the spans this cache holds; 0 until first refill.
+    /// Owner id written into the spans this cache holds; [`NO_ID`] until the first refill.
     id: usize,
-    /// Current span per span class (null = none).
-    alloc: [*const Span; NUM_SPAN_CLASSES],
-    /// Allocations not yet added to `stats::MALLOCS`.
-    mallocs: u64,
-    /// Frees not yet added to `stats::FREES`.
-    frees: u64,
+    /// Current span per span class ([`EMPTY`] = none).
+    alloc: [*const Span; SLOTS],
+    /// Head and tail of the partial FIFO per span class (linked through `Span::next`/`prev`,
+    /// which belong to the owner while a cache owns the span).
+    partial: [(*const Span, *const Span); NUM_SPAN_CLASSES],
+    /// Allocations per span class not yet added to `stats::CLASS_MALLOCS`.
+    mallocs: [u64; SLOTS],
+    /// Frees per span class not yet added to `stats::CLASS_FREES`.
+    frees: [u64; SLOTS],
+    /// Frees since the last flush of `frees`.
+    pending_frees: u64,
+    /// Per span class, how many spans on the partial FIFO have no live object.
+    empties: [u8; NUM_SPAN_CLASSES],
 }
 
 // SAFETY: the span pointers refer to never-freed metadata; a cache is used by one thread at a
@@ -45,60 +83,82 @@ static NEXT_ID: AtomicUsize = AtomicUsize::new(FIRST_CACHE_ID);
 /// The cache of threads whose own cache is gone.
 static GLOBAL: SpinLock<MCache> = SpinLock::new(MCache::new(GLOBAL_CACHE_ID));
 
+#[inline(always)]
+fn sp(p: *const Span) -> &'static Span {
+    // SAFETY: every span pointer a cache holds is `EMPTY` or never-unmapped span metadata.
+    unsafe { &*p }
+}
+
 impl MCache {
     const fn new(id: usize) -> Self {
         MCache {
             id,
-            alloc: [core::ptr::null(); NUM_SPAN_CLASSES],
-            mallocs: 0,
-            frees: 0,
+            alloc: [&raw const EMPTY; SLOTS],
+            partial: [(null_mut(), null_mut()); NUM_SPAN_CLASSES],
+            mallocs: [0; SLOTS],
+            frees: [0; SLOTS],
+            pending_frees: 0,
+            empties: [0; NUM_SPAN_CLASSES],
         }
     }
 
-    /// Allocates one slot of span class `spc`; null when out of memory.
-    #[inline]
-    fn alloc(&mut self, spc: usize) -> *mut u8 {
-        if let Some(&s) = self.alloc.get(spc)
-            && !s.is_null()
-        {
-            // SAFETY: `s` is this cache's current span, so we are its owner; span metadata is
-            // never unmapped.
-            let p = unsafe { (*s).pop_local() };
-            if !p.is_null() {
-                self.mallocs += 1;
-                if self.mallocs >= FLUSH_EVERY {
-                    self.flush_stats();
-                }
-                return p;
-            }
+    /// Allocates one slot of span class `spc`; null when out of memory. The fast path: index the
+    /// current span (no bounds check: `spc` is a `u8`), pop its free list (one branch), count.
+    #[inline(always)]
+    fn alloc(&mut self, spc: u8) -> *mut u8 {
+        let i = spc as usize;
+        // SAFETY: we own our current span (or it is EMPTY, whose list is always empty).
+        let p = unsafe { sp(self.alloc[i]).pop_local() };
+        if p.is_null() {
+            return self.refill(spc);
         }
-        self.refill(spc)
+        self.mallocs[i] += 1;
+        p
     }
 
     #[cold]
-    fn refill(&mut self, spc: usize) -> *mut u8 {
-        self.flush_stats();
-        if self.id == 0 {
-            self.id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    #[inline(never)]
+    fn refill(&mut self, spc: u8) -> *mut u8 {
+        let i = spc as usize;
+        if i >= NUM_SPAN_CLASSES {
+            return null_mut();
         }
-        let Some(slot) = self.alloc.get_mut(spc) else {
-            return core::ptr::null_mut();
-        };
-        if !slot.is_null() {
-            // SAFETY: the current span is live metadata owned by this cache.
-            let s: &'static Span = unsafe { &**slot };
-            // SAFETY: we own `s`.
-            if unsafe { s.collect_remote() } > 0 {
-                self.mallocs += 1;
-                // SAFETY: we own `s`.
-                return unsafe { s.pop_local() };
+        self.flush_class(i);
+        if self.id == NO_ID {
+            // First refill of this thread: register the thread-exit hook. If TLS destructors
+            // already ran (`try_with` fails), the thread is exiting: behave as a dead cache.
+            if EXIT.try_with(|_| ()).is_ok() {
+                self.id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.id = DEAD_ID;
             }
-            *slot = core::ptr::null();
-            // SAFETY: we own `s` and dropped our pointer to it.
-            unsafe { mcentral::release(s) };
+        }
+        if self.id == DEAD_ID {
+            return GLOBAL.lock().alloc(spc);
+        }
+        let cur = sp(self.alloc[i]);
+        if !core::ptr::eq(cur, &EMPTY) {
+            // SAFETY: we own our current span.
+            if unsafe { cur.extend_free() } > 0 || unsafe { cur.collect_remote() } > 0 {
+                return self.alloc(spc);
+            }
+            self.alloc[i] = &raw const EMPTY;
+            cur.last_owner.store(self.id, Ordering::Relaxed);
+            // SAFETY: we own `cur` and dropped our pointer to it.
+            unsafe { mcentral::release(cur) };
         }
         let s = loop {
-            match mcentral::take(spc, self.id) {
+            if let Some(s) = self.pop_partial(i) {
+                // SAFETY: we own partial spans.
+                unsafe { s.collect_remote() };
+                if s.has_local_free() {
+                    break s;
+                }
+                // SAFETY: as above; a partial span always has a free slot, but be safe.
+                unsafe { mcentral::release(s) };
+                continue;
+            }
+            match mcentral::take(i, self.id) {
                 Some(s) => {
                     // SAFETY: `take` made us the owner.
                     unsafe { s.collect_remote() };
@@ -109,39 +169,178 @@ impl MCache {
                     // SAFETY: we own `s`.
                     unsafe { mcentral::release(s) };
                 }
-                None => match new_small_span(spc, self.id) {
+                None => match new_small_span(i, self.id) {
                     Some(s) => break s,
-                    None => return core::ptr::null_mut(),
+                    None => return null_mut(),
                 },
             }
         };
-        self.alloc[spc] = s;
-        self.mallocs += 1;
-        // SAFETY: we own `s` and it has a free slot.
-        unsafe { s.pop_local() }
+        self.alloc[i] = s;
+        if s.free_head.load(Ordering::Relaxed) == 0 {
+            // SAFETY: we own `s`; an empty local list with a bump region gets a batch.
+            unsafe { s.extend_free() };
+        }
+        self.alloc(spc)
     }
 
-    /// Adds the batched counters to the global ones.
-    fn flush_stats(&mut self) {
-        if self.mallocs > 0 {
-            MALLOCS.fetch_add(self.mallocs, Ordering::Relaxed);
-            self.mallocs = 0;
+    /// Appends an owned span to the partial FIFO of its class.
+    fn push_partial(&mut self, s: &'static Span) {
+        let i = s.spc.load(Ordering::Relaxed) as usize;
+        let Some((head, tail)) = self.partial.get_mut(i) else {
+            crate::throw("span class out of range in push_partial");
+        };
+        s.cache_list.store(IN_PARTIAL, Ordering::Relaxed);
+        s.next.store(null_mut(), Ordering::Relaxed);
+        s.prev.store(tail.cast_mut(), Ordering::Relaxed);
+        if tail.is_null() {
+            *head = s;
+        } else {
+            sp(*tail)
+                .next
+                .store(s as *const Span as *mut Span, Ordering::Relaxed);
         }
-        if self.frees > 0 {
-            FREES.fetch_add(self.frees, Ordering::Relaxed);
-            self.frees = 0;
+        *tail = s;
+    }
+
+    /// Unlinks an owned span from its partial FIFO.
+    fn unlink_partial(&mut self, s: &'static Span) {
+        let i = s.spc.load(Ordering::Relaxed) as usize;
+        let Some((head, tail)) = self.partial.get_mut(i) else {
+            crate::throw("span class out of range in unlink_partial");
+        };
+        let next = s.next.load(Ordering::Relaxed);
+        let prev = s.prev.load(Ordering::Relaxed);
+        if prev.is_null() {
+            *head = next;
+        } else {
+            sp(prev).next.store(next, Ordering::Relaxed);
+        }
+        if next.is_null() {
+            *tail = prev;
+        } else {
+            sp(next).prev.store(prev, Ordering::Relaxed);
+        }
+        s.next.store(null_mut(), Ordering::Relaxed);
+        s.prev.store(null_mut(), Ordering::Relaxed);
+        s.cache_list.store(0, Ordering::Relaxed);
+    }
+
+    fn pop_partial(&mut self, i: usize) -> Option<&'static Span> {
+        let head = self.partial.get(i)?.0;
+        if head.is_null() {
+            return None;
+        }
+        let s = sp(head);
+        self.unlink_partial(s);
+        if s.allocated.load(Ordering::Relaxed) == 0 {
+            self.empties[i] = self.empties[i].saturating_sub(1);
+        }
+        Some(s)
+    }
+
+    /// Local free into a span we own.
+    ///
+    /// # Safety
+    /// We own `s`, and `p` is one of its allocated slots, freed once.
+    #[inline(always)]
+    unsafe fn free_owned(&mut self, s: &'static Span, p: *mut u8) {
+        // SAFETY: caller's contract.
+        unsafe { s.push_local(p) };
+        self.frees[s.spc.load(Ordering::Relaxed) as usize] += 1;
+        if s.allocated.load(Ordering::Relaxed) == 0 && s.cache_list.load(Ordering::Relaxed) != 0 {
+            self.retire(s);
+        }
+    }
+
+    /// A partial span lost its last object: it stays for reuse while its class has at most
+    /// [`MAX_EMPTIES`] empty spans, else it goes back to the page heap.
+    #[cold]
+    fn retire(&mut self, s: &'static Span) {
+        let i = s.spc.load(Ordering::Relaxed) as usize;
+        let Some(n) = self.empties.get_mut(i) else {
+            return;
+        };
+        if *n < MAX_EMPTIES {
+            *n += 1;
+            return;
+        }
+        self.unlink_partial(s);
+        // SAFETY: we own `s` and hold no pointer to it any more.
+        unsafe { mcentral::release(s) };
+    }
+
+    /// A free by this cache into a span it does not own (yet).
+    ///
+    /// # Safety
+    /// `p` is an allocated slot of the small span `s`, freed once.
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_slow(&mut self, s: &'static Span, p: *mut u8) {
+        if s.state.load(Ordering::Acquire) != STATE_SMALL {
+            // SAFETY: caller's contract.
+            return unsafe { crate::free_not_small(s, p) };
+        }
+        // Adopt a span this cache detached: one CAS, then every later free of ours is local.
+        // Acquire: pairs with the releaser's SeqCst store of DETACHED (its writes to the span).
+        if self.id != NO_ID
+            && self.id != DEAD_ID
+            && s.last_owner.load(Ordering::Relaxed) == self.id
+            && s.owner
+                .compare_exchange(OWNER_DETACHED, self.id, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+        {
+            // SAFETY: the CAS made us the owner; remote frees may have raced in: collect them.
+            unsafe { s.collect_remote() };
+            self.push_partial(s);
+            // SAFETY: caller's contract; we own `s`.
+            unsafe { self.free_owned(s, p) };
+            return;
+        }
+        self.frees[s.spc.load(Ordering::Relaxed) as usize] += 1;
+        self.pending_frees += 1;
+        if self.pending_frees >= FLUSH_EVERY {
+            self.flush_frees();
+        }
+        // SAFETY: caller's contract.
+        unsafe { free_remote(s, p) }
+    }
+
+    /// Adds class `i`'s batched counters to the global ones.
+    fn flush_class(&mut self, i: usize) {
+        if let (Some(m), Some(f), Some(gm), Some(gf)) = (
+            self.mallocs.get_mut(i),
+            self.frees.get_mut(i),
+            CLASS_MALLOCS.get(i),
+            CLASS_FREES.get(i),
+        ) {
+            add(gm, core::mem::take(m));
+            add(gf, core::mem::take(f));
+        }
+    }
+
+    /// Adds every class's batched free counts to the global ones.
+    fn flush_frees(&mut self) {
+        self.pending_frees = 0;
+        for (f, g) in self.frees.iter_mut().zip(&CLASS_FREES) {
+            add(g, core::mem::take(f));
         }
     }
 
     /// Releases every span (thread exit).
     fn release_all(&mut self) {
-        self.flush_stats();
-        for slot in self.alloc.iter_mut() {
-            if !slot.is_null() {
-                // SAFETY: current spans are live metadata owned by this cache.
-                let s: &'static Span = unsafe { &**slot };
-                *slot = core::ptr::null();
-                // SAFETY: we own `s` and dropped our pointer to it.
+        for i in 0..NUM_SPAN_CLASSES {
+            self.flush_class(i);
+            let cur = sp(self.alloc[i]);
+            if !core::ptr::eq(cur, &EMPTY) {
+                self.alloc[i] = &raw const EMPTY;
+                cur.last_owner.store(0, Ordering::Relaxed);
+                // SAFETY: we own `cur` and dropped our pointer to it.
+                unsafe { mcentral::release(cur) };
+            }
+            self.empties[i] = 0;
+            while let Some(s) = self.pop_partial(i) {
+                s.last_owner.store(0, Ordering::Relaxed);
+                // SAFETY: we own partial spans and just unlinked `s`.
                 unsafe { mcentral::release(s) };
             }
         }
@@ -157,80 +356,76 @@ fn new_small_span(spc: usize, owner: usize) -> Option<&'static Span> {
     Some(s)
 }
 
-/// The thread's cache; dropping it (thread exit) releases its spans.
-struct LocalCache(UnsafeCell<MCache>);
+thread_local! {
+    /// The thread's cache. It has no destructor, so accessing it costs no "alive?" check: the
+    /// thread-exit work is done by [`EXIT`], registered at the cache's first refill.
+    static CACHE: UnsafeCell<MCache> = const { UnsafeCell::new(MCache::new(NO_ID)) };
+    /// Releases the thread's spans at thread exit and marks the cache dead.
+    static EXIT: ExitGuard = const { ExitGuard };
+}
 
-impl Drop for LocalCache {
+/// Id of a cache whose thread is exiting: matches no `owner` word; its refills go to [`GLOBAL`].
+const DEAD_ID: usize = usize::MAX - 1;
+
+/// The thread-exit hook of [`CACHE`].
+struct ExitGuard;
+
+impl Drop for ExitGuard {
     fn drop(&mut self) {
-        self.0.get_mut().release_all();
+        CACHE.with(|c| {
+            // SAFETY: the allocator is not running on this thread (we are in a TLS destructor,
+            // outside any allocator call), so this is the only reference to the cache.
+            let c = unsafe { &mut *c.get() };
+            c.release_all();
+            c.id = DEAD_ID;
+        });
     }
 }
 
-thread_local! {
-    static CACHE: LocalCache = const { LocalCache(UnsafeCell::new(MCache::new(0))) };
+/// Runs `f` on this thread's cache.
+#[inline(always)]
+fn with_cache<R>(f: impl FnOnce(&mut MCache) -> R) -> R {
+    // SAFETY: the allocator never re-enters itself on one thread, so this is the only live
+    // reference to the thread's cache.
+    CACHE.with(|c| f(unsafe { &mut *c.get() }))
 }
 
 /// Allocates a slot of span class `spc` from this thread's cache (or the global one once the
 /// thread's cache is gone). Null when out of memory.
-#[inline]
-pub(crate) fn alloc_small(spc: usize) -> *mut u8 {
-    // SAFETY: the allocator never re-enters itself on one thread, so this is the only live
-    // reference to the thread's cache.
-    match CACHE.try_with(|c| unsafe { (*c.0.get()).alloc(spc) }) {
-        Ok(p) => p,
-        Err(_) => alloc_global(spc),
-    }
+#[inline(always)]
+pub(crate) fn alloc_small(spc: u8) -> *mut u8 {
+    with_cache(|c| c.alloc(spc))
 }
 
-#[cold]
-fn alloc_global(spc: usize) -> *mut u8 {
-    GLOBAL.lock().alloc(spc)
-}
-
-/// Frees slot `p` of the small span `s`: onto the local list when this thread's cache owns `s`,
-/// else onto its remote stack.
+/// Frees block `p` of span `s` (found through the arena index): onto the local list when this
+/// thread's cache owns `s` (the fast path: one compare and branch), else the slow paths (adopt,
+/// remote free, large object).
 ///
 /// # Safety
-/// `p` must be a live slot start of `s`, freed once.
-#[inline]
-pub(crate) unsafe fn free_small(s: &'static Span, p: *mut u8) {
-    let local = CACHE.try_with(|c| {
-        // SAFETY: as in `alloc_small`, this is the only reference to the thread's cache.
-        let c = unsafe { &mut *c.0.get() };
-        c.frees += 1;
-        if c.frees >= FLUSH_EVERY {
-            c.flush_stats();
-        }
-        if c.id != 0 && s.owner.load(Ordering::Relaxed) == c.id {
-            // SAFETY: only this cache moves `s` out of our ownership, so reading our id means we
-            // own it; `p` is a live slot of `s` (caller).
-            unsafe { s.push_local(p) };
-            true
+/// `p` must be a live block start of the span `s`, freed once.
+#[inline(always)]
+pub(crate) unsafe fn free(s: &'static Span, p: *mut u8) {
+    with_cache(|c| {
+        // Only this cache moves a span out of its ownership, so reading our id means we own it.
+        if s.owner.load(Ordering::Relaxed) == c.id {
+            // SAFETY: we own `s`; `p` is a live slot of it (caller).
+            unsafe { c.free_owned(s, p) };
         } else {
-            false
-        }
-    });
-    match local {
-        Ok(true) => {}
-        Ok(false) => {
             // SAFETY: caller's contract.
-            unsafe { free_remote(s, p) }
+            unsafe { c.free_slow(s, p) };
         }
-        Err(_) => {
-            FREES.fetch_add(1, Ordering::Relaxed);
-            // SAFETY: caller's contract.
-            unsafe { free_remote(s, p) }
-        }
-    }
+    })
 }
 
 /// Frees a chain of slots of the small span `s` (linked through word 0 from `first` to `last`)
 /// as remote frees, with one push.
 ///
 /// # Safety
-/// As [`free_small`], for every slot of the chain.
+/// As [`free`], for every slot of the chain.
 pub(crate) unsafe fn free_chain(s: &'static Span, first: *mut u8, last: *mut u8, count: usize) {
-    FREES.fetch_add(count as u64, Ordering::Relaxed);
+    if let Some(c) = CLASS_FREES.get(s.spc.load(Ordering::Relaxed) as usize) {
+        add(c, count as u64);
+    }
     // SAFETY: caller's contract.
     unsafe { s.push_remote_chain(first, last, count) };
     // SeqCst: the freer half of the handshake in mcentral's docs.
@@ -240,7 +435,8 @@ pub(crate) unsafe fn free_chain(s: &'static Span, first: *mut u8, last: *mut u8,
 }
 
 /// # Safety
-/// As [`free_small`].
+/// As [`free`].
+#[inline]
 unsafe fn free_remote(s: &'static Span, p: *mut u8) {
     // SAFETY: caller's contract.
     unsafe { s.push_remote(p) };
@@ -248,4 +444,47 @@ unsafe fn free_remote(s: &'static Span, p: *mut u8) {
     if s.owner.load(Ordering::SeqCst) == OWNER_DETACHED {
         mcentral::reclaim_detached(s);
     }
+}
+
+/// Flushes this thread's batched counters (so that `stats()` right after is exact for it).
+pub(crate) fn flush_local_stats() {
+    with_cache(|c| {
+        for i in 0..NUM_SPAN_CLASSES {
+            c.flush_class(i);
+        }
+    });
+}
+
+/// Gives this thread's cached empty spans back to the page heap (`release_memory`).
+pub(crate) fn release_local_empties() {
+    with_cache(|c| {
+        for i in 0..NUM_SPAN_CLASSES {
+            let mut p = c.partial[i].0;
+            while !p.is_null() {
+                let s = sp(p);
+                let next = s.next.load(Ordering::Relaxed);
+                if s.allocated.load(Ordering::Relaxed) == 0 {
+                    c.unlink_partial(s);
+                    // SAFETY: we own partial spans and just unlinked `s`.
+                    unsafe { mcentral::release(s) };
+                }
+                p = next;
+            }
+            c.empties[i] = 0;
+        }
+    });
+}
+
+/// Takes the fallback cache's lock (fork prepare).
+pub(crate) fn lock_global() {
+    GLOBAL.lock_raw();
+}
+
+/// Releases the lock taken by [`lock_global`].
+///
+/// # Safety
+/// As `SpinLock::unlock_raw`.
+pub(crate) unsafe fn unlock_global() {
+    // SAFETY: caller's contract.
+    unsafe { GLOBAL.unlock_raw() };
 }

@@ -124,3 +124,53 @@ pub(crate) fn reclaim_detached(s: &'static Span) {
         push(s);
     }
 }
+
+/// Returns every listed span with no live object to the page heap (the scavenger and
+/// `release_memory`). Holding a list's lock makes us the owner of its spans.
+pub(crate) fn release_empty_spans() {
+    for list in &CENTRAL {
+        let mut l = list.lock();
+        let mut prev: *mut Span = null_mut();
+        let mut p = l.head;
+        while !p.is_null() {
+            // SAFETY: listed spans are live metadata structs (never unmapped).
+            let s: &'static Span = unsafe { &*p };
+            let next = s.next.load(Ordering::Relaxed);
+            // SAFETY: the list lock makes us the owner of listed spans.
+            unsafe { s.collect_remote() };
+            if s.allocated.load(Ordering::Relaxed) == 0 {
+                if prev.is_null() {
+                    l.head = next;
+                } else {
+                    // SAFETY: `prev` is a listed span, as above.
+                    unsafe { &*prev }.next.store(next, Ordering::Relaxed);
+                }
+                s.next.store(null_mut(), Ordering::Relaxed);
+                // No live slot: nobody can free into it any more.
+                s.owner.store(OWNER_NONE, Ordering::Relaxed);
+                mheap::free_span(s);
+            } else {
+                prev = p;
+            }
+            p = next;
+        }
+    }
+}
+
+/// Takes every central lock (fork prepare; the order is the class order).
+pub(crate) fn lock_all() {
+    for list in &CENTRAL {
+        list.lock_raw();
+    }
+}
+
+/// Releases every central lock taken by [`lock_all`].
+///
+/// # Safety
+/// As `SpinLock::unlock_raw`: only the thread that called `lock_all` (or its fork child).
+pub(crate) unsafe fn unlock_all() {
+    for list in &CENTRAL {
+        // SAFETY: caller's contract.
+        unsafe { list.unlock_raw() };
+    }
+}

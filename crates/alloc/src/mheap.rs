@@ -5,7 +5,7 @@
 //!
 //! 1. `alloc_pages(n)`: take the smallest non-empty exact-size free list with at least `n` pages
 //!    (a `u128` bitmap of non-empty lists for runs of 1..=127 pages makes this one
-//!    `trailing_zeros`), else best fit in the unsorted list of runs of 128+ pages, else reserve
+//!    `trailing_zeros`), else a good fit among the size buckets of runs of 128+ pages, else reserve
 //!    new arenas (64 MiB each, 64 MiB aligned) and retry. A bigger run is split: the front becomes
 //!    the span, the rest stays a free run.
 //! 2. The caller initialises the span outside the lock (state `CARVING` keeps neighbours from
@@ -18,13 +18,20 @@
 //! list, never unmapped, so a racing `find_block` always reads valid atomics. The chunks form an
 //! append-only list that `for_each_span` walks without the lock.
 //!
-//! Left for later (docs/alloc.md): Go's radix tree of page-bitmap summaries, the scavenger.
+//! Free runs of 128 pages or more sit in power-of-two size buckets (`Heap::find` explains the
+//! good-fit search). The scavenger (end of this file) releases free runs to the OS: a background
+//! thread every [`SCAVENGE_PERIOD_MS`] for runs free for two ticks, and `release_all` for all of
+//! them at once. The fork handlers live here too (they take every allocator lock).
+//!
+//! Left for later (docs/alloc.md): Go's radix tree of page-bitmap summaries.
 
 use core::ptr::null_mut;
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
 use crate::span::{STATE_FREE, STATE_LARGE, STATE_SMALL, STATE_UNUSED, Span};
-use crate::stats::{GC_SPANS_INUSE_BYTES, HEAP_INUSE, HEAP_SYS, SPANS_INUSE};
+use crate::stats::{
+    GC_SPANS_INUSE_BYTES, HEAP_INUSE, HEAP_RELEASED, HEAP_SYS, SCAVENGES, SPANS_INUSE,
+};
 use crate::sync::SpinLock;
 use crate::{ARENA_SIZE, PAGE_SIZE, arena, os};
 
@@ -33,6 +40,11 @@ pub(crate) const STATE_CARVING: u8 = 4;
 
 /// Free runs of fewer pages than this sit on exact-size lists.
 const SMALL_RUNS: usize = 128;
+
+/// The size bucket of a run of `npages >= SMALL_RUNS` pages: `floor(log2(npages))`.
+fn large_bucket(npages: usize) -> usize {
+    (usize::BITS - 1 - npages.leading_zeros()) as usize
+}
 
 /// Span structs per metadata chunk.
 const CHUNK_SPANS: usize = 4000;
@@ -56,8 +68,11 @@ struct Heap {
     free: [*mut Span; SMALL_RUNS],
     /// Bit n set iff `free[n]` is non-empty.
     nonempty: u128,
-    /// Runs of `SMALL_RUNS` pages or more, unsorted.
-    large: *mut Span,
+    /// Runs of `SMALL_RUNS` pages or more, by size: `large[b]` holds runs of `[2^b, 2^(b+1))`
+    /// pages (b in 7..64), doubly linked, unsorted.
+    large: [*mut Span; 64],
+    /// Bit b set iff `large[b]` is non-empty.
+    large_nonempty: u64,
     /// Recycled span structs, linked through `next`.
     meta_free: *mut Span,
 }
@@ -69,7 +84,8 @@ unsafe impl Send for Heap {}
 static HEAP: SpinLock<Heap> = SpinLock::new(Heap {
     free: [null_mut(); SMALL_RUNS],
     nonempty: 0,
-    large: null_mut(),
+    large: [null_mut(); 64],
+    large_nonempty: 0,
     meta_free: null_mut(),
 });
 
@@ -85,7 +101,22 @@ impl Heap {
         if npages < SMALL_RUNS {
             &mut self.free[npages]
         } else {
-            &mut self.large
+            &mut self.large[large_bucket(npages)]
+        }
+    }
+
+    fn set_nonempty(&mut self, n: usize, nonempty: bool) {
+        let (bits, bit) = if n < SMALL_RUNS {
+            (&mut self.nonempty, 1u128 << n)
+        } else {
+            let b = large_bucket(n);
+            self.large_nonempty = (self.large_nonempty & !(1 << b)) | ((nonempty as u64) << b);
+            return;
+        };
+        if nonempty {
+            *bits |= bit;
+        } else {
+            *bits &= !bit;
         }
     }
 
@@ -101,9 +132,7 @@ impl Heap {
                 .store(s as *const Span as *mut Span, Ordering::Relaxed);
         }
         *head = s as *const Span as *mut Span;
-        if n < SMALL_RUNS {
-            self.nonempty |= 1 << n;
-        }
+        self.set_nonempty(n, true);
     }
 
     fn remove(&mut self, s: &'static Span) {
@@ -118,14 +147,21 @@ impl Heap {
         } else {
             sp(prev).next.store(next, Ordering::Relaxed);
         }
-        if n < SMALL_RUNS && self.free[n].is_null() {
-            self.nonempty &= !(1 << n);
+        if self.head(n).is_null() {
+            self.set_nonempty(n, false);
         }
         s.next.store(null_mut(), Ordering::Relaxed);
         s.prev.store(null_mut(), Ordering::Relaxed);
     }
 
-    /// Smallest free run with at least `npages` pages.
+    /// A free run with at least `npages` pages, without a linear scan of the heap:
+    ///
+    /// 1. below 128 pages, the smallest non-empty exact-size list that fits (one
+    ///    `trailing_zeros` on a `u128`);
+    /// 2. else the head of the first non-empty size bucket whose every run fits (buckets are
+    ///    powers of two; one `trailing_zeros` on a `u64`): good fit, as in TLSF;
+    /// 3. else first fit inside the request's own bucket (the one bucket that may hold runs both
+    ///    too small and big enough; only reached when no larger bucket has anything).
     fn find(&self, npages: usize) -> Option<&'static Span> {
         if npages < SMALL_RUNS {
             let mask = self.nonempty & (!0u128 << npages);
@@ -134,17 +170,30 @@ impl Heap {
                 return (!head.is_null()).then(|| sp(head));
             }
         }
-        let mut best: Option<&'static Span> = None;
-        let mut p = self.large;
+        let own = large_bucket(npages.max(SMALL_RUNS));
+        let fits_all = if npages.max(SMALL_RUNS).is_power_of_two() {
+            own
+        } else {
+            own + 1
+        };
+        let mask = if fits_all >= 64 {
+            0
+        } else {
+            self.large_nonempty & (!0u64 << fits_all)
+        };
+        if mask != 0 {
+            let head = self.large[mask.trailing_zeros() as usize];
+            return (!head.is_null()).then(|| sp(head));
+        }
+        let mut p = self.large[own];
         while !p.is_null() {
             let s = sp(p);
-            let n = s.npages.load(Ordering::Relaxed);
-            if n >= npages && best.is_none_or(|b| n < b.npages.load(Ordering::Relaxed)) {
-                best = Some(s);
+            if s.npages.load(Ordering::Relaxed) >= npages {
+                return Some(s);
             }
             p = s.next.load(Ordering::Relaxed);
         }
-        best
+        None
     }
 
     /// A span struct from the recycle list or a metadata chunk.
@@ -187,6 +236,7 @@ impl Heap {
 
     /// Marks `s` free, merges it with free neighbours, and lists it.
     fn insert_free(&mut self, s: &'static Span) {
+        let mut released = s.released.load(Ordering::Relaxed);
         s.state.store(STATE_FREE, Ordering::Release);
         s.elem_size.store(0, Ordering::Relaxed);
         s.owner.store(0, Ordering::Relaxed);
@@ -200,6 +250,7 @@ impl Heap {
             let bn = b.npages.load(Ordering::Relaxed);
             if b.state.load(Ordering::Relaxed) == STATE_FREE && bstart + bn * PAGE_SIZE == start {
                 self.remove(b);
+                released += b.released.load(Ordering::Relaxed);
                 self.recycle_struct(b);
                 start = bstart;
                 npages += bn;
@@ -215,12 +266,16 @@ impl Heap {
             {
                 let an = a.npages.load(Ordering::Relaxed);
                 self.remove(a);
+                released += a.released.load(Ordering::Relaxed);
                 self.recycle_struct(a);
                 npages += an;
             }
         }
         s.start.store(start, Ordering::Relaxed);
         s.npages.store(npages, Ordering::Relaxed);
+        s.released.store(released, Ordering::Relaxed);
+        s.free_since
+            .store(TICKS.load(Ordering::Relaxed), Ordering::Relaxed);
         arena::set_span(start, s);
         arena::set_span(start + (npages - 1) * PAGE_SIZE, s);
         self.insert(s);
@@ -240,7 +295,10 @@ impl Heap {
         let s = self.new_struct()?;
         s.start.store(base, Ordering::Relaxed);
         s.npages.store(bytes / PAGE_SIZE, Ordering::Relaxed);
+        // Never touched: it costs no RSS, like released pages (Go counts it so too).
+        s.released.store(bytes, Ordering::Relaxed);
         HEAP_SYS.fetch_add(bytes, Ordering::Relaxed);
+        HEAP_RELEASED.fetch_add(bytes, Ordering::Relaxed);
         self.insert_free(s);
         Some(())
     }
@@ -257,12 +315,25 @@ impl Heap {
         self.remove(run);
         let total = run.npages.load(Ordering::Relaxed);
         let start = run.start.load(Ordering::Relaxed);
+        // The carved pages take their share of the run's released bytes (exact when the run is
+        // all released or not at all; proportional otherwise).
+        let run_released = run.released.load(Ordering::Relaxed);
+        let carved_released = if total == npages {
+            run_released
+        } else {
+            ((run_released as u128 * npages as u128) / total as u128) as usize
+        };
+        run.released
+            .store(run_released - carved_released, Ordering::Relaxed);
+        HEAP_RELEASED.fetch_sub(carved_released, Ordering::Relaxed);
         let s = if total == npages {
             run
         } else {
             let s = match self.new_struct() {
                 Some(s) => s,
                 None => {
+                    run.released.store(run_released, Ordering::Relaxed);
+                    HEAP_RELEASED.fetch_add(carved_released, Ordering::Relaxed);
                     self.insert(run);
                     return None;
                 }
@@ -289,7 +360,11 @@ pub(crate) fn alloc_span(npages: usize) -> Option<&'static Span> {
     if npages == 0 {
         return None;
     }
-    HEAP.lock().alloc_pages(npages)
+    let s = HEAP.lock().alloc_pages(npages);
+    if !STARTED.load(Ordering::Relaxed) {
+        start_background();
+    }
+    s
 }
 
 /// Makes an initialised span visible as in use (`STATE_SMALL` or `STATE_LARGE`).
@@ -314,6 +389,7 @@ pub(crate) fn free_span(s: &'static Span) {
         }
     }
     HEAP_INUSE.fetch_sub(s.bytes(), Ordering::Relaxed);
+    s.released.store(0, Ordering::Relaxed);
     h.insert_free(s);
 }
 
@@ -332,4 +408,116 @@ pub(crate) fn for_each_span(mut f: impl FnMut(&'static Span)) {
         }
         c = chunk.next;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scavenger: returning free pages to the OS.
+
+/// Scavenger ticks (one per [`SCAVENGE_PERIOD_MS`]); free runs remember the tick they became
+/// free at (`Span::free_since`).
+static TICKS: AtomicUsize = AtomicUsize::new(0);
+/// Whether the scavenger thread and the fork handlers were started (in this process).
+static STARTED: AtomicBool = AtomicBool::new(false);
+/// Whether the fork handlers are registered (they survive `fork`, the thread does not).
+static AT_FORK: AtomicBool = AtomicBool::new(false);
+
+/// How often the background scavenger wakes up.
+pub(crate) const SCAVENGE_PERIOD_MS: u64 = 1000;
+/// Ticks a free run must stay free before the background scavenger releases it (so a program
+/// that frees and reallocates in a loop does not fault its pages in again and again).
+const SCAVENGE_AGE: usize = 2;
+
+impl Heap {
+    /// Releases every free run that has been free for at least `min_age` ticks and is not yet
+    /// released. Returns the bytes released. Holds the heap lock across the `madvise` calls
+    /// (simple; Go drops the lock per chunk, which is left for later).
+    fn scavenge(&mut self, min_age: usize) -> usize {
+        let now = TICKS.load(Ordering::Relaxed);
+        let mut total = 0;
+        let heads = self.free.iter().chain(self.large.iter());
+        for &head in heads {
+            let mut p = head;
+            while !p.is_null() {
+                let s = sp(p);
+                let bytes = s.bytes();
+                let released = s.released.load(Ordering::Relaxed);
+                let age = now.wrapping_sub(s.free_since.load(Ordering::Relaxed));
+                if released < bytes && age >= min_age {
+                    // SAFETY: a free run of our arenas: nobody uses its pages.
+                    unsafe { os::release(s.start.load(Ordering::Relaxed), bytes) };
+                    s.released.store(bytes, Ordering::Relaxed);
+                    HEAP_RELEASED.fetch_add(bytes - released, Ordering::Relaxed);
+                    total += bytes - released;
+                }
+                p = s.next.load(Ordering::Relaxed);
+            }
+        }
+        if total > 0 {
+            SCAVENGES.fetch_add(1, Ordering::Relaxed);
+        }
+        total
+    }
+}
+
+/// Releases every free page run to the OS now (`goro_alloc::release_memory`). Returns bytes.
+pub(crate) fn release_all() -> usize {
+    HEAP.lock().scavenge(0)
+}
+
+/// The background scavenger's loop: every period, release runs free for `SCAVENGE_AGE` ticks.
+extern "C" fn scavenger_main(_: *mut libc::c_void) -> *mut libc::c_void {
+    loop {
+        os::sleep_ms(SCAVENGE_PERIOD_MS);
+        TICKS.fetch_add(1, Ordering::Relaxed);
+        crate::mcentral::release_empty_spans();
+        HEAP.lock().scavenge(SCAVENGE_AGE);
+    }
+}
+
+/// Starts the scavenger thread and registers the fork handlers, once per process. Called
+/// outside every lock (thread creation may allocate through libc's malloc, never through us).
+/// `GORO_SCAVENGER=off` keeps the thread from starting (`release_memory` still works).
+#[cold]
+fn start_background() {
+    if STARTED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    if !AT_FORK.swap(true, Ordering::Relaxed) {
+        os::at_fork(fork_prepare, fork_parent, fork_child);
+    }
+    if os::env_is("GORO_SCAVENGER\0", "off") {
+        return;
+    }
+    os::spawn_detached(c"goro-scavenger", scavenger_main);
+}
+
+/// `pthread_atfork` prepare: take every allocator lock (fallback cache, central lists, heap, in
+/// that order, which is the order the allocator nests them), so that no lock is held by a thread
+/// that will not exist in the child.
+extern "C" fn fork_prepare() {
+    crate::mcache::lock_global();
+    crate::mcentral::lock_all();
+    HEAP.lock_raw();
+}
+
+/// `pthread_atfork` parent: release what `fork_prepare` took.
+extern "C" fn fork_parent() {
+    // SAFETY: this thread took these locks in `fork_prepare`.
+    unsafe { HEAP.unlock_raw() };
+    // SAFETY: as above.
+    unsafe { crate::mcentral::unlock_all() };
+    // SAFETY: as above.
+    unsafe { crate::mcache::unlock_global() };
+}
+
+/// `pthread_atfork` child: release the locks (the child's only thread is the one that took them)
+/// and let the next allocation start a scavenger thread in the child.
+extern "C" fn fork_child() {
+    // SAFETY: the parent's forking thread took these locks; it is this thread in the child.
+    unsafe { HEAP.unlock_raw() };
+    // SAFETY: as above.
+    unsafe { crate::mcentral::unlock_all() };
+    // SAFETY: as above.
+    unsafe { crate::mcache::unlock_global() };
+    STARTED.store(false, Ordering::Relaxed);
 }

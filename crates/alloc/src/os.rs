@@ -61,6 +61,76 @@ fn unmap(addr: usize, size: usize) {
     }
 }
 
+/// Gives the pages of `[addr, addr + size)` back to the OS; they read as zero afterwards and
+/// cost no RSS until touched again. `MADV_DONTNEED`, not `MADV_FREE`: RSS must fall at once
+/// (go#42330).
+///
+/// # Safety
+/// May be called only on memory of this allocator's mappings that nobody uses.
+pub(crate) unsafe fn release(addr: usize, size: usize) {
+    // SAFETY: caller's contract; madvise on a mapped private anonymous range only drops pages.
+    unsafe {
+        libc::madvise(addr as *mut libc::c_void, size, libc::MADV_DONTNEED);
+    }
+}
+
+/// Starts a detached OS thread running `f` (without allocating through the global allocator),
+/// named `name` (at most 15 bytes plus the NUL; the runtime's threads are `goro-*`, which the
+/// scheduler's deadlock check relies on). Returns false when the thread cannot be created.
+pub(crate) fn spawn_detached(
+    name: &core::ffi::CStr,
+    f: extern "C" fn(*mut libc::c_void) -> *mut libc::c_void,
+) -> bool {
+    let mut t: libc::pthread_t = 0;
+    // SAFETY: `t` is a valid out pointer; a null attribute means defaults; `f` ignores its
+    // argument.
+    let rc = unsafe { libc::pthread_create(&mut t, core::ptr::null(), f, core::ptr::null_mut()) };
+    if rc != 0 {
+        return false;
+    }
+    // SAFETY: `t` is a live thread and `name` a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::pthread_setname_np(t, name.as_ptr()) };
+    // SAFETY: `t` is the thread just created and not yet joined or detached.
+    unsafe { libc::pthread_detach(t) };
+    true
+}
+
+/// Sleeps for `ms` milliseconds.
+pub(crate) fn sleep_ms(ms: u64) {
+    let ts = libc::timespec {
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+    };
+    // SAFETY: `ts` is a valid timespec; a null remainder is allowed.
+    unsafe { libc::nanosleep(&ts, core::ptr::null_mut()) };
+}
+
+/// Registers fork handlers (`pthread_atfork`). Returns false on failure.
+pub(crate) fn at_fork(
+    prepare: extern "C" fn(),
+    parent: extern "C" fn(),
+    child: extern "C" fn(),
+) -> bool {
+    // SAFETY: the handlers are plain functions that live for the whole program.
+    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) == 0 }
+}
+
+/// Whether environment variable `name` (NUL-terminated) equals `value`, without allocating.
+pub(crate) fn env_is(name: &str, value: &str) -> bool {
+    if !name.ends_with('\0') {
+        return false;
+    }
+    // SAFETY: `name` is NUL-terminated; getenv returns null or a NUL-terminated string that we
+    // only read right away.
+    let p = unsafe { libc::getenv(name.as_ptr().cast()) };
+    if p.is_null() {
+        return false;
+    }
+    // SAFETY: as above.
+    let v = unsafe { core::ffi::CStr::from_ptr(p) };
+    v.to_bytes() == value.as_bytes()
+}
+
 /// Writes `msg` to standard error without allocating (for fatal errors).
 pub(crate) fn write_stderr(msg: &str) {
     // SAFETY: writes `msg.len()` bytes from a live `&str`; the result is deliberately ignored

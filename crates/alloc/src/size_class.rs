@@ -42,7 +42,8 @@ const CLASS_TO_PAGES: [u8; NUM_SIZE_CLASSES] = [
 ];
 
 const SMALL_SIZE_DIV: usize = 8;
-const SMALL_SIZE_MAX: usize = 1024;
+/// Largest size of the fast lookup table (`SizeClass::for_small_size`).
+pub(crate) const SMALL_SIZE_MAX: usize = 1024;
 const LARGE_SIZE_DIV: usize = 128;
 
 /// Smallest class whose size is >= `size` (a linear walk; only used to build tables).
@@ -56,6 +57,18 @@ const fn first_class_at_least(size: usize) -> u8 {
     }
     0
 }
+
+/// [`SIZE_TO_CLASS8`] padded to 256 entries, so that a `u8` index needs no bounds check.
+static SIZE_TO_CLASS8_FAST: [u8; 256] = {
+    let small = build_class8();
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < small.len() {
+        t[i] = small[i];
+        i += 1;
+    }
+    t
+};
 
 const fn build_class8() -> [u8; SMALL_SIZE_MAX / SMALL_SIZE_DIV + 1] {
     let mut t = [0u8; SMALL_SIZE_MAX / SMALL_SIZE_DIV + 1];
@@ -148,9 +161,17 @@ impl SizeClass {
         if d == 0 { None } else { Some(SizeClass(d)) }
     }
 
+    /// The class for `size <= SMALL_SIZE_MAX` bytes: one table load, no branch (the allocation
+    /// fast path). A larger `size` gives a wrong class, so callers check first.
+    #[inline(always)]
+    pub(crate) fn for_small_size(size: usize) -> SizeClass {
+        debug_assert!(size <= SMALL_SIZE_MAX, "for_small_size({size})");
+        SizeClass(SIZE_TO_CLASS8_FAST[(size.wrapping_add(7) >> 3) as u8 as usize])
+    }
+
     /// The class with index `i` (`1..NUM_SIZE_CLASSES`), if valid.
     #[inline]
-    pub(crate) const fn from_index(i: usize) -> Option<SizeClass> {
+    pub const fn from_index(i: usize) -> Option<SizeClass> {
         if i >= 1 && i < NUM_SIZE_CLASSES {
             Some(SizeClass(i as u8))
         } else {

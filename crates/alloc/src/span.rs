@@ -62,10 +62,30 @@ pub(crate) const GLOBAL_CACHE_ID: usize = 3;
 /// First id handed to a thread cache.
 pub(crate) const FIRST_CACHE_ID: usize = 16;
 
+/// `cache_list`: on the owning cache's partial list.
+pub(crate) const IN_PARTIAL: u8 = 1;
+
 /// Number of span classes: size class × {Malloc, Gc}.
 pub(crate) const NUM_SPAN_CLASSES: usize = crate::size_class::NUM_SIZE_CLASSES * 2;
 
+/// A value alone on its cache line(s).
+#[repr(C, align(64))]
+pub(crate) struct CacheLine<T>(pub(crate) T);
+
+impl<T> core::ops::Deref for CacheLine<T> {
+    type Target = T;
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// Span metadata. Lives in the span allocator (`mheap`), never unmapped, recycled.
+///
+/// Layout (`repr(C)`): geometry and `owner` (read by every freer) first; `remote` (the CAS
+/// target of cross-thread frees) alone on its cache line; then the owner-only allocation state,
+/// so that a producer popping slots and a consumer pushing remote frees do not share a line.
+#[repr(C)]
 pub(crate) struct Span {
     /// First page address. Heap lock.
     pub(crate) start: AtomicUsize,
@@ -92,18 +112,56 @@ pub(crate) struct Span {
     pub(crate) owner: AtomicUsize,
     /// Remote-free stack: head slot address in the low 48 bits, number of slots on the stack in
     /// the high 16 (see [`REMOTE_COUNT_SHIFT`]); 0 = empty.
-    pub(crate) remote: AtomicUsize,
+    pub(crate) remote: CacheLine<AtomicUsize>,
     /// Owner-only local free list head (slot address, 0 = empty).
     pub(crate) free_head: AtomicUsize,
     /// Owner-only: slots `[bump, nelems)` were never handed out.
     pub(crate) bump: AtomicUsize,
     /// Owner-only: slots handed out and not yet seen freed by the owner.
     pub(crate) allocated: AtomicUsize,
+    /// The cache id that last owned the span before detaching it (written by that owner before
+    /// its SeqCst store of `OWNER_DETACHED`, read Relaxed by frees as a hint: see
+    /// `mcache::adopt`; correctness rests on the `owner` CAS alone).
+    pub(crate) last_owner: AtomicUsize,
+    /// Owner-only: whether the span is on its cache's partial list ([`IN_PARTIAL`]).
+    pub(crate) cache_list: AtomicU8,
+    /// Free runs only (heap lock): bytes of the run returned to the OS and counted in
+    /// `stats::HEAP_RELEASED` (the whole run once the scavenger has passed).
+    pub(crate) released: AtomicUsize,
+    /// Free runs only (heap lock): the scavenger tick at which the run became free.
+    pub(crate) free_since: AtomicUsize,
     /// Mark bits, one per slot.
     pub(crate) marks: [AtomicU64; MARK_WORDS],
 }
 
 impl Span {
+    /// A span with nothing to give: every cache's "no current span" (its free list is empty, so
+    /// the fast path falls through to the refill without a null check).
+    pub(crate) const fn empty() -> Span {
+        Span {
+            start: AtomicUsize::new(0),
+            npages: AtomicUsize::new(0),
+            obj_base: AtomicUsize::new(0),
+            elem_size: AtomicUsize::new(0),
+            nelems: AtomicUsize::new(0),
+            div_magic: AtomicU32::new(0),
+            state: AtomicU8::new(STATE_UNUSED),
+            spc: AtomicU8::new(0),
+            next: AtomicPtr::new(core::ptr::null_mut()),
+            prev: AtomicPtr::new(core::ptr::null_mut()),
+            owner: AtomicUsize::new(OWNER_NONE),
+            remote: CacheLine(AtomicUsize::new(0)),
+            free_head: AtomicUsize::new(0),
+            bump: AtomicUsize::new(0),
+            allocated: AtomicUsize::new(0),
+            last_owner: AtomicUsize::new(0),
+            cache_list: AtomicU8::new(0),
+            released: AtomicUsize::new(0),
+            free_since: AtomicUsize::new(0),
+            marks: [const { AtomicU64::new(0) }; MARK_WORDS],
+        }
+    }
+
     /// Bytes covered by the span.
     #[inline]
     pub(crate) fn bytes(&self) -> usize {
@@ -168,40 +226,61 @@ impl Span {
         self.free_head.store(0, Ordering::Relaxed);
         self.bump.store(0, Ordering::Relaxed);
         self.allocated.store(0, Ordering::Relaxed);
+        self.last_owner.store(0, Ordering::Relaxed);
+        self.cache_list.store(0, Ordering::Relaxed);
         self.next.store(core::ptr::null_mut(), Ordering::Relaxed);
+        self.prev.store(core::ptr::null_mut(), Ordering::Relaxed);
         self.clear_marks();
     }
 
-    /// Pops a slot for the owner: local free list, else a never-used slot. Null when neither
-    /// has one. About 10 instructions and two branches on the free-list hit.
+    /// Pops a slot off the owner's local free list; null when it is empty. The fast path:
+    /// about 6 instructions and one branch (load head, test, load link, store head, bump
+    /// `allocated`).
     ///
     /// # Safety
     /// May be called only by the span's owner (see the module docs).
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn pop_local(&self) -> *mut u8 {
         let head = self.free_head.load(Ordering::Relaxed);
-        if head != 0 {
-            // SAFETY: `head` is a free slot of this span on the owner's list; word 0 holds the
-            // link, written by the owner or published by the remote stack's Acquire swap.
-            let next = unsafe { (head as *const usize).read() };
-            self.free_head.store(next, Ordering::Relaxed);
-            self.allocated.store(
-                self.allocated.load(Ordering::Relaxed) + 1,
-                Ordering::Relaxed,
-            );
-            return head as *mut u8;
+        if head == 0 {
+            return core::ptr::null_mut();
         }
+        // SAFETY: `head` is a free slot of this span on the owner's list; word 0 holds the
+        // link, written by the owner or published by the remote stack's Acquire swap.
+        let next = unsafe { (head as *const usize).read() };
+        self.free_head.store(next, Ordering::Relaxed);
+        self.allocated.store(
+            self.allocated.load(Ordering::Relaxed) + 1,
+            Ordering::Relaxed,
+        );
+        head as *mut u8
+    }
+
+    /// Owner: threads up to 4 KiB worth (at least one) of never-used slots onto the local free
+    /// list, in address order (a batch refill: the fast path then only pops). Returns how many.
+    ///
+    /// # Safety
+    /// May be called only by the owner.
+    pub(crate) unsafe fn extend_free(&self) -> usize {
         let b = self.bump.load(Ordering::Relaxed);
-        if b < self.nelems.load(Ordering::Relaxed) {
-            self.bump.store(b + 1, Ordering::Relaxed);
-            self.allocated.store(
-                self.allocated.load(Ordering::Relaxed) + 1,
-                Ordering::Relaxed,
-            );
-            return (self.obj_base.load(Ordering::Relaxed)
-                + b * self.elem_size.load(Ordering::Relaxed)) as *mut u8;
+        let n = self.nelems.load(Ordering::Relaxed);
+        let size = self.elem_size.load(Ordering::Relaxed);
+        if b >= n || size == 0 {
+            return 0;
         }
-        core::ptr::null_mut()
+        let count = (4096 / size).clamp(1, n - b);
+        let base = self.obj_base.load(Ordering::Relaxed) + b * size;
+        let mut link = self.free_head.load(Ordering::Relaxed);
+        for i in (0..count).rev() {
+            let slot = base + i * size;
+            // SAFETY: slot `b + i` was never handed out, so it belongs to the owner; word 0 is
+            // the free-list link (below the Gc header word: slots are >= 16 bytes).
+            unsafe { (slot as *mut usize).write(link) };
+            link = slot;
+        }
+        self.free_head.store(link, Ordering::Relaxed);
+        self.bump.store(b + count, Ordering::Relaxed);
+        count
     }
 
     /// Whether the owner could pop a slot without collecting remote frees.

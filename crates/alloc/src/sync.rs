@@ -67,6 +67,23 @@ impl<T> SpinLock<T> {
     }
 }
 
+impl<T> SpinLock<T> {
+    /// Takes the lock without a guard (the fork handlers hold every lock across `fork`).
+    pub(crate) fn lock_raw(&self) {
+        core::mem::forget(self.lock());
+    }
+
+    /// Releases a lock taken with [`SpinLock::lock_raw`].
+    ///
+    /// # Safety
+    /// May be called only by the thread that took the lock with `lock_raw`, or in the child of a
+    /// `fork` whose parent held it (the only thread of the child).
+    pub(crate) unsafe fn unlock_raw(&self) {
+        // Release: pairs with the Acquire in `lock`.
+        self.locked.store(false, Ordering::Release);
+    }
+}
+
 /// Proof of holding a [`SpinLock`]; unlocks on drop.
 pub(crate) struct SpinGuard<'a, T> {
     lock: &'a SpinLock<T>,

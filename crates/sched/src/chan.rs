@@ -24,6 +24,8 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use crate::timer::{after, tick};
+
 /// Creates a channel with a buffer of `cap` values (0 = unbuffered), returning both ends.
 pub fn channel<T: Send>(cap: usize) -> (Sender<T>, Receiver<T>) {
     let chan = Arc::new(Chan {
@@ -34,6 +36,7 @@ pub fn channel<T: Send>(cap: usize) -> (Sender<T>, Receiver<T>) {
             receivers_waiting: VecDeque::new(),
             senders_waiting: VecDeque::new(),
             senders: 1,
+            receivers: 1,
         }),
     });
     (Sender { chan: chan.clone() }, Receiver { chan })
@@ -51,6 +54,8 @@ struct State<T> {
     senders_waiting: VecDeque<RecordRef<T>>,
     /// Live `Sender`s; the channel closes when the last one goes.
     senders: usize,
+    /// Live `Receiver`s; a ticker stops when none is left.
+    receivers: usize,
 }
 
 /// A blocked party's record, on its own stack. `value` and `closed` are written by the party that
@@ -360,6 +365,11 @@ impl<T> Sender<T> {
     pub fn is_closed(&self) -> bool {
         lock(&self.chan.state).closed
     }
+
+    /// Whether any `Receiver` of the channel is still alive.
+    pub fn has_receivers(&self) -> bool {
+        lock(&self.chan.state).receivers > 0
+    }
 }
 
 impl<T> Receiver<T> {
@@ -408,9 +418,16 @@ impl<T> Drop for Sender<T> {
 
 impl<T> Clone for Receiver<T> {
     fn clone(&self) -> Self {
+        lock(&self.chan.state).receivers += 1;
         Receiver {
             chan: self.chan.clone(),
         }
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        lock(&self.chan.state).receivers -= 1;
     }
 }
 

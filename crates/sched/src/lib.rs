@@ -43,6 +43,7 @@ mod proc;
 mod stw;
 pub mod sync;
 mod sysmon;
+mod timer;
 
 pub use join::{JoinHandle, Panic};
 pub use proc::{
@@ -51,6 +52,7 @@ pub use proc::{
 };
 pub use stw::{safe_point, stop_the_world};
 pub use sysmon::TIME_SLICE;
+pub use timer::sleep;
 
 /// Ends the calling goroutine (Go's `runtime.Goexit`): it unwinds, running destructors, and its
 /// `JoinHandle` reports [`Panic::is_exit`].

@@ -81,6 +81,19 @@ impl ThreadParker {
         *notified = false;
     }
 
+    /// Sleeps until unparked or until `timeout` has passed.
+    pub(crate) fn park_timeout(&self, timeout: std::time::Duration) {
+        let mut notified = self.notified.lock().unwrap_or_else(|p| p.into_inner());
+        if !*notified {
+            notified = self
+                .condvar
+                .wait_timeout(notified, timeout)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *notified = false;
+    }
+
     pub(crate) fn unpark(&self) {
         let mut notified = self.notified.lock().unwrap_or_else(|p| p.into_inner());
         *notified = true;

@@ -16,6 +16,7 @@
 use crate::join::{JoinHandle, Packet, Panic};
 use crate::park::ThreadParker;
 use crate::stw;
+use crate::timer::Timers;
 use goro_stack::{Stack, StackPointer, init_stack, switch};
 use std::cell::{Cell, UnsafeCell};
 use std::collections::VecDeque;
@@ -23,6 +24,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 /// Beyond this many queued Gs, new goroutines go to the global queue instead of the local one.
 pub const LOCAL_QUEUE_SOFT_LIMIT: usize = 256;
@@ -157,6 +159,8 @@ struct P {
     runq: Mutex<VecDeque<GRef>>,
     /// Stacks of exited goroutines, reused by the next first runs. Only M *i* touches it.
     stacks: UnsafeCell<Vec<Stack>>,
+    /// This P's timers (`sleep`, `after`, `tick`).
+    timers: Timers,
 }
 
 // SAFETY: `stacks` is touched only by the P's own M (documented on the field); `runq` is a mutex.
@@ -203,6 +207,37 @@ impl Sched {
 
     pub(crate) fn global_queue(&self) -> &Mutex<VecDeque<GRef>> {
         &self.global
+    }
+
+    /// The timers a new timer of the caller goes on: its M's P, or P 0 from other threads.
+    pub(crate) fn timers_for_caller(&self) -> &Timers {
+        match current_m() {
+            Some(m) if std::ptr::eq(m.sched(), self) => &self.ps[m.id].timers,
+            _ => &self.ps[0].timers,
+        }
+    }
+
+    /// A timer was added: make sure an idle M's sleep accounts for it.
+    pub(crate) fn timer_added(&self) {
+        wake_idle(self, current_m().map(|m| m.id));
+    }
+
+    /// Runs every expired timer of every P; returns how many fired.
+    fn run_all_timers(&self, now: Instant) -> usize {
+        self.ps.iter().map(|p| p.timers.run_expired(now)).sum()
+    }
+
+    /// The earliest pending deadline over all Ps.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.ps
+            .iter()
+            .filter_map(|p| p.timers.next_deadline())
+            .min()
+    }
+
+    /// Whether any P has a pending timer.
+    pub(crate) fn has_timers(&self) -> bool {
+        self.ps.iter().any(|p| !p.timers.is_empty())
     }
 
     /// Sleeps for `delay`, or until the runtime shuts down.
@@ -258,7 +293,7 @@ pub(crate) fn current_m() -> Option<&'static M> {
     unsafe { m.as_ref() }
 }
 
-fn current_sched() -> Option<&'static Sched> {
+pub(crate) fn current_sched() -> Option<&'static Sched> {
     if let Some(m) = current_m() {
         return Some(m.sched());
     }
@@ -343,6 +378,7 @@ where
             .map(|_| P {
                 runq: Mutex::new(VecDeque::new()),
                 stacks: UnsafeCell::new(Vec::new()),
+                timers: Timers::default(),
             })
             .collect(),
         config,
@@ -443,6 +479,7 @@ fn find_runnable(m: &M) -> Option<GRef> {
         }
         let tick = m.tick.get().wrapping_add(1);
         m.tick.set(tick);
+        sched.ps[m.id].timers.run_expired(Instant::now());
         if tick.is_multiple_of(GLOBAL_QUEUE_INTERVAL)
             && let Some(g) = pop_global(sched)
         {
@@ -457,20 +494,71 @@ fn find_runnable(m: &M) -> Option<GRef> {
         // Going idle. SeqCst: pairs with the swap in `wake_idle`/`ready` (see `park`'s docs): either
         // a waker sees `idle` and unparks, or the re-check below sees its work.
         m.idle.store(true, Ordering::SeqCst);
+        let fired = sched.run_all_timers(Instant::now());
         let found = lock(&sched.ps[m.id].runq)
             .pop_front()
             .or_else(|| pop_global(sched));
         let found = found.or_else(|| steal(m));
-        if found.is_some() || sched.shutdown.load(Ordering::Acquire) {
+        if found.is_some() || fired > 0 || sched.shutdown.load(Ordering::Acquire) {
             m.idle.store(false, Ordering::SeqCst);
             if found.is_some() {
                 return found;
             }
             continue;
         }
-        m.parker.park();
+        match sched.next_deadline() {
+            Some(deadline) => {
+                m.parker
+                    .park_timeout(deadline.saturating_duration_since(Instant::now()));
+            }
+            None => m.parker.park(),
+        }
         m.idle.store(false, Ordering::SeqCst);
     }
+}
+
+/// Whether nothing can ever run again: every M is idle, no goroutine is queued, no timer is
+/// pending, goroutines exist (so the main one is blocked), and no thread besides the runtime's
+/// own exists that could wake one (a user thread holding a channel end, say). The last rule makes
+/// the check miss deadlocks in programs with other threads, but it never fires falsely.
+pub(crate) fn deadlocked(sched: &Sched) -> bool {
+    if sched.shutdown.load(Ordering::Acquire) || sched.stopping.load(Ordering::SeqCst) {
+        return false;
+    }
+    if sched.live.load(Ordering::SeqCst) == 0 || sched.has_timers() {
+        return false;
+    }
+    if !sched.ms.iter().all(|m| m.idle.load(Ordering::SeqCst)) {
+        return false;
+    }
+    if !lock(&sched.global).is_empty() || sched.ps.iter().any(|p| !lock(&p.runq).is_empty()) {
+        return false;
+    }
+    only_runtime_threads()
+}
+
+/// Whether every thread of the process is goro's: M0 (the caller of `run`) plus threads named
+/// `goro-*` (the other Ms, sysmon, the heap's scavenger).
+fn only_runtime_threads() -> bool {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return false;
+    };
+    let mut others = 0;
+    for task in tasks.flatten() {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !name.starts_with("goro-") {
+            others += 1;
+        }
+    }
+    // M0 is the one thread not named by goro.
+    others == 1
+}
+
+/// Go's fatal error for a program whose goroutines all wait forever; exits with status 2.
+#[cold]
+pub(crate) fn throw_deadlock() -> ! {
+    eprintln!("fatal error: all goroutines are asleep - deadlock!");
+    std::process::exit(2)
 }
 
 fn pop_global(sched: &Sched) -> Option<GRef> {

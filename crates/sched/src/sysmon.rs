@@ -9,7 +9,10 @@
 //!    so a goroutine that calls into the runtime cannot hold its P forever. Nothing is ever
 //!    switched inside a signal handler: a goroutine that never reaches a safe point is not
 //!    preempted (DESIGN.md section 3).
-//! 2. **schedtrace.** With `GORO_DEBUG=schedtrace=MS`, every MS milliseconds it prints Go's line:
+//! 2. **Deadlock detection.** When no M runs a goroutine, sysmon checks whether anything can
+//!    ever run again (see `proc::deadlocked`) and, if not, ends the program with Go's
+//!    "fatal error: all goroutines are asleep - deadlock!" and exit status 2.
+//! 3. **schedtrace.** With `GORO_DEBUG=schedtrace=MS`, every MS milliseconds it prints Go's line:
 //!    `SCHED 1004ms: gomaxprocs=2 idleprocs=1 threads=4 spinningthreads=0 idlethreads=1
 //!    runqueue=0 [0 3]`.
 
@@ -64,6 +67,12 @@ pub(crate) fn run(sched: &'static Sched) {
         } else {
             (delay * 2).min(MAX_DELAY)
         };
+        // Deadlock detection runs here rather than in the last M to go idle: sysmon looks again
+        // every tick, so a thread that was still starting (or still unnamed) when the Ms went
+        // idle cannot hide a deadlock for good.
+        if !busy && crate::proc::deadlocked(sched) {
+            crate::proc::throw_deadlock();
+        }
         if let (Some(at), Some(every)) = (next_trace, sched.config().schedtrace)
             && now >= at
         {

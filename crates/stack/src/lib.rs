@@ -1,12 +1,22 @@
-//! Goroutine stacks for goro: fixed-size slots with guard pages, and the context switch.
+//! Goroutine stacks for goro: lazily committed slots with guard pages, Go-style overflow
+//! reports, memory release for parked goroutines, and the context switch.
 //!
 //! Vocabulary (Go's): a *G* (goroutine) runs on its own *stack*; a *context switch* saves the
-//! registers of the running G and resumes another. This crate provides the two halves:
+//! registers of the running G and resumes another. This crate provides:
 //!
 //! - [`Stack`]: an owned slot of address space, `[limit, top)` usable, an inaccessible guard
 //!   region just below `limit`. Slots are carved from large `MAP_NORESERVE` reservations (1,024
 //!   slots each), so a stack costs address space, not memory: the kernel commits a page when the
-//!   goroutine first touches it. Dropped stacks return to a pool per size (`slot.rs`).
+//!   goroutine first touches it. That is how stacks *grow*: a slot is sized to the goroutine's
+//!   maximum stack and fills in page by page; nothing ever moves (see docs/stacks.md, "Growth",
+//!   for why and for what large maxima cost). Dropped stacks go to a per-thread cache, then to a
+//!   pool per size (`slot.rs`).
+//! - Overflow reported Go's way ([`install_overflow_handler`], [`prepare_thread`], `overflow.rs`):
+//!   a fault in a slot's guard prints `goroutine N stack exceeds LIMIT-byte limit` and
+//!   `fatal error: stack overflow` and exits with status 2; other faults go to the previous
+//!   handler unchanged.
+//! - Memory release: [`Stack::release_below`] for parked goroutines, [`trim`] for pooled slots,
+//!   [`Stack::stash`] to keep only a parked goroutine's live bytes.
 //! - [`init_stack`] and [`switch`]: the context switch, in assembly per architecture (`arch/`).
 //!   A suspended context's registers are pushed on its own stack, so `[saved sp, top)` is the
 //!   whole state a conservative collector has to scan.
@@ -19,19 +29,16 @@
 //!         |  ...                  |  v
 //!   sp -> |  (saved registers)    |  the saved StackPointer of a suspended G
 //!         |                       |
-//!         |  untouched pages:     |  reserved, never committed until touched
-//!         |  no memory used       |
+//!         |  untouched pages:     |  reserved, never committed until touched;
+//!         |  no memory used       |  released again by release_below / trim / stash
 //!  limit  +-----------------------+  lowest usable address
-//!         |  guard (4 KiB)        |  MADV_GUARD_INSTALL or PROT_NONE: any access is SIGSEGV
-//!  base   +-----------------------+
+//!         |  guard (4 KiB)        |  MADV_GUARD_INSTALL or PROT_NONE: any access is SIGSEGV,
+//!  base   +-----------------------+  reported as "goroutine N stack exceeds LIMIT-byte limit"
 //! ```
 //!
 //! Guard pages (`guard.rs`): `MADV_GUARD_INSTALL` (Linux 6.13+) costs no VMA, so a million stacks
 //! do not approach `vm.max_map_count`; where the kernel lacks it, `mprotect(PROT_NONE)` is used
 //! within a VMA budget and running out is a [`StackError`] that says how to raise the limit.
-//!
-//! What is not here yet (see docs/stacks.md): growth beyond the slot, the overflow handler on a
-//! `sigaltstack` printing Go's message, releasing the pages of parked stacks, per-P slot caches.
 //!
 //! Example: run a function on a fresh stack and come back.
 //!
@@ -69,11 +76,13 @@
 mod arch;
 mod guard;
 mod os;
+mod overflow;
 mod slot;
 
 pub use arch::{StackPointer, init_stack, switch};
 pub use guard::{GuardKind, guard_kind};
-pub use slot::{DEFAULT_STACK_SIZE, GUARD_SIZE, Stack};
+pub use overflow::{install_overflow_handler, prepare_thread};
+pub use slot::{DEFAULT_STACK_SIZE, GUARD_SIZE, RED_ZONE, Stack, StashedStack, trim};
 
 use std::fmt;
 use std::io;
@@ -94,6 +103,8 @@ enum ErrorKind {
     VmaBudget { max_map_count: usize, guards: usize },
     /// The requested size is absurd.
     TooLarge { requested: usize },
+    /// The static table of reservations is full.
+    TooManyChunks { max: usize },
 }
 
 impl StackError {
@@ -115,6 +126,12 @@ impl StackError {
                 max_map_count,
                 guards,
             },
+        }
+    }
+
+    pub(crate) fn too_many_chunks(max: usize) -> StackError {
+        StackError {
+            kind: ErrorKind::TooManyChunks { max },
         }
     }
 
@@ -156,6 +173,11 @@ impl fmt::Display for StackError {
                 f,
                 "goro: goroutine stack size {requested} bytes is too large \
                  (at most 1 TiB per stack)"
+            ),
+            ErrorKind::TooManyChunks { max } => write!(
+                f,
+                "goro: too many goroutine stacks: all {max} stack reservations are in use; \
+                 use fewer goroutines or fewer distinct stack sizes"
             ),
         }
     }

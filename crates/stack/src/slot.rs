@@ -20,6 +20,11 @@
 //!    now (so the mprotect fallback only spends VMAs on slots actually used);
 //! 4. when the reservation is used up, reserve a new one.
 //!
+//! Frees go to a per-thread cache of 32 slots first (`cache`), which spills half to the pool when
+//! full, and allocations look there first: no lock on the spawn/exit path of one thread.
+//! Each reservation is also published in a static table that the overflow handler searches
+//! without locks ([`guard_hit`]), with an owner cell per slot ([`Stack::set_owner`]).
+//!
 //! Reservations are never unmapped: the address space of a slot that was once a stack stays a
 //! stack (with its guard) until the process exits, like Go's stack spans before scavenging.
 //! Rejected: one `mmap` per stack (2 VMAs each with mprotect, a syscall per spawn); a single
@@ -27,6 +32,7 @@
 
 use crate::{StackError, guard, os};
 use core::ops::Range;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 /// Usable bytes per slot of [`Stack::new`] (the guard is extra).
@@ -36,26 +42,40 @@ pub const DEFAULT_STACK_SIZE: usize = 256 * 1024;
 /// the guard is one page of that size instead (see [`Stack::guard`]).
 pub const GUARD_SIZE: usize = 4096;
 
+/// Bytes below a saved stack pointer that may still hold live data: the System V x86_64 ABI's
+/// red zone (128 bytes; aarch64 has none). [`Stack::release_below`] keeps them.
+pub const RED_ZONE: usize = 128;
+
 /// Slots per reservation, unless that would exceed [`MAX_CHUNK_BYTES`].
 pub(crate) const SLOTS_PER_CHUNK: usize = 1024;
 
-/// Upper bound on one reservation's size, so that huge stacks do not reserve terabytes.
-const MAX_CHUNK_BYTES: usize = 1 << 30;
+/// Upper bound on one reservation's size: 64 GiB, i.e. 1,024 slots of 64 MiB or 64 slots of
+/// 1 GiB. Untouched reserved address space costs nothing, and fewer, larger reservations keep
+/// the chunk table (and `/proc/self/maps`) short.
+const MAX_CHUNK_BYTES: usize = 64 << 30;
 
 /// Largest usable size accepted (well below any address-space limit, far above any sane stack).
 const MAX_USABLE: usize = 1 << 40;
 
+/// How many reservations the process may make. The table is static (the overflow handler reads
+/// it without locks); 16,384 chunks hold 16 million small stacks, or more 64 MiB stacks than
+/// the 128 TiB of x86_64 user address space can.
+const MAX_CHUNKS: usize = 16_384;
+
 /// An owned stack slot: `[limit, top)` is usable, `guard()` lies just below `limit`.
 ///
 /// A `Stack` is a plain owner of address space: it may be sent to and used from any thread.
-/// Dropping it returns the slot to the pool of its size; its pages stay committed (releasing
-/// the pages of idle stacks is left to the later stacks work, see docs/stacks.md).
+/// Dropping it returns the slot to the pool of its size with its pages still committed (the
+/// next goroutine reuses them warm); [`trim`](crate::trim) releases the pages of pooled slots
+/// and [`release_below`](Stack::release_below) those of a parked goroutine.
 #[derive(Debug)]
 pub struct Stack {
     /// Lowest address of the slot (the guard's start). Immutable.
     base: usize,
     /// Usable bytes, a multiple of the page size. Immutable.
     usable: usize,
+    /// The slot's entry in its chunk's owner table (read by the overflow handler).
+    owner: &'static AtomicU64,
 }
 
 impl Stack {
@@ -71,17 +91,28 @@ impl Stack {
 
     /// A stack of at least `usable` bytes, rounded up to whole pages (at least one page).
     /// Stacks of the same rounded size share a pool.
+    ///
+    /// `usable` is the goroutine's *maximum* stack size: the slot is address space, and pages
+    /// are committed only as the goroutine's frames first touch them (see docs/stacks.md,
+    /// "Growth"). A 64 MiB stack whose goroutine uses 4 KiB costs one page.
     pub fn with_size(usable: usize) -> Result<Stack, StackError> {
         let page = os::page_size();
         if usable > MAX_USABLE {
             return Err(StackError::too_large(usable));
         }
         let usable = usable.max(1).next_multiple_of(page);
-        let base = POOL
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .alloc(usable)?;
-        Ok(Stack { base, usable })
+        let (base, owner) = match cache::pop(usable) {
+            Some(slot) => slot,
+            None => POOL
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .alloc(usable)?,
+        };
+        Ok(Stack {
+            base,
+            usable,
+            owner,
+        })
     }
 
     /// One past the highest usable byte: where a fresh stack's stack pointer starts.
@@ -102,22 +133,370 @@ impl Stack {
     pub fn guard(&self) -> Range<usize> {
         self.base..self.base + guard_len()
     }
+
+    /// Usable bytes, `top - limit`: the most this stack can grow to. An overflow reports it as
+    /// the limit ("goroutine 7 stack exceeds 262144-byte limit").
+    #[inline]
+    pub fn size(&self) -> usize {
+        self.usable
+    }
+
+    /// Names the goroutine running on this stack, for the overflow message. Cheap (one relaxed
+    /// store); call it whenever the stack is given to a new goroutine. 0 until set, and again
+    /// after the slot returns to the pool.
+    #[inline]
+    pub fn set_owner(&self, id: u64) {
+        // Relaxed: the id is only read by the overflow handler on the thread that runs the
+        // goroutine, after the scheduler's own synchronisation handed it the stack.
+        self.owner.store(id, Ordering::Relaxed);
+    }
+
+    /// The id given to [`set_owner`](Stack::set_owner), or 0.
+    #[inline]
+    pub fn owner(&self) -> u64 {
+        self.owner.load(Ordering::Relaxed)
+    }
+
+    /// Releases (`MADV_DONTNEED`) the whole pages of this stack that lie entirely below
+    /// `sp - RED_ZONE`: the frames of a suspended context live in `[sp, top)`, so everything
+    /// under them is dead and its memory can go back to the OS. The pages stay mapped; the next
+    /// touch commits a fresh zero page. Returns the number of bytes released (0 when `sp` is
+    /// within a page of `limit`).
+    ///
+    /// Cost: one `madvise` when there is something to release (a few microseconds per MiB that
+    /// was committed), none otherwise. The guard survives.
+    ///
+    /// # Safety
+    /// May be called only if nothing lives in `[limit, sp - RED_ZONE)` that anyone will read
+    /// again: typically `sp` is the saved [`StackPointer`](crate::StackPointer) of the
+    /// goroutine suspended on this stack, or the current stack pointer of the calling code if
+    /// it runs on this stack (no frame below it exists). `sp` outside `[limit, top]` is allowed
+    /// and clamped (below `limit`: nothing released; above `top`: the whole stack, which then
+    /// requires that no context uses it).
+    pub unsafe fn release_below(&self, sp: *mut u8) -> usize {
+        let page = os::page_size();
+        let end = (sp as usize)
+            .saturating_sub(RED_ZONE)
+            .min(self.top() as usize);
+        let end = end - end % page;
+        let start = self.limit() as usize;
+        if end <= start {
+            return 0;
+        }
+        // SAFETY: [start, end) is page-aligned, inside this slot's usable part (a mapping the
+        // pool owns), and the caller guarantees nothing in it is live.
+        unsafe { os::discard(start as *mut u8, end - start) };
+        end - start
+    }
+}
+
+/// The live part of a suspended context's stack, `[sp, top)`, copied off its slot so that the
+/// slot's memory can go back to the OS while the goroutine stays parked (see
+/// [`Stack::stash`]). A parked goroutine's live stack is typically a few hundred bytes to a few
+/// KiB, less than the 4 KiB page it would otherwise keep committed.
+///
+/// The bytes hold everything the context's frames hold, including its saved registers: while
+/// stashed, a collector must scan [`bytes`](StashedStack::bytes) instead of `[sp, top)`. May
+/// be sent to any thread.
+#[derive(Debug)]
+pub struct StashedStack {
+    /// The saved stack pointer the bytes start at. Immutable.
+    sp: usize,
+    /// A copy of `[sp, top)`.
+    bytes: Box<[u8]>,
+}
+
+impl StashedStack {
+    /// The saved stack pointer of the stashed context (valid again after
+    /// [`Stack::unstash`]).
+    pub fn sp(&self) -> crate::StackPointer {
+        crate::StackPointer(self.sp as *mut u8)
+    }
+
+    /// The copied bytes: what a conservative scan of the parked goroutine must read.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Stack {
+    /// Copies the live part `[sp, top)` of the context suspended on this stack into a heap
+    /// buffer and releases every page of the slot (one `madvise`), so that a long-parked
+    /// goroutine costs its live bytes instead of whole pages. [`unstash`](Stack::unstash)
+    /// puts the bytes back at the same addresses: pointers into the stack stay valid, nothing
+    /// moves. Cost: a copy of the live bytes, an allocation and one `madvise`; `unstash` a copy
+    /// and a page fault per page touched.
+    ///
+    /// # Safety
+    /// May be called only if:
+    /// - `sp` is the saved stack pointer of a context suspended on this stack (so `[sp, top)`
+    ///   holds all of its state), and that context is not resumed until `unstash` has put the
+    ///   bytes back;
+    /// - until then, nothing reads or writes `[limit, top)`: no other goroutine or thread holds
+    ///   a pointer into this stack that it may use (a wait-queue node on the parked stack that a
+    ///   sender fills in, a value borrowed by a scoped child, an in-flight channel hand-off):
+    ///   such a write would land in a released page and be lost when `unstash` overwrites it.
+    pub unsafe fn stash(&self, sp: crate::StackPointer) -> StashedStack {
+        let (sp, top) = (sp.0 as usize, self.top() as usize);
+        assert!(
+            (self.limit() as usize..=top).contains(&sp),
+            "stash: sp {sp:#x} is outside the stack [{:#x}, {top:#x}]",
+            self.limit() as usize
+        );
+        // SAFETY: [sp, top) is inside this slot's usable part, committed or reading as zero,
+        // and the caller guarantees no one writes it concurrently.
+        let bytes: Box<[u8]> =
+            unsafe { core::slice::from_raw_parts(sp as *const u8, top - sp) }.into();
+        // SAFETY: the slot's usable part is ours; its contents were copied just above and the
+        // caller guarantees nothing else in it is live until `unstash`.
+        unsafe { os::discard(self.limit(), self.usable) };
+        StashedStack { sp, bytes }
+    }
+
+    /// Puts a stashed context's bytes back at `[sp, top)`; after this it may be resumed with
+    /// [`switch`](crate::switch) from `stashed.sp()`.
+    ///
+    /// # Safety
+    /// May be called only if `stashed` came from [`stash`](Stack::stash) on this same stack
+    /// and nothing else has used the stack since.
+    pub unsafe fn unstash(&self, stashed: StashedStack) {
+        let top = self.top() as usize;
+        assert_eq!(
+            stashed.sp + stashed.bytes.len(),
+            top,
+            "unstash: the bytes were stashed from another stack"
+        );
+        // SAFETY: [sp, top) is inside this slot (checked above), writable, and unused by
+        // anyone (the caller's contract); the source is a separate heap buffer.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                stashed.bytes.as_ptr(),
+                stashed.sp as *mut u8,
+                stashed.bytes.len(),
+            )
+        };
+    }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        // Poisoning cannot leave the pool inconsistent: every critical section either completes
-        // its Vec operation or returns an error before modifying anything.
-        POOL.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .free(self.base, self.usable);
+        self.owner.store(0, Ordering::Relaxed);
+        if !cache::push(self.usable, (self.base, self.owner)) {
+            free_to_pool(&[(self.usable, (self.base, self.owner))]);
+        }
+    }
+}
+
+/// Returns slots to the process-wide pool under one lock acquisition.
+fn free_to_pool(slots: &[(usize, FreeSlot)]) {
+    // Poisoning cannot leave the pool inconsistent: every critical section either completes
+    // its Vec operation or returns an error before modifying anything.
+    let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    for &(usable, (base, owner)) in slots {
+        pool.free(base, usable, owner);
+    }
+}
+
+/// A small per-thread cache of free slots in front of the pool (Go's per-P `stackcache`):
+/// spawning and exiting goroutines on one thread reuse slots without the pool lock.
+///
+/// Owned by its thread (a `thread_local!`, never shared). Up to [`CACHE_SLOTS`] slots of any
+/// sizes, most recently freed last; when full, the older half goes back to the pool in one
+/// lock acquisition; at thread exit all of it does. A `Stack` dropped while the thread's
+/// locals are being destroyed bypasses the cache. Cached slots keep their pages committed
+/// (they are the warmest); [`trim`] flushes the calling thread's cache into the pool first,
+/// other threads' caches (at most 32 slots each) stay warm.
+///
+/// [`CACHE_SLOTS`]: cache::CACHE_SLOTS
+mod cache {
+    use super::{FreeSlot, free_to_pool};
+    use core::cell::RefCell;
+
+    /// Capacity of each thread's cache.
+    pub(crate) const CACHE_SLOTS: usize = 32;
+
+    struct Cache {
+        /// (usable size, slot), oldest first.
+        slots: Vec<(usize, FreeSlot)>,
+    }
+
+    impl Drop for Cache {
+        fn drop(&mut self) {
+            free_to_pool(&self.slots);
+        }
+    }
+
+    thread_local! {
+        static CACHE: RefCell<Cache> = const { RefCell::new(Cache { slots: Vec::new() }) };
+    }
+
+    /// The most recently cached slot of `usable` bytes, if any. O(CACHE_SLOTS) at worst.
+    pub(super) fn pop(usable: usize) -> Option<FreeSlot> {
+        CACHE
+            .try_with(|cache| {
+                let mut cache = cache.try_borrow_mut().ok()?;
+                let i = cache.slots.iter().rposition(|&(u, _)| u == usable)?;
+                Some(cache.slots.remove(i).1)
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Moves every slot of this thread's cache to the pool.
+    pub(super) fn flush() {
+        let slots = CACHE
+            .try_with(|cache| {
+                cache
+                    .try_borrow_mut()
+                    .map(|mut c| core::mem::take(&mut c.slots))
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        free_to_pool(&slots);
+    }
+
+    /// Caches a freed slot; false if this thread's cache is gone (the caller frees it to the
+    /// pool then).
+    pub(super) fn push(usable: usize, slot: FreeSlot) -> bool {
+        CACHE
+            .try_with(|cache| {
+                let Ok(mut cache) = cache.try_borrow_mut() else {
+                    return false;
+                };
+                if cache.slots.len() == CACHE_SLOTS {
+                    let older: Vec<_> = cache.slots.drain(..CACHE_SLOTS / 2).collect();
+                    free_to_pool(&older);
+                }
+                if cache.slots.capacity() == 0 {
+                    cache.slots.reserve_exact(CACHE_SLOTS);
+                }
+                cache.slots.push((usable, slot));
+                true
+            })
+            .unwrap_or(false)
     }
 }
 
 /// Guard length: [`GUARD_SIZE`], or one page where pages are larger.
 #[inline]
-fn guard_len() -> usize {
+pub(crate) fn guard_len() -> usize {
     GUARD_SIZE.max(os::page_size())
+}
+
+/// Releases the pages of pooled (free) stack slots, keeping the `keep` most recently freed
+/// slots of each size warm; returns how many slots were released. Their address space and
+/// guards stay; the next goroutine on such a slot commits pages afresh as it touches them.
+///
+/// The scheduler calls this at the end of a collection and when it has been idle a while
+/// (Go frees stack spans at GC); `trim(0)` returns every free slot's memory. Cost: one
+/// `madvise` per slot not yet released since it was freed, under the pool lock.
+pub fn trim(keep: usize) -> usize {
+    cache::flush();
+    POOL.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .trim(keep)
+}
+
+/// Where the overflow handler looks for slots: one entry per reservation, append-only.
+///
+/// Written by the pool under its lock (fields first, then `len` with Release); read by the
+/// signal handler without locks (`len` with Acquire, then the fields of entries below it).
+/// Entries are never removed (reservations are never unmapped).
+struct ChunkTable {
+    /// Number of published entries.
+    len: AtomicUsize,
+    entries: [ChunkEntry; MAX_CHUNKS],
+}
+
+/// One reservation as the overflow handler sees it. Written once before publication.
+struct ChunkEntry {
+    base: AtomicUsize,
+    slot_len: AtomicUsize,
+    slots: AtomicUsize,
+    /// Address of the chunk's leaked `[AtomicU64; slots]` owner table.
+    owners: AtomicUsize,
+}
+
+static CHUNKS: ChunkTable = ChunkTable {
+    len: AtomicUsize::new(0),
+    entries: [const {
+        ChunkEntry {
+            base: AtomicUsize::new(0),
+            slot_len: AtomicUsize::new(0),
+            slots: AtomicUsize::new(0),
+            owners: AtomicUsize::new(0),
+        }
+    }; MAX_CHUNKS],
+};
+
+/// A fault address that lies in the guard of a stack slot, as found by [`guard_hit`].
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct GuardHit {
+    /// The goroutine id set with [`Stack::set_owner`] (0 if none).
+    pub(crate) owner: u64,
+    /// Usable bytes of the slot (the limit in the message).
+    pub(crate) usable: usize,
+    /// The slot's usable range.
+    pub(crate) limit: usize,
+    pub(crate) top: usize,
+}
+
+/// Whether `addr` lies in the guard region of a slot, and whose. Async-signal-safe: atomic
+/// loads and arithmetic only, no locks, no allocation; O(number of reservations).
+pub(crate) fn guard_hit(addr: usize) -> Option<GuardHit> {
+    // Acquire: pairs with the Release in `ChunkTable::publish`, so the fields of every entry
+    // below `len` are visible.
+    let len = CHUNKS.len.load(Ordering::Acquire).min(MAX_CHUNKS);
+    let guard = guard_len();
+    for e in &CHUNKS.entries[..len] {
+        let base = e.base.load(Ordering::Relaxed);
+        let slot_len = e.slot_len.load(Ordering::Relaxed);
+        let slots = e.slots.load(Ordering::Relaxed);
+        if addr < base || addr - base >= slot_len * slots {
+            continue;
+        }
+        let index = (addr - base) / slot_len;
+        let slot_base = base + index * slot_len;
+        if addr - slot_base >= guard {
+            return None; // inside the usable part: not an overflow
+        }
+        let owners = e.owners.load(Ordering::Relaxed) as *const AtomicU64;
+        // SAFETY: `owners` points at a leaked table of `slots` entries (never freed), and
+        // `index < slots`.
+        let owner = unsafe { &*owners.add(index) }.load(Ordering::Relaxed);
+        return Some(GuardHit {
+            owner,
+            usable: slot_len - guard,
+            limit: slot_base + guard,
+            top: slot_base + slot_len,
+        });
+    }
+    None
+}
+
+impl ChunkTable {
+    /// Adds a reservation; returns its owner table. Called under the pool lock only.
+    fn publish(
+        &self,
+        base: usize,
+        slot_len: usize,
+        slots: usize,
+    ) -> Result<&'static [AtomicU64], StackError> {
+        let n = self.len.load(Ordering::Relaxed);
+        if n == MAX_CHUNKS {
+            return Err(StackError::too_many_chunks(MAX_CHUNKS));
+        }
+        let owners: &'static [AtomicU64] =
+            Box::leak((0..slots).map(|_| AtomicU64::new(0)).collect());
+        let e = &self.entries[n];
+        e.base.store(base, Ordering::Relaxed);
+        e.slot_len.store(slot_len, Ordering::Relaxed);
+        e.slots.store(slots, Ordering::Relaxed);
+        e.owners.store(owners.as_ptr() as usize, Ordering::Relaxed);
+        // Release: pairs with the Acquire in `guard_hit`.
+        self.len.store(n + 1, Ordering::Release);
+        Ok(owners)
+    }
 }
 
 /// The reservation a size class is currently carving new slots from.
@@ -128,14 +507,22 @@ struct Chunk {
     slots: usize,
     /// Slots carved so far (the next one is `base + next * slot_len`).
     next: usize,
+    /// Its owner table in [`CHUNKS`].
+    owners: &'static [AtomicU64],
 }
+
+/// A free slot: its base address and its owner cell.
+type FreeSlot = (usize, &'static AtomicU64);
 
 /// All slots of one usable size. Owned by the pool, only touched under its lock.
 struct SizeClass {
     /// Usable bytes of each slot (page multiple).
     usable: usize,
-    /// Freed slots (their base addresses), reused last-in first-out.
-    free: Vec<usize>,
+    /// Freed slots, reused last-in first-out.
+    free: Vec<FreeSlot>,
+    /// `free[..released]` have had their pages released by `trim` since they were freed (the
+    /// list only changes at its end, so the released ones stay a prefix).
+    released: usize,
     /// The reservation new slots are carved from; `None` before the first allocation.
     chunk: Option<Chunk>,
 }
@@ -145,15 +532,16 @@ impl SizeClass {
         guard_len() + self.usable
     }
 
-    fn alloc(&mut self) -> Result<usize, StackError> {
-        if let Some(base) = self.free.pop() {
-            return Ok(base);
+    fn alloc(&mut self) -> Result<FreeSlot, StackError> {
+        if let Some(slot) = self.free.pop() {
+            self.released = self.released.min(self.free.len());
+            return Ok(slot);
         }
         self.carve()
     }
 
     #[cold]
-    fn carve(&mut self) -> Result<usize, StackError> {
+    fn carve(&mut self) -> Result<FreeSlot, StackError> {
         let slot_len = self.slot_len();
         if self.chunk.as_ref().is_none_or(|c| c.next == c.slots) {
             let slots = (MAX_CHUNK_BYTES / slot_len).clamp(1, SLOTS_PER_CHUNK);
@@ -161,11 +549,20 @@ impl SizeClass {
                 .checked_mul(slot_len)
                 .ok_or_else(|| StackError::too_large(self.usable))?;
             let base = os::reserve(len).map_err(|e| StackError::reserve(len, e))?;
+            let owners = match CHUNKS.publish(base as usize, slot_len, slots) {
+                Ok(owners) => owners,
+                Err(e) => {
+                    // SAFETY: the reservation was made just above and nothing refers to it.
+                    unsafe { os::release(base, len) };
+                    return Err(e);
+                }
+            };
             // The previous chunk, if any, is fully carved: all its slots are live or free.
             self.chunk = Some(Chunk {
                 base: base as usize,
                 slots,
                 next: 0,
+                owners,
             });
         }
         let chunk = self.chunk.as_mut().expect("a chunk was just ensured");
@@ -173,8 +570,24 @@ impl SizeClass {
         // SAFETY: [base, base + guard_len) is the first page(s) of a slot that was never handed
         // out, inside a reservation this pool owns; it holds nothing.
         unsafe { guard::install(base as *mut u8, guard_len()) }?;
+        let owner = &chunk.owners[chunk.next];
         chunk.next += 1;
-        Ok(base)
+        Ok((base, owner))
+    }
+
+    /// Releases the pages of all but the last `keep` free slots; returns how many it released.
+    fn trim(&mut self, keep: usize) -> usize {
+        let end = self.free.len().saturating_sub(keep);
+        let guard = guard_len();
+        let mut count = 0;
+        for &(base, _) in self.free.get(self.released..end).unwrap_or(&[]) {
+            // SAFETY: the slot is free (in this list, under the pool lock): no context runs
+            // on it and nothing points into it; its usable part is inside our reservation.
+            unsafe { os::discard((base + guard) as *mut u8, self.usable) };
+            count += 1;
+        }
+        self.released = self.released.max(end);
+        count
     }
 }
 
@@ -184,7 +597,7 @@ struct Pool {
     classes: Vec<SizeClass>,
 }
 
-/// Shared by all threads; every access takes the lock (a per-P cache is future work).
+/// Shared by all threads; every access takes the lock (the per-thread `cache` is in front of it).
 static POOL: Mutex<Pool> = Mutex::new(Pool {
     classes: Vec::new(),
 });
@@ -197,6 +610,7 @@ impl Pool {
                 self.classes.push(SizeClass {
                     usable,
                     free: Vec::new(),
+                    released: 0,
                     chunk: None,
                 });
                 self.classes.len() - 1
@@ -205,12 +619,16 @@ impl Pool {
         &mut self.classes[i]
     }
 
-    fn alloc(&mut self, usable: usize) -> Result<usize, StackError> {
+    fn alloc(&mut self, usable: usize) -> Result<FreeSlot, StackError> {
         self.class(usable).alloc()
     }
 
-    fn free(&mut self, base: usize, usable: usize) {
-        self.class(usable).free.push(base);
+    fn free(&mut self, base: usize, usable: usize, owner: &'static AtomicU64) {
+        self.class(usable).free.push((base, owner));
+    }
+
+    fn trim(&mut self, keep: usize) -> usize {
+        self.classes.iter_mut().map(|c| c.trim(keep)).sum()
     }
 }
 
