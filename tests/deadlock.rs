@@ -1,5 +1,7 @@
-//! Deadlock detection, in child processes: when every goroutine waits forever, the program dies
-//! with Go's message and exit status 2; a program that only waits for a timer is left alone.
+//! Fatal errors, in child processes: when every goroutine waits forever, the program dies with
+//! Go's deadlock message and exit status 2 (a program that only waits for a timer is left alone);
+//! a goroutine that overflows its stack dies with Go's overflow message, and a null-pointer fault
+//! is not mistaken for one.
 //!
 //! Runs without libtest (`harness = false`): deadlock detection never fires while threads other
 //! than the runtime's exist, and libtest keeps one.
@@ -36,6 +38,24 @@ fn scenario(name: &str) {
             assert_eq!(rx.recv(), Some(7));
             println!("finished");
         }),
+        "overflow" => runtime.run(|| {
+            #[allow(unconditional_recursion, reason = "the scenario is the overflow")]
+            fn recurse(depth: u64) -> u64 {
+                let frame = std::hint::black_box([depth; 32]);
+                frame[1] + recurse(depth + 1)
+            }
+            goro::go(|| recurse(0)).join().map(drop).unwrap_or_default();
+        }),
+        "null_pointer" => runtime.run(|| {
+            goro::go(|| {
+                let null = std::hint::black_box(std::ptr::null_mut::<u64>());
+                // SAFETY: deliberately invalid, to check the fault is not called an overflow.
+                unsafe { null.write_volatile(1) };
+            })
+            .join()
+            .map(drop)
+            .unwrap_or_default();
+        }),
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -69,6 +89,42 @@ fn main() {
         println!("test {name} ... ok");
         passed += 1;
     }
+    let out = run_child("overflow");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut lines = stderr.lines();
+    let first = lines.next().unwrap_or_default();
+    assert!(
+        first.starts_with("goroutine ") && first.ends_with("stack exceeds 1048576-byte limit"),
+        "overflow: stderr {stderr}"
+    );
+    assert_eq!(
+        lines.next(),
+        Some("fatal error: stack overflow"),
+        "overflow: stderr {stderr}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "overflow: status {:?}",
+        out.status
+    );
+    println!("test overflow ... ok");
+    passed += 1;
+
+    let out = run_child("null_pointer");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("stack exceeds"),
+        "null_pointer: misreported as overflow: {stderr}"
+    );
+    assert!(
+        !out.status.success(),
+        "null_pointer: status {:?}",
+        out.status
+    );
+    println!("test null_pointer ... ok");
+    passed += 1;
+
     let out = run_child("sleeper_finishes");
     assert!(
         out.status.success(),

@@ -368,6 +368,9 @@ where
         panic!("goro::run called inside a running goro runtime; use goro::go to start goroutines");
     }
     let _one_at_a_time = RUN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    if let Err(error) = goro_stack::install_overflow_handler() {
+        panic!("goro::run: cannot install the stack overflow handler: {error}");
+    }
     let procs = config.procs.max(1);
     // The Ms point back at the Sched that owns them: reserve its (leaked) memory first.
     let slot = Box::leak(Box::<Sched>::new_uninit());
@@ -436,6 +439,14 @@ where
 
 fn m_main(m: &'static M) {
     CURRENT_M.with(|c| c.set(m));
+    // An alternate signal stack, so that a goroutine overflowing into its guard page is reported
+    // as Go reports it rather than dying on the same exhausted stack.
+    if let Err(error) = goro_stack::prepare_thread() {
+        throw(&format!(
+            "cannot prepare M {} for goroutines: {error}",
+            m.id
+        ));
+    }
     if let Some(start) = m.sched().config.on_thread_start {
         start();
     }
@@ -683,6 +694,7 @@ fn first_run(m: &M, g: GRef) {
             ))
         }),
     };
+    stack.set_owner(gg.id);
     let top = stack.top();
     // SAFETY: the G has not run, so nothing else reads its stack fields; `top` is the top of a
     // stack nothing else uses; the entry never returns (it ends by switching to g0 with `Exit`).
