@@ -35,7 +35,7 @@
 mod roots;
 mod runtime;
 
-pub use goro_derive::Trace;
+pub use goro_derive::{Trace, select};
 pub use goro_gc::{Gc, GcCell};
 pub use goro_sched::{JoinHandle, Panic, exit, go, num_goroutine, sleep, yield_now};
 pub use runtime::{BuildError, Builder, Runtime, run};
@@ -43,7 +43,7 @@ pub use runtime::{BuildError, Builder, Runtime, run};
 /// Channels (Go's `chan T`): `channel(cap)`, `Sender`, `Receiver`.
 pub mod chan {
     pub use goro_sched::chan::{
-        Iter, Receiver, Sender, TryRecvError, TrySendError, after, channel, tick,
+        __select, Iter, Receiver, Sender, TryRecvError, TrySendError, after, channel, tick,
     };
 }
 

@@ -16,13 +16,15 @@
 //! Values waiting in a buffer or in a parked goroutine's record are found by the collector: the
 //! buffer is a heap block reachable from every end's `Arc`, and the record is on a stack.
 
+use crate::lock::RawLock;
 use crate::park::{Waiter, park};
-use crate::proc::lock;
 use crate::stw;
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use crate::timer::{after, tick};
 
@@ -30,7 +32,8 @@ pub use crate::timer::{after, tick};
 pub fn channel<T: Send>(cap: usize) -> (Sender<T>, Receiver<T>) {
     let chan = Arc::new(Chan {
         cap,
-        state: Mutex::new(State {
+        lock: RawLock::new(),
+        state: UnsafeCell::new(State {
             buffer: VecDeque::with_capacity(cap.min(1024)),
             closed: false,
             receivers_waiting: VecDeque::new(),
@@ -44,7 +47,50 @@ pub fn channel<T: Send>(cap: usize) -> (Sender<T>, Receiver<T>) {
 
 struct Chan<T> {
     cap: usize,
-    state: Mutex<State<T>>,
+    /// Guards `state`. A raw lock so that `select` can hold several at once and g0 can release
+    /// them after the goroutine parks.
+    lock: RawLock,
+    state: UnsafeCell<State<T>>,
+}
+
+// SAFETY: `state` is only accessed with `lock` held (through `ChanGuard`); values cross threads
+// (`T: Send`).
+unsafe impl<T: Send> Sync for Chan<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Send for Chan<T> {}
+
+impl<T> Chan<T> {
+    fn locked(&self) -> ChanGuard<'_, T> {
+        self.lock.lock();
+        ChanGuard { chan: self }
+    }
+}
+
+/// The channel lock, held; unlocks on drop.
+struct ChanGuard<'a, T> {
+    chan: &'a Chan<T>,
+}
+
+impl<T> Deref for ChanGuard<'_, T> {
+    type Target = State<T>;
+    fn deref(&self) -> &State<T> {
+        // SAFETY: the guard holds the channel lock.
+        unsafe { &*self.chan.state.get() }
+    }
+}
+
+impl<T> DerefMut for ChanGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut State<T> {
+        // SAFETY: the guard holds the channel lock.
+        unsafe { &mut *self.chan.state.get() }
+    }
+}
+
+impl<T> Drop for ChanGuard<'_, T> {
+    fn drop(&mut self) {
+        // SAFETY: the guard holds the lock it took in `locked`.
+        unsafe { self.chan.lock.unlock() };
+    }
 }
 
 struct State<T> {
@@ -58,13 +104,90 @@ struct State<T> {
     receivers: usize,
 }
 
+/// Why a send under the lock did not complete; the value comes back.
+enum SendBlocked<T> {
+    Full(T),
+    Closed(T),
+}
+
+impl<T> State<T> {
+    /// Receives under the lock: `Some(Some(v))` a value, `Some(None)` closed and drained, `None`
+    /// it would block.
+    fn recv_locked(&mut self, cap: usize) -> Option<Option<T>> {
+        while let Some(sender) = self.senders_waiting.pop_front() {
+            // SAFETY: under the lock, just dequeued.
+            if !unsafe { sender.claim() } {
+                continue; // a select that another channel already completed
+            }
+            // SAFETY: as above; a blocked sender's record holds its value.
+            let offered = unsafe { sender.take_value() };
+            let value = if cap == 0 {
+                offered
+            } else {
+                // The buffer is full (the sender blocked): take its head, append the offer.
+                let head = self
+                    .buffer
+                    .pop_front()
+                    .expect("a sender blocks only on a full buffer");
+                self.buffer.push_back(offered);
+                head
+            };
+            // SAFETY: as above.
+            unsafe { sender.complete(None, false) };
+            return Some(Some(value));
+        }
+        if let Some(value) = self.buffer.pop_front() {
+            return Some(Some(value));
+        }
+        self.closed.then_some(None)
+    }
+
+    /// Sends under the lock.
+    fn send_locked(&mut self, cap: usize, value: T) -> Result<(), SendBlocked<T>> {
+        if self.closed {
+            return Err(SendBlocked::Closed(value));
+        }
+        while let Some(receiver) = self.receivers_waiting.pop_front() {
+            // SAFETY: under the lock, just dequeued.
+            if unsafe { receiver.claim() } {
+                // SAFETY: as above.
+                unsafe { receiver.complete(Some(value), false) };
+                return Ok(());
+            }
+        }
+        if self.buffer.len() < cap {
+            self.buffer.push_back(value);
+            return Ok(());
+        }
+        Err(SendBlocked::Full(value))
+    }
+}
+
 /// A blocked party's record, on its own stack. `value` and `closed` are written by the party that
 /// completes the operation, under the channel lock, before it wakes the owner; the owner reads
-/// them after waking (the run queue's or parker's lock orders the two).
+/// them after waking (the run queue's or parker's lock orders the two). A record of a `select`
+/// shares its waiter with the select's other records through `select`; the completing party
+/// must first *claim* the select, since another channel may complete it first.
 struct Record<T> {
     waiter: UnsafeCell<Option<Waiter>>,
+    select: Option<(*const SelectShared, usize)>,
     value: UnsafeCell<Option<T>>,
     closed: UnsafeCell<bool>,
+}
+
+impl<T> Record<T> {
+    fn new(
+        waiter: Option<Waiter>,
+        select: Option<(*const SelectShared, usize)>,
+        value: Option<T>,
+    ) -> Self {
+        Record {
+            waiter: UnsafeCell::new(waiter),
+            select,
+            value: UnsafeCell::new(value),
+            closed: UnsafeCell::new(false),
+        }
+    }
 }
 
 /// A pointer to a `Record` in a wait queue.
@@ -75,24 +198,50 @@ struct RecordRef<T>(*const Record<T>);
 unsafe impl<T: Send> Send for RecordRef<T> {}
 
 impl<T> RecordRef<T> {
-    /// Completes the blocked party's operation: `value` for a receiver (None = closed), `closed`
-    /// for a sender; then wakes it.
+    /// Makes this record's operation the one that happens: always true for a plain blocked
+    /// operation; for a select, true only for the first channel to claim it.
     ///
     /// # Safety
-    /// May be called only under the channel lock, once, on a record just removed from its queue.
+    /// May be called only under the channel lock, on a record just removed from its queue.
+    unsafe fn claim(&self) -> bool {
+        // SAFETY: the owner is parked (or still selecting with this channel locked), so the
+        // record and its select state are live.
+        match unsafe { (*self.0).select } {
+            None => true,
+            Some((shared, index)) => {
+                // SAFETY: the select state lives in the selecting party's frame, which waits
+                // (parked, or holding this lock while it selects) until its records are gone.
+                let shared = unsafe { &*shared };
+                // AcqRel: the winner's writes to the record happen before the owner reads them
+                // (the owner also learns the winner from this word).
+                shared
+                    .state
+                    .compare_exchange(SELECT_OPEN, index, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            }
+        }
+    }
+
+    /// Completes a claimed record: `value` for a receiver (None = closed), `closed` for a
+    /// sender; then wakes its owner.
+    ///
+    /// # Safety
+    /// May be called only under the channel lock, once, on a record this party claimed.
     unsafe fn complete(self, value: Option<T>, closed: bool) {
-        // SAFETY: the record's owner is parked (it queued the record and parked under the lock we
-        // hold), so its stack frame is live and nobody else touches the record.
+        // SAFETY: the record's owner is parked (it queued the record under the lock we hold and
+        // parks before anyone can claim it), so its stack frame is live; we claimed the record,
+        // so nobody else touches it.
         unsafe {
             let record = &*self.0;
             if value.is_some() {
                 *record.value.get() = value;
             }
             *record.closed.get() = closed;
-            let waiter = (*record.waiter.get())
-                .take()
-                .expect("a queued record has a waiter");
-            waiter.wake();
+            let waiter = match record.select {
+                None => (*record.waiter.get()).take(),
+                Some((shared, _)) => (*(*shared).waiter.get()).take(),
+            };
+            waiter.expect("a claimed record has a waiter").wake();
         }
     }
 
@@ -101,7 +250,7 @@ impl<T> RecordRef<T> {
     /// # Safety
     /// As for `complete`.
     unsafe fn take_value(&self) -> T {
-        // SAFETY: as for `complete`; a sender's record always holds its value while queued.
+        // SAFETY: as for `complete`; a blocked sender's record holds its value while queued.
         unsafe {
             (*(*self.0).value.get())
                 .take()
@@ -113,22 +262,18 @@ impl<T> RecordRef<T> {
 /// Blocks the caller on the queue `pick` chooses, with a record holding `value`; returns the
 /// record's outcome `(value, closed)` once a completing party has woken it.
 fn block_on<'a, T>(
-    mutex: &'a Mutex<State<T>>,
-    mut state: MutexGuard<'a, State<T>>,
+    chan: &'a Chan<T>,
+    mut state: ChanGuard<'a, T>,
     pick: fn(&mut State<T>) -> &mut VecDeque<RecordRef<T>>,
     value: Option<T>,
 ) -> (Option<T>, bool) {
     let waiter = Waiter::current();
     let parker = waiter.thread_parker();
-    let record = Record {
-        waiter: UnsafeCell::new(Some(waiter)),
-        value: UnsafeCell::new(value),
-        closed: UnsafeCell::new(false),
-    };
+    let record = Record::new(Some(waiter), None, value);
     pick(&mut state).push_back(RecordRef(&record));
     loop {
         park(state, parker.clone());
-        state = lock(mutex);
+        state = chan.locked();
         // A completing party takes the waiter out of the record as it wakes us; anything else is
         // a spurious wake-up of a thread parker.
         // SAFETY: we hold the channel lock, so no completing party touches the record.
@@ -198,58 +343,28 @@ impl fmt::Display for TryRecvError {
 impl std::error::Error for TryRecvError {}
 
 impl<T> Chan<T> {
-    /// Sends without blocking; `Err` hands the value back.
-    fn try_send(&self, value: T) -> Result<(), (TrySendError<T>, MutexGuard<'_, State<T>>)> {
-        let mut state = lock(&self.state);
-        if state.closed {
-            return Err((TrySendError::Closed(value), state));
+    /// Sends without blocking; `Err` hands the value back, with the lock still held.
+    fn try_send(&self, value: T) -> Result<(), (TrySendError<T>, ChanGuard<'_, T>)> {
+        let mut state = self.locked();
+        match state.send_locked(self.cap, value) {
+            Ok(()) => Ok(()),
+            Err(SendBlocked::Full(value)) => Err((TrySendError::Full(value), state)),
+            Err(SendBlocked::Closed(value)) => Err((TrySendError::Closed(value), state)),
         }
-        if let Some(receiver) = state.receivers_waiting.pop_front() {
-            // SAFETY: under the lock, just dequeued.
-            unsafe { receiver.complete(Some(value), false) };
-            return Ok(());
-        }
-        if state.buffer.len() < self.cap {
-            state.buffer.push_back(value);
-            return Ok(());
-        }
-        Err((TrySendError::Full(value), state))
     }
 
-    /// Receives without blocking.
-    fn try_recv(&self) -> Result<T, (TryRecvError, MutexGuard<'_, State<T>>)> {
-        let mut state = lock(&self.state);
-        if let Some(sender) = state.senders_waiting.pop_front() {
-            // SAFETY: under the lock, just dequeued.
-            let offered = unsafe { sender.take_value() };
-            let value = if self.cap == 0 {
-                offered
-            } else {
-                // The buffer is full (the sender blocked): take its head, append the offer.
-                let head = state
-                    .buffer
-                    .pop_front()
-                    .expect("a sender blocks only on a full buffer");
-                state.buffer.push_back(offered);
-                head
-            };
-            // SAFETY: as above.
-            unsafe { sender.complete(None, false) };
-            return Ok(value);
+    /// Receives without blocking; `Err` keeps the lock held.
+    fn try_recv(&self) -> Result<T, (TryRecvError, ChanGuard<'_, T>)> {
+        let mut state = self.locked();
+        match state.recv_locked(self.cap) {
+            Some(Some(value)) => Ok(value),
+            Some(None) => Err((TryRecvError::Closed, state)),
+            None => Err((TryRecvError::Empty, state)),
         }
-        if let Some(value) = state.buffer.pop_front() {
-            return Ok(value);
-        }
-        let error = if state.closed {
-            TryRecvError::Closed
-        } else {
-            TryRecvError::Empty
-        };
-        Err((error, state))
     }
 
     fn close(&self, explicit: bool) {
-        let mut state = lock(&self.state);
+        let mut state = self.locked();
         if state.closed {
             if explicit {
                 drop(state);
@@ -259,12 +374,21 @@ impl<T> Chan<T> {
         }
         state.closed = true;
         while let Some(receiver) = state.receivers_waiting.pop_front() {
-            // SAFETY: under the lock, just dequeued.
-            unsafe { receiver.complete(None, false) };
+            // SAFETY: under the lock, just dequeued; a select another channel completed is
+            // skipped.
+            unsafe {
+                if receiver.claim() {
+                    receiver.complete(None, false);
+                }
+            }
         }
         while let Some(sender) = state.senders_waiting.pop_front() {
-            // SAFETY: under the lock, just dequeued; the sender panics when it wakes.
-            unsafe { sender.complete(None, true) };
+            // SAFETY: as above; the sender panics when it wakes.
+            unsafe {
+                if sender.claim() {
+                    sender.complete(None, true);
+                }
+            }
         }
     }
 }
@@ -294,7 +418,7 @@ impl<T: Send> Sender<T> {
                 panic!("send on closed channel");
             }
             Err((TrySendError::Full(value), state)) => {
-                let (_, closed) = block_on(&self.chan.state, state, senders_waiting, Some(value));
+                let (_, closed) = block_on(&self.chan, state, senders_waiting, Some(value));
                 if closed {
                     panic!("send on closed channel");
                 }
@@ -328,7 +452,7 @@ impl<T: Send> Receiver<T> {
             Ok(value) => Some(value),
             Err((TryRecvError::Closed, _)) => None,
             Err((TryRecvError::Empty, state)) => {
-                block_on(&self.chan.state, state, receivers_waiting, None).0
+                block_on(&self.chan, state, receivers_waiting, None).0
             }
         }
     }
@@ -348,7 +472,7 @@ impl<T: Send> Receiver<T> {
 impl<T> Sender<T> {
     /// Values buffered now (Go's `len(ch)`).
     pub fn len(&self) -> usize {
-        lock(&self.chan.state).buffer.len()
+        self.chan.locked().buffer.len()
     }
 
     /// Whether nothing is buffered.
@@ -363,19 +487,19 @@ impl<T> Sender<T> {
 
     /// Whether the channel is closed.
     pub fn is_closed(&self) -> bool {
-        lock(&self.chan.state).closed
+        self.chan.locked().closed
     }
 
     /// Whether any `Receiver` of the channel is still alive.
     pub fn has_receivers(&self) -> bool {
-        lock(&self.chan.state).receivers > 0
+        self.chan.locked().receivers > 0
     }
 }
 
 impl<T> Receiver<T> {
     /// Values buffered now (Go's `len(ch)`).
     pub fn len(&self) -> usize {
-        lock(&self.chan.state).buffer.len()
+        self.chan.locked().buffer.len()
     }
 
     /// Whether nothing is buffered.
@@ -390,13 +514,13 @@ impl<T> Receiver<T> {
 
     /// Whether the channel is closed.
     pub fn is_closed(&self) -> bool {
-        lock(&self.chan.state).closed
+        self.chan.locked().closed
     }
 }
 
 impl<T> Clone for Sender<T> {
     fn clone(&self) -> Self {
-        lock(&self.chan.state).senders += 1;
+        self.chan.locked().senders += 1;
         Sender {
             chan: self.chan.clone(),
         }
@@ -406,7 +530,7 @@ impl<T> Clone for Sender<T> {
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         let last = {
-            let mut state = lock(&self.chan.state);
+            let mut state = self.chan.locked();
             state.senders -= 1;
             state.senders == 0
         };
@@ -418,7 +542,7 @@ impl<T> Drop for Sender<T> {
 
 impl<T> Clone for Receiver<T> {
     fn clone(&self) -> Self {
-        lock(&self.chan.state).receivers += 1;
+        self.chan.locked().receivers += 1;
         Receiver {
             chan: self.chan.clone(),
         }
@@ -427,7 +551,7 @@ impl<T> Clone for Receiver<T> {
 
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
-        lock(&self.chan.state).receivers -= 1;
+        self.chan.locked().receivers -= 1;
     }
 }
 
@@ -467,4 +591,315 @@ impl<'a, T: Send> IntoIterator for &'a Receiver<T> {
     fn into_iter(self) -> Iter<'a, T> {
         self.iter()
     }
+}
+
+/// `select!`'s runtime (Go's `selectgo`). Hidden: use the `goro::select!` macro.
+#[doc(hidden)]
+pub mod __select {
+    pub use super::{RecvCase, SelectCase, SendCase, select};
+}
+
+/// `SelectShared::state` while no case has completed.
+const SELECT_OPEN: usize = usize::MAX;
+
+/// What a blocked select's records share: which case won, and who to wake.
+#[doc(hidden)]
+pub struct SelectShared {
+    /// `SELECT_OPEN`, then the index of the case that completed (set once, by CAS).
+    state: AtomicUsize,
+    /// The selecting party; taken by the winner's completer.
+    waiter: UnsafeCell<Option<Waiter>>,
+}
+
+/// One case of a `select!`, type-erased. Implemented by [`RecvCase`] and [`SendCase`] only.
+#[doc(hidden)]
+pub trait SelectCase {
+    /// The channel's address: locks are taken in address order.
+    fn chan_addr(&self) -> usize;
+    /// Takes the channel lock.
+    fn lock(&self);
+    /// Releases the channel lock.
+    ///
+    /// # Safety
+    /// May be called only by the party that took it with `lock`.
+    unsafe fn unlock(&self);
+    /// Lock held: completes the case now if it can.
+    fn poll_locked(&mut self) -> bool;
+    /// Lock held: queues this case's record for the blocked select `shared`.
+    fn enqueue_locked(&mut self, shared: *const SelectShared, index: usize);
+    /// Lock held: removes this case's record from its queue if it is still there.
+    fn dequeue_locked(&mut self);
+    /// This case won while the select was blocked: collect the outcome from the record.
+    fn finish(&mut self);
+}
+
+/// A `recv(rx) -> v` case: `v` is `Some(value)`, or `None` once the channel is closed.
+#[doc(hidden)]
+pub struct RecvCase<'a, T> {
+    rx: &'a Receiver<T>,
+    record: Option<Record<T>>,
+    result: Option<Option<T>>,
+}
+
+impl<'a, T> RecvCase<'a, T> {
+    /// A case receiving from `rx`.
+    pub fn new(rx: &'a Receiver<T>) -> Self {
+        RecvCase {
+            rx,
+            record: None,
+            result: None,
+        }
+    }
+
+    /// The received value (`None`: closed). Called once, on the selected case.
+    pub fn take(&mut self) -> Option<T> {
+        self.result
+            .take()
+            .expect("select!: the selected case has a result")
+    }
+
+    fn state(&mut self) -> &mut State<T> {
+        // SAFETY: called only with the channel lock held (the `*_locked` methods).
+        unsafe { &mut *self.rx.chan.state.get() }
+    }
+}
+
+impl<T> SelectCase for RecvCase<'_, T> {
+    fn chan_addr(&self) -> usize {
+        Arc::as_ptr(&self.rx.chan) as usize
+    }
+    fn lock(&self) {
+        self.rx.chan.lock.lock();
+    }
+    unsafe fn unlock(&self) {
+        // SAFETY: caller's contract.
+        unsafe { self.rx.chan.lock.unlock() }
+    }
+    fn poll_locked(&mut self) -> bool {
+        let cap = self.rx.chan.cap;
+        match self.state().recv_locked(cap) {
+            Some(outcome) => {
+                self.result = Some(outcome);
+                true
+            }
+            None => false,
+        }
+    }
+    fn enqueue_locked(&mut self, shared: *const SelectShared, index: usize) {
+        let record: *const Record<T> =
+            self.record
+                .insert(Record::new(None, Some((shared, index)), None));
+        self.state().receivers_waiting.push_back(RecordRef(record));
+    }
+    fn dequeue_locked(&mut self) {
+        if let Some(record) = &self.record {
+            let record: *const Record<T> = record;
+            self.state()
+                .receivers_waiting
+                .retain(|r| !std::ptr::eq(r.0, record));
+        }
+    }
+    fn finish(&mut self) {
+        let record = self
+            .record
+            .as_mut()
+            .expect("a blocked select queued every case");
+        self.result = Some(record.value.get_mut().take());
+    }
+}
+
+/// A `send(tx, value) -> r` case; sending on a closed channel panics, as in Go.
+#[doc(hidden)]
+pub struct SendCase<'a, T> {
+    tx: &'a Sender<T>,
+    value: Option<T>,
+    record: Option<Record<T>>,
+    /// `Some(true)` sent, `Some(false)` the channel was closed.
+    result: Option<bool>,
+}
+
+impl<'a, T> SendCase<'a, T> {
+    /// A case sending `value` on `tx`.
+    pub fn new(tx: &'a Sender<T>, value: T) -> Self {
+        SendCase {
+            tx,
+            value: Some(value),
+            record: None,
+            result: None,
+        }
+    }
+
+    /// Completes the selected send case.
+    ///
+    /// # Panics
+    /// Panics with "send on closed channel" if the channel was closed.
+    pub fn take(&mut self) {
+        if !self
+            .result
+            .take()
+            .expect("select!: the selected case has a result")
+        {
+            panic!("send on closed channel");
+        }
+    }
+
+    fn state(&mut self) -> &mut State<T> {
+        // SAFETY: called only with the channel lock held (the `*_locked` methods).
+        unsafe { &mut *self.tx.chan.state.get() }
+    }
+}
+
+impl<T> SelectCase for SendCase<'_, T> {
+    fn chan_addr(&self) -> usize {
+        Arc::as_ptr(&self.tx.chan) as usize
+    }
+    fn lock(&self) {
+        self.tx.chan.lock.lock();
+    }
+    unsafe fn unlock(&self) {
+        // SAFETY: caller's contract.
+        unsafe { self.tx.chan.lock.unlock() }
+    }
+    fn poll_locked(&mut self) -> bool {
+        let cap = self.tx.chan.cap;
+        let value = self
+            .value
+            .take()
+            .expect("a send case holds its value until it runs");
+        match self.state().send_locked(cap, value) {
+            Ok(()) => {
+                self.result = Some(true);
+                true
+            }
+            Err(SendBlocked::Closed(_)) => {
+                // Selected: `take` panics once every lock is released.
+                self.result = Some(false);
+                true
+            }
+            Err(SendBlocked::Full(value)) => {
+                self.value = Some(value);
+                false
+            }
+        }
+    }
+    fn enqueue_locked(&mut self, shared: *const SelectShared, index: usize) {
+        let value = self.value.take();
+        let record: *const Record<T> =
+            self.record
+                .insert(Record::new(None, Some((shared, index)), value));
+        self.state().senders_waiting.push_back(RecordRef(record));
+    }
+    fn dequeue_locked(&mut self) {
+        if let Some(record) = &self.record {
+            let record: *const Record<T> = record;
+            self.state()
+                .senders_waiting
+                .retain(|r| !std::ptr::eq(r.0, record));
+        }
+    }
+    fn finish(&mut self) {
+        let record = self
+            .record
+            .as_mut()
+            .expect("a blocked select queued every case");
+        self.result = Some(!*record.closed.get_mut());
+    }
+}
+
+/// The channel locks of a select, held in address order; released on drop (by g0 when the
+/// selecting goroutine parks).
+struct SelectLocks {
+    /// Pointers to the cases, one per distinct channel, in lock order. The cases outlive the
+    /// guard (they are locals of the `select!` expansion, which waits for the park to end).
+    cases: Vec<*const dyn SelectCase>,
+}
+
+impl SelectLocks {
+    fn lock(cases: &[&mut dyn SelectCase]) -> SelectLocks {
+        let mut order: Vec<usize> = (0..cases.len()).collect();
+        order.sort_by_key(|&i| cases[i].chan_addr());
+        order.dedup_by_key(|i| cases[*i].chan_addr());
+        let cases: Vec<*const dyn SelectCase> = order
+            .into_iter()
+            .map(|i| {
+                let case: &dyn SelectCase = &*cases[i];
+                // SAFETY: only the lifetime is erased; see the field docs.
+                unsafe { std::mem::transmute::<&dyn SelectCase, *const dyn SelectCase>(case) }
+            })
+            .collect();
+        for &case in &cases {
+            // SAFETY: the case is live (field docs).
+            unsafe { (*case).lock() };
+        }
+        SelectLocks { cases }
+    }
+}
+
+impl Drop for SelectLocks {
+    fn drop(&mut self) {
+        for &case in self.cases.iter().rev() {
+            // SAFETY: the case is live, and `lock` above took its channel's lock.
+            unsafe { (*case).unlock() };
+        }
+    }
+}
+
+/// Runs a select over `cases` (Go's `selectgo`): if any case can proceed, one of them chosen
+/// uniformly at random does; otherwise `None` if there is a default; otherwise the caller blocks
+/// until one case completes. Returns the index of the case that ran. A safe point.
+pub fn select(cases: &mut [&mut dyn SelectCase], has_default: bool) -> Option<usize> {
+    stw::safe_point();
+    let locks = SelectLocks::lock(cases);
+    for i in random_order(cases.len()) {
+        if cases[i].poll_locked() {
+            drop(locks);
+            return Some(i);
+        }
+    }
+    if has_default {
+        drop(locks);
+        return None;
+    }
+    let waiter = Waiter::current();
+    let parker = waiter.thread_parker();
+    let shared = SelectShared {
+        state: AtomicUsize::new(SELECT_OPEN),
+        waiter: UnsafeCell::new(Some(waiter)),
+    };
+    for (index, case) in cases.iter_mut().enumerate() {
+        case.enqueue_locked(&shared, index);
+    }
+    // With no cases nothing can wake us: Go's `select {}` blocks forever.
+    park(locks, parker);
+    // Acquire: pairs with the winner's claim.
+    let winner = shared.state.load(Ordering::Acquire);
+    let locks = SelectLocks::lock(cases);
+    for case in cases.iter_mut() {
+        case.dequeue_locked();
+    }
+    drop(locks);
+    cases[winner].finish();
+    Some(winner)
+}
+
+/// `0..n` in a random order (xorshift, seeded per thread), for Go's uniform choice among ready
+/// cases.
+fn random_order(n: usize) -> Vec<usize> {
+    thread_local! {
+        static SEED: std::cell::Cell<u64> = std::cell::Cell::new(
+            0x9E37_79B9_7F4A_7C15 ^ (std::ptr::from_ref(&0u8) as u64)
+        );
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    SEED.with(|seed| {
+        let mut x = seed.get();
+        for i in (1..n).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            order.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        seed.set(x);
+    });
+    order
 }

@@ -38,6 +38,7 @@
 
 pub mod chan;
 mod join;
+mod lock;
 mod park;
 mod proc;
 mod stw;
