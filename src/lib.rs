@@ -49,7 +49,9 @@ pub mod chan {
 
 /// Synchronisation that parks goroutines, never OS threads.
 pub mod sync {
-    pub use goro_sched::sync::WaitGroup;
+    pub use goro_sched::sync::{
+        Mutex, MutexGuard, Once, RwLock, RwLockReadGuard, RwLockWriteGuard, WaitGroup,
+    };
 }
 
 /// The collector: `Gc<T>`, tracing, statistics and knobs (Go's `runtime` and `runtime/debug` GC
