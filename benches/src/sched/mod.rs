@@ -7,6 +7,7 @@
 //! | `skynet N` | 10-ary tree of goroutines with N leaves, sums over unbuffered channels | sum |
 //! | `pingpong N` | N round trips over two unbuffered channels; variant = GOMAXPROCS | n, gomaxprocs, ns_per_roundtrip |
 //! | `yield N` | two goroutines on one P yield N times each (Gosched round trips) | n, ns_per_yield |
+//! | `select N` | 4 producers on 4 channels (cap 16), one consumer selecting over all 4 | n, ns_per_op |
 //!
 //! Peers use the system allocator and their own idioms for the same program (a counter and a
 //! wake-up for spawn, the same tree for skynet). `threads` spawns at most 10,000 OS threads.
@@ -46,6 +47,13 @@ pub const WORKLOADS: &[Workload] = &[
         variants: &[],
         implementations: &["goro", "may", "tokio", "threads"],
         run: run_yield,
+    },
+    Workload {
+        name: "select",
+        default_size: "1000000",
+        variants: &[],
+        implementations: &["goro", "tokio", "threads"],
+        run: run_select,
     },
 ];
 
@@ -217,6 +225,63 @@ fn run_yield(implementation: &str, size: &str, options: &Options) -> Result<(), 
         .key(
             "ns_per_yield",
             format!("{:.1}", elapsed.as_nanos() as f64 / (2 * n) as f64),
+        )
+        .print(elapsed);
+    Ok(())
+}
+
+fn run_select(implementation: &str, size: &str, options: &Options) -> Result<(), String> {
+    let n: u64 = crate::parse_size("select", size)?;
+    let procs = procs(options);
+    let (sum, elapsed) = match implementation {
+        "goro" => goro(options, procs)?.run(move || {
+            let start = Instant::now();
+            let mut receivers = Vec::new();
+            for p in 0..4u64 {
+                let (tx, rx) = goro::chan::channel::<u64>(16);
+                receivers.push(rx);
+                goro::go(move || {
+                    for i in 0..n / 4 {
+                        tx.send(p + 4 * i);
+                    }
+                });
+            }
+            let [a, b, c, d] = <[_; 4]>::try_from(receivers).expect("four channels");
+            let mut sum = 0u64;
+            loop {
+                let got = goro::select! {
+                    recv(a) -> v => v,
+                    recv(b) -> v => v,
+                    recv(c) -> v => v,
+                    recv(d) -> v => v,
+                };
+                match got {
+                    Some(v) => sum += v,
+                    None => {
+                        // A closed channel stays ready (Go would set it to nil); the producers
+                        // are finishing, so drain the rest directly.
+                        let rest = a.iter().chain(b.iter()).chain(c.iter()).chain(d.iter());
+                        sum += rest.sum::<u64>();
+                        break;
+                    }
+                }
+            }
+            (sum, start.elapsed())
+        }),
+        "tokio" => peers::tokio_select(n, procs),
+        "threads" => peers::threads_select(n),
+        other => return Err(format!("no implementation {other}")),
+    };
+    let expected = (0..n / 4 * 4).sum::<u64>();
+    if sum != expected {
+        return Err(format!("select sum {sum}, expected {expected}"));
+    }
+    report::Result::new("select", implementation)
+        .key("n", n)
+        .key("gomaxprocs", procs)
+        .key(
+            "ns_per_op",
+            format!("{:.1}", elapsed.as_nanos() as f64 / n as f64),
         )
         .print(elapsed);
     Ok(())

@@ -270,3 +270,65 @@ pub(crate) fn threads_yield(n: u64) -> Duration {
     other.join().expect("the other thread");
     elapsed
 }
+
+pub(crate) fn tokio_select(n: u64, procs: usize) -> (u64, Duration) {
+    tokio_runtime(procs).block_on(async move {
+        let start = Instant::now();
+        let mut receivers = Vec::new();
+        for p in 0..4u64 {
+            let (tx, rx) = tokio::sync::mpsc::channel::<u64>(16);
+            receivers.push(rx);
+            tokio::spawn(async move {
+                for i in 0..n / 4 {
+                    tx.send(p + 4 * i).await.expect("receiver alive");
+                }
+            });
+        }
+        let [mut a, mut b, mut c, mut d] = <[_; 4]>::try_from(receivers).expect("four channels");
+        let mut sum = 0u64;
+        let mut open = [true; 4];
+        while open.iter().any(|&o| o) {
+            tokio::select! {
+                v = a.recv(), if open[0] => match v { Some(v) => sum += v, None => open[0] = false },
+                v = b.recv(), if open[1] => match v { Some(v) => sum += v, None => open[1] = false },
+                v = c.recv(), if open[2] => match v { Some(v) => sum += v, None => open[2] = false },
+                v = d.recv(), if open[3] => match v { Some(v) => sum += v, None => open[3] = false },
+            }
+        }
+        (sum, start.elapsed())
+    })
+}
+
+pub(crate) fn threads_select(n: u64) -> (u64, Duration) {
+    let start = Instant::now();
+    let mut receivers = Vec::new();
+    let mut producers = Vec::new();
+    for p in 0..4u64 {
+        let (tx, rx) = crossbeam_channel::bounded::<u64>(16);
+        receivers.push(rx);
+        producers.push(std::thread::spawn(move || {
+            for i in 0..n / 4 {
+                tx.send(p + 4 * i).expect("receiver alive");
+            }
+        }));
+    }
+    let mut sum = 0u64;
+    let mut open = [true; 4];
+    while open.iter().any(|&o| o) {
+        let mut select = crossbeam_channel::Select::new();
+        let indices: Vec<usize> = (0..4).filter(|&i| open[i]).collect();
+        for &i in &indices {
+            select.recv(&receivers[i]);
+        }
+        let op = select.select();
+        let i = indices[op.index()];
+        match op.recv(&receivers[i]) {
+            Ok(v) => sum += v,
+            Err(_) => open[i] = false,
+        }
+    }
+    for producer in producers {
+        producer.join().expect("a producer");
+    }
+    (sum, start.elapsed())
+}
