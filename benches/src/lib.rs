@@ -12,6 +12,7 @@
 
 pub mod alloc;
 pub mod binary_trees;
+pub mod go;
 pub mod report;
 pub mod sched;
 pub mod stacks;

@@ -9,6 +9,7 @@
 //! | `yield N` | two goroutines on one P yield N times each (Gosched round trips) | n, ns_per_yield |
 //! | `select N` | 4 producers on 4 channels (cap 16), one consumer selecting over all 4 | n, ns_per_op |
 //!
+//! `go` runs the same programs in Go (`benches/go/`) when a Go toolchain is installed.
 //! Peers use the system allocator and their own idioms for the same program (a counter and a
 //! wake-up for spawn, the same tree for skynet). `threads` spawns at most 10,000 OS threads.
 
@@ -24,35 +25,35 @@ pub const WORKLOADS: &[Workload] = &[
         name: "spawn",
         default_size: "1000000",
         variants: &[],
-        implementations: &["goro", "may", "tokio", "threads"],
+        implementations: &["goro", "may", "tokio", "threads", "go"],
         run: run_spawn,
     },
     Workload {
         name: "skynet",
         default_size: "1000000",
         variants: &[],
-        implementations: &["goro", "may", "tokio"],
+        implementations: &["goro", "may", "tokio", "go"],
         run: run_skynet,
     },
     Workload {
         name: "pingpong",
         default_size: "1000000",
         variants: &["1", "2"],
-        implementations: &["goro", "may", "tokio", "threads"],
+        implementations: &["goro", "may", "tokio", "threads", "go"],
         run: run_pingpong,
     },
     Workload {
         name: "yield",
         default_size: "1000000",
         variants: &[],
-        implementations: &["goro", "may", "tokio", "threads"],
+        implementations: &["goro", "may", "tokio", "threads", "go"],
         run: run_yield,
     },
     Workload {
         name: "select",
         default_size: "1000000",
         variants: &[],
-        implementations: &["goro", "tokio", "threads"],
+        implementations: &["goro", "tokio", "threads", "go"],
         run: run_select,
     },
 ];
@@ -78,6 +79,9 @@ fn goro(options: &Options, procs: usize) -> Result<goro::Runtime, String> {
 fn run_spawn(implementation: &str, size: &str, options: &Options) -> Result<(), String> {
     let n: usize = crate::parse_size("spawn", size)?;
     let procs = procs(options);
+    if implementation == "go" {
+        return crate::go::run("spawn", &[n.to_string(), procs.to_string()]);
+    }
     let (spawned, elapsed) = match implementation {
         "goro" => goro(options, procs)?.run(move || {
             let start = Instant::now();
@@ -124,6 +128,9 @@ fn goro_skynet(out: goro::chan::Sender<u64>, num: u64, size: u64, div: u64) {
 fn run_skynet(implementation: &str, size: &str, options: &Options) -> Result<(), String> {
     let leaves: u64 = crate::parse_size("skynet", size)?;
     let procs = procs(options);
+    if implementation == "go" {
+        return crate::go::run("skynet", &[leaves.to_string(), procs.to_string()]);
+    }
     let start = Instant::now();
     let sum = match implementation {
         "goro" => goro(options, procs)?.run(move || {
@@ -163,6 +170,9 @@ fn run_skynet(implementation: &str, size: &str, options: &Options) -> Result<(),
 fn run_pingpong(implementation: &str, size: &str, options: &Options) -> Result<(), String> {
     let n: u64 = crate::parse_size("pingpong", size)?;
     let procs = procs(options);
+    if implementation == "go" {
+        return crate::go::run("pingpong", &[n.to_string(), procs.to_string()]);
+    }
     let elapsed = match implementation {
         "goro" => goro(options, procs)?.run(move || {
             let (ping_tx, ping_rx) = goro::chan::channel::<u64>(0);
@@ -200,6 +210,9 @@ fn run_pingpong(implementation: &str, size: &str, options: &Options) -> Result<(
 
 fn run_yield(implementation: &str, size: &str, options: &Options) -> Result<(), String> {
     let n: u64 = crate::parse_size("yield", size)?;
+    if implementation == "go" {
+        return crate::go::run("yield", &[n.to_string()]);
+    }
     let elapsed = match implementation {
         "goro" => goro(options, 1)?.run(move || {
             let other = goro::go(move || {
@@ -233,6 +246,9 @@ fn run_yield(implementation: &str, size: &str, options: &Options) -> Result<(), 
 fn run_select(implementation: &str, size: &str, options: &Options) -> Result<(), String> {
     let n: u64 = crate::parse_size("select", size)?;
     let procs = procs(options);
+    if implementation == "go" {
+        return crate::go::run("select", &[n.to_string(), procs.to_string()]);
+    }
     let (sum, elapsed) = match implementation {
         "goro" => goro(options, procs)?.run(move || {
             let start = Instant::now();

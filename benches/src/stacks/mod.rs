@@ -16,7 +16,6 @@
 //! overrides the runtime's stack size for parked_memory, to compare slot sizes; deep_recursion
 //! uses a 64 MiB stack (the runtime's 1 MiB default cannot hold 100,000 frames).
 
-mod go;
 mod parked;
 mod recursion;
 
@@ -47,7 +46,7 @@ fn run_parked(implementation: &str, size: &str, options: &Options) -> Result<(),
         "may" => parked::may(n, options),
         "tokio" => parked::tokio(n, options),
         "threads" => parked::threads(n),
-        "go" => go::run("parked_memory", &[n.to_string()]),
+        "go" => crate::go::run("parked_memory", &[n.to_string()]),
         other => Err(format!("no implementation {other}")),
     }
 }
@@ -64,7 +63,7 @@ fn run_recursion(implementation: &str, size: &str, options: &Options) -> Result<
         "goro" => recursion::goro(depth, reps, options),
         "may" => recursion::may(depth, reps),
         "threads" => recursion::threads(depth, reps),
-        "go" => go::run("deep_recursion", &[depth.to_string(), reps.to_string()]),
+        "go" => crate::go::run("deep_recursion", &[depth.to_string(), reps.to_string()]),
         other => Err(format!("no implementation {other}")),
     }
 }

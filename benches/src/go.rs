@@ -1,4 +1,4 @@
-//! The `go` implementation: runs `benches/go/<workload>.go` with `go run`, which prints its own
+//! The `go` implementation of a workload: runs `benches/go/<workload>.go` with `go run`, which prints its own
 //! RESULT line (measured inside the Go process, so `vmhwm_kib` is the Go program's).
 
 use std::path::{Path, PathBuf};
@@ -18,15 +18,17 @@ fn go_binary() -> Option<PathBuf> {
 }
 
 /// Runs one Go program and forwards its RESULT line.
-pub(crate) fn run(workload: &str, args: &[String]) -> Result<(), String> {
+pub fn run(workload: &str, args: &[String]) -> Result<(), String> {
     let go = go_binary()
         .ok_or("no Go toolchain: `go` is not on PATH (install golang-1.19-go or put go on PATH)")?;
     let source = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("go")
         .join(format!("{workload}.go"));
+    let shared = source.with_file_name("peak.go");
     let output = Command::new(&go)
         .arg("run")
         .arg(&source)
+        .arg(&shared)
         .args(args)
         .env("GO111MODULE", "off")
         .stderr(std::process::Stdio::inherit())
