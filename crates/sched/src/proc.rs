@@ -490,7 +490,10 @@ fn find_runnable(m: &M) -> Option<GRef> {
         }
         let tick = m.tick.get().wrapping_add(1);
         m.tick.set(tick);
-        sched.ps[m.id].timers.run_expired(Instant::now());
+        let timers = &sched.ps[m.id].timers;
+        if timers.maybe_pending() {
+            timers.run_expired(Instant::now());
+        }
         if tick.is_multiple_of(GLOBAL_QUEUE_INTERVAL)
             && let Some(g) = pop_global(sched)
         {

@@ -13,7 +13,7 @@ use crate::proc::{self, Sched, lock};
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// What a timer does when it fires.
@@ -51,6 +51,10 @@ impl Ord for Timer {
 #[derive(Default)]
 pub(crate) struct Timers {
     heap: Mutex<BinaryHeap<Timer>>,
+    /// Timers in `heap`, readable without the lock: an M looks at its P's timers on every
+    /// schedule, and most of the time there are none. Written under the lock; a stale zero only
+    /// delays a timer until the next look, which idle Ms bound by the deadline they sleep to.
+    pending: AtomicUsize,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -58,11 +62,19 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 impl Timers {
     fn push(&self, when: Instant, callback: Callback) {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        lock(&self.heap).push(Timer {
+        let mut heap = lock(&self.heap);
+        heap.push(Timer {
             when,
             seq,
             callback,
         });
+        self.pending.store(heap.len(), Ordering::Relaxed);
+    }
+
+    /// Whether any timer may be pending (no lock).
+    #[inline]
+    pub(crate) fn maybe_pending(&self) -> bool {
+        self.pending.load(Ordering::Relaxed) != 0
     }
 
     /// Runs every timer due by `now`; returns how many fired.
@@ -71,10 +83,12 @@ impl Timers {
         loop {
             let timer = {
                 let mut heap = lock(&self.heap);
-                match heap.peek() {
+                let due = match heap.peek() {
                     Some(first) if first.when <= now => heap.pop(),
                     _ => None,
-                }
+                };
+                self.pending.store(heap.len(), Ordering::Relaxed);
+                due
             };
             let Some(timer) = timer else { return fired };
             (timer.callback)();
@@ -123,6 +137,7 @@ pub fn sleep(duration: Duration) {
         seq,
         callback: Box::new(move || waiter.wake()),
     });
+    timers.pending.store(heap.len(), Ordering::Relaxed);
     sched.timer_added();
     park(heap, None);
 }
