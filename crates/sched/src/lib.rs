@@ -41,8 +41,10 @@ mod join;
 mod lock;
 mod park;
 mod proc;
+mod runq;
 mod stw;
 pub mod sync;
+mod sync_prims;
 mod sysmon;
 mod timer;
 

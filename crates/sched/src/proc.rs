@@ -15,6 +15,7 @@
 
 use crate::join::{JoinHandle, Packet, Panic};
 use crate::park::ThreadParker;
+use crate::runq::LocalQueue;
 use crate::stw;
 use crate::timer::Timers;
 use goro_stack::{Stack, StackPointer, init_stack, switch};
@@ -88,8 +89,13 @@ pub(crate) struct G {
     stack: UnsafeCell<Option<Stack>>,
     /// The closure, until the first run takes it. Owned by whoever holds the G.
     entry: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
-    /// Position in `Sched::allg`; only accessed under that lock.
+    /// The `Sched::allg` list that holds the G (its creator's P; 0 from other threads). Set once.
+    allg_list: usize,
+    /// Position in that list; only accessed under its lock.
     allg_index: UnsafeCell<usize>,
+    /// When the G was last queued (its P's `enqueued` counter): the owner runs its two queues
+    /// in one FIFO order by comparing the heads' stamps.
+    queued_at: AtomicU64,
 }
 
 /// A pointer to a G, passed between threads through run queues and wait queues.
@@ -104,6 +110,14 @@ unsafe impl Send for GRef {}
 unsafe impl Sync for GRef {}
 
 impl GRef {
+    pub(crate) fn as_ptr(self) -> *mut G {
+        self.0.as_ptr()
+    }
+
+    pub(crate) fn from_non_null(g: NonNull<G>) -> GRef {
+        GRef(g)
+    }
+
     fn g(&self) -> &G {
         // SAFETY: a G lives until `destroy` frees it, after it has exited and left every queue
         // (or forever, when its runtime abandons it).
@@ -154,16 +168,43 @@ pub(crate) struct M {
 // field); other threads use only the atomics and the parker.
 unsafe impl Sync for M {}
 
-/// A processor: a local run queue and a cache of stacks. P *i* belongs to M *i*.
+/// A processor: its run queues and a cache of stacks. P *i* belongs to M *i*.
 struct P {
-    runq: Mutex<VecDeque<GRef>>,
+    /// Goroutines that have not run yet: lock-free, and the only queue thieves take from.
+    runq: LocalQueue,
+    /// Goroutines bound to this P's M that are ready to run again (readied, yielded, stopped
+    /// for the collector): any thread pushes, only the owner pops.
+    ready: Mutex<VecDeque<GRef>>,
     /// Stacks of exited goroutines, reused by the next first runs. Only M *i* touches it.
     stacks: UnsafeCell<Vec<Stack>>,
     /// This P's timers (`sleep`, `after`, `tick`).
     timers: Timers,
+    /// Goroutines ever queued on this P; stamps `G::queued_at`.
+    enqueued: AtomicU64,
 }
 
-// SAFETY: `stacks` is touched only by the P's own M (documented on the field); `runq` is a mutex.
+impl P {
+    /// Stamps `g` with this P's next queue position.
+    fn stamp(&self, g: GRef) {
+        let at = self.enqueued.fetch_add(1, Ordering::Relaxed);
+        g.g().queued_at.store(at, Ordering::Relaxed);
+    }
+
+    /// Queues a goroutine bound to this P's M (any thread).
+    fn push_ready(&self, g: GRef, front: bool) {
+        let mut ready = lock(&self.ready);
+        if front {
+            g.g().queued_at.store(0, Ordering::Relaxed);
+            ready.push_front(g);
+        } else {
+            self.stamp(g);
+            ready.push_back(g);
+        }
+    }
+}
+
+// SAFETY: `stacks` is touched only by the P's own M (documented on the field); `runq` is
+// lock-free and `ready` a mutex.
 unsafe impl Sync for P {}
 
 /// Stacks a P keeps before it returns half of them to goro-stack's global pool.
@@ -178,7 +219,7 @@ pub(crate) struct Sched {
     /// Gs that have never run, from threads that are not Ms and from full local queues.
     global: Mutex<VecDeque<GRef>>,
     /// Every G not yet exited; the collector's root set.
-    allg: Mutex<Vec<GRef>>,
+    allg: Box<[Mutex<Vec<GRef>>]>,
     live: AtomicUsize,
     next_id: AtomicU64,
     /// Set when the main goroutine returns: every M leaves its loop.
@@ -202,7 +243,7 @@ impl Sched {
     }
 
     pub(crate) fn local_queue_len(&self, p: usize) -> usize {
-        lock(&self.ps[p].runq).len()
+        self.ps[p].runq.len() + lock(&self.ps[p].ready).len()
     }
 
     pub(crate) fn global_queue(&self) -> &Mutex<VecDeque<GRef>> {
@@ -379,14 +420,16 @@ where
         ms: (0..procs).map(|id| M::new(id, address)).collect(),
         ps: (0..procs)
             .map(|_| P {
-                runq: Mutex::new(VecDeque::new()),
+                runq: LocalQueue::new(),
+                ready: Mutex::new(VecDeque::new()),
+                enqueued: AtomicU64::new(1),
                 stacks: UnsafeCell::new(Vec::new()),
                 timers: Timers::default(),
             })
             .collect(),
         config,
         global: Mutex::new(VecDeque::new()),
-        allg: Mutex::new(Vec::new()),
+        allg: (0..procs).map(|_| Mutex::new(Vec::new())).collect(),
         live: AtomicUsize::new(0),
         next_id: AtomicU64::new(1),
         shutdown: AtomicBool::new(false),
@@ -406,11 +449,8 @@ where
         main_packet.complete(result);
         begin_shutdown(current_m().expect("main goroutine runs on an M").sched());
     });
-    sched.ps[0]
-        .runq
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push_back(g);
+    // The main goroutine starts from the global queue: this thread is not yet M 0.
+    lock(&sched.global).push_back(g);
 
     let threads: Vec<_> = (1..procs)
         .map(|id| {
@@ -499,7 +539,7 @@ fn find_runnable(m: &M) -> Option<GRef> {
         {
             return Some(g);
         }
-        if let Some(g) = lock(&sched.ps[m.id].runq).pop_front() {
+        if let Some(g) = pop_local(m) {
             return Some(g);
         }
         if let Some(g) = pop_global(sched).or_else(|| steal(m)) {
@@ -509,9 +549,7 @@ fn find_runnable(m: &M) -> Option<GRef> {
         // a waker sees `idle` and unparks, or the re-check below sees its work.
         m.idle.store(true, Ordering::SeqCst);
         let fired = sched.run_all_timers(Instant::now());
-        let found = lock(&sched.ps[m.id].runq)
-            .pop_front()
-            .or_else(|| pop_global(sched));
+        let found = pop_local(m).or_else(|| pop_global(sched));
         let found = found.or_else(|| steal(m));
         if found.is_some() || fired > 0 || sched.shutdown.load(Ordering::Acquire) {
             m.idle.store(false, Ordering::SeqCst);
@@ -545,7 +583,12 @@ pub(crate) fn deadlocked(sched: &Sched) -> bool {
     if !sched.ms.iter().all(|m| m.idle.load(Ordering::SeqCst)) {
         return false;
     }
-    if !lock(&sched.global).is_empty() || sched.ps.iter().any(|p| !lock(&p.runq).is_empty()) {
+    if !lock(&sched.global).is_empty()
+        || sched
+            .ps
+            .iter()
+            .any(|p| !p.runq.is_empty() || !lock(&p.ready).is_empty())
+    {
         return false;
     }
     only_runtime_threads()
@@ -579,7 +622,27 @@ fn pop_global(sched: &Sched) -> Option<GRef> {
     lock(&sched.global).pop_front()
 }
 
-/// Takes half of the never-run Gs of another P's queue; returns one, queues the rest locally.
+/// The owner's next goroutine: whichever head of its two queues (ready, never-run) was queued
+/// first, so the P runs one FIFO order and neither queue starves the other.
+fn pop_local(m: &M) -> Option<GRef> {
+    let p = &m.sched().ps[m.id];
+    let mut ready = lock(&p.ready);
+    let ready_first = match (ready.front(), p.runq.peek()) {
+        (Some(r), Some(n)) => {
+            r.g().queued_at.load(Ordering::Relaxed) <= n.g().queued_at.load(Ordering::Relaxed)
+        }
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if ready_first {
+        ready.pop_front()
+    } else {
+        drop(ready);
+        p.runq.pop().or_else(|| lock(&p.ready).pop_front())
+    }
+}
+
+/// Takes half of another P's never-run goroutines; returns one, queues the rest locally.
 fn steal(m: &M) -> Option<GRef> {
     let sched = m.sched();
     let n = sched.ps.len();
@@ -589,28 +652,9 @@ fn steal(m: &M) -> Option<GRef> {
         if victim == m.id {
             continue;
         }
-        let mut stolen = Vec::new();
-        {
-            let mut queue = lock(&sched.ps[victim].runq);
-            let movable = queue
-                .iter()
-                .filter(|g| g.g().home.load(Ordering::Relaxed) == NO_HOME);
-            let want = movable.count().div_ceil(2);
-            if want == 0 {
-                continue;
-            }
-            queue.retain(|g| {
-                let take = stolen.len() < want && g.g().home.load(Ordering::Relaxed) == NO_HOME;
-                if take {
-                    stolen.push(*g);
-                }
-                !take
-            });
+        if let Some(g) = sched.ps[victim].runq.steal_into(&sched.ps[m.id].runq) {
+            return Some(g);
         }
-        let mut stolen = stolen.into_iter();
-        let first = stolen.next();
-        lock(&sched.ps[m.id].runq).extend(stolen);
-        return first;
     }
     None
 }
@@ -623,7 +667,7 @@ fn execute(m: &M, g: GRef) {
     if sched.stopping.load(Ordering::SeqCst) {
         m.running.store(false, Ordering::SeqCst);
         stw::notify(sched);
-        lock(&sched.ps[m.id].runq).push_front(g);
+        sched.ps[m.id].push_ready(g, true);
         return;
     }
     let gg = g.g();
@@ -652,7 +696,7 @@ fn execute(m: &M, g: GRef) {
         Request::None => unreachable!("a goroutine switched to g0 without a request"),
         Request::Yield => {
             gg.status.store(GStatus::Runnable as u8, Ordering::Relaxed);
-            lock(&sched.ps[m.id].runq).push_back(g);
+            sched.ps[m.id].push_ready(g, false);
         }
         Request::Park(unlock) => {
             // SAFETY: the closure lives on the parked goroutine's stack, which stays intact
@@ -663,7 +707,7 @@ fn execute(m: &M, g: GRef) {
         Request::Exit => destroy(m, g),
         Request::Stop => {
             gg.status.store(GStatus::Runnable as u8, Ordering::Relaxed);
-            lock(&sched.ps[m.id].runq).push_front(g);
+            sched.ps[m.id].push_ready(g, true);
         }
         Request::StopTheWorld(f) => {
             stw::stop(m);
@@ -677,7 +721,7 @@ fn execute(m: &M, g: GRef) {
             }
             stw::start(sched);
             gg.status.store(GStatus::Runnable as u8, Ordering::Relaxed);
-            lock(&sched.ps[m.id].runq).push_front(g);
+            sched.ps[m.id].push_ready(g, true);
         }
     }
 }
@@ -754,7 +798,7 @@ pub(crate) fn ready(g: GRef) {
     gg.status.store(GStatus::Runnable as u8, Ordering::Relaxed);
     let home = gg.home.load(Ordering::Relaxed);
     debug_assert_ne!(home, NO_HOME, "readied a goroutine that never ran");
-    lock(&sched.ps[home].runq).push_back(g);
+    sched.ps[home].push_ready(g, false);
     let m = &sched.ms[home];
     // SeqCst: pairs with the store in `find_runnable` before its re-check.
     if m.idle.swap(false, Ordering::SeqCst) {
@@ -800,6 +844,11 @@ where
 }
 
 fn new_g(sched: &'static Sched, entry: impl FnOnce() + Send + 'static) -> GRef {
+    // Per-P lists keep spawn and exit on different Ms from contending on one lock.
+    let allg_list = match current_m() {
+        Some(m) if std::ptr::eq(m.sched(), sched) => m.id,
+        _ => 0,
+    };
     let g = Box::new(G {
         id: sched.next_id.fetch_add(1, Ordering::Relaxed),
         sched,
@@ -808,11 +857,13 @@ fn new_g(sched: &'static Sched, entry: impl FnOnce() + Send + 'static) -> GRef {
         sp: UnsafeCell::new(StackPointer(std::ptr::null_mut())),
         stack: UnsafeCell::new(None),
         entry: UnsafeCell::new(Some(Box::new(entry))),
+        allg_list,
         allg_index: UnsafeCell::new(0),
+        queued_at: AtomicU64::new(0),
     });
     let g = GRef(NonNull::from(Box::leak(g)));
-    let mut allg = lock(&sched.allg);
-    // SAFETY: `allg_index` is only accessed under the `allg` lock, which we hold.
+    let mut allg = lock(&sched.allg[allg_list]);
+    // SAFETY: `allg_index` is only accessed under its list's lock, which we hold.
     unsafe { *g.g().allg_index.get() = allg.len() };
     allg.push(g);
     sched.live.fetch_add(1, Ordering::Relaxed);
@@ -822,11 +873,9 @@ fn new_g(sched: &'static Sched, entry: impl FnOnce() + Send + 'static) -> GRef {
 fn enqueue_new(sched: &Sched, g: GRef) {
     match current_m() {
         Some(m) if std::ptr::eq(m.sched(), sched) => {
-            let mut queue = lock(&sched.ps[m.id].runq);
-            if queue.len() < LOCAL_QUEUE_SOFT_LIMIT {
-                queue.push_back(g);
-            } else {
-                drop(queue);
+            sched.ps[m.id].stamp(g);
+            if let Err(g) = sched.ps[m.id].runq.push(g) {
+                // A full local queue overflows to the global one.
                 lock(&sched.global).push_back(g);
             }
             wake_idle(sched, Some(m.id));
@@ -874,8 +923,8 @@ unsafe extern "C" fn g_entry(arg: usize) -> ! {
 fn destroy(m: &M, g: GRef) {
     let sched = g.g().sched;
     {
-        let mut allg = lock(&sched.allg);
-        // SAFETY: `allg_index` is only accessed under the `allg` lock, which we hold.
+        let mut allg = lock(&sched.allg[g.g().allg_list]);
+        // SAFETY: `allg_index` is only accessed under its list's lock, which we hold.
         let index = unsafe { *g.g().allg_index.get() };
         debug_assert_eq!(allg[index], g);
         allg.swap_remove(index);
@@ -930,8 +979,10 @@ pub fn for_each_root(visit: &mut dyn FnMut(RootRange)) {
 }
 
 fn roots_of(sched: &Sched, visit: &mut dyn FnMut(RootRange)) {
-    let allg = lock(&sched.allg);
-    for g in allg.iter() {
+    // Every list is locked for the whole walk, in order, so a G cannot move between them unseen
+    // (it never moves: its list is fixed at creation; the locks only keep exits out).
+    let lists: Vec<_> = sched.allg.iter().map(lock).collect();
+    for g in lists.iter().flat_map(|list| list.iter()) {
         let gg = g.g();
         visit(RootRange::Block(g.0.as_ptr().cast::<u8>()));
         // SAFETY: the world is stopped (or the runtime is over), so the G is switched out and

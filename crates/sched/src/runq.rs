@@ -1,0 +1,299 @@
+//! `LocalQueue`: a P's queue of goroutines that have not run yet (Go's `runq`).
+//!
+//! A fixed ring of 256 slots with two indices, lock-free: the owning M pushes at `tail` and pops
+//! at `head`; any other M may *steal* half of it by copying a window and moving `head` past it
+//! with one CAS. Only never-run goroutines go here, so any of them may move to the thief (the
+//! migration rule); goroutines that have run wait in their P's `ready` queue instead.
+//!
+//! ```text
+//!   head (CAS by owner pop and by thieves)          tail (stored by the owner only)
+//!     v                                               v
+//!   [ . . . g1 g2 g3 g4 g5 . . . . . . . . . . . . . ]   256 slots, indices wrap (u32)
+//! ```
+//!
+//! Protocol (Go's `runqput`/`runqget`/`runqgrab`):
+//! - push (owner): read `head` (Acquire: pairs with the Release CAS of pop/steal, so slots they
+//!   took are free), write the slot, then store `tail + 1` with Release (publishes the slot).
+//! - pop (owner): read `head`, `tail`; read the slot at `head`; CAS `head` to `head + 1`
+//!   (Release). A thief's CAS may win first; then retry.
+//! - steal (thief): read `head` (Acquire), `tail` (Acquire: pairs with push's Release, so the
+//!   slots up to `tail` are written); copy half of `[head, tail)` into its own ring past its own
+//!   `tail`; CAS the victim's `head` to `head + n` (AcqRel). If the CAS fails the copy is
+//!   discarded and it retries; if it wins, it publishes its own `tail + n` with Release.
+//!
+//! Slots are atomics, so a copy that races with a push into a recycled slot reads a stale value
+//! at worst, never tears, and a failed CAS discards it.
+
+use crate::proc::{G, GRef};
+use crate::sync_prims::{AtomicPtr, AtomicU32, Ordering};
+use std::ptr::NonNull;
+
+/// Slots in a local queue (Go's `len(p.runq)`).
+pub(crate) const CAPACITY: u32 = 256;
+
+pub(crate) struct LocalQueue {
+    head: AtomicU32,
+    tail: AtomicU32,
+    slots: Box<[AtomicPtr<G>]>,
+}
+
+impl LocalQueue {
+    pub(crate) fn new() -> LocalQueue {
+        LocalQueue {
+            head: AtomicU32::new(0),
+            tail: AtomicU32::new(0),
+            slots: (0..CAPACITY)
+                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+                .collect(),
+        }
+    }
+
+    fn slot(&self, index: u32) -> &AtomicPtr<G> {
+        &self.slots[(index % CAPACITY) as usize]
+    }
+
+    /// Owner only: appends `g`, or hands it back when the ring is full.
+    pub(crate) fn push(&self, g: GRef) -> Result<(), GRef> {
+        // Acquire: pairs with the Release CAS in `pop`/`steal_into`: the slots they took are
+        // free to overwrite.
+        let head = self.head.load(Ordering::Acquire);
+        let tail = self.tail.load(Ordering::Relaxed);
+        if tail.wrapping_sub(head) >= CAPACITY {
+            return Err(g);
+        }
+        self.slot(tail).store(g.as_ptr(), Ordering::Relaxed);
+        // Release: publishes the slot to `pop` and to thieves' Acquire loads of `tail`.
+        self.tail.store(tail.wrapping_add(1), Ordering::Release);
+        Ok(())
+    }
+
+    /// Owner only: takes the oldest goroutine.
+    pub(crate) fn pop(&self) -> Option<GRef> {
+        loop {
+            // Acquire: pairs with thieves' CAS, so a slot they moved is not taken twice.
+            let head = self.head.load(Ordering::Acquire);
+            let tail = self.tail.load(Ordering::Relaxed);
+            if head == tail {
+                return None;
+            }
+            let g = self.slot(head).load(Ordering::Relaxed);
+            // Release: pairs with `push`'s Acquire load of `head` (the slot becomes reusable).
+            if self
+                .head
+                .compare_exchange(
+                    head,
+                    head.wrapping_add(1),
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                return NonNull::new(g).map(GRef::from_non_null);
+            }
+        }
+    }
+
+    /// Owner only: the goroutine `pop` would take now (a thief may take it first).
+    pub(crate) fn peek(&self) -> Option<GRef> {
+        let head = self.head.load(Ordering::Acquire);
+        let tail = self.tail.load(Ordering::Relaxed);
+        if head == tail {
+            return None;
+        }
+        NonNull::new(self.slot(head).load(Ordering::Relaxed)).map(GRef::from_non_null)
+    }
+
+    /// Thief: moves half of `self`'s goroutines into `into` (the thief's own, empty-enough
+    /// queue) and returns one of them to run now.
+    pub(crate) fn steal_into(&self, into: &LocalQueue) -> Option<GRef> {
+        let into_tail = into.tail.load(Ordering::Relaxed);
+        loop {
+            let head = self.head.load(Ordering::Acquire);
+            // Acquire: pairs with the victim's Release store of `tail`: slots below are written.
+            let tail = self.tail.load(Ordering::Acquire);
+            let available = tail.wrapping_sub(head);
+            if available == 0 {
+                return None;
+            }
+            if available > CAPACITY {
+                continue; // read `head` and `tail` at different moments: look again
+            }
+            let take = available - available / 2;
+            let into_head = into.head.load(Ordering::Acquire);
+            if into_tail.wrapping_sub(into_head).wrapping_add(take) > CAPACITY {
+                return None; // our own ring cannot take them (does not happen when we are idle)
+            }
+            for i in 0..take {
+                let g = self.slot(head.wrapping_add(i)).load(Ordering::Relaxed);
+                into.slot(into_tail.wrapping_add(i))
+                    .store(g, Ordering::Relaxed);
+            }
+            // AcqRel: claims the window against the owner's pop and other thieves.
+            if self
+                .head
+                .compare_exchange(
+                    head,
+                    head.wrapping_add(take),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                // Keep the last one to run now; publish the rest.
+                let last = into
+                    .slot(into_tail.wrapping_add(take - 1))
+                    .load(Ordering::Relaxed);
+                // Release: as in `push`.
+                into.tail
+                    .store(into_tail.wrapping_add(take - 1), Ordering::Release);
+                return NonNull::new(last).map(GRef::from_non_null);
+            }
+        }
+    }
+
+    /// Goroutines queued now (racy when read by another M).
+    pub(crate) fn len(&self) -> usize {
+        let head = self.head.load(Ordering::Acquire);
+        let tail = self.tail.load(Ordering::Acquire);
+        tail.wrapping_sub(head).min(CAPACITY) as usize
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! Every interleaving of an owner pushing and popping while a thief steals: each goroutine
+    //! comes out exactly once. `RUSTFLAGS="--cfg loom" cargo test -p goro-sched --lib loom`.
+
+    use super::*;
+    use loom::sync::Arc;
+
+    fn fake(i: usize) -> GRef {
+        // Never dereferenced: the queue only moves pointers.
+        GRef::from_non_null(NonNull::new((0x1000 * (i + 1)) as *mut G).unwrap())
+    }
+
+    #[test]
+    fn push_pop_and_steal_lose_and_duplicate_nothing() {
+        loom::model(|| {
+            let victim = Arc::new(LocalQueue::new());
+            let thief_queue = Arc::new(LocalQueue::new());
+            for i in 0..3 {
+                victim.push(fake(i)).unwrap();
+            }
+            let thief = {
+                let (victim, thief_queue) = (victim.clone(), thief_queue.clone());
+                loom::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    if let Some(g) = victim.steal_into(&thief_queue) {
+                        got.push(g.as_ptr() as usize);
+                    }
+                    while let Some(g) = thief_queue.pop() {
+                        got.push(g.as_ptr() as usize);
+                    }
+                    got
+                })
+            };
+            let mut mine = Vec::new();
+            victim.push(fake(3)).unwrap();
+            while let Some(g) = victim.pop() {
+                mine.push(g.as_ptr() as usize);
+            }
+            let theirs = thief.join().unwrap();
+            let mut all: Vec<usize> = mine.into_iter().chain(theirs).collect();
+            all.sort_unstable();
+            let expected: Vec<usize> = (0..4).map(|i| fake(i).as_ptr() as usize).collect();
+            assert_eq!(all, expected);
+        });
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn fake(i: usize) -> GRef {
+        // Never dereferenced: the queue only moves pointers.
+        GRef::from_non_null(NonNull::new((0x1000 * (i + 1)) as *mut G).unwrap())
+    }
+
+    #[test]
+    fn fifo_and_overflow() {
+        let q = LocalQueue::new();
+        for i in 0..CAPACITY as usize {
+            q.push(fake(i)).unwrap();
+        }
+        assert!(
+            q.push(fake(999)).is_err(),
+            "a full ring hands the goroutine back"
+        );
+        assert_eq!(q.len(), CAPACITY as usize);
+        for i in 0..CAPACITY as usize {
+            assert_eq!(q.pop().unwrap().as_ptr(), fake(i).as_ptr());
+        }
+        assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn steal_takes_half() {
+        let victim = LocalQueue::new();
+        let thief = LocalQueue::new();
+        for i in 0..10 {
+            victim.push(fake(i)).unwrap();
+        }
+        let first = victim.steal_into(&thief).unwrap();
+        assert_eq!(first.as_ptr(), fake(4).as_ptr());
+        assert_eq!((victim.len(), thief.len()), (5, 4));
+        assert_eq!(victim.pop().unwrap().as_ptr(), fake(5).as_ptr());
+        assert_eq!(thief.pop().unwrap().as_ptr(), fake(0).as_ptr());
+    }
+
+    #[test]
+    fn concurrent_steals_lose_nothing() {
+        let victim = std::sync::Arc::new(LocalQueue::new());
+        let total = 100_000usize;
+        let thieves: Vec<_> = (0..2)
+            .map(|_| {
+                let victim = victim.clone();
+                std::thread::spawn(move || {
+                    let mine = LocalQueue::new();
+                    let mut got = Vec::new();
+                    let start = std::time::Instant::now();
+                    while start.elapsed() < std::time::Duration::from_millis(300) {
+                        if let Some(g) = victim.steal_into(&mine) {
+                            got.push(g.as_ptr() as usize);
+                        }
+                        while let Some(g) = mine.pop() {
+                            got.push(g.as_ptr() as usize);
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        let mut mine = Vec::new();
+        let mut next = 0;
+        while next < total {
+            while next < total && victim.push(fake(next)).is_ok() {
+                next += 1;
+            }
+            if let Some(g) = victim.pop() {
+                mine.push(g.as_ptr() as usize);
+            }
+        }
+        while let Some(g) = victim.pop() {
+            mine.push(g.as_ptr() as usize);
+        }
+        let mut all = mine;
+        for t in thieves {
+            all.extend(t.join().unwrap());
+        }
+        all.sort_unstable();
+        let expected: Vec<usize> = (0..total).map(|i| fake(i).as_ptr() as usize).collect();
+        assert_eq!(all.len(), expected.len(), "lost or duplicated goroutines");
+        assert_eq!(all, expected);
+    }
+}
