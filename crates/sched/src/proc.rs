@@ -96,6 +96,9 @@ pub(crate) struct G {
     /// When the G was last queued (its P's `enqueued` counter): the owner runs its two queues
     /// in one FIFO order by comparing the heads' stamps.
     queued_at: AtomicU64,
+    /// Goroutine-local values (`goro::Local`), keyed by the `Local`'s address. Only the running
+    /// goroutine touches them; dropped when it exits, on its own stack.
+    locals: UnsafeCell<Vec<(usize, Box<dyn std::any::Any>)>>,
 }
 
 /// A pointer to a G, passed between threads through run queues and wait queues.
@@ -860,6 +863,7 @@ fn new_g(sched: &'static Sched, entry: impl FnOnce() + Send + 'static) -> GRef {
         allg_list,
         allg_index: UnsafeCell::new(0),
         queued_at: AtomicU64::new(0),
+        locals: UnsafeCell::new(Vec::new()),
     });
     let g = GRef(NonNull::from(Box::leak(g)));
     let mut allg = lock(&sched.allg[allg_list]);
@@ -912,6 +916,13 @@ unsafe extern "C" fn g_entry(arg: usize) -> ! {
     if let Some(entry) = entry {
         // The closure catches panics itself (see `go` and `run`).
         entry();
+    }
+    // Goroutine-local values die with the goroutine, here on its stack; a panicking destructor
+    // must not unwind into this frame.
+    // SAFETY: only the running goroutine touches its locals.
+    let locals = std::mem::take(unsafe { &mut *g.g().locals.get() });
+    if catch_unwind(AssertUnwindSafe(move || drop(locals))).is_err() {
+        throw("a goroutine-local value's destructor panicked");
     }
     switch_to_g0(Request::Exit);
     // g0 never resumes an exited goroutine.
@@ -1002,4 +1013,62 @@ fn roots_of(sched: &Sched, visit: &mut dyn FnMut(RootRange)) {
 /// one, and the data is always consistent between statements).
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A goroutine-local value: each goroutine sees its own, created on first use by `init` and
+/// dropped when the goroutine exits. It replaces `thread_local!` for code running on goroutines
+/// (an M runs many goroutines, so its thread-locals are shared between them).
+///
+/// ```ignore
+/// static COUNTER: goro::Local<std::cell::Cell<u32>> = goro::Local::new(|| std::cell::Cell::new(0));
+/// COUNTER.with(|c| c.set(c.get() + 1));
+/// ```
+pub struct Local<T: 'static> {
+    init: fn() -> T,
+}
+
+impl<T: 'static> Local<T> {
+    /// A goroutine-local whose value starts as `init()` in each goroutine.
+    pub const fn new(init: fn() -> T) -> Local<T> {
+        Local { init }
+    }
+
+    /// Calls `f` with this goroutine's value.
+    ///
+    /// # Panics
+    /// Panics when called outside a goroutine.
+    pub fn with<R>(&'static self, f: impl FnOnce(&T) -> R) -> R {
+        let Some(g) = current_g() else {
+            panic!("goro::Local::with called outside a goroutine; use thread_local! there");
+        };
+        let key = std::ptr::from_ref(self) as usize;
+        // SAFETY: only the running goroutine touches its locals, and no borrow of the vector
+        // outlives this block (values are boxed, so pushing later does not move them).
+        let value: *const T = unsafe {
+            let locals = &mut *g.g().locals.get();
+            let index = match locals.iter().position(|(k, _)| *k == key) {
+                Some(index) => index,
+                None => {
+                    // `init` may use other locals: create the value before borrowing again.
+                    let value = (self.init)();
+                    let locals = &mut *g.g().locals.get();
+                    locals.push((key, Box::new(value)));
+                    locals.len() - 1
+                }
+            };
+            let locals = &*g.g().locals.get();
+            locals[index]
+                .1
+                .downcast_ref::<T>()
+                .expect("a Local's value has its type")
+        };
+        // SAFETY: the box lives until the goroutine exits, after every `with` call returns.
+        f(unsafe { &*value })
+    }
+}
+
+impl<T: 'static> std::fmt::Debug for Local<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Local").finish_non_exhaustive()
+    }
 }

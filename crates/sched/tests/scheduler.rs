@@ -262,3 +262,47 @@ fn a_busy_goroutine_that_calls_the_runtime_is_preempted() {
     });
     assert!(finished_ok(spins) > 0);
 }
+
+static VISITS: goro_sched::Local<std::cell::Cell<u32>> =
+    goro_sched::Local::new(|| std::cell::Cell::new(0));
+
+#[test]
+fn goroutine_locals_are_per_goroutine_and_dropped_at_exit() {
+    struct Tracked(Arc<AtomicUsize>);
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    static TRACKED: goro_sched::Local<std::cell::RefCell<Option<Tracked>>> =
+        goro_sched::Local::new(|| std::cell::RefCell::new(None));
+    let (counts, dropped) = run(config(1), || {
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let handles: Vec<_> = (1..=5u32)
+            .map(|n| {
+                let dropped = dropped.clone();
+                go(move || {
+                    TRACKED.with(|t| *t.borrow_mut() = Some(Tracked(dropped)));
+                    for _ in 0..n {
+                        VISITS.with(|v| v.set(v.get() + 1));
+                        yield_now(); // others run on the same thread in between
+                    }
+                    VISITS.with(|v| v.get())
+                })
+            })
+            .collect();
+        let counts: Vec<u32> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        (counts, dropped.load(Ordering::SeqCst))
+    })
+    .into_result()
+    .unwrap();
+    assert_eq!(counts, [1, 2, 3, 4, 5]);
+    assert_eq!(dropped, 5, "every goroutine's local was dropped at exit");
+    let error = std::panic::catch_unwind(|| VISITS.with(|v| v.get())).unwrap_err();
+    assert!(
+        error
+            .downcast_ref::<&str>()
+            .unwrap()
+            .starts_with("goro::Local::with called outside")
+    );
+}
