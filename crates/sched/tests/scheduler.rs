@@ -306,3 +306,51 @@ fn goroutine_locals_are_per_goroutine_and_dropped_at_exit() {
             .starts_with("goro::Local::with called outside")
     );
 }
+
+#[test]
+fn ten_thousand_goroutines_yield_a_hundred_times_at_1_2_and_4_procs() {
+    for procs in [1, 2, 4] {
+        let total = run(config(procs), || {
+            let yields = Arc::new(AtomicUsize::new(0));
+            let handles: Vec<_> = (0..10_000)
+                .map(|_| {
+                    let yields = yields.clone();
+                    go(move || {
+                        for _ in 0..100 {
+                            yields.fetch_add(1, Ordering::Relaxed);
+                            yield_now();
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            yields.load(Ordering::Relaxed)
+        });
+        assert_eq!(finished_ok(total), 1_000_000, "procs = {procs}");
+    }
+}
+
+#[test]
+fn a_hundred_thousand_spawns_and_exits_leave_nothing_behind() {
+    for procs in [1, 2, 4] {
+        let left = run(config(procs), || {
+            for _ in 0..100 {
+                let wg = Arc::new(goro_sched::sync::WaitGroup::new());
+                for _ in 0..1000 {
+                    wg.add(1);
+                    let wg = wg.clone();
+                    go(move || wg.done());
+                }
+                wg.wait();
+            }
+            // Exited goroutines leave the count once their M has freed them.
+            while goro_sched::num_goroutine() > 1 {
+                yield_now();
+            }
+            goro_sched::num_goroutine()
+        });
+        assert_eq!(finished_ok(left), 1, "procs = {procs}");
+    }
+}
