@@ -37,7 +37,9 @@ mod runtime;
 
 pub use goro_derive::{Trace, select};
 pub use goro_gc::{Gc, GcCell};
-pub use goro_sched::{JoinHandle, Local, Panic, exit, go, num_goroutine, sleep, yield_now};
+pub use goro_sched::{
+    JoinHandle, Local, Panic, blocking, exit, go, num_goroutine, set_max_procs, sleep, yield_now,
+};
 pub use runtime::{BuildError, Builder, Runtime, run};
 
 /// Channels (Go's `chan T`): `channel(cap)`, `Sender`, `Receiver`.

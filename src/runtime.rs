@@ -26,7 +26,7 @@ use std::fmt;
 pub const DEFAULT_STACK_SIZE: usize = 1 << 20;
 const MIN_STACK_SIZE: usize = 16 << 10;
 const MAX_STACK_SIZE: usize = 1 << 30;
-const MAX_PROCS: usize = 1024;
+const MAX_PROCS: usize = goro_sched::MAX_PROCS;
 
 static RUN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -52,7 +52,7 @@ where
 pub enum BuildError {
     /// The process's `#[global_allocator]` is not `goro::alloc::GoroAlloc`.
     NotGoroAllocator,
-    /// `max_procs` is outside 1..=1024.
+    /// `max_procs` is outside 1..=256.
     MaxProcs(usize),
     /// `stack_size` is outside 16 KiB..=1 GiB.
     StackSize(usize),

@@ -27,7 +27,7 @@ fn bad_builder_values_name_the_fix() {
     assert_eq!(error, BuildError::MaxProcs(0));
     assert_eq!(
         error.to_string(),
-        "max_procs must be between 1 and 1024, got 0"
+        "max_procs must be between 1 and 256, got 0"
     );
     let error = Runtime::builder().stack_size(100).build().unwrap_err();
     assert_eq!(

@@ -50,8 +50,9 @@ mod timer;
 
 pub use join::{JoinHandle, Panic};
 pub use proc::{
-    Config, Finished, LOCAL_QUEUE_SOFT_LIMIT, Local, RootRange, current_goroutine_id,
-    for_each_root, go, is_goroutine, num_goroutine, procs, run, yield_now,
+    Config, Finished, LOCAL_QUEUE_SOFT_LIMIT, Local, MAX_PROCS, RootRange, blocking,
+    current_goroutine_id, for_each_root, go, is_goroutine, num_goroutine, procs, run,
+    set_max_procs, yield_now,
 };
 pub use stw::{safe_point, stop_the_world};
 pub use sysmon::TIME_SLICE;

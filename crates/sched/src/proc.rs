@@ -33,6 +33,13 @@ pub const LOCAL_QUEUE_SOFT_LIMIT: usize = 256;
 const GLOBAL_QUEUE_INTERVAL: u32 = 61;
 /// `G::home` of a goroutine that has not run yet (and may still move to any M).
 const NO_HOME: usize = usize::MAX;
+/// `M::p` of an M that holds no P.
+const NO_P: usize = usize::MAX;
+/// Ms a runtime may start beyond its first GOMAXPROCS, for goroutines in `blocking` calls and
+/// the Ms that take over their Ps.
+const EXTRA_MS: usize = 64;
+/// The most Ps `set_max_procs` can enable.
+pub const MAX_PROCS: usize = 256;
 
 /// Settings of one runtime.
 #[derive(Clone, Debug)]
@@ -140,6 +147,8 @@ pub(crate) enum Request {
     Stop,
     /// Asked g0 to stop the world and run the closure.
     StopTheWorld(*mut dyn FnMut()),
+    /// Back from `blocking`: queue the goroutine until this M holds a P again.
+    Reschedule,
 }
 
 /// A worker thread.
@@ -165,49 +174,33 @@ pub(crate) struct M {
     /// Set by sysmon when the running goroutine has had its time slice; the goroutine yields at
     /// its next safe point.
     pub(crate) preempt: AtomicBool,
+    /// The P this M holds, or `NO_P`. Set by the M when it takes a P from the free list, or by
+    /// the M that hands it one (under `Sched::pidle`, before unparking it); cleared by the M.
+    p: AtomicUsize,
+    /// Goroutines bound to this M that can run again (readied, yielded, stopped for the
+    /// collector, back from `blocking`): any thread pushes, only this M pops.
+    ready: Mutex<VecDeque<GRef>>,
 }
 
 // SAFETY: the `Cell`/`UnsafeCell` fields are touched only by the M's own thread (documented per
 // field); other threads use only the atomics and the parker.
 unsafe impl Sync for M {}
 
-/// A processor: its run queues and a cache of stacks. P *i* belongs to M *i*.
+/// A processor: the right to run goroutines, with its queue of never-run goroutines, its timers
+/// and a cache of stacks.
 struct P {
-    /// Goroutines that have not run yet: lock-free, and the only queue thieves take from.
+    /// Goroutines that have not run yet: lock-free; the holder pushes and pops, thieves steal.
     runq: LocalQueue,
-    /// Goroutines bound to this P's M that are ready to run again (readied, yielded, stopped
-    /// for the collector): any thread pushes, only the owner pops.
-    ready: Mutex<VecDeque<GRef>>,
-    /// Stacks of exited goroutines, reused by the next first runs. Only M *i* touches it.
+    /// Stacks of exited goroutines, reused by the next first runs. Only the holder touches it.
     stacks: UnsafeCell<Vec<Stack>>,
     /// This P's timers (`sleep`, `after`, `tick`).
     timers: Timers,
-    /// Goroutines ever queued on this P; stamps `G::queued_at`.
-    enqueued: AtomicU64,
+    /// Whether an M holds this P. Changed under `Sched::pidle`.
+    held: AtomicBool,
 }
 
-impl P {
-    /// Stamps `g` with this P's next queue position.
-    fn stamp(&self, g: GRef) {
-        let at = self.enqueued.fetch_add(1, Ordering::Relaxed);
-        g.g().queued_at.store(at, Ordering::Relaxed);
-    }
-
-    /// Queues a goroutine bound to this P's M (any thread).
-    fn push_ready(&self, g: GRef, front: bool) {
-        let mut ready = lock(&self.ready);
-        if front {
-            g.g().queued_at.store(0, Ordering::Relaxed);
-            ready.push_front(g);
-        } else {
-            self.stamp(g);
-            ready.push_back(g);
-        }
-    }
-}
-
-// SAFETY: `stacks` is touched only by the P's own M (documented on the field); `runq` is
-// lock-free and `ready` a mutex.
+// SAFETY: `stacks` is touched only by the M holding the P (ownership moves under
+// `Sched::pidle`); `runq` is lock-free.
 unsafe impl Sync for P {}
 
 /// Stacks a P keeps before it returns half of them to goro-stack's global pool.
@@ -234,11 +227,45 @@ pub(crate) struct Sched {
     /// sysmon sleeps here between ticks; `begin_shutdown` wakes it.
     sysmon_lock: Mutex<()>,
     sysmon_cv: Condvar,
+    /// GOMAXPROCS: Ps `0..gomaxprocs` may run goroutines. Changed under `pidle`.
+    gomaxprocs: AtomicUsize,
+    /// Ms started so far (`ms[..started]`).
+    started: AtomicUsize,
+    /// Free Ps, and Ms that wait for one to run goroutines bound to them.
+    pidle: Mutex<PIdle>,
+    /// Threads of the Ms started after `run` began.
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Stamps queue entries with one FIFO order (see `pop_local`).
+    enqueued: AtomicU64,
+}
+
+/// The idle-P list and the Ms waiting for a P.
+#[derive(Default)]
+struct PIdle {
+    free: Vec<usize>,
+    waiting: VecDeque<usize>,
 }
 
 impl Sched {
+    /// The Ms started so far.
     pub(crate) fn ms(&self) -> &[M] {
-        &self.ms
+        &self.ms[..self.started.load(Ordering::Acquire).min(self.ms.len())]
+    }
+
+    /// Stamps `g` with the next queue position.
+    fn stamp(&self, g: GRef) {
+        let at = self.enqueued.fetch_add(1, Ordering::Relaxed);
+        g.g().queued_at.store(at, Ordering::Relaxed);
+    }
+
+    /// GOMAXPROCS now.
+    pub(crate) fn gomaxprocs(&self) -> usize {
+        self.gomaxprocs.load(Ordering::Acquire)
+    }
+
+    /// Free Ps now (for schedtrace).
+    pub(crate) fn idle_procs(&self) -> usize {
+        lock(&self.pidle).free.len()
     }
 
     pub(crate) fn config(&self) -> &Config {
@@ -246,7 +273,7 @@ impl Sched {
     }
 
     pub(crate) fn local_queue_len(&self, p: usize) -> usize {
-        self.ps[p].runq.len() + lock(&self.ps[p].ready).len()
+        self.ps[p].runq.len()
     }
 
     pub(crate) fn global_queue(&self) -> &Mutex<VecDeque<GRef>> {
@@ -256,7 +283,7 @@ impl Sched {
     /// The timers a new timer of the caller goes on: its M's P, or P 0 from other threads.
     pub(crate) fn timers_for_caller(&self) -> &Timers {
         match current_m() {
-            Some(m) if std::ptr::eq(m.sched(), self) => &self.ps[m.id].timers,
+            Some(m) if std::ptr::eq(m.sched(), self) && m.p() != NO_P => &self.ps[m.p()].timers,
             _ => &self.ps[0].timers,
         }
     }
@@ -307,6 +334,25 @@ impl M {
             tick: Cell::new(0),
             schedtick: AtomicU64::new(0),
             preempt: AtomicBool::new(false),
+            p: AtomicUsize::new(NO_P),
+            ready: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// The P this M holds. Only the M itself calls this while it runs goroutines.
+    fn p(&self) -> usize {
+        self.p.load(Ordering::Acquire)
+    }
+
+    /// Queues a goroutine bound to this M (any thread); `front` puts it first.
+    fn push_ready(&self, g: GRef, front: bool) {
+        let mut ready = lock(&self.ready);
+        if front {
+            g.g().queued_at.store(0, Ordering::Relaxed);
+            ready.push_front(g);
+        } else {
+            self.sched().stamp(g);
+            ready.push_back(g);
         }
     }
 
@@ -369,7 +415,7 @@ pub fn num_goroutine() -> usize {
 
 /// How many Ps the running runtime has (GOMAXPROCS), or 0 outside a runtime.
 pub fn procs() -> usize {
-    current_sched().map_or(0, |s| s.ps.len())
+    current_sched().map_or(0, |s| s.gomaxprocs())
 }
 
 /// The outcome of [`run`]: the main goroutine's result, and the goroutines left behind.
@@ -415,24 +461,28 @@ where
     if let Err(error) = goro_stack::install_overflow_handler() {
         panic!("goro::run: cannot install the stack overflow handler: {error}");
     }
-    let procs = config.procs.max(1);
+    let procs = config.procs.clamp(1, MAX_PROCS);
+    // Ps that set_max_procs may enable later, within reason for a leaked structure.
+    let nps = procs
+        .max(4 * std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(16, MAX_PROCS)
+        .max(procs);
     // The Ms point back at the Sched that owns them: reserve its (leaked) memory first.
     let slot = Box::leak(Box::<Sched>::new_uninit());
     let address = NonNull::from(&mut *slot).cast::<Sched>();
     let sched: &'static Sched = slot.write(Sched {
-        ms: (0..procs).map(|id| M::new(id, address)).collect(),
-        ps: (0..procs)
-            .map(|_| P {
+        ms: (0..nps + EXTRA_MS).map(|id| M::new(id, address)).collect(),
+        ps: (0..nps)
+            .map(|p| P {
                 runq: LocalQueue::new(),
-                ready: Mutex::new(VecDeque::new()),
-                enqueued: AtomicU64::new(1),
                 stacks: UnsafeCell::new(Vec::new()),
                 timers: Timers::default(),
+                held: AtomicBool::new(p < procs),
             })
             .collect(),
         config,
         global: Mutex::new(VecDeque::new()),
-        allg: (0..procs).map(|_| Mutex::new(Vec::new())).collect(),
+        allg: (0..nps).map(|_| Mutex::new(Vec::new())).collect(),
         live: AtomicUsize::new(0),
         next_id: AtomicU64::new(1),
         shutdown: AtomicBool::new(false),
@@ -441,7 +491,16 @@ where
         stw_cv: Condvar::new(),
         sysmon_lock: Mutex::new(()),
         sysmon_cv: Condvar::new(),
+        gomaxprocs: AtomicUsize::new(procs),
+        started: AtomicUsize::new(procs),
+        pidle: Mutex::new(PIdle::default()),
+        threads: Mutex::new(Vec::new()),
+        enqueued: AtomicU64::new(1),
     });
+    // M i starts with P i.
+    for (i, m) in sched.ms[..procs].iter().enumerate() {
+        m.p.store(i, Ordering::Release);
+    }
     // Release: pairs with the Acquire in `current_sched`.
     CURRENT.store(sched as *const Sched as *mut Sched, Ordering::Release);
 
@@ -469,6 +528,13 @@ where
         .unwrap_or_else(|e| panic!("goro::run: cannot start the sysmon thread: {e}"));
     m_main(&sched.ms[0]);
     for thread in threads.into_iter().chain([sysmon]) {
+        if thread.join().is_err() {
+            std::process::abort();
+        }
+    }
+    // Ms started later (no new ones start once `shutdown` is set).
+    let extra = std::mem::take(&mut *lock(&sched.threads));
+    for thread in extra {
         if thread.join().is_err() {
             std::process::abort();
         }
@@ -506,7 +572,7 @@ fn begin_shutdown(sched: &Sched) {
         let _guard = lock(&sched.sysmon_lock);
         sched.sysmon_cv.notify_all();
     }
-    for m in sched.ms.iter() {
+    for m in sched.ms().iter() {
         m.idle.store(false, Ordering::SeqCst);
         m.parker.unpark();
     }
@@ -517,30 +583,154 @@ fn schedule(m: &'static M) {
     let sched = m.sched();
     loop {
         if sched.shutdown.load(Ordering::Acquire) {
+            release_p(m);
             return;
         }
         stw::wait_while_stopped(sched);
-        let Some(g) = find_runnable(m) else { return };
-        execute(m, g);
+        if m.p() == NO_P {
+            // Goroutines bound to this M need a P: wait for one. Otherwise take a free P if
+            // there is one, or sleep until there is work.
+            let bound_work = !lock(&m.ready).is_empty();
+            if !acquire_p(m, bound_work) {
+                idle_without_p(m);
+                continue;
+            }
+        }
+        let p = m.p();
+        if p >= sched.gomaxprocs() {
+            disable_p(m, p);
+            continue;
+        }
+        if let Some(g) = find_runnable(m) {
+            execute(m, g);
+        }
     }
 }
 
+/// Takes a free P for `m`, or (with `wait`) queues `m` until an M hands it one. False when no P
+/// was taken (or the runtime is ending).
+fn acquire_p(m: &M, wait: bool) -> bool {
+    let sched = m.sched();
+    loop {
+        {
+            let mut idle = lock(&sched.pidle);
+            if m.p() != NO_P {
+                idle.waiting.retain(|&w| w != m.id);
+                return true;
+            }
+            if sched.shutdown.load(Ordering::Acquire) {
+                idle.waiting.retain(|&w| w != m.id);
+                return false;
+            }
+            let limit = sched.gomaxprocs();
+            idle.free.retain(|&p| p < limit);
+            if let Some(p) = idle.free.pop() {
+                sched.ps[p].held.store(true, Ordering::Relaxed);
+                m.p.store(p, Ordering::Release);
+                idle.waiting.retain(|&w| w != m.id);
+                return true;
+            }
+            if !wait {
+                return false;
+            }
+            if !idle.waiting.contains(&m.id) {
+                idle.waiting.push_back(m.id);
+            }
+        }
+        // Woken by a hand-off (which set `m.p`), or spuriously: look again.
+        m.parker.park();
+    }
+}
+
+/// Gives up `m`'s P: to an M waiting for one, else to the free list (unless it is disabled).
+fn release_p(m: &M) {
+    let sched = m.sched();
+    let p = m.p.swap(NO_P, Ordering::AcqRel);
+    if p == NO_P {
+        return;
+    }
+    let mut idle = lock(&sched.pidle);
+    if p >= sched.gomaxprocs() {
+        sched.ps[p].held.store(false, Ordering::Relaxed);
+        return;
+    }
+    if let Some(waiter) = idle.waiting.pop_front() {
+        let waiter = &sched.ms[waiter];
+        // Release: the next holder sees this holder's writes to the P's queues and caches.
+        waiter.p.store(p, Ordering::Release);
+        drop(idle);
+        waiter.parker.unpark();
+        return;
+    }
+    sched.ps[p].held.store(false, Ordering::Relaxed);
+    idle.free.push(p);
+}
+
+/// `m` holds a P above GOMAXPROCS: move its never-run goroutines to the global queue and give
+/// it up.
+fn disable_p(m: &M, p: usize) {
+    let sched = m.sched();
+    while let Some(g) = sched.ps[p].runq.pop() {
+        lock(&sched.global).push_back(g);
+    }
+    release_p(m);
+    wake_idle(sched, Some(m.id));
+}
+
+/// Sleeps an M that holds no P until it has something to do.
+fn idle_without_p(m: &M) {
+    let sched = m.sched();
+    // SeqCst: pairs with the wakers' swap of `idle` (see `find_runnable`).
+    m.idle.store(true, Ordering::SeqCst);
+    let fired = sched.run_all_timers(Instant::now());
+    let work = fired > 0
+        || !lock(&m.ready).is_empty()
+        || (!lock(&sched.pidle).free.is_empty() && runnable_anywhere(sched))
+        || sched.shutdown.load(Ordering::Acquire);
+    if !work {
+        match sched.next_deadline() {
+            Some(deadline) => {
+                m.parker
+                    .park_timeout(deadline.saturating_duration_since(Instant::now()));
+            }
+            None => m.parker.park(),
+        }
+    }
+    m.idle.store(false, Ordering::SeqCst);
+}
+
+/// Whether any never-run goroutine waits in a P's queue or the global queue.
+fn runnable_anywhere(sched: &Sched) -> bool {
+    !lock(&sched.global).is_empty() || sched.ps.iter().any(|p| !p.runq.is_empty())
+}
+
+/// The next goroutine for `m` (which holds a P), or `None` after `m` went idle and gave its P
+/// up (the scheduler loop then takes a P again).
 fn find_runnable(m: &M) -> Option<GRef> {
     let sched = m.sched();
     loop {
         if sched.shutdown.load(Ordering::Acquire) {
             return None;
         }
+        let p = m.p();
+        if p >= sched.gomaxprocs() {
+            return None;
+        }
         let tick = m.tick.get().wrapping_add(1);
         m.tick.set(tick);
-        let timers = &sched.ps[m.id].timers;
+        let timers = &sched.ps[p].timers;
         if timers.maybe_pending() {
             timers.run_expired(Instant::now());
         }
-        if tick.is_multiple_of(GLOBAL_QUEUE_INTERVAL)
-            && let Some(g) = pop_global(sched)
-        {
-            return Some(g);
+        if tick.is_multiple_of(GLOBAL_QUEUE_INTERVAL) {
+            if let Some(g) = pop_global(sched) {
+                return Some(g);
+            }
+            // Fairness for Ms whose bound goroutines wait for a P: hand ours over now and then.
+            if !lock(&sched.pidle).waiting.is_empty() {
+                release_p(m);
+                return None;
+            }
         }
         if let Some(g) = pop_local(m) {
             return Some(g);
@@ -561,6 +751,8 @@ fn find_runnable(m: &M) -> Option<GRef> {
             }
             continue;
         }
+        // Give the P up while asleep, so that an M with bound goroutines can run them.
+        release_p(m);
         match sched.next_deadline() {
             Some(deadline) => {
                 m.parker
@@ -569,6 +761,7 @@ fn find_runnable(m: &M) -> Option<GRef> {
             None => m.parker.park(),
         }
         m.idle.store(false, Ordering::SeqCst);
+        return None;
     }
 }
 
@@ -583,15 +776,10 @@ pub(crate) fn deadlocked(sched: &Sched) -> bool {
     if sched.live.load(Ordering::SeqCst) == 0 || sched.has_timers() {
         return false;
     }
-    if !sched.ms.iter().all(|m| m.idle.load(Ordering::SeqCst)) {
+    if !sched.ms().iter().all(|m| m.idle.load(Ordering::SeqCst)) {
         return false;
     }
-    if !lock(&sched.global).is_empty()
-        || sched
-            .ps
-            .iter()
-            .any(|p| !p.runq.is_empty() || !lock(&p.ready).is_empty())
-    {
+    if runnable_anywhere(sched) || sched.ms().iter().any(|m| !lock(&m.ready).is_empty()) {
         return false;
     }
     only_runtime_threads()
@@ -628,8 +816,8 @@ fn pop_global(sched: &Sched) -> Option<GRef> {
 /// The owner's next goroutine: whichever head of its two queues (ready, never-run) was queued
 /// first, so the P runs one FIFO order and neither queue starves the other.
 fn pop_local(m: &M) -> Option<GRef> {
-    let p = &m.sched().ps[m.id];
-    let mut ready = lock(&p.ready);
+    let p = &m.sched().ps[m.p()];
+    let mut ready = lock(&m.ready);
     let ready_first = match (ready.front(), p.runq.peek()) {
         (Some(r), Some(n)) => {
             r.g().queued_at.load(Ordering::Relaxed) <= n.g().queued_at.load(Ordering::Relaxed)
@@ -641,7 +829,7 @@ fn pop_local(m: &M) -> Option<GRef> {
         ready.pop_front()
     } else {
         drop(ready);
-        p.runq.pop().or_else(|| lock(&p.ready).pop_front())
+        p.runq.pop().or_else(|| lock(&m.ready).pop_front())
     }
 }
 
@@ -649,13 +837,14 @@ fn pop_local(m: &M) -> Option<GRef> {
 fn steal(m: &M) -> Option<GRef> {
     let sched = m.sched();
     let n = sched.ps.len();
+    let own = m.p();
     let start = m.tick.get() as usize;
     for k in 0..n {
         let victim = (start + k) % n;
-        if victim == m.id {
+        if victim == own {
             continue;
         }
-        if let Some(g) = sched.ps[victim].runq.steal_into(&sched.ps[m.id].runq) {
+        if let Some(g) = sched.ps[victim].runq.steal_into(&sched.ps[own].runq) {
             return Some(g);
         }
     }
@@ -670,7 +859,7 @@ fn execute(m: &M, g: GRef) {
     if sched.stopping.load(Ordering::SeqCst) {
         m.running.store(false, Ordering::SeqCst);
         stw::notify(sched);
-        sched.ps[m.id].push_ready(g, true);
+        m.push_ready(g, true);
         return;
     }
     let gg = g.g();
@@ -699,7 +888,7 @@ fn execute(m: &M, g: GRef) {
         Request::None => unreachable!("a goroutine switched to g0 without a request"),
         Request::Yield => {
             gg.status.store(GStatus::Runnable as u8, Ordering::Relaxed);
-            sched.ps[m.id].push_ready(g, false);
+            m.push_ready(g, false);
         }
         Request::Park(unlock) => {
             // SAFETY: the closure lives on the parked goroutine's stack, which stays intact
@@ -708,9 +897,14 @@ fn execute(m: &M, g: GRef) {
             unsafe { (*unlock)() };
         }
         Request::Exit => destroy(m, g),
+        Request::Reschedule => {
+            // Back from `blocking` without a P: run again once this M has one.
+            gg.status.store(GStatus::Runnable as u8, Ordering::Relaxed);
+            m.push_ready(g, true);
+        }
         Request::Stop => {
             gg.status.store(GStatus::Runnable as u8, Ordering::Relaxed);
-            sched.ps[m.id].push_ready(g, true);
+            m.push_ready(g, true);
         }
         Request::StopTheWorld(f) => {
             stw::stop(m);
@@ -724,7 +918,7 @@ fn execute(m: &M, g: GRef) {
             }
             stw::start(sched);
             gg.status.store(GStatus::Runnable as u8, Ordering::Relaxed);
-            sched.ps[m.id].push_ready(g, true);
+            m.push_ready(g, true);
         }
     }
 }
@@ -733,8 +927,8 @@ fn execute(m: &M, g: GRef) {
 fn first_run(m: &M, g: GRef) {
     let gg = g.g();
     gg.home.store(m.id, Ordering::Relaxed);
-    // SAFETY: only M `m.id` touches its P's stack cache, and this is M `m.id`.
-    let cache = unsafe { &mut *m.sched().ps[m.id].stacks.get() };
+    // SAFETY: only the M holding a P touches its stack cache, and `m` holds it.
+    let cache = unsafe { &mut *m.sched().ps[m.p()].stacks.get() };
     let stack = match cache.pop() {
         Some(stack) => stack,
         None => Stack::with_size(m.sched().config.stack_size).unwrap_or_else(|error| {
@@ -801,7 +995,7 @@ pub(crate) fn ready(g: GRef) {
     gg.status.store(GStatus::Runnable as u8, Ordering::Relaxed);
     let home = gg.home.load(Ordering::Relaxed);
     debug_assert_ne!(home, NO_HOME, "readied a goroutine that never ran");
-    sched.ps[home].push_ready(g, false);
+    sched.ms[home].push_ready(g, false);
     let m = &sched.ms[home];
     // SeqCst: pairs with the store in `find_runnable` before its re-check.
     if m.idle.swap(false, Ordering::SeqCst) {
@@ -849,7 +1043,7 @@ where
 fn new_g(sched: &'static Sched, entry: impl FnOnce() + Send + 'static) -> GRef {
     // Per-P lists keep spawn and exit on different Ms from contending on one lock.
     let allg_list = match current_m() {
-        Some(m) if std::ptr::eq(m.sched(), sched) => m.id,
+        Some(m) if std::ptr::eq(m.sched(), sched) && m.p() != NO_P => m.p(),
         _ => 0,
     };
     let g = Box::new(G {
@@ -876,9 +1070,9 @@ fn new_g(sched: &'static Sched, entry: impl FnOnce() + Send + 'static) -> GRef {
 
 fn enqueue_new(sched: &Sched, g: GRef) {
     match current_m() {
-        Some(m) if std::ptr::eq(m.sched(), sched) => {
-            sched.ps[m.id].stamp(g);
-            if let Err(g) = sched.ps[m.id].runq.push(g) {
+        Some(m) if std::ptr::eq(m.sched(), sched) && m.p() != NO_P => {
+            sched.stamp(g);
+            if let Err(g) = sched.ps[m.p()].runq.push(g) {
                 // A full local queue overflows to the global one.
                 lock(&sched.global).push_back(g);
             }
@@ -891,9 +1085,10 @@ fn enqueue_new(sched: &Sched, g: GRef) {
     }
 }
 
-/// Wakes one idle M (not `except`) so it can take new work.
+/// Wakes one idle M (not `except`) so it can take new work; starts a new M when none is idle
+/// but a P is free.
 fn wake_idle(sched: &Sched, except: Option<usize>) {
-    for m in sched.ms.iter() {
+    for m in sched.ms().iter() {
         // SeqCst: pairs with the store in `find_runnable` before its re-check.
         if Some(m.id) != except
             && m.idle.load(Ordering::Relaxed)
@@ -903,6 +1098,102 @@ fn wake_idle(sched: &Sched, except: Option<usize>) {
             return;
         }
     }
+    if !lock(&sched.pidle).free.is_empty() {
+        start_m(sched);
+    }
+}
+
+/// Starts another M (it takes a free P, or sleeps until there is one). No-op once every M slot
+/// is used or the runtime is ending.
+fn start_m(sched: &Sched) {
+    if sched.shutdown.load(Ordering::Acquire) {
+        return;
+    }
+    let mut threads = lock(&sched.threads);
+    let id = sched.started.load(Ordering::Acquire);
+    if id >= sched.ms.len() {
+        return;
+    }
+    // SAFETY: the Sched is leaked, so the reference is valid for the thread's whole life.
+    let sched: &'static Sched = unsafe { &*(sched as *const Sched) };
+    match std::thread::Builder::new()
+        .name(format!("goro-m{id}"))
+        .spawn(move || m_main(&sched.ms[id]))
+    {
+        Ok(thread) => {
+            // Release: the new M's struct is initialised; `ms()` readers may see it.
+            sched.started.store(id + 1, Ordering::Release);
+            threads.push(thread);
+        }
+        Err(error) => eprintln!("goro: cannot start another M: {error}"),
+    }
+}
+
+/// Runs `f`, a call that may block its thread (a syscall, a lock, C code), without holding up
+/// other goroutines (Go's `entersyscall`/`exitsyscall`): the goroutine's P goes to another M
+/// for the duration, so never-run goroutines and goroutines bound to other Ms keep running.
+/// Goroutines bound to this M wait, since they may only run on it.
+///
+/// The collector still counts the goroutine as running: a stop of the world waits until `f`
+/// returns, so `f` should not wait for other goroutines. Outside a goroutine, `f` just runs.
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    let Some(m) = current_m() else { return f() };
+    if m.curg.get().is_none() {
+        return f();
+    }
+    stw::safe_point();
+    let sched = m.sched();
+    release_p(m);
+    if runnable_anywhere(sched) || !lock(&sched.pidle).waiting.is_empty() {
+        wake_idle(sched, Some(m.id));
+    }
+    struct Exit;
+    impl Drop for Exit {
+        fn drop(&mut self) {
+            // Reacquire a P from g0 (queued on this M's ready queue), even if `f` panicked.
+            switch_to_g0(Request::Reschedule);
+        }
+    }
+    let _exit = Exit;
+    f()
+}
+
+/// Sets GOMAXPROCS (Go's `runtime.GOMAXPROCS`): the number of Ps that run goroutines at once;
+/// `0` only reads it. Returns the previous value. Values above the Ps the runtime allocated at
+/// start (at least 16, 4 per core, at most 256) are clamped. Outside a runtime, returns 0.
+pub fn set_max_procs(n: usize) -> usize {
+    let Some(sched) = current_sched() else {
+        return 0;
+    };
+    let mut idle = lock(&sched.pidle);
+    let old = sched.gomaxprocs();
+    if n == 0 {
+        return old;
+    }
+    let n = n.min(sched.ps.len());
+    sched.gomaxprocs.store(n, Ordering::Release);
+    // Newly enabled Ps that nobody holds become free; disabled ones leave the free list here and
+    // their holders give them up at their next schedule.
+    for p in old..n {
+        if !sched.ps[p].held.load(Ordering::Relaxed) && !idle.free.contains(&p) {
+            idle.free.push(p);
+        }
+    }
+    idle.free.retain(|&p| p < n);
+    // Hand new Ps to Ms waiting for one.
+    while !idle.free.is_empty() && !idle.waiting.is_empty() {
+        let p = idle.free.pop().expect("checked non-empty");
+        let waiter = &sched.ms[idle.waiting.pop_front().expect("checked non-empty")];
+        sched.ps[p].held.store(true, Ordering::Relaxed);
+        waiter.p.store(p, Ordering::Release);
+        waiter.parker.unpark();
+    }
+    let spare = idle.free.len();
+    drop(idle);
+    for _ in 0..spare {
+        wake_idle(sched, current_m().map(|m| m.id));
+    }
+    old
 }
 
 /// The first code on a goroutine's stack.
@@ -949,8 +1240,8 @@ fn destroy(m: &M, g: GRef) {
     // `Box::leak` in `new_g`.
     let g = unsafe { Box::from_raw(g.0.as_ptr()) };
     if let Some(stack) = g.stack.into_inner() {
-        // SAFETY: only M `m.id` touches its P's stack cache, and we run on it.
-        let cache = unsafe { &mut *sched.ps[m.id].stacks.get() };
+        // SAFETY: only the M holding a P touches its stack cache, and `m` holds it.
+        let cache = unsafe { &mut *sched.ps[m.p()].stacks.get() };
         if cache.len() == STACK_CACHE_MAX {
             // Dropping a `Stack` returns it to goro-stack's global pool.
             cache.truncate(STACK_CACHE_MAX / 2);

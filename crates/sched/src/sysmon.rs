@@ -85,18 +85,19 @@ pub(crate) fn run(sched: &'static Sched) {
 /// Prints Go's schedtrace line.
 fn trace_line(sched: &Sched, elapsed: Duration) {
     let ms = sched.ms();
-    let idle = ms.iter().filter(|m| m.is_idle()).count();
-    let local: Vec<String> = (0..ms.len())
+    let idle_threads = ms.iter().filter(|m| m.is_idle()).count();
+    let procs = sched.gomaxprocs();
+    let local: Vec<String> = (0..procs)
         .map(|i| sched.local_queue_len(i).to_string())
         .collect();
     eprintln!(
         "SCHED {}ms: gomaxprocs={} idleprocs={} threads={} spinningthreads=0 idlethreads={} \
          runqueue={} [{}]",
         elapsed.as_millis(),
-        ms.len(),
-        idle,
+        procs,
+        sched.idle_procs(),
         ms.len() + 1,
-        idle,
+        idle_threads,
         lock(sched.global_queue()).len(),
         local.join(" "),
     );

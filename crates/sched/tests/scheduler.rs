@@ -4,6 +4,14 @@ use goro_sched::{Config, go, run, yield_now};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// The tests of this file run one at a time: "outside a runtime" must really be outside one, and
+/// timing-sensitive scenarios should not share the two cores with each other.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
 fn config(procs: usize) -> Config {
     Config {
         procs,
@@ -14,12 +22,14 @@ fn config(procs: usize) -> Config {
 
 #[test]
 fn run_returns_the_main_goroutines_value() {
+    let _serial = serial();
     let finished = run(config(1), || 6 * 7);
     assert_eq!(finished.into_result().unwrap(), 42);
 }
 
 #[test]
 fn spawned_goroutines_run_and_join_at_one_and_two_procs() {
+    let _serial = serial();
     for procs in [1, 2] {
         let total = run(config(procs), || {
             let handles: Vec<_> = (0..1000u64).map(|i| go(move || i * 2)).collect();
@@ -31,6 +41,7 @@ fn spawned_goroutines_run_and_join_at_one_and_two_procs() {
 
 #[test]
 fn yield_interleaves_goroutines_on_one_proc() {
+    let _serial = serial();
     let log = run(config(1), || {
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let handles: Vec<_> = (0..3)
@@ -60,6 +71,7 @@ fn yield_interleaves_goroutines_on_one_proc() {
 
 #[test]
 fn a_started_goroutine_stays_on_its_thread() {
+    let _serial = serial();
     let moved = run(config(2), || {
         let moved = Arc::new(AtomicUsize::new(0));
         let handles: Vec<_> = (0..64)
@@ -90,13 +102,14 @@ fn finished_ok<R>(f: goro_sched::Finished<R>) -> R {
 
 #[test]
 fn work_spreads_to_the_second_proc_before_it_starts() {
+    let _serial = serial();
     let threads = run(config(2), || {
-        let handles: Vec<_> = (0..200)
+        let handles: Vec<_> = (0..400)
             .map(|_| {
                 go(|| {
-                    // Long enough that the idle M steals some of the queue.
+                    // Long enough that the idle M steals some of the queue, even on a busy host.
                     let t = std::time::Instant::now();
-                    while t.elapsed() < std::time::Duration::from_micros(200) {}
+                    while t.elapsed() < std::time::Duration::from_micros(500) {}
                     std::thread::current().id()
                 })
             })
@@ -110,6 +123,7 @@ fn work_spreads_to_the_second_proc_before_it_starts() {
 
 #[test]
 fn a_panic_is_caught_and_returned_by_join() {
+    let _serial = serial();
     let message = run(config(1), || {
         let h = go(|| -> u32 { panic!("boom in goroutine") });
         let panic = h.join().unwrap_err();
@@ -122,6 +136,7 @@ fn a_panic_is_caught_and_returned_by_join() {
 
 #[test]
 fn exit_unwinds_and_runs_destructors() {
+    let _serial = serial();
     struct Flag(Arc<AtomicUsize>);
     impl Drop for Flag {
         fn drop(&mut self) {
@@ -146,6 +161,7 @@ fn exit_unwinds_and_runs_destructors() {
 
 #[test]
 fn exit_outside_a_goroutine_panics_with_the_reason() {
+    let _serial = serial();
     let error = std::panic::catch_unwind(|| goro_sched::exit()).unwrap_err();
     assert_eq!(
         *error.downcast_ref::<&str>().unwrap(),
@@ -155,6 +171,7 @@ fn exit_outside_a_goroutine_panics_with_the_reason() {
 
 #[test]
 fn go_outside_a_runtime_panics_with_the_reason() {
+    let _serial = serial();
     let error = std::panic::catch_unwind(|| go(|| ())).unwrap_err();
     let message = error.downcast_ref::<&str>().unwrap();
     assert!(
@@ -165,6 +182,7 @@ fn go_outside_a_runtime_panics_with_the_reason() {
 
 #[test]
 fn nested_run_panics_with_the_reason() {
+    let _serial = serial();
     let result = run(config(1), || {
         std::panic::catch_unwind(|| run(config(1), || ())).is_err()
     });
@@ -173,6 +191,7 @@ fn nested_run_panics_with_the_reason() {
 
 #[test]
 fn goroutine_ids_and_counts() {
+    let _serial = serial();
     let (main_id, count_during, count_after) = run(config(1), || {
         let main_id = goro_sched::current_goroutine_id().unwrap();
         let (tx, rx) = goro_sched::chan::channel::<()>(0);
@@ -199,6 +218,7 @@ fn goroutine_ids_and_counts() {
 
 #[test]
 fn abandoned_goroutines_do_not_block_the_end_of_run() {
+    let _serial = serial();
     let finished = run(config(1), || {
         let (tx, rx) = goro_sched::chan::channel::<u32>(0);
         for _ in 0..10 {
@@ -224,6 +244,7 @@ fn abandoned_goroutines_do_not_block_the_end_of_run() {
 
 #[test]
 fn plain_threads_join_goroutines_and_use_channels() {
+    let _serial = serial();
     let value = run(config(1), || {
         let h = go(|| {
             yield_now();
@@ -240,6 +261,7 @@ fn plain_threads_join_goroutines_and_use_channels() {
 
 #[test]
 fn a_busy_goroutine_that_calls_the_runtime_is_preempted() {
+    let _serial = serial();
     use std::sync::atomic::AtomicBool;
     let spins = run(config(1), || {
         let stop = Arc::new(AtomicBool::new(false));
@@ -268,6 +290,7 @@ static VISITS: goro_sched::Local<std::cell::Cell<u32>> =
 
 #[test]
 fn goroutine_locals_are_per_goroutine_and_dropped_at_exit() {
+    let _serial = serial();
     struct Tracked(Arc<AtomicUsize>);
     impl Drop for Tracked {
         fn drop(&mut self) {
@@ -309,6 +332,7 @@ fn goroutine_locals_are_per_goroutine_and_dropped_at_exit() {
 
 #[test]
 fn ten_thousand_goroutines_yield_a_hundred_times_at_1_2_and_4_procs() {
+    let _serial = serial();
     for procs in [1, 2, 4] {
         let total = run(config(procs), || {
             let yields = Arc::new(AtomicUsize::new(0));
@@ -334,6 +358,7 @@ fn ten_thousand_goroutines_yield_a_hundred_times_at_1_2_and_4_procs() {
 
 #[test]
 fn a_hundred_thousand_spawns_and_exits_leave_nothing_behind() {
+    let _serial = serial();
     for procs in [1, 2, 4] {
         let left = run(config(procs), || {
             for _ in 0..100 {
@@ -353,4 +378,86 @@ fn a_hundred_thousand_spawns_and_exits_leave_nothing_behind() {
         });
         assert_eq!(finished_ok(left), 1, "procs = {procs}");
     }
+}
+
+#[test]
+fn a_goroutine_in_blocking_does_not_stop_others_on_its_proc() {
+    let _serial = serial();
+    let (progress, value) = run(config(1), || {
+        let counter = Arc::new(AtomicUsize::new(0));
+        // Queued first, so it runs first: on one P, the only M then blocks its thread for
+        // 300 ms inside `blocking`, and the P goes to another M, which runs the workers (never
+        // run yet, so free to move) meanwhile.
+        let counter2 = counter.clone();
+        let blocker = go(move || {
+            goro_sched::blocking(|| {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                counter2.load(Ordering::SeqCst)
+            })
+        });
+        let workers: Vec<_> = (0..10)
+            .map(|_| {
+                let counter = counter.clone();
+                go(move || {
+                    for _ in 0..100 {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        yield_now();
+                    }
+                })
+            })
+            .collect();
+        let seen_by_blocker = blocker.join().unwrap();
+        for w in workers {
+            w.join().unwrap();
+        }
+        (seen_by_blocker, counter.load(Ordering::SeqCst))
+    })
+    .into_result()
+    .unwrap();
+    assert_eq!(value, 1000);
+    assert_eq!(
+        progress, 1000,
+        "the workers did not run while the blocker held its thread"
+    );
+}
+
+#[test]
+fn set_max_procs_reads_raises_and_lowers_while_work_runs() {
+    let _serial = serial();
+    let (initial, after_raise, after_lower, sum) = run(config(1), || {
+        let initial = goro_sched::set_max_procs(0);
+        let total = Arc::new(AtomicUsize::new(0));
+        let spawn_work = |total: &Arc<AtomicUsize>| -> Vec<goro_sched::JoinHandle<()>> {
+            (0..50)
+                .map(|_| {
+                    let total = total.clone();
+                    go(move || {
+                        for _ in 0..20 {
+                            total.fetch_add(1, Ordering::SeqCst);
+                            yield_now();
+                        }
+                    })
+                })
+                .collect()
+        };
+        let first = spawn_work(&total);
+        assert_eq!(goro_sched::set_max_procs(4), 1);
+        let after_raise = goro_sched::set_max_procs(0);
+        let second = spawn_work(&total);
+        assert_eq!(goro_sched::set_max_procs(2), 4);
+        let after_lower = goro_sched::procs();
+        for h in first.into_iter().chain(second) {
+            h.join().unwrap();
+        }
+        (
+            initial,
+            after_raise,
+            after_lower,
+            total.load(Ordering::SeqCst),
+        )
+    })
+    .into_result()
+    .unwrap();
+    assert_eq!((initial, after_raise, after_lower), (1, 4, 2));
+    assert_eq!(sum, 2 * 50 * 20);
 }
