@@ -1085,9 +1085,8 @@ fn enqueue_new(sched: &Sched, g: GRef) {
     }
 }
 
-/// Wakes one idle M (not `except`) so it can take new work; starts a new M when none is idle
-/// but a P is free.
-fn wake_idle(sched: &Sched, except: Option<usize>) {
+/// Wakes one idle M (not `except`) so it can take new work; false if none was idle.
+fn wake_idle(sched: &Sched, except: Option<usize>) -> bool {
     for m in sched.ms().iter() {
         // SeqCst: pairs with the store in `find_runnable` before its re-check.
         if Some(m.id) != except
@@ -1095,12 +1094,10 @@ fn wake_idle(sched: &Sched, except: Option<usize>) {
             && m.idle.swap(false, Ordering::SeqCst)
         {
             m.parker.unpark();
-            return;
+            return true;
         }
     }
-    if !lock(&sched.pidle).free.is_empty() {
-        start_m(sched);
-    }
+    false
 }
 
 /// Starts another M (it takes a free P, or sleeps until there is one). No-op once every M slot
@@ -1144,8 +1141,9 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
     stw::safe_point();
     let sched = m.sched();
     release_p(m);
-    if runnable_anywhere(sched) || !lock(&sched.pidle).waiting.is_empty() {
-        wake_idle(sched, Some(m.id));
+    // Someone must take the P over: an idle M, else a new one (Go's `handoffp` / `startm`).
+    if !wake_idle(sched, Some(m.id)) {
+        start_m(sched);
     }
     struct Exit;
     impl Drop for Exit {
@@ -1191,7 +1189,9 @@ pub fn set_max_procs(n: usize) -> usize {
     let spare = idle.free.len();
     drop(idle);
     for _ in 0..spare {
-        wake_idle(sched, current_m().map(|m| m.id));
+        if !wake_idle(sched, current_m().map(|m| m.id)) {
+            start_m(sched);
+        }
     }
     old
 }
