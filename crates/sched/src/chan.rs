@@ -806,38 +806,56 @@ impl<T> SelectCase for SendCase<'_, T> {
     }
 }
 
+/// The most cases one `select!` may have (its bookkeeping lives on the stack, no allocation).
+pub const MAX_SELECT_CASES: usize = 64;
+
 /// The channel locks of a select, held in address order; released on drop (by g0 when the
 /// selecting goroutine parks).
 struct SelectLocks {
-    /// Pointers to the cases, one per distinct channel, in lock order. The cases outlive the
-    /// guard (they are locals of the `select!` expansion, which waits for the park to end).
-    cases: Vec<*const dyn SelectCase>,
+    /// Pointers to the cases, one per distinct channel, in lock order (`cases[..len]`). The cases
+    /// outlive the guard (they are locals of the `select!` expansion, which waits for the park
+    /// to end).
+    cases: [*const dyn SelectCase; MAX_SELECT_CASES],
+    len: usize,
 }
 
 impl SelectLocks {
     fn lock(cases: &[&mut dyn SelectCase]) -> SelectLocks {
-        let mut order: Vec<usize> = (0..cases.len()).collect();
-        order.sort_by_key(|&i| cases[i].chan_addr());
-        order.dedup_by_key(|i| cases[*i].chan_addr());
-        let cases: Vec<*const dyn SelectCase> = order
-            .into_iter()
-            .map(|i| {
-                let case: &dyn SelectCase = &*cases[i];
-                // SAFETY: only the lifetime is erased; see the field docs.
-                unsafe { std::mem::transmute::<&dyn SelectCase, *const dyn SelectCase>(case) }
-            })
-            .collect();
-        for &case in &cases {
+        let mut order = [0usize; MAX_SELECT_CASES];
+        let order = &mut order[..cases.len()];
+        for (i, slot) in order.iter_mut().enumerate() {
+            *slot = i;
+        }
+        order.sort_unstable_by_key(|&i| cases[i].chan_addr());
+        let placeholder: *const dyn SelectCase = std::ptr::null::<RecvCase<'static, ()>>();
+        let mut locks = SelectLocks {
+            cases: [placeholder; MAX_SELECT_CASES],
+            len: 0,
+        };
+        let mut last = None;
+        for &i in order.iter() {
+            let address = cases[i].chan_addr();
+            if last == Some(address) {
+                continue; // two cases on one channel: lock it once
+            }
+            last = Some(address);
+            let case: &dyn SelectCase = &*cases[i];
+            // SAFETY: only the lifetime is erased; see the field docs.
+            locks.cases[locks.len] =
+                unsafe { std::mem::transmute::<&dyn SelectCase, *const dyn SelectCase>(case) };
+            locks.len += 1;
+        }
+        for &case in &locks.cases[..locks.len] {
             // SAFETY: the case is live (field docs).
             unsafe { (*case).lock() };
         }
-        SelectLocks { cases }
+        locks
     }
 }
 
 impl Drop for SelectLocks {
     fn drop(&mut self) {
-        for &case in self.cases.iter().rev() {
+        for &case in self.cases[..self.len].iter().rev() {
             // SAFETY: the case is live, and `lock` above took its channel's lock.
             unsafe { (*case).unlock() };
         }
@@ -847,10 +865,20 @@ impl Drop for SelectLocks {
 /// Runs a select over `cases` (Go's `selectgo`): if any case can proceed, one of them chosen
 /// uniformly at random does; otherwise `None` if there is a default; otherwise the caller blocks
 /// until one case completes. Returns the index of the case that ran. A safe point.
+///
+/// # Panics
+/// Panics with the reason if there are more than [`MAX_SELECT_CASES`] cases.
 pub fn select(cases: &mut [&mut dyn SelectCase], has_default: bool) -> Option<usize> {
+    assert!(
+        cases.len() <= MAX_SELECT_CASES,
+        "select! has {} cases; at most {MAX_SELECT_CASES} are supported",
+        cases.len()
+    );
     stw::safe_point();
     let locks = SelectLocks::lock(cases);
-    for i in random_order(cases.len()) {
+    let mut order = [0usize; MAX_SELECT_CASES];
+    let order = random_order(&mut order[..cases.len()]);
+    for &i in order.iter() {
         if cases[i].poll_locked() {
             drop(locks);
             return Some(i);
@@ -882,18 +910,20 @@ pub fn select(cases: &mut [&mut dyn SelectCase], has_default: bool) -> Option<us
     Some(winner)
 }
 
-/// `0..n` in a random order (xorshift, seeded per thread), for Go's uniform choice among ready
-/// cases.
-fn random_order(n: usize) -> Vec<usize> {
+/// Fills `order` with `0..order.len()` in a random order (xorshift, seeded per thread), for
+/// Go's uniform choice among ready cases.
+fn random_order(order: &mut [usize]) -> &[usize] {
     thread_local! {
         static SEED: std::cell::Cell<u64> = std::cell::Cell::new(
             0x9E37_79B9_7F4A_7C15 ^ (std::ptr::from_ref(&0u8) as u64)
         );
     }
-    let mut order: Vec<usize> = (0..n).collect();
+    for (i, slot) in order.iter_mut().enumerate() {
+        *slot = i;
+    }
     SEED.with(|seed| {
         let mut x = seed.get();
-        for i in (1..n).rev() {
+        for i in (1..order.len()).rev() {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;

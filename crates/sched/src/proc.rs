@@ -237,6 +237,9 @@ pub(crate) struct Sched {
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Stamps queue entries with one FIFO order (see `pop_local`).
     enqueued: AtomicU64,
+    /// Ms spinning for work before they sleep (Go's `nmspinning`); wakers skip the futex while
+    /// one spins.
+    spinning: AtomicUsize,
 }
 
 /// The idle-P list and the Ms waiting for a P.
@@ -496,6 +499,7 @@ where
         pidle: Mutex::new(PIdle::default()),
         threads: Mutex::new(Vec::new()),
         enqueued: AtomicU64::new(1),
+        spinning: AtomicUsize::new(0),
     });
     // M i starts with P i.
     for (i, m) in sched.ms[..procs].iter().enumerate() {
@@ -699,6 +703,45 @@ fn idle_without_p(m: &M) {
     m.idle.store(false, Ordering::SeqCst);
 }
 
+/// How long an M looks for work before it sleeps: a futex sleep and wake-up costs more than this
+/// when work comes back quickly (a ping-pong between Ms, a producer slightly ahead).
+const SPIN: std::time::Duration = std::time::Duration::from_micros(20);
+
+/// Looks for work for a short while before sleeping (Go's spinning Ms). At most one M per P
+/// spins: unlike Go, a readied goroutine must run on its own M, so that M itself must be awake
+/// to pick it up cheaply (a ping-pong between two Ms would otherwise pay a futex wake-up per
+/// message whenever the other M happens to spin).
+fn spin(m: &M) -> Option<GRef> {
+    let sched = m.sched();
+    let limit = sched.gomaxprocs();
+    if sched.spinning.fetch_add(1, Ordering::SeqCst) >= limit {
+        sched.spinning.fetch_sub(1, Ordering::SeqCst);
+        return None;
+    }
+    let deadline = Instant::now() + SPIN;
+    let found = loop {
+        for _ in 0..64 {
+            std::hint::spin_loop();
+        }
+        let found = pop_local(m)
+            .or_else(|| pop_global(sched))
+            .or_else(|| steal(m));
+        if found.is_some()
+            || Instant::now() >= deadline
+            || sched.stopping.load(Ordering::Relaxed)
+            || sched.shutdown.load(Ordering::Relaxed)
+        {
+            break found;
+        }
+    };
+    sched.spinning.fetch_sub(1, Ordering::SeqCst);
+    // SeqCst fence: pairs with the fence in `wake_idle`. Either the waker sees this M still
+    // spinning (and this M's idle re-check, after the fence, sees the waker's work), or the
+    // waker sees no spinner and unparks an idle M.
+    std::sync::atomic::fence(Ordering::SeqCst);
+    found
+}
+
 /// Whether any never-run goroutine waits in a P's queue or the global queue.
 fn runnable_anywhere(sched: &Sched) -> bool {
     !lock(&sched.global).is_empty() || sched.ps.iter().any(|p| !p.runq.is_empty())
@@ -736,6 +779,9 @@ fn find_runnable(m: &M) -> Option<GRef> {
             return Some(g);
         }
         if let Some(g) = pop_global(sched).or_else(|| steal(m)) {
+            return Some(g);
+        }
+        if let Some(g) = spin(m) {
             return Some(g);
         }
         // Going idle. SeqCst: pairs with the swap in `wake_idle`/`ready` (see `park`'s docs): either
@@ -1085,8 +1131,20 @@ fn enqueue_new(sched: &Sched, g: GRef) {
     }
 }
 
-/// Wakes one idle M (not `except`) so it can take new work; false if none was idle.
+/// Wakes one idle M (not `except`) so it can take new work; false if none was idle. A spinning
+/// M will find the work by itself, so no M is woken while one spins.
 fn wake_idle(sched: &Sched, except: Option<usize>) -> bool {
+    // SeqCst fence: pairs with the fence in `spin` (store-buffer pattern: the queued work is
+    // visible to a spinner that has not yet given up, or the spinner's exit is visible here).
+    std::sync::atomic::fence(Ordering::SeqCst);
+    if sched.spinning.load(Ordering::SeqCst) > 0 {
+        return true;
+    }
+    wake_idle_m(sched, except)
+}
+
+/// Unparks one idle M (not `except`), spinning or not; false if none was idle.
+fn wake_idle_m(sched: &Sched, except: Option<usize>) -> bool {
     for m in sched.ms().iter() {
         // SeqCst: pairs with the store in `find_runnable` before its re-check.
         if Some(m.id) != except
@@ -1142,7 +1200,7 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
     let sched = m.sched();
     release_p(m);
     // Someone must take the P over: an idle M, else a new one (Go's `handoffp` / `startm`).
-    if !wake_idle(sched, Some(m.id)) {
+    if !wake_idle_m(sched, Some(m.id)) {
         start_m(sched);
     }
     struct Exit;
@@ -1189,7 +1247,7 @@ pub fn set_max_procs(n: usize) -> usize {
     let spare = idle.free.len();
     drop(idle);
     for _ in 0..spare {
-        if !wake_idle(sched, current_m().map(|m| m.id)) {
+        if !wake_idle_m(sched, current_m().map(|m| m.id)) {
             start_m(sched);
         }
     }
