@@ -45,6 +45,9 @@ pub(crate) fn unregister_thread_tls() {
     registry.retain(|&(owner, _, _)| owner != key);
 }
 
+/// Free stack slots per size whose pages a collection leaves committed.
+const STACKS_KEPT_WARM: usize = 64;
+
 /// The goroutines of the running runtime, as the collector sees them.
 pub(crate) struct GoroutineRoots;
 
@@ -57,6 +60,9 @@ pub(crate) static GOROUTINE_ROOTS: GoroutineRoots = GoroutineRoots;
 unsafe impl Mutators for GoroutineRoots {
     fn stop_the_world(&self, cycle: &mut dyn FnMut()) {
         goro_sched::stop_the_world(cycle);
+        // Go frees stack memory at GC: release the pages of pooled stack slots beyond a warm
+        // few, so a burst of deep goroutines does not keep its RSS after it is gone.
+        goro_stack::trim(STACKS_KEPT_WARM);
     }
 
     fn roots(&self, visitor: &mut RootVisitor<'_>) {

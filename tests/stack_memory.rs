@@ -1,0 +1,62 @@
+//! Stack memory goes back to the OS: after a burst of goroutines with deep stacks exits, a
+//! collection releases the pages of their pooled stack slots. (Alone in its file: it reads the
+//! process's RSS.)
+
+#[global_allocator]
+static ALLOC: goro::alloc::GoroAlloc = goro::alloc::GoroAlloc;
+
+fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// Touches about `bytes` of stack, then waits for `go_on` before returning.
+fn deep(bytes: usize, go_on: &goro::chan::Receiver<()>) -> u64 {
+    if bytes < 4096 {
+        go_on.recv();
+        return 1;
+    }
+    let frame = std::hint::black_box([1u8; 4096]);
+    deep(bytes - 4096, go_on) + u64::from(frame[7])
+}
+
+#[test]
+fn rss_falls_after_a_burst_of_deep_stacks() {
+    let runtime = goro::Runtime::builder().max_procs(1).build().unwrap();
+    let (base, peak, after) = runtime.run(|| {
+        goro::gc::collect();
+        let base = rss_bytes();
+        let (tx, rx) = goro::chan::channel::<()>(0);
+        let handles: Vec<_> = (0..300)
+            .map(|_| {
+                let rx = rx.clone();
+                goro::go(move || deep(256 << 10, &rx))
+            })
+            .collect();
+        // Let all of them reach their depth and park.
+        while goro::num_goroutine() > 301 || handles.iter().any(|h| h.is_finished()) {
+            goro::yield_now();
+        }
+        for _ in 0..10 {
+            goro::yield_now();
+        }
+        let peak = rss_bytes();
+        drop(tx);
+        for h in handles {
+            assert!(h.join().unwrap() >= 64);
+        }
+        goro::gc::collect();
+        (base, peak, rss_bytes())
+    });
+    let burst = peak.saturating_sub(base);
+    assert!(
+        burst >= 50 << 20,
+        "the burst committed only {burst} bytes of stack"
+    );
+    let kept = after.saturating_sub(base);
+    assert!(
+        kept < burst / 2,
+        "RSS stayed {kept} bytes above the start after the burst ({burst} bytes) and a collection"
+    );
+}
