@@ -30,14 +30,14 @@ use crate::{ARENA_SIZE, PAGE_SIZE, os};
 /// Bits of address the index covers (x86-64 and aarch64 user space with 4-level page tables).
 const ADDR_BITS: u32 = 48;
 /// log2 of [`ARENA_SIZE`].
-const ARENA_SHIFT: u32 = ARENA_SIZE.trailing_zeros();
+pub(crate) const ARENA_SHIFT: u32 = ARENA_SIZE.trailing_zeros();
 /// Entries in the first level.
 const L1_ENTRIES: usize = 1 << (ADDR_BITS - ARENA_SHIFT);
 /// Pages per arena (entries in the second level).
 pub(crate) const PAGES_PER_ARENA: usize = ARENA_SIZE / PAGE_SIZE;
 
 /// Per-arena metadata: the page → span map.
-struct ArenaMeta {
+pub(crate) struct ArenaMeta {
     /// `spans[i]`: the span covering page `i` of the arena. Written under the heap lock with
     /// Release, read anywhere with Acquire.
     spans: [AtomicPtr<Span>; PAGES_PER_ARENA],
@@ -47,8 +47,21 @@ struct ArenaMeta {
 /// static: the collector scans the data and bss segments as roots, and would read all of it.
 static L1: AtomicPtr<AtomicPtr<ArenaMeta>> = AtomicPtr::new(core::ptr::null_mut());
 
+impl ArenaMeta {
+    /// The span recorded for the page of this arena holding `addr` (only the page bits of
+    /// `addr` are used), or null; validated by callers as for [`span_of`].
+    #[inline(always)]
+    pub(crate) fn span_at(&self, addr: usize) -> *const Span {
+        self.spans[(addr >> PAGE_SIZE.trailing_zeros()) & (PAGES_PER_ARENA - 1)]
+            .load(Ordering::Acquire) // Acquire: pairs with the Release in `set_span`.
+            .cast_const()
+    }
+}
+
+/// The metadata of the arena holding `addr`, if it is registered. Arena metadata is never
+/// unmapped, so callers may cache the answer (the free path keeps the last one per thread).
 #[inline(always)]
-fn meta_of(addr: usize) -> Option<&'static ArenaMeta> {
+pub(crate) fn meta_of(addr: usize) -> Option<&'static ArenaMeta> {
     // Acquire: pairs with the Release store in `register_arena` that published the mapping.
     let l1 = L1.load(Ordering::Acquire);
     if l1.is_null() {
@@ -69,9 +82,7 @@ fn meta_of(addr: usize) -> Option<&'static ArenaMeta> {
 #[inline(always)]
 pub(crate) fn span_of(addr: usize) -> *const Span {
     match meta_of(addr) {
-        Some(m) => m.spans[(addr >> PAGE_SIZE.trailing_zeros()) & (PAGES_PER_ARENA - 1)]
-            .load(Ordering::Acquire) // Acquire: pairs with the Release in `set_span`.
-            .cast_const(),
+        Some(m) => m.span_at(addr),
         None => core::ptr::null(),
     }
 }

@@ -4,7 +4,8 @@
 //! *partial* spans: spans it owns that have free slots. Only the owner allocates from a span and
 //! frees onto its local list, so neither needs an atomic. Allocation:
 //!
-//! 1. pop the current span's local free list (the fast path: one branch, see `Span::pop_local`);
+//! 1. pop the current span's local free list (the fast path: one branch and no counting, see
+//!    `Span::pop_local`; allocations are counted when slots reach that list, see `mallocs`);
 //! 2. else (cold, `refill`): thread never-used slots onto the list in a batch
 //!    (`Span::extend_free`), or collect the span's remote frees;
 //! 3. else release the span (`mcentral::release`: to the page heap when empty, to the central
@@ -34,13 +35,14 @@ use core::cell::UnsafeCell;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::arena::{ARENA_SHIFT, ArenaMeta};
 use crate::span::{
-    FIRST_CACHE_ID, GLOBAL_CACHE_ID, IN_PARTIAL, NUM_SPAN_CLASSES, OWNER_DETACHED, STATE_SMALL,
-    Span,
+    CURRENT_BIAS, FIRST_CACHE_ID, GLOBAL_CACHE_ID, IN_PARTIAL, NUM_SPAN_CLASSES, OWNER_DETACHED,
+    STATE_SMALL, Span,
 };
 use crate::stats::{CLASS_FREES, CLASS_MALLOCS, FLUSH_EVERY, add};
 use crate::sync::SpinLock;
-use crate::{mcentral, mheap};
+use crate::{arena, mcentral, mheap};
 
 /// Span classes rounded up to a power of two, so that a `u8` index needs no bounds check.
 const SLOTS: usize = 256;
@@ -64,7 +66,11 @@ pub(crate) struct MCache {
     /// Head and tail of the partial FIFO per span class (linked through `Span::next`/`prev`,
     /// which belong to the owner while a cache owns the span).
     partial: [(*const Span, *const Span); NUM_SPAN_CLASSES],
-    /// Allocations per span class not yet added to `stats::CLASS_MALLOCS`.
+    /// Slots per span class handed to the fast path (on the current span's free list when it
+    /// became current, or added to that list since) and not yet added to
+    /// `stats::CLASS_MALLOCS`. The fast path counts nothing: a slot is counted when it reaches
+    /// the current span's list, and the refill, which finds that list empty, flushes an exact
+    /// count (thread exit and `stats()` subtract what is still listed).
     mallocs: [u64; SLOTS],
     /// Frees per span class not yet added to `stats::CLASS_FREES`.
     frees: [u64; SLOTS],
@@ -72,7 +78,34 @@ pub(crate) struct MCache {
     pending_frees: u64,
     /// Per span class, how many spans on the partial FIFO have no live object.
     empties: [u8; NUM_SPAN_CLASSES],
+    /// `addr >> ARENA_SHIFT` of the arena the last free looked up ([`NO_ARENA`] = none) and
+    /// its metadata: the free path finds a span with one dependent load instead of three
+    /// (the arena index's root, its L1 entry, then the page entry).
+    arena_key: usize,
+    arena: *const ArenaMeta,
+    /// Per span class: remote frees into one span, chained through word 0 and not pushed yet
+    /// (see [`MCache::free_remote_batched`]).
+    pending: [Pending; NUM_SPAN_CLASSES],
 }
+
+/// A chain of this thread's frees into one span it does not own, waiting to be pushed onto the
+/// span's remote stack with one CAS. At most `limit` slots (see [`PENDING_BYTES`]); the slots stay
+/// counted live in their span (so it cannot be released) until the push.
+#[derive(Copy, Clone)]
+struct Pending {
+    span: *const Span,
+    first: usize,
+    last: usize,
+    count: usize,
+    limit: usize,
+}
+
+/// Bytes a pending remote chain holds before it is pushed (a span's worth for most classes),
+/// within 8 ..= 128 slots (more delays the owner's reuse: alloc_churn prodcons slows down).
+const PENDING_BYTES: usize = 16 << 10;
+
+/// An `arena_key` no address has (keys are below 2^38).
+const NO_ARENA: usize = usize::MAX;
 
 // SAFETY: the span pointers refer to never-freed metadata; a cache is used by one thread at a
 // time (the global one under its lock).
@@ -99,21 +132,69 @@ impl MCache {
             frees: [0; SLOTS],
             pending_frees: 0,
             empties: [0; NUM_SPAN_CLASSES],
+            arena_key: NO_ARENA,
+            arena: core::ptr::null(),
+            pending: [Pending {
+                span: null_mut(),
+                first: 0,
+                last: 0,
+                count: 0,
+                limit: 0,
+            }; NUM_SPAN_CLASSES],
         }
     }
 
     /// Allocates one slot of span class `spc`; null when out of memory. The fast path: index the
-    /// current span (no bounds check: `spc` is a `u8`), pop its free list (one branch), count.
+    /// current span (no bounds check: `spc` is a `u8`), pop its free list (one branch). Nothing
+    /// is counted here (see `mallocs`).
     #[inline(always)]
     fn alloc(&mut self, spc: u8) -> *mut u8 {
-        let i = spc as usize;
         // SAFETY: we own our current span (or it is EMPTY, whose list is always empty).
-        let p = unsafe { sp(self.alloc[i]).pop_local() };
+        let p = unsafe { sp(self.alloc[spc as usize]).pop_local() };
         if p.is_null() {
             return self.refill(spc);
         }
-        self.mallocs[i] += 1;
         p
+    }
+
+    /// Gives a cache its id at its thread's first refill or batched remote free, registering
+    /// the thread-exit hook. If TLS destructors already ran (`try_with` fails), the thread is
+    /// exiting: the cache becomes dead.
+    #[cold]
+    fn ensure_id(&mut self) {
+        if self.id == NO_ID {
+            if EXIT.try_with(|_| ()).is_ok() {
+                self.id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.id = DEAD_ID;
+            }
+        }
+    }
+
+    /// Counts `n` slots added to the free list of class `i`'s current span.
+    #[inline]
+    fn lend(&mut self, i: usize, n: usize) {
+        if let Some(m) = self.mallocs.get_mut(i) {
+            *m += n as u64;
+        }
+    }
+
+    /// Counts the owner's frees into the current span `s` of class `i` so far as lent (they went
+    /// back on its list) and restarts its `allocated` at [`CURRENT_BIAS`].
+    fn count_current_frees(&mut self, i: usize, s: &Span) {
+        let a = s.allocated.load(Ordering::Relaxed);
+        self.lend(i, CURRENT_BIAS.saturating_sub(a));
+        s.allocated.store(CURRENT_BIAS, Ordering::Relaxed);
+    }
+
+    /// The current span `s` of class `i` stops being current with `listed` slots on its list:
+    /// count its frees, and make `allocated` exact.
+    fn leave_current(&mut self, i: usize, s: &Span, listed: usize) {
+        self.count_current_frees(i, s);
+        if let Some(m) = self.mallocs.get_mut(i) {
+            *m = m.saturating_sub(listed as u64);
+        }
+        s.settle_allocated(listed);
     }
 
     #[cold]
@@ -124,24 +205,25 @@ impl MCache {
             return null_mut();
         }
         self.flush_class(i);
-        if self.id == NO_ID {
-            // First refill of this thread: register the thread-exit hook. If TLS destructors
-            // already ran (`try_with` fails), the thread is exiting: behave as a dead cache.
-            if EXIT.try_with(|_| ()).is_ok() {
-                self.id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.id = DEAD_ID;
-            }
-        }
+        self.push_pending(i);
+        self.ensure_id();
         if self.id == DEAD_ID {
             return GLOBAL.lock().alloc(spc);
         }
         let cur = sp(self.alloc[i]);
         if !core::ptr::eq(cur, &EMPTY) {
             // SAFETY: we own our current span.
-            if unsafe { cur.extend_free() } > 0 || unsafe { cur.collect_remote() } > 0 {
+            let mut n = unsafe { cur.extend_free() };
+            if n == 0 {
+                // SAFETY: as above.
+                n = unsafe { cur.take_remote() };
+            }
+            if n > 0 {
+                self.lend(i, n);
                 return self.alloc(spc);
             }
+            // The local list is empty: every slot below `bump` is live.
+            self.leave_current(i, cur, 0);
             self.alloc[i] = &raw const EMPTY;
             cur.last_owner.store(self.id, Ordering::Relaxed);
             // SAFETY: we own `cur` and dropped our pointer to it.
@@ -175,10 +257,19 @@ impl MCache {
                 },
             }
         };
+        // `allocated` is exact for a span that is not current, and its remote frees were just
+        // collected: the slots below `bump` that are not live are on the local list.
+        let listed = s
+            .bump
+            .load(Ordering::Relaxed)
+            .saturating_sub(s.allocated.load(Ordering::Relaxed));
+        self.lend(i, listed);
+        s.allocated.store(CURRENT_BIAS, Ordering::Relaxed);
         self.alloc[i] = s;
         if s.free_head.load(Ordering::Relaxed) == 0 {
             // SAFETY: we own `s`; an empty local list with a bump region gets a batch.
-            unsafe { s.extend_free() };
+            let n = unsafe { s.extend_free() };
+            self.lend(i, n);
         }
         self.alloc(spc)
     }
@@ -238,7 +329,8 @@ impl MCache {
         Some(s)
     }
 
-    /// Local free into a span we own.
+    /// Local free into a span we own: the current span of its class (its `allocated` is biased,
+    /// see `Span::allocated`) or one on the partial FIFO.
     ///
     /// # Safety
     /// We own `s`, and `p` is one of its allocated slots, freed once.
@@ -247,7 +339,10 @@ impl MCache {
         // SAFETY: caller's contract.
         unsafe { s.push_local(p) };
         self.frees[s.spc.load(Ordering::Relaxed) as usize] += 1;
-        if s.allocated.load(Ordering::Relaxed) == 0 && s.cache_list.load(Ordering::Relaxed) != 0 {
+        // No "current?" test: a current span's `allocated` is biased and never reaches 0.
+        let a = s.allocated.load(Ordering::Relaxed).wrapping_sub(1);
+        s.allocated.store(a, Ordering::Relaxed);
+        if a == 0 && s.cache_list.load(Ordering::Relaxed) != 0 {
             self.retire(s);
         }
     }
@@ -289,20 +384,99 @@ impl MCache {
                 .compare_exchange(OWNER_DETACHED, self.id, Ordering::SeqCst, Ordering::Relaxed)
                 .is_ok()
         {
-            // SAFETY: the CAS made us the owner; remote frees may have raced in: collect them.
-            unsafe { s.collect_remote() };
+            // The CAS made us the owner. Remote frees that raced in stay on the remote stack
+            // (counted live) until the span is reused or released, which collects them: reading
+            // that cache line here would cost a miss per adoption.
             self.push_partial(s);
             // SAFETY: caller's contract; we own `s`.
             unsafe { self.free_owned(s, p) };
             return;
         }
-        self.frees[s.spc.load(Ordering::Relaxed) as usize] += 1;
+        let spc = s.spc.load(Ordering::Relaxed);
+        self.frees[spc as usize] += 1;
         self.pending_frees += 1;
         if self.pending_frees >= FLUSH_EVERY {
             self.flush_frees();
         }
+        // Batch only Malloc spans, and only in a live thread cache with an id (its exit hook,
+        // registered with the id, pushes the chains): a thread that never allocated registers
+        // it now (a pure consumer batches too); not a dying thread (DEAD_ID), not the shared
+        // cache. Gc frees take the direct path.
+        if self.id == NO_ID {
+            self.ensure_id();
+        }
+        if spc & 1 == 0 && (FIRST_CACHE_ID..DEAD_ID).contains(&self.id) {
+            // SAFETY: caller's contract.
+            return unsafe { self.free_remote_batched(s, p, spc as usize) };
+        }
         // SAFETY: caller's contract.
         unsafe { free_remote(s, p) }
+    }
+
+    /// A remote free, batched: frees into the same span chain up locally and are pushed with one
+    /// CAS when the chain holds [`PENDING_BYTES`], when a free of the class goes to another
+    /// span, when this cache refills the class, and at `stats()`, `release_memory()` and thread
+    /// exit. A producer-consumer pair thus pays one contended CAS per chain instead of per
+    /// object; at most `PENDING_BYTES` (128 slots) per class wait on the freeing thread.
+    ///
+    /// # Safety
+    /// `p` is an allocated slot of the small span `s` of span class `i`, freed once.
+    unsafe fn free_remote_batched(&mut self, s: &'static Span, p: *mut u8, i: usize) {
+        let Some(pd) = self.pending.get_mut(i) else {
+            // SAFETY: caller's contract.
+            return unsafe { free_remote(s, p) };
+        };
+        if core::ptr::eq(pd.span, s) {
+            // SAFETY: the slot is ours (being freed); word 0 becomes the chain link.
+            unsafe { (p as *mut usize).write(pd.first) };
+            pd.first = p as usize;
+            pd.count += 1;
+            if pd.count >= pd.limit {
+                self.push_pending(i);
+            }
+            return;
+        }
+        self.push_pending(i);
+        let pd = &mut self.pending[i];
+        // SAFETY: as above; the chain of one ends here.
+        unsafe { (p as *mut usize).write(0) };
+        *pd = Pending {
+            span: s,
+            first: p as usize,
+            last: p as usize,
+            count: 1,
+            limit: (PENDING_BYTES / s.elem_size.load(Ordering::Relaxed).max(1)).clamp(8, 128),
+        };
+    }
+
+    /// Pushes class `i`'s pending remote chain, if any.
+    fn push_pending(&mut self, i: usize) {
+        let Some(pd) = self.pending.get_mut(i) else {
+            return;
+        };
+        if pd.count == 0 {
+            return;
+        }
+        let Pending {
+            span, first, last, ..
+        } = *pd;
+        let count = core::mem::take(&mut pd.count);
+        pd.span = null_mut();
+        let s = sp(span);
+        // SAFETY: the chain links `count` distinct slots of `s` freed by this thread, each once
+        // (they stayed counted live in `s`, so `s` is still the span they belong to).
+        unsafe { s.push_remote_chain(first as *mut u8, last as *mut u8, count) };
+        // SeqCst: the freer half of the handshake in mcentral's docs.
+        if s.owner.load(Ordering::SeqCst) == OWNER_DETACHED {
+            mcentral::reclaim_detached(s);
+        }
+    }
+
+    /// Pushes every pending remote chain.
+    fn push_all_pending(&mut self) {
+        for i in 0..NUM_SPAN_CLASSES {
+            self.push_pending(i);
+        }
     }
 
     /// Adds class `i`'s batched counters to the global ones.
@@ -328,9 +502,15 @@ impl MCache {
 
     /// Releases every span (thread exit).
     fn release_all(&mut self) {
+        self.push_all_pending();
         for i in 0..NUM_SPAN_CLASSES {
-            self.flush_class(i);
             let cur = sp(self.alloc[i]);
+            if !core::ptr::eq(cur, &EMPTY) {
+                // SAFETY: we own our current span.
+                let listed = unsafe { cur.local_len() };
+                self.leave_current(i, cur, listed);
+            }
+            self.flush_class(i);
             if !core::ptr::eq(cur, &EMPTY) {
                 self.alloc[i] = &raw const EMPTY;
                 cur.last_owner.store(0, Ordering::Relaxed);
@@ -365,6 +545,7 @@ thread_local! {
 }
 
 /// Id of a cache whose thread is exiting: matches no `owner` word; its refills go to [`GLOBAL`].
+/// Live thread caches have ids in `FIRST_CACHE_ID..DEAD_ID`.
 const DEAD_ID: usize = usize::MAX - 1;
 
 /// The thread-exit hook of [`CACHE`].
@@ -397,23 +578,66 @@ pub(crate) fn alloc_small(spc: u8) -> *mut u8 {
     with_cache(|c| c.alloc(spc))
 }
 
-/// Frees block `p` of span `s` (found through the arena index): onto the local list when this
-/// thread's cache owns `s` (the fast path: one compare and branch), else the slow paths (adopt,
-/// remote free, large object).
-///
-/// # Safety
-/// `p` must be a live block start of the span `s`, freed once.
-#[inline(always)]
-pub(crate) unsafe fn free(s: &'static Span, p: *mut u8) {
-    with_cache(|c| {
+impl MCache {
+    /// A free whose arena is not the remembered one: finds the span through the arena index,
+    /// remembers `p`'s arena for the next free, and frees. Aborts when `p` is not in the goro
+    /// heap.
+    ///
+    /// # Safety
+    /// As [`free`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_new_arena(&mut self, p: *mut u8) {
+        let Some(m) = arena::meta_of(p as usize) else {
+            crate::throw("free of a pointer that is not in the goro heap");
+        };
+        self.arena_key = p as usize >> ARENA_SHIFT;
+        self.arena = m;
+        let s = m.span_at(p as usize);
+        if s.is_null() {
+            crate::throw("free of a pointer that is not in the goro heap");
+        }
+        // SAFETY: span metadata is never unmapped; caller's contract for `p`.
+        unsafe { self.free_in(&*s, p) }
+    }
+
+    /// Frees `p`, a live block of `s`: onto the local list when this cache owns `s` (one
+    /// compare and branch), else the slow paths (adopt, remote free, large object).
+    ///
+    /// # Safety
+    /// As [`free`], and `s` is the span recorded for `p`'s page.
+    #[inline(always)]
+    unsafe fn free_in(&mut self, s: &'static Span, p: *mut u8) {
         // Only this cache moves a span out of its ownership, so reading our id means we own it.
-        if s.owner.load(Ordering::Relaxed) == c.id {
+        if s.owner.load(Ordering::Relaxed) == self.id {
             // SAFETY: we own `s`; `p` is a live slot of it (caller).
-            unsafe { c.free_owned(s, p) };
+            unsafe { self.free_owned(s, p) }
         } else {
             // SAFETY: caller's contract.
-            unsafe { c.free_slow(s, p) };
+            unsafe { self.free_slow(s, p) }
         }
+    }
+}
+
+/// Frees block `p`: finds its span through the arena index (the cache remembers the arena of
+/// the previous free, so this is usually a compare and one load from that arena's page map; a
+/// miss is a tail call, so the hot path saves no registers), then `MCache::free_in`.
+///
+/// # Safety
+/// `p` must be a live block start returned by this allocator, freed once.
+#[inline(always)]
+pub(crate) unsafe fn free(p: *mut u8) {
+    with_cache(|c| {
+        if p as usize >> ARENA_SHIFT == c.arena_key {
+            // SAFETY: `arena` is the never-unmapped metadata of arena `arena_key`.
+            let s = unsafe { &*c.arena }.span_at(p as usize);
+            if !s.is_null() {
+                // SAFETY: span metadata is never unmapped; caller's contract for `p`.
+                return unsafe { c.free_in(&*s, p) };
+            }
+        }
+        // SAFETY: caller's contract.
+        unsafe { c.free_new_arena(p) }
     })
 }
 
@@ -449,8 +673,19 @@ unsafe fn free_remote(s: &'static Span, p: *mut u8) {
 /// Flushes this thread's batched counters (so that `stats()` right after is exact for it).
 pub(crate) fn flush_local_stats() {
     with_cache(|c| {
+        c.push_all_pending();
         for i in 0..NUM_SPAN_CLASSES {
+            // What is still on the current span's list was counted but not allocated yet.
+            let cur = sp(c.alloc[i]);
+            if !core::ptr::eq(cur, &EMPTY) {
+                c.count_current_frees(i, cur);
+            }
+            // SAFETY: we own our current span (EMPTY's list is empty).
+            let listed = unsafe { cur.local_len() } as u64;
+            let m = c.mallocs[i];
+            c.mallocs[i] = m.saturating_sub(listed);
             c.flush_class(i);
+            c.mallocs[i] = m.min(listed);
         }
     });
 }
@@ -458,6 +693,7 @@ pub(crate) fn flush_local_stats() {
 /// Gives this thread's cached empty spans back to the page heap (`release_memory`).
 pub(crate) fn release_local_empties() {
     with_cache(|c| {
+        c.push_all_pending();
         for i in 0..NUM_SPAN_CLASSES {
             let mut p = c.partial[i].0;
             while !p.is_null() {

@@ -6,7 +6,12 @@
 //! small for one more object) at or below 1/8 of the span. Go picked the pages while the class still
 //! had a slightly smaller size and then grew the size to fill the span, which is why a few classes
 //! (e.g. 3072 B on 3 pages) use more pages than the smallest count meeting the 1/8 rule; we keep Go's
-//! numbers verbatim and the tests check the 1/8 bound for every class.
+//! numbers verbatim and the tests check the 1/8 bound for every class. A span is then a whole
+//! multiple of Go's (up to 16 KiB and 1024 objects, see [`SizeClass::pages`]): fewer span switches
+//! for the caches, the same waste ratio.
+//!
+//! The allocation fast path skips both tables: one 256-entry table maps `(size + 7) / 8` straight
+//! to the span class for sizes up to 2040 B ([`SizeClass::small_spc`]).
 //!
 //! Lookup is Go's two-table scheme, both tables built by `const fn` at compile time:
 //!
@@ -41,6 +46,34 @@ const CLASS_TO_PAGES: [u8; NUM_SIZE_CLASSES] = [
     3, 10, 7, 4,
 ];
 
+/// Bytes a span of a small class is grown to, in whole multiples of Go's span
+/// ([`CLASS_TO_PAGES`]), as long as it holds at most 1024 objects.
+///
+/// Go's spans are mostly one 8 KiB page; a cache then switches spans every few dozen allocations
+/// of a mid-size class, and each switch costs a detach (SeqCst) and, later, an adoption (CAS)
+/// plus a few cache misses on span metadata. mimalloc's small pages are 64 KiB. A multiple of
+/// Go's span keeps Go's bound on tail waste (waste / span is unchanged) and Go's `divMagic`
+/// stays exact (every offset times every size stays below 2^32).
+const SPAN_TARGET_BYTES: usize = 16 << 10;
+
+/// Pages per span of each class: Go's count times the largest factor that keeps the span within
+/// [`SPAN_TARGET_BYTES`] and at most 1024 objects (factor 1 when Go's span is already larger).
+const SPAN_PAGES: [u8; NUM_SIZE_CLASSES] = {
+    let mut t = [0u8; NUM_SIZE_CLASSES];
+    let mut c = 1;
+    while c < NUM_SIZE_CLASSES {
+        let go = CLASS_TO_PAGES[c] as usize;
+        let size = CLASS_TO_SIZE[c] as usize;
+        let mut k = 1;
+        while go * (k + 1) * 8192 <= SPAN_TARGET_BYTES && go * (k + 1) * 8192 / size <= 1024 {
+            k += 1;
+        }
+        t[c] = (go * k) as u8;
+        c += 1;
+    }
+    t
+};
+
 const SMALL_SIZE_DIV: usize = 8;
 /// Largest size of the fast lookup table (`SizeClass::for_small_size`).
 pub(crate) const SMALL_SIZE_MAX: usize = 1024;
@@ -58,17 +91,22 @@ const fn first_class_at_least(size: usize) -> u8 {
     0
 }
 
-/// [`SIZE_TO_CLASS8`] padded to 256 entries, so that a `u8` index needs no bounds check.
-static SIZE_TO_CLASS8_FAST: [u8; 256] = {
-    let small = build_class8();
+/// The allocation fast path's table: entry `i` is the Malloc span class (`class * 2`) of the
+/// smallest size class holding `8 * i` bytes, for every `i < 256` (sizes up to 2040 bytes). A `u8`
+/// index needs no bounds check, and the span class needs no arithmetic.
+static SIZE8_TO_SPC: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut i = 0;
-    while i < small.len() {
-        t[i] = small[i];
+    while i < 256 {
+        t[i] = first_class_at_least(if i == 0 { 1 } else { i * SMALL_SIZE_DIV }) * 2;
         i += 1;
     }
     t
 };
+
+/// Sizes the fast path's table covers: `(size + 7) / 8 < 256`.
+#[cfg(test)]
+pub(crate) const FAST_SIZE_MAX: usize = 255 * SMALL_SIZE_DIV;
 
 const fn build_class8() -> [u8; SMALL_SIZE_MAX / SMALL_SIZE_DIV + 1] {
     let mut t = [0u8; SMALL_SIZE_MAX / SMALL_SIZE_DIV + 1];
@@ -161,12 +199,12 @@ impl SizeClass {
         if d == 0 { None } else { Some(SizeClass(d)) }
     }
 
-    /// The class for `size <= SMALL_SIZE_MAX` bytes: one table load, no branch (the allocation
-    /// fast path). A larger `size` gives a wrong class, so callers check first.
+    /// The Malloc span class (`class * 2`) for a request of `8 * idx - 7 ..= 8 * idx` bytes
+    /// (`idx = (size + 7) / 8`): one table load, no branch, no bounds check (the allocation fast
+    /// path).
     #[inline(always)]
-    pub(crate) fn for_small_size(size: usize) -> SizeClass {
-        debug_assert!(size <= SMALL_SIZE_MAX, "for_small_size({size})");
-        SizeClass(SIZE_TO_CLASS8_FAST[(size.wrapping_add(7) >> 3) as u8 as usize])
+    pub(crate) fn small_spc(idx: u8) -> u8 {
+        SIZE8_TO_SPC[idx as usize]
     }
 
     /// The class with index `i` (`1..NUM_SIZE_CLASSES`), if valid.
@@ -191,10 +229,11 @@ impl SizeClass {
         CLASS_TO_SIZE[self.0 as usize] as usize
     }
 
-    /// 8 KiB pages per span of this class.
+    /// 8 KiB pages per span of this class: Go's count, times the largest factor keeping the span
+    /// within 16 KiB and 1024 objects.
     #[inline]
     pub const fn pages(self) -> usize {
-        CLASS_TO_PAGES[self.0 as usize] as usize
+        SPAN_PAGES[self.0 as usize] as usize
     }
 
     /// Objects in one span (at most 1024).
@@ -217,6 +256,33 @@ mod tests {
 
     fn all() -> impl Iterator<Item = SizeClass> {
         (1..NUM_SIZE_CLASSES).map(|i| SizeClass::from_index(i).unwrap())
+    }
+
+    #[test]
+    fn fast_table_matches_for_size() {
+        for size in 1..=FAST_SIZE_MAX {
+            let idx = (size + 7) >> 3;
+            assert!(idx < 256);
+            let c = SizeClass::for_size(size).unwrap();
+            assert_eq!(
+                SizeClass::small_spc(idx as u8) as usize,
+                c.index() * 2,
+                "size {size}"
+            );
+        }
+        const { assert!((FAST_SIZE_MAX + 8 + 7) >> 3 >= 256) };
+    }
+
+    #[test]
+    fn spans_are_multiples_of_go_spans() {
+        for c in all() {
+            let go = CLASS_TO_PAGES[c.index()] as usize;
+            assert_eq!(c.pages() % go, 0, "{c:?}");
+            assert!(
+                c.pages() == go || c.pages() * PAGE_SIZE <= SPAN_TARGET_BYTES,
+                "{c:?}"
+            );
+        }
     }
 
     #[test]

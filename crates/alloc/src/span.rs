@@ -62,6 +62,9 @@ pub(crate) const GLOBAL_CACHE_ID: usize = 3;
 /// First id handed to a thread cache.
 pub(crate) const FIRST_CACHE_ID: usize = 16;
 
+/// `allocated` of a cache's current span when it became current (see `Span::allocated`).
+pub(crate) const CURRENT_BIAS: usize = 1 << 40;
+
 /// `cache_list`: on the owning cache's partial list.
 pub(crate) const IN_PARTIAL: u8 = 1;
 
@@ -82,11 +85,28 @@ impl<T> core::ops::Deref for CacheLine<T> {
 
 /// Span metadata. Lives in the span allocator (`mheap`), never unmapped, recycled.
 ///
-/// Layout (`repr(C)`): geometry and `owner` (read by every freer) first; `remote` (the CAS
-/// target of cross-thread frees) alone on its cache line; then the owner-only allocation state,
-/// so that a producer popping slots and a consumer pushing remote frees do not share a line.
+/// Layout (`repr(C)`, 64-byte aligned), three cache lines: (1) what every freer reads and only
+/// the heap lock or an ownership change writes (`owner`, `spc`, the geometry `find_block`
+/// reads); (2) what the owner writes on every allocation and local free (`free_head`,
+/// `allocated`, `bump`, the partial-FIFO links); (3) `remote`, the CAS target of cross-thread
+/// frees, alone. A thread freeing into a span another thread is allocating from thus reads
+/// line 1 without bouncing line 2.
 #[repr(C)]
 pub(crate) struct Span {
+    /// Ownership word, see the module docs and `mcentral`.
+    pub(crate) owner: AtomicUsize,
+    /// The cache id that last owned the span before detaching it (written by that owner before
+    /// its SeqCst store of `OWNER_DETACHED`, read Relaxed by frees as a hint: see
+    /// `mcache::adopt`; correctness rests on the `owner` CAS alone).
+    pub(crate) last_owner: AtomicUsize,
+    /// `SizeClass::div_magic` of a small span. Heap lock.
+    pub(crate) div_magic: AtomicU32,
+    /// `STATE_*`. Heap lock; Release on publish, Acquire in readers.
+    pub(crate) state: AtomicU8,
+    /// Span class (`size_class * 2 + kind`); kind bit also meaningful for large spans.
+    pub(crate) spc: AtomicU8,
+    /// Owner-only: whether the span is on its cache's partial list ([`IN_PARTIAL`]).
+    pub(crate) cache_list: AtomicU8,
     /// First page address. Heap lock.
     pub(crate) start: AtomicUsize,
     /// Pages in the span. Heap lock.
@@ -97,42 +117,33 @@ pub(crate) struct Span {
     pub(crate) elem_size: AtomicUsize,
     /// Slot count. Heap lock.
     pub(crate) nelems: AtomicUsize,
-    /// `SizeClass::div_magic` of a small span. Heap lock.
-    pub(crate) div_magic: AtomicU32,
-    /// `STATE_*`. Heap lock; Release on publish, Acquire in readers.
-    pub(crate) state: AtomicU8,
-    /// Span class (`size_class * 2 + kind`); kind bit also meaningful for large spans.
-    pub(crate) spc: AtomicU8,
-    /// Intrusive links: page-heap free lists and metadata free list (heap lock), central lists
-    /// (central lock).
-    pub(crate) next: AtomicPtr<Span>,
-    /// Back link for the page-heap free lists (heap lock).
-    pub(crate) prev: AtomicPtr<Span>,
-    /// Ownership word, see the module docs and `mcentral`.
-    pub(crate) owner: AtomicUsize,
-    /// Remote-free stack: head slot address in the low 48 bits, number of slots on the stack in
-    /// the high 16 (see [`REMOTE_COUNT_SHIFT`]); 0 = empty.
-    pub(crate) remote: CacheLine<AtomicUsize>,
     /// Owner-only local free list head (slot address, 0 = empty).
     pub(crate) free_head: AtomicUsize,
+    /// Owner-only: slots handed out and not yet seen freed by the owner. While the span is a
+    /// cache's *current* span (whose pops are not counted) it is [`CURRENT_BIAS`] minus the
+    /// owner's frees into it, so that the free path needs no "current?" test and never sees 0;
+    /// set by [`Span::settle_allocated`] when the span stops being current.
+    pub(crate) allocated: AtomicUsize,
     /// Owner-only: slots `[bump, nelems)` were never handed out.
     pub(crate) bump: AtomicUsize,
-    /// Owner-only: slots handed out and not yet seen freed by the owner.
-    pub(crate) allocated: AtomicUsize,
-    /// The cache id that last owned the span before detaching it (written by that owner before
-    /// its SeqCst store of `OWNER_DETACHED`, read Relaxed by frees as a hint: see
-    /// `mcache::adopt`; correctness rests on the `owner` CAS alone).
-    pub(crate) last_owner: AtomicUsize,
-    /// Owner-only: whether the span is on its cache's partial list ([`IN_PARTIAL`]).
-    pub(crate) cache_list: AtomicU8,
+    /// Intrusive links: page-heap free lists and metadata free list (heap lock), central lists
+    /// (central lock), a cache's partial FIFO (owner).
+    pub(crate) next: AtomicPtr<Span>,
+    /// Back link for the page-heap free lists (heap lock) and a cache's partial FIFO.
+    pub(crate) prev: AtomicPtr<Span>,
     /// Free runs only (heap lock): bytes of the run returned to the OS and counted in
     /// `stats::HEAP_RELEASED` (the whole run once the scavenger has passed).
     pub(crate) released: AtomicUsize,
     /// Free runs only (heap lock): the scavenger tick at which the run became free.
     pub(crate) free_since: AtomicUsize,
+    /// Remote-free stack: head slot address in the low 48 bits, number of slots on the stack in
+    /// the high 16 (see [`REMOTE_COUNT_SHIFT`]); 0 = empty.
+    pub(crate) remote: CacheLine<AtomicUsize>,
     /// Mark bits, one per slot.
     pub(crate) marks: [AtomicU64; MARK_WORDS],
 }
+
+const _: () = assert!(core::mem::offset_of!(Span, free_head) == 64);
 
 impl Span {
     /// A span with nothing to give: every cache's "no current span" (its free list is empty, so
@@ -233,9 +244,10 @@ impl Span {
         self.clear_marks();
     }
 
-    /// Pops a slot off the owner's local free list; null when it is empty. The fast path:
-    /// about 6 instructions and one branch (load head, test, load link, store head, bump
-    /// `allocated`).
+    /// Pops a slot off the owner's local free list; null when it is empty. The fast path: four
+    /// instructions and one branch (load head, test, load link, store head). It counts nothing:
+    /// `allocated` of a cache's current span is settled when the span stops being current
+    /// (see [`Span::settle_allocated`]).
     ///
     /// # Safety
     /// May be called only by the span's owner (see the module docs).
@@ -249,11 +261,33 @@ impl Span {
         // link, written by the owner or published by the remote stack's Acquire swap.
         let next = unsafe { (head as *const usize).read() };
         self.free_head.store(next, Ordering::Relaxed);
-        self.allocated.store(
-            self.allocated.load(Ordering::Relaxed) + 1,
-            Ordering::Relaxed,
-        );
         head as *mut u8
+    }
+
+    /// Owner: the number of slots on the local free list (a walk; only when a current span with
+    /// a non-empty list is given up or counted: thread exit, `stats()`).
+    ///
+    /// # Safety
+    /// May be called only by the owner.
+    pub(crate) unsafe fn local_len(&self) -> usize {
+        let mut n = 0;
+        let mut p = self.free_head.load(Ordering::Relaxed);
+        while p != 0 && n < MAX_OBJECTS {
+            n += 1;
+            // SAFETY: every node of the owner's list is a free slot of this span whose word 0
+            // is the link (the list ends with 0).
+            p = unsafe { (p as *const usize).read() };
+        }
+        n
+    }
+
+    /// Owner: makes `allocated` exact for a span that stops being a cache's current span (whose
+    /// pops and frees are not counted): every slot below `bump` is live except the `listed` ones
+    /// on the local list (remote frees not collected yet count as live, as everywhere).
+    pub(crate) fn settle_allocated(&self, listed: usize) {
+        let b = self.bump.load(Ordering::Relaxed);
+        self.allocated
+            .store(b.saturating_sub(listed), Ordering::Relaxed);
     }
 
     /// Owner: threads up to 4 KiB worth (at least one) of never-used slots onto the local free
@@ -290,7 +324,7 @@ impl Span {
             || self.bump.load(Ordering::Relaxed) < self.nelems.load(Ordering::Relaxed)
     }
 
-    /// Owner free: pushes `p` on the local free list.
+    /// Owner free: pushes `p` on the local free list (the caller keeps `allocated`).
     ///
     /// # Safety
     /// May be called only by the owner, with `p` an allocated slot start of this span.
@@ -299,10 +333,6 @@ impl Span {
         // SAFETY: the slot is ours now (being freed); word 0 becomes the link.
         unsafe { (p as *mut usize).write(self.free_head.load(Ordering::Relaxed)) };
         self.free_head.store(p as usize, Ordering::Relaxed);
-        self.allocated.store(
-            self.allocated.load(Ordering::Relaxed) - 1,
-            Ordering::Relaxed,
-        );
     }
 
     /// Any-thread free: pushes `p` on the remote-free stack (lock-free).
@@ -347,11 +377,28 @@ impl Span {
         }
     }
 
-    /// Owner: moves the remote-free stack onto the local free list. Returns how many slots moved.
+    /// Owner of a span that is not a cache's current span: moves the remote-free stack onto the
+    /// local free list and takes the slots off `allocated`. Returns how many slots moved.
     ///
     /// # Safety
     /// May be called only by the owner.
     pub(crate) unsafe fn collect_remote(&self) -> usize {
+        // SAFETY: caller's contract.
+        let n = unsafe { self.take_remote() };
+        if n > 0 {
+            let a = self.allocated.load(Ordering::Relaxed);
+            self.allocated.store(a.saturating_sub(n), Ordering::Relaxed);
+        }
+        n
+    }
+
+    /// Owner: moves the remote-free stack onto the local free list, leaving `allocated` alone
+    /// (for a cache's current span, whose slots on the list count as lent). Returns how many
+    /// slots moved.
+    ///
+    /// # Safety
+    /// May be called only by the owner.
+    pub(crate) unsafe fn take_remote(&self) -> usize {
         if self.remote.load(Ordering::Relaxed) == 0 {
             return 0;
         }
@@ -380,8 +427,6 @@ impl Span {
             unsafe { (last as *mut usize).write(local) };
         }
         self.free_head.store(list, Ordering::Relaxed);
-        let a = self.allocated.load(Ordering::Relaxed);
-        self.allocated.store(a.saturating_sub(n), Ordering::Relaxed);
         n
     }
 

@@ -190,6 +190,35 @@ fn zeroed_is_zero() {
 }
 
 #[test]
+fn batched_remote_frees_are_pushed_at_thread_exit() {
+    const N: usize = 2000;
+    let ptrs: Vec<usize> = (0..N).map(|_| a(48, 8) as usize).collect();
+    let set: HashSet<usize> = ptrs.iter().copied().collect();
+    let before = crate::stats();
+    std::thread::spawn(move || {
+        // Allocate first: the thread gets a cache id, so its remote frees are batched (and
+        // pushed by its exit hook).
+        let own = a(48, 8);
+        for p in ptrs {
+            d(p as *mut u8, 48, 8);
+        }
+        d(own, 48, 8);
+    })
+    .join()
+    .unwrap();
+    let after = crate::stats();
+    assert!(after.frees >= before.frees + N as u64);
+    let again: Vec<usize> = (0..N).map(|_| a(48, 8) as usize).collect();
+    assert!(
+        again.iter().any(|p| set.contains(p)),
+        "batched remote frees never reused"
+    );
+    for p in again {
+        d(p as *mut u8, 48, 8);
+    }
+}
+
+#[test]
 fn cross_thread_free_then_reuse() {
     const N: usize = 2000;
     let ptrs: Vec<usize> = (0..N).map(|_| a(48, 8) as usize).collect();

@@ -67,8 +67,17 @@ impl Drop for Obj {
     }
 }
 
+/// The tests of this file run one at a time: the leak test compares heap-wide counters, which
+/// the other tests' threads would move.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
 #[test]
 fn stress_8_threads_transfers_and_churn() {
+    let _serial = serial();
     const THREADS: usize = 8;
     let rounds = if cfg!(miri) { 1 } else { 6 };
     let transfer: Vec<std::sync::Mutex<Option<Obj>>> =
@@ -104,6 +113,7 @@ fn stress_8_threads_transfers_and_churn() {
 
 #[test]
 fn thread_churn_does_not_leak() {
+    let _serial = serial();
     let churn = |n: usize| {
         for _ in 0..n {
             std::thread::spawn(|| {
@@ -130,6 +140,7 @@ fn thread_churn_does_not_leak() {
 
 #[test]
 fn fork_in_a_multithreaded_program_does_not_deadlock() {
+    let _serial = serial();
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         for t in 0..3 {
@@ -182,6 +193,7 @@ fn fork_in_a_multithreaded_program_does_not_deadlock() {
 
 #[test]
 fn arena_index_answers_interior_pointers_while_others_allocate() {
+    let _serial = serial();
     let stop = AtomicBool::new(false);
     let checked = AtomicUsize::new(0);
     std::thread::scope(|s| {
@@ -232,6 +244,7 @@ fn arena_index_answers_interior_pointers_while_others_allocate() {
 
 #[test]
 fn overflowing_sizes_give_null() {
+    let _serial = serial();
     for size in [
         isize::MAX as usize - 4096,
         1usize << 60,
@@ -249,6 +262,7 @@ fn overflowing_sizes_give_null() {
 
 #[test]
 fn stats_count_per_class_and_release() {
+    let _serial = serial();
     let before = stats();
     let v: Vec<Box<[u8; 100]>> = (0..1000).map(|_| Box::new([0u8; 100])).collect();
     let mid = stats();
