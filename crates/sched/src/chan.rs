@@ -469,52 +469,40 @@ impl<T: Send> Receiver<T> {
     }
 }
 
+/// What both ends can tell about their channel.
+macro_rules! channel_queries {
+    ($end:ident) => {
+        impl<T> $end<T> {
+            /// Values buffered now (Go's `len(ch)`).
+            pub fn len(&self) -> usize {
+                self.chan.locked().buffer.len()
+            }
+
+            /// Whether nothing is buffered.
+            pub fn is_empty(&self) -> bool {
+                self.len() == 0
+            }
+
+            /// The buffer's capacity (Go's `cap(ch)`).
+            pub fn capacity(&self) -> usize {
+                self.chan.cap
+            }
+
+            /// Whether the channel is closed.
+            pub fn is_closed(&self) -> bool {
+                self.chan.locked().closed
+            }
+        }
+    };
+}
+
+channel_queries!(Sender);
+channel_queries!(Receiver);
+
 impl<T> Sender<T> {
-    /// Values buffered now (Go's `len(ch)`).
-    pub fn len(&self) -> usize {
-        self.chan.locked().buffer.len()
-    }
-
-    /// Whether nothing is buffered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The buffer's capacity (Go's `cap(ch)`).
-    pub fn capacity(&self) -> usize {
-        self.chan.cap
-    }
-
-    /// Whether the channel is closed.
-    pub fn is_closed(&self) -> bool {
-        self.chan.locked().closed
-    }
-
     /// Whether any `Receiver` of the channel is still alive.
     pub fn has_receivers(&self) -> bool {
         self.chan.locked().receivers > 0
-    }
-}
-
-impl<T> Receiver<T> {
-    /// Values buffered now (Go's `len(ch)`).
-    pub fn len(&self) -> usize {
-        self.chan.locked().buffer.len()
-    }
-
-    /// Whether nothing is buffered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The buffer's capacity (Go's `cap(ch)`).
-    pub fn capacity(&self) -> usize {
-        self.chan.cap
-    }
-
-    /// Whether the channel is closed.
-    pub fn is_closed(&self) -> bool {
-        self.chan.locked().closed
     }
 }
 

@@ -692,13 +692,7 @@ fn idle_without_p(m: &M) {
         || (!lock(&sched.pidle).free.is_empty() && runnable_anywhere(sched))
         || sched.shutdown.load(Ordering::Acquire);
     if !work {
-        match sched.next_deadline() {
-            Some(deadline) => {
-                m.parker
-                    .park_timeout(deadline.saturating_duration_since(Instant::now()));
-            }
-            None => m.parker.park(),
-        }
+        sleep_until_work_or_timer(m);
     }
     m.idle.store(false, Ordering::SeqCst);
 }
@@ -740,6 +734,16 @@ fn spin(m: &M) -> Option<GRef> {
     // waker sees no spinner and unparks an idle M.
     std::sync::atomic::fence(Ordering::SeqCst);
     found
+}
+
+/// Sleeps `m` until it is woken, or until the earliest timer of any P is due.
+fn sleep_until_work_or_timer(m: &M) {
+    match m.sched().next_deadline() {
+        Some(deadline) => m
+            .parker
+            .park_timeout(deadline.saturating_duration_since(Instant::now())),
+        None => m.parker.park(),
+    }
 }
 
 /// Whether any never-run goroutine waits in a P's queue or the global queue.
@@ -799,13 +803,7 @@ fn find_runnable(m: &M) -> Option<GRef> {
         }
         // Give the P up while asleep, so that an M with bound goroutines can run them.
         release_p(m);
-        match sched.next_deadline() {
-            Some(deadline) => {
-                m.parker
-                    .park_timeout(deadline.saturating_duration_since(Instant::now()));
-            }
-            None => m.parker.park(),
-        }
+        sleep_until_work_or_timer(m);
         m.idle.store(false, Ordering::SeqCst);
         return None;
     }

@@ -1,29 +1,12 @@
 //! Channel semantics: rendezvous, FIFO buffering, close, panics with Go's messages.
 
+mod common;
+
+use common::*;
+
 use goro_sched::chan::{TryRecvError, TrySendError, channel};
-use goro_sched::{Config, go, run, yield_now};
+use goro_sched::{go, yield_now};
 use std::sync::{Arc, Mutex};
-
-fn on<R: Send + 'static>(procs: usize, f: impl FnOnce() -> R + Send + 'static) -> R {
-    run(
-        Config {
-            procs,
-            stack_size: 1 << 20,
-            ..Config::default()
-        },
-        f,
-    )
-    .into_result()
-    .unwrap()
-}
-
-fn message(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap()
-}
 
 #[test]
 fn unbuffered_send_waits_for_a_receiver() {

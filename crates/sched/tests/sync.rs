@@ -1,23 +1,14 @@
 //! `Mutex`, `RwLock`, `Once`: exclusion, fairness under contention, parking instead of blocking.
 
+mod common;
+
+use common::*;
+
 use goro_sched::sync::{Mutex, Once, RwLock, WaitGroup};
-use goro_sched::{Config, go, run, sleep, yield_now};
+use goro_sched::{go, sleep, yield_now};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-
-fn on<R: Send + 'static>(procs: usize, f: impl FnOnce() -> R + Send + 'static) -> R {
-    run(
-        Config {
-            procs,
-            stack_size: 1 << 20,
-            ..Config::default()
-        },
-        f,
-    )
-    .into_result()
-    .unwrap()
-}
 
 #[test]
 fn mutex_excludes_and_parks_goroutines() {

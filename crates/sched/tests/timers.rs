@@ -1,21 +1,12 @@
 //! Timers: sleep, after, tick.
 
-use goro_sched::{Config, go, run, sleep};
+mod common;
+
+use common::*;
+
+use goro_sched::{go, sleep};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn on<R: Send + 'static>(procs: usize, f: impl FnOnce() -> R + Send + 'static) -> R {
-    run(
-        Config {
-            procs,
-            stack_size: 1 << 20,
-            ..Config::default()
-        },
-        f,
-    )
-    .into_result()
-    .unwrap()
-}
 
 #[test]
 fn sleep_waits_at_least_its_duration_and_frees_the_proc() {
