@@ -206,6 +206,18 @@ unsafe impl Sync for P {}
 /// Stacks a P keeps before it returns half of them to goro-stack's global pool.
 const STACK_CACHE_MAX: usize = 64;
 
+/// A value alone on its cache lines (two, against the adjacent-line prefetcher): counters that
+/// every spawn or enqueue writes must not share a line with the flags every schedule reads.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// One runtime's scheduler state. Leaked when the runtime ends, because wakers on threads goro
 /// does not own may still hold pointers to its Gs (and ignore them, seeing `shutdown`).
 pub(crate) struct Sched {
@@ -216,8 +228,8 @@ pub(crate) struct Sched {
     global: Mutex<VecDeque<GRef>>,
     /// Every G not yet exited; the collector's root set.
     allg: Box<[Mutex<Vec<GRef>>]>,
-    live: AtomicUsize,
-    next_id: AtomicU64,
+    live: Padded<AtomicUsize>,
+    next_id: Padded<AtomicU64>,
     /// Set when the main goroutine returns: every M leaves its loop.
     pub(crate) shutdown: AtomicBool,
     /// The stop-the-world flag and its lock (see `stw`).
@@ -236,10 +248,10 @@ pub(crate) struct Sched {
     /// Threads of the Ms started after `run` began.
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Stamps queue entries with one FIFO order (see `pop_local`).
-    enqueued: AtomicU64,
+    enqueued: Padded<AtomicU64>,
     /// Ms spinning for work before they sleep (Go's `nmspinning`); wakers skip the futex while
     /// one spins.
-    spinning: AtomicUsize,
+    spinning: Padded<AtomicUsize>,
 }
 
 /// The idle-P list and the Ms waiting for a P.
@@ -486,8 +498,8 @@ where
         config,
         global: Mutex::new(VecDeque::new()),
         allg: (0..nps).map(|_| Mutex::new(Vec::new())).collect(),
-        live: AtomicUsize::new(0),
-        next_id: AtomicU64::new(1),
+        live: Padded(AtomicUsize::new(0)),
+        next_id: Padded(AtomicU64::new(1)),
         shutdown: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
         stw_lock: Mutex::new(()),
@@ -498,8 +510,8 @@ where
         started: AtomicUsize::new(procs),
         pidle: Mutex::new(PIdle::default()),
         threads: Mutex::new(Vec::new()),
-        enqueued: AtomicU64::new(1),
-        spinning: AtomicUsize::new(0),
+        enqueued: Padded(AtomicU64::new(1)),
+        spinning: Padded(AtomicUsize::new(0)),
     });
     // M i starts with P i.
     for (i, m) in sched.ms[..procs].iter().enumerate() {
