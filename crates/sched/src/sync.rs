@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex as StdMutex;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Waits for a collection of goroutines to finish (Go's `sync.WaitGroup`).
@@ -30,22 +30,19 @@ use std::time::{Duration, Instant};
 /// wg.wait();
 /// ```
 pub struct WaitGroup {
-    state: StdMutex<WaitState>,
-}
-
-struct WaitState {
-    counter: i64,
-    waiters: Vec<Waiter>,
+    /// The counter. Changed without a lock; only a change to zero takes `waiters`' lock.
+    counter: AtomicI64,
+    /// Goroutines (or threads) in `wait`. A waiter reads the counter under this lock, and a
+    /// change to zero takes it before waking, so no wake-up falls between the two.
+    waiters: StdMutex<Vec<Waiter>>,
 }
 
 impl WaitGroup {
     /// A wait group with a zero counter.
     pub const fn new() -> WaitGroup {
         WaitGroup {
-            state: StdMutex::new(WaitState {
-                counter: 0,
-                waiters: Vec::new(),
-            }),
+            counter: AtomicI64::new(0),
+            waiters: StdMutex::new(Vec::new()),
         }
     }
 
@@ -54,21 +51,17 @@ impl WaitGroup {
     /// # Panics
     /// Panics with Go's message "sync: negative WaitGroup counter" if the counter drops below 0.
     pub fn add(&self, delta: i64) {
-        let waiters = {
-            let mut state = lock(&self.state);
-            state.counter += delta;
-            if state.counter < 0 {
-                state.counter -= delta;
-                drop(state);
-                panic!("sync: negative WaitGroup counter");
+        // SeqCst: the counter's changes and `wait`'s read under the lock form one order.
+        let now = self.counter.fetch_add(delta, Ordering::SeqCst) + delta;
+        if now < 0 {
+            self.counter.fetch_sub(delta, Ordering::SeqCst);
+            panic!("sync: negative WaitGroup counter");
+        }
+        if now == 0 && delta != 0 {
+            let waiters = std::mem::take(&mut *lock(&self.waiters));
+            for waiter in waiters {
+                waiter.wake();
             }
-            if state.counter > 0 {
-                return;
-            }
-            std::mem::take(&mut state.waiters)
-        };
-        for waiter in waiters {
-            waiter.wake();
         }
     }
 
@@ -81,22 +74,27 @@ impl WaitGroup {
     pub fn wait(&self) {
         stw::safe_point();
         loop {
-            let mut state = lock(&self.state);
-            if state.counter == 0 {
+            if self.counter.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            let mut waiters = lock(&self.waiters);
+            // Re-read under the lock: a change to zero after this read takes the lock after us
+            // and finds us queued.
+            if self.counter.load(Ordering::SeqCst) == 0 {
                 return;
             }
             let waiter = Waiter::current();
             let parker = waiter.thread_parker();
-            state.waiters.push(waiter);
-            park(state, parker);
-            // Re-check: a thread parker may wake spuriously, and the counter may have been raised
-            // again before we ran (Go's WaitGroup forbids reuse before Wait returns; we tolerate it).
+            waiters.push(waiter);
+            park(waiters, parker);
+            // Re-check: the counter may have been raised again before we ran (Go's WaitGroup
+            // forbids reuse before Wait returns; we tolerate it).
         }
     }
 
     /// The counter now.
     pub fn count(&self) -> i64 {
-        lock(&self.state).counter
+        self.counter.load(Ordering::SeqCst)
     }
 }
 
