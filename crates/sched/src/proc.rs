@@ -667,6 +667,11 @@ fn release_p(m: &M) {
     }
     let mut idle = lock(&sched.pidle);
     if p >= sched.gomaxprocs() {
+        // A disabled P: nobody will hold it again until GOMAXPROCS rises, so its never-run
+        // goroutines move to the global queue (we still own its ring: it is in no list).
+        while let Some(g) = sched.ps[p].runq.pop() {
+            lock(&sched.global).push_back(g);
+        }
         sched.ps[p].held.store(false, Ordering::Relaxed);
         return;
     }
@@ -682,13 +687,11 @@ fn release_p(m: &M) {
     idle.free.push(p);
 }
 
-/// `m` holds a P above GOMAXPROCS: move its never-run goroutines to the global queue and give
-/// it up.
+/// `m` holds a P above GOMAXPROCS: give it up (its never-run goroutines go to the global queue,
+/// see `release_p`) and wake an M to run them.
 fn disable_p(m: &M, p: usize) {
+    debug_assert_eq!(m.p(), p);
     let sched = m.sched();
-    while let Some(g) = sched.ps[p].runq.pop() {
-        lock(&sched.global).push_back(g);
-    }
     release_p(m);
     wake_idle(sched, Some(m.id));
 }
