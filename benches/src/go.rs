@@ -4,6 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Whether a Go toolchain is installed (the suite skips the `go` rows otherwise).
+pub fn available() -> bool {
+    go_binary().is_some()
+}
+
 /// Where a Go toolchain is: `go` on PATH, else Debian's golang-1.19-go location.
 fn go_binary() -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH").and_then(|paths| {

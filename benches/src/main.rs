@@ -92,6 +92,13 @@ fn run_workload(
             ..options.clone()
         };
         for implementation in workload.implementations {
+            if *implementation == "go" && !goro_bench::go::available() {
+                eprintln!(
+                    "== {}: skipping go (no Go toolchain installed)",
+                    workload.name
+                );
+                continue;
+            }
             let label = variant.map_or(String::new(), |v| format!(" --variant {v}"));
             eprintln!("== {} {size} --impl {implementation}{label}", workload.name);
             match run_child(workload.name, size, implementation, &options) {
