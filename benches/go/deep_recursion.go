@@ -5,11 +5,9 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -24,26 +22,6 @@ func recurse(depth uint32) uint64 {
 		return frame[0]
 	}
 	return recurse(depth-1) + frame[slot]
-}
-
-func statusKiB(field string) uint64 {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	scanner := bufio.NewScanner(f)
-	for scanner.Scan() {
-		line := scanner.Text()
-		if strings.HasPrefix(line, field) {
-			words := strings.Fields(line[len(field):])
-			if len(words) > 0 {
-				v, _ := strconv.ParseUint(words[0], 10, 64)
-				return v
-			}
-		}
-	}
-	return 0
 }
 
 func main() {

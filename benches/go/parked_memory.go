@@ -3,36 +3,13 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 )
-
-// statusKiB reads a field such as "VmRSS:" from /proc/self/status, in KiB.
-func statusKiB(field string) uint64 {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	scanner := bufio.NewScanner(f)
-	for scanner.Scan() {
-		line := scanner.Text()
-		if strings.HasPrefix(line, field) {
-			words := strings.Fields(line[len(field):])
-			if len(words) > 0 {
-				v, _ := strconv.ParseUint(words[0], 10, 64)
-				return v
-			}
-		}
-	}
-	return 0
-}
 
 func main() {
 	n := 100000

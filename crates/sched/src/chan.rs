@@ -621,10 +621,36 @@ pub trait SelectCase {
     fn finish(&mut self);
 }
 
+/// The channel half of a `SelectCase` impl, the same for both kinds of case (each has a
+/// `chan: &Chan<T>` field).
+/// `&mut State<T>` of a case's channel, inside a `*_locked` method (the lock is held).
+macro_rules! locked_state {
+    ($case:expr) => {
+        // SAFETY: only `*_locked` methods use this, and they run with the channel lock held;
+        // the borrow ends within the statement.
+        unsafe { &mut *$case.chan.state.get() }
+    };
+}
+
+macro_rules! case_channel_plumbing {
+    () => {
+        fn chan_addr(&self) -> usize {
+            std::ptr::from_ref(self.chan) as usize
+        }
+        fn lock(&self) {
+            self.chan.lock.lock();
+        }
+        unsafe fn unlock(&self) {
+            // SAFETY: caller's contract: we took the lock in `lock`.
+            unsafe { self.chan.lock.unlock() }
+        }
+    };
+}
+
 /// A `recv(rx) -> v` case: `v` is `Some(value)`, or `None` once the channel is closed.
 #[doc(hidden)]
 pub struct RecvCase<'a, T> {
-    rx: &'a Receiver<T>,
+    chan: &'a Chan<T>,
     record: Option<Record<T>>,
     result: Option<Option<T>>,
 }
@@ -633,7 +659,7 @@ impl<'a, T> RecvCase<'a, T> {
     /// A case receiving from `rx`.
     pub fn new(rx: &'a Receiver<T>) -> Self {
         RecvCase {
-            rx,
+            chan: &rx.chan,
             record: None,
             result: None,
         }
@@ -645,27 +671,13 @@ impl<'a, T> RecvCase<'a, T> {
             .take()
             .expect("select!: the selected case has a result")
     }
-
-    fn state(&mut self) -> &mut State<T> {
-        // SAFETY: called only with the channel lock held (the `*_locked` methods).
-        unsafe { &mut *self.rx.chan.state.get() }
-    }
 }
 
 impl<T> SelectCase for RecvCase<'_, T> {
-    fn chan_addr(&self) -> usize {
-        Arc::as_ptr(&self.rx.chan) as usize
-    }
-    fn lock(&self) {
-        self.rx.chan.lock.lock();
-    }
-    unsafe fn unlock(&self) {
-        // SAFETY: caller's contract.
-        unsafe { self.rx.chan.lock.unlock() }
-    }
+    case_channel_plumbing!();
     fn poll_locked(&mut self) -> bool {
-        let cap = self.rx.chan.cap;
-        match self.state().recv_locked(cap) {
+        let cap = self.chan.cap;
+        match locked_state!(self).recv_locked(cap) {
             Some(outcome) => {
                 self.result = Some(outcome);
                 true
@@ -677,12 +689,14 @@ impl<T> SelectCase for RecvCase<'_, T> {
         let record: *const Record<T> =
             self.record
                 .insert(Record::new(None, Some((shared, index)), None));
-        self.state().receivers_waiting.push_back(RecordRef(record));
+        locked_state!(self)
+            .receivers_waiting
+            .push_back(RecordRef(record));
     }
     fn dequeue_locked(&mut self) {
         if let Some(record) = &self.record {
             let record: *const Record<T> = record;
-            self.state()
+            locked_state!(self)
                 .receivers_waiting
                 .retain(|r| !std::ptr::eq(r.0, record));
         }
@@ -699,7 +713,7 @@ impl<T> SelectCase for RecvCase<'_, T> {
 /// A `send(tx, value) -> r` case; sending on a closed channel panics, as in Go.
 #[doc(hidden)]
 pub struct SendCase<'a, T> {
-    tx: &'a Sender<T>,
+    chan: &'a Chan<T>,
     value: Option<T>,
     record: Option<Record<T>>,
     /// `Some(true)` sent, `Some(false)` the channel was closed.
@@ -710,7 +724,7 @@ impl<'a, T> SendCase<'a, T> {
     /// A case sending `value` on `tx`.
     pub fn new(tx: &'a Sender<T>, value: T) -> Self {
         SendCase {
-            tx,
+            chan: &tx.chan,
             value: Some(value),
             record: None,
             result: None,
@@ -730,31 +744,17 @@ impl<'a, T> SendCase<'a, T> {
             panic!("send on closed channel");
         }
     }
-
-    fn state(&mut self) -> &mut State<T> {
-        // SAFETY: called only with the channel lock held (the `*_locked` methods).
-        unsafe { &mut *self.tx.chan.state.get() }
-    }
 }
 
 impl<T> SelectCase for SendCase<'_, T> {
-    fn chan_addr(&self) -> usize {
-        Arc::as_ptr(&self.tx.chan) as usize
-    }
-    fn lock(&self) {
-        self.tx.chan.lock.lock();
-    }
-    unsafe fn unlock(&self) {
-        // SAFETY: caller's contract.
-        unsafe { self.tx.chan.lock.unlock() }
-    }
+    case_channel_plumbing!();
     fn poll_locked(&mut self) -> bool {
-        let cap = self.tx.chan.cap;
+        let cap = self.chan.cap;
         let value = self
             .value
             .take()
             .expect("a send case holds its value until it runs");
-        match self.state().send_locked(cap, value) {
+        match locked_state!(self).send_locked(cap, value) {
             Ok(()) => {
                 self.result = Some(true);
                 true
@@ -775,12 +775,14 @@ impl<T> SelectCase for SendCase<'_, T> {
         let record: *const Record<T> =
             self.record
                 .insert(Record::new(None, Some((shared, index)), value));
-        self.state().senders_waiting.push_back(RecordRef(record));
+        locked_state!(self)
+            .senders_waiting
+            .push_back(RecordRef(record));
     }
     fn dequeue_locked(&mut self) {
         if let Some(record) = &self.record {
             let record: *const Record<T> = record;
-            self.state()
+            locked_state!(self)
                 .senders_waiting
                 .retain(|r| !std::ptr::eq(r.0, record));
         }

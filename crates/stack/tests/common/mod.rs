@@ -68,11 +68,10 @@ impl<'a> Coro<'a> {
             done: Cell::new(false),
         });
         let arg = &raw const *shared as usize;
-        // SAFETY: the stack is fresh and owned by this Coro, which outlives the coroutine's use.
-        shared
-            .y
-            .me
-            .set(unsafe { init_stack(stack.top(), coro_entry, arg) });
+        // SAFETY: the stack is fresh and owned by this Coro, which outlives the coroutine's use;
+        // `coro_entry` never returns (it switches away for the last time when the body is done).
+        let first = unsafe { init_stack(stack.top(), coro_entry, arg) };
+        shared.y.me.set(first);
         Coro { shared, stack }
     }
 
