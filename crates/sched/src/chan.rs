@@ -647,6 +647,25 @@ macro_rules! case_channel_plumbing {
     };
 }
 
+/// Puts a select's record for one case (holding `value` for a send) into `slot` and `queue`.
+fn queue_select_record<T>(
+    queue: &mut VecDeque<RecordRef<T>>,
+    slot: &mut Option<Record<T>>,
+    select: (*const SelectShared, usize),
+    value: Option<T>,
+) {
+    let record: *const Record<T> = slot.insert(Record::new(None, Some(select), value));
+    queue.push_back(RecordRef(record));
+}
+
+/// Takes a select's record for one case out of `queue`, if it is still there.
+fn remove_select_record<T>(queue: &mut VecDeque<RecordRef<T>>, slot: &Option<Record<T>>) {
+    if let Some(record) = slot {
+        let record: *const Record<T> = record;
+        queue.retain(|r| !std::ptr::eq(r.0, record));
+    }
+}
+
 /// A `recv(rx) -> v` case: `v` is `Some(value)`, or `None` once the channel is closed.
 #[doc(hidden)]
 pub struct RecvCase<'a, T> {
@@ -686,20 +705,11 @@ impl<T> SelectCase for RecvCase<'_, T> {
         }
     }
     fn enqueue_locked(&mut self, shared: *const SelectShared, index: usize) {
-        let record: *const Record<T> =
-            self.record
-                .insert(Record::new(None, Some((shared, index)), None));
-        locked_state!(self)
-            .receivers_waiting
-            .push_back(RecordRef(record));
+        let queue = &mut locked_state!(self).receivers_waiting;
+        queue_select_record(queue, &mut self.record, (shared, index), None);
     }
     fn dequeue_locked(&mut self) {
-        if let Some(record) = &self.record {
-            let record: *const Record<T> = record;
-            locked_state!(self)
-                .receivers_waiting
-                .retain(|r| !std::ptr::eq(r.0, record));
-        }
+        remove_select_record(&mut locked_state!(self).receivers_waiting, &self.record);
     }
     fn finish(&mut self) {
         let record = self
@@ -772,20 +782,11 @@ impl<T> SelectCase for SendCase<'_, T> {
     }
     fn enqueue_locked(&mut self, shared: *const SelectShared, index: usize) {
         let value = self.value.take();
-        let record: *const Record<T> =
-            self.record
-                .insert(Record::new(None, Some((shared, index)), value));
-        locked_state!(self)
-            .senders_waiting
-            .push_back(RecordRef(record));
+        let queue = &mut locked_state!(self).senders_waiting;
+        queue_select_record(queue, &mut self.record, (shared, index), value);
     }
     fn dequeue_locked(&mut self) {
-        if let Some(record) = &self.record {
-            let record: *const Record<T> = record;
-            locked_state!(self)
-                .senders_waiting
-                .retain(|r| !std::ptr::eq(r.0, record));
-        }
+        remove_select_record(&mut locked_state!(self).senders_waiting, &self.record);
     }
     fn finish(&mut self) {
         let record = self
