@@ -37,6 +37,22 @@ mod runtime;
 
 pub use goro_derive::{Trace, select};
 pub use goro_gc::{Gc, GcCell};
+/// Goroutine stacks that grow past their slot (Go's growable stacks, with the check written by
+/// hand): [`maybe_grow`](stack::maybe_grow) runs the rest of a deep recursion on a new segment.
+///
+/// ```
+/// #[global_allocator]
+/// static ALLOC: goro::alloc::GoroAlloc = goro::alloc::GoroAlloc;
+///
+/// fn depth_sum(n: u64) -> u64 {
+///     goro::stack::maybe_grow(64 * 1024, || if n == 0 { 0 } else { n + depth_sum(n - 1) })
+/// }
+/// // 1,000,000 frames: far beyond the goroutine's 1 MiB slot.
+/// assert_eq!(goro::run(|| depth_sum(1_000_000)), 500_000_500_000);
+/// ```
+pub mod stack {
+    pub use goro_sched::stack::{maybe_grow, remaining_stack};
+}
 pub use goro_sched::{
     JoinHandle, Local, Panic, blocking, exit, go, num_goroutine, set_max_procs, sleep, yield_now,
 };

@@ -9,6 +9,7 @@
 //! | `gc_percent(p)`  | `GORO_GC_PERCENT`    | GOGC        | 100 (`off` or < 0: no trigger) |
 //! | `memory_limit(b)`| `GORO_MEMORY_LIMIT`  | GOMEMLIMIT  | none (`1GiB`, `512MiB`, bytes) |
 //! | `stack_size(b)`  | -                    | -           | 1 MiB of address space         |
+//! | `max_stack_size(b)` | -                 | debug.SetMaxStack | 1 GiB (slot + `maybe_grow` segments) |
 //!
 //! `GORO_DEBUG=gctrace=1` prints Go's gctrace line per cycle; `GORO_DEBUG=schedtrace=1000` prints
 //! Go's scheduler line every second.
@@ -56,6 +57,13 @@ pub enum BuildError {
     MaxProcs(usize),
     /// `stack_size` is outside 16 KiB..=1 GiB.
     StackSize(usize),
+    /// `max_stack_size` is smaller than `stack_size`.
+    MaxStackSize {
+        /// The maximum asked for.
+        max: usize,
+        /// The slot size it must hold.
+        slot: usize,
+    },
     /// An environment variable could not be parsed.
     Environment {
         /// The variable.
@@ -82,6 +90,10 @@ impl fmt::Display for BuildError {
                 f,
                 "stack_size must be between {MIN_STACK_SIZE} and {MAX_STACK_SIZE} bytes, got {n}"
             ),
+            BuildError::MaxStackSize { max, slot } => write!(
+                f,
+                "max_stack_size ({max} bytes) must be at least stack_size ({slot} bytes)"
+            ),
             BuildError::Environment {
                 name,
                 value,
@@ -102,6 +114,8 @@ pub struct Builder {
     gc_percent: Option<i32>,
     memory_limit: Option<usize>,
     stack_size: Option<usize>,
+    stash_parked_stacks: bool,
+    max_stack_size: Option<usize>,
 }
 
 impl Builder {
@@ -127,6 +141,35 @@ impl Builder {
     /// Usable bytes of each goroutine's stack (address space; pages are committed on touch).
     pub fn stack_size(mut self, bytes: usize) -> Builder {
         self.stack_size = Some(bytes);
+        self
+    }
+
+    /// The most stack a goroutine may use: its slot plus the segments
+    /// [`goro::stack::maybe_grow`](crate::stack::maybe_grow) adds (Go's `debug.SetMaxStack`).
+    pub fn max_stack_size(mut self, bytes: usize) -> Builder {
+        self.max_stack_size = Some(bytes);
+        self
+    }
+
+    /// Lets the runtime move the live bytes of a goroutine parked for a second or so (typically
+    /// a few hundred) off its stack into the heap and give the whole stack's memory back to the
+    /// OS, copying them back when the goroutine next runs. A million parked goroutines then cost
+    /// about 1 KiB each instead of 4 KiB and more (Go's 2 KiB stacks cost about 2.7 KiB).
+    ///
+    /// Without this, goro releases only the pages *below* a long-parked goroutine's stack
+    /// pointer, which is always sound: no frame lives there.
+    ///
+    /// # Safety
+    /// While a goroutine is parked in a goro operation (a channel operation, `select!`,
+    /// `sleep`, `join`, a `goro::sync` wait), nothing else may read or write its stack: no
+    /// thread or goroutine may use a reference or pointer into a goroutine's frames that it got
+    /// from that goroutine. Safe Rust can break this only with scoped threads: a goroutine that
+    /// lends its locals to `std::thread::scope` (or rayon's or crossbeam's scopes) threads and
+    /// then blocks on a goro channel inside the scope. Those threads would read zeros, and their
+    /// writes would be lost. Blocking the goroutine's thread instead (the scope's own join, a
+    /// `std::sync` lock, `goro::blocking`) is fine: that does not park it.
+    pub unsafe fn stash_parked_stacks(mut self, on: bool) -> Builder {
+        self.stash_parked_stacks = on;
         self
     }
 
@@ -162,12 +205,23 @@ impl Builder {
         if !(MIN_STACK_SIZE..=MAX_STACK_SIZE).contains(&stack_size) {
             return Err(BuildError::StackSize(stack_size));
         }
+        let max_stack_size = self
+            .max_stack_size
+            .unwrap_or(goro_sched::DEFAULT_MAX_STACK_SIZE);
+        if max_stack_size < stack_size {
+            return Err(BuildError::MaxStackSize {
+                max: max_stack_size,
+                slot: stack_size,
+            });
+        }
         let debug = Debug::from_env()?;
         Ok(Runtime {
+            max_stack_size,
             max_procs,
             gc_percent,
             memory_limit,
             stack_size,
+            stash_parked_stacks: self.stash_parked_stacks,
             debug,
         })
     }
@@ -180,6 +234,8 @@ pub struct Runtime {
     gc_percent: i32,
     memory_limit: usize,
     stack_size: usize,
+    stash_parked_stacks: bool,
+    max_stack_size: usize,
     debug: Debug,
 }
 
@@ -256,6 +312,8 @@ impl Runtime {
             on_thread_start: Some(register_mutator_thread),
             on_thread_stop: Some(unregister_mutator_thread),
             schedtrace: self.debug.schedtrace,
+            stash_parked_stacks: self.stash_parked_stacks,
+            max_stack_size: self.max_stack_size,
         };
         let finished = goro_sched::run(config, main);
         goro_gc::uninstall();

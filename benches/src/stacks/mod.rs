@@ -2,7 +2,7 @@
 //!
 //! | workload | what | keys |
 //! |---|---|---|
-//! | `parked_memory N` | N goroutines (tasks, threads) blocked on a channel receive at once; RSS growth per goroutine | n, reached, bytes_per_task |
+//! | `parked_memory N` | N goroutines (tasks, threads) blocked on a channel receive at once; RSS growth per goroutine, just parked and parked for 5 s | n, reached, bytes_per_task, bytes_per_task_long |
 //! | `deep_recursion D [R]` | recursion to depth D with ~128-byte frames, R times in a fresh goroutine each, then R times in one goroutine | depth, reps, checksum, fresh_ms_per_rep, warm_ms_per_rep |
 //!
 //! The size of `deep_recursion` is `D` or `D,R` (default `100000,100`).
@@ -13,8 +13,8 @@
 //! `benches/go/`, run with `go run` when a Go toolchain is found).
 //!
 //! goro runs through its public API. `GORO_BENCH_STACK_SIZE` (bytes, `K`/`M`/`G` suffixes)
-//! overrides the runtime's stack size for parked_memory, to compare slot sizes; deep_recursion
-//! uses a 64 MiB stack (the runtime's 1 MiB default cannot hold 100,000 frames).
+//! overrides the runtime's stack size for parked_memory, to compare slot sizes; deep_recursion's
+//! `goro` uses a 64 MiB slot, `goro_grow` the default 1 MiB slot and `maybe_grow` segments.
 
 mod parked;
 mod recursion;
@@ -27,14 +27,14 @@ pub const WORKLOADS: &[Workload] = &[
         name: "parked_memory",
         default_size: "100000",
         variants: &[],
-        implementations: &["goro", "may", "tokio", "threads", "go"],
+        implementations: &["goro", "goro_stash", "may", "tokio", "threads", "go"],
         run: run_parked,
     },
     Workload {
         name: "deep_recursion",
         default_size: "100000,100",
         variants: &[],
-        implementations: &["goro", "may", "threads", "go"],
+        implementations: &["goro", "goro_grow", "may", "threads", "go"],
         run: run_recursion,
     },
 ];
@@ -42,7 +42,8 @@ pub const WORKLOADS: &[Workload] = &[
 fn run_parked(implementation: &str, size: &str, options: &Options) -> Result<(), String> {
     let n: usize = crate::parse_size("parked_memory", size)?;
     match implementation {
-        "goro" => parked::goro(n, options),
+        "goro" => parked::goro(n, options, false),
+        "goro_stash" => parked::goro(n, options, true),
         "may" => parked::may(n, options),
         "tokio" => parked::tokio(n, options),
         "threads" => parked::threads(n),
@@ -60,7 +61,8 @@ fn run_recursion(implementation: &str, size: &str, options: &Options) -> Result<
         None => (crate::parse_size("deep_recursion", size)?, 100),
     };
     match implementation {
-        "goro" => recursion::goro(depth, reps, options),
+        "goro" => recursion::goro(depth, reps, options, false),
+        "goro_grow" => recursion::goro(depth, reps, options, true),
         "may" => recursion::may(depth, reps),
         "threads" => recursion::threads(depth, reps),
         "go" => crate::go::run("deep_recursion", &[depth.to_string(), reps.to_string()]),

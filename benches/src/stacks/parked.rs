@@ -3,9 +3,14 @@
 //!
 //! Every implementation follows the same steps: read RSS; spawn N blockers, each of which
 //! counts itself as started and then blocks receiving from a shared channel; wait until all
-//! have started (plus a short settle so the last ones reach their receive); read RSS again;
-//! close the channel and wait for all to exit. Peers that cannot spawn N stop at the first
-//! failure and report how many they reached.
+//! have started (plus a short settle so the last ones reach their receive); read RSS again
+//! (`bytes_per_task`), and once more when they have been parked for [`LONG_PARK`]
+//! (`bytes_per_task_long`: what a runtime that releases the memory of long-parked goroutines
+//! gives back); close the channel and wait for all to exit. Peers that cannot spawn N stop at
+//! the first failure and report how many they reached.
+//!
+//! `goro_stash` is goro with `stash_parked_stacks` (the live bytes of long-parked goroutines
+//! move off their stacks); `goro` is the default runtime.
 
 use crate::{Options, report};
 use std::sync::Arc;
@@ -14,6 +19,8 @@ use std::time::{Duration, Instant};
 
 /// How long to let the last blockers reach their receive after they counted themselves.
 const SETTLE: Duration = Duration::from_millis(50);
+/// How long the blockers have been parked at the second reading.
+const LONG_PARK: Duration = Duration::from_secs(5);
 
 /// At most this many OS threads.
 const MAX_THREADS: usize = 10_000;
@@ -50,7 +57,7 @@ fn print(
     implementation: &str,
     n: usize,
     reached: usize,
-    (before, after): (Memory, Memory),
+    (before, after, long): (Memory, Memory, Memory),
     total: Duration,
 ) {
     let per_task = |kib: u64| (kib * 1024).checked_div(reached as u64).unwrap_or(0);
@@ -64,6 +71,10 @@ fn print(
         .key(
             "pte_bytes_per_task",
             per_task(after.pte_kib.saturating_sub(before.pte_kib)),
+        )
+        .key(
+            "bytes_per_task_long",
+            per_task(long.rss_kib.saturating_sub(before.rss_kib)),
         )
         .print(total);
 }
@@ -86,8 +97,22 @@ fn wait_for(counter: &AtomicUsize, target: usize) {
     }
 }
 
-pub(crate) fn goro(n: usize, options: &Options) -> Result<(), String> {
+/// Sleeps (with `sleep`) until the blockers have been parked for [`SETTLE`], reads memory, sleeps
+/// until they have been parked for [`LONG_PARK`], reads it again.
+fn readings(sleep: impl Fn(Duration)) -> (Memory, Memory) {
+    let parked_at = Instant::now();
+    sleep(SETTLE);
+    let settled = Memory::now();
+    sleep(LONG_PARK.saturating_sub(parked_at.elapsed()));
+    (settled, Memory::now())
+}
+
+pub(crate) fn goro(n: usize, options: &Options, stash: bool) -> Result<(), String> {
     let mut builder = goro::Runtime::builder();
+    if stash {
+        // SAFETY: the blockers lend nothing on their stacks to other threads.
+        builder = unsafe { builder.stash_parked_stacks(true) };
+    }
     if let Some(procs) = options.procs {
         builder = builder.max_procs(procs);
     }
@@ -127,11 +152,11 @@ pub(crate) fn goro(n: usize, options: &Options) -> Result<(), String> {
         for _ in 0..10 {
             goro::yield_now();
         }
-        std::thread::sleep(SETTLE);
-        let parked = Memory::now();
+        let (parked, long) = readings(goro::sleep);
         tx.close();
         exited.wait();
-        print("goro", n, reached, (before, parked), start.elapsed());
+        let name = if stash { "goro_stash" } else { "goro" };
+        print(name, n, reached, (before, parked, long), start.elapsed());
     });
     Ok(())
 }
@@ -188,12 +213,11 @@ pub(crate) fn may(n: usize, options: &Options) -> Result<(), String> {
         reached += 1;
     }
     wait_for(&started, reached);
-    std::thread::sleep(SETTLE);
-    let parked = Memory::now();
+    let (parked, long) = readings(std::thread::sleep);
     drop(tx);
     drop(rx);
     wait_for(&exited, reached);
-    print("may", n, reached, (before, parked), start.elapsed());
+    print("may", n, reached, (before, parked, long), start.elapsed());
     Ok(())
 }
 
@@ -219,12 +243,11 @@ pub(crate) fn tokio(n: usize, options: &Options) -> Result<(), String> {
         }));
     }
     wait_for(&started, n);
-    std::thread::sleep(SETTLE);
-    let parked = Memory::now();
+    let (parked, long) = readings(std::thread::sleep);
     drop(rx);
     drop(tx);
     wait_for(&exited, n);
-    print("tokio", n, n, (before, parked), start.elapsed());
+    print("tokio", n, n, (before, parked, long), start.elapsed());
     Ok(())
 }
 
@@ -257,12 +280,17 @@ pub(crate) fn threads(n: usize) -> Result<(), String> {
     }
     let reached = handles.len();
     wait_for(&started, reached);
-    std::thread::sleep(SETTLE);
-    let parked = Memory::now();
+    let (parked, long) = readings(std::thread::sleep);
     drop(tx);
     for handle in handles {
         let _ = handle.join();
     }
-    print("threads", n, reached, (before, parked), start.elapsed());
+    print(
+        "threads",
+        n,
+        reached,
+        (before, parked, long),
+        start.elapsed(),
+    );
     Ok(())
 }

@@ -3,8 +3,10 @@
 //! whose stack is already grown (one untimed recursion first, then R timed ones measured inside
 //! that goroutine, thread or coroutine).
 //!
-//! `checksum` is D * (D + 1) / 2 for every implementation. goro runs with a 64 MiB stack (the
-//! runtime's default of 1 MiB would overflow); `may` and `threads` get 64 MiB stacks as well.
+//! `checksum` is D * (D + 1) / 2 for every implementation. `goro` runs with a 64 MiB slot (a
+//! larger slot class than the runtime's 1 MiB default); `goro_grow` keeps the default slot and
+//! calls `goro::stack::maybe_grow` at every level, so the recursion continues on segments;
+//! `may` and `threads` get 64 MiB stacks.
 
 use crate::{Options, report};
 use core::hint::black_box;
@@ -33,9 +35,32 @@ pub fn recurse(depth: u32) -> u64 {
     recurse(depth - 1).wrapping_add(frame[slot])
 }
 
+/// Stack that must be left for a level of [`recurse_growing`] to run in place.
+const GROW_RED_ZONE: usize = 32 << 10;
+
+/// [`recurse`] with a growth check at every level: it runs on goro's default slot, adding
+/// segments as it deepens.
+#[inline(never)]
+pub fn recurse_growing(depth: u32) -> u64 {
+    goro::stack::maybe_grow(GROW_RED_ZONE, || {
+        let mut frame = [0u64; FRAME_WORDS];
+        let slot = depth as usize % FRAME_WORDS;
+        frame[slot] = u64::from(depth);
+        black_box(&mut frame);
+        if depth == 0 {
+            return frame[0];
+        }
+        recurse_growing(depth - 1).wrapping_add(frame[slot])
+    })
+}
+
 /// The warm half, run inside one goroutine (thread): one untimed recursion grows the stack,
 /// then `reps` timed ones run on the grown stack. Returns the checksum and the timed part.
 fn warm_reps(depth: u32, reps: u32) -> (u64, Duration) {
+    warm_reps_of(recurse, depth, reps)
+}
+
+fn warm_reps_of(recurse: fn(u32) -> u64, depth: u32, reps: u32) -> (u64, Duration) {
     let mut sum = recurse(black_box(depth));
     let start = Instant::now();
     for _ in 0..reps {
@@ -65,9 +90,15 @@ fn check_depth(depth: u32) -> Result<(), String> {
     Ok(())
 }
 
-pub(crate) fn goro(depth: u32, reps: u32, options: &Options) -> Result<(), String> {
-    check_depth(depth)?;
-    let mut builder = goro::Runtime::builder().stack_size(STACK_BYTES);
+pub(crate) fn goro(depth: u32, reps: u32, options: &Options, grow: bool) -> Result<(), String> {
+    let mut builder = goro::Runtime::builder();
+    let recurse: fn(u32) -> u64 = if grow {
+        recurse_growing
+    } else {
+        check_depth(depth)?;
+        builder = builder.stack_size(STACK_BYTES);
+        recurse
+    };
     if let Some(procs) = options.procs {
         builder = builder.max_procs(procs);
     }
@@ -81,13 +112,20 @@ pub(crate) fn goro(depth: u32, reps: u32, options: &Options) -> Result<(), Strin
                 .expect("recursion goroutine");
         }
         let fresh = start.elapsed();
-        let (warm_sum, warm) = goro::go(move || warm_reps(depth, reps))
+        let (warm_sum, warm) = goro::go(move || warm_reps_of(recurse, depth, reps))
             .join()
             .expect("recursion goroutine");
         assert_eq!(warm_sum, sum);
         (sum, fresh, warm)
     });
-    print("goro", depth, reps, sum, fresh, warm);
+    print(
+        if grow { "goro_grow" } else { "goro" },
+        depth,
+        reps,
+        sum,
+        fresh,
+        warm,
+    );
     Ok(())
 }
 

@@ -8,21 +8,28 @@
 //!   of a channel whose writers are gone).
 //!
 //! Structure (Go's `hchan`): one lock over the buffer and two wait queues. A blocked party puts a
-//! waiter record *on its own stack* into the queue and parks (see `park`); the party that completes
-//! the operation moves the value directly into or out of that record, removes it from the queue,
-//! and wakes its owner. So an unbuffered send copies the value once, from the sender's stack to
-//! the receiver's, as in Go.
+//! waiter record into the queue and parks (see `park`); the party that completes the operation
+//! moves the value directly into or out of that record, removes it from the queue, and wakes its
+//! owner. So an unbuffered send copies the value once, from the sender to the receiver's
+//! record, as in Go. A goroutine's record lives in its G when it fits (Go's `sudog`, without
+//! the allocation), so that nobody touches the parked goroutine's stack and its memory can be
+//! released while it waits (see `shrink`); a larger one, a thread's, and a `select`'s records
+//! live on the blocked party's stack.
 //!
 //! Values waiting in a buffer or in a parked goroutine's record are found by the collector: the
-//! buffer is a heap block reachable from every end's `Arc`, and the record is on a stack.
+//! buffer is a heap block reachable from every end's `Arc`, and the record is in a G or on a
+//! stack, both roots.
 
 use crate::lock::RawLock;
-use crate::park::{Waiter, park};
+use crate::park::{Waiter, park, park_releasable};
+use crate::proc;
 use crate::stw;
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -191,7 +198,7 @@ impl<T> Record<T> {
 }
 
 /// A pointer to a `Record` in a wait queue.
-struct RecordRef<T>(*const Record<T>);
+struct RecordRef<T>(*mut Record<T>);
 
 // SAFETY: the record is accessed only under the channel lock (by the completing party) or by its
 // owner after being woken; `T: Send` because the value crosses threads.
@@ -269,18 +276,34 @@ fn block_on<'a, T>(
 ) -> (Option<T>, bool) {
     let waiter = Waiter::current();
     let parker = waiter.thread_parker();
-    let record = Record::new(Some(waiter), None, value);
-    pick(&mut state).push_back(RecordRef(&record));
+    // The record goes in the G when it fits, so that the goroutine's stack memory may be
+    // released while it waits; otherwise on the stack, which then stays.
+    let mut on_stack = MaybeUninit::<Record<T>>::uninit();
+    let in_g = proc::wait_space::<Record<T>>();
+    let slot = in_g.map_or(on_stack.as_mut_ptr(), NonNull::as_ptr);
+    // SAFETY: `slot` is writable room for a record, unused: our own frame, or the G's wait
+    // space, which only the operation a goroutine is blocked in uses.
+    unsafe { slot.write(Record::new(Some(waiter), None, value)) };
+    pick(&mut state).push_back(RecordRef(slot));
     loop {
-        park(state, parker.clone());
+        if in_g.is_some() {
+            park_releasable(state, parker.clone());
+        } else {
+            park(state, parker.clone());
+        }
         state = chan.locked();
         // A completing party takes the waiter out of the record as it wakes us; anything else is
         // a spurious wake-up of a thread parker.
         // SAFETY: we hold the channel lock, so no completing party touches the record.
-        if unsafe { (*record.waiter.get()).is_none() } {
+        if unsafe { (*(*slot).waiter.get()).is_none() } {
             drop(state);
-            // SAFETY: the record is completed and out of every queue; we own it.
-            return unsafe { ((*record.value.get()).take(), *record.closed.get()) };
+            // SAFETY: the record is completed and out of every queue; we own it, and drop it
+            // here (its value taken, what is left needs no drop, but its type decides).
+            return unsafe {
+                let outcome = ((*(*slot).value.get()).take(), *(*slot).closed.get());
+                slot.drop_in_place();
+                outcome
+            };
         }
     }
 }
@@ -654,7 +677,7 @@ fn queue_select_record<T>(
     select: (*const SelectShared, usize),
     value: Option<T>,
 ) {
-    let record: *const Record<T> = slot.insert(Record::new(None, Some(select), value));
+    let record: *mut Record<T> = slot.insert(Record::new(None, Some(select), value));
     queue.push_back(RecordRef(record));
 }
 
@@ -662,7 +685,7 @@ fn queue_select_record<T>(
 fn remove_select_record<T>(queue: &mut VecDeque<RecordRef<T>>, slot: &Option<Record<T>>) {
     if let Some(record) = slot {
         let record: *const Record<T> = record;
-        queue.retain(|r| !std::ptr::eq(r.0, record));
+        queue.retain(|r| !std::ptr::eq(r.0.cast_const(), record));
     }
 }
 

@@ -1,6 +1,6 @@
 //! `JoinHandle`: waiting for a goroutine's result, and `Panic`: what a failed goroutine left.
 
-use crate::park::{Waiter, park};
+use crate::park::{Waiter, park_releasable};
 use crate::proc::lock;
 use crate::stw;
 use std::any::Any;
@@ -146,7 +146,8 @@ impl<R> JoinHandle<R> {
                     let waiter = Waiter::current();
                     let parker = waiter.thread_parker();
                     *state = State::Running(Some(waiter));
-                    park(state, parker);
+                    // The waiter is in the packet: nothing reads our stack.
+                    park_releasable(state, parker);
                 }
             }
         }

@@ -37,11 +37,17 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod chan;
+pub mod stack {
+    //! Growing a goroutine's stack past its slot: see [`maybe_grow`].
+    pub use crate::grow::{maybe_grow, remaining_stack};
+}
+mod grow;
 mod join;
 mod lock;
 mod park;
 mod proc;
 mod runq;
+mod shrink;
 mod stw;
 pub mod sync;
 mod sync_prims;
@@ -50,9 +56,9 @@ mod timer;
 
 pub use join::{JoinHandle, Panic};
 pub use proc::{
-    Config, Finished, LOCAL_QUEUE_SOFT_LIMIT, Local, MAX_PROCS, RootRange, blocking,
-    current_goroutine_id, for_each_root, go, is_goroutine, num_goroutine, procs, run,
-    set_max_procs, yield_now,
+    Config, DEFAULT_MAX_STACK_SIZE, Finished, LOCAL_QUEUE_SOFT_LIMIT, Local, MAX_PROCS, RootRange,
+    blocking, current_goroutine_id, for_each_root, go, is_goroutine, num_goroutine, procs,
+    release_parked_stacks_soon, run, set_max_procs, yield_now,
 };
 pub use stw::{safe_point, stop_the_world};
 pub use sysmon::TIME_SLICE;

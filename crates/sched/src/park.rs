@@ -54,8 +54,20 @@ impl Waiter {
 ///
 /// `parker` is the caller's thread parker when the waiter stored in step 1 was a thread's.
 pub(crate) fn park<G>(guard: G, parker: Option<Arc<ThreadParker>>) {
+    park_as(guard, parker, false)
+}
+
+/// [`park`] for a waiter whose record is not on its stack (it is in the heap, in the waited-on
+/// object, or in `proc::wait_space`): wakers never touch the parked goroutine's stack, so the
+/// runtime may move its live bytes off the stack slot and release the slot's memory while it
+/// stays parked (see `shrink`).
+pub(crate) fn park_releasable<G>(guard: G, parker: Option<Arc<ThreadParker>>) {
+    park_as(guard, parker, true)
+}
+
+fn park_as<G>(guard: G, parker: Option<Arc<ThreadParker>>, releasable: bool) {
     match parker {
-        None => proc::park_goroutine(guard),
+        None => proc::park_goroutine(guard, releasable),
         Some(parker) => {
             drop(guard);
             parker.park();

@@ -13,14 +13,17 @@
 //! park, exit, stop for the collector, run a stop-the-world closure); g0 acts on it after the
 //! switch, when the goroutine's registers are saved on its stack.
 
+use crate::grow::{self, Segment};
 use crate::join::{JoinHandle, Packet, Panic};
 use crate::park::ThreadParker;
 use crate::runq::LocalQueue;
+use crate::shrink::{ParkedStack, Released};
 use crate::stw;
 use crate::timer::Timers;
 use goro_stack::{Stack, StackPointer, init_stack, switch};
 use std::cell::{Cell, UnsafeCell};
 use std::collections::VecDeque;
+use std::mem::MaybeUninit;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -38,6 +41,8 @@ const NO_P: usize = usize::MAX;
 /// Ms a runtime may start beyond its first GOMAXPROCS, for goroutines in `blocking` calls and
 /// the Ms that take over their Ps.
 const EXTRA_MS: usize = 64;
+/// Go's maximum stack size: the default of `Config::max_stack_size`.
+pub const DEFAULT_MAX_STACK_SIZE: usize = 1 << 30;
 /// The most Ps `set_max_procs` can enable.
 pub const MAX_PROCS: usize = 256;
 
@@ -54,6 +59,13 @@ pub struct Config {
     pub on_thread_stop: Option<fn()>,
     /// `GORO_DEBUG=schedtrace=MS`: print Go's scheduler line this often.
     pub schedtrace: Option<std::time::Duration>,
+    /// The most bytes a goroutine's stacks may hold together, its slot and the segments
+    /// `maybe_grow` adds (Go's 1 GiB maximum stack size).
+    pub max_stack_size: usize,
+    /// Move the live bytes of long-parked goroutines off their stacks and release the whole
+    /// slot (see `shrink`), instead of only the pages below their stack pointers. Sound only
+    /// under the contract of `goro::Builder::stash_parked_stacks`.
+    pub stash_parked_stacks: bool,
 }
 
 impl Default for Config {
@@ -64,6 +76,8 @@ impl Default for Config {
             on_thread_start: None,
             on_thread_stop: None,
             schedtrace: None,
+            stash_parked_stacks: false,
+            max_stack_size: DEFAULT_MAX_STACK_SIZE,
         }
     }
 }
@@ -106,7 +120,18 @@ pub(crate) struct G {
     /// Goroutine-local values (`goro::Local`), keyed by the `Local`'s address. Only the running
     /// goroutine touches them; dropped when it exits, on its own stack.
     locals: UnsafeCell<Vec<(usize, Box<dyn std::any::Any>)>>,
+    /// Whether sysmon has released the stack's memory while the goroutine is parked.
+    parked_stack: ParkedStack,
+    /// Stack segments beyond the slot, innermost last (see `grow`). Changed only by the
+    /// goroutine itself; read by its M, by sysmon while it is parked and by the collector.
+    segments: UnsafeCell<Vec<Segment>>,
+    /// Room for the wait record of the one operation the goroutine is blocked in (see
+    /// [`wait_space`]). Only that operation touches it.
+    wait_space: UnsafeCell<MaybeUninit<[usize; WAIT_SPACE_WORDS]>>,
 }
+
+/// The size of a G's `wait_space`, in words: a channel record with a value of up to 64 bytes.
+const WAIT_SPACE_WORDS: usize = 14;
 
 /// A pointer to a G, passed between threads through run queues and wait queues.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -141,7 +166,8 @@ pub(crate) enum Request {
     None,
     Yield,
     /// Parked; g0 runs the closure (which releases the lock the goroutine queued itself under).
-    Park(*mut dyn FnMut()),
+    /// The flag says whether wakers leave the goroutine's stack alone (see `shrink`).
+    Park(*mut dyn FnMut(), bool),
     Exit,
     /// Stopped at a safe point because the world is stopping.
     Stop,
@@ -252,6 +278,13 @@ pub(crate) struct Sched {
     /// Ms spinning for work before they sleep (Go's `nmspinning`); wakers skip the futex while
     /// one spins.
     spinning: Padded<AtomicUsize>,
+    /// sysmon's epoch for releasing parked stacks (see `shrink`); read at every park.
+    pub(crate) stack_epoch: AtomicU64,
+    /// Set (if clear) at every park, cleared by sysmon when it starts a pass: a pass is worth
+    /// doing only if something parked since the last one.
+    pub(crate) parks_since_pass: AtomicBool,
+    /// Set by [`release_parked_stacks_soon`].
+    pub(crate) stack_pass_requested: AtomicBool,
 }
 
 /// The idle-P list and the Ms waiting for a P.
@@ -512,6 +545,9 @@ where
         threads: Mutex::new(Vec::new()),
         enqueued: Padded(AtomicU64::new(1)),
         spinning: Padded(AtomicUsize::new(0)),
+        stack_epoch: AtomicU64::new(0),
+        parks_since_pass: AtomicBool::new(false),
+        stack_pass_requested: AtomicBool::new(false),
     });
     // M i starts with P i.
     for (i, m) in sched.ms[..procs].iter().enumerate() {
@@ -934,10 +970,16 @@ fn execute(m: &M, g: GRef) {
     m.schedtick.fetch_add(1, Ordering::Relaxed);
     m.preempt.store(false, Ordering::Relaxed);
     m.curg.set(Some(g));
+    // SAFETY: only the goroutine changes its stacks, and it is switched out.
+    let stack = unsafe { gg.current_stack() };
+    // SAFETY: this is the goroutine's home M, about to resume it; the stack is its own.
+    unsafe { gg.parked_stack.reclaim(stack) };
+    grow::set_stack_limit(stack.map_or(0, |s| s.limit() as usize));
     // SAFETY: `g` was switched out (or freshly initialised) with its stack pointer in `sp`; only
     // this M runs it (it is bound here), and g0's context is saved into `g0_sp`, which only this
     // thread reads.
     unsafe { switch(m.g0_sp.get(), *gg.sp.get()) };
+    grow::set_stack_limit(0);
     m.curg.set(None);
     m.running.store(false, Ordering::SeqCst);
     if sched.stopping.load(Ordering::SeqCst) {
@@ -949,11 +991,20 @@ fn execute(m: &M, g: GRef) {
             gg.status.store(GStatus::Runnable as u8, Ordering::Relaxed);
             m.push_ready(g, false);
         }
-        Request::Park(unlock) => {
+        Request::Park(unlock, releasable) => {
             // SAFETY: the closure lives on the parked goroutine's stack, which stays intact
             // until the goroutine is readied, which cannot happen before this call releases the
             // lock it queued itself under.
             unsafe { (*unlock)() };
+            // After the unlock: the closure above is on the stack sysmon may release from now
+            // on. A waker may already have readied the goroutine; only this M resumes it, and
+            // it reclaims the stack first.
+            let epoch = sched.stack_epoch.load(Ordering::Relaxed);
+            let stashable = releasable && sched.config.stash_parked_stacks;
+            gg.parked_stack.parked(stashable, epoch);
+            if !sched.parks_since_pass.load(Ordering::Relaxed) {
+                sched.parks_since_pass.store(true, Ordering::Relaxed);
+            }
         }
         Request::Exit => destroy(m, g),
         Request::Reschedule => {
@@ -1029,7 +1080,9 @@ pub(crate) fn switch_to_g0(request: Request) {
 }
 
 /// Parks the running goroutine; g0 drops `guard` once the goroutine's context is saved.
-pub(crate) fn park_goroutine<Guard>(guard: Guard) {
+/// `releasable` promises that no waker reads or writes the goroutine's stack while it is parked
+/// (its wait record is in the heap or in [`wait_space`]), so sysmon may stash it.
+pub(crate) fn park_goroutine<Guard>(guard: Guard, releasable: bool) {
     let g = current_g().expect("park_goroutine outside a goroutine");
     g.g()
         .status
@@ -1040,7 +1093,7 @@ pub(crate) fn park_goroutine<Guard>(guard: Guard) {
     // SAFETY: only the lifetime is erased; g0 calls the closure before this goroutine can be
     // resumed, so the stack frame it borrows from is still live.
     let unlock: *mut (dyn FnMut() + 'static) = unsafe { std::mem::transmute(unlock) };
-    switch_to_g0(Request::Park(unlock));
+    switch_to_g0(Request::Park(unlock, releasable));
 }
 
 /// Makes a parked goroutine runnable on its M.
@@ -1117,6 +1170,9 @@ fn new_g(sched: &'static Sched, entry: impl FnOnce() + Send + 'static) -> GRef {
         allg_index: UnsafeCell::new(0),
         queued_at: AtomicU64::new(0),
         locals: UnsafeCell::new(Vec::new()),
+        parked_stack: ParkedStack::new(),
+        segments: UnsafeCell::new(Vec::new()),
+        wait_space: UnsafeCell::new(MaybeUninit::uninit()),
     });
     let g = GRef(NonNull::from(Box::leak(g)));
     let mut allg = lock(&sched.allg[allg_list]);
@@ -1359,8 +1415,17 @@ fn roots_of(sched: &Sched, visit: &mut dyn FnMut(RootRange)) {
         let gg = g.g();
         visit(RootRange::Block(g.0.as_ptr().cast::<u8>()));
         // SAFETY: the world is stopped (or the runtime is over), so the G is switched out and
-        // its stack fields are stable.
-        if let Some(stack) = unsafe { &*gg.stack.get() } {
+        // its stack fields are stable; we hold its allg list's lock, so sysmon is not stashing
+        // it.
+        if let Some(bytes) = unsafe { gg.parked_stack.stashed_bytes() } {
+            visit(RootRange::Stack {
+                lo: bytes.as_ptr(),
+                hi: bytes.as_ptr_range().end,
+            });
+        } else if let Some(stack) =
+            // SAFETY: as above.
+            unsafe { gg.current_stack() }
+        {
             // SAFETY: as above.
             let sp = unsafe { *gg.sp.get() };
             visit(RootRange::Stack {
@@ -1368,7 +1433,198 @@ fn roots_of(sched: &Sched, visit: &mut dyn FnMut(RootRange)) {
                 hi: stack.top(),
             });
         }
+        // The stacks the goroutine grew from, each from where it left it.
+        // SAFETY: as above.
+        let segments = unsafe { &*gg.segments.get() };
+        for (i, segment) in segments.iter().enumerate() {
+            let below = match i {
+                // SAFETY: as above.
+                0 => unsafe { (*gg.stack.get()).as_ref() },
+                _ => Some(&segments[i - 1].stack),
+            };
+            if let Some(below) = below {
+                visit(RootRange::Stack {
+                    lo: segment.caller_sp.0,
+                    hi: below.top(),
+                });
+            }
+        }
     }
+}
+
+/// Where a pass over every G's stack memory (see `shrink`) has got to.
+#[derive(Default, Debug)]
+pub(crate) struct StackPass {
+    /// Goroutines parked in this epoch or later are left alone.
+    before: u64,
+    list: usize,
+    index: usize,
+    /// Some parked goroutine was too young: the next epoch needs a pass too.
+    pub(crate) found_young: bool,
+    /// Goroutines whose stacks this pass stashed or trimmed.
+    pub(crate) released: usize,
+}
+
+impl StackPass {
+    /// A pass over goroutines parked before `epoch - 1`, so for at least one whole epoch.
+    pub(crate) fn new(epoch: u64) -> StackPass {
+        StackPass {
+            before: epoch.saturating_sub(1),
+            ..StackPass::default()
+        }
+    }
+}
+
+/// Goroutines a pass looks at under one lock acquisition of an allg list.
+const PASS_CHUNK: usize = 256;
+
+/// Continues `pass` until `deadline`; returns true when it has covered every G.
+pub(crate) fn release_parked_stacks(
+    sched: &Sched,
+    pass: &mut StackPass,
+    deadline: Instant,
+) -> bool {
+    while pass.list < sched.allg.len() {
+        let list = lock(&sched.allg[pass.list]);
+        let end = (pass.index + PASS_CHUNK).min(list.len());
+        for g in list.get(pass.index..end).unwrap_or(&[]) {
+            let gg = g.g();
+            // SAFETY: we are sysmon and hold the G's allg lock. The stack fields of a parked G
+            // are written only by its home M before its first run and at its exit, neither of
+            // which can happen while it is parked.
+            let released = unsafe {
+                gg.parked_stack.release(pass.before, || {
+                    let stack = gg.current_stack()?;
+                    Some((stack as *const Stack, *gg.sp.get()))
+                })
+            };
+            match released {
+                Released::Nothing => {}
+                Released::TooYoung => pass.found_young = true,
+                Released::Done => pass.released += 1,
+            }
+        }
+        if end >= list.len() {
+            pass.list += 1;
+            pass.index = 0;
+        } else {
+            pass.index = end;
+        }
+        drop(list);
+        if Instant::now() >= deadline {
+            return false;
+        }
+    }
+    true
+}
+
+/// Asks sysmon to release the stack memory of goroutines that have been parked for a while, at
+/// its next epoch, even if none parked since its last pass (the collector calls this after each
+/// cycle). Does nothing outside a runtime.
+pub fn release_parked_stacks_soon() {
+    if let Some(sched) = current_sched() {
+        sched.stack_pass_requested.store(true, Ordering::Relaxed);
+    }
+}
+
+impl G {
+    /// The stack the goroutine runs on (or was switched out on): its innermost segment, else its
+    /// slot; `None` before its first run.
+    ///
+    /// # Safety
+    /// The caller must be the goroutine itself, or the goroutine must be switched out and the
+    /// caller its M, sysmon holding its allg lock while it is parked, or the collector.
+    unsafe fn current_stack(&self) -> Option<&Stack> {
+        // SAFETY: the caller's contract: nobody changes the fields meanwhile.
+        unsafe {
+            match (*self.segments.get()).last() {
+                Some(segment) => Some(&segment.stack),
+                None => (*self.stack.get()).as_ref(),
+            }
+        }
+    }
+}
+
+/// Adds a stack segment to the running goroutine `g` for `grow`: twice the size of its current
+/// stack, at least twice `red_zone`, within `Config::max_stack_size`. Returns the segment's
+/// index and top, or `Err(max_stack_size)` when it would pass that.
+pub(crate) fn push_segment(g: GRef, red_zone: usize) -> Result<(usize, *mut u8), usize> {
+    let gg = g.g();
+    let max = gg.sched.config.max_stack_size;
+    // SAFETY: the running goroutine is the only one that changes its stacks.
+    let segments = unsafe { &mut *gg.segments.get() };
+    // SAFETY: as above.
+    let slot = unsafe { (*gg.stack.get()).as_ref() }.map_or(0, Stack::size);
+    let used: usize = slot + segments.iter().map(|s| s.stack.size()).sum::<usize>();
+    let current = segments.last().map_or(slot, |s| s.stack.size());
+    let wanted = current.saturating_mul(2).max(red_zone.saturating_mul(2));
+    let size = wanted.min(max.saturating_sub(used));
+    if size < red_zone.saturating_mul(2).max(64 << 10) {
+        return Err(max);
+    }
+    let stack = Stack::with_size(size).unwrap_or_else(|error| {
+        throw(&format!(
+            "cannot allocate a stack segment for goroutine {}: {error}",
+            gg.id
+        ))
+    });
+    stack.set_owner(gg.id);
+    let top = stack.top();
+    grow::set_stack_limit(stack.limit() as usize);
+    segments.push(Segment {
+        stack,
+        caller_sp: StackPointer(std::ptr::null_mut()),
+    });
+    Ok((segments.len() - 1, top))
+}
+
+/// Where the switch onto segment `index` of the running goroutine `g` saves (and its last frame
+/// finds) the context to return to.
+pub(crate) fn segment_caller_sp(g: GRef, index: usize) -> *mut StackPointer {
+    // SAFETY: the running goroutine is the only one that changes its stacks.
+    let segments = unsafe { &mut *g.g().segments.get() };
+    &raw mut segments[index].caller_sp
+}
+
+/// Removes the running goroutine's innermost segment (number `index`) once the call on it has
+/// returned, and gives it back to the pool.
+pub(crate) fn pop_segment(g: GRef, index: usize) {
+    let gg = g.g();
+    // SAFETY: the running goroutine is the only one that changes its stacks.
+    let segments = unsafe { &mut *gg.segments.get() };
+    debug_assert_eq!(segments.len(), index + 1, "segments end innermost first");
+    let segment = segments.pop().expect("a segment to pop");
+    // SAFETY: as above.
+    let below = unsafe { gg.current_stack() };
+    grow::set_stack_limit(below.map_or(0, |s| s.limit() as usize));
+    drop(segment);
+}
+
+/// Ends the program because goroutine `g` needs more than `limit` bytes of stack (Go's
+/// "goroutine stack exceeds ...-byte limit").
+pub(crate) fn throw_stack_overflow(g: GRef, limit: usize) -> ! {
+    eprintln!(
+        "goroutine {} stack exceeds {limit}-byte limit\nfatal error: stack overflow",
+        g.g().id
+    );
+    std::process::exit(2)
+}
+
+/// Room in the running goroutine's G for the record of the operation it is about to block in, if
+/// the caller is a goroutine and an `R` fits. A record there outlives the goroutine's stack
+/// memory, which sysmon may release while it is parked (see `shrink`); wakers may use it.
+///
+/// The caller must not block in another operation that uses the space until it has finished
+/// with this record (a goroutine blocks in one operation at a time, so that holds when the record
+/// lives only while the caller is blocked), and must drop the record itself.
+pub(crate) fn wait_space<R>() -> Option<NonNull<R>> {
+    if size_of::<R>() > WAIT_SPACE_WORDS * size_of::<usize>()
+        || align_of::<R>() > align_of::<usize>()
+    {
+        return None;
+    }
+    let g = current_g()?;
+    NonNull::new(g.g().wait_space.get().cast::<R>())
 }
 
 /// Locks a runtime mutex; a poisoned lock is still usable (no runtime code panics while holding

@@ -7,13 +7,15 @@
 //! (a starving `Mutex`, every `RwLock` grant) the record says so and the woken party does not
 //! compete again.
 
-use crate::park::{Waiter, park};
-use crate::proc::lock;
+use crate::park::{Waiter, park, park_releasable};
+use crate::proc::{self, lock};
 use crate::stw;
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
 use std::sync::Mutex as StdMutex;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -86,7 +88,7 @@ impl WaitGroup {
             let waiter = Waiter::current();
             let parker = waiter.thread_parker();
             waiters.push(waiter);
-            park(waiters, parker);
+            park_releasable(waiters, parker);
             // Re-check: the counter may have been raised again before we ran (Go's WaitGroup
             // forbids reuse before Wait returns; we tolerate it).
         }
@@ -112,7 +114,7 @@ impl fmt::Debug for WaitGroup {
     }
 }
 
-/// A queued waiter: on the waiter's stack while it is parked.
+/// A queued waiter: in the waiting goroutine's G, or on a waiting thread's stack.
 struct WaitRecord {
     waiter: UnsafeCell<Option<Waiter>>,
     since: Instant,
@@ -147,18 +149,43 @@ impl RecordPtr {
 
 /// Queues a record for the caller on the locked `queue`, parks (g0 releases the queue lock), and
 /// returns whether the waker granted the lock.
-fn wait_in_queue(mut queue: std::sync::MutexGuard<'_, VecDeque<RecordPtr>>) -> bool {
+fn wait_in_queue(queue: std::sync::MutexGuard<'_, VecDeque<RecordPtr>>) -> bool {
+    park_with_record(queue, |queue, record| queue.push_back(record))
+}
+
+/// Makes a record for the caller, lets `enqueue` queue it in the locked state `guard`, parks (g0
+/// releases the lock), and returns whether the waker granted the lock.
+///
+/// A goroutine's record goes in its G (so its stack memory may be released while it waits),
+/// anyone else's on the stack.
+fn park_with_record<Guard>(mut guard: Guard, enqueue: impl FnOnce(&mut Guard, RecordPtr)) -> bool {
     let waiter = Waiter::current();
     let parker = waiter.thread_parker();
-    let record = WaitRecord {
-        waiter: UnsafeCell::new(Some(waiter)),
-        since: Instant::now(),
-        granted: UnsafeCell::new(false),
+    let mut on_stack = MaybeUninit::<WaitRecord>::uninit();
+    let in_g = proc::wait_space::<WaitRecord>();
+    let slot = in_g.map_or(on_stack.as_mut_ptr(), NonNull::as_ptr);
+    // SAFETY: `slot` is unused room for a record: our frame, or the G's wait space, which only
+    // the operation a goroutine is blocked in uses.
+    unsafe {
+        slot.write(WaitRecord {
+            waiter: UnsafeCell::new(Some(waiter)),
+            since: Instant::now(),
+            granted: UnsafeCell::new(false),
+        })
     };
-    queue.push_back(RecordPtr(&record));
-    park(queue, parker);
-    // SAFETY: the waker removed the record and woke us; nobody else touches it now.
-    unsafe { *record.granted.get() }
+    enqueue(&mut guard, RecordPtr(slot));
+    if in_g.is_some() {
+        park_releasable(guard, parker);
+    } else {
+        park(guard, parker);
+    }
+    // SAFETY: the waker removed the record and woke us (a thread parker returns only after its
+    // wake); nobody else touches it now, and we drop it once.
+    unsafe {
+        let granted = *(*slot).granted.get();
+        slot.drop_in_place();
+        granted
+    }
 }
 
 const LOCKED: u32 = 1;
@@ -390,18 +417,10 @@ impl<T: ?Sized> RwLock<T> {
     }
 
     /// Queues and parks until a grant hands the lock over.
-    fn wait(&self, mut state: std::sync::MutexGuard<'_, RwState>, writer: bool) {
-        let waiter = Waiter::current();
-        let parker = waiter.thread_parker();
-        let record = WaitRecord {
-            waiter: UnsafeCell::new(Some(waiter)),
-            since: Instant::now(),
-            granted: UnsafeCell::new(false),
-        };
-        state.queue.push_back((writer, RecordPtr(&record)));
-        park(state, parker);
-        // SAFETY: the granter removed the record and woke us; nobody else touches it now.
-        let granted = unsafe { *record.granted.get() };
+    fn wait(&self, state: std::sync::MutexGuard<'_, RwState>, writer: bool) {
+        let granted = park_with_record(state, |state, record| {
+            state.queue.push_back((writer, record))
+        });
         debug_assert!(granted, "RwLock waiters wake only on a grant");
     }
 
@@ -546,7 +565,7 @@ impl Once {
             let waiter = Waiter::current();
             let parker = waiter.thread_parker();
             waiters.push(waiter);
-            park(waiters, parker);
+            park_releasable(waiters, parker);
         }
     }
 

@@ -12,11 +12,16 @@
 //! 2. **Deadlock detection.** When no M runs a goroutine, sysmon checks whether anything can
 //!    ever run again (see `proc::deadlocked`) and, if not, ends the program with Go's
 //!    "fatal error: all goroutines are asleep - deadlock!" and exit status 2.
-//! 3. **schedtrace.** With `GORO_DEBUG=schedtrace=MS`, every MS milliseconds it prints Go's line:
+//! 3. **Parked stacks.** Every [`shrink::EPOCH`] it starts a new epoch and, if goroutines
+//!    parked since the last pass (or a collection asked), walks every G in slices of
+//!    [`shrink::SLICE`], stashing or trimming the stacks of goroutines parked for at least one
+//!    epoch (see `shrink`).
+//! 4. **schedtrace.** With `GORO_DEBUG=schedtrace=MS`, every MS milliseconds it prints Go's line:
 //!    `SCHED 1004ms: gomaxprocs=2 idleprocs=1 threads=4 spinningthreads=0 idlethreads=1
 //!    runqueue=0 [0 3]`.
 
-use crate::proc::{Sched, lock};
+use crate::proc::{Sched, StackPass, lock, release_parked_stacks};
+use crate::shrink;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -24,6 +29,8 @@ use std::time::{Duration, Instant};
 pub const TIME_SLICE: Duration = Duration::from_millis(10);
 const MIN_DELAY: Duration = Duration::from_micros(20);
 const MAX_DELAY: Duration = Duration::from_millis(10);
+/// sysmon's sleep between slices of a stack pass.
+const PASS_DELAY: Duration = Duration::from_millis(1);
 
 /// What sysmon last saw of one M.
 #[derive(Clone, Copy)]
@@ -38,6 +45,9 @@ pub(crate) fn run(sched: &'static Sched) {
     let mut seen: Vec<Seen> = Vec::new();
     let mut delay = MIN_DELAY;
     let mut next_trace = sched.config().schedtrace.map(|every| started + every);
+    let mut next_epoch = started + shrink::EPOCH;
+    let mut pass: Option<StackPass> = None;
+    let mut young_left = false;
     while !sched.shutdown.load(Ordering::Acquire) {
         sched.sysmon_sleep(delay);
         let now = Instant::now();
@@ -72,6 +82,23 @@ pub(crate) fn run(sched: &'static Sched) {
         // idle cannot hide a deadlock for good.
         if !busy && crate::proc::deadlocked(sched) {
             crate::proc::throw_deadlock();
+        }
+        if now >= next_epoch {
+            next_epoch = now + shrink::EPOCH;
+            let epoch = sched.stack_epoch.fetch_add(1, Ordering::Relaxed) + 1;
+            let parks = sched.parks_since_pass.swap(false, Ordering::Relaxed);
+            let asked = sched.stack_pass_requested.swap(false, Ordering::Relaxed);
+            if pass.is_none() && (parks || asked || young_left) {
+                pass = Some(StackPass::new(epoch));
+            }
+        }
+        if let Some(current) = &mut pass {
+            if release_parked_stacks(sched, current, Instant::now() + shrink::SLICE) {
+                young_left = current.found_young;
+                pass = None;
+            } else {
+                delay = delay.min(PASS_DELAY);
+            }
         }
         if let (Some(at), Some(every)) = (next_trace, sched.config().schedtrace)
             && now >= at

@@ -1,0 +1,148 @@
+//! Stacks that grow past their slot: [`maybe_grow`] continues a deep computation on a new
+//! segment (a segmented stack, as Go had before 1.4, with the growth check written by the
+//! programmer instead of the compiler).
+//!
+//! A goroutine's slot holds [`Config::stack_size`](crate::Config) bytes (1 MiB by default), all
+//! address space, committed page by page as it is touched. Rust cannot move a stack to a larger
+//! one the way Go does, because references into it are everywhere; and no compiler-inserted
+//! check tells the runtime that a function is about to run past the end. What Rust code can do
+//! is ask, at the top of a recursive function, whether enough stack is left, and if not run the
+//! rest on another stack: that is `maybe_grow(red_zone, f)` (the shape of the `stacker` crate's
+//! function, which rustc uses for its own recursion).
+//!
+//! ```text
+//!   slot (1 MiB)          segment 1 (2 MiB)       segment 2 (4 MiB)
+//!   [ .. frames .. sp0 ]  [ .. frames .. sp1 ]    [ .. frames .. sp ]   <- running here
+//!          ^ caller sp saved when segment 1 began   ^ when segment 2 began
+//! ```
+//!
+//! Each segment doubles the previous one's size, from the goroutine's pooled slots; the sizes of
+//! all of a goroutine's stacks together may not pass [`Config::max_stack_size`](crate::Config)
+//! (1 GiB by default, Go's limit), beyond which the program ends with Go's message. The
+//! collector scans every segment from the stack pointer saved in it to its top. A segment is
+//! returned to the pool as soon as `f` returns, so a goroutine that recursed deeply once does
+//! not keep the memory.
+//!
+//! The check costs one thread-local load and a compare: the M stores the lowest usable address
+//! of the stack it switches to in `STACK_LIMIT`, and `maybe_grow` compares the address of one of
+//! its locals with it. Outside a goroutine `STACK_LIMIT` is 0, so `f` runs in place.
+
+use crate::proc::{self, throw_stack_overflow};
+use goro_stack::{Stack, StackPointer, init_stack, switch};
+use std::cell::Cell;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+
+thread_local! {
+    /// The lowest usable address of the stack the running goroutine is on; 0 outside one.
+    static STACK_LIMIT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Called by an M before it switches to a goroutine (with that goroutine's current stack's
+/// limit) and after (with 0).
+#[inline]
+pub(crate) fn set_stack_limit(limit: usize) {
+    STACK_LIMIT.with(|l| l.set(limit));
+}
+
+/// Bytes of stack left below the caller on the goroutine's current stack, or `None` outside a
+/// goroutine.
+#[inline]
+pub fn remaining_stack() -> Option<usize> {
+    let limit = STACK_LIMIT.with(Cell::get);
+    (limit != 0).then(|| approximate_sp().saturating_sub(limit))
+}
+
+/// Runs `f`, on a new stack segment if fewer than `red_zone` bytes of stack are left below the
+/// caller. Put it at the top of a recursive function that may recurse deeper than the
+/// goroutine's stack (Go's growable stacks, by hand); `goro::stack`'s documentation has a
+/// runnable example.
+///
+/// `red_zone` must cover what `f` may use before its own next `maybe_grow` (its frames down to
+/// that call). Panics in `f` propagate to the caller as if no segment were involved. Outside a
+/// goroutine, `f` runs in place.
+///
+/// # Aborts
+/// Ends the program with "goroutine N stack exceeds LIMIT-byte limit" and "fatal error: stack
+/// overflow" (exit status 2, like Go) when the goroutine's stacks would pass the runtime's
+/// maximum stack size.
+#[inline]
+pub fn maybe_grow<R>(red_zone: usize, f: impl FnOnce() -> R) -> R {
+    let limit = STACK_LIMIT.with(Cell::get);
+    if limit == 0 || approximate_sp().saturating_sub(limit) >= red_zone {
+        return f();
+    }
+    grow(red_zone, f)
+}
+
+/// An address in the caller's current frame: the stack pointer, within a few hundred bytes.
+#[inline(always)]
+fn approximate_sp() -> usize {
+    let here = 0u8;
+    std::hint::black_box(&here) as *const u8 as usize
+}
+
+/// A stack segment of a goroutine.
+pub(crate) struct Segment {
+    pub(crate) stack: Stack,
+    /// The stack pointer saved on the previous stack when this segment began: the previous
+    /// stack's live part is `[caller_sp, its top)`.
+    pub(crate) caller_sp: StackPointer,
+}
+
+/// A call running on a segment: its closure, then its outcome.
+struct Call<F, R> {
+    f: Option<F>,
+    outcome: Option<std::thread::Result<R>>,
+    /// Where the segment's context was when it finished (never resumed).
+    finished_sp: StackPointer,
+    /// The segment's index in the G's list: its `caller_sp` is where to return.
+    index: usize,
+}
+
+#[cold]
+#[inline(never)]
+fn grow<R, F: FnOnce() -> R>(red_zone: usize, f: F) -> R {
+    let g = proc::current_g().expect("a stack limit is set only while a goroutine runs");
+    let (index, top) = proc::push_segment(g, red_zone).unwrap_or_else(|limit| {
+        throw_stack_overflow(g, limit);
+    });
+    let mut call = Call {
+        f: Some(f),
+        outcome: None,
+        finished_sp: StackPointer(std::ptr::null_mut()),
+        index,
+    };
+    // SAFETY: `top` is the top of the fresh segment, which nothing else uses; `segment_entry`
+    // never returns (it switches back here); `call` outlives the segment's context, which ends
+    // before this frame continues. `caller_sp` of the new segment is where this switch saves our
+    // context, read by `segment_entry` to come back exactly once.
+    unsafe {
+        let entry = init_stack(top, segment_entry::<F, R>, (&raw mut call) as usize);
+        switch(proc::segment_caller_sp(g, index), entry);
+    }
+    proc::pop_segment(g, index);
+    match call.outcome.take().expect("a segment's call finished") {
+        Ok(value) => value,
+        Err(panic) => resume_unwind(panic),
+    }
+}
+
+/// The first frame of a segment: runs the call, then switches back to the frame that grew.
+unsafe extern "C" fn segment_entry<F: FnOnce() -> R, R>(arg: usize) -> ! {
+    // SAFETY: `arg` is the `Call` in `grow`'s frame, suspended until we switch back.
+    let call = unsafe { &mut *(arg as *mut Call<F, R>) };
+    let f = call.f.take().expect("a segment runs its call once");
+    // Unwinding must not leave the segment (there is no frame above this one to land in): catch
+    // here, resume on the caller's stack.
+    call.outcome = Some(catch_unwind(AssertUnwindSafe(f)));
+    let g = proc::current_g().expect("a segment runs in a goroutine");
+    // SAFETY: the caller's context was saved at `caller_sp` by the switch in `grow` and is
+    // resumed once, here; this context is never resumed (nothing reads `finished_sp`).
+    unsafe {
+        switch(
+            &raw mut call.finished_sp,
+            *proc::segment_caller_sp(g, call.index),
+        )
+    };
+    proc::throw("a finished stack segment was resumed")
+}

@@ -1,0 +1,221 @@
+//! Giving a parked goroutine's stack memory back to the OS (Go's stack shrinking, without moving
+//! anything).
+//!
+//! Go shrinks the stack of a goroutine that uses little of it by copying it to a smaller one. A
+//! goro stack cannot move (Rust code keeps pointers into it), but its *memory* can go while the
+//! goroutine is parked, as long as the bytes are back before it runs:
+//!
+//! - **Stash** (a goroutine parked where no waker touches its stack): the live bytes `[sp, top)`,
+//!   typically a few hundred, are copied into a heap buffer and every page of the slot is
+//!   released. The goroutine then costs its G, its live bytes and nothing else. When it is next
+//!   resumed, its M copies the bytes back to the same addresses (one page fault per page).
+//! - **Trim** (a goroutine parked where a waker may write to its stack, such as a `select` whose
+//!   records are on it): the whole pages below its saved stack pointer are released, which
+//!   gives back what deep calls committed before it parked.
+//!
+//! Both are done by sysmon to goroutines that have stayed parked for at least one
+//! [`EPOCH`] (between one and two), in slices of at most [`SLICE`] so that sysmon stays
+//! responsive; a collection asks for a pass too (`request_pass`). A goroutine that parks and
+//! wakes quickly is never touched: its stack costs nothing extra.
+//!
+//! # The handshake
+//!
+//! The goroutine's home M is the only thread that runs it, sysmon the only one that stashes or
+//! trims it. They agree through one atomic state per G:
+//!
+//! ```text
+//!   ACTIVE --g0 after the park--> PARKED_RELEASABLE | PARKED_PINNED
+//!   PARKED_* --sysmon CAS--> BUSY --sysmon--> STASHED | TRIMMED
+//!   PARKED_* | TRIMMED --home M CAS before resuming--> ACTIVE
+//!   STASHED --home M: copy back--> ACTIVE          BUSY: the home M waits (sysmon is copying)
+//! ```
+//!
+//! The home M's CAS before a resume is the whole cost on the hot path (a goroutine that parks and
+//! is readied pays one compare-and-swap); the release store of `PARKED_*` after the goroutine's
+//! registers are saved is what lets sysmon read its stack. Wakers never read the stack of a
+//! `PARKED_RELEASABLE` goroutine: the primitives that park that way keep their wait records in
+//! the heap or in the G (see `proc::wait_space`).
+//!
+//! sysmon stashes while holding the lock of the goroutine's `allg` list, and the collector scans
+//! with every such lock held, so the collector sees each G ACTIVE, parked, TRIMMED or STASHED,
+//! never half copied; a STASHED goroutine's roots are its stashed bytes.
+
+use goro_stack::{Stack, StackPointer, StashedStack};
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Running, runnable, or parked so recently that the home M has not published its state.
+const ACTIVE: u8 = 0;
+/// Parked; no waker touches the stack, so it may be stashed.
+const PARKED_RELEASABLE: u8 = 1;
+/// Parked; a waker may write to the stack above the saved stack pointer, so it may only be
+/// trimmed below it.
+const PARKED_PINNED: u8 = 2;
+/// sysmon is stashing or trimming.
+const BUSY: u8 = 3;
+/// The live bytes are in the heap; the slot's pages are released.
+const STASHED: u8 = 4;
+/// Pages below the saved stack pointer are released (not repeated until it runs again).
+const TRIMMED: u8 = 5;
+
+/// sysmon's epoch: goroutines parked two epochs ago or earlier have their stack memory released.
+pub(crate) const EPOCH: Duration = Duration::from_millis(500);
+/// The longest sysmon works on one slice of a pass before it returns to its other duties.
+pub(crate) const SLICE: Duration = Duration::from_millis(1);
+
+/// A goroutine's stack-memory state (a field of its G).
+pub(crate) struct ParkedStack {
+    state: AtomicU8,
+    /// The sysmon epoch in which the goroutine last parked.
+    parked_in: AtomicU64,
+    /// The live bytes while STASHED. Written by sysmon in BUSY; taken by the home M after it
+    /// reads STASHED (acquire); read by the collector, which holds the G's `allg` lock.
+    stashed: UnsafeCell<Option<StashedStack>>,
+}
+
+// SAFETY: `stashed` is accessed by one party at a time, as the state machine above hands it over
+// (sysmon in BUSY, the home M after STASHED, the collector under the allg lock sysmon needs).
+unsafe impl Sync for ParkedStack {}
+
+/// What a pass did to one goroutine.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Released {
+    /// Not parked, or already released.
+    Nothing,
+    /// Parked, but not yet for long enough: another pass should look again.
+    TooYoung,
+    /// Stashed or trimmed.
+    Done,
+}
+
+impl ParkedStack {
+    pub(crate) const fn new() -> ParkedStack {
+        ParkedStack {
+            state: AtomicU8::new(ACTIVE),
+            parked_in: AtomicU64::new(0),
+            stashed: UnsafeCell::new(None),
+        }
+    }
+
+    /// Publishes that the goroutine is parked, in `epoch`. Called by its home M's g0 after the
+    /// goroutine's registers are saved; `releasable` when no waker will touch its stack.
+    pub(crate) fn parked(&self, releasable: bool, epoch: u64) {
+        self.parked_in.store(epoch, Ordering::Relaxed);
+        let state = if releasable {
+            PARKED_RELEASABLE
+        } else {
+            PARKED_PINNED
+        };
+        // Release: the saved registers and frames are visible to sysmon once it sees the state.
+        self.state.store(state, Ordering::Release);
+    }
+
+    /// Takes the stack back before the home M resumes the goroutine: copies stashed bytes back,
+    /// or waits for sysmon to finish with it.
+    ///
+    /// # Safety
+    /// Only the goroutine's home M may call this, before switching to it; `stack` is its stack.
+    #[inline]
+    pub(crate) unsafe fn reclaim(&self, stack: Option<&Stack>) {
+        if self.state.load(Ordering::Relaxed) != ACTIVE {
+            // SAFETY: the caller's contract.
+            unsafe { self.reclaim_slow(stack) }
+        }
+    }
+
+    #[cold]
+    unsafe fn reclaim_slow(&self, stack: Option<&Stack>) {
+        loop {
+            match self.state.load(Ordering::Acquire) {
+                ACTIVE => return,
+                state @ (PARKED_RELEASABLE | PARKED_PINNED | TRIMMED) => {
+                    if self
+                        .state
+                        .compare_exchange(state, ACTIVE, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        return;
+                    }
+                }
+                BUSY => std::hint::spin_loop(),
+                STASHED => {
+                    // SAFETY: STASHED (read with acquire) hands `stashed` to the home M, which
+                    // we are; sysmon no longer touches it.
+                    let stashed = unsafe { (*self.stashed.get()).take() }
+                        .expect("a STASHED goroutine has stashed bytes");
+                    let stack = stack.expect("a stashed goroutine has a stack");
+                    // SAFETY: the bytes were stashed from this stack, which nothing has used
+                    // since (the goroutine is parked and only we run it).
+                    unsafe { stack.unstash(stashed) };
+                    self.state.store(ACTIVE, Ordering::Relaxed);
+                    return;
+                }
+                state => unreachable!("goroutine stack state {state}"),
+            }
+        }
+    }
+
+    /// Stashes or trims the stack of a goroutine parked in an epoch before `before`.
+    ///
+    /// # Safety
+    /// Only sysmon may call this, holding the lock of the G's `allg` list; `stack` and `sp` are
+    /// the G's stack and saved stack pointer (stable while the state is parked).
+    pub(crate) unsafe fn release(
+        &self,
+        before: u64,
+        stack: impl FnOnce() -> Option<(*const Stack, StackPointer)>,
+    ) -> Released {
+        let state = self.state.load(Ordering::Relaxed);
+        if state != PARKED_RELEASABLE && state != PARKED_PINNED {
+            return Released::Nothing;
+        }
+        if self.parked_in.load(Ordering::Relaxed) >= before {
+            return Released::TooYoung;
+        }
+        // Acquire: pairs with the release in `parked`, so the frames are visible.
+        if self
+            .state
+            .compare_exchange(state, BUSY, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return Released::Nothing; // resumed just now
+        }
+        let Some((stack, sp)) = stack() else {
+            self.state.store(state, Ordering::Release);
+            return Released::Nothing;
+        };
+        // SAFETY: the stack belongs to a G that cannot exit while parked.
+        let stack = unsafe { &*stack };
+        let next = if state == PARKED_RELEASABLE {
+            // SAFETY: BUSY keeps the home M from resuming the goroutine until we publish
+            // STASHED; no waker touches a PARKED_RELEASABLE goroutine's stack; `sp` is its saved
+            // stack pointer.
+            let stashed = unsafe { stack.stash(sp) };
+            // SAFETY: BUSY gives us `stashed`.
+            unsafe { *self.stashed.get() = Some(stashed) };
+            STASHED
+        } else {
+            // SAFETY: the goroutine is suspended at `sp`, so nothing below it is live; wakers
+            // write only to records above it.
+            unsafe { stack.release_below(sp.0) };
+            TRIMMED
+        };
+        // Release: the stashed bytes are visible to the home M once it sees STASHED.
+        self.state.store(next, Ordering::Release);
+        Released::Done
+    }
+
+    /// The stashed bytes of a STASHED goroutine: what the collector scans instead of its stack.
+    ///
+    /// # Safety
+    /// The caller holds the lock of the G's `allg` list (so sysmon is not stashing it) and the
+    /// world is stopped (so its M is not taking the bytes back).
+    pub(crate) unsafe fn stashed_bytes(&self) -> Option<&[u8]> {
+        if self.state.load(Ordering::Acquire) != STASHED {
+            return None;
+        }
+        // SAFETY: the caller's contract; STASHED (acquire) published the bytes.
+        unsafe { (*self.stashed.get()).as_ref().map(|s| s.bytes()) }
+    }
+}
