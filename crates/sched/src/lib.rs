@@ -9,8 +9,8 @@
 //!   there, and goroutines switch to it to block, yield or exit.
 //! - **P**: a processor: the right to run Go code, and a local run queue. There are GOMAXPROCS Ps.
 //!
-//! In this version M *i* always holds P *i* (there is no hand-off of Ps around blocking calls yet,
-//! so the pairing is fixed and an M never waits for a P). Scheduling:
+//! Ms and Ps are separate: an M holds a P while it runs goroutines, hands it back when it blocks
+//! in [`blocking`] or goes idle, and takes a free one (or waits for one) to run again. Scheduling:
 //!
 //! 1. `go(f)` makes a G and puts it on the current P's local queue (the global queue from threads
 //!    that are not Ms, or when the local queue holds more than [`LOCAL_QUEUE_SOFT_LIMIT`]), then
@@ -30,9 +30,12 @@
 //!    (channel operations, spawn, yield, join, `Gc` allocation batches); a goroutine at a safe point
 //!    switches to g0 and waits there, so its stack is scannable from its saved stack pointer.
 //!
-//! Alternatives rejected for now: lock-free run queues and `runnext` (issue 5 brings them, with
-//! loom models), signal-based preemption (unsound to switch inside a handler; sysmon's preempt flag
-//! comes with issue 5).
+//! 6. Stacks: a goroutine's slot is committed as it is touched; [`stack::maybe_grow`] continues
+//!    deep code on segments; sysmon gives back the stack memory of long-parked goroutines
+//!    (`shrink`).
+//!
+//! Rejected: signal-based preemption (unsound to switch inside a handler); sysmon sets a preempt
+//! flag that goroutines check at safe points instead.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
