@@ -63,6 +63,8 @@ unsafe impl Mutators for GoroutineRoots {
         // Go frees stack memory at GC: release the pages of pooled stack slots beyond a warm
         // few, so a burst of deep goroutines does not keep its RSS after it is gone.
         goro_stack::trim(STACKS_KEPT_WARM);
+        // And the pages below long-parked goroutines' stack pointers (sysmon, at its next epoch).
+        goro_sched::release_parked_stacks_soon();
     }
 
     fn roots(&self, visitor: &mut RootVisitor<'_>) {

@@ -60,3 +60,79 @@ fn rss_falls_after_a_burst_of_deep_stacks() {
         "RSS stayed {kept} bytes above the start after the burst ({burst} bytes) and a collection"
     );
 }
+
+/// Touches about `bytes` of stack below the caller, then returns.
+#[inline(never)]
+fn touch(bytes: usize) -> u64 {
+    if bytes < 4096 {
+        return 1;
+    }
+    let frame = std::hint::black_box([1u8; 4096]);
+    touch(bytes - 4096) + u64::from(frame[3])
+}
+
+#[test]
+fn a_million_spawn_exit_cycles_leave_rss_bounded() {
+    let runtime = goro::Runtime::builder().max_procs(2).build().unwrap();
+    let (warm, end) = runtime.run(|| {
+        let round = || {
+            let handles: Vec<_> = (0..1000).map(|_| goro::go(|| touch(16 << 10))).collect();
+            for h in handles {
+                assert_eq!(h.join().unwrap(), 5);
+            }
+        };
+        for _ in 0..100 {
+            round();
+        }
+        let warm = rss_bytes();
+        for _ in 100..1000 {
+            round();
+        }
+        (warm, rss_bytes())
+    });
+    let grown = end.saturating_sub(warm);
+    assert!(
+        grown < 8 << 20,
+        "RSS grew {grown} bytes over 900,000 more spawn/exit cycles"
+    );
+}
+
+#[test]
+fn idle_procs_give_their_cached_stacks_back() {
+    let runtime = goro::Runtime::builder().max_procs(2).build().unwrap();
+    let (peak, idle) = runtime.run(|| {
+        let base = rss_bytes();
+        let (tx, rx) = goro::chan::channel::<()>(0);
+        // Fewer than a P's stack cache holds (64), so that all of them stay cached there.
+        let handles: Vec<_> = (0..60)
+            .map(|_| {
+                let rx = rx.clone();
+                goro::go(move || touch(256 << 10) + rx.recv().map_or(0, |()| 1))
+            })
+            .collect();
+        drop(rx);
+        while goro::num_goroutine() > 61 {
+            goro::yield_now();
+        }
+        goro::sleep(std::time::Duration::from_millis(100));
+        drop(tx);
+        for h in handles {
+            assert_eq!(h.join().unwrap(), 65);
+        }
+        // The exited goroutines' stacks sit in the Ps' caches, committed.
+        let peak = rss_bytes().saturating_sub(base);
+        let start = std::time::Instant::now();
+        while rss_bytes().saturating_sub(base) > peak / 4 && start.elapsed().as_secs() < 10 {
+            goro::sleep(std::time::Duration::from_millis(50));
+        }
+        (peak, rss_bytes().saturating_sub(base))
+    });
+    assert!(
+        peak >= 8 << 20,
+        "the goroutines committed only {peak} bytes"
+    );
+    assert!(
+        idle <= peak / 4,
+        "{idle} of {peak} bytes stayed resident 10 s after the goroutines exited"
+    );
+}

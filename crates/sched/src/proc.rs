@@ -592,6 +592,11 @@ where
         }
     }
     CURRENT.store(std::ptr::null_mut(), Ordering::Release);
+    // The scheduler structure outlives the runtime (see `Sched`), its stack caches need not.
+    for p in sched.ps.iter() {
+        // SAFETY: every M has exited, so no P is held.
+        drop(std::mem::take(unsafe { &mut *p.stacks.get() }));
+    }
     let result = packet.take().unwrap_or_else(|| {
         unreachable!("the runtime shut down before the main goroutine finished")
     });
@@ -1516,6 +1521,33 @@ pub(crate) fn release_parked_stacks(
         }
     }
     true
+}
+
+/// Releases the pages of the cached stacks of Ps that were idle at the previous call and still
+/// are, and returns those stacks to goro-stack's pool (Go frees idle Ps' stack caches at each GC;
+/// sysmon does this every epoch). Returns the number of stacks released.
+pub(crate) fn trim_idle_stack_caches(sched: &Sched, idle_before: &mut Vec<bool>) -> usize {
+    idle_before.resize(sched.ps.len(), false);
+    let mut taken: Vec<Stack> = Vec::new();
+    {
+        let pidle = lock(&sched.pidle);
+        for (p, was_idle) in idle_before.iter_mut().enumerate() {
+            let idle = pidle.free.contains(&p);
+            if idle && *was_idle {
+                // SAFETY: a P on the free list is held by no M, and it cannot leave the list
+                // while we hold `pidle`: its stack cache is ours meanwhile.
+                taken.append(unsafe { &mut *sched.ps[p].stacks.get() });
+            }
+            *was_idle = idle;
+        }
+    }
+    let count = taken.len();
+    for stack in taken {
+        // SAFETY: a cached stack belongs to no goroutine: nothing runs on it or points into it.
+        unsafe { stack.release_below(stack.top()) };
+        // Dropping a `Stack` returns it to goro-stack's pool.
+    }
+    count
 }
 
 /// Asks sysmon to release the stack memory of goroutines that have been parked for a while, at

@@ -15,12 +15,13 @@
 //! 3. **Parked stacks.** Every [`shrink::EPOCH`] it starts a new epoch and, if goroutines
 //!    parked since the last pass (or a collection asked), walks every G in slices of
 //!    [`shrink::SLICE`], stashing or trimming the stacks of goroutines parked for at least one
-//!    epoch (see `shrink`).
+//!    epoch (see `shrink`); and it returns the cached stacks of Ps idle for a whole epoch to
+//!    the pool, releasing their pages.
 //! 4. **schedtrace.** With `GORO_DEBUG=schedtrace=MS`, every MS milliseconds it prints Go's line:
 //!    `SCHED 1004ms: gomaxprocs=2 idleprocs=1 threads=4 spinningthreads=0 idlethreads=1
 //!    runqueue=0 [0 3]`.
 
-use crate::proc::{Sched, StackPass, lock, release_parked_stacks};
+use crate::proc::{Sched, StackPass, lock, release_parked_stacks, trim_idle_stack_caches};
 use crate::shrink;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -48,6 +49,7 @@ pub(crate) fn run(sched: &'static Sched) {
     let mut next_epoch = started + shrink::EPOCH;
     let mut pass: Option<StackPass> = None;
     let mut young_left = false;
+    let mut idle_ps = Vec::new();
     while !sched.shutdown.load(Ordering::Acquire) {
         sched.sysmon_sleep(delay);
         let now = Instant::now();
@@ -91,6 +93,7 @@ pub(crate) fn run(sched: &'static Sched) {
             if pass.is_none() && (parks || asked || young_left) {
                 pass = Some(StackPass::new(epoch));
             }
+            trim_idle_stack_caches(sched, &mut idle_ps);
         }
         if let Some(current) = &mut pass {
             if release_parked_stacks(sched, current, Instant::now() + shrink::SLICE) {
