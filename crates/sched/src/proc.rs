@@ -926,11 +926,19 @@ fn pop_local(m: &M) -> Option<GRef> {
         (None, _) => false,
     };
     if ready_first {
-        ready.pop_front()
+        pop_ready(&mut ready)
     } else {
         drop(ready);
-        p.runq.pop().or_else(|| lock(&m.ready).pop_front())
+        p.runq.pop().or_else(|| pop_ready(&mut lock(&m.ready)))
     }
+}
+
+/// Pops the next goroutine of an M's locked ready queue, taking its stack out of sysmon's reach
+/// (see `shrink`).
+fn pop_ready(ready: &mut VecDeque<GRef>) -> Option<GRef> {
+    let g = ready.pop_front()?;
+    g.g().parked_stack.popped();
+    Some(g)
 }
 
 /// Takes half of another P's never-run goroutines; returns one, queues the rest locally.
@@ -1494,14 +1502,19 @@ pub(crate) fn release_parked_stacks(
         let end = (pass.index + PASS_CHUNK).min(list.len());
         for g in list.get(pass.index..end).unwrap_or(&[]) {
             let gg = g.g();
+            let home = gg.home.load(Ordering::Relaxed);
             // SAFETY: we are sysmon and hold the G's allg lock. The stack fields of a parked G
             // are written only by its home M before its first run and at its exit, neither of
             // which can happen while it is parked.
             let released = unsafe {
-                gg.parked_stack.release(pass.before, || {
-                    let stack = gg.current_stack()?;
-                    Some((stack as *const Stack, *gg.sp.get()))
-                })
+                gg.parked_stack.release(
+                    pass.before,
+                    || lock(&sched.ms[home].ready),
+                    || {
+                        let stack = gg.current_stack()?;
+                        Some((stack as *const Stack, *gg.sp.get()))
+                    },
+                )
             };
             match released {
                 Released::Nothing => {}

@@ -21,20 +21,23 @@
 //! # The handshake
 //!
 //! The goroutine's home M is the only thread that runs it, sysmon the only one that stashes or
-//! trims it. They agree through one atomic state per G:
+//! trims it. They agree through one state per G, changed as follows:
 //!
 //! ```text
 //!   ACTIVE --g0 after the park--> PARKED_RELEASABLE | PARKED_PINNED
-//!   PARKED_* --sysmon CAS--> BUSY --sysmon--> STASHED | TRIMMED
-//!   PARKED_* | TRIMMED --home M CAS before resuming--> ACTIVE
-//!   STASHED --home M: copy back--> ACTIVE          BUSY: the home M waits (sysmon is copying)
+//!   PARKED_* --sysmon, under the home M's ready lock--> BUSY --sysmon--> STASHED | TRIMMED
+//!   PARKED_* | TRIMMED --home M pops it from its ready queue (under that lock)--> ACTIVE
+//!   STASHED --home M, before resuming: copy back--> ACTIVE
+//!   BUSY: the home M waits before resuming (sysmon is copying or releasing)
 //! ```
 //!
-//! The home M's CAS before a resume is the whole cost on the hot path (a goroutine that parks and
-//! is readied pays one compare-and-swap); the release store of `PARKED_*` after the goroutine's
-//! registers are saved is what lets sysmon read its stack. Wakers never read the stack of a
-//! `PARKED_RELEASABLE` goroutine: the primitives that park that way keep their wait records in
-//! the heap or in the G (see `proc::wait_space`).
+//! A parked goroutine runs again only after its M pops it from the M's `ready` queue, under that
+//! queue's lock; sysmon claims a goroutine under the same lock. So the claims need no atomic
+//! read-modify-write: the hot path (park, ready, resume) adds a release store after the park and
+//! a load and store inside a lock it takes anyway. The release store of `PARKED_*` after the
+//! goroutine's registers are saved is what lets sysmon read its stack. Wakers never read the
+//! stack of a `PARKED_RELEASABLE` goroutine: the primitives that park that way keep their wait
+//! records in the heap or in the G (see `proc::wait_space`).
 //!
 //! sysmon stashes while holding the lock of the goroutine's `allg` list, and the collector scans
 //! with every such lock held, so the collector sees each G ACTIVE, parked, TRIMMED or STASHED,
@@ -111,11 +114,23 @@ impl ParkedStack {
         self.state.store(state, Ordering::Release);
     }
 
+    /// Called by the home M as it pops the goroutine from its ready queue, *under that queue's
+    /// lock*: a parked or trimmed goroutine becomes ACTIVE, out of sysmon's reach. (A BUSY or
+    /// STASHED one is left to [`reclaim`](Self::reclaim).)
+    #[inline]
+    pub(crate) fn popped(&self) {
+        let state = self.state.load(Ordering::Relaxed);
+        if matches!(state, PARKED_RELEASABLE | PARKED_PINNED | TRIMMED) {
+            self.state.store(ACTIVE, Ordering::Relaxed);
+        }
+    }
+
     /// Takes the stack back before the home M resumes the goroutine: copies stashed bytes back,
     /// or waits for sysmon to finish with it.
     ///
     /// # Safety
-    /// Only the goroutine's home M may call this, before switching to it; `stack` is its stack.
+    /// Only the goroutine's home M may call this, before switching to it and after popping it
+    /// from its ready queue (see [`popped`](Self::popped)); `stack` is its stack.
     #[inline]
     pub(crate) unsafe fn reclaim(&self, stack: Option<&Stack>) {
         if self.state.load(Ordering::Relaxed) != ACTIVE {
@@ -129,14 +144,11 @@ impl ParkedStack {
         loop {
             match self.state.load(Ordering::Acquire) {
                 ACTIVE => return,
-                state @ (PARKED_RELEASABLE | PARKED_PINNED | TRIMMED) => {
-                    if self
-                        .state
-                        .compare_exchange(state, ACTIVE, Ordering::Acquire, Ordering::Relaxed)
-                        .is_ok()
-                    {
-                        return;
-                    }
+                // sysmon finished trimming after the pop; it claims only parked goroutines,
+                // so this M may simply take it back.
+                TRIMMED => {
+                    self.state.store(ACTIVE, Ordering::Relaxed);
+                    return;
                 }
                 BUSY => std::hint::spin_loop(),
                 STASHED => {
@@ -157,30 +169,36 @@ impl ParkedStack {
     }
 
     /// Stashes or trims the stack of a goroutine parked in an epoch before `before`.
+    /// `home_ready` locks its home M's ready queue.
     ///
     /// # Safety
     /// Only sysmon may call this, holding the lock of the G's `allg` list; `stack` and `sp` are
     /// the G's stack and saved stack pointer (stable while the state is parked).
-    pub(crate) unsafe fn release(
+    pub(crate) unsafe fn release<Guard>(
         &self,
         before: u64,
+        home_ready: impl FnOnce() -> Guard,
         stack: impl FnOnce() -> Option<(*const Stack, StackPointer)>,
     ) -> Released {
-        let state = self.state.load(Ordering::Relaxed);
-        if state != PARKED_RELEASABLE && state != PARKED_PINNED {
+        let parked = |state| matches!(state, PARKED_RELEASABLE | PARKED_PINNED);
+        if !parked(self.state.load(Ordering::Relaxed)) {
             return Released::Nothing;
         }
         if self.parked_in.load(Ordering::Relaxed) >= before {
             return Released::TooYoung;
         }
-        // Acquire: pairs with the release in `parked`, so the frames are visible.
-        if self
-            .state
-            .compare_exchange(state, BUSY, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            return Released::Nothing; // resumed just now
-        }
+        let state = {
+            let _ready = home_ready();
+            // Acquire: pairs with the release in `parked`, so the frames are visible. Under the
+            // lock: the M has not popped the goroutine since it parked, so it cannot resume it
+            // before it sees BUSY.
+            let state = self.state.load(Ordering::Acquire);
+            if !parked(state) || self.parked_in.load(Ordering::Relaxed) >= before {
+                return Released::Nothing; // resumed (and perhaps parked again) meanwhile
+            }
+            self.state.store(BUSY, Ordering::Relaxed);
+            state
+        };
         let Some((stack, sp)) = stack() else {
             self.state.store(state, Ordering::Release);
             return Released::Nothing;
