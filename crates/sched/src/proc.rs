@@ -1200,9 +1200,14 @@ fn enqueue_new(sched: &Sched, g: GRef) {
     match current_m() {
         Some(m) if std::ptr::eq(m.sched(), sched) && m.p() != NO_P => {
             sched.stamp(g);
-            if let Err(g) = sched.ps[m.p()].runq.push(g) {
-                // A full local queue overflows to the global one.
-                lock(&sched.global).push_back(g);
+            let runq = &sched.ps[m.p()].runq;
+            if let Err(g) = runq.push(g) {
+                // A full local queue moves its older half and the newcomer to the global queue
+                // in one batch (oldest first, keeping FIFO), so that the next pushes stay local.
+                let older = runq.take_older_half();
+                let mut global = lock(&sched.global);
+                global.extend(older);
+                global.push_back(g);
             }
             wake_idle(sched, Some(m.id));
         }

@@ -93,6 +93,39 @@ impl LocalQueue {
         }
     }
 
+    /// Owner only: takes the older half of the queue, oldest first (Go's `runqputslow`: a full
+    /// ring moves half of itself to the global queue in one batch, so that the pushes after it
+    /// stay local). Claims the window with one CAS of `head`, as a thief does.
+    pub(crate) fn take_older_half(&self) -> Vec<GRef> {
+        loop {
+            let head = self.head.load(Ordering::Acquire);
+            let tail = self.tail.load(Ordering::Relaxed);
+            let take = tail.wrapping_sub(head) / 2;
+            if take == 0 {
+                return Vec::new();
+            }
+            let batch: Vec<*mut G> = (0..take)
+                .map(|i| self.slot(head.wrapping_add(i)).load(Ordering::Relaxed))
+                .collect();
+            // AcqRel: claims the window against thieves, and frees its slots for `push`.
+            if self
+                .head
+                .compare_exchange(
+                    head,
+                    head.wrapping_add(take),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                return batch
+                    .into_iter()
+                    .filter_map(|g| NonNull::new(g).map(GRef::from_non_null))
+                    .collect();
+            }
+        }
+    }
+
     /// Owner only: the goroutine `pop` would take now (a thief may take it first).
     pub(crate) fn peek(&self) -> Option<GRef> {
         let head = self.head.load(Ordering::Acquire);
@@ -209,6 +242,43 @@ mod loom_tests {
             assert_eq!(all, expected);
         });
     }
+
+    #[test]
+    fn taking_half_while_a_thief_steals_loses_and_duplicates_nothing() {
+        loom::model(|| {
+            let victim = Arc::new(LocalQueue::new());
+            let thief_queue = Arc::new(LocalQueue::new());
+            for i in 0..4 {
+                victim.push(fake(i)).unwrap();
+            }
+            let thief = {
+                let (victim, thief_queue) = (victim.clone(), thief_queue.clone());
+                loom::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    if let Some(g) = victim.steal_into(&thief_queue) {
+                        got.push(g.as_ptr() as usize);
+                    }
+                    while let Some(g) = thief_queue.pop() {
+                        got.push(g.as_ptr() as usize);
+                    }
+                    got
+                })
+            };
+            let mut mine: Vec<usize> = victim
+                .take_older_half()
+                .into_iter()
+                .map(|g| g.as_ptr() as usize)
+                .collect();
+            while let Some(g) = victim.pop() {
+                mine.push(g.as_ptr() as usize);
+            }
+            let theirs = thief.join().unwrap();
+            let mut all: Vec<usize> = mine.into_iter().chain(theirs).collect();
+            all.sort_unstable();
+            let expected: Vec<usize> = (0..4).map(|i| fake(i).as_ptr() as usize).collect();
+            assert_eq!(all, expected);
+        });
+    }
 }
 
 #[cfg(all(test, not(loom)))]
@@ -235,6 +305,24 @@ mod tests {
             assert_eq!(q.pop().unwrap().as_ptr(), fake(i).as_ptr());
         }
         assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn taking_the_older_half_leaves_the_newer_half_in_order() {
+        let q = LocalQueue::new();
+        for i in 0..CAPACITY as usize {
+            q.push(fake(i)).unwrap();
+        }
+        let older: Vec<usize> = q
+            .take_older_half()
+            .into_iter()
+            .map(|g| g.as_ptr() as usize)
+            .collect();
+        let expected: Vec<usize> = (0..128).map(|i| fake(i).as_ptr() as usize).collect();
+        assert_eq!(older, expected);
+        assert_eq!(q.len(), 128);
+        q.push(fake(999)).unwrap();
+        assert_eq!(q.pop().unwrap().as_ptr(), fake(128).as_ptr());
     }
 
     #[test]
