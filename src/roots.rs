@@ -46,7 +46,7 @@ pub(crate) fn unregister_thread_tls() {
 }
 
 /// Free stack slots per size whose pages a collection leaves committed.
-const STACKS_KEPT_WARM: usize = 64;
+const STACKS_KEPT_WARM: usize = 16;
 
 /// The goroutines of the running runtime, as the collector sees them.
 pub(crate) struct GoroutineRoots;
@@ -63,8 +63,9 @@ unsafe impl Mutators for GoroutineRoots {
         // Go frees stack memory at GC: release the pages of pooled stack slots beyond a warm
         // few, so a burst of deep goroutines does not keep its RSS after it is gone.
         goro_stack::trim(STACKS_KEPT_WARM);
-        // And the pages below long-parked goroutines' stack pointers (sysmon, at its next epoch).
-        goro_sched::release_parked_stacks_soon();
+        // And the Ps' cached stacks (each M, at its next schedule) and the pages below
+        // long-parked goroutines' stack pointers (sysmon, at its next epoch).
+        goro_sched::release_stack_memory();
     }
 
     fn roots(&self, visitor: &mut RootVisitor<'_>) {

@@ -61,7 +61,7 @@ pub use join::{JoinHandle, Panic};
 pub use proc::{
     Config, DEFAULT_MAX_STACK_SIZE, Finished, LOCAL_QUEUE_SOFT_LIMIT, Local, MAX_PROCS, RootRange,
     blocking, current_goroutine_id, for_each_root, go, is_goroutine, num_goroutine, procs,
-    release_parked_stacks_soon, run, set_max_procs, yield_now,
+    release_stack_memory, run, set_max_procs, yield_now,
 };
 pub use stw::{safe_point, stop_the_world};
 pub use sysmon::TIME_SLICE;

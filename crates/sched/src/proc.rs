@@ -206,6 +206,14 @@ pub(crate) struct M {
     /// Goroutines bound to this M that can run again (readied, yielded, stopped for the
     /// collector, back from `blocking`): any thread pushes, only this M pops.
     ready: Mutex<VecDeque<GRef>>,
+    /// Go's `runnext`: the goroutine this M's running goroutine (or g0) last readied, run next
+    /// and in the readier's time slice. Own thread only; set only while the M holds a P, and
+    /// moved to the front of `ready` when it gives the P up.
+    runnext: Cell<Option<GRef>>,
+    /// The goroutine `find_runnable` returned came from `runnext`: it inherits the time slice
+    /// (sysmon's `schedtick` does not move), so a pair that readies each other cannot keep the
+    /// M from its other goroutines for longer than one slice. Own thread only.
+    inherit_slice: Cell<bool>,
 }
 
 // SAFETY: the `Cell`/`UnsafeCell` fields are touched only by the M's own thread (documented per
@@ -223,10 +231,13 @@ struct P {
     timers: Timers,
     /// Whether an M holds this P. Changed under `Sched::pidle`.
     held: AtomicBool,
+    /// The `Sched::stack_release` generation this P's stack cache was last released for. Only
+    /// the holder touches it.
+    stacks_released_for: Cell<u64>,
 }
 
-// SAFETY: `stacks` is touched only by the M holding the P (ownership moves under
-// `Sched::pidle`); `runq` is lock-free.
+// SAFETY: `stacks` and `stacks_released_for` are touched only by the M holding the P (ownership
+// moves under `Sched::pidle`); `runq` is lock-free.
 unsafe impl Sync for P {}
 
 /// Stacks a P keeps before it returns half of them to goro-stack's global pool.
@@ -283,8 +294,11 @@ pub(crate) struct Sched {
     /// Set (if clear) at every park, cleared by sysmon when it starts a pass: a pass is worth
     /// doing only if something parked since the last one.
     pub(crate) parks_since_pass: AtomicBool,
-    /// Set by [`release_parked_stacks_soon`].
+    /// Set by [`release_stack_memory`].
     pub(crate) stack_pass_requested: AtomicBool,
+    /// Bumped by [`release_stack_memory`]: each M releases its P's cached stacks when it sees a
+    /// new value.
+    stack_release: AtomicU64,
 }
 
 /// The idle-P list and the Ms waiting for a P.
@@ -376,6 +390,8 @@ impl M {
             g0_sp: UnsafeCell::new(StackPointer(std::ptr::null_mut())),
             curg: Cell::new(None),
             request: Cell::new(Request::None),
+            runnext: Cell::new(None),
+            inherit_slice: Cell::new(false),
             running: AtomicBool::new(false),
             idle: AtomicBool::new(false),
             parker: ThreadParker::default(),
@@ -526,6 +542,7 @@ where
                 stacks: UnsafeCell::new(Vec::new()),
                 timers: Timers::default(),
                 held: AtomicBool::new(p < procs),
+                stacks_released_for: Cell::new(0),
             })
             .collect(),
         config,
@@ -548,6 +565,7 @@ where
         stack_epoch: AtomicU64::new(0),
         parks_since_pass: AtomicBool::new(false),
         stack_pass_requested: AtomicBool::new(false),
+        stack_release: AtomicU64::new(0),
     });
     // M i starts with P i.
     for (i, m) in sched.ms[..procs].iter().enumerate() {
@@ -595,7 +613,10 @@ where
     // The scheduler structure outlives the runtime (see `Sched`), its stack caches need not.
     for p in sched.ps.iter() {
         // SAFETY: every M has exited, so no P is held.
-        drop(std::mem::take(unsafe { &mut *p.stacks.get() }));
+        for stack in std::mem::take(unsafe { &mut *p.stacks.get() }) {
+            // SAFETY: a cached stack belongs to no goroutine.
+            unsafe { stack.release_below(stack.top()) };
+        }
     }
     let result = packet.take().unwrap_or_else(|| {
         unreachable!("the runtime shut down before the main goroutine finished")
@@ -702,6 +723,11 @@ fn acquire_p(m: &M, wait: bool) -> bool {
 /// Gives up `m`'s P: to an M waiting for one, else to the free list (unless it is disabled).
 fn release_p(m: &M) {
     let sched = m.sched();
+    // `runnext` lives only while the M holds a P: an M without one must see its bound work in
+    // `ready` (to wait for a P instead of sleeping), and so must deadlock detection.
+    if let Some(g) = m.runnext.take() {
+        m.push_ready(g, true);
+    }
     let p = m.p.swap(NO_P, Ordering::AcqRel);
     if p == NO_P {
         return;
@@ -821,6 +847,7 @@ fn find_runnable(m: &M) -> Option<GRef> {
         }
         let tick = m.tick.get().wrapping_add(1);
         m.tick.set(tick);
+        release_cached_stacks_if_asked(m);
         let timers = &sched.ps[p].timers;
         if timers.maybe_pending() {
             timers.run_expired(Instant::now());
@@ -834,6 +861,10 @@ fn find_runnable(m: &M) -> Option<GRef> {
                 release_p(m);
                 return None;
             }
+        }
+        if let Some(g) = m.runnext.take() {
+            m.inherit_slice.set(true);
+            return Some(g);
         }
         if let Some(g) = pop_local(m) {
             return Some(g);
@@ -980,8 +1011,12 @@ fn execute(m: &M, g: GRef) {
         "a started goroutine changed M"
     );
     gg.status.store(GStatus::Running as u8, Ordering::Relaxed);
-    m.schedtick.fetch_add(1, Ordering::Relaxed);
-    m.preempt.store(false, Ordering::Relaxed);
+    if !m.inherit_slice.replace(false) {
+        // Only this M writes its tick (sysmon reads it): no read-modify-write needed.
+        let tick = m.schedtick.load(Ordering::Relaxed);
+        m.schedtick.store(tick.wrapping_add(1), Ordering::Relaxed);
+        m.preempt.store(false, Ordering::Relaxed);
+    }
     m.curg.set(Some(g));
     // SAFETY: only the goroutine changes its stacks, and it is switched out.
     let stack = unsafe { gg.current_stack() };
@@ -1120,6 +1155,19 @@ pub(crate) fn ready(g: GRef) {
     gg.status.store(GStatus::Runnable as u8, Ordering::Relaxed);
     let home = gg.home.load(Ordering::Relaxed);
     debug_assert_ne!(home, NO_HOME, "readied a goroutine that never ran");
+    if let Some(m) = current_m()
+        && m.id == home
+        && std::ptr::eq(m.sched(), sched)
+        && m.p() != NO_P
+    {
+        // Readied on its own M (which is awake, running us): it runs next (Go's `runnext`),
+        // and the goroutine it displaces goes to the back of the ready queue.
+        gg.parked_stack.readied_on_home_m();
+        if let Some(displaced) = m.runnext.replace(Some(g)) {
+            m.push_ready(displaced, false);
+        }
+        return;
+    }
     sched.ms[home].push_ready(g, false);
     let m = &sched.ms[home];
     // SeqCst: pairs with the store in `find_runnable` before its re-check.
@@ -1547,6 +1595,7 @@ pub(crate) fn release_parked_stacks(
 pub(crate) fn trim_idle_stack_caches(sched: &Sched, idle_before: &mut Vec<bool>) -> usize {
     idle_before.resize(sched.ps.len(), false);
     let mut taken: Vec<Stack> = Vec::new();
+    // (Stacks from here go to the pool with their pages released.)
     {
         let pidle = lock(&sched.pidle);
         for (p, was_idle) in idle_before.iter_mut().enumerate() {
@@ -1568,14 +1617,42 @@ pub(crate) fn trim_idle_stack_caches(sched: &Sched, idle_before: &mut Vec<bool>)
     count
 }
 
-/// Asks sysmon to release the stack memory of goroutines that have been parked for a while, at
-/// its next epoch, even if none parked since its last pass (the collector calls this after each
-/// cycle). Does nothing outside a runtime.
-pub fn release_parked_stacks_soon() {
+/// Asks the runtime to give stack memory back to the OS soon (the collector calls this after
+/// each cycle, as Go frees stack memory at GC): every M releases the pages of its P's cached
+/// stacks (all but a warm few) and flushes its thread's slot cache at its next schedule, and
+/// sysmon trims long-parked goroutines at its next epoch. Does nothing outside a runtime.
+pub fn release_stack_memory() {
     if let Some(sched) = current_sched() {
         sched.stack_pass_requested.store(true, Ordering::Relaxed);
+        sched.stack_release.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+/// Stacks a P keeps committed when it releases its cache after a collection.
+const CACHED_STACKS_KEPT_WARM: usize = 4;
+
+/// `m`'s part of [`release_stack_memory`], if a release was asked since its P's last one.
+fn release_cached_stacks_if_asked(m: &M) {
+    let sched = m.sched();
+    let p = &sched.ps[m.p()];
+    let asked = sched.stack_release.load(Ordering::Relaxed);
+    if p.stacks_released_for.get() == asked {
+        return;
+    }
+    p.stacks_released_for.set(asked);
+    // SAFETY: only the M holding a P touches its stack cache, and `m` holds it.
+    let cache = unsafe { &*p.stacks.get() };
+    let cold = cache.len().saturating_sub(CACHED_STACKS_KEPT_WARM);
+    for stack in &cache[..cold] {
+        // SAFETY: a cached stack belongs to no goroutine: nothing runs on it or points into it.
+        unsafe { stack.release_below(stack.top()) };
+    }
+    // Pooled slots beyond a warm few, and this thread's slot cache.
+    goro_stack::trim(POOLED_STACKS_KEPT_WARM);
+}
+
+/// Free slots in goro-stack's pool whose pages stay committed after a release.
+const POOLED_STACKS_KEPT_WARM: usize = 16;
 
 impl G {
     /// The stack the goroutine runs on (or was switched out on): its innermost segment, else its

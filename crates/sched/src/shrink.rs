@@ -27,14 +27,15 @@
 //!   ACTIVE --g0 after the park--> PARKED_RELEASABLE | PARKED_PINNED
 //!   PARKED_* --sysmon, under the home M's ready lock--> BUSY --sysmon--> STASHED | TRIMMED
 //!   PARKED_* | TRIMMED --home M pops it from its ready queue (under that lock)--> ACTIVE
+//!   PARKED_* | TRIMMED --home M readies it into its runnext (CAS, against sysmon's CAS)--> ACTIVE
 //!   STASHED --home M, before resuming: copy back--> ACTIVE
 //!   BUSY: the home M waits before resuming (sysmon is copying or releasing)
 //! ```
 //!
 //! A parked goroutine runs again only after its M pops it from the M's `ready` queue, under that
-//! queue's lock; sysmon claims a goroutine under the same lock. So the claims need no atomic
-//! read-modify-write: the hot path (park, ready, resume) adds a release store after the park and
-//! a load and store inside a lock it takes anyway. The release store of `PARKED_*` after the
+//! queue's lock, or after its own M readied it into `runnext`; sysmon claims a goroutine with a
+//! CAS under the same lock. So the pop path needs no atomic read-modify-write (a load and store
+//! inside a lock it takes anyway), and the runnext path one CAS (where it saves a lock). The release store of `PARKED_*` after the
 //! goroutine's registers are saved is what lets sysmon read its stack. Wakers never read the
 //! stack of a `PARKED_RELEASABLE` goroutine: the primitives that park that way keep their wait
 //! records in the heap or in the G (see `proc::wait_space`).
@@ -125,6 +126,20 @@ impl ParkedStack {
         }
     }
 
+    /// Called by the home M when it readies the goroutine itself (it goes to `runnext`, not
+    /// through the ready queue and its lock): a parked or trimmed goroutine becomes ACTIVE
+    /// unless sysmon claimed it first (both sides use a compare-and-swap on this path).
+    #[inline]
+    pub(crate) fn readied_on_home_m(&self) {
+        let state = self.state.load(Ordering::Relaxed);
+        if matches!(state, PARKED_RELEASABLE | PARKED_PINNED | TRIMMED) {
+            // Failure: sysmon claimed it (BUSY); `reclaim` waits for it.
+            let _ =
+                self.state
+                    .compare_exchange(state, ACTIVE, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
     /// Takes the stack back before the home M resumes the goroutine: copies stashed bytes back,
     /// or waits for sysmon to finish with it.
     ///
@@ -196,7 +211,15 @@ impl ParkedStack {
             if !parked(state) || self.parked_in.load(Ordering::Relaxed) >= before {
                 return Released::Nothing; // resumed (and perhaps parked again) meanwhile
             }
-            self.state.store(BUSY, Ordering::Relaxed);
+            // A CAS, not a store: the home M may take a goroutine it readies itself without
+            // this lock (`readied_on_home_m`).
+            if self
+                .state
+                .compare_exchange(state, BUSY, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+            {
+                return Released::Nothing;
+            }
             state
         };
         let Some((stack, sp)) = stack() else {
