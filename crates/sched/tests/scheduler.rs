@@ -461,3 +461,40 @@ fn set_max_procs_reads_raises_and_lowers_while_work_runs() {
     assert_eq!((initial, after_raise, after_lower), (1, 4, 2));
     assert_eq!(sum, 2 * 50 * 20);
 }
+
+#[test]
+fn a_goroutine_readied_by_the_running_one_runs_next() {
+    let _serial = serial();
+    let order = run(config(1), || {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (to_first, first_rx) = goro_sched::chan::channel::<()>(0);
+        let (to_second, second_rx) = goro_sched::chan::channel::<()>(0);
+        let spawn_waiter = |rx: goro_sched::chan::Receiver<()>, name: &'static str| {
+            let log = log.clone();
+            go(move || {
+                rx.recv();
+                log.lock().unwrap().push(name);
+            })
+        };
+        let first = spawn_waiter(first_rx, "readied first");
+        let second = spawn_waiter(second_rx, "readied last");
+        // On one P, yielding lets both run and park in their receives.
+        for _ in 0..3 {
+            yield_now();
+        }
+        // Ready both, in this order, then yield: the last one readied runs next (runnext),
+        // the one it displaced after it, and this goroutine after both.
+        to_first.send(());
+        to_second.send(());
+        yield_now();
+        let order = log.lock().unwrap().clone();
+        first.join().unwrap();
+        second.join().unwrap();
+        order
+    });
+    assert_eq!(
+        finished_ok(order),
+        vec!["readied last", "readied first"],
+        "runnext runs the last goroutine readied first, then the displaced one, then the yielder"
+    );
+}
