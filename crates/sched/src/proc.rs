@@ -1278,6 +1278,29 @@ fn wake_idle(sched: &Sched, except: Option<usize>) -> bool {
     wake_idle_m(sched, except)
 }
 
+/// sysmon's hand-off for an M that has run one goroutine for a whole sysmon tick without
+/// reaching the scheduler: if its P has never-run goroutines queued, wakes an idle M to steal
+/// them (thieves may take from any P's queue at any time). Returns whether it woke one.
+///
+/// The P itself stays with its M: taking it while the M may be inside the runtime using it
+/// needs the M to announce where it is (Go's entersyscall), which `blocking` does and arbitrary
+/// code does not. Goroutines bound to the M wait for it, by the migration rule.
+pub(crate) fn hand_off_queued_work(sched: &Sched, m: &M) -> bool {
+    let p = m.p.load(Ordering::Acquire);
+    if p == NO_P || sched.ps[p].runq.is_empty() {
+        return false;
+    }
+    if wake_idle(sched, Some(m.id)) {
+        return true;
+    }
+    // No M to wake: a free P (left by a `blocking` call) gets a new M.
+    if !lock(&sched.pidle).free.is_empty() {
+        start_m(sched);
+        return true;
+    }
+    false
+}
+
 /// Unparks one idle M (not `except`), spinning or not; false if none was idle.
 fn wake_idle_m(sched: &Sched, except: Option<usize>) -> bool {
     for m in sched.ms().iter() {

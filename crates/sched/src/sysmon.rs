@@ -9,6 +9,9 @@
 //!    so a goroutine that calls into the runtime cannot hold its P forever. Nothing is ever
 //!    switched inside a signal handler: a goroutine that never reaches a safe point is not
 //!    preempted (DESIGN.md section 3).
+//!    And if the same goroutine has run for a whole sysmon tick while its P has never-run
+//!    goroutines queued, sysmon wakes an idle M to steal them (the P stays with its M, which may
+//!    be inside the runtime using it; `blocking` is how code hands the P itself over).
 //! 2. **Deadlock detection.** When no M runs a goroutine, sysmon checks whether anything can
 //!    ever run again (see `proc::deadlocked`) and, if not, ends the program with Go's
 //!    "fatal error: all goroutines are asleep - deadlock!" and exit status 2.
@@ -69,7 +72,11 @@ pub(crate) fn run(sched: &'static Sched) {
                     schedtick: tick,
                     since: now,
                 };
-            } else if now.duration_since(seen[i].since) >= TIME_SLICE {
+                continue;
+            }
+            // The same goroutine for a whole tick: its P's queued goroutines go to another M.
+            crate::proc::hand_off_queued_work(sched, m);
+            if now.duration_since(seen[i].since) >= TIME_SLICE {
                 m.preempt.store(true, Ordering::Relaxed);
                 seen[i].since = now;
             }
