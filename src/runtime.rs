@@ -115,6 +115,7 @@ pub struct Builder {
     memory_limit: Option<usize>,
     stack_size: Option<usize>,
     stash_parked_stacks: bool,
+    migrate_goroutines: bool,
     max_stack_size: Option<usize>,
 }
 
@@ -148,6 +149,28 @@ impl Builder {
     /// [`goro::stack::maybe_grow`](crate::stack::maybe_grow) adds (Go's `debug.SetMaxStack`).
     pub fn max_stack_size(mut self, bytes: usize) -> Builder {
         self.max_stack_size = Some(bytes);
+        self
+    }
+
+    /// Lets a goroutine move to another thread at any blocking point (a channel operation,
+    /// `select!`, `sleep`, `join`, a `goro::sync` wait, `yield_now`), as Go's goroutines do: a
+    /// readied goroutine runs next on the thread that readied it, and idle threads steal started
+    /// goroutines too, so work spreads and a goroutine ping-ponging with another ends up on
+    /// the same thread. By default a goroutine stays on the thread it first ran on.
+    ///
+    /// Sound only if goroutines do not carry thread-bound state across blocking points. With
+    /// migration on, the stacks of parked goroutines are not trimmed or stashed.
+    ///
+    /// # Safety
+    /// Across a blocking point a goroutine must not hold a value that must stay on its OS
+    /// thread: a `!Send` value (`Rc`, `RefCell` borrows shared with thread-locals, a
+    /// `MutexGuard` of `std::sync::Mutex`, which must be unlocked on the thread that locked it)
+    /// or a reference into a `thread_local!` (use `goro::Local` for per-goroutine state); and it
+    /// must not block while a panic unwinds it (in a destructor run by the unwinding), since
+    /// std counts panics in progress per thread. Rust's types do not see the switch of threads
+    /// at a blocking point, so the compiler cannot check this.
+    pub unsafe fn migrate_goroutines(mut self, on: bool) -> Builder {
+        self.migrate_goroutines = on;
         self
     }
 
@@ -222,6 +245,7 @@ impl Builder {
             memory_limit,
             stack_size,
             stash_parked_stacks: self.stash_parked_stacks,
+            migrate_goroutines: self.migrate_goroutines,
             debug,
         })
     }
@@ -235,6 +259,7 @@ pub struct Runtime {
     memory_limit: usize,
     stack_size: usize,
     stash_parked_stacks: bool,
+    migrate_goroutines: bool,
     max_stack_size: usize,
     debug: Debug,
 }
@@ -313,6 +338,7 @@ impl Runtime {
             on_thread_stop: Some(unregister_mutator_thread),
             schedtrace: self.debug.schedtrace,
             stash_parked_stacks: self.stash_parked_stacks,
+            migrate: self.migrate_goroutines,
             max_stack_size: self.max_stack_size,
         };
         let finished = goro_sched::run(config, main);

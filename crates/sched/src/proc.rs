@@ -62,6 +62,10 @@ pub struct Config {
     /// The most bytes a goroutine's stacks may hold together, its slot and the segments
     /// `maybe_grow` adds (Go's 1 GiB maximum stack size).
     pub max_stack_size: usize,
+    /// Let goroutines that have run move to another M at their blocking points (a readied
+    /// goroutine runs on the M that readied it or wherever a thief takes it), as Go's do. Sound
+    /// only under the contract of `goro::Builder::migrate_goroutines`.
+    pub migrate: bool,
     /// Move the live bytes of long-parked goroutines off their stacks and release the whole
     /// slot (see `shrink`), instead of only the pages below their stack pointers. Sound only
     /// under the contract of `goro::Builder::stash_parked_stacks`.
@@ -77,6 +81,7 @@ impl Default for Config {
             on_thread_stop: None,
             schedtrace: None,
             stash_parked_stacks: false,
+            migrate: false,
             max_stack_size: DEFAULT_MAX_STACK_SIZE,
         }
     }
@@ -726,7 +731,11 @@ fn release_p(m: &M) {
     // `runnext` lives only while the M holds a P: an M without one must see its bound work in
     // `ready` (to wait for a P instead of sleeping), and so must deadlock detection.
     if let Some(g) = m.runnext.take() {
-        m.push_ready(g, true);
+        if sched.config.migrate {
+            lock(&sched.global).push_back(g);
+        } else {
+            m.push_ready(g, true);
+        }
     }
     let p = m.p.swap(NO_P, Ordering::AcqRel);
     if p == NO_P {
@@ -1005,9 +1014,8 @@ fn execute(m: &M, g: GRef) {
     if gg.home.load(Ordering::Relaxed) == NO_HOME {
         first_run(m, g);
     }
-    debug_assert_eq!(
-        gg.home.load(Ordering::Relaxed),
-        m.id,
+    debug_assert!(
+        sched.config.migrate || gg.home.load(Ordering::Relaxed) == m.id,
         "a started goroutine changed M"
     );
     gg.status.store(GStatus::Running as u8, Ordering::Relaxed);
@@ -1037,13 +1045,24 @@ fn execute(m: &M, g: GRef) {
         Request::None => unreachable!("a goroutine switched to g0 without a request"),
         Request::Yield => {
             gg.status.store(GStatus::Runnable as u8, Ordering::Relaxed);
-            m.push_ready(g, false);
+            if sched.config.migrate {
+                // Any M may run it next: to the back of this P's queue, where thieves look.
+                enqueue_new(sched, g);
+            } else {
+                m.push_ready(g, false);
+            }
         }
         Request::Park(unlock, releasable) => {
             // SAFETY: the closure lives on the parked goroutine's stack, which stays intact
             // until the goroutine is readied, which cannot happen before this call releases the
             // lock it queued itself under.
             unsafe { (*unlock)() };
+            if sched.config.migrate {
+                // A waker may already have readied the goroutine and another M may be running
+                // it: nothing here may touch it any more. (So sysmon leaves the stacks of
+                // migrating goroutines alone.)
+                return;
+            }
             // After the unlock: the closure above is on the stack sysmon may release from now
             // on. A waker may already have readied the goroutine; only this M resumes it, and
             // it reclaims the stack first.
@@ -1153,6 +1172,10 @@ pub(crate) fn ready(g: GRef) {
         return;
     }
     gg.status.store(GStatus::Runnable as u8, Ordering::Relaxed);
+    if sched.config.migrate {
+        ready_anywhere(sched, g);
+        return;
+    }
     let home = gg.home.load(Ordering::Relaxed);
     debug_assert_ne!(home, NO_HOME, "readied a goroutine that never ran");
     if let Some(m) = current_m()
@@ -1162,7 +1185,7 @@ pub(crate) fn ready(g: GRef) {
     {
         // Readied on its own M (which is awake, running us): it runs next (Go's `runnext`),
         // and the goroutine it displaces goes to the back of the ready queue.
-        gg.parked_stack.readied_on_home_m();
+        gg.parked_stack.readied_directly();
         if let Some(displaced) = m.runnext.replace(Some(g)) {
             m.push_ready(displaced, false);
         }
@@ -1173,6 +1196,23 @@ pub(crate) fn ready(g: GRef) {
     // SeqCst: pairs with the store in `find_runnable` before its re-check.
     if m.idle.swap(false, Ordering::SeqCst) {
         m.parker.unpark();
+    }
+}
+
+/// `ready` with migration on (Go's `ready`): the goroutine runs next on the readier's M if it
+/// has a P (the goroutine it displaces goes to that P's queue), else from the global queue.
+fn ready_anywhere(sched: &Sched, g: GRef) {
+    g.g().parked_stack.readied_directly();
+    match current_m() {
+        Some(m) if std::ptr::eq(m.sched(), sched) && m.p() != NO_P => {
+            if let Some(displaced) = m.runnext.replace(Some(g)) {
+                enqueue_new(sched, displaced);
+            }
+        }
+        _ => {
+            lock(&sched.global).push_back(g);
+            wake_idle(sched, None);
+        }
     }
 }
 

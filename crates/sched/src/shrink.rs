@@ -27,7 +27,7 @@
 //!   ACTIVE --g0 after the park--> PARKED_RELEASABLE | PARKED_PINNED
 //!   PARKED_* --sysmon, under the home M's ready lock--> BUSY --sysmon--> STASHED | TRIMMED
 //!   PARKED_* | TRIMMED --home M pops it from its ready queue (under that lock)--> ACTIVE
-//!   PARKED_* | TRIMMED --home M readies it into its runnext (CAS, against sysmon's CAS)--> ACTIVE
+//!   PARKED_* | TRIMMED --readied into a runnext or a run queue (CAS vs sysmon's CAS)--> ACTIVE
 //!   STASHED --home M, before resuming: copy back--> ACTIVE
 //!   BUSY: the home M waits before resuming (sysmon is copying or releasing)
 //! ```
@@ -126,11 +126,12 @@ impl ParkedStack {
         }
     }
 
-    /// Called by the home M when it readies the goroutine itself (it goes to `runnext`, not
-    /// through the ready queue and its lock): a parked or trimmed goroutine becomes ACTIVE
-    /// unless sysmon claimed it first (both sides use a compare-and-swap on this path).
+    /// Called by whoever readies the goroutine when it will not pass through its home M's ready
+    /// queue and lock (its home M putting it in `runnext`; any waker when goroutines migrate):
+    /// a parked or trimmed goroutine becomes ACTIVE unless sysmon claimed it first (both sides
+    /// use a compare-and-swap on this path).
     #[inline]
-    pub(crate) fn readied_on_home_m(&self) {
+    pub(crate) fn readied_directly(&self) {
         let state = self.state.load(Ordering::Relaxed);
         if matches!(state, PARKED_RELEASABLE | PARKED_PINNED | TRIMMED) {
             // Failure: sysmon claimed it (BUSY); `reclaim` waits for it.
