@@ -119,8 +119,8 @@ pub(crate) struct G {
     allg_list: usize,
     /// Position in that list; only accessed under its lock.
     allg_index: UnsafeCell<usize>,
-    /// When the G was last queued (its P's `enqueued` counter): the owner runs its two queues
-    /// in one FIFO order by comparing the heads' stamps.
+    /// When the G was last queued (see `Sched::stamp`): the owner runs its two queues in one
+    /// FIFO order by comparing the heads' stamps.
     queued_at: AtomicU64,
     /// Goroutine-local values (`goro::Local`), keyed by the `Local`'s address. Only the running
     /// goroutine touches them; dropped when it exits, on its own stack.
@@ -211,6 +211,8 @@ pub(crate) struct M {
     /// Goroutines bound to this M that can run again (readied, yielded, stopped for the
     /// collector, back from `blocking`): any thread pushes, only this M pops.
     ready: Mutex<VecDeque<GRef>>,
+    /// `ready`'s length, written under its lock: a spinning M polls it without the lock.
+    ready_len: AtomicUsize,
     /// Go's `runnext`: the goroutine this M's running goroutine (or g0) last readied, run next
     /// and in the readier's time slice. Own thread only; set only while the M holds a P, and
     /// moved to the front of `ready` when it gives the P up.
@@ -289,7 +291,12 @@ pub(crate) struct Sched {
     pidle: Mutex<PIdle>,
     /// Threads of the Ms started after `run` began.
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    /// Stamps queue entries with one FIFO order (see `pop_local`).
+    /// Stamps queue entries with one FIFO order where there is no time-stamp counter (see
+    /// `stamp`).
+    #[cfg_attr(
+        target_arch = "x86_64",
+        allow(dead_code, reason = "x86_64 stamps with RDTSC")
+    )]
     enqueued: Padded<AtomicU64>,
     /// Ms spinning for work before they sleep (Go's `nmspinning`); wakers skip the futex while
     /// one spins.
@@ -319,8 +326,15 @@ impl Sched {
         &self.ms[..self.started.load(Ordering::Acquire).min(self.ms.len())]
     }
 
-    /// Stamps `g` with the next queue position.
+    /// Stamps `g` with its queue position: the CPU's invariant time-stamp counter where there
+    /// is one (an uncontended read, where a shared counter would bounce between cores on every
+    /// cross-M wake-up; a few cycles of skew between cores only blurs the order of goroutines
+    /// queued within them), else the next value of a shared counter.
     fn stamp(&self, g: GRef) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: RDTSC exists on every x86_64 CPU and has no side effects.
+        let at = unsafe { core::arch::x86_64::_rdtsc() };
+        #[cfg(not(target_arch = "x86_64"))]
         let at = self.enqueued.fetch_add(1, Ordering::Relaxed);
         g.g().queued_at.store(at, Ordering::Relaxed);
     }
@@ -395,6 +409,7 @@ impl M {
             g0_sp: UnsafeCell::new(StackPointer(std::ptr::null_mut())),
             curg: Cell::new(None),
             request: Cell::new(Request::None),
+            ready_len: AtomicUsize::new(0),
             runnext: Cell::new(None),
             inherit_slice: Cell::new(false),
             running: AtomicBool::new(false),
@@ -423,6 +438,7 @@ impl M {
             self.sched().stamp(g);
             ready.push_back(g);
         }
+        self.ready_len.store(ready.len(), Ordering::Relaxed);
     }
 
     /// Whether the M is looking for work or asleep.
@@ -804,13 +820,22 @@ fn spin(m: &M) -> Option<GRef> {
         return None;
     }
     let deadline = Instant::now() + SPIN;
+    let mut round = 0u32;
     let found = loop {
-        for _ in 0..64 {
-            std::hint::spin_loop();
-        }
-        let found = pop_local(m)
-            .or_else(|| pop_global(sched))
-            .or_else(|| steal(m));
+        // A PAUSE takes up to ~140 cycles on recent x86: look at this M's ready queue (one
+        // load) after each (a goroutine readied on another M waits for this), at the shared
+        // queues every 64.
+        std::hint::spin_loop();
+        round = round.wrapping_add(1);
+        let found = if round.is_multiple_of(64) {
+            pop_local(m)
+                .or_else(|| pop_global(sched))
+                .or_else(|| steal(m))
+        } else if m.ready_len.load(Ordering::Relaxed) > 0 {
+            pop_local(m)
+        } else {
+            None
+        };
         if found.is_some()
             || Instant::now() >= deadline
             || sched.stopping.load(Ordering::Relaxed)
@@ -966,17 +991,18 @@ fn pop_local(m: &M) -> Option<GRef> {
         (None, _) => false,
     };
     if ready_first {
-        pop_ready(&mut ready)
+        pop_ready(m, &mut ready)
     } else {
         drop(ready);
-        p.runq.pop().or_else(|| pop_ready(&mut lock(&m.ready)))
+        p.runq.pop().or_else(|| pop_ready(m, &mut lock(&m.ready)))
     }
 }
 
-/// Pops the next goroutine of an M's locked ready queue, taking its stack out of sysmon's reach
+/// Pops the next goroutine of `m`'s locked ready queue, taking its stack out of sysmon's reach
 /// (see `shrink`).
-fn pop_ready(ready: &mut VecDeque<GRef>) -> Option<GRef> {
+fn pop_ready(m: &M, ready: &mut VecDeque<GRef>) -> Option<GRef> {
     let g = ready.pop_front()?;
+    m.ready_len.store(ready.len(), Ordering::Relaxed);
     g.g().parked_stack.popped();
     Some(g)
 }
@@ -1193,8 +1219,11 @@ pub(crate) fn ready(g: GRef) {
     }
     sched.ms[home].push_ready(g, false);
     let m = &sched.ms[home];
-    // SeqCst: pairs with the store in `find_runnable` before its re-check.
-    if m.idle.swap(false, Ordering::SeqCst) {
+    // SeqCst fence, then a load before the swap: pairs with the SeqCst store in `find_runnable`
+    // before its re-check (either it sees our push, or we see it idle); an M that is awake
+    // (spinning, running) is not written to, so its line stays where it is.
+    std::sync::atomic::fence(Ordering::SeqCst);
+    if m.idle.load(Ordering::Relaxed) && m.idle.swap(false, Ordering::SeqCst) {
         m.parker.unpark();
     }
 }
