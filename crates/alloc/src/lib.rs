@@ -18,16 +18,18 @@
 //!
 //! # Allocation, in order of cost
 //!
-//! 1. Small (`size <= 32 KiB`): size → class by table lookup; the thread cache pops its current
-//!    span's free list (no atomics, no lock, one branch; `mcache.rs`).
+//! 1. Small (`size <= 32 KiB`): size → class by table lookup; the thread cache pops the class's
+//!    *bin* (a stack of slot addresses this thread freed), else its current span's free list
+//!    (no atomics, no lock; `mcache.rs`).
 //! 2. The span is exhausted: collect frees other threads pushed on its remote stack; else trade
 //!    it for a span from the central list (a spin lock per span class); else carve a new span
 //!    from the page heap (one global spin lock).
 //! 3. Large: a span of its own straight from the page heap.
 //!
-//! Frees look the span up through the arena index: the owning thread pushes on the span's local
-//! list, any other thread on its lock-free remote stack (`mcentral.rs` argues why a span never
-//! gets lost or listed twice).
+//! A [`GoroAlloc`] free of a small block gets its class from the layout and goes on the bin of
+//! that class. Other frees (a full bin, `free_gc`, large blocks) look the span up through the
+//! arena index: the owning thread pushes on the span's local list, any other thread on its
+//! lock-free remote stack (`mcentral.rs` argues why a span never gets lost or listed twice).
 //!
 //! ```text
 //!   address --arena index (L1[addr>>26] -> L2[page])--> Span { start, elem_size, nelems, ... }
@@ -113,9 +115,11 @@ pub(crate) fn throw(msg: &str) -> ! {
 /// guarantees `size <= isize::MAX` (a `Layout` does), so `size + 7` does not wrap.
 ///
 /// The fast path (size <= 2040 bytes, align <= 8, a cached class with a free slot): one combined
-/// size/alignment compare, a table lookup giving the span class, then `MCache::alloc` (index the
-/// thread's cache at a fixed `%fs` offset, pop the span's free list) — 17 instructions with the
-/// `ret` and two branches in all; measured with callgrind in BENCHMARKS.md.
+/// size/alignment compare, a table lookup giving the span class, then for Malloc blocks
+/// `MCache::alloc_binned` (the thread's cache at a fixed `%fs` offset: pop the class's bin, 17
+/// instructions with the `ret` and two branches in all) or, when the bin is empty, and always
+/// for Gc slots, `MCache::alloc` (pop the current span's free list: 20 instructions, three
+/// branches, for a Malloc block; 17 for a Gc slot). Measured with callgrind in BENCHMARKS.md.
 #[inline(always)]
 fn malloc(size: usize, align: usize, kind: SpanKind) -> *mut u8 {
     debug_assert!(size <= isize::MAX as usize);
@@ -126,7 +130,11 @@ fn malloc(size: usize, align: usize, kind: SpanKind) -> *mut u8 {
         // SAFETY: `idx >> 4 < 16` was just checked; this lets the `u8` index below compile to
         // nothing.
         unsafe { core::hint::assert_unchecked(idx < 256) };
-        return mcache::alloc_small(SizeClass::small_spc(idx as u8) | kind as u8);
+        let spc = SizeClass::small_spc(idx as u8) | kind as u8;
+        return match kind {
+            SpanKind::Malloc => mcache::alloc_binned(spc),
+            SpanKind::Gc => mcache::alloc_small(spc),
+        };
     }
     malloc_slow(size, align, kind)
 }
@@ -214,9 +222,9 @@ unsafe impl GlobalAlloc for GoroAlloc {
     }
 
     #[inline]
-    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: GlobalAlloc's contract: `ptr` was allocated by us and is freed once.
-        unsafe { free(ptr) }
+        unsafe { mcache::free_sized(ptr, layout.size(), layout.align()) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
@@ -244,8 +252,9 @@ unsafe impl GlobalAlloc for GoroAlloc {
         if !new.is_null() {
             // SAFETY: both blocks are live, distinct, and at least `min(old, new)` bytes long.
             unsafe { core::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size)) };
-            // SAFETY: GlobalAlloc's contract: `ptr` is ours and is not used after realloc.
-            unsafe { free(ptr) };
+            // SAFETY: GlobalAlloc's contract: `ptr` is ours, allocated with `layout`, and is
+            // not used after realloc.
+            unsafe { mcache::free_sized(ptr, layout.size(), align) };
         }
         new
     }

@@ -1,24 +1,43 @@
 //! Per-thread caches (Go's `mcache`, per thread here instead of per P).
 //!
-//! A cache owns, per span class (size class × {Malloc, Gc}), one *current* span and a FIFO of
-//! *partial* spans: spans it owns that have free slots. Only the owner allocates from a span and
+//! A cache has two layers. The *bins* (jemalloc's tcache bins): per Malloc span class, a stack
+//! of free slot addresses in an array of the cache's own, filled by the thread's frees and
+//! popped by its allocations; the slots' memory is not touched. Under them, the *span layer*:
+//! per span class (size class × {Malloc, Gc}), one *current* span and a FIFO of *partial*
+//! spans: spans the cache owns that have free slots. Only the owner allocates from a span and
 //! frees onto its local list, so neither needs an atomic. Allocation:
 //!
-//! 1. pop the current span's local free list (the fast path: one branch and no counting, see
-//!    `Span::pop_local`; allocations are counted when slots reach that list, see `mallocs`);
-//! 2. else (cold, `refill`): thread never-used slots onto the list in a batch
+//! 1. Malloc classes: pop the class's bin (`MCache::alloc_binned`; a slot counts as allocated
+//!    in its span while it sits in a bin);
+//! 2. pop the current span's local free list (no counting, see `span::Span::pop_local`;
+//!    allocations are counted when slots reach that list, see `mallocs`);
+//! 3. else (cold, `refill`): thread never-used slots onto the list in a batch
 //!    (`Span::extend_free`), or collect the span's remote frees;
-//! 3. else release the span (`mcentral::release`: to the page heap when empty, to the central
+//! 4. else release the span (`mcentral::release`: to the page heap when empty, to the central
 //!    list when it has remote frees, *detached* when full) and take the head of the partial FIFO,
 //!    else a span from the central list, else carve a fresh span.
 //!
-//! Frees: the span's `owner` word says who owns it. If it is this cache: push on the local list
-//! (no atomics). If it is `DETACHED` and this cache detached it (`last_owner`), the cache
-//! *adopts* it back with one CAS and appends it to the partial FIFO, so a thread that frees its
-//! own objects pays one atomic per span, not per object (the sliding-window pattern of most
-//! programs). Any other free is a lock-free push on the span's remote stack; a remote free into a
-//! detached span lists it centrally (`mcentral.rs`), so memory freed by thread B for objects of
-//! thread A becomes reusable by everyone even if A never allocates again, and never piles up.
+//! Frees through [`crate::GoroAlloc`] know their layout, hence their span class (the same table
+//! lookup as the allocation fast path): a small one is pushed on its bin, without looking up the
+//! span (`MCache::bin_free`). A full bin, a thread without bins (it never allocated, or it is
+//! exiting), `free_gc` and large or over-aligned blocks take the span path (`free`): the span's
+//! `owner` word says who owns it. If it is this cache: push on the local list (no atomics). If
+//! it is `DETACHED` and this cache detached it (`last_owner`), the cache *adopts* it back with
+//! one CAS and appends it to the partial FIFO, so a thread that frees its own objects pays one
+//! atomic per span, not per object (the sliding-window pattern of most programs). Any other
+//! free is a lock-free push on the span's remote stack; a remote free into a detached span lists
+//! it centrally (`mcentral.rs`), so memory freed by thread B for objects of thread A becomes
+//! reusable by everyone even if A never allocates again, and never piles up.
+//!
+//! Why bins: a free list is linked through the free slots, so every free writes the slot and
+//! every pop reads it. Between threads (producer-consumer, xmalloc) that moved each object's
+//! cache line from core to core and back, and a LIFO-cold slot popped off a span list is a miss
+//! even on one thread; a bin hands back the slot this thread freed last, and neither its push
+//! nor its pop touches the slot. Bins are sized for bursts (64 KiB of slots per class, 16 to
+//! 1024 slots, in a lazily mapped array recycled between threads), because a burst larger than
+//! the bin pays the span path plus the bin check; a thread only pays for the classes it uses.
+//! Their slots stay counted live in their spans, so spans with slots in some bin cannot be
+//! released; `stats()`, `release_memory()` and thread exit give the calling thread's bins back.
 //!
 //! Partial spans are appended at the tail and taken from the head: by the time a span is reused,
 //! the frees that followed its adoption have accumulated on it (mimalloc's page queues have the
@@ -86,6 +105,20 @@ pub(crate) struct MCache {
     /// Per span class: remote frees into one span, chained through word 0 and not pushed yet
     /// (see [`MCache::free_remote_batched`]).
     pending: [Pending; NUM_SPAN_CLASSES],
+    /// Per Malloc span class, the *bin* (see the module docs): a stack of free slots in this
+    /// cache's bin array (`bins`; [`BIN_LAYOUT`] places each class), `bin_low[i] <= bin_top[i]
+    /// <= bin_high[i]`; the next push goes to `bin_top[i]`. Owner: this cache alone. All three
+    /// are null until the cache's first refill (and again after thread exit), so that the
+    /// allocation fast path finds the bin empty and the free fast path finds it full.
+    bin_top: [*mut usize; SLOTS],
+    bin_low: [*mut usize; SLOTS],
+    bin_high: [*mut usize; SLOTS],
+    /// This cache's bin array (null until its first refill and after thread exit).
+    bins: *mut usize,
+    /// Per span class: frees pushed on the bin since its last count, and the slots it held at
+    /// that count (see [`MCache::count_bin`]).
+    bin_pushes: [u64; SLOTS],
+    bin_counted: [u64; SLOTS],
 }
 
 /// A chain of this thread's frees into one span it does not own, waiting to be pushed onto the
@@ -141,6 +174,12 @@ impl MCache {
                 count: 0,
                 limit: 0,
             }; NUM_SPAN_CLASSES],
+            bin_top: [null_mut(); SLOTS],
+            bin_low: [null_mut(); SLOTS],
+            bin_high: [null_mut(); SLOTS],
+            bins: null_mut(),
+            bin_pushes: [0; SLOTS],
+            bin_counted: [0; SLOTS],
         }
     }
 
@@ -204,12 +243,14 @@ impl MCache {
         if i >= NUM_SPAN_CLASSES {
             return null_mut();
         }
+        self.count_bin(i);
         self.flush_class(i);
         self.push_pending(i);
         self.ensure_id();
         if self.id == DEAD_ID {
             return GLOBAL.lock().alloc(spc);
         }
+        self.ensure_bins();
         let cur = sp(self.alloc[i]);
         if !core::ptr::eq(cur, &EMPTY) {
             // SAFETY: we own our current span.
@@ -336,9 +377,20 @@ impl MCache {
     /// We own `s`, and `p` is one of its allocated slots, freed once.
     #[inline(always)]
     unsafe fn free_owned(&mut self, s: &'static Span, p: *mut u8) {
+        self.frees[s.spc.load(Ordering::Relaxed) as usize] += 1;
+        // SAFETY: caller's contract.
+        unsafe { self.give_back_owned(s, p) }
+    }
+
+    /// [`MCache::free_owned`] without counting the free (a slot leaving this cache's bin was
+    /// counted when it entered it).
+    ///
+    /// # Safety
+    /// As [`MCache::free_owned`].
+    #[inline(always)]
+    unsafe fn give_back_owned(&mut self, s: &'static Span, p: *mut u8) {
         // SAFETY: caller's contract.
         unsafe { s.push_local(p) };
-        self.frees[s.spc.load(Ordering::Relaxed) as usize] += 1;
         // No "current?" test: a current span's `allocated` is biased and never reaches 0.
         let a = s.allocated.load(Ordering::Relaxed).wrapping_sub(1);
         s.allocated.store(a, Ordering::Relaxed);
@@ -376,10 +428,14 @@ impl MCache {
             return unsafe { crate::free_not_small(s, p) };
         }
         // Adopt a span this cache detached: one CAS, then every later free of ours is local.
+        // `last_owner` outlives the detachment (another cache may own the span by now), so the
+        // CAS is tried only on a span that looks detached: a failing CAS would still take the
+        // span's most-read cache line (`owner`) away from its owner on every such free.
         // Acquire: pairs with the releaser's SeqCst store of DETACHED (its writes to the span).
         if self.id != NO_ID
             && self.id != DEAD_ID
             && s.last_owner.load(Ordering::Relaxed) == self.id
+            && s.owner.load(Ordering::Relaxed) == OWNER_DETACHED
             && s.owner
                 .compare_exchange(OWNER_DETACHED, self.id, Ordering::SeqCst, Ordering::Relaxed)
                 .is_ok()
@@ -398,13 +454,24 @@ impl MCache {
         if self.pending_frees >= FLUSH_EVERY {
             self.flush_frees();
         }
-        // Batch only Malloc spans, and only in a live thread cache with an id (its exit hook,
-        // registered with the id, pushes the chains): a thread that never allocated registers
-        // it now (a pure consumer batches too); not a dying thread (DEAD_ID), not the shared
-        // cache. Gc frees take the direct path.
         if self.id == NO_ID {
             self.ensure_id();
         }
+        // SAFETY: caller's contract.
+        unsafe { self.give_back_remote(s, p, spc) }
+    }
+
+    /// A free (already counted) into a span this cache does not own: batched onto the span's
+    /// remote stack (Malloc spans in a live thread cache) or pushed directly.
+    ///
+    /// # Safety
+    /// `p` is an allocated slot of the small span `s` of span class `spc`, freed once.
+    #[inline(always)]
+    unsafe fn give_back_remote(&mut self, s: &'static Span, p: *mut u8, spc: u8) {
+        // Batch only Malloc spans, and only in a live thread cache with an id (its exit hook,
+        // registered with the id, pushes the chains): a thread that never allocated registers
+        // it at its first remote free (a pure consumer batches too); not a dying thread
+        // (DEAD_ID), not the shared cache. Gc frees take the direct path.
         if spc & 1 == 0 && (FIRST_CACHE_ID..DEAD_ID).contains(&self.id) {
             // SAFETY: caller's contract.
             return unsafe { self.free_remote_batched(s, p, spc as usize) };
@@ -502,6 +569,7 @@ impl MCache {
 
     /// Releases every span (thread exit).
     fn release_all(&mut self) {
+        self.drop_bins();
         self.push_all_pending();
         for i in 0..NUM_SPAN_CLASSES {
             let cur = sp(self.alloc[i]);
@@ -627,17 +695,316 @@ impl MCache {
 /// `p` must be a live block start returned by this allocator, freed once.
 #[inline(always)]
 pub(crate) unsafe fn free(p: *mut u8) {
-    with_cache(|c| {
-        if p as usize >> ARENA_SHIFT == c.arena_key {
+    // SAFETY: caller's contract.
+    with_cache(|c| unsafe { c.free_ptr(p) })
+}
+
+impl MCache {
+    /// [`free`] on this cache.
+    ///
+    /// # Safety
+    /// As [`free`].
+    #[inline(always)]
+    unsafe fn free_ptr(&mut self, p: *mut u8) {
+        if p as usize >> ARENA_SHIFT == self.arena_key {
             // SAFETY: `arena` is the never-unmapped metadata of arena `arena_key`.
-            let s = unsafe { &*c.arena }.span_at(p as usize);
+            let s = unsafe { &*self.arena }.span_at(p as usize);
             if !s.is_null() {
                 // SAFETY: span metadata is never unmapped; caller's contract for `p`.
-                return unsafe { c.free_in(&*s, p) };
+                return unsafe { self.free_in(&*s, p) };
             }
         }
         // SAFETY: caller's contract.
-        unsafe { c.free_new_arena(p) }
+        unsafe { self.free_new_arena(p) }
+    }
+}
+
+/// Bytes of slots one bin holds when full (its capacity, within 16 ..= 1024 slots).
+const BIN_BYTES: usize = 64 << 10;
+
+/// Capacity of the bin of span class `spc` (0 for Gc classes, which have none).
+const fn bin_cap(spc: usize) -> usize {
+    if spc % 2 == 1 {
+        return 0;
+    }
+    match crate::size_class::SizeClass::from_index(spc / 2) {
+        Some(c) => {
+            let n = BIN_BYTES / c.size();
+            if n < 16 {
+                16
+            } else if n > 1024 {
+                1024
+            } else {
+                n
+            }
+        }
+        None => 0,
+    }
+}
+
+/// Per span class, the offset of its bin in a cache's bin array (in slots) and its capacity.
+static BIN_LAYOUT: [(u16, u16); SLOTS] = {
+    let mut t = [(0u16, 0u16); SLOTS];
+    let mut off = 0;
+    let mut i = 0;
+    while i < NUM_SPAN_CLASSES {
+        let cap = bin_cap(i);
+        t[i] = (off as u16, cap as u16);
+        off += cap;
+        i += 1;
+    }
+    t
+};
+
+/// Slots in all bins of one thread.
+const BINS_LEN: usize = {
+    let mut n = 0;
+    let mut i = 0;
+    while i < NUM_SPAN_CLASSES {
+        n += bin_cap(i);
+        i += 1;
+    }
+    n
+};
+
+const _: () = assert!(BINS_LEN <= u16::MAX as usize, "bin offsets are u16");
+
+/// Bytes of one cache's bin array (mapped lazily, so only the entries a thread uses cost
+/// memory).
+const BINS_BYTES: usize = (BINS_LEN * 8).next_multiple_of(4096);
+
+/// Bin arrays of exited threads, for reuse: a stack linked through word 0 (0 = empty). The
+/// innermost allocator lock (it takes none), taken last by `fork`.
+static BIN_POOL: SpinLock<usize> = SpinLock::new(0);
+
+/// A bin array: from [`BIN_POOL`], else freshly mapped; null when out of memory.
+fn take_bin_array() -> *mut usize {
+    {
+        let mut pool = BIN_POOL.lock();
+        let a = *pool;
+        if a != 0 {
+            // SAFETY: pooled arrays are ours under the lock; word 0 is the link.
+            *pool = unsafe { (a as *const usize).read() };
+            return a as *mut usize;
+        }
+    }
+    match crate::os::map(BINS_BYTES) {
+        Some(p) => p.as_ptr().cast::<usize>(),
+        None => null_mut(),
+    }
+}
+
+/// Gives a bin array back for another thread (thread exit).
+///
+/// # Safety
+/// `a` must be a bin array from [`take_bin_array`] that nobody uses any more.
+unsafe fn put_bin_array(a: *mut usize) {
+    let mut pool = BIN_POOL.lock();
+    // SAFETY: the array is ours; word 0 becomes the link.
+    unsafe { a.write(*pool) };
+    *pool = a as usize;
+}
+
+/// Takes the bin-pool lock (fork prepare).
+pub(crate) fn lock_bin_pool() {
+    BIN_POOL.lock_raw();
+}
+
+/// Releases the lock taken by [`lock_bin_pool`].
+///
+/// # Safety
+/// As `SpinLock::unlock_raw`.
+pub(crate) unsafe fn unlock_bin_pool() {
+    // SAFETY: caller's contract.
+    unsafe { BIN_POOL.unlock_raw() };
+}
+
+impl MCache {
+    /// Allocates a Malloc slot of span class `spc`: pop the class's bin when it holds a slot
+    /// (load its top, compare with its bottom, step down, load the slot: one branch, the slot's
+    /// memory untouched), else the span fast path ([`MCache::alloc`]).
+    #[inline(always)]
+    fn alloc_binned(&mut self, spc: u8) -> *mut u8 {
+        let top = self.bin_top[spc as usize];
+        if top != self.bin_low[spc as usize] {
+            // SAFETY: `low < top <= high` within this thread's bin array; the entries below
+            // `top` are free slots of class `spc` (the bins' invariant).
+            return unsafe {
+                let top = top.sub(1);
+                self.bin_top[spc as usize] = top;
+                top.read() as *mut u8
+            };
+        }
+        self.alloc(spc)
+    }
+
+    /// Sets up this cache's bins (all Malloc classes at once) at its first refill; only a live
+    /// thread cache has them.
+    fn ensure_bins(&mut self) {
+        // Span class 2 (8-byte Malloc slots) has a bin once any has.
+        if !self.bin_high[2].is_null() || !(FIRST_CACHE_ID..DEAD_ID).contains(&self.id) {
+            return;
+        }
+        let base = take_bin_array();
+        if base.is_null() {
+            return;
+        }
+        self.bins = base;
+        for (i, &(off, cap)) in BIN_LAYOUT.iter().enumerate().take(NUM_SPAN_CLASSES) {
+            if cap == 0 {
+                continue;
+            }
+            // SAFETY: `off + cap <= BINS_LEN` by construction of the layout.
+            let low = unsafe { base.add(off as usize) };
+            self.bin_low[i] = low;
+            self.bin_top[i] = low;
+            // SAFETY: as above.
+            self.bin_high[i] = unsafe { low.add(cap as usize) };
+        }
+    }
+
+    /// Frees a Malloc slot of span class `spc` (the class its layout maps to) into its bin:
+    /// compare the bin's top with its end, store the address, step up, count (one branch, the
+    /// slot's memory and its span untouched). A full bin, or none yet, sends the slot down the
+    /// span path instead ([`MCache::free_ptr`]): a burst of frees larger than the bin costs
+    /// what it costs without bins.
+    ///
+    /// # Safety
+    /// As [`free`], and `p` is a slot of span class `spc`.
+    #[inline(always)]
+    unsafe fn bin_free(&mut self, spc: u8, p: *mut u8) {
+        let top = self.bin_top[spc as usize];
+        if top == self.bin_high[spc as usize] {
+            // SAFETY: caller's contract.
+            return unsafe { self.free_ptr(p) };
+        }
+        // SAFETY: `low <= top < high` within this thread's bin array.
+        unsafe {
+            top.write(p as usize);
+            self.bin_top[spc as usize] = top.add(1);
+        }
+        self.bin_pushes[spc as usize] += 1;
+    }
+
+    /// Counts the bin of `spc`: the fast paths count nothing but the pushes, so the pops since
+    /// the last count are the slots it held then plus those pushed since, minus those it holds
+    /// now. Both become exact `frees` / `mallocs` of the class.
+    fn count_bin(&mut self, spc: usize) {
+        let i = spc % SLOTS;
+        let (low, top) = (self.bin_low[i], self.bin_top[i]);
+        let len = if low.is_null() {
+            0
+        } else {
+            // SAFETY: `low <= top` in one bin.
+            unsafe { top.offset_from(low) as u64 }
+        };
+        let pushes = core::mem::take(&mut self.bin_pushes[i]);
+        self.frees[i] += pushes;
+        self.mallocs[i] += (self.bin_counted[i] + pushes).saturating_sub(len);
+        self.bin_counted[i] = len;
+    }
+
+    /// Gives every slot of the bin of `spc` back to its span (local list or remote batch,
+    /// uncounted: the frees were counted as they entered the bin) and empties the bin. Call
+    /// [`MCache::count_bin`] first.
+    fn bin_release_all(&mut self, spc: u8) {
+        let (low, top) = (self.bin_low[spc as usize], self.bin_top[spc as usize]);
+        if low.is_null() {
+            return;
+        }
+        let mut e = low;
+        while e != top {
+            // SAFETY: `low <= e < top`: an entry of this bin, a slot this thread freed (counted
+            // live in its span), given back once.
+            let q = unsafe { e.read() } as *mut u8;
+            // SAFETY: as above.
+            e = unsafe { e.add(1) };
+            let s = self.span_of(q as usize);
+            if s.owner.load(Ordering::Relaxed) == self.id {
+                // SAFETY: we own `s`; `q` is one of its allocated slots (see above).
+                unsafe { self.give_back_owned(s, q) };
+            } else {
+                // SAFETY: as above, for a span we do not own.
+                unsafe { self.give_back_remote(s, q, spc) };
+            }
+        }
+        self.bin_top[spc as usize] = low;
+        self.bin_counted[spc as usize] = 0;
+    }
+
+    /// The span holding `p` (a slot of the goro heap), through the remembered arena.
+    fn span_of(&mut self, p: usize) -> &'static Span {
+        if p >> ARENA_SHIFT != self.arena_key {
+            let Some(m) = arena::meta_of(p) else {
+                crate::throw("binned slot not in the goro heap");
+            };
+            self.arena_key = p >> ARENA_SHIFT;
+            self.arena = m;
+        }
+        // SAFETY: `arena` is the never-unmapped metadata of arena `arena_key`.
+        let s = unsafe { &*self.arena }.span_at(p);
+        if s.is_null() {
+            crate::throw("binned slot not in the goro heap");
+        }
+        // SAFETY: span metadata is never unmapped.
+        unsafe { &*s }
+    }
+
+    /// Counts every bin's pops and gives all their slots back to the spans (`stats()`,
+    /// `release_memory()`, thread exit).
+    fn flush_all_bins(&mut self) {
+        for spc in (0..NUM_SPAN_CLASSES as u8).step_by(2) {
+            self.count_bin(spc as usize);
+            self.bin_release_all(spc);
+        }
+    }
+
+    /// Thread exit: empties the bins and removes them (later calls take the span paths).
+    fn drop_bins(&mut self) {
+        self.flush_all_bins();
+        self.bin_top = [null_mut(); SLOTS];
+        self.bin_low = [null_mut(); SLOTS];
+        self.bin_high = [null_mut(); SLOTS];
+        let a = core::mem::replace(&mut self.bins, null_mut());
+        if !a.is_null() {
+            // SAFETY: no bin pointer into `a` is left.
+            unsafe { put_bin_array(a) };
+        }
+    }
+}
+
+/// Allocates a Malloc slot of span class `spc` (see [`MCache::alloc_binned`]).
+#[inline(always)]
+pub(crate) fn alloc_binned(spc: u8) -> *mut u8 {
+    with_cache(|c| c.alloc_binned(spc))
+}
+
+/// Frees a Malloc block allocated with `size` and `align` (`GoroAlloc::dealloc`). In a thread
+/// with bins, the layout gives the span class without a span lookup (the same computation as
+/// `malloc`'s fast path) and a small block goes on its bin ([`MCache::bin_free`]): 20
+/// instructions with the `ret`, three branches (bins?, size/alignment, bin full?). The "bins?"
+/// test comes first and does not depend on `size`: in a thread without bins (a pure consumer)
+/// the span path does not wait for the caller's load of the size, often a miss on the block
+/// another thread wrote. Anything else takes the span path ([`free`]).
+///
+/// # Safety
+/// `p` must be a live Malloc block returned by `malloc(size, align, SpanKind::Malloc)` (or
+/// resized in place to `size` by `realloc`), freed once.
+#[inline(always)]
+pub(crate) unsafe fn free_sized(p: *mut u8, size: usize, align: usize) {
+    with_cache(|c| {
+        if !c.bins.is_null() {
+            let idx = size.wrapping_add(7) >> 3;
+            if (idx >> 4) | align < 16 {
+                // SAFETY: `idx >> 4 < 16` was just checked.
+                unsafe { core::hint::assert_unchecked(idx < 256) };
+                let spc = crate::size_class::SizeClass::small_spc(idx as u8);
+                // SAFETY: caller's contract: `malloc` took this class for this layout.
+                return unsafe { c.bin_free(spc, p) };
+            }
+        }
+        // SAFETY: caller's contract.
+        unsafe { c.free_ptr(p) }
     })
 }
 
@@ -673,6 +1040,7 @@ unsafe fn free_remote(s: &'static Span, p: *mut u8) {
 /// Flushes this thread's batched counters (so that `stats()` right after is exact for it).
 pub(crate) fn flush_local_stats() {
     with_cache(|c| {
+        c.flush_all_bins();
         c.push_all_pending();
         for i in 0..NUM_SPAN_CLASSES {
             // What is still on the current span's list was counted but not allocated yet.
@@ -693,6 +1061,7 @@ pub(crate) fn flush_local_stats() {
 /// Gives this thread's cached empty spans back to the page heap (`release_memory`).
 pub(crate) fn release_local_empties() {
     with_cache(|c| {
+        c.flush_all_bins();
         c.push_all_pending();
         for i in 0..NUM_SPAN_CLASSES {
             let mut p = c.partial[i].0;

@@ -491,18 +491,21 @@ fn start_background() {
     os::spawn_detached(c"goro-scavenger", scavenger_main);
 }
 
-/// `pthread_atfork` prepare: take every allocator lock (fallback cache, central lists, heap, in
-/// that order, which is the order the allocator nests them), so that no lock is held by a thread
-/// that will not exist in the child.
+/// `pthread_atfork` prepare: take every allocator lock (fallback cache, central lists, heap, bin
+/// pool, in that order, which is the order the allocator nests them), so that no lock is held by
+/// a thread that will not exist in the child.
 extern "C" fn fork_prepare() {
     crate::mcache::lock_global();
     crate::mcentral::lock_all();
     HEAP.lock_raw();
+    crate::mcache::lock_bin_pool();
 }
 
 /// `pthread_atfork` parent: release what `fork_prepare` took.
 extern "C" fn fork_parent() {
     // SAFETY: this thread took these locks in `fork_prepare`.
+    unsafe { crate::mcache::unlock_bin_pool() };
+    // SAFETY: as above.
     unsafe { HEAP.unlock_raw() };
     // SAFETY: as above.
     unsafe { crate::mcentral::unlock_all() };
@@ -514,6 +517,8 @@ extern "C" fn fork_parent() {
 /// and let the next allocation start a scavenger thread in the child.
 extern "C" fn fork_child() {
     // SAFETY: the parent's forking thread took these locks; it is this thread in the child.
+    unsafe { crate::mcache::unlock_bin_pool() };
+    // SAFETY: as above.
     unsafe { HEAP.unlock_raw() };
     // SAFETY: as above.
     unsafe { crate::mcentral::unlock_all() };

@@ -477,7 +477,8 @@ fn concurrent_find_block_is_safe() {
     let pr = probes.clone();
     let reader = std::thread::spawn(move || {
         let mut hits = 0usize;
-        while !s2.load(Ordering::Relaxed) {
+        // At least one pass, even if the main thread is done before this one starts.
+        loop {
             for &p in &pr {
                 for off in [0, 4096, 100_000] {
                     if let Some(b) = find_block(p + off) {
@@ -486,8 +487,10 @@ fn concurrent_find_block_is_safe() {
                     }
                 }
             }
+            if s2.load(Ordering::Relaxed) {
+                break hits;
+            }
         }
-        hits
     });
     for round in 0..50 {
         let v: Vec<usize> = (0..500)
@@ -501,5 +504,80 @@ fn concurrent_find_block_is_safe() {
     assert!(reader.join().unwrap() > 0);
     for (i, p) in probes.into_iter().enumerate() {
         d(p as *mut u8, 8 + i * 8, 8);
+    }
+}
+
+#[test]
+fn bin_reuses_the_last_freed_slot_of_its_class() {
+    std::thread::spawn(|| {
+        // The first allocation refills the class and sets up the thread's bins.
+        let warm = a(40, 8);
+        let p = a(40, 8);
+        d(p, 40, 8);
+        // A free of another class in between does not disturb this class's bin.
+        let q = a(200, 8);
+        d(q, 200, 8);
+        assert_eq!(a(40, 8), p, "the bin is a LIFO stack per class");
+        d(p, 40, 8);
+        d(warm, 40, 8);
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn bin_keeps_other_threads_slots_and_counts_exactly() {
+    const N: usize = 300;
+    let ptrs: Vec<usize> = (0..N).map(|_| a(24, 8) as usize).collect();
+    let set: HashSet<usize> = ptrs.iter().copied().collect();
+    let class = SizeClass::for_size(24).unwrap().index();
+    std::thread::spawn(move || {
+        let warm = a(24, 8);
+        let before = crate::stats();
+        for &p in &ptrs {
+            d(p as *mut u8, 24, 8);
+        }
+        // A thread that allocates the class reuses what it freed, without touching the owner.
+        let again: Vec<usize> = (0..N).map(|_| a(24, 8) as usize).collect();
+        assert!(
+            again.iter().filter(|p| set.contains(p)).count() >= N / 2,
+            "freed slots of another thread's span not reused from the bin"
+        );
+        // stats() flushes the bins: this thread's counts are exact.
+        let mid = crate::stats();
+        assert!(mid.by_size[class].frees >= before.by_size[class].frees + N as u64);
+        assert!(mid.by_size[class].mallocs >= before.by_size[class].mallocs + N as u64);
+        for p in again {
+            d(p as *mut u8, 24, 8);
+        }
+        d(warm, 24, 8);
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn bins_are_emptied_at_thread_exit() {
+    const N: usize = 500;
+    let ptrs: Vec<usize> = (0..N).map(|_| a(72, 8) as usize).collect();
+    let set: HashSet<usize> = ptrs.iter().copied().collect();
+    std::thread::spawn(move || {
+        // With a bin, these frees stay in this thread until it exits.
+        let warm = a(72, 8);
+        for p in ptrs {
+            d(p as *mut u8, 72, 8);
+        }
+        d(warm, 72, 8);
+    })
+    .join()
+    .unwrap();
+    // The exit hook gave the slots back to their owner (this thread's spans).
+    let again: Vec<usize> = (0..N).map(|_| a(72, 8) as usize).collect();
+    assert!(
+        again.iter().any(|p| set.contains(p)),
+        "slots held in an exited thread's bin never came back"
+    );
+    for p in again {
+        d(p as *mut u8, 72, 8);
     }
 }
