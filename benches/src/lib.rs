@@ -205,10 +205,18 @@ fn usage_error(binary: Binary, error: &str) -> ExitCode {
 }
 
 /// The goro runtime for a workload: `--procs` as GOMAXPROCS, the rest from the environment.
+///
+/// `GORO_BENCH_MIGRATE=1` turns on `migrate_goroutines` (Go's placement: a readied goroutine
+/// runs on the readier's thread); the workloads' goroutines hold nothing thread-bound across
+/// blocking points, which is that option's contract.
 pub fn goro_runtime(options: &Options) -> Result<goro::Runtime, String> {
     let mut builder = goro::Runtime::builder();
     if let Some(procs) = options.procs {
         builder = builder.max_procs(procs);
+    }
+    if std::env::var("GORO_BENCH_MIGRATE").is_ok_and(|v| v == "1") {
+        // SAFETY: see above.
+        builder = unsafe { builder.migrate_goroutines(true) };
     }
     builder.build().map_err(|e| e.to_string())
 }
