@@ -94,11 +94,14 @@ pub(crate) enum GStatus {
     Runnable = 0,
     Running = 1,
     Waiting = 2,
+    /// Exited; the G waits in a free list for reuse (Go's `_Gdead`).
+    Dead = 3,
 }
 
 /// A goroutine.
 pub(crate) struct G {
-    id: u64,
+    /// The goroutine's number; a G reused from a free list gets a new one.
+    id: AtomicU64,
     sched: &'static Sched,
     /// Informational state; written by whoever moves the G, read by nobody for decisions.
     status: AtomicU8,
@@ -115,10 +118,6 @@ pub(crate) struct G {
     stack: UnsafeCell<Option<Stack>>,
     /// The closure, until the first run takes it. Owned by whoever holds the G.
     entry: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
-    /// The `Sched::allg` list that holds the G (its creator's P; 0 from other threads). Set once.
-    allg_list: usize,
-    /// Position in that list; only accessed under its lock.
-    allg_index: UnsafeCell<usize>,
     /// When the G was last queued (see `Sched::stamp`): the owner runs its two queues in one
     /// FIFO order by comparing the heads' stamps.
     queued_at: AtomicU64,
@@ -234,6 +233,8 @@ struct P {
     runq: LocalQueue,
     /// Stacks of exited goroutines, reused by the next first runs. Only the holder touches it.
     stacks: UnsafeCell<Vec<Stack>>,
+    /// Exited Gs for the next spawns (Go's `gFree`). Only the holder touches it.
+    gfree: UnsafeCell<Vec<GRef>>,
     /// This P's timers (`sleep`, `after`, `tick`).
     timers: Timers,
     /// Whether an M holds this P. Changed under `Sched::pidle`.
@@ -270,7 +271,11 @@ pub(crate) struct Sched {
     ps: Box<[P]>,
     /// Gs that have never run, from threads that are not Ms and from full local queues.
     global: Mutex<VecDeque<GRef>>,
-    /// Every G not yet exited; the collector's root set.
+    /// Exited Gs beyond what the Ps keep, moved in batches (Go's `sched.gFree`).
+    gfree: Mutex<Vec<GRef>>,
+    /// Every G ever made, in the list of the P that made it (from other threads: list 0). Gs
+    /// never leave: an exited one is marked dead and reused (Go's `allgs`). The collector's
+    /// root set, and the set sysmon's stack passes walk.
     allg: Box<[Mutex<Vec<GRef>>]>,
     live: Padded<AtomicUsize>,
     next_id: Padded<AtomicU64>,
@@ -490,7 +495,7 @@ pub fn is_goroutine() -> bool {
 
 /// The id of the calling goroutine (1 is the main goroutine).
 pub fn current_goroutine_id() -> Option<u64> {
-    current_g().map(|g| g.g().id)
+    current_g().map(|g| g.g().id())
 }
 
 /// How many goroutines exist in the running runtime (Go's `runtime.NumGoroutine`).
@@ -561,6 +566,7 @@ where
             .map(|p| P {
                 runq: LocalQueue::new(),
                 stacks: UnsafeCell::new(Vec::new()),
+                gfree: UnsafeCell::new(Vec::new()),
                 timers: Timers::default(),
                 held: AtomicBool::new(p < procs),
                 stacks_released_for: Cell::new(0),
@@ -568,6 +574,7 @@ where
             .collect(),
         config,
         global: Mutex::new(VecDeque::new()),
+        gfree: Mutex::new(Vec::new()),
         allg: (0..nps).map(|_| Mutex::new(Vec::new())).collect(),
         live: Padded(AtomicUsize::new(0)),
         next_id: Padded(AtomicU64::new(1)),
@@ -631,13 +638,28 @@ where
         }
     }
     CURRENT.store(std::ptr::null_mut(), Ordering::Release);
-    // The scheduler structure outlives the runtime (see `Sched`), its stack caches need not.
+    // The scheduler structure outlives the runtime (see `Sched`), its stack caches and dead
+    // Gs need not.
     for p in sched.ps.iter() {
         // SAFETY: every M has exited, so no P is held.
         for stack in std::mem::take(unsafe { &mut *p.stacks.get() }) {
             // SAFETY: a cached stack belongs to no goroutine.
             unsafe { stack.release_below(stack.top()) };
         }
+        // SAFETY: as above.
+        unsafe { (*p.gfree.get()).clear() };
+    }
+    lock(&sched.gfree).clear();
+    for list in sched.allg.iter() {
+        lock(list).retain(|&g| {
+            if g.g().status.load(Ordering::Acquire) != GStatus::Dead as u8 {
+                return true; // abandoned: a root of the retired heap, kept forever
+            }
+            // SAFETY: a dead G is in no queue or free list any more (cleared above) and no M
+            // runs; it came from `Box::leak` in `new_g`.
+            drop(unsafe { Box::from_raw(g.0.as_ptr()) });
+            false
+        });
     }
     let result = packet.take().unwrap_or_else(|| {
         unreachable!("the runtime shut down before the main goroutine finished")
@@ -1137,11 +1159,11 @@ fn first_run(m: &M, g: GRef) {
         None => Stack::with_size(m.sched().config.stack_size).unwrap_or_else(|error| {
             throw(&format!(
                 "cannot allocate a stack for goroutine {}: {error}",
-                gg.id
+                gg.id()
             ))
         }),
     };
-    stack.set_owner(gg.id);
+    stack.set_owner(gg.id());
     let top = stack.top();
     // SAFETY: the G has not run, so nothing else reads its stack fields; `top` is the top of a
     // stack nothing else uses; the entry never returns (it ends by switching to g0 with `Exit`).
@@ -1277,27 +1299,46 @@ where
         let result = catch_unwind(AssertUnwindSafe(f)).map_err(Panic::new);
         goroutine_packet.complete(result);
     });
-    let id = g.g().id;
+    let id = g.g().id();
     enqueue_new(sched, g);
     JoinHandle::new(packet, id)
 }
 
 fn new_g(sched: &'static Sched, entry: impl FnOnce() + Send + 'static) -> GRef {
     // Per-P lists keep spawn and exit on different Ms from contending on one lock.
-    let allg_list = match current_m() {
-        Some(m) if std::ptr::eq(m.sched(), sched) && m.p() != NO_P => m.p(),
-        _ => 0,
+    let own_p = match current_m() {
+        Some(m) if std::ptr::eq(m.sched(), sched) && m.p() != NO_P => Some(m.p()),
+        _ => None,
     };
+    if let Some(g) = own_p.and_then(|p| take_free_g(sched, p)) {
+        let gg = g.g();
+        // SAFETY: a G from a free list is dead: no queue, waker, collector or sysmon pass uses
+        // its plain fields (they skip dead Gs, and a collection cannot run while this goroutine
+        // spawns); it is still in its allg list, so it stays there.
+        unsafe {
+            debug_assert!((*gg.stack.get()).is_none() && (*gg.segments.get()).is_empty());
+            *gg.sp.get() = StackPointer(std::ptr::null_mut());
+            *gg.entry.get() = Some(Box::new(entry));
+        }
+        gg.id.store(
+            sched.next_id.fetch_add(1, Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        gg.home.store(NO_HOME, Ordering::Relaxed);
+        gg.queued_at.store(0, Ordering::Relaxed);
+        gg.status.store(GStatus::Runnable as u8, Ordering::Release);
+        sched.live.fetch_add(1, Ordering::Relaxed);
+        return g;
+    }
+    let allg_list = own_p.unwrap_or(0);
     let g = Box::new(G {
-        id: sched.next_id.fetch_add(1, Ordering::Relaxed),
+        id: AtomicU64::new(sched.next_id.fetch_add(1, Ordering::Relaxed)),
         sched,
         status: AtomicU8::new(GStatus::Runnable as u8),
         home: AtomicUsize::new(NO_HOME),
         sp: UnsafeCell::new(StackPointer(std::ptr::null_mut())),
         stack: UnsafeCell::new(None),
         entry: UnsafeCell::new(Some(Box::new(entry))),
-        allg_list,
-        allg_index: UnsafeCell::new(0),
         queued_at: AtomicU64::new(0),
         locals: UnsafeCell::new(Vec::new()),
         parked_stack: ParkedStack::new(),
@@ -1305,10 +1346,7 @@ fn new_g(sched: &'static Sched, entry: impl FnOnce() + Send + 'static) -> GRef {
         wait_space: UnsafeCell::new(MaybeUninit::uninit()),
     });
     let g = GRef(NonNull::from(Box::leak(g)));
-    let mut allg = lock(&sched.allg[allg_list]);
-    // SAFETY: `allg_index` is only accessed under its list's lock, which we hold.
-    unsafe { *g.g().allg_index.get() = allg.len() };
-    allg.push(g);
+    lock(&sched.allg[allg_list]).push(g);
     sched.live.fetch_add(1, Ordering::Relaxed);
     g
 }
@@ -1505,26 +1543,42 @@ unsafe extern "C" fn g_entry(arg: usize) -> ! {
     std::process::abort()
 }
 
-/// Frees an exited goroutine: it leaves `allg`, its stack goes to its P's cache. Runs on the
-/// goroutine's home M.
+/// Gs a P keeps in its free list before it moves a batch to the global one (Go's 64 and 32).
+const GFREE_MAX: usize = 64;
+const GFREE_BATCH: usize = 32;
+
+/// Takes an exited G for a spawn on P `p` (held by the caller): from the P's free list, else a
+/// batch from the global one.
+fn take_free_g(sched: &Sched, p: usize) -> Option<GRef> {
+    // SAFETY: only the M holding a P touches its free list, and the caller holds `p`.
+    let local = unsafe { &mut *sched.ps[p].gfree.get() };
+    if local.is_empty() {
+        let mut global = lock(&sched.gfree);
+        let keep = global.len().saturating_sub(GFREE_BATCH);
+        local.extend(global.drain(keep..));
+    }
+    local.pop()
+}
+
+/// Retires an exited goroutine: its stack goes to its P's cache and the G to its P's free list
+/// (it stays in `allg`, marked dead, as in Go). Runs on the goroutine's home M.
 fn destroy(m: &M, g: GRef) {
     let sched = g.g().sched;
-    {
-        let mut allg = lock(&sched.allg[g.g().allg_list]);
-        // SAFETY: `allg_index` is only accessed under its list's lock, which we hold.
-        let index = unsafe { *g.g().allg_index.get() };
-        debug_assert_eq!(allg[index], g);
-        allg.swap_remove(index);
-        if let Some(moved) = allg.get(index) {
-            // SAFETY: as above.
-            unsafe { *moved.g().allg_index.get() = index };
-        }
-    }
+    let gg = g.g();
     sched.live.fetch_sub(1, Ordering::Relaxed);
-    // SAFETY: the G exited: it is in no queue and nothing refers to it any more; it came from
-    // `Box::leak` in `new_g`.
-    let g = unsafe { Box::from_raw(g.0.as_ptr()) };
-    if let Some(stack) = g.stack.into_inner() {
+    // SAFETY: the G exited: it is in no queue and nothing refers to it any more; only this M
+    // touches it until it is dead and listed.
+    let stack = unsafe { (*gg.stack.get()).take() };
+    // Release: a spawner that takes the G from a list sees it dead after these writes.
+    gg.status.store(GStatus::Dead as u8, Ordering::Release);
+    // SAFETY: only the M holding a P touches its free list, and `m` holds it.
+    let gfree = unsafe { &mut *sched.ps[m.p()].gfree.get() };
+    gfree.push(g);
+    if gfree.len() > GFREE_MAX {
+        let batch = gfree.split_off(gfree.len() - GFREE_BATCH);
+        lock(&sched.gfree).extend(batch);
+    }
+    if let Some(stack) = stack {
         // SAFETY: only the M holding a P touches its stack cache, and `m` holds it.
         let cache = unsafe { &mut *sched.ps[m.p()].stacks.get() };
         if cache.len() == STACK_CACHE_MAX {
@@ -1566,11 +1620,17 @@ pub fn for_each_root(visit: &mut dyn FnMut(RootRange)) {
 }
 
 fn roots_of(sched: &Sched, visit: &mut dyn FnMut(RootRange)) {
-    // Every list is locked for the whole walk, in order, so a G cannot move between them unseen
-    // (it never moves: its list is fixed at creation; the locks only keep exits out).
+    // Every list is locked for the whole walk, in order: sysmon stashes under these locks, and
+    // threads that are not Ms add Gs under them.
     let lists: Vec<_> = sched.allg.iter().map(lock).collect();
     for g in lists.iter().flat_map(|list| list.iter()) {
         let gg = g.g();
+        // Acquire: pairs with the release in `destroy`. A dead G holds nothing live (its stale
+        // bytes would only keep garbage alive); one that is being reused by a spawner is not
+        // possible here, since spawners on Ms are stopped goroutines.
+        if gg.status.load(Ordering::Acquire) == GStatus::Dead as u8 {
+            continue;
+        }
         visit(RootRange::Block(g.0.as_ptr().cast::<u8>()));
         // SAFETY: the world is stopped (or the runtime is over), so the G is switched out and
         // its stack fields are stable; we hold its allg list's lock, so sysmon is not stashing
@@ -1747,6 +1807,10 @@ fn release_cached_stacks_if_asked(m: &M) {
 const POOLED_STACKS_KEPT_WARM: usize = 16;
 
 impl G {
+    fn id(&self) -> u64 {
+        self.id.load(Ordering::Relaxed)
+    }
+
     /// The stack the goroutine runs on (or was switched out on): its innermost segment, else its
     /// slot; `None` before its first run.
     ///
@@ -1784,10 +1848,10 @@ pub(crate) fn push_segment(g: GRef, red_zone: usize) -> Result<(usize, *mut u8),
     let stack = Stack::with_size(size).unwrap_or_else(|error| {
         throw(&format!(
             "cannot allocate a stack segment for goroutine {}: {error}",
-            gg.id
+            gg.id()
         ))
     });
-    stack.set_owner(gg.id);
+    stack.set_owner(gg.id());
     let top = stack.top();
     grow::set_stack_limit(stack.limit() as usize);
     segments.push(Segment {
@@ -1824,7 +1888,7 @@ pub(crate) fn pop_segment(g: GRef, index: usize) {
 pub(crate) fn throw_stack_overflow(g: GRef, limit: usize) -> ! {
     eprintln!(
         "goroutine {} stack exceeds {limit}-byte limit\nfatal error: stack overflow",
-        g.g().id
+        g.g().id()
     );
     std::process::exit(2)
 }
