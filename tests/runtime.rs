@@ -129,3 +129,58 @@ fn wait_group_waits_for_all() {
         "sync: negative WaitGroup counter"
     );
 }
+
+#[test]
+fn schedtrace_prints_gos_line() {
+    if std::env::var("GORO_SCHEDTRACE_CHILD").is_ok() {
+        let runtime = Runtime::builder().max_procs(2).build().unwrap();
+        runtime.run(|| {
+            let start = std::time::Instant::now();
+            while start.elapsed() < std::time::Duration::from_millis(80) {
+                let handles: Vec<_> = (0..100).map(|i| goro::go(move || i * 2)).collect();
+                for h in handles {
+                    h.join().unwrap();
+                }
+                goro::sleep(std::time::Duration::from_millis(1));
+            }
+        });
+        return;
+    }
+    let _serial = serial();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "schedtrace_prints_gos_line", "--nocapture"])
+        .env("GORO_SCHEDTRACE_CHILD", "1")
+        .env("GORO_DEBUG", "schedtrace=10")
+        .output()
+        .expect("the child process");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("SCHED ")).collect();
+    assert!(lines.len() >= 3, "too few SCHED lines in: {stderr}");
+    for line in lines {
+        // SCHED 10ms: gomaxprocs=2 idleprocs=1 threads=4 spinningthreads=0 idlethreads=1
+        // runqueue=0 [0 0]
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields.len(), 10, "line: {line}");
+        assert!(fields[1].ends_with("ms:"), "line: {line}");
+        assert_eq!(fields[2], "gomaxprocs=2", "line: {line}");
+        for (field, key) in fields[3..8].iter().zip([
+            "idleprocs",
+            "threads",
+            "spinningthreads",
+            "idlethreads",
+            "runqueue",
+        ]) {
+            let (k, v) = field.split_once('=').expect("key=value");
+            assert_eq!(k, key, "line: {line}");
+            let n: usize = v.parse().expect("a count");
+            if key == "spinningthreads" || key == "idleprocs" {
+                assert!(n <= 2, "line: {line}");
+            }
+        }
+        assert!(
+            fields[8].starts_with('[') && fields[9].ends_with(']'),
+            "line: {line}"
+        );
+    }
+}

@@ -354,6 +354,11 @@ impl Sched {
         lock(&self.pidle).free.len()
     }
 
+    /// Ms spinning for work now (for schedtrace).
+    pub(crate) fn spinning_ms(&self) -> usize {
+        self.spinning.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn config(&self) -> &Config {
         &self.config
     }

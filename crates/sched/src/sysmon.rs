@@ -128,12 +128,13 @@ fn trace_line(sched: &Sched, elapsed: Duration) {
         .map(|i| sched.local_queue_len(i).to_string())
         .collect();
     eprintln!(
-        "SCHED {}ms: gomaxprocs={} idleprocs={} threads={} spinningthreads=0 idlethreads={} \
+        "SCHED {}ms: gomaxprocs={} idleprocs={} threads={} spinningthreads={} idlethreads={} \
          runqueue={} [{}]",
         elapsed.as_millis(),
         procs,
         sched.idle_procs(),
         ms.len() + 1,
+        sched.spinning_ms(),
         idle_threads,
         lock(sched.global_queue()).len(),
         local.join(" "),
