@@ -273,6 +273,8 @@ pub(crate) struct Sched {
     global: Mutex<VecDeque<GRef>>,
     /// Exited Gs beyond what the Ps keep, moved in batches (Go's `sched.gFree`).
     gfree: Mutex<Vec<GRef>>,
+    /// `gfree`'s length, written under its lock: spawners skip the lock when it is empty.
+    gfree_len: AtomicUsize,
     /// Every G ever made, in the list of the P that made it (from other threads: list 0). Gs
     /// never leave: an exited one is marked dead and reused (Go's `allgs`). The collector's
     /// root set, and the set sysmon's stack passes walk.
@@ -580,6 +582,7 @@ where
         config,
         global: Mutex::new(VecDeque::new()),
         gfree: Mutex::new(Vec::new()),
+        gfree_len: AtomicUsize::new(0),
         allg: (0..nps).map(|_| Mutex::new(Vec::new())).collect(),
         live: Padded(AtomicUsize::new(0)),
         next_id: Padded(AtomicU64::new(1)),
@@ -655,6 +658,7 @@ where
         unsafe { (*p.gfree.get()).clear() };
     }
     lock(&sched.gfree).clear();
+    sched.gfree_len.store(0, Ordering::Relaxed);
     for list in sched.allg.iter() {
         lock(list).retain(|&g| {
             if g.g().status.load(Ordering::Acquire) != GStatus::Dead as u8 {
@@ -1589,10 +1593,11 @@ const GFREE_BATCH: usize = 32;
 fn take_free_g(sched: &Sched, p: usize) -> Option<GRef> {
     // SAFETY: only the M holding a P touches its free list, and the caller holds `p`.
     let local = unsafe { &mut *sched.ps[p].gfree.get() };
-    if local.is_empty() {
+    if local.is_empty() && sched.gfree_len.load(Ordering::Relaxed) > 0 {
         let mut global = lock(&sched.gfree);
         let keep = global.len().saturating_sub(GFREE_BATCH);
         local.extend(global.drain(keep..));
+        sched.gfree_len.store(global.len(), Ordering::Relaxed);
     }
     local.pop()
 }
@@ -1613,7 +1618,9 @@ fn destroy(m: &M, g: GRef) {
     gfree.push(g);
     if gfree.len() > GFREE_MAX {
         let batch = gfree.split_off(gfree.len() - GFREE_BATCH);
-        lock(&sched.gfree).extend(batch);
+        let mut global = lock(&sched.gfree);
+        global.extend(batch);
+        sched.gfree_len.store(global.len(), Ordering::Relaxed);
     }
     if let Some(stack) = stack {
         // SAFETY: only the M holding a P touches its stack cache, and `m` holds it.
