@@ -195,7 +195,8 @@ pub(crate) struct M {
     /// True while this M runs a goroutine. SeqCst, paired with `Sched::stopping` (see `stw`).
     pub(crate) running: AtomicBool,
     /// True while this M looks for work or sleeps; a waker that swaps it to false must unpark.
-    idle: AtomicBool,
+    /// On its own lines: wakers on other threads read and swap it.
+    idle: Padded<AtomicBool>,
     parker: ThreadParker,
     /// Schedules so far, for the global queue's fairness rule. Own thread only.
     tick: Cell<u32>,
@@ -209,9 +210,10 @@ pub(crate) struct M {
     p: AtomicUsize,
     /// Goroutines bound to this M that can run again (readied, yielded, stopped for the
     /// collector, back from `blocking`): any thread pushes, only this M pops.
-    ready: Mutex<VecDeque<GRef>>,
+    /// On its own lines: wakers on other threads lock it.
+    ready: Padded<Mutex<VecDeque<GRef>>>,
     /// `ready`'s length, written under its lock: a spinning M polls it without the lock.
-    ready_len: AtomicUsize,
+    ready_len: Padded<AtomicUsize>,
     /// Go's `runnext`: the goroutine this M's running goroutine (or g0) last readied, run next
     /// and in the readier's time slice. Own thread only; set only while the M holds a P, and
     /// moved to the front of `ready` when it gives the P up.
@@ -274,7 +276,10 @@ pub(crate) struct Sched {
     /// Exited Gs beyond what the Ps keep, moved in batches (Go's `sched.gFree`).
     gfree: Mutex<Vec<GRef>>,
     /// `gfree`'s length, written under its lock: spawners skip the lock when it is empty.
-    gfree_len: AtomicUsize,
+    gfree_len: Padded<AtomicUsize>,
+    /// `pidle.free`'s length, written under `pidle`: a spawn wakes no M while no P is free (an
+    /// idle M could not run the goroutine without one; Go's `npidle` test in `wakep`).
+    idle_ps: Padded<AtomicUsize>,
     /// Every G ever made, in the list of the P that made it (from other threads: list 0). Gs
     /// never leave: an exited one is marked dead and reused (Go's `allgs`). The collector's
     /// root set, and the set sysmon's stack passes walk.
@@ -421,17 +426,17 @@ impl M {
             g0_sp: UnsafeCell::new(StackPointer(std::ptr::null_mut())),
             curg: Cell::new(None),
             request: Cell::new(Request::None),
-            ready_len: AtomicUsize::new(0),
+            ready_len: Padded(AtomicUsize::new(0)),
             runnext: Cell::new(None),
             inherit_slice: Cell::new(false),
             running: AtomicBool::new(false),
-            idle: AtomicBool::new(false),
+            idle: Padded(AtomicBool::new(false)),
             parker: ThreadParker::default(),
             tick: Cell::new(0),
             schedtick: AtomicU64::new(0),
             preempt: AtomicBool::new(false),
             p: AtomicUsize::new(NO_P),
-            ready: Mutex::new(VecDeque::new()),
+            ready: Padded(Mutex::new(VecDeque::new())),
         }
     }
 
@@ -582,7 +587,8 @@ where
         config,
         global: Mutex::new(VecDeque::new()),
         gfree: Mutex::new(Vec::new()),
-        gfree_len: AtomicUsize::new(0),
+        gfree_len: Padded(AtomicUsize::new(0)),
+        idle_ps: Padded(AtomicUsize::new(0)),
         allg: (0..nps).map(|_| Mutex::new(Vec::new())).collect(),
         live: Padded(AtomicUsize::new(0)),
         next_id: Padded(AtomicU64::new(1)),
@@ -754,7 +760,9 @@ fn acquire_p(m: &M, wait: bool) -> bool {
             }
             let limit = sched.gomaxprocs();
             idle.free.retain(|&p| p < limit);
-            if let Some(p) = idle.free.pop() {
+            let taken = idle.free.pop();
+            sched.idle_ps.store(idle.free.len(), Ordering::Relaxed);
+            if let Some(p) = taken {
                 sched.ps[p].held.store(true, Ordering::Relaxed);
                 m.p.store(p, Ordering::Release);
                 idle.waiting.retain(|&w| w != m.id);
@@ -808,6 +816,7 @@ fn release_p(m: &M) {
     }
     sched.ps[p].held.store(false, Ordering::Relaxed);
     idle.free.push(p);
+    sched.idle_ps.store(idle.free.len(), Ordering::Relaxed);
 }
 
 /// `m` holds a P above GOMAXPROCS: give it up (its never-run goroutines go to the global queue,
@@ -1405,12 +1414,23 @@ fn enqueue_new(sched: &Sched, g: GRef) {
                 global.extend(older);
                 global.push_back(g);
             }
-            wake_idle(sched, Some(m.id));
+            wake_idle_for_work(sched, Some(m.id));
         }
         _ => {
             lock(&sched.global).push_back(g);
-            wake_idle(sched, None);
+            wake_idle_for_work(sched, None);
         }
+    }
+}
+
+/// [`wake_idle`] for new goroutines in a queue: only if a P is free to run them. (A P can be
+/// freed just after the check; its M re-checks the queues before it sleeps, and sysmon's
+/// hand-off covers the rest.)
+fn wake_idle_for_work(sched: &Sched, except: Option<usize>) {
+    // SeqCst fence: the work pushed before it is visible to whoever frees a P after this load.
+    std::sync::atomic::fence(Ordering::SeqCst);
+    if sched.idle_ps.load(Ordering::Relaxed) > 0 {
+        wake_idle(sched, except);
     }
 }
 
@@ -1551,6 +1571,7 @@ pub fn set_max_procs(n: usize) -> usize {
         waiter.parker.unpark();
     }
     let spare = idle.free.len();
+    sched.idle_ps.store(spare, Ordering::Relaxed);
     drop(idle);
     for _ in 0..spare {
         if !wake_idle_m(sched, current_m().map(|m| m.id)) {
