@@ -964,7 +964,14 @@ fn find_runnable(m: &M) -> Option<GRef> {
         }
         // Give the P up while asleep, so that an M with bound goroutines can run them.
         release_p(m);
-        sleep_until_work_or_timer(m);
+        // SeqCst fence, then a last look at the global queue: pairs with the fence in
+        // `wake_idle_for_work`. A thread that queued a goroutine there and saw no free P
+        // (before `release_p` counted ours) woke nobody, so its goroutine must be visible here.
+        // (A goroutine queued in a P's own queue is run by that P's M in any case.)
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if lock(&sched.global).is_empty() {
+            sleep_until_work_or_timer(m);
+        }
         m.idle.store(false, Ordering::SeqCst);
         return None;
     }

@@ -498,3 +498,28 @@ fn a_goroutine_readied_by_the_running_one_runs_next() {
         "runnext runs the last goroutine readied first, then the displaced one, then the yielder"
     );
 }
+
+#[test]
+fn goroutines_spawned_by_plain_threads_run_while_the_ms_go_idle() {
+    let _serial = serial();
+    for procs in [1, 2] {
+        let total = run(config(procs), || {
+            let (tx, rx) = goro_sched::chan::channel::<u64>(1024);
+            // A thread that is not an M spawns goroutines into the global queue, at moments when
+            // the Ms are going idle (the main goroutine waits in `recv`): each must still run.
+            let spawner = std::thread::spawn(move || {
+                for i in 0..2000u64 {
+                    let tx = tx.clone();
+                    drop(go(move || tx.send(i)));
+                    if i % 100 == 0 {
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                    }
+                }
+            });
+            let sum: u64 = (0..2000).map(|_| rx.recv().unwrap()).sum();
+            spawner.join().unwrap();
+            sum
+        });
+        assert_eq!(finished_ok(total), 1999 * 2000 / 2, "procs = {procs}");
+    }
+}
