@@ -4,7 +4,9 @@ use crate::park::{Waiter, park_releasable};
 use crate::proc::lock;
 use crate::stw;
 use std::any::Any;
+use std::cell::UnsafeCell;
 use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex};
 
 /// The unwind payload of `goro::exit()` (Go's `runtime.Goexit`).
@@ -110,18 +112,68 @@ impl<R> Packet<R> {
     }
 }
 
+/// A goroutine's closure and the packet for its result, in one allocation shared by the G (which
+/// runs the closure once) and the `JoinHandle` (which reads the packet).
+pub(crate) struct Task<F, R> {
+    packet: Packet<R>,
+    /// Taken by the goroutine when it starts; nobody else touches it.
+    f: UnsafeCell<Option<F>>,
+}
+
+// SAFETY: `f` is touched only by `run`, which the one goroutine of the task calls once (it moves
+// `F: Send` to that goroutine's thread); `packet` is behind its mutex and holds an `R: Send`.
+unsafe impl<F: Send, R: Send> Sync for Task<F, R> {}
+
+impl<F, R> Task<F, R> {
+    pub(crate) fn new(f: F) -> Task<F, R> {
+        Task {
+            packet: Packet::new(),
+            f: UnsafeCell::new(Some(f)),
+        }
+    }
+}
+
+/// The goroutine's side of a task: run it once.
+pub(crate) trait Run: Send + Sync {
+    /// Runs the closure, catching its panic, and completes the packet.
+    ///
+    /// # Safety
+    /// Called at most once, by the task's goroutine.
+    unsafe fn run(&self);
+}
+
+impl<F: FnOnce() -> R + Send, R: Send> Run for Task<F, R> {
+    unsafe fn run(&self) {
+        // SAFETY: the caller's contract: we are the only, and first, user of `f`.
+        let f = unsafe { (*self.f.get()).take() }.expect("a goroutine's task runs once");
+        let result = catch_unwind(AssertUnwindSafe(f)).map_err(Panic::new);
+        self.packet.complete(result);
+    }
+}
+
+/// The handle's side of a task: its packet.
+pub(crate) trait Joinable<R>: Send + Sync {
+    fn packet(&self) -> &Packet<R>;
+}
+
+impl<F: Send, R: Send> Joinable<R> for Task<F, R> {
+    fn packet(&self) -> &Packet<R> {
+        &self.packet
+    }
+}
+
 /// An owned permission to wait for a goroutine and take its result.
 ///
 /// Dropping the handle detaches the goroutine. The handle may be sent to any thread; `join` parks
 /// a goroutine, or blocks a thread that is not one.
 pub struct JoinHandle<R> {
-    packet: Arc<Packet<R>>,
+    task: Arc<dyn Joinable<R>>,
     id: u64,
 }
 
 impl<R> JoinHandle<R> {
-    pub(crate) fn new(packet: Arc<Packet<R>>, id: u64) -> JoinHandle<R> {
-        JoinHandle { packet, id }
+    pub(crate) fn new(task: Arc<dyn Joinable<R>>, id: u64) -> JoinHandle<R> {
+        JoinHandle { task, id }
     }
 
     /// The goroutine's id (as Go prints in tracebacks: the main goroutine is 1).
@@ -131,14 +183,14 @@ impl<R> JoinHandle<R> {
 
     /// Whether the goroutine has finished.
     pub fn is_finished(&self) -> bool {
-        self.packet.is_done()
+        self.task.packet().is_done()
     }
 
     /// Waits for the goroutine to finish; returns its value, or the [`Panic`] it ended with.
     pub fn join(self) -> Result<R, Panic> {
         stw::safe_point();
         loop {
-            let mut state = lock(&self.packet.state);
+            let mut state = lock(&self.task.packet().state);
             match std::mem::replace(&mut *state, State::Taken) {
                 State::Done(result) => return result,
                 State::Taken => unreachable!("a JoinHandle's result is taken only by join"),

@@ -14,7 +14,7 @@
 //! switch, when the goroutine's registers are saved on its stack.
 
 use crate::grow::{self, Segment};
-use crate::join::{JoinHandle, Packet, Panic};
+use crate::join::{JoinHandle, Packet, Panic, Run, Task};
 use crate::park::ThreadParker;
 use crate::runq::LocalQueue;
 use crate::shrink::{ParkedStack, Released};
@@ -117,7 +117,7 @@ pub(crate) struct G {
     /// the collector with the world stopped.
     stack: UnsafeCell<Option<Stack>>,
     /// The closure, until the first run takes it. Owned by whoever holds the G.
-    entry: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
+    entry: UnsafeCell<Option<Entry>>,
     /// When the G was last queued (see `Sched::stamp`): the owner runs its two queues in one
     /// FIFO order by comparing the heads' stamps.
     queued_at: AtomicU64,
@@ -618,11 +618,14 @@ where
 
     let packet = Arc::new(Packet::new());
     let main_packet = packet.clone();
-    let g = new_g(sched, move || {
-        let result = catch_unwind(AssertUnwindSafe(main)).map_err(Panic::new);
-        main_packet.complete(result);
-        begin_shutdown(current_m().expect("main goroutine runs on an M").sched());
-    });
+    let g = new_g(
+        sched,
+        Entry::Closure(Box::new(move || {
+            let result = catch_unwind(AssertUnwindSafe(main)).map_err(Panic::new);
+            main_packet.complete(result);
+            begin_shutdown(current_m().expect("main goroutine runs on an M").sched());
+        })),
+    );
     // The main goroutine starts from the global queue: this thread is not yet M 0.
     lock(&sched.global).push_back(g);
 
@@ -1350,18 +1353,22 @@ where
         panic!("goro::go called outside a goro runtime: start one with goro::run(|| ...)");
     };
     stw::safe_point();
-    let packet = Arc::new(Packet::new());
-    let goroutine_packet = packet.clone();
-    let g = new_g(sched, move || {
-        let result = catch_unwind(AssertUnwindSafe(f)).map_err(Panic::new);
-        goroutine_packet.complete(result);
-    });
+    let task = Arc::new(Task::new(f));
+    let g = new_g(sched, Entry::Task(task.clone()));
     let id = g.g().id();
     enqueue_new(sched, g);
-    JoinHandle::new(packet, id)
+    JoinHandle::new(task, id)
 }
 
-fn new_g(sched: &'static Sched, entry: impl FnOnce() + Send + 'static) -> GRef {
+/// What a G runs on its first switch.
+enum Entry {
+    /// A plain closure (the main goroutine).
+    Closure(Box<dyn FnOnce() + Send>),
+    /// A spawned goroutine's task: closure and result packet in one allocation.
+    Task(Arc<dyn Run>),
+}
+
+fn new_g(sched: &'static Sched, entry: Entry) -> GRef {
     // Per-P lists keep spawn and exit on different Ms from contending on one lock.
     let own_p = match current_m() {
         Some(m) if std::ptr::eq(m.sched(), sched) && m.p() != NO_P => Some(m.p()),
@@ -1375,7 +1382,7 @@ fn new_g(sched: &'static Sched, entry: impl FnOnce() + Send + 'static) -> GRef {
         unsafe {
             debug_assert!((*gg.stack.get()).is_none() && (*gg.segments.get()).is_empty());
             *gg.sp.get() = StackPointer(std::ptr::null_mut());
-            *gg.entry.get() = Some(Box::new(entry));
+            *gg.entry.get() = Some(entry);
         }
         gg.id.store(
             sched.next_id.fetch_add(1, Ordering::Relaxed),
@@ -1395,7 +1402,7 @@ fn new_g(sched: &'static Sched, entry: impl FnOnce() + Send + 'static) -> GRef {
         home: AtomicUsize::new(NO_HOME),
         sp: UnsafeCell::new(StackPointer(std::ptr::null_mut())),
         stack: UnsafeCell::new(None),
-        entry: UnsafeCell::new(Some(Box::new(entry))),
+        entry: UnsafeCell::new(Some(entry)),
         queued_at: AtomicU64::new(0),
         locals: UnsafeCell::new(Vec::new()),
         parked_stack: ParkedStack::new(),
@@ -1596,9 +1603,12 @@ unsafe extern "C" fn g_entry(arg: usize) -> ! {
     let g = GRef(NonNull::new(arg as *mut G).expect("g_entry without a G"));
     // SAFETY: the entry is taken once, by the G's first run, on the only thread running it.
     let entry = unsafe { (*g.g().entry.get()).take() };
-    if let Some(entry) = entry {
-        // The closure catches panics itself (see `go` and `run`).
-        entry();
+    // Both catch panics themselves (see `go` and `run`).
+    match entry {
+        Some(Entry::Closure(f)) => f(),
+        // SAFETY: this is the task's goroutine, starting: the one call of `run`.
+        Some(Entry::Task(task)) => unsafe { task.run() },
+        None => {}
     }
     // Goroutine-local values die with the goroutine, here on its stack; a panicking destructor
     // must not unwind into this frame.
