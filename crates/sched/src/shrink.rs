@@ -44,9 +44,9 @@
 //! with every such lock held, so the collector sees each G ACTIVE, parked, TRIMMED or STASHED,
 //! never half copied; a STASHED goroutine's roots are its stashed bytes.
 
+use crate::sync_prims::{AtomicU8, AtomicU64, Ordering};
 use goro_stack::{Stack, StackPointer, StashedStack};
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Running, runnable, or parked so recently that the home M has not published its state.
@@ -94,7 +94,7 @@ pub(crate) enum Released {
 }
 
 impl ParkedStack {
-    pub(crate) const fn new() -> ParkedStack {
+    pub(crate) fn new() -> ParkedStack {
         ParkedStack {
             state: AtomicU8::new(ACTIVE),
             parked_in: AtomicU64::new(0),
@@ -166,7 +166,7 @@ impl ParkedStack {
                     self.state.store(ACTIVE, Ordering::Relaxed);
                     return;
                 }
-                BUSY => std::hint::spin_loop(),
+                BUSY => crate::sync_prims::spin_wait(),
                 STASHED => {
                     // SAFETY: STASHED (read with acquire) hands `stashed` to the home M, which
                     // we are; sysmon no longer touches it.
@@ -259,5 +259,86 @@ impl ParkedStack {
         }
         // SAFETY: the caller's contract; STASHED (acquire) published the bytes.
         unsafe { (*self.stashed.get()).as_ref().map(|s| s.bytes()) }
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! The claim of a parked goroutine's stack: sysmon stashing it against its M taking it back,
+    //! by popping it from the ready queue (under the queue's lock) or by readying it into
+    //! `runnext` (CAS). In every interleaving the goroutine's live bytes are intact when its M
+    //! resumes it. `RUSTFLAGS="--cfg loom" cargo test -p goro-sched --lib loom`.
+
+    use super::*;
+    use loom::sync::{Arc, Mutex};
+
+    const LIVE: usize = 64;
+
+    /// A stack with `LIVE` bytes of a pattern below its top, "suspended" at `top - LIVE`.
+    fn suspended_stack() -> (Stack, StackPointer) {
+        let stack = Stack::new().expect("a stack");
+        let sp = stack.top().wrapping_sub(LIVE);
+        for i in 0..LIVE {
+            // SAFETY: [sp, top) is inside the fresh stack, which nothing else uses.
+            unsafe { sp.add(i).write(i as u8 ^ 0x5a) };
+        }
+        (stack, StackPointer(sp))
+    }
+
+    fn assert_intact(sp: StackPointer) {
+        for i in 0..LIVE {
+            // SAFETY: the M owns the stack again (reclaimed): nothing else touches it.
+            assert_eq!(
+                unsafe { sp.0.add(i).read() },
+                i as u8 ^ 0x5a,
+                "byte {i} lost"
+            );
+        }
+    }
+
+    fn race(ready_into_runnext: bool) {
+        loom::model(move || {
+            let (stack, sp) = suspended_stack();
+            let stack = Arc::new(stack);
+            let parked = Arc::new(ParkedStack::new());
+            let ready_lock = Arc::new(Mutex::new(()));
+            parked.parked(true, 0);
+            let sysmon = {
+                let (stack, parked, ready_lock) =
+                    (stack.clone(), parked.clone(), ready_lock.clone());
+                loom::thread::spawn(move || {
+                    // SAFETY: this thread plays sysmon; the stack and sp are the G's.
+                    unsafe {
+                        parked.release(
+                            1,
+                            || ready_lock.lock().unwrap(),
+                            || Some((&*stack as *const Stack, sp)),
+                        )
+                    }
+                })
+            };
+            if ready_into_runnext {
+                parked.readied_directly();
+            } else {
+                let _ready = ready_lock.lock().unwrap();
+                parked.popped();
+            }
+            // SAFETY: this thread plays the home M, about to resume the goroutine.
+            unsafe { parked.reclaim(Some(&stack)) };
+            assert_intact(sp);
+            sysmon.join().unwrap();
+            // Whatever sysmon did, it did before the M took the stack back or not at all.
+            assert_intact(sp);
+        });
+    }
+
+    #[test]
+    fn a_stack_popped_from_the_ready_queue_is_never_released_under_its_goroutine() {
+        race(false);
+    }
+
+    #[test]
+    fn a_stack_readied_into_runnext_is_never_released_under_its_goroutine() {
+        race(true);
     }
 }
