@@ -24,8 +24,8 @@
 //! not keep the memory.
 //!
 //! The check costs one thread-local load and a compare: the M stores the lowest usable address
-//! of the stack it switches to in `STACK_LIMIT`, and `maybe_grow` compares the address of one of
-//! its locals with it. Outside a goroutine `STACK_LIMIT` is 0, so `f` runs in place.
+//! of the stack it switches to in `STACK_LIMIT`, and `maybe_grow` compares the stack pointer
+//! with it. Outside a goroutine `STACK_LIMIT` is 0, so `f` runs in place.
 
 use crate::proc::{self, throw_stack_overflow};
 use goro_stack::{Stack, StackPointer, init_stack, switch};
@@ -49,7 +49,7 @@ pub(crate) fn set_stack_limit(limit: usize) {
 #[inline]
 pub fn remaining_stack() -> Option<usize> {
     let limit = STACK_LIMIT.with(Cell::get);
-    (limit != 0).then(|| approximate_sp().saturating_sub(limit))
+    (limit != 0).then(|| stack_pointer().saturating_sub(limit))
 }
 
 /// Runs `f`, on a new stack segment if fewer than `red_zone` bytes of stack are left below the
@@ -68,17 +68,39 @@ pub fn remaining_stack() -> Option<usize> {
 #[inline]
 pub fn maybe_grow<R>(red_zone: usize, f: impl FnOnce() -> R) -> R {
     let limit = STACK_LIMIT.with(Cell::get);
-    if limit == 0 || approximate_sp().saturating_sub(limit) >= red_zone {
+    // Outside a goroutine the limit is 0, so any stack pointer passes.
+    if stack_pointer() >= limit.saturating_add(red_zone) {
         return f();
     }
     grow(red_zone, f)
 }
 
-/// An address in the caller's current frame: the stack pointer, within a few hundred bytes.
+/// The stack pointer (elsewhere than x86_64 and aarch64: an address in the caller's frame).
 #[inline(always)]
-fn approximate_sp() -> usize {
-    let here = 0u8;
-    std::hint::black_box(&here) as *const u8 as usize
+fn stack_pointer() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let sp: usize;
+        // SAFETY: reads a register; touches no memory, the stack or the flags.
+        unsafe {
+            core::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags))
+        };
+        sp
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let sp: usize;
+        // SAFETY: as above.
+        unsafe {
+            core::arch::asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags))
+        };
+        sp
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let here = 0u8;
+        std::hint::black_box(&here) as *const u8 as usize
+    }
 }
 
 /// A stack segment of a goroutine.
