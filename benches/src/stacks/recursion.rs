@@ -118,14 +118,25 @@ pub(crate) fn goro(depth: u32, reps: u32, options: &Options, grow: bool) -> Resu
         assert_eq!(warm_sum, sum);
         (sum, fresh, warm)
     });
-    print(
-        if grow { "goro_grow" } else { "goro" },
-        depth,
-        reps,
-        sum,
-        fresh,
-        warm,
-    );
+    // The same `recurse` warm on a std thread in this same binary: the warm figure of a tight
+    // recursion moves by a third with the function's code placement, which differs between
+    // this binary and the system-allocator one the `threads` row runs in.
+    let (thread_sum, thread_warm) = std::thread::Builder::new()
+        .stack_size(STACK_BYTES)
+        .spawn(move || warm_reps_of(self::recurse, depth, reps))
+        .map_err(|e| e.to_string())?
+        .join()
+        .map_err(|_| "thread panicked".to_string())?;
+    assert_eq!(thread_sum, sum);
+    let per_rep = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1e3 / f64::from(reps.max(1)));
+    report::Result::new("deep_recursion", if grow { "goro_grow" } else { "goro" })
+        .key("depth", depth)
+        .key("reps", reps)
+        .key("checksum", sum)
+        .key("fresh_ms_per_rep", per_rep(fresh))
+        .key("warm_ms_per_rep", per_rep(warm))
+        .key("same_binary_thread_warm_ms_per_rep", per_rep(thread_warm))
+        .print(fresh + warm);
     Ok(())
 }
 
