@@ -6,14 +6,11 @@
 use goro::gc::Gc;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{rss_bytes, touch_stack};
+
 #[global_allocator]
 static ALLOC: goro::alloc::GoroAlloc = goro::alloc::GoroAlloc;
-
-fn rss_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
-}
 
 /// Waits (sleeping as a goroutine) until `done()` holds, for at most `limit`.
 fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -25,16 +22,6 @@ fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
         goro::sleep(Duration::from_millis(50));
     }
     true
-}
-
-/// Commits about `bytes` of stack below the caller, then returns.
-#[inline(never)]
-fn touch_deep(bytes: usize) -> u64 {
-    if bytes < 4096 {
-        return 1;
-    }
-    let frame = std::hint::black_box([1u8; 4096]);
-    touch_deep(bytes - 4096) + u64::from(frame[9])
 }
 
 /// A frame that must survive the goroutine's parking: filled before, checked after.
@@ -57,7 +44,7 @@ fn pages_below_a_long_parked_goroutine_go_back_and_its_frames_stay() {
                 parked.add(1);
                 goro::go(move || {
                     let mine = std::hint::black_box(pattern(seed));
-                    let depth = touch_deep(DEPTH);
+                    let depth = touch_stack(DEPTH);
                     parked.done();
                     let got = rx.recv().unwrap();
                     assert_eq!(std::hint::black_box(mine), pattern(seed), "a frame changed");

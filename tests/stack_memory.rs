@@ -2,14 +2,11 @@
 //! collection releases the pages of their pooled stack slots. (Alone in its file: it reads the
 //! process's RSS.)
 
+mod common;
+use common::{rss_bytes, touch_stack};
+
 #[global_allocator]
 static ALLOC: goro::alloc::GoroAlloc = goro::alloc::GoroAlloc;
-
-fn rss_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
-}
 
 /// Touches about `bytes` of stack, then waits for `go_on` before returning.
 fn deep(bytes: usize, go_on: &goro::chan::Receiver<()>) -> u64 {
@@ -61,22 +58,14 @@ fn rss_falls_after_a_burst_of_deep_stacks() {
     );
 }
 
-/// Touches about `bytes` of stack below the caller, then returns.
-#[inline(never)]
-fn touch(bytes: usize) -> u64 {
-    if bytes < 4096 {
-        return 1;
-    }
-    let frame = std::hint::black_box([1u8; 4096]);
-    touch(bytes - 4096) + u64::from(frame[3])
-}
-
 #[test]
 fn a_million_spawn_exit_cycles_leave_rss_bounded() {
     let runtime = goro::Runtime::builder().max_procs(2).build().unwrap();
     let (warm, end) = runtime.run(|| {
         let round = || {
-            let handles: Vec<_> = (0..1000).map(|_| goro::go(|| touch(16 << 10))).collect();
+            let handles: Vec<_> = (0..1000)
+                .map(|_| goro::go(|| touch_stack(16 << 10)))
+                .collect();
             for h in handles {
                 assert_eq!(h.join().unwrap(), 5);
             }
@@ -107,7 +96,7 @@ fn idle_procs_give_their_cached_stacks_back() {
         let handles: Vec<_> = (0..60)
             .map(|_| {
                 let rx = rx.clone();
-                goro::go(move || touch(256 << 10) + rx.recv().map_or(0, |()| 1))
+                goro::go(move || touch_stack(256 << 10) + rx.recv().map_or(0, |()| 1))
             })
             .collect();
         drop(rx);

@@ -1,4 +1,5 @@
-//! Shared pieces of the integration tests: a traced tree with checksums and drop canaries.
+//! Shared pieces of the integration tests: a traced tree with checksums and drop canaries, and
+//! the process's RSS and a stack-toucher for the stack-memory tests.
 
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
@@ -75,4 +76,22 @@ pub fn checksum(tree: &Tree) -> u64 {
         .fold(tree.value.wrapping_add(linked), |acc, c| {
             acc.wrapping_add(checksum(c))
         })
+}
+
+/// The process's resident set, in bytes.
+pub fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// Commits about `bytes` of stack below the caller (4 KiB frames), then returns 1 plus one per
+/// frame.
+#[inline(never)]
+pub fn touch_stack(bytes: usize) -> u64 {
+    if bytes < 4096 {
+        return 1;
+    }
+    let frame = std::hint::black_box([1u8; 4096]);
+    touch_stack(bytes - 4096) + u64::from(frame[3])
 }

@@ -23,6 +23,13 @@ const FRAME_WORDS: usize = 12;
 /// loop. Returns `depth + (depth - 1) + ... + 1`.
 #[inline(never)]
 pub fn recurse(depth: u32) -> u64 {
+    level(depth, recurse)
+}
+
+/// The body of one level, recursing through `deeper`; inlined into each recursive function so
+/// that the array stays in that function's frame.
+#[inline(always)]
+fn level(depth: u32, deeper: fn(u32) -> u64) -> u64 {
     let mut frame = [0u64; FRAME_WORDS];
     let slot = depth as usize % FRAME_WORDS;
     frame[slot] = u64::from(depth);
@@ -32,7 +39,7 @@ pub fn recurse(depth: u32) -> u64 {
     if depth == 0 {
         return frame[0];
     }
-    recurse(depth - 1).wrapping_add(frame[slot])
+    deeper(depth - 1).wrapping_add(frame[slot])
 }
 
 /// Stack that must be left for a level of [`recurse_growing`] to run in place.
@@ -42,16 +49,7 @@ const GROW_RED_ZONE: usize = 32 << 10;
 /// segments as it deepens.
 #[inline(never)]
 pub fn recurse_growing(depth: u32) -> u64 {
-    goro::stack::maybe_grow(GROW_RED_ZONE, || {
-        let mut frame = [0u64; FRAME_WORDS];
-        let slot = depth as usize % FRAME_WORDS;
-        frame[slot] = u64::from(depth);
-        black_box(&mut frame);
-        if depth == 0 {
-            return frame[0];
-        }
-        recurse_growing(depth - 1).wrapping_add(frame[slot])
-    })
+    goro::stack::maybe_grow(GROW_RED_ZONE, || level(depth, recurse_growing))
 }
 
 /// The warm half, run inside one goroutine (thread): one untimed recursion grows the stack,

@@ -209,6 +209,31 @@ mod loom_tests {
         GRef::from_non_null(NonNull::new((0x1000 * (i + 1)) as *mut G).unwrap())
     }
 
+    /// A thief that steals once from `victim` and runs what it took.
+    fn spawn_thief(
+        victim: Arc<LocalQueue>,
+        thief_queue: Arc<LocalQueue>,
+    ) -> loom::thread::JoinHandle<Vec<usize>> {
+        loom::thread::spawn(move || {
+            let mut got = Vec::new();
+            if let Some(g) = victim.steal_into(&thief_queue) {
+                got.push(g.as_ptr() as usize);
+            }
+            while let Some(g) = thief_queue.pop() {
+                got.push(g.as_ptr() as usize);
+            }
+            got
+        })
+    }
+
+    /// Between them, the owner and the thief took each of goroutines `0..n` exactly once.
+    fn assert_each_once(mine: Vec<usize>, theirs: Vec<usize>, n: usize) {
+        let mut all: Vec<usize> = mine.into_iter().chain(theirs).collect();
+        all.sort_unstable();
+        let expected: Vec<usize> = (0..n).map(|i| fake(i).as_ptr() as usize).collect();
+        assert_eq!(all, expected);
+    }
+
     #[test]
     fn push_pop_and_steal_lose_and_duplicate_nothing() {
         loom::model(|| {
@@ -217,29 +242,13 @@ mod loom_tests {
             for i in 0..3 {
                 victim.push(fake(i)).unwrap();
             }
-            let thief = {
-                let (victim, thief_queue) = (victim.clone(), thief_queue.clone());
-                loom::thread::spawn(move || {
-                    let mut got = Vec::new();
-                    if let Some(g) = victim.steal_into(&thief_queue) {
-                        got.push(g.as_ptr() as usize);
-                    }
-                    while let Some(g) = thief_queue.pop() {
-                        got.push(g.as_ptr() as usize);
-                    }
-                    got
-                })
-            };
+            let thief = spawn_thief(victim.clone(), thief_queue.clone());
             let mut mine = Vec::new();
             victim.push(fake(3)).unwrap();
             while let Some(g) = victim.pop() {
                 mine.push(g.as_ptr() as usize);
             }
-            let theirs = thief.join().unwrap();
-            let mut all: Vec<usize> = mine.into_iter().chain(theirs).collect();
-            all.sort_unstable();
-            let expected: Vec<usize> = (0..4).map(|i| fake(i).as_ptr() as usize).collect();
-            assert_eq!(all, expected);
+            assert_each_once(mine, thief.join().unwrap(), 4);
         });
     }
 
@@ -251,19 +260,7 @@ mod loom_tests {
             for i in 0..4 {
                 victim.push(fake(i)).unwrap();
             }
-            let thief = {
-                let (victim, thief_queue) = (victim.clone(), thief_queue.clone());
-                loom::thread::spawn(move || {
-                    let mut got = Vec::new();
-                    if let Some(g) = victim.steal_into(&thief_queue) {
-                        got.push(g.as_ptr() as usize);
-                    }
-                    while let Some(g) = thief_queue.pop() {
-                        got.push(g.as_ptr() as usize);
-                    }
-                    got
-                })
-            };
+            let thief = spawn_thief(victim.clone(), thief_queue.clone());
             let mut mine: Vec<usize> = victim
                 .take_older_half()
                 .into_iter()
@@ -272,11 +269,7 @@ mod loom_tests {
             while let Some(g) = victim.pop() {
                 mine.push(g.as_ptr() as usize);
             }
-            let theirs = thief.join().unwrap();
-            let mut all: Vec<usize> = mine.into_iter().chain(theirs).collect();
-            all.sort_unstable();
-            let expected: Vec<usize> = (0..4).map(|i| fake(i).as_ptr() as usize).collect();
-            assert_eq!(all, expected);
+            assert_each_once(mine, thief.join().unwrap(), 4);
         });
     }
 }
