@@ -871,9 +871,7 @@ fn spin(m: &M) -> Option<GRef> {
         std::hint::spin_loop();
         round = round.wrapping_add(1);
         let found = if round.is_multiple_of(64) {
-            pop_local(m)
-                .or_else(|| pop_global(sched))
-                .or_else(|| steal(m))
+            pop_local(m).or_else(|| pop_global(m)).or_else(|| steal(m))
         } else if m.ready_len.load(Ordering::Relaxed) > 0 {
             pop_local(m)
         } else {
@@ -930,7 +928,7 @@ fn find_runnable(m: &M) -> Option<GRef> {
             timers.run_expired(Instant::now());
         }
         if tick.is_multiple_of(GLOBAL_QUEUE_INTERVAL) {
-            if let Some(g) = pop_global(sched) {
+            if let Some(g) = pop_global(m) {
                 return Some(g);
             }
             // Fairness for Ms whose bound goroutines wait for a P: hand ours over now and then.
@@ -946,7 +944,7 @@ fn find_runnable(m: &M) -> Option<GRef> {
         if let Some(g) = pop_local(m) {
             return Some(g);
         }
-        if let Some(g) = pop_global(sched).or_else(|| steal(m)) {
+        if let Some(g) = pop_global(m).or_else(|| steal(m)) {
             return Some(g);
         }
         if let Some(g) = spin(m) {
@@ -956,7 +954,7 @@ fn find_runnable(m: &M) -> Option<GRef> {
         // a waker sees `idle` and unparks, or the re-check below sees its work.
         m.idle.store(true, Ordering::SeqCst);
         let fired = sched.run_all_timers(Instant::now());
-        let found = pop_local(m).or_else(|| pop_global(sched));
+        let found = pop_local(m).or_else(|| pop_global(m));
         let found = found.or_else(|| steal(m));
         if found.is_some() || fired > 0 || sched.shutdown.load(Ordering::Acquire) {
             m.idle.store(false, Ordering::SeqCst);
@@ -1024,8 +1022,25 @@ pub(crate) fn throw_deadlock() -> ! {
     std::process::exit(2)
 }
 
-fn pop_global(sched: &Sched) -> Option<GRef> {
-    lock(&sched.global).pop_front()
+/// Takes a goroutine from the global queue for `m` (which holds a P), and moves a fair share
+/// more into its P's queue (Go's `globrunqget`: the queue's length over GOMAXPROCS, at most half
+/// a local queue), so that an M draining the global queue takes its lock once per batch.
+fn pop_global(m: &M) -> Option<GRef> {
+    let sched = m.sched();
+    let mut global = lock(&sched.global);
+    let g = global.pop_front()?;
+    let share = (global.len() / sched.gomaxprocs().max(1)).min(LOCAL_QUEUE_SOFT_LIMIT / 2);
+    let runq = &sched.ps[m.p()].runq;
+    for _ in 0..share {
+        let Some(next) = global.pop_front() else {
+            break;
+        };
+        if let Err(next) = runq.push(next) {
+            global.push_front(next);
+            break;
+        }
+    }
+    Some(g)
 }
 
 /// The owner's next goroutine: whichever head of its two queues (ready, never-run) was queued
