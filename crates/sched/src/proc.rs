@@ -202,6 +202,11 @@ pub(crate) struct M {
     tick: Cell<u32>,
     /// Goroutines this M has started running; sysmon reads it to see a goroutine that runs long.
     pub(crate) schedtick: AtomicU64,
+    /// Goroutines made and retired on this M; written only by this M (no read-modify-write),
+    /// summed by `Sched::live` (a shared counter would bounce between the spawning and the
+    /// running M on every goroutine).
+    spawned: AtomicUsize,
+    exited: AtomicUsize,
     /// Set by sysmon when the running goroutine has had its time slice; the goroutine yields at
     /// its next safe point.
     pub(crate) preempt: AtomicBool,
@@ -284,7 +289,9 @@ pub(crate) struct Sched {
     /// never leave: an exited one is marked dead and reused (Go's `allgs`). The collector's
     /// root set, and the set sysmon's stack passes walk.
     allg: Box<[Mutex<Vec<GRef>>]>,
-    live: Padded<AtomicUsize>,
+    /// Goroutines made by threads that are not Ms of this runtime (the main one included); see
+    /// `live`.
+    spawned_elsewhere: Padded<AtomicUsize>,
     next_id: Padded<AtomicU64>,
     /// Set when the main goroutine returns: every M leaves its loop.
     pub(crate) shutdown: AtomicBool,
@@ -354,6 +361,25 @@ impl Sched {
     /// GOMAXPROCS now.
     pub(crate) fn gomaxprocs(&self) -> usize {
         self.gomaxprocs.load(Ordering::Acquire)
+    }
+
+    /// Goroutines not yet exited (Go's `gcount`): exact while the Ms are idle, a moment's
+    /// estimate while they run.
+    ///
+    /// Exits are read first, with acquire: a goroutine's exit happens after its spawn (the
+    /// queue hand-off orders them), so every spawn behind a counted exit is counted too, and
+    /// the sum is never below the number live when the reading began.
+    pub(crate) fn live(&self) -> usize {
+        let ms = self.ms();
+        let retired = ms.iter().fold(0usize, |n, m| {
+            n.wrapping_add(m.exited.load(Ordering::Acquire))
+        });
+        let made = ms
+            .iter()
+            .fold(self.spawned_elsewhere.load(Ordering::Relaxed), |n, m| {
+                n.wrapping_add(m.spawned.load(Ordering::Relaxed))
+            });
+        made.saturating_sub(retired)
     }
 
     /// Free Ps now (for schedtrace).
@@ -434,6 +460,8 @@ impl M {
             parker: ThreadParker::default(),
             tick: Cell::new(0),
             schedtick: AtomicU64::new(0),
+            spawned: AtomicUsize::new(0),
+            exited: AtomicUsize::new(0),
             preempt: AtomicBool::new(false),
             p: AtomicUsize::new(NO_P),
             ready: Padded(Mutex::new(VecDeque::new())),
@@ -512,7 +540,7 @@ pub fn current_goroutine_id() -> Option<u64> {
 
 /// How many goroutines exist in the running runtime (Go's `runtime.NumGoroutine`).
 pub fn num_goroutine() -> usize {
-    current_sched().map_or(0, |s| s.live.load(Ordering::Relaxed))
+    current_sched().map_or(0, Sched::live)
 }
 
 /// How many Ps the running runtime has (GOMAXPROCS), or 0 outside a runtime.
@@ -590,7 +618,7 @@ where
         gfree_len: Padded(AtomicUsize::new(0)),
         idle_ps: Padded(AtomicUsize::new(0)),
         allg: (0..nps).map(|_| Mutex::new(Vec::new())).collect(),
-        live: Padded(AtomicUsize::new(0)),
+        spawned_elsewhere: Padded(AtomicUsize::new(0)),
         next_id: Padded(AtomicU64::new(1)),
         shutdown: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
@@ -986,10 +1014,11 @@ pub(crate) fn deadlocked(sched: &Sched) -> bool {
     if sched.shutdown.load(Ordering::Acquire) || sched.stopping.load(Ordering::SeqCst) {
         return false;
     }
-    if sched.live.load(Ordering::SeqCst) == 0 || sched.has_timers() {
+    if sched.has_timers() || !sched.ms().iter().all(|m| m.idle.load(Ordering::SeqCst)) {
         return false;
     }
-    if !sched.ms().iter().all(|m| m.idle.load(Ordering::SeqCst)) {
+    // After the idle flags: each M wrote its counters before it went idle.
+    if sched.live() == 0 {
         return false;
     }
     if runnable_anywhere(sched) || sched.ms().iter().any(|m| !lock(&m.ready).is_empty()) {
@@ -1022,14 +1051,19 @@ pub(crate) fn throw_deadlock() -> ! {
     std::process::exit(2)
 }
 
+/// The most goroutines `pop_global` moves to a local queue at once. Go moves up to half a local
+/// queue; here that made skynet ~1.6x slower than 8 (breadth-first: an M takes whole batches
+/// of siblings), while 8 keeps most of the gain for spawn (measured same session, both noisy).
+const GLOBAL_BATCH: usize = 8;
+
 /// Takes a goroutine from the global queue for `m` (which holds a P), and moves a fair share
-/// more into its P's queue (Go's `globrunqget`: the queue's length over GOMAXPROCS, at most half
-/// a local queue), so that an M draining the global queue takes its lock once per batch.
+/// more into its P's queue (Go's `globrunqget`: the queue's length over GOMAXPROCS, here at most
+/// [`GLOBAL_BATCH`]), so that an M draining the global queue takes its lock once per batch.
 fn pop_global(m: &M) -> Option<GRef> {
     let sched = m.sched();
     let mut global = lock(&sched.global);
     let g = global.pop_front()?;
-    let share = (global.len() / sched.gomaxprocs().max(1)).min(LOCAL_QUEUE_SOFT_LIMIT / 2);
+    let share = (global.len() / sched.gomaxprocs().max(1)).min(GLOBAL_BATCH);
     let runq = &sched.ps[m.p()].runq;
     for _ in 0..share {
         let Some(next) = global.pop_front() else {
@@ -1406,7 +1440,7 @@ fn new_g(sched: &'static Sched, entry: Entry) -> GRef {
         gg.home.store(NO_HOME, Ordering::Relaxed);
         gg.queued_at.store(0, Ordering::Relaxed);
         gg.status.store(GStatus::Runnable as u8, Ordering::Release);
-        sched.live.fetch_add(1, Ordering::Relaxed);
+        count_spawn(sched);
         return g;
     }
     let allg_list = own_p.unwrap_or(0);
@@ -1426,8 +1460,26 @@ fn new_g(sched: &'static Sched, entry: Entry) -> GRef {
     });
     let g = GRef(NonNull::from(Box::leak(g)));
     lock(&sched.allg[allg_list]).push(g);
-    sched.live.fetch_add(1, Ordering::Relaxed);
+    count_spawn(sched);
     g
+}
+
+/// Counts a new goroutine: on the calling M's own counter, or the shared one from elsewhere.
+fn count_spawn(sched: &Sched) {
+    match current_m() {
+        Some(m) if std::ptr::eq(m.sched(), sched) => bump(&m.spawned),
+        _ => {
+            sched.spawned_elsewhere.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Adds one to a counter only its owner thread writes. Release: see `Sched::live`.
+fn bump(counter: &AtomicUsize) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Release,
+    );
 }
 
 fn enqueue_new(sched: &Sched, g: GRef) {
@@ -1660,7 +1712,7 @@ fn take_free_g(sched: &Sched, p: usize) -> Option<GRef> {
 fn destroy(m: &M, g: GRef) {
     let sched = g.g().sched;
     let gg = g.g();
-    sched.live.fetch_sub(1, Ordering::Relaxed);
+    bump(&m.exited);
     // SAFETY: the G exited: it is in no queue and nothing refers to it any more; only this M
     // touches it until it is dead and listed.
     let stack = unsafe { (*gg.stack.get()).take() };
