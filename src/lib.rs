@@ -25,6 +25,48 @@
 //! assert_eq!(sum, 45);
 //! ```
 //!
+//! `select!`, `WaitGroup` and goroutine-local storage (the examples of `goro-derive` and
+//! `goro-sched`, which cannot run in those crates):
+//!
+//! ```
+//! # #[global_allocator]
+//! # static ALLOC: goro::alloc::GoroAlloc = goro::alloc::GoroAlloc;
+//! use std::cell::Cell;
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! static CALLS: goro::Local<Cell<u32>> = goro::Local::new(|| Cell::new(0));
+//!
+//! let (first, got) = goro::run(|| {
+//!     let wg = Arc::new(goro::sync::WaitGroup::new());
+//!     let (tx, rx) = goro::chan::channel::<u32>(4);
+//!     for i in 0..4 {
+//!         let (wg, tx) = (wg.clone(), tx.clone());
+//!         wg.add(1);
+//!         goro::go(move || {
+//!             // Each goroutine has its own counter.
+//!             CALLS.with(|c| c.set(c.get() + 1));
+//!             tx.send(i + CALLS.with(Cell::get));
+//!             wg.done();
+//!         });
+//!     }
+//!     wg.wait();
+//!     let first = goro::select! {
+//!         recv(rx) -> v => v,
+//!         recv(goro::chan::after(Duration::from_secs(5))) -> _ => None,
+//!     };
+//!     // With `default`, select! never blocks: the timer is not due yet.
+//!     let nothing_ready = goro::select! {
+//!         recv(goro::chan::after(Duration::from_secs(5))) -> _ => false,
+//!         default => true,
+//!     };
+//!     assert!(nothing_ready);
+//!     (first, rx.len())
+//! });
+//! assert!(first.is_some_and(|v| (1..=4).contains(&v)));
+//! assert_eq!(got, 3);
+//! ```
+//!
 //! The pieces, one crate each: goro-alloc (the heap), goro-stack (goroutine stacks and the
 //! context switch), goro-sched (Gs, Ms and Ps, channels, sync), goro-gc (`Gc<T>` and the
 //! collector). This crate starts and stops a runtime ([`run`], [`Runtime`]) and joins the

@@ -24,7 +24,7 @@ use syn::{Data, DeriveInput, Expr, Fields, Ident, Pat, Token, parse_macro_input,
 
 /// Derives `Trace` for a struct or enum whose fields all implement `Trace`.
 ///
-/// ```ignore
+/// ```text
 /// #[derive(goro::Trace)]
 /// struct Node { left: Option<Gc<Node>>, right: Option<Gc<Node>>, value: u64 }
 /// ```
@@ -124,7 +124,7 @@ fn destructure(fields: &Fields, krate: &syn::Path) -> (TokenStream2, TokenStream
 
 /// Go's `select`: waits on several channel operations and runs the one that proceeds.
 ///
-/// ```ignore
+/// ```text
 /// goro::select! {
 ///     recv(rx) -> value => println!("got {value:?}"),      // value: Option<T>, None once closed
 ///     send(tx, 42) -> () => println!("sent"),               // panics if tx's channel is closed

@@ -2069,7 +2069,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// dropped when the goroutine exits. It replaces `thread_local!` for code running on goroutines
 /// (an M runs many goroutines, so its thread-locals are shared between them).
 ///
-/// ```ignore
+/// ```text
 /// static COUNTER: goro::Local<std::cell::Cell<u32>> = goro::Local::new(|| std::cell::Cell::new(0));
 /// COUNTER.with(|c| c.set(c.get() + 1));
 /// ```

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 /// Waits for a collection of goroutines to finish (Go's `sync.WaitGroup`).
 ///
-/// ```ignore
+/// ```text
 /// let wg = Arc::new(WaitGroup::new());
 /// for _ in 0..10 {
 ///     wg.add(1);
