@@ -982,7 +982,7 @@ fn find_runnable(m: &M) -> Option<GRef> {
         // a waker sees `idle` and unparks, or the re-check below sees its work.
         m.idle.store(true, Ordering::SeqCst);
         let fired = sched.run_all_timers(Instant::now());
-        let found = pop_local(m).or_else(|| pop_global(m));
+        let found = pop_local_locked(m).or_else(|| pop_global(m));
         let found = found.or_else(|| steal(m));
         if found.is_some() || fired > 0 || sched.shutdown.load(Ordering::Acquire) {
             m.idle.store(false, Ordering::SeqCst);
@@ -1079,7 +1079,21 @@ fn pop_global(m: &M) -> Option<GRef> {
 
 /// The owner's next goroutine: whichever head of its two queues (ready, never-run) was queued
 /// first, so the P runs one FIFO order and neither queue starves the other.
+///
+/// The ready queue's lock is skipped while its lock-free length reads zero (most schedules of a
+/// spawn-heavy M find only never-run goroutines); a push racing with that read is seen at the
+/// next schedule, and the idle re-check uses [`pop_local_locked`].
 fn pop_local(m: &M) -> Option<GRef> {
+    if m.ready_len.load(Ordering::Relaxed) == 0
+        && let Some(g) = m.sched().ps[m.p()].runq.pop()
+    {
+        return Some(g);
+    }
+    pop_local_locked(m)
+}
+
+/// [`pop_local`] that always looks at the ready queue under its lock.
+fn pop_local_locked(m: &M) -> Option<GRef> {
     let p = &m.sched().ps[m.p()];
     let mut ready = lock(&m.ready);
     let ready_first = match (ready.front(), p.runq.peek()) {
