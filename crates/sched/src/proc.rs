@@ -1543,7 +1543,8 @@ fn wake_idle(sched: &Sched, except: Option<usize>) -> bool {
 
 /// sysmon's hand-off for an M that has run one goroutine for a whole sysmon tick without
 /// reaching the scheduler: if its P has never-run goroutines queued, wakes an idle M to steal
-/// them (thieves may take from any P's queue at any time). Returns whether it woke one.
+/// them (thieves may take from any P's queue at any time). Returns whether an M was woken (or
+/// one spins already).
 ///
 /// The P itself stays with its M: taking it while the M may be inside the runtime using it
 /// needs the M to announce where it is (Go's entersyscall), which `blocking` does and arbitrary
@@ -1553,15 +1554,10 @@ pub(crate) fn hand_off_queued_work(sched: &Sched, m: &M) -> bool {
     if p == NO_P || sched.ps[p].runq.is_empty() {
         return false;
     }
-    if wake_idle(sched, Some(m.id)) {
-        return true;
-    }
-    // No M to wake: a free P (left by a `blocking` call) gets a new M.
-    if !lock(&sched.pidle).free.is_empty() {
-        start_m(sched);
-        return true;
-    }
-    false
+    // No new M is started here: a P freed by `blocking` gets one there, and an M that gave its
+    // P up a moment ago is still waking (starting another would only add a thread to fight it
+    // for the P).
+    wake_idle(sched, Some(m.id))
 }
 
 /// Unparks one idle M (not `except`), spinning or not; false if none was idle.
