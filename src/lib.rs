@@ -122,5 +122,7 @@ pub mod gc {
 
 /// The heap: the global allocator and its statistics.
 pub mod alloc {
-    pub use goro_alloc::{AllocStats, ClassStats, GoroAlloc, release_memory, stats};
+    pub use goro_alloc::{
+        AllocStats, ClassStats, GoroAlloc, flush_thread_cache, release_memory, stats,
+    };
 }

@@ -336,6 +336,7 @@ impl Runtime {
             stack_size: self.stack_size,
             on_thread_start: Some(register_mutator_thread),
             on_thread_stop: Some(unregister_mutator_thread),
+            on_idle: Some(goro_alloc::flush_thread_cache),
             schedtrace: self.debug.schedtrace,
             stash_parked_stacks: self.stash_parked_stacks,
             migrate: self.migrate_goroutines,

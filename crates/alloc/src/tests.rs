@@ -581,3 +581,35 @@ fn bins_are_emptied_at_thread_exit() {
         d(p as *mut u8, 72, 8);
     }
 }
+
+#[test]
+fn flush_thread_cache_gives_binned_slots_back_while_the_thread_lives() {
+    const N: usize = 500;
+    let ptrs: Vec<usize> = (0..N).map(|_| a(88, 8) as usize).collect();
+    let set: HashSet<usize> = ptrs.iter().copied().collect();
+    let (flushed_tx, flushed_rx) = std::sync::mpsc::channel::<()>();
+    let (exit_tx, exit_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let warm = a(88, 8);
+        for p in ptrs {
+            d(p as *mut u8, 88, 8);
+        }
+        d(warm, 88, 8);
+        // The frees sit in this thread's bin; the flush gives them back without an exit.
+        crate::flush_thread_cache();
+        flushed_tx.send(()).unwrap();
+        exit_rx.recv().unwrap();
+    });
+    flushed_rx.recv().unwrap();
+    let again: Vec<usize> = (0..N).map(|_| a(88, 8) as usize).collect();
+    let reused = again.iter().filter(|p| set.contains(p)).count();
+    exit_tx.send(()).unwrap();
+    thread.join().unwrap();
+    assert!(
+        reused > 0,
+        "slots in a live thread's bin did not come back after flush_thread_cache"
+    );
+    for p in again {
+        d(p as *mut u8, 88, 8);
+    }
+}

@@ -57,6 +57,9 @@ pub struct Config {
     pub on_thread_start: Option<fn()>,
     /// Called on every M thread after it has stopped scheduling.
     pub on_thread_stop: Option<fn()>,
+    /// Called on an M thread about to sleep for want of work, at most once per sysmon epoch
+    /// (half a second) per M: the facade gives the thread's allocator cache back here.
+    pub on_idle: Option<fn()>,
     /// `GORO_DEBUG=schedtrace=MS`: print Go's scheduler line this often.
     pub schedtrace: Option<std::time::Duration>,
     /// The most bytes a goroutine's stacks may hold together, its slot and the segments
@@ -79,6 +82,7 @@ impl Default for Config {
             stack_size: goro_stack::DEFAULT_STACK_SIZE,
             on_thread_start: None,
             on_thread_stop: None,
+            on_idle: None,
             schedtrace: None,
             stash_parked_stacks: false,
             migrate: false,
@@ -223,6 +227,8 @@ pub(crate) struct M {
     /// and in the readier's time slice. Own thread only; set only while the M holds a P, and
     /// moved to the front of `ready` when it gives the P up.
     runnext: Cell<Option<GRef>>,
+    /// The sysmon epoch in which this M last ran `Config::on_idle`. Own thread only.
+    idle_hook_epoch: Cell<u64>,
     /// The goroutine `find_runnable` returned came from `runnext`: it inherits the time slice
     /// (sysmon's `schedtick` does not move), so a pair that readies each other cannot keep the
     /// M from its other goroutines for longer than one slice. Own thread only.
@@ -455,6 +461,7 @@ impl M {
             ready_len: Padded(AtomicUsize::new(0)),
             runnext: Cell::new(None),
             inherit_slice: Cell::new(false),
+            idle_hook_epoch: Cell::new(u64::MAX),
             running: AtomicBool::new(false),
             idle: Padded(AtomicBool::new(false)),
             parker: ThreadParker::default(),
@@ -923,6 +930,13 @@ fn spin(m: &M) -> Option<GRef> {
 
 /// Sleeps `m` until it is woken, or until the earliest timer of any P is due.
 fn sleep_until_work_or_timer(m: &M) {
+    let sched = m.sched();
+    if let Some(on_idle) = sched.config.on_idle {
+        let epoch = sched.stack_epoch.load(Ordering::Relaxed);
+        if m.idle_hook_epoch.replace(epoch) != epoch {
+            on_idle();
+        }
+    }
     match m.sched().next_deadline() {
         Some(deadline) => m
             .parker
