@@ -5,7 +5,8 @@
 //! goro stack cannot move (Rust code keeps pointers into it), but its *memory* can go while the
 //! goroutine is parked, as long as the bytes are back before it runs:
 //!
-//! - **Stash** (a goroutine parked where no waker touches its stack): the live bytes `[sp, top)`,
+//! - **Stash** (opted in with the `unsafe` `Builder::stash_parked_stacks`, for a goroutine parked
+//!   where no waker touches its stack): the live bytes `[sp, top)`,
 //!   typically a few hundred, are copied into a heap buffer and every page of the slot is
 //!   released. The goroutine then costs its G, its live bytes and nothing else. When it is next
 //!   resumed, its M copies the bytes back to the same addresses (one page fault per page).
@@ -15,8 +16,9 @@
 //!
 //! Both are done by sysmon to goroutines that have stayed parked for at least one
 //! [`EPOCH`] (between one and two), in slices of at most [`SLICE`] so that sysmon stays
-//! responsive; a collection asks for a pass too (`request_pass`). A goroutine that parks and
-//! wakes quickly is never touched: its stack costs nothing extra.
+//! responsive; a collection asks for a pass too (`release_stack_memory`). A goroutine that parks
+//! and wakes quickly is never touched: its stack costs nothing extra. With migration on
+//! (`Config::migrate`) parks publish nothing and no stack is touched.
 //!
 //! # The handshake
 //!
@@ -35,8 +37,9 @@
 //! A parked goroutine runs again only after its M pops it from the M's `ready` queue, under that
 //! queue's lock, or after its own M readied it into `runnext`; sysmon claims a goroutine with a
 //! CAS under the same lock. So the pop path needs no atomic read-modify-write (a load and store
-//! inside a lock it takes anyway), and the runnext path one CAS (where it saves a lock). The release store of `PARKED_*` after the
-//! goroutine's registers are saved is what lets sysmon read its stack. Wakers never read the
+//! inside a lock it takes anyway), and the runnext path one CAS (where it saves a lock). Loom
+//! models at the end of this file check both paths against sysmon's claim. The release store of
+//! `PARKED_*` after the goroutine's registers are saved is what lets sysmon read its stack. Wakers never read the
 //! stack of a `PARKED_RELEASABLE` goroutine: the primitives that park that way keep their wait
 //! records in the heap or in the G (see `proc::wait_space`).
 //!
