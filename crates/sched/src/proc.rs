@@ -1433,7 +1433,13 @@ where
     let task = Arc::new(Task::new(f));
     let g = new_g(sched, Entry::Task(task.clone()));
     let id = g.g().id();
-    enqueue_new(sched, g);
+    if enqueue_new(sched, g) {
+        // The goroutines queued so far outnumber what the Ms keep up with: run some of them
+        // here before making more. Each queued goroutine holds its G and task (~450 B), so an
+        // unbounded backlog costs page faults, and those cost more than the yield (spawn 1M:
+        // ~145 MB peak at ~155 ns a spawn, against ~50 MB at ~120 when the backlog stays low).
+        yield_now();
+    }
     JoinHandle::new(task, id)
 }
 
@@ -1510,11 +1516,17 @@ fn bump(counter: &AtomicUsize) {
     );
 }
 
-fn enqueue_new(sched: &Sched, g: GRef) {
+/// Global-queue length past which a goroutine that spawns yields (see `go`).
+const SPAWN_BACKLOG: usize = 4096;
+
+/// Queues a runnable goroutine on the calling M's P (else the global queue). Returns true when it
+/// overflowed into a global queue longer than [`SPAWN_BACKLOG`].
+fn enqueue_new(sched: &Sched, g: GRef) -> bool {
     match current_m() {
         Some(m) if std::ptr::eq(m.sched(), sched) && m.p() != NO_P => {
             sched.stamp(g);
             let runq = &sched.ps[m.p()].runq;
+            let mut backlog = false;
             if let Err(g) = runq.push(g) {
                 // A full local queue moves its older half and the newcomer to the global queue
                 // in one batch (oldest first, keeping FIFO), so that the next pushes stay local.
@@ -1522,12 +1534,15 @@ fn enqueue_new(sched: &Sched, g: GRef) {
                 let mut global = lock(&sched.global);
                 global.extend(older);
                 global.push_back(g);
+                backlog = global.len() > SPAWN_BACKLOG;
             }
             wake_idle_for_work(sched, Some(m.id));
+            backlog
         }
         _ => {
             lock(&sched.global).push_back(g);
             wake_idle_for_work(sched, None);
+            false
         }
     }
 }
