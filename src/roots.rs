@@ -112,6 +112,10 @@ pub(crate) fn report_static_data(visitor: &mut RootVisitor<'_>) {
 
 /// `[start, end)` of the calling thread's TLS block of each loaded object that has one.
 fn tls_blocks() -> Vec<(usize, usize)> {
+    /// `dl_iterate_phdr`'s callback.
+    ///
+    /// # Safety
+    /// Only `dl_iterate_phdr` may call it, with `data` the `Vec` passed to it.
     unsafe extern "C" fn each_object(
         info: *mut libc::dl_phdr_info,
         _size: libc::size_t,
@@ -143,6 +147,10 @@ fn tls_blocks() -> Vec<(usize, usize)> {
 
 /// `[start, end)` of each writable loadable segment, from the dynamic loader's list.
 fn writable_segments() -> Vec<(usize, usize)> {
+    /// `dl_iterate_phdr`'s callback.
+    ///
+    /// # Safety
+    /// Only `dl_iterate_phdr` may call it, with `data` the `Vec` passed to it.
     unsafe extern "C" fn each_object(
         info: *mut libc::dl_phdr_info,
         _size: libc::size_t,

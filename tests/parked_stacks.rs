@@ -29,6 +29,34 @@ fn pattern(seed: u64) -> [u64; 16] {
     std::array::from_fn(|i| seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64)
 }
 
+/// Spawns `n` goroutines that each keep `pattern(seed)` in their frame, run `before_park(seed)`,
+/// block receiving from `rx`, then check the frame and return `after_wake(kept, seed, got)`.
+/// Returns once every one of them has reached its receive.
+fn spawn_parkers<K: 'static>(
+    n: u64,
+    rx: &goro::chan::Receiver<u64>,
+    before_park: fn(u64) -> K,
+    after_wake: fn(K, u64, u64) -> u64,
+) -> Vec<goro::JoinHandle<u64>> {
+    let parked = std::sync::Arc::new(goro::sync::WaitGroup::new());
+    let handles = (0..n)
+        .map(|seed| {
+            let (rx, parked) = (rx.clone(), parked.clone());
+            parked.add(1);
+            goro::go(move || {
+                let mine = std::hint::black_box(pattern(seed));
+                let kept = before_park(seed);
+                parked.done();
+                let got = rx.recv().unwrap();
+                assert_eq!(std::hint::black_box(mine), pattern(seed), "a frame changed");
+                after_wake(kept, seed, got)
+            })
+        })
+        .collect();
+    parked.wait();
+    handles
+}
+
 #[test]
 fn pages_below_a_long_parked_goroutine_go_back_and_its_frames_stay() {
     const GOROUTINES: u64 = 200;
@@ -36,23 +64,13 @@ fn pages_below_a_long_parked_goroutine_go_back_and_its_frames_stay() {
     let runtime = goro::Runtime::builder().max_procs(2).build().unwrap();
     runtime.run(|| {
         let (tx, rx) = goro::chan::channel::<u64>(0);
-        let parked = std::sync::Arc::new(goro::sync::WaitGroup::new());
         let base = rss_bytes();
-        let handles: Vec<_> = (0..GOROUTINES)
-            .map(|seed| {
-                let (rx, parked) = (rx.clone(), parked.clone());
-                parked.add(1);
-                goro::go(move || {
-                    let mine = std::hint::black_box(pattern(seed));
-                    let depth = touch_stack(DEPTH);
-                    parked.done();
-                    let got = rx.recv().unwrap();
-                    assert_eq!(std::hint::black_box(mine), pattern(seed), "a frame changed");
-                    depth + got
-                })
-            })
-            .collect();
-        parked.wait();
+        let handles = spawn_parkers(
+            GOROUTINES,
+            &rx,
+            |_| touch_stack(DEPTH),
+            |depth, _, got| depth + got,
+        );
         goro::sleep(Duration::from_millis(20));
         let committed = rss_bytes().saturating_sub(base);
         assert!(
@@ -84,26 +102,18 @@ fn stashed_goroutines_cost_their_live_bytes_and_resume_intact() {
     let runtime = builder.max_procs(2).build().unwrap();
     runtime.run(|| {
         let (tx, rx) = goro::chan::channel::<u64>(0);
-        let parked = std::sync::Arc::new(goro::sync::WaitGroup::new());
         goro::gc::collect();
         let base = rss_bytes();
-        let handles: Vec<_> = (0..GOROUTINES)
-            .map(|seed| {
-                let (rx, parked) = (rx.clone(), parked.clone());
-                parked.add(1);
-                goro::go(move || {
-                    let mine = std::hint::black_box(pattern(seed));
-                    // Held only by this frame: the collector must find it in the stashed bytes.
-                    let boxed = std::hint::black_box(Gc::new(seed * 3));
-                    parked.done();
-                    let got = rx.recv().unwrap();
-                    assert_eq!(std::hint::black_box(mine), pattern(seed), "a frame changed");
-                    assert_eq!(*boxed, seed * 3, "a Gc held by a stashed stack was freed");
-                    got + seed
-                })
-            })
-            .collect();
-        parked.wait();
+        let handles = spawn_parkers(
+            GOROUTINES,
+            &rx,
+            // Held only by the goroutine's frame: the collector must find it in the stashed bytes.
+            |seed| std::hint::black_box(Gc::new(seed * 3)),
+            |boxed, seed, got| {
+                assert_eq!(*boxed, seed * 3, "a Gc held by a stashed stack was freed");
+                got + seed
+            },
+        );
         goro::sleep(Duration::from_millis(20));
         let per_goroutine = || rss_bytes().saturating_sub(base) / GOROUTINES as usize;
         let resident = per_goroutine();

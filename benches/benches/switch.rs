@@ -25,6 +25,10 @@ struct PingPong {
     co: Cell<StackPointer>,
 }
 
+/// The ping-pong's second context: switches back to `main` forever.
+///
+/// # Safety
+/// Only `init_stack` may start it, with `arg` the address of a `PingPong` that outlives it.
 unsafe extern "C" fn pong(arg: usize) -> ! {
     // SAFETY: `arg` is the address of the PingPong owned by `raw_round_trips`, which outlives
     // every resumption of this context.

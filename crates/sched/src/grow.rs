@@ -134,14 +134,12 @@ fn grow<R, F: FnOnce() -> R>(red_zone: usize, f: F) -> R {
         finished_sp: StackPointer(std::ptr::null_mut()),
         index,
     };
-    // SAFETY: `top` is the top of the fresh segment, which nothing else uses; `segment_entry`
-    // never returns (it switches back here); `call` outlives the segment's context, which ends
-    // before this frame continues. `caller_sp` of the new segment is where this switch saves our
-    // context, read by `segment_entry` to come back exactly once.
-    unsafe {
-        let entry = init_stack(top, segment_entry::<F, R>, (&raw mut call) as usize);
-        switch(proc::segment_caller_sp(g, index), entry);
-    }
+    // SAFETY: `top` is the top of the fresh segment, which nothing else uses, and
+    // `segment_entry` never returns: it ends by switching back to the context saved below.
+    let entry = unsafe { init_stack(top, segment_entry::<F, R>, (&raw mut call) as usize) };
+    // SAFETY: `entry` is resumed once; `call` outlives that context, and our context is saved
+    // in the segment's `caller_sp`, which `segment_entry` resumes exactly once.
+    unsafe { switch(proc::segment_caller_sp(g, index), entry) };
     proc::pop_segment(g, index);
     match call.outcome.take().expect("a segment's call finished") {
         Ok(value) => value,
@@ -150,6 +148,10 @@ fn grow<R, F: FnOnce() -> R>(red_zone: usize, f: F) -> R {
 }
 
 /// The first frame of a segment: runs the call, then switches back to the frame that grew.
+///
+/// # Safety
+/// Only `grow` may start it (through `init_stack`), with `arg` the address of its `Call`, on the
+/// running goroutine's segment number `call.index`.
 unsafe extern "C" fn segment_entry<F: FnOnce() -> R, R>(arg: usize) -> ! {
     // SAFETY: `arg` is the `Call` in `grow`'s frame, suspended until we switch back.
     let call = unsafe { &mut *(arg as *mut Call<F, R>) };

@@ -1390,8 +1390,10 @@ pub(crate) fn ready(g: GRef) {
 
 /// `ready` with migration on (Go's `ready`): the goroutine runs next on the readier's M if it
 /// has a P (the goroutine it displaces goes to that P's queue), else from the global queue.
+///
+/// No stack claim is needed: with migration on, parks publish nothing for sysmon (see the
+/// `Request::Park` branch of `execute`).
 fn ready_anywhere(sched: &Sched, g: GRef) {
-    g.g().parked_stack.readied_directly();
     match current_m() {
         Some(m) if std::ptr::eq(m.sched(), sched) && m.p() != NO_P => {
             if let Some(displaced) = m.runnext.replace(Some(g)) {
@@ -1868,8 +1870,6 @@ pub(crate) struct StackPass {
     index: usize,
     /// Some parked goroutine was too young: the next epoch needs a pass too.
     pub(crate) found_young: bool,
-    /// Goroutines whose stacks this pass stashed or trimmed.
-    pub(crate) released: usize,
 }
 
 impl StackPass {
@@ -1911,9 +1911,8 @@ pub(crate) fn release_parked_stacks(
                 )
             };
             match released {
-                Released::Nothing => {}
                 Released::TooYoung => pass.found_young = true,
-                Released::Done => pass.released += 1,
+                Released::Nothing | Released::Done => {}
             }
         }
         if end >= list.len() {

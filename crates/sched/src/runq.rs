@@ -97,17 +97,46 @@ impl LocalQueue {
     /// ring moves half of itself to the global queue in one batch, so that the pushes after it
     /// stay local). Claims the window with one CAS of `head`, as a thief does.
     pub(crate) fn take_older_half(&self) -> Vec<GRef> {
+        let mut batch = Vec::new();
+        self.claim_window(
+            |available| available / 2,
+            |head, take| {
+                batch.clear();
+                batch.extend(
+                    (0..take).map(|i| self.slot(head.wrapping_add(i)).load(Ordering::Relaxed)),
+                );
+                true
+            },
+        );
+        batch
+            .into_iter()
+            .filter_map(|g| NonNull::new(g).map(GRef::from_non_null))
+            .collect()
+    }
+
+    /// Claims `[head, head + n)` with one CAS of `head` (the owner's batch move and thieves'
+    /// steals), where `n = how_many(queued)`; `copy(head, n)` copies the window out first and
+    /// may refuse it. A failed CAS discards the copy and tries again. Returns `n`, or 0 when
+    /// there was nothing to take or `copy` refused.
+    fn claim_window(
+        &self,
+        how_many: impl Fn(u32) -> u32,
+        mut copy: impl FnMut(u32, u32) -> bool,
+    ) -> u32 {
         loop {
             let head = self.head.load(Ordering::Acquire);
-            let tail = self.tail.load(Ordering::Relaxed);
-            let take = tail.wrapping_sub(head) / 2;
-            if take == 0 {
-                return Vec::new();
+            // Acquire: pairs with the owner's Release store of `tail`: slots below are written.
+            let tail = self.tail.load(Ordering::Acquire);
+            let available = tail.wrapping_sub(head);
+            if available > CAPACITY {
+                continue; // read `head` and `tail` at different moments: look again
             }
-            let batch: Vec<*mut G> = (0..take)
-                .map(|i| self.slot(head.wrapping_add(i)).load(Ordering::Relaxed))
-                .collect();
-            // AcqRel: claims the window against thieves, and frees its slots for `push`.
+            let take = how_many(available);
+            if take == 0 || !copy(head, take) {
+                return 0;
+            }
+            // AcqRel: claims the window against the owner's pop and other thieves, and frees its
+            // slots for `push`.
             if self
                 .head
                 .compare_exchange(
@@ -118,10 +147,7 @@ impl LocalQueue {
                 )
                 .is_ok()
             {
-                return batch
-                    .into_iter()
-                    .filter_map(|g| NonNull::new(g).map(GRef::from_non_null))
-                    .collect();
+                return take;
             }
         }
     }
@@ -140,48 +166,32 @@ impl LocalQueue {
     /// queue) and returns one of them to run now.
     pub(crate) fn steal_into(&self, into: &LocalQueue) -> Option<GRef> {
         let into_tail = into.tail.load(Ordering::Relaxed);
-        loop {
-            let head = self.head.load(Ordering::Acquire);
-            // Acquire: pairs with the victim's Release store of `tail`: slots below are written.
-            let tail = self.tail.load(Ordering::Acquire);
-            let available = tail.wrapping_sub(head);
-            if available == 0 {
-                return None;
-            }
-            if available > CAPACITY {
-                continue; // read `head` and `tail` at different moments: look again
-            }
-            let take = available - available / 2;
-            let into_head = into.head.load(Ordering::Acquire);
-            if into_tail.wrapping_sub(into_head).wrapping_add(take) > CAPACITY {
-                return None; // our own ring cannot take them (does not happen when we are idle)
-            }
-            for i in 0..take {
-                let g = self.slot(head.wrapping_add(i)).load(Ordering::Relaxed);
-                into.slot(into_tail.wrapping_add(i))
-                    .store(g, Ordering::Relaxed);
-            }
-            // AcqRel: claims the window against the owner's pop and other thieves.
-            if self
-                .head
-                .compare_exchange(
-                    head,
-                    head.wrapping_add(take),
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-            {
-                // Keep the last one to run now; publish the rest.
-                let last = into
-                    .slot(into_tail.wrapping_add(take - 1))
-                    .load(Ordering::Relaxed);
-                // Release: as in `push`.
-                into.tail
-                    .store(into_tail.wrapping_add(take - 1), Ordering::Release);
-                return NonNull::new(last).map(GRef::from_non_null);
-            }
+        let take = self.claim_window(
+            |available| available - available / 2,
+            |head, take| {
+                let into_head = into.head.load(Ordering::Acquire);
+                if into_tail.wrapping_sub(into_head).wrapping_add(take) > CAPACITY {
+                    return false; // our own ring cannot take them (not when we are idle)
+                }
+                for i in 0..take {
+                    let g = self.slot(head.wrapping_add(i)).load(Ordering::Relaxed);
+                    into.slot(into_tail.wrapping_add(i))
+                        .store(g, Ordering::Relaxed);
+                }
+                true
+            },
+        );
+        if take == 0 {
+            return None;
         }
+        // Keep the last one to run now; publish the rest.
+        let last = into
+            .slot(into_tail.wrapping_add(take - 1))
+            .load(Ordering::Relaxed);
+        // Release: as in `push`.
+        into.tail
+            .store(into_tail.wrapping_add(take - 1), Ordering::Release);
+        NonNull::new(last).map(GRef::from_non_null)
     }
 
     /// Goroutines queued now (racy when read by another M).

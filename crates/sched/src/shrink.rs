@@ -29,7 +29,7 @@
 //!   ACTIVE --g0 after the park--> PARKED_RELEASABLE | PARKED_PINNED
 //!   PARKED_* --sysmon, under the home M's ready lock--> BUSY --sysmon--> STASHED | TRIMMED
 //!   PARKED_* | TRIMMED --home M pops it from its ready queue (under that lock)--> ACTIVE
-//!   PARKED_* | TRIMMED --readied into a runnext or a run queue (CAS vs sysmon's CAS)--> ACTIVE
+//!   PARKED_* | TRIMMED --home M readies it into its runnext (CAS vs sysmon's CAS)--> ACTIVE
 //!   STASHED --home M, before resuming: copy back--> ACTIVE
 //!   BUSY: the home M waits before resuming (sysmon is copying or releasing)
 //! ```
@@ -129,8 +129,8 @@ impl ParkedStack {
         }
     }
 
-    /// Called by whoever readies the goroutine when it will not pass through its home M's ready
-    /// queue and lock (its home M putting it in `runnext`; any waker when goroutines migrate):
+    /// Called by the home M when it readies the goroutine into its `runnext` instead of passing
+    /// it through its ready queue and lock:
     /// a parked or trimmed goroutine becomes ACTIVE unless sysmon claimed it first (both sides
     /// use a compare-and-swap on this path).
     #[inline]
@@ -158,6 +158,10 @@ impl ParkedStack {
         }
     }
 
+    /// The part of [`reclaim`](Self::reclaim) for a goroutine that is not ACTIVE.
+    ///
+    /// # Safety
+    /// As for `reclaim`.
     #[cold]
     unsafe fn reclaim_slow(&self, stack: Option<&Stack>) {
         loop {

@@ -39,6 +39,10 @@ pub struct Coro<'a> {
     stack: Stack,
 }
 
+/// A coroutine's first frame.
+///
+/// # Safety
+/// Only `init_stack` may start it, with `arg` the address of the coroutine's boxed `Shared`.
 unsafe extern "C" fn coro_entry(arg: usize) -> ! {
     // SAFETY: `arg` is the address of the boxed Shared, which outlives the coroutine.
     let shared = unsafe { &*(arg as *const Shared<'_>) };
