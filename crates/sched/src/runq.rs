@@ -98,7 +98,7 @@ impl LocalQueue {
     /// stay local). Claims the window with one CAS of `head`, as a thief does.
     pub(crate) fn take_older_half(&self) -> Vec<GRef> {
         let mut batch = Vec::new();
-        self.claim_window(
+        let taken = self.claim_window(
             |available| available / 2,
             |head, take| {
                 batch.clear();
@@ -108,6 +108,8 @@ impl LocalQueue {
                 true
             },
         );
+        // A copy from a lost CAS may be left over when the retry found nothing to take.
+        batch.truncate(taken as usize);
         batch
             .into_iter()
             .filter_map(|g| NonNull::new(g).map(GRef::from_non_null))
@@ -116,8 +118,9 @@ impl LocalQueue {
 
     /// Claims `[head, head + n)` with one CAS of `head` (the owner's batch move and thieves'
     /// steals), where `n = how_many(queued)`; `copy(head, n)` copies the window out first and
-    /// may refuse it. A failed CAS discards the copy and tries again. Returns `n`, or 0 when
-    /// there was nothing to take or `copy` refused.
+    /// may refuse it. After a failed CAS it tries again, so the caller must use only the last
+    /// copy, and only when the result is not 0. Returns `n`, or 0 when there was nothing to
+    /// take or `copy` refused.
     fn claim_window(
         &self,
         how_many: impl Fn(u32) -> u32,
@@ -264,23 +267,27 @@ mod loom_tests {
 
     #[test]
     fn taking_half_while_a_thief_steals_loses_and_duplicates_nothing() {
-        loom::model(|| {
-            let victim = Arc::new(LocalQueue::new());
-            let thief_queue = Arc::new(LocalQueue::new());
-            for i in 0..4 {
-                victim.push(fake(i)).unwrap();
-            }
-            let thief = spawn_thief(victim.clone(), thief_queue.clone());
-            let mut mine: Vec<usize> = victim
-                .take_older_half()
-                .into_iter()
-                .map(|g| g.as_ptr() as usize)
-                .collect();
-            while let Some(g) = victim.pop() {
-                mine.push(g.as_ptr() as usize);
-            }
-            assert_each_once(mine, thief.join().unwrap(), 4);
-        });
+        // With 2 queued, a thief that wins the race leaves too few to take again: the owner's
+        // retry takes nothing and must not return its first, lost copy.
+        for queued in [2, 4] {
+            loom::model(move || {
+                let victim = Arc::new(LocalQueue::new());
+                let thief_queue = Arc::new(LocalQueue::new());
+                for i in 0..queued {
+                    victim.push(fake(i)).unwrap();
+                }
+                let thief = spawn_thief(victim.clone(), thief_queue.clone());
+                let mut mine: Vec<usize> = victim
+                    .take_older_half()
+                    .into_iter()
+                    .map(|g| g.as_ptr() as usize)
+                    .collect();
+                while let Some(g) = victim.pop() {
+                    mine.push(g.as_ptr() as usize);
+                }
+                assert_each_once(mine, thief.join().unwrap(), queued);
+            });
+        }
     }
 }
 
