@@ -94,6 +94,24 @@ pub use goro_gc::{Gc, GcCell};
 /// ```
 pub mod stack {
     pub use goro_sched::stack::{maybe_grow, remaining_stack};
+
+    /// Whether the stash trap runs in this process, or why not: with it, the live bytes of a
+    /// goroutine parked for a second or so leave its stack for the heap and the whole stack's
+    /// memory goes back to the OS, and anything touching that stack meanwhile (a scoped thread
+    /// reading a borrowed local, a `read(2)` into a buffer on it) waits while the bytes are put
+    /// back. It needs the right to catch kernel-mode faults with `userfaultfd` (root,
+    /// `CAP_SYS_PTRACE` or `vm.unprivileged_userfaultfd=1`); without it, parked goroutines give
+    /// back only the pages below their stack pointers. `GORO_DEBUG=stacktrap=off` turns it off.
+    /// The first runtime decides; later calls report the same.
+    pub fn stash_trap() -> Result<(), String> {
+        goro_stack::enable_stash_trap()
+    }
+
+    /// How many times the stash trap has put a stashed stack back because something other than
+    /// its goroutine touched it.
+    pub fn trap_restores() -> u64 {
+        goro_stack::trap_restores()
+    }
 }
 pub use goro_sched::{
     JoinHandle, Local, Panic, blocking, exit, go, num_goroutine, set_max_procs, sleep, yield_now,

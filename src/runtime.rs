@@ -174,23 +174,27 @@ impl Builder {
         self
     }
 
-    /// Lets the runtime move the live bytes of a goroutine parked for a second or so (typically
-    /// a few hundred) off its stack into the heap and give the whole stack's memory back to the
-    /// OS, copying them back when the goroutine next runs. A million parked goroutines then cost
-    /// about 1 KiB each instead of 4 KiB and more (Go's 2 KiB stacks cost about 2.7 KiB).
+    /// Lets the runtime stash parked goroutines' stacks even where the stash trap cannot run.
     ///
-    /// Without this, goro releases only the pages *below* a long-parked goroutine's stack
-    /// pointer, which is always sound: no frame lives there.
+    /// By default, where the stash trap runs (see [`crate::stack::stash_trap`]: it needs root,
+    /// `CAP_SYS_PTRACE` or `vm.unprivileged_userfaultfd=1`), the live bytes of a goroutine parked
+    /// for a second or so (typically a few hundred) move off its stack into the heap and the
+    /// whole stack's memory goes back to the OS; a million parked goroutines then cost about
+    /// 1 KiB each instead of 4 KiB and more (Go's 2 KiB stacks cost about 2.7 KiB). Anything
+    /// touching such a stack meanwhile waits while the trap puts the bytes back. Where the trap
+    /// cannot run, goro only releases the pages *below* a long-parked goroutine's stack pointer,
+    /// which is always sound: no frame lives there. This option stashes there too, unchecked.
     ///
     /// # Safety
-    /// While a goroutine is parked in a goro operation (a channel operation, `select!`,
-    /// `sleep`, `join`, a `goro::sync` wait), nothing else may read or write its stack: no
-    /// thread or goroutine may use a reference or pointer into a goroutine's frames that it got
-    /// from that goroutine. Safe Rust can break this only with scoped threads: a goroutine that
-    /// lends its locals to `std::thread::scope` (or rayon's or crossbeam's scopes) threads and
-    /// then blocks on a goro channel inside the scope. Those threads would read zeros, and their
-    /// writes would be lost. Blocking the goroutine's thread instead (the scope's own join, a
-    /// `std::sync` lock, `goro::blocking`) is fine: that does not park it.
+    /// Where the trap does not run: while a goroutine is parked in a goro operation (a channel
+    /// operation, `select!`, `sleep`, `join`, a `goro::sync` wait), nothing else may read or
+    /// write its stack: no thread or goroutine may use a reference or pointer into a goroutine's
+    /// frames that it got from that goroutine. Safe Rust can break this only with scoped
+    /// threads: a goroutine that lends its locals to `std::thread::scope` (or rayon's or
+    /// crossbeam's scopes) threads and then blocks on a goro channel inside the scope. Those
+    /// threads would read zeros, and their writes would be lost. Blocking the goroutine's thread
+    /// instead (the scope's own join, a `std::sync` lock, `goro::blocking`) is fine: that does
+    /// not park it.
     pub unsafe fn stash_parked_stacks(mut self, on: bool) -> Builder {
         self.stash_parked_stacks = on;
         self

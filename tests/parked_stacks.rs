@@ -1,6 +1,7 @@
 //! The stack memory of long-parked goroutines goes back to the OS, and they resume intact:
-//! sysmon trims the pages below a parked goroutine's stack pointer (always), and with
-//! `stash_parked_stacks` moves its live bytes off the stack and releases the whole slot. (Its own
+//! sysmon trims the pages below a parked goroutine's stack pointer, and where the stash trap
+//! runs (or with the unsafe `stash_parked_stacks`) moves its live bytes off the stack and
+//! releases the whole slot; a thread touching a stashed stack gets its bytes back. (Its own
 //! file: it reads the process's RSS; one runtime runs at a time, so the tests do not overlap.)
 
 use goro::gc::Gc;
@@ -94,11 +95,25 @@ fn pages_below_a_long_parked_goroutine_go_back_and_its_frames_stay() {
     });
 }
 
-#[test]
-fn stashed_goroutines_cost_their_live_bytes_and_resume_intact() {
+/// Whether the stash trap runs here; where it cannot (not root), checks that it says why.
+fn trap_runs() -> bool {
+    match goro::stack::stash_trap() {
+        Ok(()) => true,
+        Err(why) => {
+            // SAFETY: geteuid has no preconditions.
+            let root = unsafe { libc::geteuid() } == 0;
+            let off = std::env::var("GORO_DEBUG").is_ok_and(|v| v.contains("stacktrap=off"));
+            assert!(!root || off, "the stash trap should run as root: {why}");
+            assert!(why.contains("userfaultfd") || off, "{why}");
+            false
+        }
+    }
+}
+
+/// 20,000 goroutines park holding a `Gc` only in their frames; sysmon stashes them; a
+/// collection runs while they are stashed; they resume intact.
+fn stashed_goroutines_cost_their_live_bytes(builder: goro::Builder) {
     const GOROUTINES: u64 = 20_000;
-    // SAFETY: no goroutine here lends its stack to another thread.
-    let builder = unsafe { goro::Runtime::builder().stash_parked_stacks(true) };
     let runtime = builder.max_procs(2).build().unwrap();
     runtime.run(|| {
         let (tx, rx) = goro::chan::channel::<u64>(0);
@@ -145,5 +160,82 @@ fn stashed_goroutines_cost_their_live_bytes_and_resume_intact() {
         }
         assert_eq!(sum, GOROUTINES * 7 + GOROUTINES * (GOROUTINES - 1) / 2);
         drop(fillers);
+    });
+}
+
+#[test]
+fn stashed_goroutines_cost_their_live_bytes_and_resume_intact() {
+    if trap_runs() {
+        // The default: stashed under the trap.
+        stashed_goroutines_cost_their_live_bytes(goro::Runtime::builder());
+    } else {
+        // SAFETY: no goroutine here lends its stack to another thread.
+        stashed_goroutines_cost_their_live_bytes(unsafe {
+            goro::Runtime::builder().stash_parked_stacks(true)
+        });
+    }
+}
+
+/// Runs only in the child started below, with the trap turned off.
+#[test]
+fn unchecked_stash_child() {
+    if std::env::var_os("GORO_UNCHECKED_CHILD").is_none() {
+        return;
+    }
+    assert!(!trap_runs(), "GORO_DEBUG=stacktrap=off leaves the trap off");
+    // SAFETY: no goroutine here lends its stack to another thread.
+    stashed_goroutines_cost_their_live_bytes(unsafe {
+        goro::Runtime::builder().stash_parked_stacks(true)
+    });
+}
+
+#[test]
+fn without_the_trap_the_unsafe_option_still_stashes() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "unchecked_stash_child", "--nocapture"])
+        .env("GORO_UNCHECKED_CHILD", "1")
+        .env("GORO_DEBUG", "stacktrap=off")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_thread_borrowing_a_parked_goroutines_locals_uses_them_while_it_is_stashed() {
+    if !trap_runs() {
+        return;
+    }
+    let runtime = goro::Runtime::builder().max_procs(2).build().unwrap();
+    runtime.run(|| {
+        let restores = goro::stack::trap_restores();
+        let (tx, rx) = goro::chan::channel::<()>(0);
+        let sum = goro::go(move || {
+            let mut local = std::hint::black_box([0x5eed_u64; 32]);
+            std::thread::scope(|s| {
+                let borrowed = &mut local;
+                s.spawn(move || {
+                    // Sysmon stashes a goroutine parked for one to two 500 ms epochs.
+                    std::thread::sleep(Duration::from_millis(3000));
+                    assert_eq!(borrowed[7], 0x5eed, "a stashed local read back");
+                    borrowed[3] = 99;
+                    tx.send(());
+                });
+                // Parks the goroutine (its stack is stashed) while the thread uses its local.
+                rx.recv().unwrap();
+            });
+            local[3] + local[7]
+        })
+        .join()
+        .unwrap();
+        assert_eq!(sum, 99 + 0x5eed, "the thread's write landed");
+        assert!(
+            goro::stack::trap_restores() > restores,
+            "the goroutine was stashed and the thread's touch put its bytes back"
+        );
     });
 }

@@ -128,8 +128,14 @@ fn run_child(
     options: &Options,
 ) -> Option<String> {
     let program = binary_path(binary_for(implementation))?;
-    let output = Command::new(&program)
-        .args(Args::child_args(workload, size, implementation, options))
+    let mut child = Command::new(&program);
+    child.args(Args::child_args(workload, size, implementation, options));
+    if implementation == "goro_trim" {
+        // goro with the stash trap off: parked stacks are only trimmed.
+        let debug = std::env::var("GORO_DEBUG").unwrap_or_default();
+        child.env("GORO_DEBUG", format!("{debug},stacktrap=off"));
+    }
+    let output = child
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|e| eprintln!("goro-bench: cannot run {}: {e}", program.display()))

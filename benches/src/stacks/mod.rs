@@ -27,7 +27,7 @@ pub const WORKLOADS: &[Workload] = &[
         name: "parked_memory",
         default_size: "100000",
         variants: &[],
-        implementations: &["goro", "goro_stash", "may", "tokio", "threads", "go"],
+        implementations: &["goro", "goro_trim", "may", "tokio", "threads", "go"],
         run: run_parked,
     },
     Workload {
@@ -43,7 +43,7 @@ fn run_parked(implementation: &str, size: &str, options: &Options) -> Result<(),
     let n: usize = crate::parse_size("parked_memory", size)?;
     match implementation {
         "goro" => parked::goro(n, options, false),
-        "goro_stash" => parked::goro(n, options, true),
+        "goro_trim" => parked::goro(n, options, true),
         "may" => parked::may(n, options),
         "tokio" => parked::tokio(n, options),
         "threads" => parked::threads(n),

@@ -9,8 +9,10 @@
 //! gives back); close the channel and wait for all to exit. Peers that cannot spawn N stop at
 //! the first failure and report how many they reached.
 //!
-//! `goro_stash` is goro with `stash_parked_stacks` (the live bytes of long-parked goroutines
-//! move off their stacks); `goro` is the default runtime.
+//! `goro` is the default runtime: where the stash trap runs (see `goro::stack::stash_trap`), the
+//! live bytes of long-parked goroutines move off their stacks and the whole stacks are released.
+//! `goro_trim` is goro with the trap off (`GORO_DEBUG=stacktrap=off`, set by the harness): only
+//! the pages below long-parked goroutines' stack pointers go back.
 
 use crate::{Options, report};
 use std::sync::Arc;
@@ -107,12 +109,15 @@ fn readings(sleep: impl Fn(Duration)) -> (Memory, Memory) {
     (settled, Memory::now())
 }
 
-pub(crate) fn goro(n: usize, options: &Options, stash: bool) -> Result<(), String> {
-    let mut builder = goro::Runtime::builder();
-    if stash {
-        // SAFETY: the blockers lend nothing on their stacks to other threads.
-        builder = unsafe { builder.stash_parked_stacks(true) };
+pub(crate) fn goro(n: usize, options: &Options, trim_only: bool) -> Result<(), String> {
+    let trap = goro::stack::stash_trap();
+    if trim_only == trap.is_ok() {
+        return Err(format!(
+            "parked_memory: the stash trap should be {} for this implementation ({trap:?})",
+            if trim_only { "off" } else { "on" }
+        ));
     }
+    let mut builder = goro::Runtime::builder();
     if let Some(procs) = options.procs {
         builder = builder.max_procs(procs);
     }
@@ -155,7 +160,7 @@ pub(crate) fn goro(n: usize, options: &Options, stash: bool) -> Result<(), Strin
         let (parked, long) = readings(goro::sleep);
         tx.close();
         exited.wait();
-        let name = if stash { "goro_stash" } else { "goro" };
+        let name = if trim_only { "goro_trim" } else { "goro" };
         print(name, n, reached, (before, parked, long), start.elapsed());
     });
     Ok(())

@@ -17,7 +17,7 @@ use crate::grow::{self, Segment};
 use crate::join::{JoinHandle, Packet, Panic, Run, Task};
 use crate::park::ThreadParker;
 use crate::runq::LocalQueue;
-use crate::shrink::{ParkedStack, Released};
+use crate::shrink::{ParkedStack, Released, StashMode};
 use crate::stw;
 use crate::timer::Timers;
 use goro_stack::{Stack, StackPointer, init_stack, switch};
@@ -280,6 +280,8 @@ impl<T> std::ops::Deref for Padded<T> {
 /// does not own may still hold pointers to its Gs (and ignore them, seeing `shutdown`).
 pub(crate) struct Sched {
     config: Config,
+    /// How sysmon releases the stacks of long-parked goroutines, decided at start.
+    stash: StashMode,
     ms: Box<[M]>,
     ps: Box<[P]>,
     /// Gs that have never run, from threads that are not Ms and from full local queues.
@@ -619,6 +621,7 @@ where
                 stacks_released_for: Cell::new(0),
             })
             .collect(),
+        stash: StashMode::choose(&config),
         config,
         global: Mutex::new(VecDeque::new()),
         gfree: Mutex::new(Vec::new()),
@@ -1253,7 +1256,7 @@ fn execute(m: &M, g: GRef) {
             // on. A waker may already have readied the goroutine; only this M resumes it, and
             // it reclaims the stack first.
             let epoch = sched.stack_epoch.load(Ordering::Relaxed);
-            let stashable = releasable && sched.config.stash_parked_stacks;
+            let stashable = releasable && sched.stash != StashMode::TrimOnly;
             gg.parked_stack.parked(stashable, epoch);
             if !sched.parks_since_pass.load(Ordering::Relaxed) {
                 sched.parks_since_pass.store(true, Ordering::Relaxed);
@@ -1826,20 +1829,17 @@ fn roots_of(sched: &Sched, visit: &mut dyn FnMut(RootRange)) {
         // SAFETY: the world is stopped (or the runtime is over), so the G is switched out and
         // its stack fields are stable; we hold its allg list's lock, so sysmon is not stashing
         // it.
-        if let Some(bytes) = unsafe { gg.parked_stack.stashed_bytes() } {
-            visit(RootRange::Stack {
-                lo: bytes.as_ptr(),
-                hi: bytes.as_ptr_range().end,
-            });
-        } else if let Some(stack) =
-            // SAFETY: as above.
-            unsafe { gg.current_stack() }
-        {
+        if let Some(stack) = unsafe { gg.current_stack() } {
             // SAFETY: as above.
             let sp = unsafe { *gg.sp.get() };
-            visit(RootRange::Stack {
-                lo: sp.0,
-                hi: stack.top(),
+            // A stashed goroutine's roots are its stashed bytes; the trap may have put them back
+            // (and then its stack is scanned), but it cannot while we hold them.
+            stack.with_stashed(|stashed| {
+                let (lo, hi) = match stashed {
+                    Some(bytes) => (bytes.as_ptr(), bytes.as_ptr_range().end),
+                    None => (sp.0.cast_const(), stack.top().cast_const()),
+                };
+                visit(RootRange::Stack { lo, hi });
             });
         }
         // The stacks the goroutine grew from, each from where it left it.
@@ -1893,6 +1893,12 @@ pub(crate) fn release_parked_stacks(
 ) -> bool {
     while pass.list < sched.allg.len() {
         let list = lock(&sched.allg[pass.list]);
+        if sched.stopping.load(Ordering::SeqCst) {
+            // A collection has stopped the world and may have taken its roots already: the
+            // stacks it has yet to scan must keep their pages until it is done. (It takes these
+            // locks after stopping the world, so under this lock `stopping` is up to date.)
+            return false;
+        }
         let end = (pass.index + PASS_CHUNK).min(list.len());
         for g in list.get(pass.index..end).unwrap_or(&[]) {
             let gg = g.g();
@@ -1903,6 +1909,7 @@ pub(crate) fn release_parked_stacks(
             let released = unsafe {
                 gg.parked_stack.release(
                     pass.before,
+                    sched.stash == StashMode::Unchecked,
                     || lock(&sched.ms[home].ready),
                     || {
                         let stack = gg.current_stack()?;

@@ -5,11 +5,14 @@
 //! goro stack cannot move (Rust code keeps pointers into it), but its *memory* can go while the
 //! goroutine is parked, as long as the bytes are back before it runs:
 //!
-//! - **Stash** (opted in with the `unsafe` `Builder::stash_parked_stacks`, for a goroutine parked
-//!   where no waker touches its stack): the live bytes `[sp, top)`,
-//!   typically a few hundred, are copied into a heap buffer and every page of the slot is
-//!   released. The goroutine then costs its G, its live bytes and nothing else. When it is next
-//!   resumed, its M copies the bytes back to the same addresses (one page fault per page).
+//! - **Stash** (a goroutine parked where no waker touches its stack, when the stash trap runs
+//!   or the user opted in with the `unsafe` `Builder::stash_parked_stacks`): the live bytes
+//!   `[sp, top)`, typically a few hundred, are copied into a heap buffer and every page of the
+//!   slot is released. The goroutine then costs its G, its live bytes and nothing else. When it
+//!   is next resumed, its M puts the bytes back at the same addresses. With the trap (goro-stack's
+//!   `trap.rs`), anything else touching the stack meanwhile (a scoped thread that borrowed a
+//!   local, the kernel filling a buffer) waits while the bytes are put back: sound whatever safe
+//!   code does. Without it, only the user's promise keeps others off the stack.
 //! - **Trim** (a goroutine parked where a waker may write to its stack, such as a `select` whose
 //!   records are on it): the whole pages below its saved stack pointer are released, which
 //!   gives back what deep calls committed before it parked.
@@ -30,7 +33,7 @@
 //!   PARKED_* --sysmon, under the home M's ready lock--> BUSY --sysmon--> STASHED | TRIMMED
 //!   PARKED_* | TRIMMED --home M pops it from its ready queue (under that lock)--> ACTIVE
 //!   PARKED_* | TRIMMED --home M readies it into its runnext (CAS vs sysmon's CAS)--> ACTIVE
-//!   STASHED --home M, before resuming: copy back--> ACTIVE
+//!   STASHED --home M, before resuming: put back (unless the trap did)--> ACTIVE
 //!   BUSY: the home M waits before resuming (sysmon is copying or releasing)
 //! ```
 //!
@@ -45,11 +48,11 @@
 //!
 //! sysmon stashes while holding the lock of the goroutine's `allg` list, and the collector scans
 //! with every such lock held, so the collector sees each G ACTIVE, parked, TRIMMED or STASHED,
-//! never half copied; a STASHED goroutine's roots are its stashed bytes.
+//! never half copied; a STASHED goroutine's roots are its stashed bytes (`Stack::with_stashed`
+//! holds them against the trap while it reads them).
 
 use crate::sync_prims::{AtomicU8, AtomicU64, Ordering};
-use goro_stack::{Stack, StackPointer, StashedStack};
-use std::cell::UnsafeCell;
+use goro_stack::{Stack, StackPointer};
 use std::time::Duration;
 
 /// Running, runnable, or parked so recently that the home M has not published its state.
@@ -66,6 +69,32 @@ const STASHED: u8 = 4;
 /// Pages below the saved stack pointer are released (not repeated until it runs again).
 const TRIMMED: u8 = 5;
 
+/// How sysmon releases the stack of a goroutine parked where no waker touches it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum StashMode {
+    /// Stash it; the stash trap puts the bytes back if anything touches them meanwhile.
+    Trapped,
+    /// Stash it without the trap, under the contract of `goro::Builder::stash_parked_stacks`.
+    Unchecked,
+    /// Only release the pages below its stack pointer.
+    TrimOnly,
+}
+
+impl StashMode {
+    /// The trap where this process may run it; else the unchecked stash if the user vouched for
+    /// it; else trimming. With migration on, parks publish nothing and stacks are left alone.
+    pub(crate) fn choose(config: &crate::proc::Config) -> StashMode {
+        if config.migrate {
+            return StashMode::TrimOnly;
+        }
+        match goro_stack::enable_stash_trap() {
+            Ok(()) => StashMode::Trapped,
+            Err(_) if config.stash_parked_stacks => StashMode::Unchecked,
+            Err(_) => StashMode::TrimOnly,
+        }
+    }
+}
+
 /// sysmon's epoch: goroutines parked two epochs ago or earlier have their stack memory released.
 pub(crate) const EPOCH: Duration = Duration::from_millis(500);
 /// The longest sysmon works on one slice of a pass before it returns to its other duties.
@@ -76,14 +105,7 @@ pub(crate) struct ParkedStack {
     state: AtomicU8,
     /// The sysmon epoch in which the goroutine last parked.
     parked_in: AtomicU64,
-    /// The live bytes while STASHED. Written by sysmon in BUSY; taken by the home M after it
-    /// reads STASHED (acquire); read by the collector, which holds the G's `allg` lock.
-    stashed: UnsafeCell<Option<StashedStack>>,
 }
-
-// SAFETY: `stashed` is accessed by one party at a time, as the state machine above hands it over
-// (sysmon in BUSY, the home M after STASHED, the collector under the allg lock sysmon needs).
-unsafe impl Sync for ParkedStack {}
 
 /// What a pass did to one goroutine.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -101,7 +123,6 @@ impl ParkedStack {
         ParkedStack {
             state: AtomicU8::new(ACTIVE),
             parked_in: AtomicU64::new(0),
-            stashed: UnsafeCell::new(None),
         }
     }
 
@@ -175,14 +196,10 @@ impl ParkedStack {
                 }
                 BUSY => crate::sync_prims::spin_wait(),
                 STASHED => {
-                    // SAFETY: STASHED (read with acquire) hands `stashed` to the home M, which
-                    // we are; sysmon no longer touches it.
-                    let stashed = unsafe { (*self.stashed.get()).take() }
-                        .expect("a STASHED goroutine has stashed bytes");
                     let stack = stack.expect("a stashed goroutine has a stack");
-                    // SAFETY: the bytes were stashed from this stack, which nothing has used
-                    // since (the goroutine is parked and only we run it).
-                    unsafe { stack.unstash(stashed) };
+                    // SAFETY: STASHED (read with acquire) means sysmon is done with the stack;
+                    // we are the goroutine's home M, about to resume it, and only we do.
+                    unsafe { stack.unstash() };
                     self.state.store(ACTIVE, Ordering::Relaxed);
                     return;
                 }
@@ -192,14 +209,18 @@ impl ParkedStack {
     }
 
     /// Stashes or trims the stack of a goroutine parked in an epoch before `before`.
-    /// `home_ready` locks its home M's ready queue.
+    /// `home_ready` locks its home M's ready queue. `unchecked` lets a stack be stashed where
+    /// the stash trap is off.
     ///
     /// # Safety
     /// Only sysmon may call this, holding the lock of the G's `allg` list; `stack` and `sp` are
-    /// the G's stack and saved stack pointer (stable while the state is parked).
+    /// the G's stack and saved stack pointer (stable while the state is parked). If
+    /// `unchecked`, nothing touches the stack of a PARKED_RELEASABLE goroutine (the contract
+    /// of `goro::Builder::stash_parked_stacks`).
     pub(crate) unsafe fn release<Guard>(
         &self,
         before: u64,
+        unchecked: bool,
         home_ready: impl FnOnce() -> Guard,
         stack: impl FnOnce() -> Option<(*const Stack, StackPointer)>,
     ) -> Released {
@@ -236,13 +257,11 @@ impl ParkedStack {
         };
         // SAFETY: the stack belongs to a G that cannot exit while parked.
         let stack = unsafe { &*stack };
-        let next = if state == PARKED_RELEASABLE {
-            // SAFETY: BUSY keeps the home M from resuming the goroutine until we publish
-            // STASHED; no waker touches a PARKED_RELEASABLE goroutine's stack; `sp` is its saved
-            // stack pointer.
-            let stashed = unsafe { stack.stash(sp) };
-            // SAFETY: BUSY gives us `stashed`.
-            unsafe { *self.stashed.get() = Some(stashed) };
+        // SAFETY: BUSY keeps the home M from resuming the goroutine until we publish STASHED;
+        // `sp` is its saved stack pointer; only sysmon stashes. With the trap, anyone else
+        // touching the stack waits for its bytes to come back; unchecked, no one touches it
+        // (our caller's contract) — and no waker ever touches a PARKED_RELEASABLE one's.
+        let next = if state == PARKED_RELEASABLE && unsafe { stack.stash(sp, unchecked) } {
             STASHED
         } else {
             // SAFETY: the goroutine is suspended at `sp`, so nothing below it is live; wakers
@@ -253,19 +272,6 @@ impl ParkedStack {
         // Release: the stashed bytes are visible to the home M once it sees STASHED.
         self.state.store(next, Ordering::Release);
         Released::Done
-    }
-
-    /// The stashed bytes of a STASHED goroutine: what the collector scans instead of its stack.
-    ///
-    /// # Safety
-    /// The caller holds the lock of the G's `allg` list (so sysmon is not stashing it) and the
-    /// world is stopped (so its M is not taking the bytes back).
-    pub(crate) unsafe fn stashed_bytes(&self) -> Option<&[u8]> {
-        if self.state.load(Ordering::Acquire) != STASHED {
-            return None;
-        }
-        // SAFETY: the caller's contract; STASHED (acquire) published the bytes.
-        unsafe { (*self.stashed.get()).as_ref().map(|s| s.bytes()) }
     }
 }
 
@@ -318,6 +324,7 @@ mod loom_tests {
                     unsafe {
                         parked.release(
                             1,
+                            true,
                             || ready_lock.lock().unwrap(),
                             || Some((&*stack as *const Stack, sp)),
                         )

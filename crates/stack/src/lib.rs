@@ -16,7 +16,8 @@
 //!   `fatal error: stack overflow` and exits with status 2; other faults go to the previous
 //!   handler unchanged.
 //! - Memory release: [`Stack::release_below`] for parked goroutines, [`trim`] for pooled slots,
-//!   [`Stack::stash`] to keep only a parked goroutine's live bytes.
+//!   [`Stack::stash`] to keep only a parked goroutine's live bytes, with the stash trap
+//!   ([`enable_stash_trap`], `trap.rs`) putting them back if anything else touches the stack.
 //! - [`init_stack`] and [`switch`]: the context switch, in assembly per architecture (`arch/`).
 //!   A suspended context's registers are pushed on its own stack, so `[saved sp, top)` is the
 //!   whole state a conservative collector has to scan.
@@ -78,11 +79,14 @@ mod guard;
 mod os;
 mod overflow;
 mod slot;
+mod stash;
+mod trap;
 
 pub use arch::{StackPointer, init_stack, switch};
 pub use guard::{GuardKind, guard_kind};
 pub use overflow::{install_overflow_handler, prepare_thread};
-pub use slot::{DEFAULT_STACK_SIZE, GUARD_SIZE, RED_ZONE, Stack, StashedStack, trim};
+pub use slot::{DEFAULT_STACK_SIZE, GUARD_SIZE, RED_ZONE, Stack, enable_stash_trap, trim};
+pub use stash::{MAX_STASH, trap_restores};
 
 use std::fmt;
 use std::io;

@@ -30,9 +30,10 @@
 //! Rejected: one `mmap` per stack (2 VMAs each with mprotect, a syscall per spawn); a single
 //! fixed reservation (a hard cap on goroutines).
 
+use crate::stash::SlotMeta;
 use crate::{StackError, guard, os};
 use core::ops::Range;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 /// Usable bytes per slot of [`Stack::new`] (the guard is extra).
@@ -74,8 +75,9 @@ pub struct Stack {
     base: usize,
     /// Usable bytes, a multiple of the page size. Immutable.
     usable: usize,
-    /// The slot's entry in its chunk's owner table (read by the overflow handler).
-    owner: &'static AtomicU64,
+    /// The slot's entry in its chunk's table: the owner id the overflow handler reads, the
+    /// stash state the trap reads.
+    pub(crate) meta: &'static SlotMeta,
 }
 
 impl Stack {
@@ -101,18 +103,23 @@ impl Stack {
             return Err(StackError::too_large(usable));
         }
         let usable = usable.max(1).next_multiple_of(page);
-        let (base, owner) = match cache::pop(usable) {
+        let (base, meta) = match cache::pop(usable) {
             Some(slot) => slot,
-            None => POOL
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .alloc(usable)?,
+            None => {
+                let slot = POOL
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .alloc(usable)?;
+                if let Some(fd) = crate::trap::fd() {
+                    // A slot from the pool may be fresh or released: its top page is touched
+                    // first thing, so fill it now rather than through the trap thread.
+                    let top_page = base_to_top(slot.0, usable) - page;
+                    crate::trap::zero_fill(fd, top_page, top_page, 0, false);
+                }
+                slot
+            }
         };
-        Ok(Stack {
-            base,
-            usable,
-            owner,
-        })
+        Ok(Stack { base, usable, meta })
     }
 
     /// One past the highest usable byte: where a fresh stack's stack pointer starts.
@@ -148,13 +155,13 @@ impl Stack {
     pub fn set_owner(&self, id: u64) {
         // Relaxed: the id is only read by the overflow handler on the thread that runs the
         // goroutine, after the scheduler's own synchronisation handed it the stack.
-        self.owner.store(id, Ordering::Relaxed);
+        self.meta.owner.store(id, Ordering::Relaxed);
     }
 
     /// The id given to [`set_owner`](Stack::set_owner), or 0.
     #[inline]
     pub fn owner(&self) -> u64 {
-        self.owner.load(Ordering::Relaxed)
+        self.meta.owner.load(Ordering::Relaxed)
     }
 
     /// Releases (`MADV_DONTNEED`) the whole pages of this stack that lie entirely below
@@ -190,101 +197,20 @@ impl Stack {
     }
 }
 
-/// The live part of a suspended context's stack, `[sp, top)`, copied off its slot so that the
-/// slot's memory can go back to the OS while the goroutine stays parked (see
-/// [`Stack::stash`]). A parked goroutine's live stack is typically a few hundred bytes to a few
-/// KiB, less than the 4 KiB page it would otherwise keep committed.
-///
-/// The bytes hold everything the context's frames hold, including its saved registers: while
-/// stashed, a collector must scan [`bytes`](StashedStack::bytes) instead of `[sp, top)`. May
-/// be sent to any thread.
-#[derive(Debug)]
-pub struct StashedStack {
-    /// The saved stack pointer the bytes start at. Immutable.
-    sp: usize,
-    /// A copy of `[sp, top)`.
-    bytes: Box<[u8]>,
-}
-
-impl StashedStack {
-    /// The saved stack pointer of the stashed context (valid again after
-    /// [`Stack::unstash`]).
-    pub fn sp(&self) -> crate::StackPointer {
-        crate::StackPointer(self.sp as *mut u8)
-    }
-
-    /// The copied bytes: what a conservative scan of the parked goroutine must read.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-}
-
-impl Stack {
-    /// Copies the live part `[sp, top)` of the context suspended on this stack into a heap
-    /// buffer and releases every page of the slot (one `madvise`), so that a long-parked
-    /// goroutine costs its live bytes instead of whole pages. [`unstash`](Stack::unstash)
-    /// puts the bytes back at the same addresses: pointers into the stack stay valid, nothing
-    /// moves. Cost: a copy of the live bytes, an allocation and one `madvise`; `unstash` a copy
-    /// and a page fault per page touched.
-    ///
-    /// # Safety
-    /// May be called only if:
-    /// - `sp` is the saved stack pointer of a context suspended on this stack (so `[sp, top)`
-    ///   holds all of its state), and that context is not resumed until `unstash` has put the
-    ///   bytes back;
-    /// - until then, nothing reads or writes `[limit, top)`: no other goroutine or thread holds
-    ///   a pointer into this stack that it may use (a wait-queue node on the parked stack that a
-    ///   sender fills in, a value borrowed by a scoped child, an in-flight channel hand-off):
-    ///   such a write would land in a released page and be lost when `unstash` overwrites it.
-    pub unsafe fn stash(&self, sp: crate::StackPointer) -> StashedStack {
-        let (sp, top) = (sp.0 as usize, self.top() as usize);
-        assert!(
-            (self.limit() as usize..=top).contains(&sp),
-            "stash: sp {sp:#x} is outside the stack [{:#x}, {top:#x}]",
-            self.limit() as usize
-        );
-        // SAFETY: [sp, top) is inside this slot's usable part, committed or reading as zero,
-        // and the caller guarantees no one writes it concurrently.
-        let bytes: Box<[u8]> =
-            unsafe { core::slice::from_raw_parts(sp as *const u8, top - sp) }.into();
-        // SAFETY: the slot's usable part is ours; its contents were copied just above and the
-        // caller guarantees nothing else in it is live until `unstash`.
-        unsafe { os::discard(self.limit(), self.usable) };
-        StashedStack { sp, bytes }
-    }
-
-    /// Puts a stashed context's bytes back at `[sp, top)`; after this it may be resumed with
-    /// [`switch`](crate::switch) from `stashed.sp()`.
-    ///
-    /// # Safety
-    /// May be called only if `stashed` came from [`stash`](Stack::stash) on this same stack
-    /// and nothing else has used the stack since.
-    pub unsafe fn unstash(&self, stashed: StashedStack) {
-        let top = self.top() as usize;
-        assert_eq!(
-            stashed.sp + stashed.bytes.len(),
-            top,
-            "unstash: the bytes were stashed from another stack"
-        );
-        // SAFETY: [sp, top) is inside this slot (checked above), writable, and unused by
-        // anyone (the caller's contract); the source is a separate heap buffer.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                stashed.bytes.as_ptr(),
-                stashed.sp as *mut u8,
-                stashed.bytes.len(),
-            )
-        };
-    }
-}
-
 impl Drop for Stack {
     fn drop(&mut self) {
-        self.owner.store(0, Ordering::Relaxed);
-        if !cache::push(self.usable, (self.base, self.owner)) {
-            free_to_pool(&[(self.usable, (self.base, self.owner))]);
+        self.forget_stash();
+        self.meta.owner.store(0, Ordering::Relaxed);
+        if !cache::push(self.usable, (self.base, self.meta)) {
+            free_to_pool(&[(self.usable, (self.base, self.meta))]);
         }
     }
+}
+
+/// `top` of the slot at `base` with `usable` bytes.
+#[inline]
+fn base_to_top(base: usize, usable: usize) -> usize {
+    base + guard_len() + usable
 }
 
 /// Returns slots to the process-wide pool under one lock acquisition.
@@ -292,8 +218,8 @@ fn free_to_pool(slots: &[(usize, FreeSlot)]) {
     // Poisoning cannot leave the pool inconsistent: every critical section either completes
     // its Vec operation or returns an error before modifying anything.
     let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
-    for &(usable, (base, owner)) in slots {
-        pool.free(base, usable, owner);
+    for &(usable, (base, meta)) in slots {
+        pool.free(base, usable, meta);
     }
 }
 
@@ -397,11 +323,12 @@ pub fn trim(keep: usize) -> usize {
         .trim(keep)
 }
 
-/// Where the overflow handler looks for slots: one entry per reservation, append-only.
+/// Where the overflow handler and the stash trap look for slots: one entry per reservation,
+/// append-only.
 ///
 /// Written by the pool under its lock (fields first, then `len` with Release); read by the
-/// signal handler without locks (`len` with Acquire, then the fields of entries below it).
-/// Entries are never removed (reservations are never unmapped).
+/// signal handler and the trap thread without locks (`len` with Acquire, then the fields of
+/// entries below it). Entries are never removed (reservations are never unmapped).
 struct ChunkTable {
     /// Number of published entries.
     len: AtomicUsize,
@@ -413,8 +340,8 @@ struct ChunkEntry {
     base: AtomicUsize,
     slot_len: AtomicUsize,
     slots: AtomicUsize,
-    /// Address of the chunk's leaked `[AtomicU64; slots]` owner table.
-    owners: AtomicUsize,
+    /// Address of the chunk's leaked `[SlotMeta; slots]` table.
+    metas: AtomicUsize,
 }
 
 static CHUNKS: ChunkTable = ChunkTable {
@@ -424,10 +351,48 @@ static CHUNKS: ChunkTable = ChunkTable {
             base: AtomicUsize::new(0),
             slot_len: AtomicUsize::new(0),
             slots: AtomicUsize::new(0),
-            owners: AtomicUsize::new(0),
+            metas: AtomicUsize::new(0),
         }
     }; MAX_CHUNKS],
 };
+
+/// The slot an address lies in, as found by [`slot_at`].
+#[derive(Copy, Clone)]
+pub(crate) struct SlotAt {
+    /// The slot's shared state.
+    pub(crate) meta: &'static SlotMeta,
+    /// The slot's usable range.
+    pub(crate) limit: usize,
+    pub(crate) top: usize,
+}
+
+/// The slot whose guard or usable part holds `addr`, if any. Async-signal-safe: atomic loads and
+/// arithmetic only, no locks, no allocation; O(number of reservations).
+pub(crate) fn slot_at(addr: usize) -> Option<SlotAt> {
+    // Acquire: pairs with the Release in `ChunkTable::publish`, so the fields of every entry
+    // below `len` are visible.
+    let len = CHUNKS.len.load(Ordering::Acquire).min(MAX_CHUNKS);
+    for e in &CHUNKS.entries[..len] {
+        let base = e.base.load(Ordering::Relaxed);
+        let slot_len = e.slot_len.load(Ordering::Relaxed);
+        let slots = e.slots.load(Ordering::Relaxed);
+        if addr < base || addr - base >= slot_len * slots {
+            continue;
+        }
+        let index = (addr - base) / slot_len;
+        let slot_base = base + index * slot_len;
+        let metas = e.metas.load(Ordering::Relaxed) as *const SlotMeta;
+        // SAFETY: `metas` points at a leaked table of `slots` entries (never freed), and
+        // `index < slots`.
+        let meta = unsafe { &*metas.add(index) };
+        return Some(SlotAt {
+            meta,
+            limit: slot_base + guard_len(),
+            top: slot_base + slot_len,
+        });
+    }
+    None
+}
 
 /// A fault address that lies in the guard of a stack slot, as found by [`guard_hit`].
 #[derive(Copy, Clone, Debug)]
@@ -441,62 +406,86 @@ pub(crate) struct GuardHit {
     pub(crate) top: usize,
 }
 
-/// Whether `addr` lies in the guard region of a slot, and whose. Async-signal-safe: atomic
-/// loads and arithmetic only, no locks, no allocation; O(number of reservations).
+/// Whether `addr` lies in the guard region of a slot, and whose. Async-signal-safe, like
+/// [`slot_at`].
 pub(crate) fn guard_hit(addr: usize) -> Option<GuardHit> {
-    // Acquire: pairs with the Release in `ChunkTable::publish`, so the fields of every entry
-    // below `len` are visible.
-    let len = CHUNKS.len.load(Ordering::Acquire).min(MAX_CHUNKS);
-    let guard = guard_len();
-    for e in &CHUNKS.entries[..len] {
-        let base = e.base.load(Ordering::Relaxed);
-        let slot_len = e.slot_len.load(Ordering::Relaxed);
-        let slots = e.slots.load(Ordering::Relaxed);
-        if addr < base || addr - base >= slot_len * slots {
-            continue;
-        }
-        let index = (addr - base) / slot_len;
-        let slot_base = base + index * slot_len;
-        if addr - slot_base >= guard {
-            return None; // inside the usable part: not an overflow
-        }
-        let owners = e.owners.load(Ordering::Relaxed) as *const AtomicU64;
-        // SAFETY: `owners` points at a leaked table of `slots` entries (never freed), and
-        // `index < slots`.
-        let owner = unsafe { &*owners.add(index) }.load(Ordering::Relaxed);
-        return Some(GuardHit {
-            owner,
-            usable: slot_len - guard,
-            limit: slot_base + guard,
-            top: slot_base + slot_len,
-        });
+    let slot = slot_at(addr)?;
+    if addr >= slot.limit {
+        return None; // inside the usable part: not an overflow
     }
-    None
+    Some(GuardHit {
+        owner: slot.meta.owner.load(Ordering::Relaxed),
+        usable: slot.top - slot.limit,
+        limit: slot.limit,
+        top: slot.top,
+    })
 }
 
 impl ChunkTable {
-    /// Adds a reservation; returns its owner table. Called under the pool lock only.
+    /// Adds a reservation; returns its slot table. Called under the pool lock only.
     fn publish(
         &self,
         base: usize,
         slot_len: usize,
         slots: usize,
-    ) -> Result<&'static [AtomicU64], StackError> {
+    ) -> Result<&'static [SlotMeta], StackError> {
         let n = self.len.load(Ordering::Relaxed);
         if n == MAX_CHUNKS {
             return Err(StackError::too_many_chunks(MAX_CHUNKS));
         }
-        let owners: &'static [AtomicU64] =
-            Box::leak((0..slots).map(|_| AtomicU64::new(0)).collect());
+        let metas: &'static [SlotMeta] = Box::leak((0..slots).map(|_| SlotMeta::new()).collect());
         let e = &self.entries[n];
         e.base.store(base, Ordering::Relaxed);
         e.slot_len.store(slot_len, Ordering::Relaxed);
         e.slots.store(slots, Ordering::Relaxed);
-        e.owners.store(owners.as_ptr() as usize, Ordering::Relaxed);
-        // Release: pairs with the Acquire in `guard_hit`.
+        e.metas.store(metas.as_ptr() as usize, Ordering::Relaxed);
+        // Release: pairs with the Acquire in `slot_at`.
         self.len.store(n + 1, Ordering::Release);
-        Ok(owners)
+        Ok(metas)
     }
+
+    /// Registers the reservation of entry `index` with the stash trap and marks its slots
+    /// trapped. Called under the pool lock only.
+    fn trap(&self, index: usize, fd: i32) {
+        let e = &self.entries[index];
+        let (base, slot_len, slots) = (
+            e.base.load(Ordering::Relaxed),
+            e.slot_len.load(Ordering::Relaxed),
+            e.slots.load(Ordering::Relaxed),
+        );
+        if crate::trap::register(fd, base, slot_len * slots).is_err() {
+            return; // its slots stay untrapped: they are trimmed, never stashed
+        }
+        let metas = e.metas.load(Ordering::Relaxed) as *const SlotMeta;
+        // SAFETY: as in `slot_at`: a leaked table of `slots` entries.
+        let metas = unsafe { core::slice::from_raw_parts(metas, slots) };
+        for meta in metas {
+            meta.trapped.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Turns the stash trap on for this process (see `trap.rs`): opens a userfaultfd, starts the
+/// thread that answers it, and registers every stack reservation, now and later. After this,
+/// [`Stack::stash`] may release a parked context's stack even if other threads may touch it.
+/// Idempotent; the first call decides.
+///
+/// Fails, saying why, where the kernel or the process's privileges do not allow catching
+/// kernel-mode faults (`userfaultfd` needs root, `CAP_SYS_PTRACE` or
+/// `vm.unprivileged_userfaultfd=1`), or when `GORO_DEBUG=stacktrap=off`.
+pub fn enable_stash_trap() -> Result<(), String> {
+    let fd = crate::trap::open()?;
+    if crate::trap::fd().is_some() {
+        return Ok(());
+    }
+    let _pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    if crate::trap::fd().is_none() {
+        for index in 0..CHUNKS.len.load(Ordering::Relaxed) {
+            CHUNKS.trap(index, fd);
+        }
+        crate::trap::publish(fd);
+    }
+    Ok(())
 }
 
 /// The reservation a size class is currently carving new slots from.
@@ -507,12 +496,12 @@ struct Chunk {
     slots: usize,
     /// Slots carved so far (the next one is `base + next * slot_len`).
     next: usize,
-    /// Its owner table in [`CHUNKS`].
-    owners: &'static [AtomicU64],
+    /// Its slot table in [`CHUNKS`].
+    metas: &'static [SlotMeta],
 }
 
-/// A free slot: its base address and its owner cell.
-type FreeSlot = (usize, &'static AtomicU64);
+/// A free slot: its base address and its entry in the slot table.
+type FreeSlot = (usize, &'static SlotMeta);
 
 /// All slots of one usable size. Owned by the pool, only touched under its lock.
 struct SizeClass {
@@ -549,8 +538,8 @@ impl SizeClass {
                 .checked_mul(slot_len)
                 .ok_or_else(|| StackError::too_large(self.usable))?;
             let base = os::reserve(len).map_err(|e| StackError::reserve(len, e))?;
-            let owners = match CHUNKS.publish(base as usize, slot_len, slots) {
-                Ok(owners) => owners,
+            let metas = match CHUNKS.publish(base as usize, slot_len, slots) {
+                Ok(metas) => metas,
                 Err(e) => {
                     // SAFETY: the reservation was made just above and nothing refers to it.
                     unsafe { os::release(base, len) };
@@ -562,17 +551,20 @@ impl SizeClass {
                 base: base as usize,
                 slots,
                 next: 0,
-                owners,
+                metas,
             });
+            if let Some(fd) = crate::trap::fd() {
+                CHUNKS.trap(CHUNKS.len.load(Ordering::Relaxed) - 1, fd);
+            }
         }
         let chunk = self.chunk.as_mut().expect("a chunk was just ensured");
         let base = chunk.base + chunk.next * slot_len;
         // SAFETY: [base, base + guard_len) is the first page(s) of a slot that was never handed
         // out, inside a reservation this pool owns; it holds nothing.
         unsafe { guard::install(base as *mut u8, guard_len()) }?;
-        let owner = &chunk.owners[chunk.next];
+        let meta = &chunk.metas[chunk.next];
         chunk.next += 1;
-        Ok((base, owner))
+        Ok((base, meta))
     }
 
     /// Releases the pages of all but the last `keep` free slots; returns how many it released.
@@ -623,8 +615,8 @@ impl Pool {
         self.class(usable).alloc()
     }
 
-    fn free(&mut self, base: usize, usable: usize, owner: &'static AtomicU64) {
-        self.class(usable).free.push((base, owner));
+    fn free(&mut self, base: usize, usable: usize, meta: &'static SlotMeta) {
+        self.class(usable).free.push((base, meta));
     }
 
     fn trim(&mut self, keep: usize) -> usize {

@@ -1,0 +1,372 @@
+//! Stashing: a parked context's live bytes kept in the heap while its slot's pages go back to the
+//! OS, and put back at the same addresses before it runs (or, with the trap, the moment anything
+//! touches them).
+//!
+//! Each slot has a [`SlotMeta`] in its chunk's table, shared by the stack's owner, the collector,
+//! the overflow handler (which reads `owner`) and the trap thread. `trap.rs` explains the state
+//! machine and why its parties never wait for one another in a cycle.
+
+use crate::slot::{SlotAt, slot_at};
+use crate::{Stack, StackPointer, os, trap};
+use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize};
+
+/// The pages are the truth (nothing stashed, or put back).
+const LIVE: u8 = 0;
+/// The stasher is copying the live bytes out; the live pages are write-protected.
+const STASHING: u8 = 1;
+/// The bytes are in the heap record; the pages are released.
+const STASHED: u8 = 2;
+/// One party (a restorer, or the collector reading the record) holds the record.
+const CLAIMED: u8 = 3;
+
+/// Live bytes above which a context is not stashed: releasing the pages below its stack pointer
+/// already gives back most of what it holds.
+pub const MAX_STASH: usize = 64 * 1024;
+
+/// The per-slot state shared by everyone who may look at a slot without owning it.
+pub(crate) struct SlotMeta {
+    /// The goroutine id set with [`Stack::set_owner`] (0 if none).
+    pub(crate) owner: AtomicU64,
+    /// LIVE, STASHING, STASHED or CLAIMED.
+    state: AtomicU8,
+    /// Whether the slot's reservation is registered with the trap. Set once.
+    pub(crate) trapped: AtomicBool,
+    /// The kernel thread id of the stasher while STASHING.
+    stasher: AtomicI32,
+    /// The stashed bytes `[top - len, top)`, a leaked `Box<[u8]>`, or null. Owned by whoever the
+    /// state says; in LIVE a record left by a restore is the stack owner's to free.
+    record: AtomicPtr<u8>,
+    record_len: AtomicUsize,
+}
+
+impl core::fmt::Debug for SlotMeta {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SlotMeta")
+            .field("owner", &self.owner.load(Ordering::Relaxed))
+            .field("state", &self.state.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SlotMeta {
+    pub(crate) fn new() -> SlotMeta {
+        SlotMeta {
+            owner: AtomicU64::new(0),
+            state: AtomicU8::new(LIVE),
+            trapped: AtomicBool::new(false),
+            stasher: AtomicI32::new(0),
+            record: AtomicPtr::new(core::ptr::null_mut()),
+            record_len: AtomicUsize::new(0),
+        }
+    }
+
+    /// The record, while the caller holds it (STASHING, CLAIMED, or LIVE as the stack owner).
+    fn record(&self) -> &[u8] {
+        let ptr = self.record.load(Ordering::Relaxed);
+        let len = self.record_len.load(Ordering::Relaxed);
+        // SAFETY: a non-null record is a leaked `Box<[u8]>` of `len` bytes that only its holder
+        // frees, and the caller holds it.
+        unsafe { core::slice::from_raw_parts(ptr, len) }
+    }
+
+    /// Frees the record, if any; the caller holds it.
+    fn free_record(&self) {
+        let ptr = self.record.swap(core::ptr::null_mut(), Ordering::Relaxed);
+        if !ptr.is_null() {
+            let len = self.record_len.load(Ordering::Relaxed);
+            // SAFETY: the record was leaked from a `Box<[u8]>` of `len` bytes, and the caller
+            // holds it, so no one else reads it any more.
+            drop(unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(ptr, len)) });
+        }
+    }
+
+    /// Takes the slot from STASHED to CLAIMED, waiting out a brief holder; false if it is (or
+    /// becomes) LIVE.
+    fn claim(&self) -> bool {
+        let mut spins = 0u32;
+        loop {
+            match self.state.load(Ordering::Acquire) {
+                LIVE => return false,
+                STASHED => {
+                    if self
+                        .state
+                        .compare_exchange(STASHED, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        return true;
+                    }
+                }
+                _ => {
+                    spins += 1;
+                    if spins < 64 {
+                        core::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Stashed stacks the trap has put back because something touched them.
+static TRAP_RESTORES: AtomicU64 = AtomicU64::new(0);
+
+/// How many times the stash trap has put a stashed stack back because a thread (or the kernel)
+/// touched it before its context resumed.
+pub fn trap_restores() -> u64 {
+    TRAP_RESTORES.load(Ordering::Relaxed)
+}
+
+/// A page-aligned, page-sized buffer: `UFFDIO_COPY` wants a page-aligned source.
+pub(crate) struct PageBuf {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+impl PageBuf {
+    pub(crate) fn new() -> PageBuf {
+        let size = os::page_size();
+        let layout = std::alloc::Layout::from_size_align(size, size).expect("a page layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        PageBuf { ptr, layout }
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` is our allocation of `layout.size()` bytes, borrowed mutably with self.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+    }
+}
+
+impl Drop for PageBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
+    }
+}
+
+/// Puts `bytes` back at `[top - len, top)` with `UFFDIO_COPY`, page by page (the page holding
+/// the first byte gets zeros below it), without waking anyone. The pages must be missing.
+fn copy_back(fd: i32, top: usize, bytes: &[u8], buf: &mut PageBuf) {
+    let size = os::page_size();
+    let sp = top - bytes.len();
+    let mut page = sp - sp % size;
+    while page < top {
+        let page_buf = buf.bytes();
+        let from = sp.max(page);
+        page_buf[..from - page].fill(0);
+        page_buf[from - page..].copy_from_slice(&bytes[from - sp..page + size - sp]);
+        match trap::copy(fd, page, page_buf.as_ptr(), size, false, false) {
+            Ok(_) => {}
+            Err(errno) => trap::fatal("UFFDIO_COPY of stashed bytes", errno),
+        }
+        page += size;
+    }
+}
+
+/// Answers one fault in a registered reservation (the trap thread's work; see `trap.rs`).
+pub(crate) fn answer_fault(
+    fd: i32,
+    addr: usize,
+    write_protected: bool,
+    tid: i32,
+    buf: &mut PageBuf,
+) {
+    let size = os::page_size();
+    let page = addr - addr % size;
+    let Some(SlotAt { meta, limit, top }) = slot_at(addr) else {
+        trap::zero_fill(fd, page, page, 0, false);
+        return;
+    };
+    match meta.state.load(Ordering::Acquire) {
+        LIVE if write_protected => {
+            // A stale message from a stash that has ended: nothing is protected any more.
+            trap::write_protect(fd, page, size, false);
+        }
+        LIVE => {
+            // Never written, or released below a parked context's stack pointer: zeros. A
+            // context that faults deep in its stack is growing: fill a quarter of its depth.
+            let extra = (top.saturating_sub(page) / size) / 4;
+            trap::zero_fill(fd, page, limit, extra, false);
+        }
+        STASHING if !write_protected && tid == meta.stasher.load(Ordering::Relaxed) => {
+            // The stasher reading a page of the live range that was never touched. Protected
+            // like the rest, so that no write slips in before the release.
+            trap::zero_fill(fd, page, page, 0, true);
+        }
+        STASHED
+            if meta
+                .state
+                .compare_exchange(STASHED, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok() =>
+        {
+            copy_back(fd, top, meta.record(), buf);
+            TRAP_RESTORES.fetch_add(1, Ordering::Relaxed);
+            // The record stays for the stack's owner to free: this thread never frees memory
+            // (a thread stopped on a fault may hold the allocator's locks).
+            meta.state.store(LIVE, Ordering::Release);
+            trap::wake(fd, limit, top - limit);
+        }
+        // STASHING, CLAIMED, or claimed by someone else just now: the holder wakes the whole
+        // slot when it lets go.
+        _ => {}
+    }
+}
+
+impl Stack {
+    /// Moves the live part `[sp, top)` of the context suspended on this stack into the heap and
+    /// releases every page of the slot, so that a long-parked goroutine costs its live bytes
+    /// (typically a few hundred) instead of whole pages. [`unstash`](Stack::unstash) puts them
+    /// back at the same addresses: pointers into the stack stay valid, nothing moves.
+    ///
+    /// With the stash trap on ([`enable_stash_trap`](crate::enable_stash_trap)), anyone
+    /// touching the stack meanwhile (a scoped thread reading a borrowed local, the kernel
+    /// filling a buffer) waits while the trap puts the bytes back first. Without it, only
+    /// `unchecked` stashes, and then nothing else may touch the stack until `unstash`.
+    ///
+    /// Returns whether it stashed: not when the live part exceeds [`MAX_STASH`], nor when the
+    /// slot is untrapped and `unchecked` is false. Cost: an allocation, a copy of the live
+    /// bytes and an `madvise`; with the trap, one `ioctl` to write-protect first.
+    ///
+    /// # Safety
+    /// `sp` is the saved stack pointer of a context suspended on this stack (so `[sp, top)`
+    /// holds all of its state), which is not resumed until `unstash` has returned, and no other
+    /// `stash` or `unstash` of this stack runs meanwhile. If `unchecked`: until `unstash`, no
+    /// thread reads or writes the stack (a write would be lost, a read would see zeros).
+    pub unsafe fn stash(&self, sp: StackPointer, unchecked: bool) -> bool {
+        let (sp, top) = (sp.0 as usize, self.top() as usize);
+        assert!(
+            (self.limit() as usize..=top).contains(&sp),
+            "stash: sp {sp:#x} is outside the stack [{:#x}, {top:#x}]",
+            self.limit() as usize
+        );
+        let meta = self.meta;
+        let fd = trap::fd().filter(|_| meta.trapped.load(Ordering::Acquire));
+        if top - sp > MAX_STASH || (fd.is_none() && !unchecked) {
+            return false;
+        }
+        // A record a trap restore left since the last stash is ours to free (LIVE).
+        meta.free_record();
+        // Allocate before protecting anything: a thread that waits on this stack may hold the
+        // allocator's locks.
+        let mut bytes = vec![0u8; top - sp].into_boxed_slice();
+        let size = os::page_size();
+        if let Some(fd) = fd {
+            meta.stasher.store(trap::thread_id(), Ordering::Relaxed);
+            meta.state.store(STASHING, Ordering::SeqCst);
+            let from = sp - sp % size;
+            trap::write_protect(fd, from, top - from, true);
+        }
+        // SAFETY: [sp, top) is inside this slot's usable part; nothing writes it concurrently
+        // (the context is suspended, other writers wait on the write protection or, unchecked,
+        // do not exist); a page never touched is filled with zeros by the trap.
+        unsafe { core::ptr::copy_nonoverlapping(sp as *const u8, bytes.as_mut_ptr(), top - sp) };
+        // SAFETY: the slot's usable part is ours; its live contents were copied just above,
+        // and a thread touching it from now on waits for the trap (or, unchecked, none does).
+        unsafe { os::discard(self.limit(), self.size()) };
+        let len = bytes.len();
+        meta.record
+            .store(Box::into_raw(bytes).cast(), Ordering::Relaxed);
+        meta.record_len.store(len, Ordering::Relaxed);
+        // Release: a claimer sees the record.
+        meta.state.store(STASHED, Ordering::Release);
+        if let Some(fd) = fd {
+            trap::wake(fd, self.limit() as usize, self.size());
+        }
+        true
+    }
+
+    /// Puts stashed bytes back before the context on this stack is resumed (a no-op if nothing
+    /// is stashed, or the trap already put them back), and frees the record.
+    ///
+    /// # Safety
+    /// The context suspended on this stack is about to be resumed by the caller, who is the
+    /// only one doing so, and no `stash` of this stack runs meanwhile.
+    pub unsafe fn unstash(&self) {
+        let meta = self.meta;
+        if meta.state.load(Ordering::Acquire) == LIVE
+            && meta.record.load(Ordering::Relaxed).is_null()
+        {
+            return;
+        }
+        if meta.claim() {
+            let top = self.top() as usize;
+            match trap::fd().filter(|_| meta.trapped.load(Ordering::Acquire)) {
+                Some(fd) => {
+                    PAGE_BUF.with(|buf| copy_back(fd, top, meta.record(), &mut buf.borrow_mut()));
+                }
+                None => {
+                    let bytes = meta.record();
+                    // SAFETY: [top - len, top) is inside this slot (the record came from it);
+                    // unchecked, nothing else touches the stack; the record is a separate heap
+                    // buffer.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(
+                            bytes.as_ptr(),
+                            (top - bytes.len()) as *mut u8,
+                            bytes.len(),
+                        )
+                    };
+                }
+            }
+            meta.free_record();
+            meta.state.store(LIVE, Ordering::Release);
+            if let Some(fd) = trap::fd() {
+                trap::wake(fd, self.limit() as usize, self.size());
+            }
+        } else {
+            // Put back by the trap: only the record is left.
+            meta.free_record();
+        }
+    }
+
+    /// Whether the bytes of the context on this stack are stashed (not yet put back).
+    pub fn is_stashed(&self) -> bool {
+        self.meta.state.load(Ordering::Acquire) != LIVE
+    }
+
+    /// Calls `f` with the stashed bytes of the context on this stack (`[sp, top)` as they were
+    /// when stashed), or with `None` if its pages are live, in which case they stay live until
+    /// `f` returns only if the caller keeps `stash` from running. A collector scans what `f`
+    /// gets instead of the stack. A thread touching the stack meanwhile waits until `f` returns.
+    pub fn with_stashed<R>(&self, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+        let meta = self.meta;
+        if !meta.claim() {
+            return f(None);
+        }
+        let result = f(Some(meta.record()));
+        meta.state.store(STASHED, Ordering::Release);
+        if let Some(fd) = trap::fd() {
+            trap::wake(fd, self.limit() as usize, self.size());
+        }
+        result
+    }
+
+    /// Drops what is stashed without putting it back (the stack is being freed).
+    pub(crate) fn forget_stash(&self) {
+        let meta = self.meta;
+        if meta.state.load(Ordering::Relaxed) == LIVE
+            && meta.record.load(Ordering::Relaxed).is_null()
+        {
+            return;
+        }
+        let claimed = meta.claim();
+        meta.free_record();
+        if claimed {
+            meta.state.store(LIVE, Ordering::Release);
+            if let Some(fd) = trap::fd() {
+                trap::wake(fd, self.limit() as usize, self.size());
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The page buffer this thread restores through (allocated on its first restore).
+    static PAGE_BUF: core::cell::RefCell<PageBuf> = core::cell::RefCell::new(PageBuf::new());
+}
