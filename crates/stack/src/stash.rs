@@ -19,6 +19,8 @@ const STASHING: u8 = 1;
 const STASHED: u8 = 2;
 /// One party (a restorer, or the collector reading the record) holds the record.
 const CLAIMED: u8 = 3;
+/// The trap is filling a zero page into the live slot; LIVE again in a moment.
+const FILLING: u8 = 4;
 
 /// Live bytes above which a context is not stashed: releasing the pages below its stack pointer
 /// already gives back most of what it holds.
@@ -28,7 +30,7 @@ pub const MAX_STASH: usize = 64 * 1024;
 pub(crate) struct SlotMeta {
     /// The goroutine id set with [`Stack::set_owner`] (0 if none).
     pub(crate) owner: AtomicU64,
-    /// LIVE, STASHING, STASHED or CLAIMED.
+    /// LIVE, STASHING, STASHED, CLAIMED or FILLING.
     state: AtomicU8,
     /// Whether the slot's reservation is registered with the trap. Set once.
     pub(crate) trapped: AtomicBool,
@@ -185,14 +187,22 @@ pub(crate) fn answer_fault(
     };
     match meta.state.load(Ordering::Acquire) {
         LIVE if write_protected => {
-            // A stale message from a stash that has ended: nothing is protected any more.
-            trap::write_protect(fd, page, size, false);
+            // A stale message from a stash that has ended: a stash releases every page it
+            // protected before it ends, so the writer only has to touch its page again.
+            trap::wake(fd, page, size);
         }
-        LIVE => {
+        LIVE if meta
+            .state
+            .compare_exchange(LIVE, FILLING, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok() =>
+        {
             // Never written, or released below a parked context's stack pointer: zeros. A
             // context that faults deep in its stack is growing: fill a quarter of its depth.
+            // FILLING meanwhile, so that no stash can begin between our look at the state and
+            // the fill (a stale message filling a page of a stashed slot would hide its bytes).
             let extra = (top.saturating_sub(page) / size) / 4;
             trap::zero_fill(fd, page, limit, extra, false);
+            meta.state.store(LIVE, Ordering::Release);
         }
         STASHING if !write_protected && tid == meta.stasher.load(Ordering::Relaxed) => {
             // The stasher reading a page of the live range that was never touched. Protected
@@ -258,7 +268,14 @@ impl Stack {
         let size = os::page_size();
         if let Some(fd) = fd {
             meta.stasher.store(trap::thread_id(), Ordering::Relaxed);
-            meta.state.store(STASHING, Ordering::SeqCst);
+            // The trap may hold the slot for a moment to fill a page.
+            while meta
+                .state
+                .compare_exchange_weak(LIVE, STASHING, Ordering::SeqCst, Ordering::Relaxed)
+                .is_err()
+            {
+                core::hint::spin_loop();
+            }
             let from = sp - sp % size;
             trap::write_protect(fd, from, top - from, true);
         }
@@ -327,7 +344,10 @@ impl Stack {
 
     /// Whether the bytes of the context on this stack are stashed (not yet put back).
     pub fn is_stashed(&self) -> bool {
-        self.meta.state.load(Ordering::Acquire) != LIVE
+        matches!(
+            self.meta.state.load(Ordering::Acquire),
+            STASHING | STASHED | CLAIMED
+        )
     }
 
     /// Calls `f` with the stashed bytes of the context on this stack (`[sp, top)` as they were

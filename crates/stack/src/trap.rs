@@ -20,8 +20,9 @@
 //! Each slot's stash state (in its `SlotMeta`) says who may touch its stashed bytes:
 //!
 //! ```text
-//!   LIVE --stasher--> STASHING --stasher--> STASHED --claim (CAS)--> CLAIMED
+//!   LIVE --stasher (CAS)--> STASHING --stasher--> STASHED --claim (CAS)--> CLAIMED
 //!   CLAIMED --restorer--> LIVE        CLAIMED --collector, after scanning--> STASHED
+//!   LIVE --trap, to fill a zero page (CAS)--> FILLING --trap--> LIVE
 //! ```
 //!
 //! A fault in a STASHING or CLAIMED slot is left waiting: the thread that holds the slot wakes
