@@ -1832,15 +1832,16 @@ fn roots_of(sched: &Sched, visit: &mut dyn FnMut(RootRange)) {
         if let Some(stack) = unsafe { gg.current_stack() } {
             // SAFETY: as above.
             let sp = unsafe { *gg.sp.get() };
-            // A stashed goroutine's roots are its stashed bytes; the trap may have put them back
-            // (and then its stack is scanned), but it cannot while we hold them.
-            stack.with_stashed(|stashed| {
-                let (lo, hi) = match stashed {
-                    Some(bytes) => (bytes.as_ptr(), bytes.as_ptr_range().end),
-                    None => (sp.0.cast_const(), stack.top().cast_const()),
-                };
-                visit(RootRange::Stack { lo, hi });
-            });
+            // A stashed goroutine's roots are its stashed bytes (the trap may put them back
+            // meanwhile, but never frees them).
+            // SAFETY: until the collection ends the world stays stopped, so its M cannot take
+            // the bytes back, sysmon does not stash (`release_parked_stacks`), and it cannot
+            // exit.
+            let (lo, hi) = match unsafe { stack.stashed_bytes() } {
+                Some(bytes) => (bytes.as_ptr(), bytes.as_ptr_range().end),
+                None => (sp.0.cast_const(), stack.top().cast_const()),
+            };
+            visit(RootRange::Stack { lo, hi });
         }
         // The stacks the goroutine grew from, each from where it left it.
         // SAFETY: as above.

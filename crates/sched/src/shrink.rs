@@ -48,8 +48,8 @@
 //!
 //! sysmon stashes while holding the lock of the goroutine's `allg` list, and the collector scans
 //! with every such lock held, so the collector sees each G ACTIVE, parked, TRIMMED or STASHED,
-//! never half copied; a STASHED goroutine's roots are its stashed bytes (`Stack::with_stashed`
-//! holds them against the trap while it reads them).
+//! never half copied; a STASHED goroutine's roots are its stashed bytes (`Stack::stashed_bytes`;
+//! the trap may put them back meanwhile but never frees them).
 
 use crate::sync_prims::{AtomicU8, AtomicU64, Ordering};
 use goro_stack::{Stack, StackPointer};

@@ -65,15 +65,16 @@ pub(crate) unsafe fn release(addr: *mut u8, len: usize) {
 
 /// Gives the pages of `[addr, addr + len)` back to the OS (`MADV_DONTNEED`): the range stays
 /// mapped and reads as zeros afterwards, committing fresh pages on the next touch. Guards
-/// installed with `MADV_GUARD_INSTALL` survive it. Errors are ignored: the only possible ones
-/// (EINVAL for a bad range, EAGAIN) leave the memory committed, which is harmless.
+/// installed with `MADV_GUARD_INSTALL` survive it. Returns false if the kernel refused (EINVAL
+/// for locked pages under `mlockall`, EAGAIN): the memory then stays committed, contents and
+/// all, which is harmless unless the caller relies on the release.
 ///
 /// # Safety
 /// May be called only if `[addr, addr + len)` is page-aligned, lies inside a private anonymous
 /// mapping owned by the caller, and holds nothing anyone will read again.
-pub(crate) unsafe fn discard(addr: *mut u8, len: usize) {
+pub(crate) unsafe fn discard(addr: *mut u8, len: usize) -> bool {
     // SAFETY: the caller guarantees the range is ours and dead.
-    unsafe { libc::madvise(addr.cast(), len, libc::MADV_DONTNEED) };
+    unsafe { libc::madvise(addr.cast(), len, libc::MADV_DONTNEED) == 0 }
 }
 
 /// Installs a guard region with `MADV_GUARD_INSTALL`: any access to `[addr, addr + len)` then

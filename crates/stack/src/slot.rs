@@ -110,11 +110,14 @@ impl Stack {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .alloc(usable)?;
-                if let Some(fd) = crate::trap::fd() {
+                let trapped = slot.1.trapped.load(Ordering::Acquire);
+                if let Some(fd) = crate::trap::fd().filter(|_| trapped) {
                     // A slot from the pool may be fresh or released: its top page is touched
                     // first thing, so fill it now rather than through the trap thread.
                     let top_page = base_to_top(slot.0, usable) - page;
-                    crate::trap::zero_fill(fd, top_page, top_page, 0, false);
+                    // SAFETY: a free slot of a trapped reservation holds nothing (a stack
+                    // dropped while stashed drops its bytes).
+                    unsafe { crate::trap::zero_fill(fd, top_page, top_page, 0, false) };
                 }
                 slot
             }
@@ -192,7 +195,9 @@ impl Stack {
         }
         // SAFETY: [start, end) is page-aligned, inside this slot's usable part (a mapping the
         // pool owns), and the caller guarantees nothing in it is live.
-        unsafe { os::discard(start as *mut u8, end - start) };
+        if !unsafe { os::discard(start as *mut u8, end - start) } {
+            return 0;
+        }
         end - start
     }
 }
@@ -575,7 +580,7 @@ impl SizeClass {
         for &(base, _) in self.free.get(self.released..end).unwrap_or(&[]) {
             // SAFETY: the slot is free (in this list, under the pool lock): no context runs
             // on it and nothing points into it; its usable part is inside our reservation.
-            unsafe { os::discard((base + guard) as *mut u8, self.usable) };
+            let _ = unsafe { os::discard((base + guard) as *mut u8, self.usable) };
             count += 1;
         }
         self.released = self.released.max(end);

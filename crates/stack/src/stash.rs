@@ -63,20 +63,30 @@ impl SlotMeta {
         }
     }
 
-    /// The record, while the caller holds it (STASHING, CLAIMED, or LIVE as the stack owner).
-    fn record(&self) -> &[u8] {
+    /// The record.
+    ///
+    /// # Safety
+    /// The caller holds it (STASHED claimed as CLAIMED, or LIVE as the stack's owner) and
+    /// stops using the slice before whoever may free it next can (see `stashed_bytes`).
+    unsafe fn record(&self) -> &[u8] {
         let ptr = self.record.load(Ordering::Relaxed);
+        if ptr.is_null() {
+            return &[];
+        }
         let len = self.record_len.load(Ordering::Relaxed);
         // SAFETY: a non-null record is a leaked `Box<[u8]>` of `len` bytes that only its holder
         // frees, and the caller holds it.
         unsafe { core::slice::from_raw_parts(ptr, len) }
     }
 
-    /// Frees the record, if any; the caller holds it.
-    fn free_record(&self) {
+    /// Frees the record, if any.
+    ///
+    /// # Safety
+    /// The caller holds it (as for [`record`](Self::record)), and no slice of it is in use.
+    unsafe fn free_record(&self) {
         let ptr = self.record.swap(core::ptr::null_mut(), Ordering::Relaxed);
         if !ptr.is_null() {
-            let len = self.record_len.load(Ordering::Relaxed);
+            let len = self.record_len.swap(0, Ordering::Relaxed);
             // SAFETY: the record was leaked from a `Box<[u8]>` of `len` bytes, and the caller
             // holds it, so no one else reads it any more.
             drop(unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(ptr, len)) });
@@ -153,8 +163,12 @@ impl Drop for PageBuf {
 }
 
 /// Puts `bytes` back at `[top - len, top)` with `UFFDIO_COPY`, page by page (the page holding
-/// the first byte gets zeros below it), without waking anyone. The pages must be missing.
-fn copy_back(fd: i32, top: usize, bytes: &[u8], buf: &mut PageBuf) {
+/// the first byte gets zeros below it), without waking anyone.
+///
+/// # Safety
+/// `top` is the top of a trapped slot whose context's bytes `bytes` are (stashed, so its pages
+/// are missing), and the caller holds the slot (CLAIMED).
+unsafe fn copy_back(fd: i32, top: usize, bytes: &[u8], buf: &mut PageBuf) {
     let size = os::page_size();
     let sp = top - bytes.len();
     let mut page = sp - sp % size;
@@ -163,7 +177,9 @@ fn copy_back(fd: i32, top: usize, bytes: &[u8], buf: &mut PageBuf) {
         let from = sp.max(page);
         page_buf[..from - page].fill(0);
         page_buf[from - page..].copy_from_slice(&bytes[from - sp..page + size - sp]);
-        match trap::copy(fd, page, page_buf.as_ptr(), size, false, false) {
+        // SAFETY: `page_buf` is a page of ours; `page` is a missing page of a trapped slot the
+        // caller holds, and these are its bytes.
+        match unsafe { trap::copy(fd, page, page_buf.as_ptr(), size, false, false) } {
             Ok(_) => {}
             Err(errno) => trap::fatal("UFFDIO_COPY of stashed bytes", errno),
         }
@@ -182,7 +198,10 @@ pub(crate) fn answer_fault(
     let size = os::page_size();
     let page = addr - addr % size;
     let Some(SlotAt { meta, limit, top }) = slot_at(addr) else {
-        trap::zero_fill(fd, page, page, 0, false);
+        // Only stack reservations are registered, so this cannot happen; answer anyway rather
+        // than leave a thread stopped for good.
+        // SAFETY: a page outside every slot holds no stashed bytes.
+        unsafe { trap::zero_fill(fd, page, page, 0, false) };
         return;
     };
     match meta.state.load(Ordering::Acquire) {
@@ -201,13 +220,19 @@ pub(crate) fn answer_fault(
             // FILLING meanwhile, so that no stash can begin between our look at the state and
             // the fill (a stale message filling a page of a stashed slot would hide its bytes).
             let extra = (top.saturating_sub(page) / size) / 4;
-            trap::zero_fill(fd, page, limit, extra, false);
+            // SAFETY: a LIVE slot's missing pages hold nothing (a stash releases pages only
+            // after copying them out, and puts them back before the slot is LIVE again), and
+            // FILLING keeps a stash from starting.
+            unsafe { trap::zero_fill(fd, page, limit, extra, false) };
             meta.state.store(LIVE, Ordering::Release);
         }
         STASHING if !write_protected && tid == meta.stasher.load(Ordering::Relaxed) => {
             // The stasher reading a page of the live range that was never touched. Protected
-            // like the rest, so that no write slips in before the release.
-            trap::zero_fill(fd, page, page, 0, true);
+            // like the rest, so that no write slips in before the release. This relies on the
+            // trap answering one message at a time on one thread: the stasher's fault is
+            // answered before it can go on to release the pages.
+            // SAFETY: the page is missing while the stasher copies, so it never held data.
+            unsafe { trap::zero_fill(fd, page, page, 0, true) };
         }
         STASHED
             if meta
@@ -215,7 +240,9 @@ pub(crate) fn answer_fault(
                 .compare_exchange(STASHED, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok() =>
         {
-            copy_back(fd, top, meta.record(), buf);
+            // SAFETY: we hold the slot (CLAIMED): its pages are released and the record is its
+            // bytes; the record stays allocated (we never free it).
+            unsafe { copy_back(fd, top, meta.record(), buf) };
             TRAP_RESTORES.fetch_add(1, Ordering::Relaxed);
             // The record stays for the stack's owner to free: this thread never frees memory
             // (a thread stopped on a fault may hold the allocator's locks).
@@ -260,8 +287,9 @@ impl Stack {
         if top - sp > MAX_STASH || (fd.is_none() && !unchecked) {
             return false;
         }
-        // A record a trap restore left since the last stash is ours to free (LIVE).
-        meta.free_record();
+        // SAFETY: a record a trap restore left since the last stash is ours to free (LIVE, and
+        // we are the stack's owner).
+        unsafe { meta.free_record() };
         // Allocate before protecting anything: a thread that waits on this stack may hold the
         // allocator's locks.
         let mut bytes = vec![0u8; top - sp].into_boxed_slice();
@@ -285,7 +313,16 @@ impl Stack {
         unsafe { core::ptr::copy_nonoverlapping(sp as *const u8, bytes.as_mut_ptr(), top - sp) };
         // SAFETY: the slot's usable part is ours; its live contents were copied just above,
         // and a thread touching it from now on waits for the trap (or, unchecked, none does).
-        unsafe { os::discard(self.limit(), self.size()) };
+        if !unsafe { os::discard(self.limit(), self.size()) } {
+            // The pages stay (e.g. under `mlockall`): nothing to gain, so undo.
+            if let Some(fd) = fd {
+                let from = sp - sp % size;
+                trap::write_protect(fd, from, top - from, false);
+                meta.state.store(LIVE, Ordering::Release);
+                trap::wake(fd, self.limit() as usize, self.size());
+            }
+            return false;
+        }
         let len = bytes.len();
         meta.record
             .store(Box::into_raw(bytes).cast(), Ordering::Relaxed);
@@ -311,14 +348,19 @@ impl Stack {
         {
             return;
         }
+        // The page buffer is allocated (once per thread) before the slot is claimed.
+        PAGE_BUF.with(|_| {});
         if meta.claim() {
             let top = self.top() as usize;
+            // SAFETY: claimed: the record is ours and stays allocated until we free it below.
+            let bytes = unsafe { meta.record() };
             match trap::fd().filter(|_| meta.trapped.load(Ordering::Acquire)) {
                 Some(fd) => {
-                    PAGE_BUF.with(|buf| copy_back(fd, top, meta.record(), &mut buf.borrow_mut()));
+                    // SAFETY: a trapped slot we hold, stashed from this stack.
+                    PAGE_BUF
+                        .with(|buf| unsafe { copy_back(fd, top, bytes, &mut buf.borrow_mut()) });
                 }
                 None => {
-                    let bytes = meta.record();
                     // SAFETY: [top - len, top) is inside this slot (the record came from it);
                     // unchecked, nothing else touches the stack; the record is a separate heap
                     // buffer.
@@ -331,15 +373,14 @@ impl Stack {
                     };
                 }
             }
-            meta.free_record();
             meta.state.store(LIVE, Ordering::Release);
             if let Some(fd) = trap::fd() {
                 trap::wake(fd, self.limit() as usize, self.size());
             }
-        } else {
-            // Put back by the trap: only the record is left.
-            meta.free_record();
         }
+        // SAFETY: LIVE, and we are the stack's owner: the record (ours, or left by a trap
+        // restore) is no one else's; the slice above is no longer used.
+        unsafe { meta.free_record() };
     }
 
     /// Whether the bytes of the context on this stack are stashed (not yet put back).
@@ -350,21 +391,27 @@ impl Stack {
         )
     }
 
-    /// Calls `f` with the stashed bytes of the context on this stack (`[sp, top)` as they were
-    /// when stashed), or with `None` if its pages are live, in which case they stay live until
-    /// `f` returns only if the caller keeps `stash` from running. A collector scans what `f`
-    /// gets instead of the stack. A thread touching the stack meanwhile waits until `f` returns.
-    pub fn with_stashed<R>(&self, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+    /// The stashed bytes of the context on this stack (`[sp, top)` as they were when stashed),
+    /// or `None` if its pages are live. A collector scans these instead of the stack. The
+    /// trap may put the bytes back after this returns (something touched the stack), but it
+    /// never frees them.
+    ///
+    /// # Safety
+    /// While the caller uses the slice, no `stash`, `unstash` or drop of this stack runs.
+    pub unsafe fn stashed_bytes(&self) -> Option<&[u8]> {
         let meta = self.meta;
         if !meta.claim() {
-            return f(None);
+            return None;
         }
-        let result = f(Some(meta.record()));
+        // SAFETY: claimed, so the record is there; after we let go only the stack's owner
+        // frees it (in `stash`, `unstash` or drop), which the caller rules out meanwhile.
+        let bytes: *const [u8] = unsafe { meta.record() };
         meta.state.store(STASHED, Ordering::Release);
         if let Some(fd) = trap::fd() {
             trap::wake(fd, self.limit() as usize, self.size());
         }
-        result
+        // SAFETY: as above.
+        Some(unsafe { &*bytes })
     }
 
     /// Drops what is stashed without putting it back (the stack is being freed).
@@ -375,14 +422,14 @@ impl Stack {
         {
             return;
         }
-        let claimed = meta.claim();
-        meta.free_record();
-        if claimed {
+        if meta.claim() {
             meta.state.store(LIVE, Ordering::Release);
             if let Some(fd) = trap::fd() {
                 trap::wake(fd, self.limit() as usize, self.size());
             }
         }
+        // SAFETY: LIVE, and the stack is being dropped by its owner: the record is ours.
+        unsafe { meta.free_record() };
     }
 }
 

@@ -15,7 +15,9 @@
 //!   wakes the thread); if not, the page simply never held anything and gets zeros (with a
 //!   few pages below it, since a stack that faults once is usually growing).
 //! - A stash write-protects the live pages before copying them, so a write racing with the
-//!   copy waits too: nothing written to a stack is ever lost.
+//!   copy waits too: nothing written to a stack through the page tables is lost. (I/O that pins
+//!   pages and writes them directly, such as an `O_DIRECT` read in flight into a buffer on the
+//!   stack, is not seen: docs/soundness.md lists it among the open routes.)
 //!
 //! Each slot's stash state (in its `SlotMeta`) says who may touch its stashed bytes:
 //!
@@ -187,6 +189,7 @@ fn open_once() -> Result<i32, String> {
         .name("goro-stack-trap".into())
         .stack_size(256 * 1024)
         .spawn(move || {
+            block_signals();
             let restore_buf = crate::stash::PageBuf::new();
             let _ = ready_tx.send(());
             drop(ready_tx);
@@ -202,6 +205,19 @@ fn open_once() -> Result<i32, String> {
         return Err(format!("cannot start the stack trap thread: {err}"));
     }
     Ok(fd)
+}
+
+/// Blocks every signal on the calling thread (the trap thread): a process-directed signal's
+/// handler must not run here, where waiting for a lock held by a thread stopped on a stack
+/// fault would stop every stack fault in the process.
+fn block_signals() {
+    // SAFETY: `set` is a local sigset_t that sigfillset initialises before pthread_sigmask
+    // reads it; a null old set is allowed.
+    unsafe {
+        let mut set: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut set);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, core::ptr::null_mut());
+    }
 }
 
 /// Registers a reservation with the trap: from now on a missing or write-protected page in it
@@ -227,7 +243,12 @@ pub(crate) fn register(fd: i32, base: usize, len: usize) -> io::Result<()> {
 /// `write_protect` maps them read-only to user writes, `wake` wakes the threads waiting on
 /// the range. Returns the bytes copied, or the errno (`EEXIST` when a page is already there,
 /// after copying the ones before it).
-pub(crate) fn copy(
+///
+/// # Safety
+/// `src` is readable for `len` bytes, and `[dst, dst + len)` lies in a registered reservation
+/// whose missing pages there should now read as those bytes: it holds no data kept elsewhere
+/// (a missing page of a stashed slot may be filled only with its stashed bytes).
+pub(crate) unsafe fn copy(
     fd: i32,
     dst: usize,
     src: *const u8,
@@ -263,15 +284,18 @@ pub(crate) fn copy(
         if errno == libc::EAGAIN {
             // A partial copy: carry on after it.
             let done = op.copy as usize;
-            return copy(
-                fd,
-                dst + done,
-                src.wrapping_add(done),
-                len - done,
-                write_protect,
-                wake,
-            )
-            .map(|rest| done + rest);
+            // SAFETY: the rest of the caller's ranges.
+            let rest = unsafe {
+                copy(
+                    fd,
+                    dst + done,
+                    src.wrapping_add(done),
+                    len - done,
+                    write_protect,
+                    wake,
+                )
+            };
+            return rest.map(|rest| done + rest);
         }
         return Err(errno);
     }
@@ -362,23 +386,36 @@ fn serve(fd: i32, mut restore_buf: crate::stash::PageBuf) -> ! {
 
 /// Fills the missing page at `page` with zeros, and up to `extra` missing pages below it down
 /// to `floor` (a growing stack will touch them next); wakes the faulting thread.
-pub(crate) fn zero_fill(fd: i32, page: usize, floor: usize, extra: usize, write_protect: bool) {
+///
+/// # Safety
+/// As for [`copy`]: the missing pages of `[floor, page]` hold nothing (not part of a stash).
+pub(crate) unsafe fn zero_fill(
+    fd: i32,
+    page: usize,
+    floor: usize,
+    extra: usize,
+    write_protect: bool,
+) {
     let size = os::page_size();
     let extra = extra
         .min((page - floor.min(page)) / size)
         .min(ZERO_PAGES_BYTES / size - 1);
     if extra > 0 {
         // Best effort: a page already there just ends the prefetch.
-        let _ = copy(
-            fd,
-            page - extra * size,
-            ZEROS.0.as_ptr(),
-            extra * size,
-            write_protect,
-            false,
-        );
+        // SAFETY: `ZEROS` is larger than `extra` pages; the caller vouches for the range.
+        let _ = unsafe {
+            copy(
+                fd,
+                page - extra * size,
+                ZEROS.0.as_ptr(),
+                extra * size,
+                write_protect,
+                false,
+            )
+        };
     }
-    match copy(fd, page, ZEROS.0.as_ptr(), size, write_protect, true) {
+    // SAFETY: as above, one page.
+    match unsafe { copy(fd, page, ZEROS.0.as_ptr(), size, write_protect, true) } {
         Ok(_) => {}
         // Someone else filled it (a stale message): the waiter only needs waking.
         Err(libc::EEXIST) => wake(fd, page, size),

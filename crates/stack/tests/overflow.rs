@@ -192,7 +192,8 @@ fn stash_releases_the_slot_and_unstash_resumes() {
     assert!(unsafe { coro.stack().stash(coro.saved_sp(), true) });
     assert_eq!(resident_pages(limit, top), 0, "every page released");
     assert!(coro.stack().is_stashed());
-    let seen = coro.stack().with_stashed(|bytes| bytes.map(<[u8]>::len));
+    // SAFETY: nothing stashes, unstashes or drops the stack while we look.
+    let seen = unsafe { coro.stack().stashed_bytes() }.map(<[u8]>::len);
     assert_eq!(seen, Some(live), "the collector sees the live bytes");
     // SAFETY: we resume it next, and nothing else does.
     unsafe { coro.stack().unstash() };

@@ -225,3 +225,45 @@ fn the_trap_can_be_turned_off() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_stash_the_kernel_will_not_release_is_undone() {
+    if std::env::var_os("GORO_MLOCK_CHILD").is_some() {
+        // Locked memory cannot be released with MADV_DONTNEED: the stash must give up cleanly.
+        // SAFETY: mlockall has no memory-safety preconditions.
+        let rc =
+            unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) };
+        assert_eq!(rc, 0, "mlockall: {}", std::io::Error::last_os_error());
+        let trapped = trap_on();
+        let coro = Coro::with_stack(Stack::with_size(1 << 20).unwrap(), |y| {
+            let local = black_box([0x1234_u64; 32]);
+            y.suspend();
+            assert_eq!(black_box(&local)[9], 0x1234);
+        });
+        assert!(coro.resume());
+        // SAFETY: suspended at its saved sp, not resumed before unstash.
+        let stashed = unsafe { coro.stack().stash(coro.saved_sp(), !trapped) };
+        assert!(!stashed, "a stash of locked pages reported success");
+        assert!(!coro.stack().is_stashed());
+        // The stack is still writable where it was protected for the copy.
+        // SAFETY: resumed next, by us only (a no-op: nothing is stashed).
+        unsafe { coro.stack().unstash() };
+        assert!(!coro.resume());
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_stash_the_kernel_will_not_release_is_undone",
+            "--nocapture",
+        ])
+        .env("GORO_MLOCK_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
