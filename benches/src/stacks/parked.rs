@@ -54,7 +54,8 @@ fn status_kib(field: &str) -> u64 {
 }
 
 /// Prints the RESULT line: `bytes_per_task` is RSS growth per parked goroutine; `pte_bytes_per_task`
-/// the page tables' growth (kernel memory outside RSS: what large stack slots cost).
+/// the page tables' growth (kernel memory outside RSS: what large stack slots cost); the `_long`
+/// keys the same once they have been parked for [`LONG_PARK`].
 fn print(
     implementation: &str,
     n: usize,
@@ -77,6 +78,10 @@ fn print(
         .key(
             "bytes_per_task_long",
             per_task(long.rss_kib.saturating_sub(before.rss_kib)),
+        )
+        .key(
+            "pte_bytes_per_task_long",
+            per_task(long.pte_kib.saturating_sub(before.pte_kib)),
         )
         .print(total);
 }
