@@ -112,6 +112,11 @@ pub mod stack {
     pub fn trap_restores() -> u64 {
         goro_stack::trap_restores()
     }
+
+    /// How many parked goroutines' stacks have been stashed in this process.
+    pub fn stashes() -> u64 {
+        goro_stack::stashes()
+    }
 }
 pub use goro_sched::{
     JoinHandle, Local, Panic, blocking, exit, go, num_goroutine, set_max_procs, sleep, yield_now,

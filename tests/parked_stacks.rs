@@ -213,14 +213,23 @@ fn a_thread_borrowing_a_parked_goroutines_locals_uses_them_while_it_is_stashed()
     let runtime = goro::Runtime::builder().max_procs(2).build().unwrap();
     runtime.run(|| {
         let restores = goro::stack::trap_restores();
+        let stashes = goro::stack::stashes();
         let (tx, rx) = goro::chan::channel::<()>(0);
         let sum = goro::go(move || {
             let mut local = std::hint::black_box([0x5eed_u64; 32]);
             std::thread::scope(|s| {
                 let borrowed = &mut local;
                 s.spawn(move || {
-                    // Sysmon stashes a goroutine parked for one to two 500 ms epochs.
-                    std::thread::sleep(Duration::from_millis(3000));
+                    // Sysmon stashes a goroutine parked for one to two 500 ms epochs: wait for
+                    // both parked goroutines (this one and the main one, in `join`).
+                    let start = std::time::Instant::now();
+                    while goro::stack::stashes() < stashes + 2 {
+                        assert!(
+                            start.elapsed() < Duration::from_secs(30),
+                            "no stash in 30 s"
+                        );
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                     assert_eq!(borrowed[7], 0x5eed, "a stashed local read back");
                     borrowed[3] = 99;
                     tx.send(());

@@ -125,6 +125,14 @@ impl SlotMeta {
 /// Stashed stacks the trap has put back because something touched them.
 static TRAP_RESTORES: AtomicU64 = AtomicU64::new(0);
 
+/// Stacks stashed so far.
+static STASHES: AtomicU64 = AtomicU64::new(0);
+
+/// How many stacks have been stashed in this process (trapped or unchecked).
+pub fn stashes() -> u64 {
+    STASHES.load(Ordering::Relaxed)
+}
+
 /// How many times the stash trap has put a stashed stack back because a thread (or the kernel)
 /// touched it before its context resumed.
 pub fn trap_restores() -> u64 {
@@ -329,6 +337,7 @@ impl Stack {
         meta.record_len.store(len, Ordering::Relaxed);
         // Release: a claimer sees the record.
         meta.state.store(STASHED, Ordering::Release);
+        STASHES.fetch_add(1, Ordering::Relaxed);
         if let Some(fd) = fd {
             trap::wake(fd, self.limit() as usize, self.size());
         }
