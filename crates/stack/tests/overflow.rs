@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Coro;
+use common::{Coro, recurse, resident_pages};
 use core::hint::black_box;
 use goro_stack::{Stack, install_overflow_handler, prepare_thread};
 use std::os::unix::process::ExitStatusExt;
@@ -12,16 +12,6 @@ use std::process::Command;
 
 /// Set in the environment of the re-executed test binary: which scenario to run.
 const CHILD_ENV: &str = "GORO_STACK_OVERFLOW_CHILD";
-
-/// Recursion with ~128-byte frames that the compiler cannot turn into a loop.
-#[inline(never)]
-fn recurse(depth: u64, limit: u64) -> u64 {
-    let frame = black_box([depth; 12]);
-    if depth == limit {
-        return frame[3];
-    }
-    recurse(depth + 1, limit).wrapping_add(black_box(frame)[7] & 1)
-}
 
 /// Runs the scenario named by `CHILD_ENV` in this process (which then exits) or returns.
 fn run_child_scenario() {
@@ -116,17 +106,6 @@ fn deep_recursion_in_a_large_stack() {
         assert_eq!(recurse(0, 100_000), 100_000 + 50_000 - 1 + 1);
     });
     assert!(!coro.resume());
-}
-
-/// Pages of `[lo, hi)` resident in memory, by mincore.
-fn resident_pages(lo: *mut u8, hi: *mut u8) -> usize {
-    let page = 4096;
-    let len = hi as usize - lo as usize;
-    let mut vec = vec![0u8; len.div_ceil(page)];
-    // SAFETY: [lo, hi) is a page-aligned mapped range; `vec` has one byte per page.
-    let rc = unsafe { libc::mincore(lo.cast(), len, vec.as_mut_ptr()) };
-    assert_eq!(rc, 0);
-    vec.iter().filter(|&&b| b & 1 != 0).count()
 }
 
 #[test]

@@ -6,6 +6,7 @@
 )]
 
 use core::cell::Cell;
+use core::hint::black_box;
 use goro_stack::{Stack, StackPointer, init_stack, switch};
 
 /// Handed to the coroutine body: lets it suspend back to whoever resumed it.
@@ -97,4 +98,25 @@ impl<'a> Coro<'a> {
     pub fn stack(&self) -> &Stack {
         &self.stack
     }
+}
+
+/// Recursion with ~128-byte frames that the compiler cannot turn into a loop.
+#[inline(never)]
+pub fn recurse(depth: u64, limit: u64) -> u64 {
+    let frame = black_box([depth; 12]);
+    if depth == limit {
+        return frame[3];
+    }
+    recurse(depth + 1, limit).wrapping_add(black_box(frame)[7] & 1)
+}
+
+/// Pages of `[lo, hi)` resident in memory, by mincore.
+pub fn resident_pages(lo: *mut u8, hi: *mut u8) -> usize {
+    let page = 4096;
+    let len = hi as usize - lo as usize;
+    let mut vec = vec![0u8; len.div_ceil(page)];
+    // SAFETY: [lo, hi) is a page-aligned mapped range; `vec` has one byte per page.
+    let rc = unsafe { libc::mincore(lo.cast(), len, vec.as_mut_ptr()) };
+    assert_eq!(rc, 0);
+    vec.iter().filter(|&&b| b & 1 != 0).count()
 }
