@@ -101,6 +101,7 @@ pub(crate) fn run(sched: &'static Sched) {
                 pass = Some(StackPass::new(epoch));
             }
             trim_idle_stack_caches(sched, &mut idle_ps);
+            goro_stack::adapt_stack_prefill();
         }
         if let Some(current) = &mut pass {
             if release_parked_stacks(sched, current, Instant::now() + shrink::SLICE) {

@@ -112,12 +112,15 @@ impl Stack {
                     .alloc(usable)?;
                 let trapped = slot.1.trapped.load(Ordering::Acquire);
                 if let Some(fd) = crate::trap::fd().filter(|_| trapped) {
-                    // A slot from the pool may be fresh or released: its top page is touched
-                    // first thing, so fill it now rather than through the trap thread.
+                    // A slot from the pool may be fresh or released: its top pages are touched
+                    // first thing, so fill them now rather than through the trap thread (as
+                    // many as recent goroutines used: `adapt_stack_prefill`).
                     let top_page = base_to_top(slot.0, usable) - page;
+                    let extra = crate::stash::prefill_pages() - 1;
+                    let limit = slot.0 + guard_len();
                     // SAFETY: a free slot of a trapped reservation holds nothing (a stack
-                    // dropped while stashed drops its bytes).
-                    unsafe { crate::trap::zero_fill(fd, top_page, top_page, 0, false) };
+                    // dropped while stashed drops its bytes); `zero_fill` stays above `limit`.
+                    unsafe { crate::trap::zero_fill(fd, top_page, limit, extra, false) };
                 }
                 slot
             }
