@@ -146,7 +146,7 @@ pub(crate) fn prefill_pages() -> usize {
     PREFILL_PAGES.load(Ordering::Relaxed)
 }
 
-/// Adapts the pages given to fresh slots (see [`PREFILL_PAGES`]) to what goroutines used since
+/// Adapts the pages given to fresh slots (`PREFILL_PAGES`) to what goroutines used since
 /// the last call. If the trap answered more first touches than an eighth of the slots
 /// prefilled meanwhile, slots get more pages: one per touch per slot, up to four at a time. If
 /// it answered fewer than a sixty-fourth of them for two periods in a row, half as many. A
