@@ -191,17 +191,12 @@ fn unchecked_stash_child() {
 
 #[test]
 fn without_the_trap_the_unsafe_option_still_stashes() {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "unchecked_stash_child", "--nocapture"])
-        .env("GORO_UNCHECKED_CHILD", "1")
-        .env("GORO_DEBUG", "stacktrap=off")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::run_test_in_child(
+        "unchecked_stash_child",
+        &[
+            ("GORO_UNCHECKED_CHILD", "1"),
+            ("GORO_DEBUG", "stacktrap=off"),
+        ],
     );
 }
 

@@ -95,3 +95,20 @@ pub fn touch_stack(bytes: usize) -> u64 {
     let frame = std::hint::black_box([1u8; 4096]);
     touch_stack(bytes - 4096) + u64::from(frame[3])
 }
+
+/// Runs the test `name` of this test binary again in a child process, with `env` set, and
+/// checks that it ran there and passed; returns what it printed on stdout.
+pub fn run_test_in_child(name: &str, env: &[(&str, &str)]) -> String {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the child running {name} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.into_owned()
+}

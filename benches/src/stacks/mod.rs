@@ -5,7 +5,10 @@
 //! | `parked_memory N` | N goroutines (tasks, threads) blocked on a channel receive at once; RSS growth per goroutine, just parked and parked for 5 s | n, reached, bytes_per_task, bytes_per_task_long |
 //! | `deep_recursion D [R]` | recursion to depth D with ~128-byte frames, R times in a fresh goroutine each, then R times in one goroutine | depth, reps, checksum, fresh_ms_per_rep, warm_ms_per_rep |
 //!
-//! The size of `deep_recursion` is `D` or `D,R` (default `100000,100`).
+//! | `fresh_stacks N,KIB` | N goroutines alive at once, each using KIB KiB of stack once on a stack never used before, then blocking | n, kib, ns_per_goroutine |
+//!
+//! The size of `deep_recursion` is `D` or `D,R` (default `100000,100`); of `fresh_stacks`,
+//! `N,KIB` (default `100000,4`).
 //!
 //! Peers: `may` (coroutines with mmap'd stacks: it stops at its VMA limit, and the RESULT line
 //! says where with `reached`), `tokio` (stackless tasks, parked_memory only), `threads` (std
@@ -16,6 +19,7 @@
 //! overrides the runtime's stack size for parked_memory, to compare slot sizes; deep_recursion's
 //! `goro` uses a 64 MiB slot, `goro_grow` the default 1 MiB slot and `maybe_grow` segments.
 
+mod fresh;
 mod parked;
 mod recursion;
 
@@ -37,7 +41,30 @@ pub const WORKLOADS: &[Workload] = &[
         implementations: &["goro", "goro_grow", "may", "threads", "go"],
         run: run_recursion,
     },
+    Workload {
+        name: "fresh_stacks",
+        default_size: "100000,4",
+        variants: &[],
+        implementations: &["goro", "goro_trim", "go"],
+        run: run_fresh,
+    },
 ];
+
+fn run_fresh(implementation: &str, size: &str, options: &Options) -> Result<(), String> {
+    let (n, kib) = match size.split_once(',') {
+        Some((n, k)) => (
+            crate::parse_size("fresh_stacks", n)?,
+            crate::parse_size("fresh_stacks", k)?,
+        ),
+        None => (crate::parse_size("fresh_stacks", size)?, 4),
+    };
+    match implementation {
+        "goro" => fresh::goro(n, kib, options, false),
+        "goro_trim" => fresh::goro(n, kib, options, true),
+        "go" => crate::go::run("fresh_stacks", &[n.to_string(), kib.to_string()]),
+        other => Err(format!("no implementation {other}")),
+    }
+}
 
 fn run_parked(implementation: &str, size: &str, options: &Options) -> Result<(), String> {
     let n: usize = crate::parse_size("parked_memory", size)?;

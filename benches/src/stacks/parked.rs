@@ -64,25 +64,15 @@ fn print(
     total: Duration,
 ) {
     let per_task = |kib: u64| (kib * 1024).checked_div(reached as u64).unwrap_or(0);
+    let rss = |at: Memory| per_task(at.rss_kib.saturating_sub(before.rss_kib));
+    let pte = |at: Memory| per_task(at.pte_kib.saturating_sub(before.pte_kib));
     report::Result::new("parked_memory", implementation)
         .key("n", n)
         .key("reached", reached)
-        .key(
-            "bytes_per_task",
-            per_task(after.rss_kib.saturating_sub(before.rss_kib)),
-        )
-        .key(
-            "pte_bytes_per_task",
-            per_task(after.pte_kib.saturating_sub(before.pte_kib)),
-        )
-        .key(
-            "bytes_per_task_long",
-            per_task(long.rss_kib.saturating_sub(before.rss_kib)),
-        )
-        .key(
-            "pte_bytes_per_task_long",
-            per_task(long.pte_kib.saturating_sub(before.pte_kib)),
-        )
+        .key("bytes_per_task", rss(after))
+        .key("pte_bytes_per_task", pte(after))
+        .key("bytes_per_task_long", rss(long))
+        .key("pte_bytes_per_task_long", pte(long))
         .print(total);
 }
 
@@ -114,14 +104,21 @@ fn readings(sleep: impl Fn(Duration)) -> (Memory, Memory) {
     (settled, Memory::now())
 }
 
-pub(crate) fn goro(n: usize, options: &Options, trim_only: bool) -> Result<(), String> {
+/// Checks that the stash trap is off for `goro_trim` (the harness sets `GORO_DEBUG`) and on for
+/// `goro`, where this machine allows it.
+pub(crate) fn check_trap(trim_only: bool) -> Result<(), String> {
     let trap = goro::stack::stash_trap();
     if trim_only == trap.is_ok() {
         return Err(format!(
-            "parked_memory: the stash trap should be {} for this implementation ({trap:?})",
+            "the stash trap should be {} for this implementation ({trap:?})",
             if trim_only { "off" } else { "on" }
         ));
     }
+    Ok(())
+}
+
+pub(crate) fn goro(n: usize, options: &Options, trim_only: bool) -> Result<(), String> {
+    check_trap(trim_only)?;
     let mut builder = goro::Runtime::builder();
     if let Some(procs) = options.procs {
         builder = builder.max_procs(procs);

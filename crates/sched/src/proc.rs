@@ -69,9 +69,10 @@ pub struct Config {
     /// goroutine runs on the M that readied it or wherever a thief takes it), as Go's do. Sound
     /// only under the contract of `goro::Builder::migrate_goroutines`.
     pub migrate: bool,
-    /// Move the live bytes of long-parked goroutines off their stacks and release the whole
-    /// slot (see `shrink`), instead of only the pages below their stack pointers. Sound only
-    /// under the contract of `goro::Builder::stash_parked_stacks`.
+    /// Stash long-parked goroutines' stacks (see `shrink`) even where the stash trap cannot run,
+    /// instead of only releasing the pages below their stack pointers. Sound only under the
+    /// contract of `goro::Builder::stash_parked_stacks`. (Where the trap runs, stacks are
+    /// stashed under it whatever this says.)
     pub stash_parked_stacks: bool,
 }
 

@@ -257,11 +257,16 @@ impl ParkedStack {
         };
         // SAFETY: the stack belongs to a G that cannot exit while parked.
         let stack = unsafe { &*stack };
-        // SAFETY: BUSY keeps the home M from resuming the goroutine until we publish STASHED;
-        // `sp` is its saved stack pointer; only sysmon stashes. With the trap, anyone else
-        // touching the stack waits for its bytes to come back; unchecked, no one touches it
-        // (our caller's contract) — and no waker ever touches a PARKED_RELEASABLE one's.
-        let next = if state == PARKED_RELEASABLE && unsafe { stack.stash(sp, unchecked) } {
+        let stashed = if state == PARKED_RELEASABLE {
+            // With the trap, anyone else touching the stack waits for its bytes to come back;
+            // unchecked, no one touches it (our caller's contract), and wakers never do here.
+            // SAFETY: BUSY keeps the home M from resuming the goroutine until we publish
+            // STASHED; `sp` is its saved stack pointer; only sysmon stashes.
+            unsafe { stack.stash(sp, unchecked) }
+        } else {
+            false
+        };
+        let next = if stashed {
             STASHED
         } else {
             // SAFETY: the goroutine is suspended at `sp`, so nothing below it is live; wakers

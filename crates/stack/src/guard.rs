@@ -39,9 +39,7 @@ pub fn guard_kind() -> GuardKind {
 
 /// Whether `GORO_DEBUG` (comma-separated `key=value`, like GODEBUG) asks for the mprotect path.
 fn forced_mprotect() -> bool {
-    std::env::var("GORO_DEBUG")
-        .map(|v| v.split(',').any(|kv| kv.trim() == "stackguard=mprotect"))
-        .unwrap_or(false)
+    os::goro_debug("stackguard=mprotect")
 }
 
 #[cold]

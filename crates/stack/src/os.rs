@@ -11,6 +11,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// libc does not define it yet.
 pub(crate) const MADV_GUARD_INSTALL: libc::c_int = 102;
 
+/// Whether `GORO_DEBUG` (comma-separated `key=value` settings, like GODEBUG) holds `setting`.
+pub(crate) fn goro_debug(setting: &str) -> bool {
+    std::env::var("GORO_DEBUG")
+        .map(|v| v.split(',').any(|kv| kv.trim() == setting))
+        .unwrap_or(false)
+}
+
 /// Cached page size; 0 until first read. Relaxed is enough: every thread computes the same value.
 static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
 

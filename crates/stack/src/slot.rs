@@ -110,8 +110,7 @@ impl Stack {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .alloc(usable)?;
-                let trapped = slot.1.trapped.load(Ordering::Acquire);
-                if let Some(fd) = crate::trap::fd().filter(|_| trapped) {
+                if let Some(fd) = slot.1.trap_fd() {
                     // A slot from the pool may be fresh or released: its top pages are touched
                     // first thing, so fill them now rather than through the trap thread (as
                     // many as recent goroutines used: `adapt_stack_prefill`).

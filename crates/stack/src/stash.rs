@@ -93,6 +93,11 @@ impl SlotMeta {
         }
     }
 
+    /// The trap's descriptor, if the trap is on and covers this slot.
+    pub(crate) fn trap_fd(&self) -> Option<i32> {
+        trap::fd().filter(|_| self.trapped.load(Ordering::Acquire))
+    }
+
     /// Takes the slot from STASHED to CLAIMED, waiting out a brief holder; false if it is (or
     /// becomes) LIVE.
     fn claim(&self) -> bool {
@@ -345,7 +350,7 @@ impl Stack {
             self.limit() as usize
         );
         let meta = self.meta;
-        let fd = trap::fd().filter(|_| meta.trapped.load(Ordering::Acquire));
+        let fd = meta.trap_fd();
         if top - sp > MAX_STASH || (fd.is_none() && !unchecked) {
             return false;
         }
@@ -381,7 +386,7 @@ impl Stack {
                 let from = sp - sp % size;
                 trap::write_protect(fd, from, top - from, false);
                 meta.state.store(LIVE, Ordering::Release);
-                trap::wake(fd, self.limit() as usize, self.size());
+                self.wake_waiters();
             }
             return false;
         }
@@ -392,9 +397,7 @@ impl Stack {
         // Release: a claimer sees the record.
         meta.state.store(STASHED, Ordering::Release);
         STASHES.fetch_add(1, Ordering::Relaxed);
-        if let Some(fd) = fd {
-            trap::wake(fd, self.limit() as usize, self.size());
-        }
+        self.wake_waiters();
         true
     }
 
@@ -417,7 +420,7 @@ impl Stack {
             let top = self.top() as usize;
             // SAFETY: claimed: the record is ours and stays allocated until we free it below.
             let bytes = unsafe { meta.record() };
-            match trap::fd().filter(|_| meta.trapped.load(Ordering::Acquire)) {
+            match meta.trap_fd() {
                 Some(fd) => {
                     // SAFETY: a trapped slot we hold, stashed from this stack.
                     PAGE_BUF
@@ -437,9 +440,7 @@ impl Stack {
                 }
             }
             meta.state.store(LIVE, Ordering::Release);
-            if let Some(fd) = trap::fd() {
-                trap::wake(fd, self.limit() as usize, self.size());
-            }
+            self.wake_waiters();
         }
         // SAFETY: LIVE, and we are the stack's owner: the record (ours, or left by a trap
         // restore) is no one else's; the slice above is no longer used.
@@ -470,11 +471,17 @@ impl Stack {
         // frees it (in `stash`, `unstash` or drop), which the caller rules out meanwhile.
         let bytes: *const [u8] = unsafe { meta.record() };
         meta.state.store(STASHED, Ordering::Release);
-        if let Some(fd) = trap::fd() {
-            trap::wake(fd, self.limit() as usize, self.size());
-        }
+        self.wake_waiters();
         // SAFETY: as above.
         Some(unsafe { &*bytes })
+    }
+
+    /// Wakes every thread waiting on a fault in this stack: each touches its page again and
+    /// finds the slot's new state. Whoever lets go of a STASHING or CLAIMED slot calls this.
+    fn wake_waiters(&self) {
+        if let Some(fd) = self.meta.trap_fd() {
+            trap::wake(fd, self.limit() as usize, self.size());
+        }
     }
 
     /// Drops what is stashed without putting it back (the stack is being freed).
@@ -487,9 +494,7 @@ impl Stack {
         }
         if meta.claim() {
             meta.state.store(LIVE, Ordering::Release);
-            if let Some(fd) = trap::fd() {
-                trap::wake(fd, self.limit() as usize, self.size());
-            }
+            self.wake_waiters();
         }
         // SAFETY: LIVE, and the stack is being dropped by its owner: the record is ours.
         unsafe { meta.free_record() };

@@ -146,15 +146,9 @@ pub(crate) fn publish(fd: i32) {
     FD.store(fd, Ordering::Release);
 }
 
-fn disabled_by_env() -> bool {
-    std::env::var("GORO_DEBUG")
-        .map(|v| v.split(',').any(|kv| kv.trim() == "stacktrap=off"))
-        .unwrap_or(false)
-}
-
 #[cold]
 fn open_once() -> Result<i32, String> {
-    if disabled_by_env() {
+    if os::goro_debug("stacktrap=off") {
         return Err("turned off by GORO_DEBUG=stacktrap=off".into());
     }
     // No UFFD_USER_MODE_ONLY: faults taken by the kernel on a user's behalf must be caught too.

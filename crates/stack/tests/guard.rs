@@ -1,7 +1,8 @@
 //! Guard pages, slot pooling at scale, and the mprotect fallback (in a re-executed child).
 
+mod common;
+
 use goro_stack::{GUARD_SIZE, GuardKind, Stack, guard_kind};
-use std::process::Command;
 
 /// Set in the environment of the re-executed test binary.
 const CHILD_ENV: &str = "GORO_STACK_TEST_CHILD";
@@ -141,23 +142,9 @@ fn mprotect_fallback_in_a_child_process() {
     if std::env::var_os(CHILD_ENV).is_some() {
         return;
     }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "mprotect_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, "1")
-        .env("GORO_DEBUG", "stackguard=mprotect")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("1 passed"),
-        "child did not run the test:\n{stdout}"
+    let stdout = common::run_test_in_child(
+        "mprotect_child",
+        &[(CHILD_ENV, "1"), ("GORO_DEBUG", "stackguard=mprotect")],
     );
     assert!(stdout.contains("budget exhausted after"), "{stdout}");
 }

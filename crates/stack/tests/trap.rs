@@ -5,11 +5,10 @@
 
 mod common;
 
-use common::{Coro, recurse, resident_pages};
+use common::{Coro, recurse, resident_pages, run_test_in_child};
 use core::hint::black_box;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use goro_stack::{Stack, enable_stash_trap};
-use std::process::Command;
 
 /// Whether this process may catch kernel-mode faults, as userfaultfd requires.
 fn privileged() -> bool {
@@ -31,41 +30,52 @@ fn trap_on() -> bool {
     }
 }
 
-#[test]
-fn another_thread_reads_and_writes_a_stashed_stack() {
-    if !trap_on() {
-        return;
-    }
+/// Runs a coroutine that keeps `initial` in its frame, stashes its stack once it has suspended,
+/// calls `touch` with the local's address while every page is released, and checks that the
+/// touch put the stack back; the resumed coroutine then hands its local to `check`.
+fn touch_a_stashed_local<T: Copy>(initial: T, touch: impl FnOnce(usize), check: impl FnOnce(&T)) {
     let shared = AtomicUsize::new(0);
     let coro = Coro::with_stack(Stack::with_size(1 << 20).unwrap(), |y| {
-        let local = [0x5eed_u64; 64];
+        let local = initial;
         shared.store(&raw const local as usize, Ordering::SeqCst);
         y.suspend();
-        // The other thread's write, made while this stack was stashed, is here.
-        assert_eq!(black_box(&local)[5], 0xfeed);
-        assert_eq!(black_box(&local)[6], 0x5eed);
+        check(black_box(&local));
     });
     assert!(coro.resume());
     let (limit, top) = (coro.stack().limit(), coro.stack().top());
     // SAFETY: the coroutine is suspended at its saved sp and is not resumed before unstash.
     assert!(unsafe { coro.stack().stash(coro.saved_sp(), false) });
     assert_eq!(resident_pages(limit, top), 0, "every page released");
-    let addr = shared.load(Ordering::SeqCst);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let local = addr as *mut u64;
-            // SAFETY: `local` is the coroutine's array, alive while it is suspended; only
-            // this thread touches it now.
-            unsafe {
-                assert_eq!(local.add(6).read_volatile(), 0x5eed, "the trap put it back");
-                local.add(5).write_volatile(0xfeed);
-            }
-        });
-    });
-    assert!(!coro.stack().is_stashed(), "the touch restored the stack");
+    touch(shared.load(Ordering::SeqCst));
+    assert!(!coro.stack().is_stashed(), "the touch put the stack back");
     // SAFETY: we resume it next, and nothing else does.
     unsafe { coro.stack().unstash() };
     assert!(!coro.resume());
+}
+
+#[test]
+fn another_thread_reads_and_writes_a_stashed_stack() {
+    if !trap_on() {
+        return;
+    }
+    let touch = |addr: usize| {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let local = addr as *mut u64;
+                // SAFETY: `local` is the coroutine's array, alive while it is suspended; only
+                // this thread touches it now.
+                unsafe {
+                    assert_eq!(local.add(6).read_volatile(), 0x5eed, "the trap put it back");
+                    local.add(5).write_volatile(0xfeed);
+                }
+            });
+        });
+    };
+    touch_a_stashed_local([0x5eed_u64; 64], touch, |local| {
+        // The other thread's write, made while this stack was stashed, is here.
+        assert_eq!(local[5], 0xfeed);
+        assert_eq!(local[6], 0x5eed);
+    });
 }
 
 #[test]
@@ -73,39 +83,25 @@ fn the_kernel_writes_into_a_stashed_stack() {
     if !trap_on() {
         return;
     }
-    let shared = AtomicUsize::new(0);
-    let coro = Coro::with_stack(Stack::with_size(1 << 20).unwrap(), |y| {
-        let buf = [0u8; 16];
-        shared.store(&raw const buf as usize, Ordering::SeqCst);
-        y.suspend();
-        assert_eq!(&black_box(&buf)[..5], b"hello");
-    });
-    assert!(coro.resume());
-    // SAFETY: suspended at its saved sp, not resumed before unstash.
-    assert!(unsafe { coro.stack().stash(coro.saved_sp(), false) });
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // SAFETY: writes 5 bytes from a static string to our pipe.
-    let written = unsafe { libc::write(fds[1], b"hello".as_ptr().cast(), 5) };
-    assert_eq!(written, 5);
-    let buf = shared.load(Ordering::SeqCst);
-    // SAFETY: `buf` is the coroutine's 16-byte array, alive while it is suspended; the kernel
-    // writes 5 bytes into it (a kernel-mode fault on a released page, caught by the trap).
-    let n = unsafe { libc::read(fds[0], buf as *mut libc::c_void, 5) };
-    assert_eq!(
-        n,
-        5,
-        "read(2) into a stashed stack: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: our descriptors.
-    unsafe { libc::close(fds[0]) };
-    // SAFETY: as above.
-    unsafe { libc::close(fds[1]) };
-    // SAFETY: resumed next, by us only.
-    unsafe { coro.stack().unstash() };
-    assert!(!coro.resume());
+    let touch = |buf: usize| {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: writes 5 bytes from a static string to our pipe.
+        let written = unsafe { libc::write(fds[1], b"hello".as_ptr().cast(), 5) };
+        assert_eq!(written, 5);
+        // SAFETY: `buf` is the coroutine's 16-byte array, alive while it is suspended; the
+        // kernel writes 5 bytes into it (a kernel-mode fault on a released page, caught by the
+        // trap).
+        let n = unsafe { libc::read(fds[0], buf as *mut libc::c_void, 5) };
+        let err = std::io::Error::last_os_error();
+        assert_eq!(n, 5, "read(2) into a stashed stack: {err}");
+        // SAFETY: our descriptors.
+        unsafe { libc::close(fds[0]) };
+        // SAFETY: as above.
+        unsafe { libc::close(fds[1]) };
+    };
+    touch_a_stashed_local([0u8; 16], touch, |buf| assert_eq!(&buf[..5], b"hello"));
 }
 
 #[test]
@@ -192,17 +188,9 @@ fn the_trap_can_be_turned_off() {
         assert!(!coro.resume());
         return;
     }
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
-        .args(["--exact", "the_trap_can_be_turned_off", "--nocapture"])
-        .env("GORO_TRAP_CHILD", "1")
-        .env("GORO_DEBUG", "stacktrap=off")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_test_in_child(
+        "the_trap_can_be_turned_off",
+        &[("GORO_TRAP_CHILD", "1"), ("GORO_DEBUG", "stacktrap=off")],
     );
 }
 
@@ -231,19 +219,8 @@ fn a_stash_the_kernel_will_not_release_is_undone() {
         assert!(!coro.resume());
         return;
     }
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "a_stash_the_kernel_will_not_release_is_undone",
-            "--nocapture",
-        ])
-        .env("GORO_MLOCK_CHILD", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_test_in_child(
+        "a_stash_the_kernel_will_not_release_is_undone",
+        &[("GORO_MLOCK_CHILD", "1")],
     );
 }

@@ -120,3 +120,20 @@ pub fn resident_pages(lo: *mut u8, hi: *mut u8) -> usize {
     assert_eq!(rc, 0);
     vec.iter().filter(|&&b| b & 1 != 0).count()
 }
+
+/// Runs the test `name` of this test binary again in a child process, with `env` set, and
+/// checks that it ran there and passed; returns what it printed on stdout.
+pub fn run_test_in_child(name: &str, env: &[(&str, &str)]) -> String {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the child running {name} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.into_owned()
+}
