@@ -302,9 +302,7 @@ impl Tracer {
     }
 
     fn push_range(&mut self, lo: usize, hi: usize) {
-        if lo < hi {
-            self.marker.work.push(Work::Range(lo, hi));
-        }
+        self.marker.push_range(lo, hi);
     }
 
     fn drain(&mut self) {
@@ -322,6 +320,14 @@ impl Tracer {
 }
 
 impl Marker {
+    /// Schedules `[lo, hi)` for a conservative scan.
+    #[inline]
+    pub(crate) fn push_range(&mut self, lo: usize, hi: usize) {
+        if lo < hi {
+            self.work.push(Work::Range(lo, hi));
+        }
+    }
+
     /// Marks the Gc object starting at `start` (a precise pointer from a `Trace` impl).
     #[inline]
     pub(crate) fn mark_object(&mut self, start: usize) {

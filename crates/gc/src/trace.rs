@@ -32,6 +32,19 @@ impl Tracer {
     pub fn visit<T: Trace + ?Sized>(&mut self, gc: &Gc<T>) {
         self.marker.mark_object(gc.as_ptr().cast::<u8>() as usize);
     }
+
+    /// Scans the bytes of `value` itself conservatively, as the collector scans a stack: every
+    /// aligned word that points into a block of goro's heap keeps that block alive, and a malloc
+    /// block found this way is scanned whole, over its allocation rather than over what a length
+    /// field says is in use. For containers whose length std lowers while user code runs
+    /// (`Vec::extract_if`, `VecDeque::drain`, `BinaryHeap::peek_mut`).
+    #[inline]
+    #[allow(dead_code, reason = "the std container impls switch to it in the next change")]
+    pub(crate) fn scan_bytes_of<T: ?Sized>(&mut self, value: &T) {
+        let lo = std::ptr::from_ref(value).cast::<u8>() as usize;
+        self.marker
+            .push_range(lo, lo + std::mem::size_of_val(value));
+    }
 }
 
 /// Types that own no `Gc`: tracing them does nothing.

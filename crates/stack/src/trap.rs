@@ -123,6 +123,18 @@ struct UffdMsg {
 
 /// The trap's userfaultfd, or -1 while it is not enabled. Set once, under the pool lock.
 static FD: AtomicI32 = AtomicI32::new(-1);
+/// The trap thread's kernel id, or 0 before it starts. It blocks every signal, so whoever stops
+/// threads by signal (the collector) must leave it out.
+static TRAP_TID: AtomicI32 = AtomicI32::new(0);
+
+/// The kernel thread id of the trap thread, if it runs. The thread blocks every signal and never
+/// holds a `Gc` or a lock of anyone else's: a stop of the world leaves it running (it must go on
+/// answering faults while other threads are stopped).
+pub fn trap_thread_id() -> Option<i32> {
+    // Relaxed: the id is written once, before the thread reports ready.
+    let tid = TRAP_TID.load(Ordering::Relaxed);
+    (tid != 0).then_some(tid)
+}
 
 /// Why the trap is off, once it has been tried.
 static STATE: OnceLock<Result<i32, String>> = OnceLock::new();
@@ -184,6 +196,7 @@ fn open_once() -> Result<i32, String> {
         .stack_size(256 * 1024)
         .spawn(move || {
             block_signals();
+            TRAP_TID.store(thread_id(), Ordering::Relaxed);
             let restore_buf = crate::stash::PageBuf::new();
             let _ = ready_tx.send(());
             drop(ready_tx);
