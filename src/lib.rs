@@ -76,6 +76,7 @@
 
 mod roots;
 mod runtime;
+mod world;
 
 pub use goro_derive::{Trace, select};
 pub use goro_gc::{Gc, GcCell};
@@ -140,7 +141,12 @@ pub mod sync {
 /// The collector: `Gc<T>`, tracing, statistics and knobs (Go's `runtime` and `runtime/debug` GC
 /// functions).
 pub mod gc {
-    pub use goro_gc::*;
+    #[doc(hidden)]
+    pub use goro_gc::__private;
+    pub use goro_gc::{
+        BorrowError, Gc, GcCell, GcRef, GcRefMut, GcStats, POISON, Trace, Tracer, collect,
+        keep_alive, pacer, set_clobber_free, set_memory_limit, set_percent, stats,
+    };
 }
 
 /// The heap: the global allocator and its statistics.

@@ -1,65 +1,66 @@
 //! The roots of a collection: where the collector looks for `Gc` pointers outside its own heap.
 //!
 //! This module is the single place that joins goro-gc to goro-sched and goro-stack: it implements
-//! [`goro_gc::Mutators`] by stopping the scheduler's world and reporting, for every goroutine, its
-//! G struct (a heap block holding the closure of a goroutine that has not run yet) and the live
-//! part of its stack, from the saved stack pointer (which points at the callee-saved registers the
-//! switch pushed) to the top. It also reports the writable segments of every loaded ELF object
-//! (`.data`, `.bss`), so that a `static` holding a `Gc` (or a `Mutex<Vec<Gc<T>>>` whose buffer is
-//! in the heap) keeps it alive, and the static TLS blocks of every M thread, so that a
-//! `thread_local!` a goroutine stores a `Gc` in keeps it too. Which routes this covers, and which
-//! are still open, is argued in docs/soundness.md.
+//! [`goro_gc::Mutators`] by stopping the scheduler's world (goroutines at a safe point) and then
+//! every thread of the process by signal (`world`), and reports:
+//!
+//! - for every goroutine, its G struct (a heap block holding the closure of a goroutine that has
+//!   not run yet) and the live part of its stacks, from each saved stack pointer (which points at
+//!   the callee-saved registers the switch pushed) to the top, or its stashed bytes;
+//! - for every thread (Ms, sysmon, the main thread, std and C threads alike), its stack from
+//!   where it stopped (the signal frame with its registers lies above that point) to the top of
+//!   that stack, and its static TLS block (`thread_local!`);
+//! - the writable segments of every loaded ELF object (`.data`, `.bss`), so that a `static`
+//!   holding a `Gc` (or a `Mutex<Vec<Gc<T>>>` whose buffer is in the heap) keeps it alive.
+//!
+//! Which routes this covers, and which are still open, is argued in docs/soundness.md.
 
+use crate::world::{self, Stopped};
 use goro_gc::{Mutators, RootVisitor};
-use goro_sched::RootRange;
-use std::sync::Mutex;
-
-/// The static TLS blocks of the running runtime's M threads: `(thread key, start, end)`.
-static THREAD_TLS: Mutex<Vec<(usize, usize, usize)>> = Mutex::new(Vec::new());
-
-thread_local! {
-    /// Its address identifies the thread in `THREAD_TLS`.
-    static THREAD_KEY: u8 = const { 0 };
-}
-
-fn thread_key() -> usize {
-    THREAD_KEY.with(|key| std::ptr::from_ref(key) as usize)
-}
-
-/// Records the calling thread's TLS blocks as roots (an M thread starting).
-pub(crate) fn register_thread_tls() {
-    let key = thread_key();
-    let blocks = tls_blocks();
-    let mut registry = THREAD_TLS
-        .lock()
-        .unwrap_or_else(|poison| poison.into_inner());
-    registry.extend(blocks.into_iter().map(|(lo, hi)| (key, lo, hi)));
-}
-
-/// Forgets the calling thread's TLS blocks (an M thread stopping, before its TLS is freed).
-pub(crate) fn unregister_thread_tls() {
-    let key = thread_key();
-    let mut registry = THREAD_TLS
-        .lock()
-        .unwrap_or_else(|poison| poison.into_inner());
-    registry.retain(|&(owner, _, _)| owner != key);
-}
+use goro_sched::{RootRange, RootsLock};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 /// Free stack slots per size whose pages a collection leaves committed.
 const STACKS_KEPT_WARM: usize = 16;
+
+/// Whether a runtime runs (set by `Runtime::run` around the scheduler's run).
+pub(crate) static RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// What the cycle under way reports, gathered before the other threads stopped (gathering
+/// allocates and takes locks; reporting must do neither).
+struct CycleRoots<'a> {
+    goroutines: &'a RootsLock,
+    statics: &'a [(usize, usize)],
+    threads: &'a Stopped,
+}
+
+thread_local! {
+    /// The roots of the cycle this thread runs, while it runs it.
+    static ACTIVE: Cell<*const CycleRoots<'static>> = const { Cell::new(std::ptr::null()) };
+}
 
 /// The goroutines of the running runtime, as the collector sees them.
 pub(crate) struct GoroutineRoots;
 
 pub(crate) static GOROUTINE_ROOTS: GoroutineRoots = GoroutineRoots;
 
-// SAFETY: `stop_the_world` runs the cycle on an M's system stack after every other M has parked
-// its goroutine at a safe point (goro-sched's stw handshake), and only Ms register as mutator
-// threads (see `runtime`). `roots` then reports every goroutine's G struct and saved stack range,
-// and the static data of every loaded object; docs/soundness.md lists the routes left open.
+// SAFETY: `stop_the_world` runs the cycle on an M's system stack after every goroutine has
+// stopped at a safe point or by signal, and every other thread of the process but the stash-trap
+// thread (which holds no `Gc`) has stopped by signal (`world::stop_others`); before that it
+// takes the goroutine lists' locks and gathers the static segments, so the cycle needs no lock
+// or allocation a stopped thread could hold up. `roots` reports every goroutine's G struct and
+// stacks, every thread's stack and static TLS, and the static data of every loaded object;
+// docs/soundness.md lists the routes left open.
 unsafe impl Mutators for GoroutineRoots {
     fn stop_the_world(&self, cycle: &mut dyn FnMut()) {
-        goro_sched::stop_the_world(cycle);
+        if !goro_sched::is_goroutine() {
+            collect_on_a_goroutine(cycle);
+            return;
+        }
+        goro_sched::stop_the_world(&mut || stopped_cycle(cycle));
         // Go frees stack memory at GC: release the pages of pooled stack slots beyond a warm
         // few, so a burst of deep goroutines does not keep its RSS after it is gone.
         goro_stack::trim(STACKS_KEPT_WARM);
@@ -69,16 +70,16 @@ unsafe impl Mutators for GoroutineRoots {
     }
 
     fn roots(&self, visitor: &mut RootVisitor<'_>) {
-        goro_sched::for_each_root(&mut |root| report(visitor, root));
-        report_static_data(visitor);
-        let registry = THREAD_TLS
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        for &(_, lo, hi) in registry.iter() {
-            // SAFETY: an M thread's TLS blocks stay mapped until it unregisters them, which it
-            // does before exiting; it cannot exit while the world is stopped.
-            unsafe { visitor.range(lo as *const u8, hi as *const u8) };
-        }
+        let active = ACTIVE.with(Cell::get);
+        assert!(!active.is_null(), "roots asked for outside a cycle");
+        // SAFETY: `stopped_cycle` set it to a value of its frame for the duration of the cycle,
+        // which calls us.
+        let active = unsafe { &*active };
+        active
+            .goroutines
+            .for_each(&mut |root| report(visitor, root));
+        report_segments(visitor, active.statics);
+        report_threads(visitor, active.threads);
     }
 
     fn safe_point(&self) {
@@ -88,65 +89,163 @@ unsafe impl Mutators for GoroutineRoots {
     fn procs(&self) -> usize {
         goro_sched::procs()
     }
-}
 
-/// Hands one goroutine root to the collector.
-pub(crate) fn report(visitor: &mut RootVisitor<'_>, root: RootRange) {
-    match root {
-        RootRange::Block(block) => visitor.block(block),
-        // SAFETY: a switched-out goroutine's stack is mapped from its saved stack pointer to its
-        // top, and stays so while the world is stopped (its stack is freed only on exit).
-        RootRange::Stack { lo, hi } => unsafe { visitor.range(lo, hi) },
+    fn pause(&self) {
+        if goro_sched::is_goroutine() {
+            goro_sched::sleep(Duration::from_micros(50));
+        } else {
+            std::thread::sleep(Duration::from_micros(50));
+        }
     }
 }
 
-/// Reports the writable `PT_LOAD` segments of every loaded object.
-pub(crate) fn report_static_data(visitor: &mut RootVisitor<'_>) {
-    for (lo, hi) in writable_segments() {
+/// Runs `cycle` with every other thread of the process stopped. Called on an M's g0 with the
+/// scheduler's world stopped.
+fn stopped_cycle(cycle: &mut dyn FnMut()) {
+    let goroutines = RootsLock::new();
+    let statics = writable_segments();
+    let threads = world::stop_others();
+    let roots = CycleRoots {
+        goroutines: &goroutines,
+        statics: &statics,
+        threads: &threads,
+    };
+    ACTIVE.with(|active| active.set((&raw const roots).cast()));
+    cycle();
+    ACTIVE.with(|active| active.set(std::ptr::null()));
+    drop(threads);
+    drop(goroutines);
+}
+
+/// A collection asked for on a thread that is not a goroutine (a std thread, the main thread):
+/// a goroutine runs it while this thread waits (and is stopped with the others).
+fn collect_on_a_goroutine(cycle: &mut dyn FnMut()) {
+    /// The cycle, handed to the goroutine.
+    struct Handoff {
+        cycle: *mut (dyn FnMut() + 'static),
+        state: AtomicU8,
+        done: Mutex<()>,
+        woken: Condvar,
+    }
+    // SAFETY: `cycle` is used only by the goroutine, between the CAS that claims it and the store
+    // of DONE; the waiting thread keeps the closure alive until then (see below).
+    unsafe impl Send for Handoff {}
+    // SAFETY: as above.
+    unsafe impl Sync for Handoff {}
+    const WAITING: u8 = 0;
+    const CLAIMED: u8 = 1;
+    const DONE: u8 = 2;
+    const CANCELLED: u8 = 3;
+    // SAFETY: only the lifetime is erased; this function does not return while the goroutine
+    // may still call the closure (it waits for DONE, or cancels before the goroutine claims it).
+    let cycle: *mut (dyn FnMut() + 'static) = unsafe { std::mem::transmute(cycle) };
+    let handoff = Arc::new(Handoff {
+        cycle,
+        state: AtomicU8::new(WAITING),
+        done: Mutex::new(()),
+        woken: Condvar::new(),
+    });
+    let theirs = handoff.clone();
+    drop(goro_sched::go(move || {
+        goro_sched::stop_the_world(&mut || {
+            if theirs
+                .state
+                .compare_exchange(WAITING, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                // SAFETY: claimed above: the waiting thread keeps the closure alive until DONE.
+                stopped_cycle(unsafe { &mut *theirs.cycle });
+                let _guard = theirs.done.lock().unwrap_or_else(|p| p.into_inner());
+                // Release: pairs with the waiter's Acquire; the cycle's writes happen before.
+                theirs.state.store(DONE, Ordering::Release);
+                theirs.woken.notify_all();
+            }
+        });
+    }));
+    let mut guard = handoff.done.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        // Acquire: pairs with the Release store of DONE.
+        match handoff.state.load(Ordering::Acquire) {
+            DONE => return,
+            // The runtime ended before the goroutine ran: it never will.
+            WAITING
+                if !RUNNING.load(Ordering::Acquire)
+                    && handoff
+                        .state
+                        .compare_exchange(WAITING, CANCELLED, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok() =>
+            {
+                return;
+            }
+            _ => {}
+        }
+        guard = handoff
+            .woken
+            .wait_timeout(guard, Duration::from_millis(10))
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+}
+
+/// Reports every stopped thread's stack and TLS, and the collecting thread's own.
+fn report_threads(visitor: &mut RootVisitor<'_>, threads: &Stopped) {
+    threads.for_each_thread(|thread| {
+        let (lo, hi) = thread.stack;
+        // SAFETY: `[lo, hi)` lies in one readable mapping (or goroutine stack slot) of a thread
+        // that is stopped (or is this one, below the caller's frame) until the cycle ends.
+        unsafe { visitor.range(lo as *const u8, hi as *const u8) };
+        if let Some((lo, hi)) = thread.tls {
+            // SAFETY: checked to lie in one readable mapping; TLS of a stopped thread.
+            unsafe { visitor.range(lo as *const u8, hi as *const u8) };
+        }
+    });
+}
+
+/// Hands one goroutine root to the collector. A stack range is scanned only if it lies within
+/// one stack slot: a goroutine that was running when its thread stopped has a stale saved stack
+/// pointer (its live frames are found through the thread's own stack pointer instead).
+pub(crate) fn report(visitor: &mut RootVisitor<'_>, root: RootRange) {
+    match root {
+        RootRange::Block(block) => visitor.block(block),
+        RootRange::Stack { lo, hi } => {
+            let (lo_addr, hi_addr) = (lo as usize, hi as usize);
+            if let Some((limit, top)) = goro_stack::slot_bounds(lo_addr)
+                && lo_addr >= limit
+                && hi_addr <= top
+            {
+                // SAFETY: inside one stack slot's usable part, which stays mapped while the
+                // world is stopped (a stack is freed only when its goroutine exits); released
+                // pages read as zeros or are put back by the stash trap.
+                unsafe { visitor.range(lo, hi) };
+            }
+        }
+        // SAFETY: stashed bytes are a heap block that the stack's owner frees only when it
+        // takes them back or exits, neither of which happens while the world is stopped.
+        RootRange::Stashed { lo, hi } => unsafe { visitor.range(lo, hi) },
+    }
+}
+
+/// Reports the static segments and the stopped threads of the retirement under way on this
+/// thread (see `Runtime::run`).
+pub(crate) fn report_retiring(visitor: &mut RootVisitor<'_>) {
+    let Some((statics, threads)) = crate::runtime::retiring() else {
+        panic!("report_retiring outside a retirement");
+    };
+    report_segments(visitor, statics);
+    report_threads(visitor, threads);
+}
+
+fn report_segments(visitor: &mut RootVisitor<'_>, segments: &[(usize, usize)]) {
+    for &(lo, hi) in segments {
         // SAFETY: a writable PT_LOAD segment of a loaded object is mapped and readable while the
-        // object stays loaded; objects are unloaded only by dlclose, which no goroutine runs
-        // while the world is stopped.
+        // object stays loaded; objects are unloaded only by dlclose, which no thread runs while
+        // the world is stopped.
         unsafe { visitor.range(lo as *const u8, hi as *const u8) };
     }
 }
 
-/// `[start, end)` of the calling thread's TLS block of each loaded object that has one.
-fn tls_blocks() -> Vec<(usize, usize)> {
-    /// `dl_iterate_phdr`'s callback.
-    ///
-    /// # Safety
-    /// Only `dl_iterate_phdr` may call it, with `data` the `Vec` passed to it.
-    unsafe extern "C" fn each_object(
-        info: *mut libc::dl_phdr_info,
-        _size: libc::size_t,
-        data: *mut libc::c_void,
-    ) -> libc::c_int {
-        // SAFETY: the loader passes a valid `dl_phdr_info` for the duration of the call, and
-        // `data` is the `Vec` that `tls_blocks` passed in.
-        let (info, blocks) = unsafe { (&*info, &mut *data.cast::<Vec<(usize, usize)>>()) };
-        if info.dlpi_tls_data.is_null() {
-            return 0;
-        }
-        for i in 0..usize::from(info.dlpi_phnum) {
-            // SAFETY: `dlpi_phdr` points to `dlpi_phnum` program headers.
-            let header = unsafe { &*info.dlpi_phdr.add(i) };
-            if header.p_type == libc::PT_TLS {
-                let start = info.dlpi_tls_data as usize;
-                blocks.push((start, start + header.p_memsz as usize));
-            }
-        }
-        0
-    }
-    let mut blocks: Vec<(usize, usize)> = Vec::new();
-    // SAFETY: the callback only reads the headers it is given and pushes onto `blocks`.
-    unsafe {
-        libc::dl_iterate_phdr(Some(each_object), (&mut blocks as *mut Vec<_>).cast());
-    }
-    blocks
-}
-
 /// `[start, end)` of each writable loadable segment, from the dynamic loader's list.
-fn writable_segments() -> Vec<(usize, usize)> {
+pub(crate) fn writable_segments() -> Vec<(usize, usize)> {
     /// `dl_iterate_phdr`'s callback.
     ///
     /// # Safety

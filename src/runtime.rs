@@ -268,11 +268,13 @@ pub struct Runtime {
     debug: Debug,
 }
 
-/// The `GORO_DEBUG` settings (Go's GODEBUG): `gctrace=1`, `schedtrace=MS`. Unknown keys are
+/// The `GORO_DEBUG` settings (Go's GODEBUG): `gctrace=1`, `schedtrace=MS`, `clobberfree=1`
+/// (objects the collector frees are overwritten with `goro::gc::POISON`). Unknown keys are
 /// ignored, as Go ignores unknown GODEBUG keys.
 #[derive(Debug, Clone, Copy, Default)]
 struct Debug {
     gctrace: bool,
+    clobberfree: bool,
     schedtrace: Option<std::time::Duration>,
 }
 
@@ -288,6 +290,7 @@ impl Debug {
             };
             match key {
                 "gctrace" => debug.gctrace = setting_value == "1",
+                "clobberfree" => debug.clobberfree = setting_value == "1",
                 "schedtrace" => {
                     let ms: u64 = setting_value.parse().map_err(|_| BuildError::Environment {
                         name: "GORO_DEBUG",
@@ -334,12 +337,17 @@ impl Runtime {
         goro_gc::set_percent(self.gc_percent);
         goro_gc::set_memory_limit(self.memory_limit);
         goro_gc::set_trace(self.debug.gctrace);
-        goro_gc::install(&GOROUTINE_ROOTS);
+        goro_gc::set_clobber_free(self.debug.clobberfree);
+        crate::world::install();
+        roots::RUNNING.store(true, std::sync::atomic::Ordering::Release);
+        // SAFETY: this runtime is the world `GOROUTINE_ROOTS` describes, and it runs from here
+        // until the uninstall below.
+        unsafe { goro_gc::install(&GOROUTINE_ROOTS) };
         let config = goro_sched::Config {
             procs: self.max_procs,
             stack_size: self.stack_size,
-            on_thread_start: Some(register_mutator_thread),
-            on_thread_stop: Some(unregister_mutator_thread),
+            on_thread_start: None,
+            on_thread_stop: None,
             on_idle: Some(goro_alloc::flush_thread_cache),
             schedtrace: self.debug.schedtrace,
             stash_parked_stacks: self.stash_parked_stacks,
@@ -347,15 +355,29 @@ impl Runtime {
             max_stack_size: self.max_stack_size,
         };
         let finished = goro_sched::run(config, main);
-        goro_gc::uninstall();
-        goro_gc::retire(&mut |visitor| {
+        roots::RUNNING.store(false, std::sync::atomic::Ordering::Release);
+        // SAFETY: installed above by this runtime, which is over.
+        unsafe { goro_gc::uninstall() };
+        let mut stopped = |cycle: &mut dyn FnMut()| {
+            let statics = roots::writable_segments();
+            let threads = crate::world::stop_others();
+            RETIRING.with(|slot| slot.set(Some((&raw const statics, &raw const threads))));
+            cycle();
+            RETIRING.with(|slot| slot.set(None));
+        };
+        let mut report = |visitor: &mut goro_gc::RootVisitor<'_>| {
             let result = finished.result();
             let lo = std::ptr::from_ref(result).cast::<u8>();
             // SAFETY: the result is a live local of this frame for the whole call.
             unsafe { visitor.range(lo, lo.add(size_of_val(result))) };
             finished.for_each_abandoned_root(&mut |root| roots::report(visitor, root));
-            roots::report_static_data(visitor);
-        });
+            roots::report_retiring(visitor);
+        };
+        // SAFETY: every goroutine has stopped for good; `stopped` stops every other thread of the
+        // process and `report` reports each one (this thread included, from its frame up, which
+        // covers the result too), the abandoned goroutines and the static data: every place a
+        // `Gc` can live.
+        unsafe { goro_gc::retire(&mut stopped, &mut report) };
         match finished.into_result() {
             Ok(value) => value,
             Err(panic) if panic.is_exit() => {
@@ -368,19 +390,20 @@ impl Runtime {
     }
 }
 
+/// Where the roots of a retirement are: the static segments and the stopped threads.
+type RetiringRoots = (*const Vec<(usize, usize)>, *const crate::world::Stopped);
+
 thread_local! {
-    static MUTATOR: std::cell::RefCell<Option<goro_gc::MutatorThread>> =
-        const { std::cell::RefCell::new(None) };
+    /// The static segments and stopped threads of the retirement under way on this thread.
+    static RETIRING: std::cell::Cell<Option<RetiringRoots>> = const { std::cell::Cell::new(None) };
 }
 
-fn register_mutator_thread() {
-    roots::register_thread_tls();
-    MUTATOR.with(|slot| *slot.borrow_mut() = Some(goro_gc::MutatorThread::register()));
-}
-
-fn unregister_mutator_thread() {
-    MUTATOR.with(|slot| drop(slot.borrow_mut().take()));
-    roots::unregister_thread_tls();
+/// The static segments and stopped threads of the retirement under way on this thread.
+pub(crate) fn retiring() -> Option<(&'static [(usize, usize)], &'static crate::world::Stopped)> {
+    let (statics, threads) = RETIRING.with(std::cell::Cell::get)?;
+    // SAFETY: set by `run` to locals of its frame while `retire` runs the closure that calls us,
+    // and cleared before they go; the references do not escape the report.
+    Some(unsafe { ((*statics).as_slice(), &*threads) })
 }
 
 /// Whether `#[global_allocator]` is `GoroAlloc`: a fresh `Box` must land in goro's heap.

@@ -16,6 +16,7 @@ pub mod go;
 pub mod report;
 pub mod sched;
 pub mod stacks;
+pub mod stw;
 
 use std::process::ExitCode;
 
@@ -52,6 +53,7 @@ pub fn workloads() -> Vec<&'static Workload> {
         alloc::WORKLOADS,
         stacks::WORKLOADS,
         sched::WORKLOADS,
+        stw::WORKLOADS,
     ]
     .into_iter()
     .flatten()

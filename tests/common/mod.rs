@@ -5,12 +5,13 @@
 
 use goro::gc::{Trace, Tracer};
 use goro::{Gc, GcCell};
-use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Ids of canaries whose objects were dropped.
-pub static DROPPED: Mutex<Option<HashSet<u64>>> = Mutex::new(None);
+/// Ids of canaries whose objects were dropped, one bit each (ids are handed out in order). A
+/// bitmap rather than a set: the collector scans what statics reach on every cycle, and a set
+/// of millions of ids would be hundreds of MiB.
+pub static DROPPED: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 static NEXT_CANARY: AtomicU64 = AtomicU64::new(1);
 
 /// A field that records its owner's death.
@@ -24,11 +25,12 @@ impl Canary {
 
 impl Drop for Canary {
     fn drop(&mut self) {
-        DROPPED
-            .lock()
-            .unwrap()
-            .get_or_insert_with(HashSet::new)
-            .insert(self.0);
+        let (word, bit) = ((self.0 / 64) as usize, self.0 % 64);
+        let mut dropped = DROPPED.lock().unwrap();
+        if dropped.len() <= word {
+            dropped.resize(word + 1, 0);
+        }
+        dropped[word] |= 1 << bit;
     }
 }
 
@@ -38,11 +40,12 @@ unsafe impl Trace for Canary {
 }
 
 pub fn was_dropped(id: u64) -> bool {
+    let (word, bit) = ((id / 64) as usize, id % 64);
     DROPPED
         .lock()
         .unwrap()
-        .as_ref()
-        .is_some_and(|set| set.contains(&id))
+        .get(word)
+        .is_some_and(|bits| bits & (1 << bit) != 0)
 }
 
 #[derive(goro::Trace)]

@@ -1,47 +1,68 @@
-//! The stop-the-world cycle: allocation accounting, marking, sweeping, retirement.
+//! The cycle: allocation accounting, marking with the world stopped, sweeping with it going,
+//! and retirement at the end of a runtime.
 //!
-//! Marking keeps an explicit work list (never recursion, so deep object graphs cannot overflow
-//! the system stack). Two kinds of work:
-//!
-//! - `Object(start, header)`: a marked Gc object, traced precisely through its vtable;
-//! - `Range(lo, hi)`: root memory or a marked malloc block, scanned conservatively word by word.
-//!
-//! Sweeping runs per span in two passes: first it lists the dead slots (unmarked, allocated, not
-//! immortal) with no user code running, then it drops them and only then frees them. Dropping runs
-//! user drop glue, which may allocate (even `Gc` objects) and free; because the dead slots of the
-//! span are still allocated while it runs, the span cannot be released or re-carved under the
-//! sweeper. Objects allocated while sweeping are marked at birth ("allocate black"), so a span
-//! swept later in the same cycle keeps them.
+//! 1. **Stop.** The [`Mutators`] stop every thread of the process (goroutines at a safe point,
+//!    everything else where it stands; see the facade's `world` module). From here until the
+//!    world restarts, a stopped thread may hold any lock, the allocator's included, so the
+//!    collector allocates nothing and takes no lock a mutator can hold: the work list is mapped
+//!    memory ([`crate::workbuf`]).
+//! 2. **Mark.** Mark bits are cleared; marking keeps an explicit work list (never recursion, so
+//!    deep graphs cannot overflow the system stack) of two kinds of work:
+//!    - `Object(start, header)`: a marked Gc object, traced precisely through its vtable;
+//!    - `Range(lo, hi)`: root memory or a marked malloc block, scanned conservatively.
+//! 3. **Condemn.** Still stopped, every allocated, unmarked, mortal object gets the
+//!    [`CONDEMNED`] bit in its header. No user code runs, nothing is freed.
+//! 4. **Restart**, then **sweep** on the sweeper thread ([`crate::sweeper`]): each span's
+//!    condemned objects are dropped, poisoned under `GORO_DEBUG=clobberfree=1`, and freed. Drop
+//!    glue runs there, with the world going and on a thread of its own: a drop that takes a lock
+//!    a goroutine holds waits for it without blocking any M (so the holder can run and let go),
+//!    and a drop that panics aborts the process with the reason (it cannot unwind out of the
+//!    collector and leave it disabled). Condemned objects are unreachable, so nothing the
+//!    mutators do can reach them; new objects never carry the bit, so the sweep needs no
+//!    allocate-black rule. A new cycle cannot start until the sweep is done; `collect` waits for
+//!    it (pausing the caller as [`Mutators::pause`] says, which lets a goroutine's M run others).
 
-use crate::object::{IMMORTAL, header_of, vtable_of};
+use crate::object::{CONDEMNED, FLAGS, IMMORTAL, header_of, vtable_of};
 use crate::pacer;
 use crate::roots::{self, Mutators, RootVisitor};
 use crate::stats::{self, CycleReport};
+use crate::sweeper;
 use crate::trace::Tracer;
-use goro_alloc::SpanKind;
+use crate::workbuf::WorkStack;
+use goro_alloc::{GcSpan, SpanKind};
 use std::cell::Cell;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// Allocation is added to the pacer in batches of this many bytes per thread; each batch is also a
 /// safe point.
 const ALLOCATION_BATCH: usize = 64 << 10;
 
-/// True while a cycle runs (no nested cycle may start from drop glue).
+/// True from the start of a cycle's mark to the end of its sweep: no other cycle may start.
 static COLLECTING: AtomicBool = AtomicBool::new(false);
-/// True while sweeping: new objects are marked at birth.
-static SWEEPING: AtomicBool = AtomicBool::new(false);
+
+/// Whether freed objects are overwritten with [`POISON`] (`GORO_DEBUG=clobberfree=1`): a root
+/// the collector missed then shows at once as a wrong value instead of a rare corruption.
+static CLOBBER_FREE: AtomicBool = AtomicBool::new(false);
+
+/// The word `clobberfree` fills freed objects with (Go's `clobberdeadPtr` in spirit).
+pub const POISON: usize = 0xdead_beef_dead_beef;
 
 thread_local! {
     static UNCOUNTED: Cell<usize> = const { Cell::new(0) };
 }
 
+/// Turns `GORO_DEBUG=clobberfree=1` on or off (the facade reads the variable).
+pub fn set_clobber_free(on: bool) {
+    CLOBBER_FREE.store(on, Ordering::Relaxed);
+}
+
 /// Allocates a slot for a new object: the allocation half of `Gc::new`.
 #[inline]
 pub(crate) fn allocate(request: usize, align: usize, slot: usize) -> *mut u8 {
-    if !roots::is_mutator_thread() {
-        not_a_mutator();
+    if roots::current().is_none() {
+        not_in_a_runtime();
     }
     let uncounted = UNCOUNTED.with(|cell| {
         let bytes = cell.get() + slot;
@@ -58,26 +79,10 @@ pub(crate) fn allocate(request: usize, align: usize, slot: usize) -> *mut u8 {
     ptr
 }
 
-/// Marks an object allocated while sweeping, so that the running sweep keeps it.
-#[inline]
-pub(crate) fn allocated_black(slot: *mut u8) {
-    if SWEEPING.load(Ordering::Relaxed)
-        && let Some(block) = goro_alloc::find_block(slot as usize)
-    {
-        block.mark();
-    }
-}
-
 #[cold]
 #[inline(never)]
-fn not_a_mutator() -> ! {
-    if roots::current().is_none() {
-        panic!("Gc::new called outside a goro runtime: start one with goro::run(|| ...)");
-    }
-    panic!(
-        "Gc::new called on a thread goro did not start: the collector cannot see this thread's \
-         stack; allocate inside a goroutine (goro::go) instead"
-    );
+fn not_in_a_runtime() -> ! {
+    panic!("Gc::new called outside a goro runtime: start one with goro::run(|| ...)");
 }
 
 #[cold]
@@ -98,22 +103,32 @@ fn count_batch(bytes: usize) {
         return;
     };
     mutators.safe_point();
-    if pacer::should_trigger() && !COLLECTING.load(Ordering::Relaxed) {
+    if !pacer::should_trigger() {
+        return;
+    }
+    // The last cycle's sweep may still run: wait for it a little (so that allocation cannot run
+    // far ahead of the sweeper), but not forever (this thread may hold a lock a drop waits for).
+    let began = Instant::now();
+    while COLLECTING.load(Ordering::Acquire) && began.elapsed() < SWEEP_WAIT {
+        mutators.pause();
+    }
+    if !COLLECTING.load(Ordering::Relaxed) {
         run_cycle(mutators, false);
     }
 }
 
-/// Runs a full collection now (Go's `runtime.GC`): returns when it is complete.
+/// How long an allocation that is due to start a cycle waits for the last one's sweep.
+const SWEEP_WAIT: Duration = Duration::from_millis(10);
+
+/// Runs a full collection now (Go's `runtime.GC`): returns when it is complete, sweep included.
+/// Works on any thread of the process while a runtime runs.
 ///
 /// # Panics
-/// Panics when called outside a goro runtime or on a thread goro did not start.
+/// Panics when called while no goro runtime runs.
 pub fn collect() {
     let Some(mutators) = roots::current() else {
         panic!("goro::gc::collect called outside a goro runtime: start one with goro::run");
     };
-    if !roots::is_mutator_thread() {
-        panic!("goro::gc::collect called on a thread goro did not start; call it from a goroutine");
-    }
     run_cycle(mutators, true);
 }
 
@@ -123,20 +138,53 @@ pub fn keep_alive<T: ?Sized>(value: &T) {
     std::hint::black_box(value);
 }
 
-fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
-    let requested = Instant::now();
-    mutators.stop_the_world(&mut || {
-        // Another goroutine may have collected while this one waited for the world to stop.
-        if forced || pacer::should_trigger() {
-            cycle(mutators, forced, requested);
-        }
-    });
+/// What a cycle learnt with the world stopped.
+pub(crate) struct Marked {
+    began: Instant,
+    marked: Instant,
+    heap_before: usize,
+    roots: usize,
+    census: Census,
 }
 
-fn cycle(mutators: &dyn Mutators, forced: bool, requested: Instant) {
-    if COLLECTING.swap(true, Ordering::Relaxed) {
-        return;
+fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
+    loop {
+        if forced {
+            // A cycle's sweep runs with the world going: wait for it, then run our own.
+            while COLLECTING.load(Ordering::Acquire) {
+                mutators.pause();
+            }
+        }
+        let requested = Instant::now();
+        let mut marked = None;
+        mutators.stop_the_world(&mut || {
+            // Another thread may have collected while this one waited for the world to stop.
+            if (forced || pacer::should_trigger()) && !COLLECTING.swap(true, Ordering::Acquire) {
+                marked = Some(mark_and_condemn(mutators));
+            }
+        });
+        if let Some(marked) = marked {
+            let cycle = sweeper::hand_over(Sweep::Cycle {
+                forced,
+                requested,
+                marked,
+                procs: mutators.procs(),
+            });
+            if forced {
+                while !sweeper::finished(cycle) {
+                    mutators.pause();
+                }
+            }
+            return;
+        }
+        if !forced {
+            return;
+        }
     }
+}
+
+/// Steps 2 and 3: with every thread stopped, marks from the roots and condemns the rest.
+fn mark_and_condemn(mutators: &dyn Mutators) -> Marked {
     let began = Instant::now();
     let heap_before = pacer::heap_alloc();
     let mut tracer = Tracer::new();
@@ -150,52 +198,108 @@ fn cycle(mutators: &dyn Mutators, forced: bool, requested: Instant) {
         },
     });
     tracer.drain();
-    let marked = Instant::now();
-    let swept = sweep(false);
-    let done = Instant::now();
-    pacer::cycle_done(swept.live_bytes, roots);
-    stats::record(&CycleReport {
-        forced,
+    drop(tracer);
+    let census = condemn(false);
+    Marked {
+        began,
+        marked: Instant::now(),
         heap_before,
-        stop: began.duration_since(requested),
-        mark: marked.duration_since(began),
-        sweep: done.duration_since(marked),
-        live_bytes: swept.live_bytes,
-        live_objects: swept.live_objects,
-        freed_bytes: swept.freed_bytes,
-        freed_objects: swept.freed_objects,
         roots,
-        procs: mutators.procs(),
-        began: requested,
-    });
-    COLLECTING.store(false, Ordering::Relaxed);
+        census,
+    }
+}
+
+/// What the sweeper does with condemned objects once the world runs again.
+pub(crate) enum Sweep {
+    /// A cycle's: sweep, then account for it.
+    Cycle {
+        forced: bool,
+        requested: Instant,
+        marked: Marked,
+        procs: usize,
+    },
+    /// A retirement's: sweep only.
+    Retirement,
+}
+
+/// Step 4, on the sweeper thread: drops and frees the condemned objects, accounts for the cycle,
+/// and lets the next one start.
+pub(crate) fn sweep(job: Sweep) {
+    let began = Instant::now();
+    let swept = sweep_condemned();
+    if let Sweep::Cycle {
+        forced,
+        requested,
+        marked,
+        procs,
+    } = job
+    {
+        pacer::cycle_done(marked.census.live_bytes, marked.roots);
+        stats::record(&CycleReport {
+            forced,
+            heap_before: marked.heap_before,
+            stop: marked.began.duration_since(requested),
+            mark: marked.marked.duration_since(marked.began),
+            sweep: began.elapsed(),
+            live_bytes: marked.census.live_bytes,
+            live_objects: marked.census.live_objects,
+            freed_bytes: swept.bytes,
+            freed_objects: swept.objects,
+            roots: marked.roots,
+            procs,
+            began: requested,
+        });
+    }
+    // Release: the next cycle's Acquire sees the sweep's frees.
+    COLLECTING.store(false, Ordering::Release);
 }
 
 /// Ends the life of a runtime's heap: marks from the roots `report` gives (what outlives the
-/// runtime, e.g. the value `run` returns, and the stacks of goroutines it abandons), drops every
-/// object not reached, and makes every object reached *immortal*: no later cycle frees it.
+/// runtime: the value `run` returns, the stacks of goroutines it abandons, every thread of the
+/// process), drops every object not reached, and makes every object reached *immortal*: no later
+/// cycle frees it.
 ///
-/// The caller must have stopped every mutator for good and uninstalled its `Mutators`.
-pub fn retire(report: &mut dyn FnMut(&mut RootVisitor<'_>)) {
-    if COLLECTING.swap(true, Ordering::Relaxed) {
-        panic!("goro::gc::retire called during a collection");
+/// `stopped` must stop every other thread of the process, call its argument, and resume them;
+/// `report` is called inside it.
+///
+/// # Safety
+/// May be called only by the runtime that is ending, after it stopped every goroutine for good
+/// and uninstalled its [`Mutators`], and only if `stopped` and `report` together see every
+/// place a thread of the process can keep a `Gc` (as [`Mutators::roots`] must): whatever they
+/// miss is freed while still reachable.
+pub unsafe fn retire(
+    stopped: &mut dyn FnMut(&mut dyn FnMut()),
+    report: &mut dyn FnMut(&mut RootVisitor<'_>),
+) {
+    while COLLECTING.swap(true, Ordering::Acquire) {
+        // A cycle started on a thread goro did not start may still be sweeping.
+        std::thread::sleep(Duration::from_micros(50));
     }
-    let mut tracer = Tracer::new();
-    goro_alloc::clear_marks();
-    mark_immortals(&mut tracer);
-    report(&mut RootVisitor {
-        sink: &mut |lo, hi| tracer.push_range(lo, hi),
+    stopped(&mut || {
+        let mut tracer = Tracer::new();
+        goro_alloc::clear_marks();
+        mark_immortals(&mut tracer);
+        report(&mut RootVisitor {
+            sink: &mut |lo, hi| tracer.push_range(lo, hi),
+        });
+        tracer.drain();
+        drop(tracer);
+        condemn(true);
     });
-    tracer.drain();
-    sweep(true);
+    list_immortals();
     pacer::cycle_done(0, 0);
-    COLLECTING.store(false, Ordering::Relaxed);
+    // The objects left behind are dropped on the sweeper thread; a drop that waits for a lock an
+    // abandoned goroutine holds waits there, not here.
+    let retirement = sweeper::hand_over(Sweep::Retirement);
+    while !sweeper::finished(retirement) {
+        std::thread::sleep(Duration::from_micros(100));
+    }
 }
 
 /// Objects made immortal by [`retire`]. They are roots of every later cycle: whoever holds them
 /// outside any runtime (the caller of `run`, say) may reach, through their `GcCell`s, objects a
 /// later runtime stored there. (The facade's scan of static data would find this list's buffer
-/// too; marking it here keeps the rule independent of that scan.)
+/// too; marking it here keeps the rule independent of that scan.) Locked only by the collector.
 static IMMORTALS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
 fn mark_immortals(tracer: &mut Tracer) {
@@ -207,75 +311,147 @@ fn mark_immortals(tracer: &mut Tracer) {
     }
 }
 
-#[derive(Default)]
-struct Swept {
-    live_bytes: usize,
-    live_objects: usize,
-    freed_bytes: usize,
-    freed_objects: usize,
+/// Rebuilds [`IMMORTALS`] from the headers (after a retirement, with the world going: it
+/// allocates).
+fn list_immortals() {
+    let mut list = Vec::new();
+    goro_alloc::for_each_gc_span(|span| {
+        for i in 0..span.len() {
+            let slot = span.slot(i);
+            if header(span, slot) & IMMORTAL != 0 {
+                list.push(slot as usize);
+            }
+        }
+    });
+    *IMMORTALS
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner()) = list;
 }
 
-fn sweep(immortalize: bool) -> Swept {
-    let mut swept = Swept::default();
-    let mut dead: Vec<*mut u8> = Vec::new();
-    let mut new_immortals = Vec::new();
-    SWEEPING.store(true, Ordering::Relaxed);
+/// The header word of `slot`, read atomically (threads may be allocating in the span).
+#[inline]
+fn header_cell(span: GcSpan, slot: *mut u8) -> &'static AtomicUsize {
+    // SAFETY: `slot` is a slot of the Gc span `span`; its header word lies inside it, is
+    // aligned, and span memory stays mapped forever. Every access to a header is atomic.
+    unsafe { AtomicUsize::from_ptr(header_of(slot, span.elem_size())) }
+}
+
+#[inline]
+fn header(span: GcSpan, slot: *mut u8) -> usize {
+    // Acquire: pairs with the Release store in `Gc::new`.
+    header_cell(span, slot).load(Ordering::Acquire)
+}
+
+/// Live and condemned objects, as counted by [`condemn`].
+#[derive(Default)]
+struct Census {
+    live_bytes: usize,
+    live_objects: usize,
+}
+
+/// Step 3: flags every allocated, unmarked, mortal object [`CONDEMNED`]; with `immortalize`,
+/// flags every marked one [`IMMORTAL`]. Runs with the world stopped: no allocation, no lock.
+fn condemn(immortalize: bool) -> Census {
+    let mut census = Census::default();
     goro_alloc::for_each_gc_span(|span| {
         let size = span.elem_size();
-        dead.clear();
-        let mut live = 0;
-        // Pass 1: list the dead slots. No user code runs here.
         for w in 0..span.len().div_ceil(64) {
             let marks = span.mark_word(w);
             for i in 64 * w..(64 * w + 64).min(span.len()) {
                 let slot = span.slot(i);
-                // SAFETY: `slot` is a slot of a Gc span of element size `size`.
-                let header = unsafe { header_of(slot, size) };
-                // SAFETY: the header word lies inside the span's memory, which stays mapped.
-                let word = unsafe { header.read() };
+                let cell = header_cell(span, slot);
+                let word = cell.load(Ordering::Relaxed);
                 if word == 0 {
                     continue;
                 }
+                debug_assert_eq!(word & CONDEMNED, 0, "an object condemned twice");
                 if marks & (1 << (i % 64)) != 0 || word & IMMORTAL != 0 {
-                    live += 1;
-                    if immortalize && word & IMMORTAL == 0 {
-                        // SAFETY: as above; no mutator runs, and the slot is allocated.
-                        unsafe { header.write(word | IMMORTAL) };
-                        new_immortals.push(slot as usize);
+                    census.live_objects += 1;
+                    census.live_bytes += size;
+                    if immortalize {
+                        cell.store(word | IMMORTAL, Ordering::Relaxed);
                     }
                 } else {
-                    dead.push(slot);
+                    cell.store(word | CONDEMNED, Ordering::Relaxed);
                 }
             }
         }
-        // Pass 2: drop them. Drop glue may allocate and free; the dead slots stay allocated.
-        for &slot in &dead {
-            // SAFETY: the header was written by `Gc::new` for this slot's object, which marking
-            // did not reach: no mutator can use it again.
-            unsafe {
-                if let Some(drop) = vtable_of(header_of(slot, size).read()).drop {
-                    drop(slot);
-                }
-            }
-        }
-        // Pass 3: zero the headers (goro-alloc's slot convention) and free in one batch.
-        for &slot in &dead {
-            // SAFETY: the object was dropped above and the slot is still allocated.
-            unsafe { header_of(slot, size).write(0) };
-        }
-        // SAFETY: distinct dead slots of this span, dropped, headers zeroed, never used again.
-        unsafe { span.free_slots(&dead) };
-        swept.live_objects += live;
-        swept.live_bytes += live * size;
-        swept.freed_objects += dead.len();
-        swept.freed_bytes += dead.len() * size;
     });
-    SWEEPING.store(false, Ordering::Relaxed);
-    IMMORTALS
-        .lock()
-        .unwrap_or_else(|poison| poison.into_inner())
-        .extend(new_immortals);
+    census
+}
+
+/// What [`sweep_condemned`] freed.
+#[derive(Default)]
+struct Swept {
+    bytes: usize,
+    objects: usize,
+}
+
+/// Step 4: drops and frees every condemned object, span by span, with the world going.
+fn sweep_condemned() -> Swept {
+    let mut swept = Swept::default();
+    let mut dead: Vec<*mut u8> = Vec::new();
+    let clobber = CLOBBER_FREE.load(Ordering::Relaxed);
+    goro_alloc::for_each_gc_span(|span| {
+        let size = span.elem_size();
+        dead.clear();
+        for i in 0..span.len() {
+            let slot = span.slot(i);
+            if header(span, slot) & CONDEMNED != 0 {
+                dead.push(slot);
+            }
+        }
+        if dead.is_empty() {
+            return;
+        }
+        // Drop glue may allocate and free; the condemned slots stay allocated meanwhile, so the
+        // span cannot be released or re-carved under us.
+        for &slot in &dead {
+            let word = header(span, slot);
+            // SAFETY: the header was written by `Gc::new` for this slot's object, which marking
+            // did not reach: no mutator can reach it, and it is dropped once (its header is
+            // zeroed below before the slot is freed).
+            if let Some(drop) = unsafe { vtable_of(word & !FLAGS) }.drop {
+                drop_or_abort(drop, slot);
+            }
+        }
+        for &slot in &dead {
+            if clobber {
+                poison(slot, size);
+            }
+            // Release: the zero is written before the slot is on a free list again.
+            header_cell(span, slot).store(0, Ordering::Release);
+        }
+        // SAFETY: distinct condemned slots of this span, dropped, headers zeroed, unreachable.
+        unsafe { span.free_slots(&dead) };
+        swept.objects += dead.len();
+        swept.bytes += dead.len() * size;
+    });
     swept
+}
+
+/// Runs an object's drop glue; a panic there aborts with the reason (Go's kind of fatal error),
+/// since nothing could catch it meaningfully: the object is unreachable.
+fn drop_or_abort(drop: unsafe fn(*mut u8), slot: *mut u8) {
+    let outcome = std::panic::catch_unwind(|| {
+        // SAFETY: as in `sweep_condemned`: a condemned, live, unreachable object, dropped once.
+        unsafe { drop(slot) }
+    });
+    if outcome.is_err() {
+        eprintln!(
+            "fatal error: the drop glue of a collected object panicked (objects are dropped by \
+             the collector; a Trace type's drop must not panic)"
+        );
+        std::process::abort();
+    }
+}
+
+/// Fills a freed object (all but the header word) with [`POISON`].
+fn poison(slot: *mut u8, size: usize) {
+    for at in (0..size - 8).step_by(8) {
+        // SAFETY: inside the dropped object's slot, which is still allocated and ours.
+        unsafe { slot.add(at).cast::<usize>().write(POISON) };
+    }
 }
 
 /// One unit of marking work.
@@ -289,14 +465,14 @@ pub(crate) enum Work {
 
 /// The marking state behind a [`Tracer`].
 pub(crate) struct Marker {
-    work: Vec<Work>,
+    work: WorkStack,
 }
 
 impl Tracer {
     fn new() -> Tracer {
         Tracer {
             marker: Marker {
-                work: Vec::with_capacity(1024),
+                work: WorkStack::new(),
             },
         }
     }
@@ -373,11 +549,11 @@ impl Marker {
 /// Reads a word that another thread may be writing: the collector's one deliberate departure
 /// from the memory model.
 ///
-/// Conservative scanning reads malloc blocks that threads goro does not stop (user threads, the
-/// allocator itself) may be writing at the same time. A volatile read of an aligned word cannot
-/// tear on the platforms goro supports; a stale value only keeps garbage alive one more cycle or
-/// misses a pointer that thread stores, and pointers held by such threads are an open route
-/// (docs/soundness.md).
+/// Every other thread is stopped while the marker runs, but the stash-trap thread may be putting
+/// bytes back into a stack, and a thread may have been stopped in the middle of writing a block.
+/// A volatile read of an aligned word cannot tear on the platforms goro supports. Memory past a
+/// container's length may be uninitialised: the scan reads it as plain bits, which can only keep
+/// garbage alive.
 ///
 /// # Safety
 /// May be called only with an aligned pointer into mapped, readable memory.

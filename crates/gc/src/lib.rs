@@ -6,19 +6,21 @@
 //! malloc heap reachable from those); *marking* finds every object reachable from the roots;
 //! *sweeping* drops and frees every object that marking did not reach.
 //!
-//! This version is a stop-the-world mark-sweep collector:
+//! This version marks with the world stopped and sweeps with it going:
 //!
 //! 1. A cycle starts when the Gc heap has grown by GOGC percent over what the last cycle found live
-//!    (see [`pacer`]), or on [`collect`].
+//!    (see [`pacer`]), or on [`collect`], on any thread.
 //! 2. The [`Mutators`] implementation (the `goro` facade, joining the collector to the scheduler)
-//!    stops every goroutine at a safe point and runs the cycle on the system stack of one M.
+//!    stops every goroutine at a safe point and every other thread of the process by signal, and
+//!    runs the cycle on the system stack of one M.
 //! 3. Mark bits of every span are cleared; the roots are scanned *conservatively*: every aligned word
 //!    that resolves, through goro-alloc's arena index, to an allocated slot marks it. A Gc object
 //!    found this way is traced *precisely* through its [`Trace`] impl; a malloc block is scanned
-//!    conservatively in turn (it may be a `Box`, a `Vec` buffer or a channel's queue holding `Gc`s),
-//!    but it is never freed by the collector.
-//! 4. Sweeping walks every Gc span and drops each allocated object whose mark bit is clear.
-//! 5. The world restarts; the pacer sets the next goal.
+//!    conservatively in turn, over its whole allocation (it may be a `Box`, a `Vec` buffer or a
+//!    channel's queue holding `Gc`s), but it is never freed by the collector. Unmarked objects are
+//!    condemned.
+//! 4. The world restarts; sweeping drops and frees the condemned objects, running their drop glue
+//!    outside the stopped world; the pacer sets the next goal.
 //!
 //! The concurrent collector (tri-color marking with the hybrid barrier, assists, background
 //! workers) replaces steps 2-4 in a later issue; the interfaces here ([`Mutators`], [`Trace`],
@@ -33,7 +35,7 @@
 //!  +---------------------------+---------------+----------------+
 //!  | T (at offset 0)           | padding       | header word    |
 //!  +---------------------------+---------------+----------------+
-//!                                               &'static VTable | IMMORTAL bit, 0 = free slot
+//!                                               &'static VTable | IMMORTAL, CONDEMNED bits; 0 = free
 //! ```
 //!
 //! The header sits at the *end* so that a pointer one past the end of `T` (an exhausted slice
@@ -48,14 +50,17 @@ pub mod pacer;
 mod ptr;
 mod roots;
 mod stats;
+mod sweeper;
 mod trace;
+mod workbuf;
 
 pub use cell::{BorrowError, GcCell, GcRef, GcRefMut};
-pub use collector::{collect, keep_alive, retire};
+pub use collector::{POISON, collect, keep_alive, retire, set_clobber_free};
 pub use pacer::{set_memory_limit, set_percent};
 pub use ptr::Gc;
-pub use roots::{MutatorThread, Mutators, RootVisitor, install, uninstall};
+pub use roots::{Mutators, RootVisitor, install, uninstall};
 pub use stats::{GcStats, set_trace, stats};
+pub use sweeper::sweeper_thread_id;
 pub use trace::{Trace, Tracer};
 
 #[doc(hidden)]

@@ -14,6 +14,11 @@ use core::mem::{align_of, size_of};
 
 /// Set on objects that survived the end of a runtime (see [`crate::retire`]): never swept again.
 pub(crate) const IMMORTAL: usize = 1;
+/// Set with the world stopped on every object marking did not reach; the sweep drops and frees
+/// exactly these once the world runs again. New objects never carry it.
+pub(crate) const CONDEMNED: usize = 2;
+/// The flag bits of a header word.
+pub(crate) const FLAGS: usize = IMMORTAL | CONDEMNED;
 
 /// What the collector needs to know about a `T` to trace and drop it through a type-erased pointer.
 #[repr(C, align(8))]
@@ -82,6 +87,6 @@ pub(crate) unsafe fn header_of(start: *mut u8, size: usize) -> *mut usize {
 /// May be called only with a header word that `Gc::new` wrote.
 #[inline]
 pub(crate) unsafe fn vtable_of(header: usize) -> &'static VTable {
-    // SAFETY: a non-zero header is the address of a `'static` VTable, possibly with IMMORTAL set.
-    unsafe { &*((header & !IMMORTAL) as *const VTable) }
+    // SAFETY: a non-zero header is the address of a `'static` VTable, possibly with flags set.
+    unsafe { &*((header & !FLAGS) as *const VTable) }
 }

@@ -32,8 +32,11 @@ impl<T: Trace + Send + 'static> Gc<T> {
     ///
     /// This is a safe point: if a collection is due, it runs here first.
     ///
+    /// Works on any thread of the process while a runtime runs (every thread is a root: a
+    /// collection stops and scans them all).
+    ///
     /// # Panics
-    /// Panics when called outside a goro runtime, or on a thread goro did not start.
+    /// Panics when called while no goro runtime runs.
     #[inline]
     pub fn new(value: T) -> Gc<T> {
         let slot = collector::allocate(Layout::<T>::REQUEST, Layout::<T>::ALIGN, Layout::<T>::SLOT);
@@ -49,8 +52,11 @@ impl<T: Trace + Send + 'static> Gc<T> {
         unsafe {
             slot.cast::<T>().write(value);
             let vtable: &'static crate::object::VTable = &Layout::<T>::VTABLE;
-            header_of(slot, slot_size).write(vtable as *const _ as usize);
-            collector::allocated_black(slot);
+            // Release: the value's bytes are written before the slot reads as allocated.
+            core::sync::atomic::AtomicUsize::from_ptr(header_of(slot, slot_size)).store(
+                vtable as *const _ as usize,
+                core::sync::atomic::Ordering::Release,
+            );
             Gc {
                 ptr: NonNull::new_unchecked(slot.cast::<T>()),
             }

@@ -1,25 +1,26 @@
 //! How the collector reaches the mutators: the [`Mutators`] trait.
 //!
-//! goro-gc knows nothing of goroutines. Whoever runs mutators (the `goro` facade, joining the
-//! scheduler and the stacks; a test's fake) implements [`Mutators`] and [`install`]s it: the
-//! collector asks it to stop the world, to report the roots, and to poll for a stop at safe points.
-//! Threads whose stacks the implementation reports register themselves with [`MutatorThread`]; only
-//! they may allocate `Gc` objects.
+//! goro-gc knows nothing of goroutines or threads. Whoever runs mutators (the `goro` facade,
+//! joining the scheduler and the stacks; a test's fake) implements [`Mutators`] and
+//! [`install`]s it: the collector asks it to stop the world, to report the roots, and to poll for
+//! a stop at safe points. While one is installed, every thread of the process may allocate `Gc`
+//! objects: the implementation stops and scans them all.
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 /// The world of mutators, as the collector sees it.
 ///
 /// # Safety
-/// May be implemented only if, while `stop_the_world` runs its closure, no thread registered with
-/// [`MutatorThread`] executes mutator code, and `roots` reports every memory range in which such a
-/// thread may hold a `Gc` (its stack from the saved stack pointer up, its saved registers) along
-/// with every heap block only the runtime owns that may hold one.
+/// May be implemented only if, while `stop_the_world` runs its closure, no thread of the process
+/// but the one running the closure executes code that can load or store a `Gc` (every other
+/// thread is stopped), and `roots` reports every memory range in which any thread may hold a
+/// `Gc` (its stack from its stack pointer up, its saved registers, its TLS, static data) along
+/// with every heap block only the runtime owns that may hold one. The closure must not be run
+/// while a stopped thread holds a lock the closure needs; the collector's part of it allocates
+/// nothing and takes no lock but its own.
 pub unsafe trait Mutators: Sync {
-    /// Stops every mutator at a safe point, runs `cycle`, then lets them go on.
-    ///
-    /// Called on a registered mutator thread; `cycle` may run on another stack of the same thread.
+    /// Stops every thread of the process, runs `cycle`, then lets them go on. Called on any
+    /// thread; `cycle` may run on another thread or stack while the caller waits.
     fn stop_the_world(&self, cycle: &mut dyn FnMut());
 
     /// Reports the roots to `visitor`. Called only inside `stop_the_world`'s closure.
@@ -30,6 +31,12 @@ pub unsafe trait Mutators: Sync {
 
     /// How many Ps run mutators (for the gctrace line).
     fn procs(&self) -> usize;
+
+    /// Waits a moment without holding up other mutators (a goroutine parks on a timer, so its
+    /// M can run others; a thread sleeps): `collect` waits so for the sweeper.
+    fn pause(&self) {
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    }
 }
 
 /// Receives root memory from [`Mutators::roots`].
@@ -64,7 +71,11 @@ static MUTATORS: AtomicPtr<Installed> = AtomicPtr::new(core::ptr::null_mut());
 ///
 /// # Panics
 /// Panics if another `Mutators` is installed.
-pub fn install(mutators: &'static dyn Mutators) {
+///
+/// # Safety
+/// May be called only by the runtime whose world `mutators` describes, while it runs: from now
+/// on every `Gc` of the process is collected through it.
+pub unsafe fn install(mutators: &'static dyn Mutators) {
     let installed = Box::into_raw(Box::new(Installed(mutators)));
     // AcqRel: publishes the box to `current`'s Acquire loads.
     if MUTATORS
@@ -85,7 +96,10 @@ pub fn install(mutators: &'static dyn Mutators) {
 /// Removes the installed `Mutators`; from now on `Gc::new` panics until the next `install`.
 ///
 /// The box is leaked rather than freed: a thread may have loaded the pointer just before.
-pub fn uninstall() {
+///
+/// # Safety
+/// May be called only by the runtime that installed it, as it ends (before [`crate::retire`]).
+pub unsafe fn uninstall() {
     MUTATORS.swap(core::ptr::null_mut(), Ordering::AcqRel);
 }
 
@@ -94,35 +108,4 @@ pub(crate) fn current() -> Option<&'static dyn Mutators> {
     let installed = MUTATORS.load(Ordering::Acquire);
     // SAFETY: a non-null pointer came from `Box::into_raw` in `install` and is never freed.
     (!installed.is_null()).then(|| unsafe { (*installed).0 })
-}
-
-thread_local! {
-    static IS_MUTATOR: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Registration of the current thread as a mutator thread (one whose stack the installed
-/// [`Mutators`] reports). Dropping it ends the registration.
-pub struct MutatorThread {
-    _not_send: core::marker::PhantomData<*const ()>,
-}
-
-impl MutatorThread {
-    /// Registers the current thread.
-    pub fn register() -> MutatorThread {
-        IS_MUTATOR.with(|flag| flag.set(true));
-        MutatorThread {
-            _not_send: core::marker::PhantomData,
-        }
-    }
-}
-
-impl Drop for MutatorThread {
-    fn drop(&mut self) {
-        IS_MUTATOR.with(|flag| flag.set(false));
-    }
-}
-
-#[inline]
-pub(crate) fn is_mutator_thread() -> bool {
-    IS_MUTATOR.try_with(Cell::get).unwrap_or(false)
 }

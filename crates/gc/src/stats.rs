@@ -112,8 +112,9 @@ pub(crate) struct CycleReport {
 pub(crate) fn record(report: &CycleReport) {
     let mut counters = COUNTERS.lock().unwrap_or_else(|poison| poison.into_inner());
     let started = *counters.started.get_or_insert(report.began);
-    let pause = report.stop + report.mark + report.sweep;
-    counters.busy += pause;
+    // The world is stopped while the cycle stops it and marks; the sweep runs with it going.
+    let pause = report.stop + report.mark;
+    counters.busy += pause + report.sweep;
     let stats = &mut counters.stats;
     stats.cycles += 1;
     stats.forced_cycles += u64::from(report.forced);
@@ -128,7 +129,7 @@ pub(crate) fn record(report: &CycleReport) {
     stats.total_freed += report.freed_bytes as u64;
     stats.freed_objects += report.freed_objects as u64;
     if TRACE.load(Ordering::Relaxed) {
-        let elapsed = report.began.duration_since(started) + pause;
+        let elapsed = report.began.duration_since(started) + pause + report.sweep;
         let share = 100.0 * counters.busy.as_secs_f64() / elapsed.as_secs_f64().max(1e-9);
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let mb = |b: usize| b >> 20;

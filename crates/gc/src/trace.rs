@@ -39,7 +39,10 @@ impl Tracer {
     /// field says is in use. For containers whose length std lowers while user code runs
     /// (`Vec::extract_if`, `VecDeque::drain`, `BinaryHeap::peek_mut`).
     #[inline]
-    #[allow(dead_code, reason = "the std container impls switch to it in the next change")]
+    #[allow(
+        dead_code,
+        reason = "the std container impls switch to it in the next change"
+    )]
     pub(crate) fn scan_bytes_of<T: ?Sized>(&mut self, value: &T) {
         let lo = std::ptr::from_ref(value).cast::<u8>() as usize;
         self.marker

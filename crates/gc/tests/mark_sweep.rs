@@ -1,7 +1,7 @@
 //! Mark-sweep on hand-built graphs, with a fake `Mutators` whose only roots are a word array.
 
 use goro_derive::Trace;
-use goro_gc::{Gc, GcCell, MutatorThread, Mutators, RootVisitor, Trace, Tracer};
+use goro_gc::{Gc, GcCell, Mutators, RootVisitor, Trace, Tracer};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -14,8 +14,9 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 struct Fake;
 
-// SAFETY: the test thread is the only mutator; it calls the collector itself, so it is stopped
-// while the cycle runs, and the only roots it relies on are the words of `ROOTS`.
+// SAFETY: the test thread is the only thread that touches `Gc`s (the tests are serialised, and
+// none hands a `Gc` to another thread); it calls the collector itself, so it is stopped while
+// the cycle runs, and the only roots it relies on are the words of `ROOTS`.
 unsafe impl Mutators for Fake {
     fn stop_the_world(&self, cycle: &mut dyn FnMut()) {
         cycle();
@@ -65,19 +66,22 @@ fn node(value: u64) -> Gc<Node> {
     })
 }
 
-/// Serialises the tests (one installed `Mutators` per process) and registers the thread.
-fn setup() -> (MutexGuard<'static, ()>, MutatorThread) {
+/// Serialises the tests (one installed `Mutators` per process) and installs the fake.
+fn setup() -> MutexGuard<'static, ()> {
     let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    goro_gc::uninstall();
-    goro_gc::install(&FAKE);
+    // SAFETY: the tests are serialised: the fake is the only world, and no test runs a goro
+    // runtime.
+    unsafe {
+        goro_gc::uninstall();
+        goro_gc::install(&FAKE);
+    }
     for root in &ROOTS.0 {
         root.store(0, Ordering::SeqCst);
     }
-    let thread = MutatorThread::register();
     // Start from a clean slate: collect whatever earlier tests left unrooted.
     goro_gc::collect();
     DROPS.store(0, Ordering::SeqCst);
-    (guard, thread)
+    guard
 }
 
 fn root(index: usize, gc: Gc<Node>) {
@@ -86,7 +90,7 @@ fn root(index: usize, gc: Gc<Node>) {
 
 #[test]
 fn unreachable_objects_are_dropped_and_reachable_ones_kept() {
-    let (_serial, _thread) = setup();
+    let _serial = setup();
     // a -> b -> c (through a GcCell), a.children = [g]; d <-> e a cycle; f alone.
     let a = node(1);
     let b = node(2);
@@ -131,7 +135,7 @@ fn unreachable_objects_are_dropped_and_reachable_ones_kept() {
 
 #[test]
 fn an_interior_pointer_keeps_its_object() {
-    let (_serial, _thread) = setup();
+    let _serial = setup();
     let a = node(11);
     let field = &a.value as *const u64 as usize;
     ROOTS.0[1].store(field + 4, Ordering::SeqCst);
@@ -152,7 +156,7 @@ fn an_interior_pointer_keeps_its_object() {
 
 #[test]
 fn a_long_chain_is_marked_without_recursion_and_freed() {
-    let (_serial, _thread) = setup();
+    let _serial = setup();
     let head = node(0);
     // Rooted before the chain grows: building it triggers cycles on its own.
     root(2, head);
@@ -184,7 +188,7 @@ fn a_long_chain_is_marked_without_recursion_and_freed() {
 
 #[test]
 fn large_objects_are_collected() {
-    let (_serial, _thread) = setup();
+    let _serial = setup();
     #[derive(Trace)]
     #[trace(crate = "goro_gc")]
     struct Big {
@@ -209,15 +213,17 @@ fn large_objects_are_collected() {
 
 #[test]
 fn retired_objects_are_never_freed() {
-    let (_serial, _thread) = setup();
+    let _serial = setup();
     let kept = node(21);
     let _lost = node(22);
     let word = kept.as_ptr() as usize;
-    goro_gc::retire(&mut |visitor: &mut RootVisitor<'_>| {
+    let mut report = |visitor: &mut RootVisitor<'_>| {
         let lo = (&word as *const usize).cast::<u8>();
         // SAFETY: a local that outlives the call.
         unsafe { visitor.range(lo, lo.add(8)) };
-    });
+    };
+    // SAFETY: the fake's world is this thread alone, and `word` is its only root.
+    unsafe { goro_gc::retire(&mut |cycle: &mut dyn FnMut()| cycle(), &mut report) };
     assert_eq!(DROPS.load(Ordering::SeqCst), 1);
     // No root refers to `kept` any more, yet it survives: it outlived its runtime.
     goro_gc::collect();
@@ -228,7 +234,7 @@ fn retired_objects_are_never_freed() {
 
 #[test]
 fn allocation_triggers_collection_by_gogc() {
-    let (_serial, _thread) = setup();
+    let _serial = setup();
     let before = goro_gc::stats().cycles;
     for i in 0..400_000 {
         node(i);
@@ -249,7 +255,7 @@ fn allocation_triggers_collection_by_gogc() {
 
 #[test]
 fn gc_cell_borrow_errors_say_why() {
-    let (_serial, _thread) = setup();
+    let _serial = setup();
     let cell = GcCell::new(5);
     let shared = cell.borrow();
     assert_eq!(
@@ -267,20 +273,10 @@ fn gc_cell_borrow_errors_say_why() {
 }
 
 #[test]
-fn gc_new_on_an_unregistered_thread_panics_with_the_reason() {
-    let (_serial, thread) = setup();
-    let message = std::thread::spawn(|| {
-        let error = std::panic::catch_unwind(|| Gc::new(1u32)).unwrap_err();
-        error.downcast_ref::<&str>().map(|s| s.to_string()).unwrap()
-    })
-    .join()
-    .unwrap();
-    assert!(
-        message.starts_with("Gc::new called on a thread goro did not start"),
-        "{message}"
-    );
-    drop(thread);
-    goro_gc::uninstall();
+fn gc_new_outside_a_runtime_panics_with_the_reason() {
+    let _serial = setup();
+    // SAFETY: serialised; nothing else uses the fake meanwhile.
+    unsafe { goro_gc::uninstall() };
     let error = std::panic::catch_unwind(|| Gc::new(1u32)).unwrap_err();
     let message = error.downcast_ref::<&str>().unwrap();
     assert!(

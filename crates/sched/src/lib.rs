@@ -52,6 +52,7 @@ mod proc;
 mod runq;
 mod shrink;
 mod stw;
+mod suspend;
 pub mod sync;
 mod sync_prims;
 mod sysmon;
@@ -60,10 +61,11 @@ mod timer;
 pub use join::{JoinHandle, Panic};
 pub use proc::{
     Config, DEFAULT_MAX_STACK_SIZE, Finished, LOCAL_QUEUE_SOFT_LIMIT, Local, MAX_PROCS, RootRange,
-    blocking, current_goroutine_id, for_each_root, go, is_goroutine, num_goroutine, procs,
+    RootsLock, blocking, current_goroutine_id, go, is_goroutine, num_goroutine, procs,
     release_stack_memory, run, set_max_procs, yield_now,
 };
 pub use stw::{safe_point, stop_the_world};
+pub use suspend::{defer_suspend, set_deferred_suspend_hook};
 pub use sysmon::TIME_SLICE;
 pub use timer::sleep;
 

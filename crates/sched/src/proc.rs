@@ -19,6 +19,7 @@ use crate::park::ThreadParker;
 use crate::runq::LocalQueue;
 use crate::shrink::{ParkedStack, Released, StashMode};
 use crate::stw;
+use crate::suspend::NoSuspend;
 use crate::timer::Timers;
 use goro_stack::{Stack, StackPointer, init_stack, switch};
 use std::cell::{Cell, UnsafeCell};
@@ -574,7 +575,8 @@ impl<R> Finished<R> {
     /// never run again; their stacks and closures stay allocated (as in Go, nothing of theirs is
     /// dropped).
     pub fn for_each_abandoned_root(&self, visit: &mut dyn FnMut(RootRange)) {
-        roots_of(self.sched, visit);
+        let lists: Vec<_> = self.sched.allg.iter().map(lock).collect();
+        roots_of(&lists, visit);
     }
 
     /// The main goroutine's result.
@@ -1191,6 +1193,9 @@ fn lone_and_fresh(sched: &Sched, victim: usize) -> bool {
 
 fn execute(m: &M, g: GRef) {
     let sched = m.sched();
+    // From here to the switch the G's stack, status and bytes change: a collection must not stop
+    // this thread half-way (it would read them torn).
+    let window = NoSuspend::new();
     // SeqCst: pairs with the store of `stopping` in `stw::stop` (Dekker: one of the two sees the
     // other).
     m.running.store(true, Ordering::SeqCst);
@@ -1221,6 +1226,9 @@ fn execute(m: &M, g: GRef) {
     // SAFETY: this is the goroutine's home M, about to resume it; the stack is its own.
     unsafe { gg.parked_stack.reclaim(stack) };
     grow::set_stack_limit(stack.map_or(0, |s| s.limit() as usize));
+    // Stopped from here on, the G is consistent: switched out with its registers below `sp`, or
+    // (inside the switch) on its own stack, which the stopped thread's scan covers.
+    drop(window);
     // SAFETY: `g` was switched out (or freshly initialised) with its stack pointer in `sp`; only
     // this M runs it (it is bound here), and g0's context is saved into `g0_sp`, which only this
     // thread reads.
@@ -1465,6 +1473,8 @@ fn new_g(sched: &'static Sched, entry: Entry) -> GRef {
         _ => None,
     };
     if let Some(g) = own_p.and_then(|p| take_free_g(sched, p)) {
+        // A collection must not see the G half-reinitialised.
+        let _window = NoSuspend::new();
         let gg = g.g();
         // SAFETY: a G from a free list is dead: no queue, waker, collector or sysmon pass uses
         // its plain fields (they skip dead Gs, and a collection cannot run while this goroutine
@@ -1759,11 +1769,13 @@ fn destroy(m: &M, g: GRef) {
     let sched = g.g().sched;
     let gg = g.g();
     bump(&m.exited);
+    let window = NoSuspend::new();
     // SAFETY: the G exited: it is in no queue and nothing refers to it any more; only this M
     // touches it until it is dead and listed.
     let stack = unsafe { (*gg.stack.get()).take() };
     // Release: a spawner that takes the G from a list sees it dead after these writes.
     gg.status.store(GStatus::Dead as u8, Ordering::Release);
+    drop(window);
     // SAFETY: only the M holding a P touches its free list, and `m` holds it.
     let gfree = unsafe { &mut *sched.ps[m.p()].gfree.get() };
     gfree.push(g);
@@ -1791,33 +1803,63 @@ pub enum RootRange {
     /// not run yet): scan it whole.
     Block(*const u8),
     /// The live part of a switched-out goroutine's stack, from its saved stack pointer (which
-    /// points at its saved registers) to the top.
+    /// points at its saved registers) to the top. For a goroutine that was running when its
+    /// thread was stopped, the saved pointer is stale and may lie outside the stack: the
+    /// collector scans such a range only if it lies within one stack slot, and finds the live
+    /// frames through the stopped thread's own stack pointer.
     Stack {
         /// The saved stack pointer.
         lo: *const u8,
         /// The top of the stack.
         hi: *const u8,
     },
+    /// The bytes of a parked goroutine's stack that sysmon stashed in the heap (its stack pages
+    /// are released): `[lo, hi)` holds `[sp, top)` as it was.
+    Stashed {
+        /// First stashed byte.
+        lo: *const u8,
+        /// One past the last.
+        hi: *const u8,
+    },
 }
 
-/// Reports the roots of every goroutine of the running runtime.
-///
-/// # Panics
-/// Panics if the caller is not on an M whose world is stopped (only the collector calls this,
-/// from inside [`crate::stop_the_world`]).
-pub fn for_each_root(visit: &mut dyn FnMut(RootRange)) {
-    let m = current_m().expect("for_each_root outside a goro M");
-    assert!(
-        m.sched().stopping.load(Ordering::SeqCst),
-        "for_each_root with the world running"
-    );
-    roots_of(m.sched(), visit);
+/// Every goroutine of the running runtime, held still for a collection: the `allg` lists are
+/// locked (sysmon stashes under them, threads that are not Ms add Gs under them), so a stopped
+/// thread cannot be holding one. Take it *before* stopping threads that do not reach a safe point
+/// and drop it after they resume.
+pub struct RootsLock {
+    lists: Vec<MutexGuard<'static, Vec<GRef>>>,
 }
 
-fn roots_of(sched: &Sched, visit: &mut dyn FnMut(RootRange)) {
-    // Every list is locked for the whole walk, in order: sysmon stashes under these locks, and
-    // threads that are not Ms add Gs under them.
-    let lists: Vec<_> = sched.allg.iter().map(lock).collect();
+impl RootsLock {
+    /// Locks the goroutine lists of the running runtime.
+    ///
+    /// # Panics
+    /// Panics if the caller is not on an M whose world is stopped (only the collector calls this,
+    /// from inside [`crate::stop_the_world`]).
+    #[allow(
+        clippy::new_without_default,
+        reason = "locking is not a default value: it may only happen with the world stopped"
+    )]
+    pub fn new() -> RootsLock {
+        let m = current_m().expect("RootsLock::new outside a goro M");
+        let sched = m.sched();
+        assert!(
+            sched.stopping.load(Ordering::SeqCst),
+            "RootsLock::new with the world running"
+        );
+        RootsLock {
+            lists: sched.allg.iter().map(lock).collect(),
+        }
+    }
+
+    /// Reports the roots of every goroutine. Allocates nothing and takes no lock.
+    pub fn for_each(&self, visit: &mut dyn FnMut(RootRange)) {
+        roots_of(&self.lists, visit);
+    }
+}
+
+fn roots_of(lists: &[MutexGuard<'_, Vec<GRef>>], visit: &mut dyn FnMut(RootRange)) {
     for g in lists.iter().flat_map(|list| list.iter()) {
         let gg = g.g();
         // Acquire: pairs with the release in `destroy`. A dead G holds nothing live (its stale
@@ -1838,11 +1880,16 @@ fn roots_of(sched: &Sched, visit: &mut dyn FnMut(RootRange)) {
             // SAFETY: until the collection ends the world stays stopped, so its M cannot take
             // the bytes back, sysmon does not stash (`release_parked_stacks`), and it cannot
             // exit.
-            let (lo, hi) = match unsafe { stack.stashed_bytes() } {
-                Some(bytes) => (bytes.as_ptr(), bytes.as_ptr_range().end),
-                None => (sp.0.cast_const(), stack.top().cast_const()),
-            };
-            visit(RootRange::Stack { lo, hi });
+            visit(match unsafe { stack.stashed_bytes() } {
+                Some(bytes) => RootRange::Stashed {
+                    lo: bytes.as_ptr(),
+                    hi: bytes.as_ptr_range().end,
+                },
+                None => RootRange::Stack {
+                    lo: sp.0.cast_const(),
+                    hi: stack.top().cast_const(),
+                },
+            });
         }
         // The stacks the goroutine grew from, each from where it left it.
         // SAFETY: as above.

@@ -17,12 +17,15 @@
 //! Ms that are idle or busy in g0 code (readying, unlocking) are not running a goroutine and so
 //! count as stopped; they run no user code until the world restarts.
 //!
-//! A goroutine that never reaches a safe point (a loop without channel operations, allocation or
-//! yields) delays the stop; signal-based suspension is a later issue.
+//! A goroutine that never reaches a safe point within [`SAFE_POINT_GRACE`] (a loop without
+//! channel operations, allocation or yields; a call inside `blocking`; a wait on a std lock) is
+//! not waited for: the initiator goes on, and the collector stops its thread by signal along with
+//! every other thread of the process (the facade's `world` module), where it stands. Runtime
+//! paths that must not be cut in half defer that signal (`suspend`).
 
 use crate::proc::{self, M, Request, Sched, current_m, lock};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A safe point: if the world is stopping, the calling goroutine stops here until it restarts;
 /// if sysmon flagged its time slice as used up, it yields.
@@ -64,7 +67,14 @@ pub fn stop_the_world(f: &mut dyn FnMut()) {
     proc::switch_to_g0(Request::StopTheWorld(f));
 }
 
-/// Called on the initiator's g0: returns when no other M runs a goroutine.
+/// How long the initiator waits for goroutines to reach a safe point. Past it, the goroutines
+/// still running are stopped where they stand with the rest of the process's threads (the
+/// facade's `world` module): a loop that never calls the runtime, a goroutine inside
+/// [`crate::blocking`] or on a std lock cannot hold a collection up.
+pub const SAFE_POINT_GRACE: Duration = Duration::from_micros(100);
+
+/// Called on the initiator's g0: returns when no other M runs a goroutine, or when
+/// [`SAFE_POINT_GRACE`] has passed (the caller then stops the laggards by signal).
 pub(crate) fn stop(me: &M) {
     let sched = me.sched();
     let mut guard = lock(&sched.stw_lock);
@@ -73,12 +83,17 @@ pub(crate) fn stop(me: &M) {
         guard = sched.stw_cv.wait(guard).unwrap_or_else(|p| p.into_inner());
     }
     sched.stopping.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + SAFE_POINT_GRACE;
     for m in sched.ms() {
         while m.running.load(Ordering::SeqCst) {
-            // The timeout is a backstop only: `notify` wakes us as soon as an M stops.
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            // `notify` wakes us as soon as an M stops.
             let (g, _) = sched
                 .stw_cv
-                .wait_timeout(guard, Duration::from_millis(1))
+                .wait_timeout(guard, deadline - now)
                 .unwrap_or_else(|p| p.into_inner());
             guard = g;
         }

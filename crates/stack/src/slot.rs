@@ -447,7 +447,16 @@ impl ChunkTable {
         if n == MAX_CHUNKS {
             return Err(StackError::too_many_chunks(MAX_CHUNKS));
         }
-        let metas: &'static [SlotMeta] = Box::leak((0..slots).map(|_| SlotMeta::new()).collect());
+        // Mapped, not allocated: a table this size (tens of MiB for a million slots) in goro's
+        // heap would be scanned whole by every collection (it is reached from this static), and
+        // it holds no `Gc`. Zeroed pages are fresh `SlotMeta`s, so only the entries of slots in
+        // use are ever touched.
+        let bytes = slots * size_of::<SlotMeta>();
+        let table = os::reserve(bytes).map_err(|err| StackError::reserve(bytes, err))?;
+        // SAFETY: a fresh zeroed mapping of `slots` entries, never unmapped; all-zero bytes are a
+        // valid `SlotMeta` (atomics and a null pointer): a LIVE slot with no owner or record.
+        let metas: &'static [SlotMeta] =
+            unsafe { core::slice::from_raw_parts(table.cast::<SlotMeta>(), slots) };
         let e = &self.entries[n];
         e.base.store(base, Ordering::Relaxed);
         e.slot_len.store(slot_len, Ordering::Relaxed);

@@ -27,6 +27,7 @@ const FILLING: u8 = 4;
 pub const MAX_STASH: usize = 64 * 1024;
 
 /// The per-slot state shared by everyone who may look at a slot without owning it.
+/// All bytes zero is a LIVE slot with no owner and no record: the slot tables are zeroed mappings.
 pub(crate) struct SlotMeta {
     /// The goroutine id set with [`Stack::set_owner`] (0 if none).
     pub(crate) owner: AtomicU64,
@@ -52,17 +53,6 @@ impl core::fmt::Debug for SlotMeta {
 }
 
 impl SlotMeta {
-    pub(crate) fn new() -> SlotMeta {
-        SlotMeta {
-            owner: AtomicU64::new(0),
-            state: AtomicU8::new(LIVE),
-            trapped: AtomicBool::new(false),
-            stasher: AtomicI32::new(0),
-            record: AtomicPtr::new(core::ptr::null_mut()),
-            record_len: AtomicUsize::new(0),
-        }
-    }
-
     /// The record.
     ///
     /// # Safety

@@ -1,0 +1,89 @@
+//! The sweeper thread: where condemned objects are dropped and freed.
+//!
+//! Drop glue is the only code of a user's type (through manual `Trace` impls; the derive forbids
+//! `Drop`) that the collector runs. It runs on a thread of its own, after the world restarted,
+//! so that a drop that waits (for a lock a goroutine holds, say) blocks neither the stopped
+//! world nor the M of the goroutine that triggered the cycle, which may be the M the lock's
+//! holder is bound to. Go sweeps in the background too (`bgsweep`).
+//!
+//! One job at a time: a cycle hands its sweep over and returns; the next cycle cannot start
+//! before the sweep ends (the `COLLECTING` flag). Jobs are numbered so a waiter can tell its own.
+
+use crate::collector::{self, Sweep};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Condvar, Mutex};
+
+struct State {
+    /// The job handed over and not yet taken.
+    pending: Option<(u64, Sweep)>,
+    /// Jobs handed over so far.
+    handed: u64,
+    /// Jobs finished so far.
+    finished: u64,
+    started: bool,
+}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    pending: None,
+    handed: 0,
+    finished: 0,
+    started: false,
+});
+static WORK: Condvar = Condvar::new();
+
+/// The sweeper thread's kernel id, or 0 before it starts.
+static TID: AtomicI32 = AtomicI32::new(0);
+
+/// The kernel thread id of the sweeper thread, if it runs. It is goro's own: it holds no `Gc`
+/// and wakes no goroutine but through drop glue.
+pub fn sweeper_thread_id() -> Option<i32> {
+    let tid = TID.load(Ordering::Relaxed);
+    (tid != 0).then_some(tid)
+}
+
+/// Gives `job` to the sweeper; returns its number for [`finished`].
+pub(crate) fn hand_over(job: Sweep) -> u64 {
+    let mut state = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    debug_assert!(state.pending.is_none(), "a sweep handed over twice");
+    state.handed += 1;
+    let number = state.handed;
+    state.pending = Some((number, job));
+    if !state.started {
+        state.started = true;
+        std::thread::Builder::new()
+            .name("goro-sweeper".into())
+            .spawn(sweeper_main)
+            .unwrap_or_else(|error| {
+                eprintln!("fatal error: goro-gc: cannot start the sweeper thread: {error}");
+                std::process::abort()
+            });
+    }
+    WORK.notify_all();
+    number
+}
+
+/// Whether job `number` is done.
+pub(crate) fn finished(number: u64) -> bool {
+    STATE.lock().unwrap_or_else(|p| p.into_inner()).finished >= number
+}
+
+fn sweeper_main() {
+    // SAFETY: gettid has no preconditions.
+    TID.store(unsafe { libc::gettid() }, Ordering::Relaxed);
+    let mut state = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let Some((number, job)) = state.pending.take() else {
+            state = WORK.wait(state).unwrap_or_else(|p| p.into_inner());
+            continue;
+        };
+        drop(state);
+        collector::sweep(job);
+        // What drop glue freed sits in this thread's cache, linked through the free blocks; the
+        // marker scans this thread's TLS, and a free list reached from there would be scanned
+        // block by block, stale contents and all (keeping garbage alive). Give it back.
+        goro_alloc::flush_thread_cache();
+        state = STATE.lock().unwrap_or_else(|p| p.into_inner());
+        state.finished = number;
+        WORK.notify_all();
+    }
+}

@@ -1,0 +1,90 @@
+//! Windows in which a thread must not be stopped by the collector's signal.
+//!
+//! A collection stops every thread of the process where it stands (the facade's `world`
+//! module). A few runtime paths leave the state the collector reads half-written while they run:
+//! an M between claiming a goroutine and switching to it (the goroutine's first stack, its
+//! unstashed bytes, its status), and a goroutine switching stack segments. Such a path holds a
+//! [`NoSuspend`] guard; the signal handler asks [`defer_suspend`] first, which records that a
+//! stop is pending instead of letting it happen. When the outermost guard drops, the thread calls
+//! the hook the facade registered, which signals the thread again, now outside the window (Go
+//! keeps `m.locks` for the same purpose).
+//!
+//! The state is per thread and touched by the thread and by its own signal handler only, so the
+//! atomics are `Relaxed`: what matters is that the compiler neither caches nor reorders them
+//! across the handler, which atomics guarantee.
+
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+
+thread_local! {
+    /// Open [`NoSuspend`] guards on this thread.
+    static DEPTH: AtomicU32 = const { AtomicU32::new(0) };
+    /// A stop arrived inside a window.
+    static PENDING: AtomicBool = const { AtomicBool::new(false) };
+}
+
+/// The facade's "stop this thread now" (signal it again), or null.
+static HOOK: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Registers what a thread calls when it leaves a window in which a stop was deferred.
+pub fn set_deferred_suspend_hook(hook: fn()) {
+    HOOK.store(hook as *mut (), Ordering::Release);
+}
+
+/// For the collector's signal handler: whether the calling thread is inside a window. If so, the
+/// stop is recorded and the thread stops itself when it leaves the window. Async-signal-safe.
+pub fn defer_suspend() -> bool {
+    let inside = DEPTH
+        .try_with(|d| d.load(Ordering::Relaxed) > 0)
+        .unwrap_or(false);
+    if inside {
+        let _ = PENDING.try_with(|p| p.store(true, Ordering::Relaxed));
+    }
+    inside
+}
+
+/// While alive, the collector's signal does not stop this thread (see the module docs). Hold
+/// it only for a few dozen instructions, never across a wait.
+pub(crate) struct NoSuspend(());
+
+impl NoSuspend {
+    #[inline]
+    pub(crate) fn new() -> NoSuspend {
+        enter();
+        NoSuspend(())
+    }
+}
+
+impl Drop for NoSuspend {
+    #[inline]
+    fn drop(&mut self) {
+        leave();
+    }
+}
+
+/// Opens a window without a guard, for one that a stack switch splits (`grow`): each `enter`
+/// is matched by one [`leave`] on the same thread.
+#[inline]
+pub(crate) fn enter() {
+    DEPTH.with(|d| d.fetch_add(1, Ordering::Relaxed));
+}
+
+/// Closes a window [`enter`] opened; stops the thread now if a stop arrived inside it.
+#[inline]
+pub(crate) fn leave() {
+    if DEPTH.with(|d| d.fetch_sub(1, Ordering::Relaxed)) == 1 {
+        // A signal after the decrement stops the thread itself; one before it set PENDING.
+        if PENDING.with(|p| p.swap(false, Ordering::Relaxed)) {
+            stop_now();
+        }
+    }
+}
+
+#[cold]
+fn stop_now() {
+    let hook = HOOK.load(Ordering::Acquire);
+    if !hook.is_null() {
+        // SAFETY: a non-null hook was stored from a `fn()` in `set_deferred_suspend_hook`.
+        let hook: fn() = unsafe { std::mem::transmute::<*mut (), fn()>(hook) };
+        hook();
+    }
+}

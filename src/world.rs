@@ -1,0 +1,692 @@
+//! Stopping every thread of the process for a collection, and finding where each one keeps its
+//! roots.
+//!
+//! Goroutines stop at safe points (goro-sched's handshake), but a `Gc` can live anywhere a thread
+//! keeps data: on the stack of the main thread, of a `std::thread`, of a C library's thread, in
+//! their `thread_local!`s, or in the registers of a goroutine that spins without calling the
+//! runtime. Scanning such a thread while it runs is not enough: it can move a `Gc` from a part
+//! the marker has not read into a part it has already read (`rotate_left` on a shared `Vec`).
+//! So a collection stops *every* thread, as Boehm's collector does:
+//!
+//! 1. The collecting thread lists `/proc/self/task` and sends each other thread
+//!    [`SUSPEND_SIGNAL`] (`tgkill`). It leaves out only itself and the stash-trap thread (which
+//!    blocks every signal, holds no `Gc`, and must go on answering stack faults).
+//! 2. The handler runs on the thread's current stack (no `SA_ONSTACK`), so the kernel's signal
+//!    frame, holding every register of the interrupted code, lies between the handler's frame
+//!    and the interrupted stack pointer. The handler records the address of one of its own
+//!    locals (below that frame) and the thread pointer, acknowledges, and waits on a futex until
+//!    the collector bumps [`EPOCH`]. Everything it calls is async-signal-safe: atomics, `gettid`,
+//!    `pthread_self`, `futex`.
+//! 3. The collector lists the tasks again until a pass finds no thread it has not stopped: a
+//!    thread created by one that was still running is caught by the next pass; once every
+//!    listed thread is stopped, nothing can create another.
+//! 4. Each stopped thread is a root: its stack from the recorded address to the top of the stack
+//!    it is on (the goroutine slot, found through goro-stack, or else the end of the memory
+//!    mapping, read from `/proc/self/maps`), and its static TLS block, at fixed offsets from its
+//!    thread pointer (the same for every thread; learnt from `dl_iterate_phdr` on the collecting
+//!    thread).
+//! 5. Bumping the epoch and a futex wake resume them all.
+//!
+//! While threads are stopped the collector must not wait on anything a stopped thread may hold:
+//! it allocates nothing (the marker's work list is `mmap`ed), and takes no lock besides those it
+//! took *before* sending the signals (the scheduler's `allg` lists). Runtime code that must not
+//! be stopped half-way (a goroutine's first run, a switch of stack segment) defers the handler
+//! through goro-sched's [`goro_sched::defer_suspend`]; the deferred thread stops itself when the
+//! window closes. Warnings during a stop go straight to `write(2)`: a stopped thread may hold
+//! std's stderr lock.
+//!
+//! A thread that blocks the signal cannot be stopped. After a second of waiting the collector
+//! checks the thread's blocked set; if the signal is blocked it warns once and goes on without
+//! that thread, whose roots are then not seen (docs/soundness.md lists this route as open).
+//! Rejected: `ptrace` (a process cannot trace its own threads), scanning threads without
+//! stopping them (the `rotate_left` race above), and stopping only threads that registered
+//! (users cannot be asked to register every thread a C library starts).
+
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The signal that stops a thread for a collection (Boehm's collector uses it on Linux too).
+pub(crate) const SUSPEND_SIGNAL: libc::c_int = libc::SIGPWR;
+
+/// The most threads one stop can hold.
+const MAX_THREADS: usize = 8192;
+
+/// Slot states.
+const REQUESTED: u32 = 1;
+const SUSPENDED: u32 = 2;
+/// The thread exited before it stopped.
+const GONE: u32 = 3;
+/// The thread blocks [`SUSPEND_SIGNAL`]: it runs on, unscanned.
+const UNSTOPPABLE: u32 = 4;
+
+/// One thread of the stop under way. Written by the collector before it signals the thread
+/// (`tid`, `state = REQUESTED`), then by the thread's handler (`sp`, `tp`, then `state`).
+struct Slot {
+    tid: AtomicI32,
+    state: AtomicU32,
+    /// An address in the handler's frame: below the signal frame with the saved registers.
+    sp: AtomicUsize,
+    /// `pthread_self()`: the base that static TLS offsets are relative to.
+    tp: AtomicUsize,
+}
+
+impl Slot {
+    const fn new() -> Slot {
+        Slot {
+            tid: AtomicI32::new(0),
+            state: AtomicU32::new(0),
+            sp: AtomicUsize::new(0),
+            tp: AtomicUsize::new(0),
+        }
+    }
+}
+
+static SLOTS: [Slot; MAX_THREADS] = [const { Slot::new() }; MAX_THREADS];
+/// Slots in use by the stop under way. Release: publishes the slot's `tid` and `state` to
+/// handlers (Acquire).
+static USED: AtomicUsize = AtomicUsize::new(0);
+/// Counts acknowledgements; the collector futex-waits on it.
+static ACKS: AtomicU32 = AtomicU32::new(0);
+/// Bumped to resume the stopped threads; handlers futex-wait on it.
+static EPOCH: AtomicU32 = AtomicU32::new(0);
+/// Whether the handler is installed (once per process).
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+/// Whether the "thread blocks the signal" warning was printed.
+static WARNED_BLOCKED: AtomicBool = AtomicBool::new(false);
+
+/// Installs the handler of [`SUSPEND_SIGNAL`] (once per process), and tells goro-sched how a
+/// thread whose stop it deferred stops itself.
+///
+/// # Panics
+/// Panics if `sigaction` fails.
+pub(crate) fn install() {
+    if INSTALLED.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    goro_sched::set_deferred_suspend_hook(stop_self);
+    // SAFETY: `action` is fully initialised before `sigaction` reads it; the handler is
+    // async-signal-safe (see `on_suspend_signal`).
+    let installed = unsafe {
+        let mut action: libc::sigaction = core::mem::zeroed();
+        action.sa_sigaction = on_suspend_signal as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        // Nothing else runs inside the handler but synchronous faults, which must not wait.
+        libc::sigfillset(&mut action.sa_mask);
+        for fault in [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
+            libc::sigdelset(&mut action.sa_mask, fault);
+        }
+        libc::sigaction(SUSPEND_SIGNAL, &action, core::ptr::null_mut())
+    };
+    assert_eq!(
+        installed,
+        0,
+        "goro: cannot install the collector's SIGPWR handler: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// The handler of [`SUSPEND_SIGNAL`]. Async-signal-safe: atomics, `gettid`, `pthread_self`,
+/// `futex`; errno is restored.
+extern "C" fn on_suspend_signal(
+    _signal: libc::c_int,
+    _info: *mut libc::siginfo_t,
+    _context: *mut libc::c_void,
+) {
+    if goro_sched::defer_suspend() {
+        return;
+    }
+    // SAFETY: `__errno_location` returns this thread's errno slot.
+    let errno = unsafe { libc::__errno_location() };
+    // SAFETY: as above; the slot is valid for the thread's life.
+    let saved_errno = unsafe { *errno };
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // Read before acknowledging: the collector bumps it only after every acknowledgement.
+    let epoch = EPOCH.load(Ordering::Acquire);
+    // Acquire: pairs with the Release store of `USED`, so the slots below it are visible.
+    let used = USED.load(Ordering::Acquire).min(MAX_THREADS);
+    if let Some(slot) = SLOTS[..used]
+        .iter()
+        .find(|slot| slot.tid.load(Ordering::Relaxed) == tid)
+    {
+        let here = 0usize;
+        let sp = core::hint::black_box(&here) as *const usize as usize;
+        slot.sp.store(sp, Ordering::Relaxed);
+        // SAFETY: pthread_self reads the thread pointer; it has no preconditions.
+        slot.tp
+            .store(unsafe { libc::pthread_self() } as usize, Ordering::Relaxed);
+        // Release: publishes `sp` and `tp`, and every write the thread made before the
+        // signal, to the collector's Acquire load of the state.
+        if slot
+            .state
+            .compare_exchange(REQUESTED, SUSPENDED, Ordering::Release, Ordering::Relaxed)
+            .is_ok()
+        {
+            ACKS.fetch_add(1, Ordering::Release);
+            futex_wake(&ACKS, 1);
+            // Acquire: pairs with the Release bump in `Stopped::drop`, so the collector's
+            // writes (marks, the heap it swept) are visible when the thread goes on.
+            while EPOCH.load(Ordering::Acquire) == epoch {
+                futex_wait(&EPOCH, epoch, None);
+            }
+        }
+    }
+    // SAFETY: as above.
+    unsafe { *errno = saved_errno };
+}
+
+/// goro-sched's hook for a thread whose stop it deferred: signal ourselves again now that the
+/// window is closed (the slot is still `REQUESTED`).
+fn stop_self() {
+    // SAFETY: tgkill to the calling thread with a signal whose handler is installed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::getpid(),
+            libc::gettid(),
+            SUSPEND_SIGNAL,
+        );
+    }
+}
+
+/// The other threads of the process, stopped. Dropping it resumes them.
+pub(crate) struct Stopped {
+    used: usize,
+    me: i32,
+    /// The static TLS block, as offsets from a thread's `pthread_self()`.
+    tls: Option<(isize, isize)>,
+}
+
+/// Where one thread keeps its roots.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ThreadRoots {
+    /// The live part of its current stack: `[sp, top)`.
+    pub(crate) stack: (usize, usize),
+    /// Its static TLS block, if readable.
+    pub(crate) tls: Option<(usize, usize)>,
+}
+
+/// Stops every other thread of the process but the stash-trap thread (see the module docs).
+///
+/// Must be called with no lock held that a thread of the process may wait for in a way that
+/// keeps it from stopping (a signal handler interrupts futex waits, so ordinary locks are fine),
+/// and must not allocate or take a lock until the returned value is dropped, except locks taken
+/// before.
+pub(crate) fn stop_others() -> Stopped {
+    install();
+    let tls = static_tls_offsets();
+    // SAFETY: gettid has no preconditions.
+    let me = unsafe { libc::gettid() };
+    let trap = goro_stack::trap_thread_id();
+    USED.store(0, Ordering::Release);
+    ACKS.store(0, Ordering::Relaxed);
+    let mut used = 0;
+    loop {
+        let before = used;
+        for_each_task(|tid| {
+            if tid == me
+                || Some(tid) == trap
+                || SLOTS[..used]
+                    .iter()
+                    .any(|s| s.tid.load(Ordering::Relaxed) == tid)
+            {
+                return;
+            }
+            if used == MAX_THREADS {
+                fatal("more threads than a collection can stop (8192)");
+            }
+            let slot = &SLOTS[used];
+            slot.tid.store(tid, Ordering::Relaxed);
+            slot.state.store(REQUESTED, Ordering::Relaxed);
+            used += 1;
+            // Release: the handler's Acquire load of `USED` sees the slot.
+            USED.store(used, Ordering::Release);
+            if !signal(tid) {
+                slot.state.store(GONE, Ordering::Relaxed);
+            }
+        });
+        if used == before {
+            break;
+        }
+        wait_for(&SLOTS[before..used]);
+    }
+    Stopped { used, me, tls }
+}
+
+/// Whether a suspend signal went to `tid` (false: the thread is gone).
+fn signal(tid: i32) -> bool {
+    // SAFETY: tgkill with a valid signal number; an exited tid gives ESRCH.
+    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, SUSPEND_SIGNAL) == 0 }
+}
+
+/// Waits until every slot in `slots` left `REQUESTED`.
+fn wait_for(slots: &[Slot]) {
+    let began = Instant::now();
+    let mut warned = false;
+    loop {
+        let acks = ACKS.load(Ordering::Acquire);
+        let mut waiting = false;
+        for slot in slots {
+            // Acquire: pairs with the handler's Release, so `sp` and `tp` are visible.
+            if slot.state.load(Ordering::Acquire) != REQUESTED {
+                continue;
+            }
+            let tid = slot.tid.load(Ordering::Relaxed);
+            if !signal_target_exists(tid) {
+                slot.state.store(GONE, Ordering::Relaxed);
+            } else if began.elapsed() > Duration::from_secs(1) && blocks_the_signal(tid) {
+                slot.state.store(UNSTOPPABLE, Ordering::Relaxed);
+                if !WARNED_BLOCKED.swap(true, Ordering::Relaxed) {
+                    warn(b"goro: a thread blocks SIGPWR, so the collector cannot stop it; Gc values only that thread holds are not seen (docs/soundness.md)\n");
+                }
+            } else {
+                waiting = true;
+            }
+        }
+        if !waiting {
+            return;
+        }
+        if !warned && began.elapsed() > Duration::from_secs(5) {
+            warned = true;
+            warn(b"goro: a collection has waited 5 s for a thread to stop (is it in uninterruptible sleep?)\n");
+        }
+        futex_wait(&ACKS, acks, Some(Duration::from_millis(2)));
+    }
+}
+
+/// Whether the thread `tid` of this process still exists.
+fn signal_target_exists(tid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the thread exists.
+    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, 0) == 0 }
+}
+
+/// Whether the thread blocks [`SUSPEND_SIGNAL`], from its `SigBlk` line in
+/// `/proc/self/task/TID/status`.
+fn blocks_the_signal(tid: i32) -> bool {
+    let (digits, count) = decimal(tid);
+    let mut path = [0u8; 64];
+    let mut len = 0;
+    for part in [
+        b"/proc/self/task/".as_slice(),
+        &digits[..count],
+        b"/status\0",
+    ] {
+        path[len..len + part.len()].copy_from_slice(part);
+        len += part.len();
+    }
+    let mut buf = [0u8; 4096];
+    let Some(n) = read_file(&path, &mut buf) else {
+        return false;
+    };
+    let text = &buf[..n];
+    let Some(at) = find(text, b"SigBlk:") else {
+        return false;
+    };
+    let mask = text[at + 7..]
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take_while(|b| b.is_ascii_hexdigit())
+        .fold(0u64, |mask, &b| (mask << 4) | u64::from(hex_digit(b)));
+    mask & (1 << (SUSPEND_SIGNAL - 1)) != 0
+}
+
+impl Stopped {
+    /// Calls `f` with the roots of every stopped thread, and of the calling thread (from the
+    /// caller's frame up).
+    pub(crate) fn for_each_thread(&self, mut f: impl FnMut(ThreadRoots)) {
+        let maps = Maps::read();
+        let here = 0usize;
+        let my_sp = core::hint::black_box(&here) as *const usize as usize;
+        // SAFETY: pthread_self has no preconditions.
+        let my_tp = unsafe { libc::pthread_self() } as usize;
+        let mut report = |sp: usize, tp: usize| {
+            let top = match goro_stack::slot_bounds(sp) {
+                Some((_, top)) => Some(top),
+                None => maps.readable_end(sp),
+            };
+            let Some(top) = top else {
+                return;
+            };
+            let tls = self.tls.and_then(|(lo, hi)| {
+                let (lo, hi) = (tp.wrapping_add_signed(lo), tp.wrapping_add_signed(hi));
+                maps.is_readable(lo, hi).then_some((lo, hi))
+            });
+            f(ThreadRoots {
+                stack: (sp, top),
+                tls,
+            });
+        };
+        report(my_sp, my_tp);
+        for slot in &SLOTS[..self.used] {
+            // Acquire: pairs with the handler's Release.
+            if slot.state.load(Ordering::Acquire) == SUSPENDED {
+                report(
+                    slot.sp.load(Ordering::Relaxed),
+                    slot.tp.load(Ordering::Relaxed),
+                );
+            }
+        }
+        debug_assert_ne!(self.me, 0);
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // Release: pairs with the handlers' Acquire loads.
+        EPOCH.fetch_add(1, Ordering::Release);
+        futex_wake(&EPOCH, i32::MAX);
+    }
+}
+
+/// The static TLS area of a thread as offsets `[lo, hi)` from its `pthread_self()`: the blocks
+/// `dl_iterate_phdr` reports for the calling thread that lie near its thread pointer (blocks of
+/// `dlopen`ed libraries allocated elsewhere are left out; each range is checked against the
+/// mappings before it is read).
+fn static_tls_offsets() -> Option<(isize, isize)> {
+    /// `dl_iterate_phdr`'s callback.
+    ///
+    /// # Safety
+    /// Only `dl_iterate_phdr` may call it, with `data` the `(tp, lo, hi)` of the caller.
+    unsafe extern "C" fn each_object(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: the loader passes a valid `dl_phdr_info` for the duration of the call, and
+        // `data` is the tuple `static_tls_offsets` passed in.
+        let (info, area) = unsafe { (&*info, &mut *data.cast::<(usize, isize, isize)>()) };
+        if info.dlpi_tls_data.is_null() {
+            return 0;
+        }
+        for i in 0..usize::from(info.dlpi_phnum) {
+            // SAFETY: `dlpi_phdr` points to `dlpi_phnum` program headers.
+            let header = unsafe { &*info.dlpi_phdr.add(i) };
+            if header.p_type != libc::PT_TLS {
+                continue;
+            }
+            let offset = (info.dlpi_tls_data as usize).wrapping_sub(area.0) as isize;
+            // Static TLS sits next to the thread pointer; farther blocks are dynamic.
+            if offset.unsigned_abs() < 64 << 20 {
+                area.1 = area.1.min(offset);
+                area.2 = area.2.max(offset + header.p_memsz as isize);
+            }
+        }
+        0
+    }
+    // SAFETY: pthread_self has no preconditions.
+    let tp = unsafe { libc::pthread_self() } as usize;
+    let mut area: (usize, isize, isize) = (tp, isize::MAX, isize::MIN);
+    // SAFETY: the callback only reads the headers it is given and writes `area`.
+    unsafe {
+        libc::dl_iterate_phdr(Some(each_object), (&raw mut area).cast());
+    }
+    (area.1 < area.2).then_some((area.1, area.2))
+}
+
+/// `/proc/self/maps`, read into memory mapped for it (no allocator: a stopped thread may hold
+/// its locks).
+struct Maps {
+    text: *mut u8,
+    len: usize,
+    capacity: usize,
+}
+
+impl Maps {
+    fn read() -> Maps {
+        let mut capacity = 1 << 20;
+        loop {
+            let text = map_anonymous(capacity);
+            // SAFETY: `text` is a fresh private mapping of `capacity` bytes.
+            let buf = unsafe { core::slice::from_raw_parts_mut(text, capacity) };
+            match read_file(b"/proc/self/maps\0", buf) {
+                Some(len) if len < capacity => {
+                    return Maps {
+                        text,
+                        len,
+                        capacity,
+                    };
+                }
+                Some(_) => {
+                    // SAFETY: the mapping made above, not used any more.
+                    unsafe { libc::munmap(text.cast(), capacity) };
+                    capacity *= 2;
+                }
+                None => {
+                    return Maps {
+                        text,
+                        len: 0,
+                        capacity,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Each mapping: `(start, end, readable)`.
+    fn entries(&self) -> impl Iterator<Item = (usize, usize, bool)> + '_ {
+        // SAFETY: the first `len` bytes of the mapping were filled by `read`.
+        let text = unsafe { core::slice::from_raw_parts(self.text, self.len) };
+        text.split(|&b| b == b'\n').filter_map(|line| {
+            let dash = line.iter().position(|&b| b == b'-')?;
+            let space = line.iter().position(|&b| b == b' ')?;
+            let start = parse_hex(&line[..dash])?;
+            let end = parse_hex(line.get(dash + 1..space)?)?;
+            let readable = line.get(space + 1) == Some(&b'r');
+            Some((start, end, readable))
+        })
+    }
+
+    /// The end of the readable mapping that holds `addr`. Only that one mapping: the next one
+    /// may be a special mapping that faults when read (`[vvar]`).
+    fn readable_end(&self, addr: usize) -> Option<usize> {
+        self.entries()
+            .find(|&(start, end, _)| (start..end).contains(&addr))
+            .and_then(|(_, end, readable)| readable.then_some(end))
+    }
+
+    fn is_readable(&self, lo: usize, hi: usize) -> bool {
+        lo < hi && self.readable_end(lo).is_some_and(|end| end >= hi)
+    }
+}
+
+impl Drop for Maps {
+    fn drop(&mut self) {
+        // SAFETY: the mapping `read` made; nothing refers to it any more.
+        unsafe { libc::munmap(self.text.cast(), self.capacity) };
+    }
+}
+
+/// A private anonymous read-write mapping of `len` bytes.
+fn map_anonymous(len: usize) -> *mut u8 {
+    // SAFETY: a fresh anonymous mapping; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        fatal("mmap failed while the world was stopped");
+    }
+    p.cast()
+}
+
+/// Calls `f` with the id of every thread of the process (`getdents64` on `/proc/self/task`).
+fn for_each_task(mut f: impl FnMut(i32)) {
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/task".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        fatal("cannot open /proc/self/task to stop the other threads");
+    }
+    let mut buf = [0u8; 8192];
+    loop {
+        // SAFETY: getdents64 writes at most `buf.len()` bytes of records into `buf`.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        let mut at = 0;
+        while at + 19 < n as usize {
+            // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name.
+            let reclen = usize::from(u16::from_ne_bytes([buf[at + 16], buf[at + 17]]));
+            let name = &buf[at + 19..at + reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if let Some(tid) = parse_decimal(name) {
+                f(tid);
+            }
+            at += reclen.max(1);
+        }
+    }
+    // SAFETY: the descriptor opened above.
+    unsafe { libc::close(fd) };
+}
+
+/// Reads a whole file into `buf` with raw system calls; `None` if it cannot be opened.
+fn read_file(path: &[u8], buf: &mut [u8]) -> Option<usize> {
+    debug_assert_eq!(path.last(), Some(&0));
+    // SAFETY: `path` is NUL-terminated; the descriptor is closed below.
+    let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    let mut len = 0;
+    while len < buf.len() {
+        // SAFETY: reads into the unfilled rest of `buf`.
+        let n = unsafe { libc::read(fd, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
+        if n <= 0 {
+            break;
+        }
+        len += n as usize;
+    }
+    // SAFETY: the descriptor opened above.
+    unsafe { libc::close(fd) };
+    Some(len)
+}
+
+fn parse_decimal(text: &[u8]) -> Option<i32> {
+    if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    text.iter().try_fold(0i32, |n, &b| {
+        n.checked_mul(10)?.checked_add(i32::from(b - b'0'))
+    })
+}
+
+fn parse_hex(text: &[u8]) -> Option<usize> {
+    if text.is_empty() || !text.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    Some(
+        text.iter()
+            .fold(0usize, |n, &b| (n << 4) | usize::from(hex_digit(b))),
+    )
+}
+
+fn hex_digit(b: u8) -> u8 {
+    match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => b.to_ascii_lowercase().wrapping_sub(b'a') + 10,
+    }
+}
+
+/// `n` in decimal, without allocating: the digits and their count.
+fn decimal(n: i32) -> ([u8; 12], usize) {
+    let mut digits = [0u8; 12];
+    let mut len = 0;
+    let mut n = n.unsigned_abs();
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    digits[..len].reverse();
+    (digits, len)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Writes `message` to stderr without std's lock.
+fn warn(message: &[u8]) {
+    // SAFETY: writes a valid buffer to file descriptor 2.
+    unsafe { libc::write(2, message.as_ptr().cast(), message.len()) };
+}
+
+/// Go's kind of fatal error, written without allocating, then abort.
+fn fatal(what: &str) -> ! {
+    warn(b"fatal error: goro: ");
+    warn(what.as_bytes());
+    warn(b"\n");
+    std::process::abort()
+}
+
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(core::ptr::null(), |ts| ts as *const libc::timespec);
+    // SAFETY: FUTEX_WAIT on a live, aligned u32; it sleeps only while the word holds
+    // `expected`, at most `timeout`.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            ts_ptr,
+        );
+    }
+}
+
+fn futex_wake(word: &AtomicU32, count: i32) {
+    // SAFETY: FUTEX_WAKE on a live, aligned u32.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            count,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_parse_without_allocating() {
+        assert_eq!(parse_decimal(b"12345"), Some(12345));
+        assert_eq!(parse_decimal(b"."), None);
+        assert_eq!(parse_hex(b"7ffd1000"), Some(0x7ffd_1000));
+        let (digits, len) = decimal(40321);
+        assert_eq!(&digits[..len], b"40321");
+    }
+
+    #[test]
+    fn the_maps_know_this_stack() {
+        let maps = Maps::read();
+        let here = 0usize;
+        let sp = core::hint::black_box(&here) as *const usize as usize;
+        let end = maps.readable_end(sp).expect("the stack is mapped");
+        assert!(end > sp);
+        assert!(maps.is_readable(sp, end));
+    }
+}

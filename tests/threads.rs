@@ -1,0 +1,490 @@
+//! Every thread is a root: `Gc`s kept only by threads goro did not start survive collections,
+//! threads that never reach a safe point cannot hold a collection up, and drop glue runs with the
+//! world going. Every test here runs with `clobberfree` on, so a missed root shows as a wrong
+//! checksum (or a crash) at once.
+
+mod common;
+
+use common::{Tree, build, checksum};
+use goro::Gc;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex, mpsc};
+use std::thread::ThreadId;
+use std::time::Duration;
+
+#[global_allocator]
+static ALLOC: goro::alloc::GoroAlloc = goro::alloc::GoroAlloc;
+
+/// Runs `f` as the main goroutine of a runtime with `procs` Ps and `clobberfree` on.
+fn run<R: Send + 'static>(procs: usize, f: impl FnOnce() -> R + Send + 'static) -> R {
+    goro::Runtime::builder()
+        .max_procs(procs)
+        .build()
+        .unwrap()
+        .run(move || {
+            goro::gc::set_clobber_free(true);
+            f()
+        })
+}
+
+/// Aborts the test process if `f` does not return within `limit`: a collection that waits
+/// forever must fail the test, not hang the suite.
+fn within<R>(limit: Duration, what: &'static str, f: impl FnOnce() -> R) -> R {
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = done.clone();
+    std::thread::spawn(move || {
+        let began = std::time::Instant::now();
+        while !flag.load(Ordering::Acquire) {
+            if began.elapsed() > limit {
+                eprintln!("{what}: still waiting after {limit:?}");
+                std::process::abort();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let value = f();
+    done.store(true, Ordering::Release);
+    value
+}
+
+/// Garbage of the tree's size classes, so that freed objects get reused, and collections.
+fn churn() {
+    for round in 0..3 {
+        for i in 0..3_000 {
+            std::hint::black_box(build(2, i + round));
+        }
+        goro::gc::collect();
+    }
+}
+
+/// Where a std thread keeps the only `Gc` to a tree.
+#[derive(Clone, Copy, Debug)]
+enum Place {
+    StackLocal,
+    LocalVec,
+    ThreadLocal,
+}
+
+thread_local! {
+    static KEPT: RefCell<Option<Gc<Tree>>> = const { RefCell::new(None) };
+}
+
+/// A goroutine builds a tree and hands it to a std thread; the goroutine exits, the thread keeps
+/// the tree in `place` while the runtime collects, then checks it.
+fn a_std_thread_keeps_a_tree(procs: usize, place: Place) {
+    run(procs, move || {
+        let (to_thread, from_goroutine) = mpsc::channel::<Gc<Tree>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<u64>();
+        let checked = Arc::new(Barrier::new(2));
+        let go_on = checked.clone();
+        let thread = std::thread::spawn(move || match place {
+            Place::StackLocal => {
+                let tree = from_goroutine.recv().unwrap();
+                let sum = checksum(&tree);
+                ready_tx.send(sum).unwrap();
+                go_on.wait();
+                (sum, checksum(std::hint::black_box(&tree)))
+            }
+            Place::LocalVec => {
+                // Received straight into the buffer: no local holds the Gc.
+                let mut held = Vec::with_capacity(4);
+                held.push(from_goroutine.recv().unwrap());
+                let sum = checksum(&held[0]);
+                ready_tx.send(sum).unwrap();
+                go_on.wait();
+                (sum, checksum(&held[0]))
+            }
+            Place::ThreadLocal => {
+                KEPT.with(|slot| *slot.borrow_mut() = Some(from_goroutine.recv().unwrap()));
+                let sum = KEPT.with(|slot| checksum(slot.borrow().as_ref().unwrap()));
+                ready_tx.send(sum).unwrap();
+                go_on.wait();
+                (
+                    sum,
+                    KEPT.with(|slot| checksum(slot.borrow().as_ref().unwrap())),
+                )
+            }
+        });
+        goro::go(move || to_thread.send(build(10, 7)).unwrap())
+            .join()
+            .unwrap();
+        let sent = goro::blocking(|| ready_rx.recv().unwrap());
+        churn();
+        checked.wait();
+        let (sum, sum_now) = goro::blocking(|| thread.join().unwrap());
+        assert_eq!(sum, sent);
+        assert_eq!(sum_now, sum, "{place:?} at {procs} Ps");
+    });
+}
+
+#[test]
+fn a_gc_only_a_std_thread_keeps_on_its_stack_survives() {
+    for procs in [1, 2] {
+        a_std_thread_keeps_a_tree(procs, Place::StackLocal);
+    }
+}
+
+#[test]
+fn a_gc_only_a_std_thread_keeps_in_a_local_vec_survives() {
+    for procs in [1, 2] {
+        a_std_thread_keeps_a_tree(procs, Place::LocalVec);
+    }
+}
+
+#[test]
+fn a_gc_only_a_std_threads_thread_local_keeps_survives() {
+    for procs in [1, 2] {
+        a_std_thread_keeps_a_tree(procs, Place::ThreadLocal);
+    }
+}
+
+#[test]
+fn a_gc_only_a_scoped_thread_keeps_survives() {
+    for procs in [1, 2] {
+        run(procs, move || {
+            let tree = goro::go(|| build(10, 3)).join().unwrap();
+            let sum = checksum(&tree);
+            let after = goro::blocking(move || {
+                std::thread::scope(|scope| {
+                    let kept = scope.spawn(move || {
+                        // The goroutine gave its copy away: only this thread holds it.
+                        let tree = tree;
+                        goro::gc::collect();
+                        churn_here();
+                        checksum(&tree)
+                    });
+                    kept.join().unwrap()
+                })
+            });
+            assert_eq!(after, sum, "at {procs} Ps");
+        });
+    }
+}
+
+/// `churn` from a thread that is not a goroutine.
+fn churn_here() {
+    for i in 0..5_000 {
+        std::hint::black_box(build(2, i));
+    }
+    goro::gc::collect();
+}
+
+#[test]
+fn gc_new_and_collect_work_on_a_std_thread_inside_run() {
+    for procs in [1, 2] {
+        let (sum, expected) = run(procs, || {
+            let thread = std::thread::spawn(|| {
+                let trees: Vec<Gc<Tree>> = (0..20).map(|i| build(8, i)).collect();
+                let expected: u64 = trees.iter().map(|t| checksum(t)).sum();
+                churn_here();
+                let sum: u64 = trees.iter().map(|t| checksum(t)).sum();
+                (sum, expected)
+            });
+            goro::blocking(|| thread.join().unwrap())
+        });
+        assert_eq!(sum, expected, "at {procs} Ps");
+    }
+}
+
+#[test]
+fn a_thread_moving_gcs_during_collections_loses_none() {
+    for procs in [1, 2] {
+        run(procs, move || {
+            let shared: Arc<Mutex<Vec<Gc<Tree>>>> = Arc::new(Mutex::new(Vec::new()));
+            let mut expected = 0u64;
+            {
+                let mut trees = shared.lock().unwrap();
+                for i in 0..4_000 {
+                    let tree = build(1, i);
+                    expected = expected.wrapping_add(checksum(&tree));
+                    trees.push(tree);
+                }
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let rotations = Arc::new(AtomicUsize::new(0));
+            let mover = {
+                let (shared, stop, rotations) = (shared.clone(), stop.clone(), rotations.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        shared.lock().unwrap().rotate_left(1_237);
+                        rotations.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            };
+            for _ in 0..20 {
+                churn_here_goroutine();
+            }
+            stop.store(true, Ordering::Relaxed);
+            goro::blocking(|| mover.join().unwrap());
+            assert!(rotations.load(Ordering::Relaxed) > 0);
+            let sum = shared
+                .lock()
+                .unwrap()
+                .iter()
+                .fold(0u64, |acc, tree| acc.wrapping_add(checksum(tree)));
+            assert_eq!(sum, expected, "at {procs} Ps");
+        });
+    }
+}
+
+fn churn_here_goroutine() {
+    for i in 0..500 {
+        std::hint::black_box(build(1, i));
+    }
+    goro::gc::collect();
+}
+
+/// Runs `f` on a goroutine whose thread is not in `avoid`, and returns that thread. The caller
+/// spins (without parking) while candidates start, so only other Ms can steal them; a candidate
+/// that lands on a thread in `avoid` returns at once.
+fn spawn_elsewhere(
+    avoid: Vec<ThreadId>,
+    f: impl FnOnce() + Send + 'static,
+) -> (ThreadId, goro::JoinHandle<()>) {
+    let f = Arc::new(Mutex::new(Some(f)));
+    let landed: Arc<Mutex<Option<ThreadId>>> = Arc::new(Mutex::new(None));
+    let mut candidates = Vec::new();
+    for _ in 0..10_000 {
+        let (avoid, f, mine) = (avoid.clone(), f.clone(), landed.clone());
+        candidates.push(goro::go(move || {
+            let me = std::thread::current().id();
+            if avoid.contains(&me) {
+                return;
+            }
+            let Some(f) = f.lock().unwrap().take() else {
+                return;
+            };
+            *mine.lock().unwrap() = Some(me);
+            f();
+        }));
+        let began = std::time::Instant::now();
+        while began.elapsed() < Duration::from_millis(5) {
+            if let Some(thread) = *landed.lock().unwrap() {
+                let handle = candidates.pop().unwrap();
+                // Whichever candidate ran `f` is the one to join: join them all in a goroutine.
+                let rest = candidates;
+                let joined = goro::go(move || {
+                    handle.join().unwrap();
+                    for candidate in rest {
+                        candidate.join().unwrap();
+                    }
+                });
+                return (thread, joined);
+            }
+            std::thread::yield_now();
+        }
+    }
+    panic!("no goroutine ran on another thread");
+}
+
+#[test]
+fn a_goroutine_spinning_without_safe_points_does_not_hold_a_collection_up() {
+    run(2, || {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let kept = build(6, 1);
+        let sum = checksum(&kept);
+        let (_, spinner) = spawn_elsewhere(vec![std::thread::current().id()], move || {
+            let local = build(6, 2);
+            let mine = checksum(&local);
+            while !flag.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+            assert_eq!(checksum(&local), mine);
+        });
+        within(
+            Duration::from_secs(60),
+            "collect with a spinning goroutine",
+            || {
+                for _ in 0..5 {
+                    churn();
+                }
+            },
+        );
+        stop.store(true, Ordering::Relaxed);
+        spinner.join().unwrap();
+        assert_eq!(checksum(&kept), sum);
+    });
+}
+
+#[test]
+fn a_goroutine_in_blocking_waiting_for_the_collector_does_not_hold_it_up() {
+    run(2, || {
+        let (tx, rx) = mpsc::channel::<()>();
+        let rx = Arc::new(Mutex::new(rx));
+        let (_, waiter) = spawn_elsewhere(vec![std::thread::current().id()], move || {
+            let rx = rx.clone();
+            goro::blocking(move || rx.lock().unwrap().recv().unwrap());
+        });
+        within(
+            Duration::from_secs(60),
+            "collect with a goroutine in blocking",
+            churn,
+        );
+        tx.send(()).unwrap();
+        waiter.join().unwrap();
+    });
+}
+
+#[test]
+fn a_goroutine_waiting_on_a_std_lock_a_parked_goroutine_holds_does_not_hold_it_up() {
+    run(3, || {
+        let lock = Arc::new(Mutex::new(0u32));
+        let (locked_tx, locked_rx) = goro::chan::channel::<()>(1);
+        let (go_on_tx, go_on_rx) = goro::chan::channel::<()>(1);
+        let main_thread = std::thread::current().id();
+        let holder_lock = lock.clone();
+        let (holder_thread, holder) = spawn_elsewhere(vec![], move || {
+            let mut guard = holder_lock.lock().unwrap();
+            locked_tx.send(());
+            // Parked with the std lock held.
+            go_on_rx.recv();
+            *guard += 1;
+        });
+        locked_rx.recv();
+        let waiter_lock = lock.clone();
+        let (_, waiter) = spawn_elsewhere(vec![main_thread, holder_thread], move || {
+            // Blocks this goroutine's thread until the holder unlocks.
+            *waiter_lock.lock().unwrap() += 1;
+        });
+        goro::sleep(Duration::from_millis(20));
+        within(
+            Duration::from_secs(60),
+            "collect with a goroutine on a std lock",
+            churn,
+        );
+        go_on_tx.send(());
+        holder.join().unwrap();
+        waiter.join().unwrap();
+        assert_eq!(*lock.lock().unwrap(), 2);
+    });
+}
+
+/// Drop glue that waits for a std lock, which a goroutine holds while it sleeps.
+struct WaitsForLock;
+
+static DROP_LOCK: Mutex<()> = Mutex::new(());
+static WAITED_DROPS: AtomicUsize = AtomicUsize::new(0);
+
+impl Drop for WaitsForLock {
+    fn drop(&mut self) {
+        drop(DROP_LOCK.lock().unwrap());
+        WAITED_DROPS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: owns no Gc; its drop touches only statics.
+unsafe impl goro::gc::Trace for WaitsForLock {
+    fn trace(&self, _: &mut goro::gc::Tracer) {}
+}
+
+#[test]
+fn drop_glue_runs_with_the_world_going() {
+    for procs in [1, 2] {
+        run(procs, || {
+            let before = WAITED_DROPS.load(Ordering::Relaxed);
+            let (locked_tx, locked_rx) = goro::chan::channel::<()>(1);
+            let holder = goro::go(move || {
+                let guard = DROP_LOCK.lock().unwrap();
+                locked_tx.send(());
+                // Parked (a timer) with the lock held: a sweep with the world stopped would wait
+                // for it forever.
+                goro::sleep(Duration::from_millis(100));
+                drop(guard);
+            });
+            locked_rx.recv();
+            for _ in 0..100 {
+                std::hint::black_box(Gc::new(WaitsForLock));
+            }
+            within(
+                Duration::from_secs(60),
+                "a sweep whose drop waits for a lock",
+                || {
+                    goro::gc::collect();
+                },
+            );
+            holder.join().unwrap();
+            // A few may be kept by stale words on a stack (the scan is conservative).
+            let dropped = WAITED_DROPS.load(Ordering::Relaxed) - before;
+            assert!(dropped >= 90, "only {dropped} of 100 dropped");
+        });
+    }
+}
+
+/// Drop glue that panics.
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("a drop that panics");
+    }
+}
+
+// SAFETY: owns no Gc; its drop touches nothing (it panics).
+unsafe impl goro::gc::Trace for PanicsOnDrop {
+    fn trace(&self, _: &mut goro::gc::Tracer) {}
+}
+
+#[test]
+fn a_drop_that_panics_aborts_with_the_reason() {
+    if std::env::var_os("GORO_TEST_PANICKING_DROP").is_some() {
+        run(1, || {
+            std::hint::black_box(Gc::new(PanicsOnDrop));
+            goro::gc::collect();
+        });
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_drop_that_panics_aborts_with_the_reason",
+            "--nocapture",
+        ])
+        .env("GORO_TEST_PANICKING_DROP", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the child survived:\n{stderr}");
+    assert!(
+        stderr.contains("fatal error: the drop glue of a collected object panicked"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_gc_in_the_callers_thread_local_outlives_run() {
+    let sum = run(1, || {
+        let tree = build(10, 11);
+        let sum = checksum(&tree);
+        KEPT.with(|slot| *slot.borrow_mut() = Some(tree));
+        sum
+    });
+    // Another runtime reuses whatever the first one freed.
+    run(1, churn);
+    let now = KEPT.with(|slot| checksum(slot.borrow().as_ref().unwrap()));
+    assert_eq!(now, sum);
+}
+
+#[test]
+fn a_gc_a_std_thread_keeps_outlives_run() {
+    let (tx, rx) = mpsc::channel::<Gc<Tree>>();
+    let (sum_tx, sum_rx) = mpsc::channel::<u64>();
+    let go_on = Arc::new(Barrier::new(2));
+    let wait = go_on.clone();
+    let thread = std::thread::spawn(move || {
+        let tree = rx.recv().unwrap();
+        sum_tx.send(checksum(&tree)).unwrap();
+        wait.wait();
+        checksum(&tree)
+    });
+    run(2, move || {
+        goro::go(move || tx.send(build(10, 5)).unwrap())
+            .join()
+            .unwrap();
+    });
+    let sum = sum_rx.recv().unwrap();
+    run(2, churn);
+    go_on.wait();
+    assert_eq!(thread.join().unwrap(), sum);
+}
