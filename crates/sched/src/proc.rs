@@ -126,9 +126,9 @@ pub(crate) struct G {
     /// When the G was last queued (see `Sched::stamp`): the owner runs its two queues in one
     /// FIFO order by comparing the heads' stamps.
     queued_at: AtomicU64,
-    /// Goroutine-local values (`goro::Local`), keyed by the `Local`'s address. Only the running
-    /// goroutine touches them; dropped when it exits, on its own stack.
-    locals: UnsafeCell<Vec<(usize, Box<dyn std::any::Any>)>>,
+    /// Goroutine-local values (`goro::Local`). Only the running goroutine touches them; dropped
+    /// when it exits, on its own stack, until none is left (see `drop_locals`).
+    locals: UnsafeCell<Locals>,
     /// Whether sysmon has released the stack's memory while the goroutine is parked.
     parked_stack: ParkedStack,
     /// Stack segments beyond the slot, innermost last (see `grow`). Changed only by the
@@ -1471,6 +1471,7 @@ fn new_g(sched: &'static Sched, entry: Entry) -> GRef {
         // spawns); it is still in its allg list, so it stays there.
         unsafe {
             debug_assert!((*gg.stack.get()).is_none() && (*gg.segments.get()).is_empty());
+            debug_assert!((*gg.locals.get()).is_empty(), "a reused G holds locals");
             *gg.sp.get() = StackPointer(std::ptr::null_mut());
             *gg.entry.get() = Some(entry);
         }
@@ -1494,7 +1495,7 @@ fn new_g(sched: &'static Sched, entry: Entry) -> GRef {
         stack: UnsafeCell::new(None),
         entry: UnsafeCell::new(Some(entry)),
         queued_at: AtomicU64::new(0),
-        locals: UnsafeCell::new(Vec::new()),
+        locals: UnsafeCell::new(Locals::new()),
         parked_stack: ParkedStack::new(),
         segments: UnsafeCell::new(Vec::new()),
         wait_space: UnsafeCell::new(MaybeUninit::uninit()),
@@ -1723,11 +1724,9 @@ unsafe extern "C" fn g_entry(arg: usize) -> ! {
         Some(Entry::Task(task)) => unsafe { task.run() },
         None => {}
     }
-    // Goroutine-local values die with the goroutine, here on its stack; a panicking destructor
-    // must not unwind into this frame.
-    // SAFETY: only the running goroutine touches its locals.
-    let locals = std::mem::take(unsafe { &mut *g.g().locals.get() });
-    if catch_unwind(AssertUnwindSafe(move || drop(locals))).is_err() {
+    // Goroutine-local values die with the goroutine, here on its stack, before the G can be
+    // reused; a panicking destructor must not unwind into this frame.
+    if catch_unwind(AssertUnwindSafe(|| drop_locals(g))).is_err() {
         throw("a goroutine-local value's destructor panicked");
     }
     switch_to_g0(Request::Exit);
@@ -2121,8 +2120,62 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// static COUNTER: goro::Local<std::cell::Cell<u32>> = goro::Local::new(|| std::cell::Cell::new(0));
 /// COUNTER.with(|c| c.set(c.get() + 1));
 /// ```
+///
+/// **At exit** (after the goroutine's closure has returned or unwound, on its own stack and
+/// thread), its values are dropped one at a time, the last made first (as std drops
+/// thread-locals); the others stay usable from the destructors. A destructor may use any local:
+/// one still alive gives its value, one already dropped (or being dropped) or never used gets a
+/// new value from `init`, which is dropped next. Exit ends when no value is left, so nothing of
+/// the goroutine reaches the next one that reuses its G. A value made by a destructor is one
+/// generation younger than the value being dropped; past four generations (POSIX's
+/// `PTHREAD_DESTRUCTOR_ITERATIONS`, 4 in glibc) `with` panics instead of making a value (a
+/// destructor that re-creates its own local would otherwise never end). A panic that escapes a
+/// destructor at exit ends the program (`fatal error: a goroutine-local value's destructor
+/// panicked`): it has no caller to unwind into.
 pub struct Local<T: 'static> {
     init: fn() -> T,
+}
+
+/// How many generations of goroutine-locals destructors may make at exit (see [`Local`]).
+pub(crate) const LOCAL_GENERATIONS_AT_EXIT: u32 = 4;
+
+/// One goroutine's [`Local`] values (`G::locals`). Only the running goroutine touches it: its
+/// closure and, at exit, `drop_locals` and the destructors it runs.
+pub(crate) struct Locals {
+    /// In order of creation.
+    values: Vec<LocalValue>,
+    /// While the goroutine exits, the generation of the value whose destructor runs; `None`
+    /// before.
+    dropping: Option<u32>,
+}
+
+/// A value of a [`Local`], boxed: pushing more values does not move it.
+struct LocalValue {
+    /// The `Local`'s address.
+    key: usize,
+    /// 0 for a value made while the goroutine ran, n + 1 for one made while a value of
+    /// generation n was being dropped.
+    generation: u32,
+    value: Box<dyn std::any::Any>,
+}
+
+impl Locals {
+    pub(crate) const fn new() -> Locals {
+        Locals {
+            values: Vec::new(),
+            dropping: None,
+        }
+    }
+
+    /// Whether the goroutine holds no value and is not exiting: the state a reused G starts in.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.values.is_empty() && self.dropping.is_none()
+    }
+
+    fn get(&self, key: usize) -> Option<&dyn std::any::Any> {
+        let found = self.values.iter().find(|v| v.key == key)?;
+        Some(&*found.value)
+    }
 }
 
 impl<T: 'static> Local<T> {
@@ -2134,35 +2187,86 @@ impl<T: 'static> Local<T> {
     /// Calls `f` with this goroutine's value.
     ///
     /// # Panics
-    /// Panics when called outside a goroutine.
+    /// Panics when called outside a goroutine, and when called by a destructor at goroutine exit
+    /// to make a value more than four generations deep (see [`Local`]).
     pub fn with<R>(&'static self, f: impl FnOnce(&T) -> R) -> R {
         let Some(g) = current_g() else {
             panic!("goro::Local::with called outside a goroutine; use thread_local! there");
         };
         let key = std::ptr::from_ref(self) as usize;
-        // SAFETY: only the running goroutine touches its locals, and no borrow of the vector
-        // outlives this block (values are boxed, so pushing later does not move them).
-        let value: *const T = unsafe {
-            let locals = &mut *g.g().locals.get();
-            let index = match locals.iter().position(|(k, _)| *k == key) {
-                Some(index) => index,
-                None => {
-                    // `init` may use other locals: create the value before borrowing again.
-                    let value = (self.init)();
-                    let locals = &mut *g.g().locals.get();
-                    locals.push((key, Box::new(value)));
-                    locals.len() - 1
-                }
-            };
-            let locals = &*g.g().locals.get();
-            locals[index]
-                .1
-                .downcast_ref::<T>()
-                .expect("a Local's value has its type")
+        // SAFETY: only the running goroutine touches its locals, and the borrow ends with the
+        // statement (the value itself is boxed).
+        let value = match unsafe { (*g.g().locals.get()).get(key) } {
+            Some(value) => std::ptr::from_ref(downcast::<T>(value)),
+            None => self.make(g, key),
         };
-        // SAFETY: the box lives until the goroutine exits, after every `with` call returns.
+        // SAFETY: the box lives until `drop_locals` pops it, which happens only at exit and
+        // only between destructors, so not while this call (of the goroutine or of a
+        // destructor) is running.
         f(unsafe { &*value })
     }
+
+    /// Makes the running goroutine `g`'s value for the local at `key`, which it has none of.
+    #[cold]
+    fn make(&'static self, g: GRef, key: usize) -> *const T {
+        let locals = g.g().locals.get();
+        // SAFETY: only the running goroutine touches its locals; no borrow outlives the
+        // statement.
+        let generation = unsafe { (*locals).dropping }.map_or(0, |dropping| dropping + 1);
+        if generation > LOCAL_GENERATIONS_AT_EXIT {
+            panic!(
+                "goro::Local::with: goroutine {} is exiting, and the destructors of its \
+                 goroutine-locals have re-created locals {LOCAL_GENERATIONS_AT_EXIT} generations \
+                 deep (the limit); does a destructor re-create the local it drops?",
+                g.g().id()
+            );
+        }
+        // `init` may use other locals (even this one): no borrow of the list across it.
+        let value = Box::new((self.init)());
+        // SAFETY: as above.
+        if let Some(made) = unsafe { (*locals).get(key) } {
+            // `init` used this local itself: the value it made stays, as later calls find it.
+            let made = std::ptr::from_ref(downcast::<T>(made));
+            drop(value);
+            return made;
+        }
+        let made = std::ptr::from_ref::<T>(&value);
+        // SAFETY: as above.
+        unsafe {
+            (*locals).values.push(LocalValue {
+                key,
+                generation,
+                value,
+            });
+        }
+        made
+    }
+}
+
+fn downcast<T: 'static>(value: &dyn std::any::Any) -> &T {
+    value
+        .downcast_ref::<T>()
+        .expect("a Local's value has its type")
+}
+
+/// Drops the exiting goroutine `g`'s locals, the last made first, each with the others still
+/// usable, until none is left (the rule is in [`Local`]'s docs). Runs on the goroutine, after its
+/// closure. Ends: a value of generation [`LOCAL_GENERATIONS_AT_EXIT`] cannot make more, so (as
+/// long as each destructor returns) the values made at exit form a finite tree.
+fn drop_locals(g: GRef) {
+    let locals = g.g().locals.get();
+    loop {
+        // SAFETY: only the running goroutine touches its locals, and no borrow outlives the
+        // statement: the destructors may use the list meanwhile.
+        let Some(last) = (unsafe { (*locals).values.pop() }) else {
+            break;
+        };
+        // SAFETY: as above.
+        unsafe { (*locals).dropping = Some(last.generation) };
+        drop(last.value);
+    }
+    // SAFETY: as above.
+    unsafe { (*locals).dropping = None };
 }
 
 impl<T: 'static> std::fmt::Debug for Local<T> {
