@@ -108,7 +108,8 @@ pub(crate) struct G {
     /// The goroutine's number; a G reused from a free list gets a new one.
     id: AtomicU64,
     sched: &'static Sched,
-    /// Informational state; written by whoever moves the G, read by nobody for decisions.
+    /// Informational state; written by whoever moves the G, read for decisions only by the
+    /// deadlock check (see `deadlocked`).
     status: AtomicU8,
     /// Index of the M (= P) this goroutine is bound to since its first run, or `NO_HOME`.
     /// Written once by that M before the first switch; read by thieves under a run queue lock
@@ -725,6 +726,7 @@ where
 }
 
 fn m_main(m: &'static M) {
+    let _runtime_thread = RuntimeThread::register();
     CURRENT_M.with(|c| c.set(m));
     // An alternate signal stack, so that a goroutine overflowing into its guard page is reported
     // as Go reports it rather than dying on the same exhausted stack.
@@ -1025,11 +1027,92 @@ fn find_runnable(m: &M) -> Option<GRef> {
     }
 }
 
-/// Whether nothing can ever run again: every M is idle, no goroutine is queued, no timer is
-/// pending, goroutines exist (so the main one is blocked), and no thread besides the runtime's
-/// own exists that could wake one (a user thread holding a channel end, say). The last rule makes
-/// the check miss deadlocks in programs with other threads, but it never fires falsely.
-pub(crate) fn deadlocked(sched: &Sched) -> bool {
+/// What sysmon's deadlock check found (see [`deadlocked`]).
+pub(crate) enum Deadlock {
+    /// A goroutine runs or can run, a timer is pending, or the runtime is ending or stopped.
+    No,
+    /// Every goroutine is blocked and nothing in the runtime can wake one, but something outside
+    /// it might: not reported (Go counts a goroutine in a cgo call as running for the same
+    /// reason). The text says why, for schedtrace.
+    Unprovable(String),
+    /// Every goroutine waits forever.
+    Proven,
+}
+
+/// Whether nothing can ever run again (Go's `checkdead`): every M is idle, no goroutine is
+/// queued, no timer is pending, goroutines exist (so the main one is blocked), every goroutine
+/// is parked, and no thread besides the runtime's own exists that could wake one (a user thread
+/// holding a channel end, say). The last rule makes the check miss deadlocks in programs with
+/// other threads, but it never fires falsely.
+///
+/// The steps, in this order, and why a report is not false:
+///
+/// 1. The scheduler's [`Progress`], then [`quiescent`]: idle Ms, empty queues, no timers,
+///    goroutines alive.
+/// 2. The process's threads (`/proc/self/task`, by kernel id, never by name: a thread inherits
+///    the name of the thread that made it), twice: a thread that starts another and exits
+///    while the directory is read could hide both from one reading. Any thread that is not
+///    the runtime's (see [`RuntimeThread`]) could wake a goroutine: `Unprovable`.
+/// 3. [`quiescent`] again, then every live G parked, then the same progress as in step 1. A
+///    thread outside the runtime that woke a goroutine and exited before step 2 left the
+///    goroutine queued, or popped by an M that has not yet cleared its idle flag (then it is
+///    still `Runnable` here: the queue's lock orders the readier's status write before this
+///    read), or run, which moves the progress (the first goroutine an idle M runs comes from a
+///    queue, not `runnext`, so it counts in `schedtick`). A thread made after step 2 was made
+///    by a goroutine that ran after step 1, which moves the progress too.
+///
+/// (The argument takes the Relaxed counters as read in program order, as on x86-64; see
+/// docs/sched.md.)
+pub(crate) fn deadlocked(sched: &Sched) -> Deadlock {
+    let before = progress(sched);
+    if !quiescent(sched) {
+        return Deadlock::No;
+    }
+    for _ in 0..2 {
+        match threads_outside_runtime() {
+            Ok(outside) if outside.is_empty() => {}
+            Ok(outside) => return Deadlock::Unprovable(describe_outside(&outside)),
+            Err(error) => {
+                return Deadlock::Unprovable(format!(
+                    "cannot list the process's threads (/proc/self/task: {error}), so another \
+                     thread could wake one"
+                ));
+            }
+        }
+    }
+    if !quiescent(sched) || !every_goroutine_parked(sched) || progress(sched) != before {
+        return Deadlock::No;
+    }
+    Deadlock::Proven
+}
+
+/// The scheduler's progress, for [`deadlocked`]: Ms started and the sum of goroutines started
+/// running (`schedtick`), spawned and exited. Each term only grows, so an equal sum means
+/// nothing moved.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Progress {
+    started: usize,
+    moves: u64,
+}
+
+fn progress(sched: &Sched) -> Progress {
+    let moves = sched.ms().iter().fold(
+        sched.spawned_elsewhere.load(Ordering::Relaxed) as u64,
+        |n, m| {
+            n.wrapping_add(m.schedtick.load(Ordering::Relaxed))
+                .wrapping_add(m.spawned.load(Ordering::Relaxed) as u64)
+                .wrapping_add(m.exited.load(Ordering::Relaxed) as u64)
+        },
+    );
+    Progress {
+        started: sched.started.load(Ordering::Acquire),
+        moves,
+    }
+}
+
+/// Whether every M is idle, no goroutine is queued, no timer is pending and goroutines exist
+/// (and the runtime is neither ending nor stopped for the collector).
+fn quiescent(sched: &Sched) -> bool {
     if sched.shutdown.load(Ordering::Acquire) || sched.stopping.load(Ordering::SeqCst) {
         return false;
     }
@@ -1040,27 +1123,86 @@ pub(crate) fn deadlocked(sched: &Sched) -> bool {
     if sched.live() == 0 {
         return false;
     }
-    if runnable_anywhere(sched) || sched.ms().iter().any(|m| !lock(&m.ready).is_empty()) {
-        return false;
-    }
-    only_runtime_threads()
+    !runnable_anywhere(sched) && sched.ms().iter().all(|m| lock(&m.ready).is_empty())
 }
 
-/// Whether every thread of the process is goro's: M0 (the caller of `run`) plus threads named
-/// `goro-*` (the other Ms, sysmon, the heap's scavenger).
-fn only_runtime_threads() -> bool {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return false;
-    };
-    let mut others = 0;
-    for task in tasks.flatten() {
-        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if !name.starts_with("goro-") {
-            others += 1;
+/// Whether every G that has not exited is parked.
+fn every_goroutine_parked(sched: &Sched) -> bool {
+    sched.allg.iter().all(|list| {
+        lock(list).iter().all(|g| {
+            // Acquire: pairs with the Release in `destroy` (the Waiting and Runnable writes are
+            // ordered by the queue locks, see `deadlocked`).
+            let status = g.g().status.load(Ordering::Acquire);
+            status == GStatus::Waiting as u8 || status == GStatus::Dead as u8
+        })
+    })
+}
+
+/// The schedtrace text for threads outside the runtime.
+fn describe_outside(outside: &[i32]) -> String {
+    let ids: Vec<String> = outside.iter().map(i32::to_string).collect();
+    match outside.len() {
+        1 => format!(
+            "1 thread outside the runtime could wake one (thread id {})",
+            ids[0]
+        ),
+        n => format!(
+            "{n} threads outside the runtime could wake one (thread ids {})",
+            ids.join(", ")
+        ),
+    }
+}
+
+/// Kernel thread ids of the running runtime's Ms (M0, the caller of `run`, while it schedules)
+/// and its sysmon, each added by the thread itself (see [`RuntimeThread`]). The heap's scavenger
+/// and the stack trap thread are goro's too; their crates report their ids.
+static RUNTIME_THREADS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// The calling thread's kernel id.
+fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// A registration of the calling thread as one of the runtime's, in [`RUNTIME_THREADS`] until it
+/// drops. Only the runtime's own loops (an M's, sysmon's) hold one: code that might wake a
+/// goroutine from outside (a user's thread) must never be listed. A thread not yet listed (just
+/// started) counts as a stranger, which only delays a report.
+pub(crate) struct RuntimeThread(i32);
+
+impl RuntimeThread {
+    pub(crate) fn register() -> RuntimeThread {
+        let tid = gettid();
+        lock(&RUNTIME_THREADS).push(tid);
+        RuntimeThread(tid)
+    }
+}
+
+impl Drop for RuntimeThread {
+    fn drop(&mut self) {
+        lock(&RUNTIME_THREADS).retain(|&tid| tid != self.0);
+    }
+}
+
+/// The kernel ids of this process's threads that are not goro's: [`RUNTIME_THREADS`], the
+/// heap's scavenger and the stack trap thread. An entry of `/proc/self/task` that is not a
+/// number is an error (it cannot be told apart from a thread of the user's).
+fn threads_outside_runtime() -> std::io::Result<Vec<i32>> {
+    let mut ours = lock(&RUNTIME_THREADS).clone();
+    ours.extend(goro_alloc::scavenger_thread_id());
+    ours.extend(goro_stack::trap_thread_id());
+    let mut outside = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let name = task?.file_name();
+        let tid = name
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+            .ok_or_else(|| std::io::Error::other(format!("unexpected entry {name:?}")))?;
+        if !ours.contains(&tid) {
+            outside.push(tid);
         }
     }
-    // M0 is the one thread not named by goro.
-    others == 1
+    Ok(outside)
 }
 
 /// Go's fatal error for a program whose goroutines all wait forever; exits with status 2.
