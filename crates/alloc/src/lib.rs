@@ -88,6 +88,8 @@ pub use stats::ClassStats;
 
 pub use stats::AllocStats;
 
+pub use mheap::scavenger_thread_id;
+
 /// Bytes per page: the unit spans are made of.
 pub const PAGE_SIZE: usize = 8192;
 /// Bytes per arena: the unit of address space reserved from the OS.

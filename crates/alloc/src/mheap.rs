@@ -26,7 +26,7 @@
 //! Left for later (docs/alloc.md): Go's radix tree of page-bitmap summaries.
 
 use core::ptr::null_mut;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicUsize, Ordering};
 
 use crate::span::{STATE_FREE, STATE_LARGE, STATE_SMALL, STATE_UNUSED, Span};
 use crate::stats::{
@@ -420,6 +420,18 @@ static TICKS: AtomicUsize = AtomicUsize::new(0);
 static STARTED: AtomicBool = AtomicBool::new(false);
 /// Whether the fork handlers are registered (they survive `fork`, the thread does not).
 static AT_FORK: AtomicBool = AtomicBool::new(false);
+/// The scavenger thread's kernel id, or 0 while none runs in this process. Written by the
+/// thread itself as it starts, cleared in a forked child (which has no scavenger).
+static SCAVENGER_TID: AtomicI32 = AtomicI32::new(0);
+
+/// The kernel thread id (`gettid`) of the scavenger thread, if it runs: the scheduler's deadlock
+/// check counts it as one of goro's own threads (which never wake a goroutine) by this id, never
+/// by its name (a thread inherits its creator's name).
+pub fn scavenger_thread_id() -> Option<i32> {
+    // Relaxed: the id is a plain value; a reader that misses it just sees one thread more.
+    let tid = SCAVENGER_TID.load(Ordering::Relaxed);
+    (tid != 0).then_some(tid)
+}
 
 /// How often the background scavenger wakes up.
 pub(crate) const SCAVENGE_PERIOD_MS: u64 = 1000;
@@ -466,6 +478,8 @@ pub(crate) fn release_all() -> usize {
 
 /// The background scavenger's loop: every period, release runs free for `SCAVENGE_AGE` ticks.
 extern "C" fn scavenger_main(_: *mut libc::c_void) -> *mut libc::c_void {
+    // SAFETY: gettid has no preconditions.
+    SCAVENGER_TID.store(unsafe { libc::gettid() }, Ordering::Relaxed);
     loop {
         os::sleep_ms(SCAVENGE_PERIOD_MS);
         TICKS.fetch_add(1, Ordering::Relaxed);
@@ -524,5 +538,6 @@ extern "C" fn fork_child() {
     unsafe { crate::mcentral::unlock_all() };
     // SAFETY: as above.
     unsafe { crate::mcache::unlock_global() };
+    SCAVENGER_TID.store(0, Ordering::Relaxed);
     STARTED.store(false, Ordering::Relaxed);
 }

@@ -109,7 +109,8 @@ pub(crate) struct G {
     /// The goroutine's number; a G reused from a free list gets a new one.
     id: AtomicU64,
     sched: &'static Sched,
-    /// Informational state; written by whoever moves the G, read by nobody for decisions.
+    /// Informational state; written by whoever moves the G, read for decisions only by the
+    /// deadlock check (see `deadlocked`).
     status: AtomicU8,
     /// Index of the M (= P) this goroutine is bound to since its first run, or `NO_HOME`.
     /// Written once by that M before the first switch; read by thieves under a run queue lock
@@ -127,9 +128,9 @@ pub(crate) struct G {
     /// When the G was last queued (see `Sched::stamp`): the owner runs its two queues in one
     /// FIFO order by comparing the heads' stamps.
     queued_at: AtomicU64,
-    /// Goroutine-local values (`goro::Local`), keyed by the `Local`'s address. Only the running
-    /// goroutine touches them; dropped when it exits, on its own stack.
-    locals: UnsafeCell<Vec<(usize, Box<dyn std::any::Any>)>>,
+    /// Goroutine-local values (`goro::Local`). Only the running goroutine touches them; dropped
+    /// when it exits, on its own stack, until none is left (see `drop_locals`).
+    locals: UnsafeCell<Locals>,
     /// Whether sysmon has released the stack's memory while the goroutine is parked.
     parked_stack: ParkedStack,
     /// Stack segments beyond the slot, innermost last (see `grow`). Changed only by the
@@ -727,6 +728,7 @@ where
 }
 
 fn m_main(m: &'static M) {
+    let _runtime_thread = RuntimeThread::register();
     CURRENT_M.with(|c| c.set(m));
     // An alternate signal stack, so that a goroutine overflowing into its guard page is reported
     // as Go reports it rather than dying on the same exhausted stack.
@@ -1027,11 +1029,92 @@ fn find_runnable(m: &M) -> Option<GRef> {
     }
 }
 
-/// Whether nothing can ever run again: every M is idle, no goroutine is queued, no timer is
-/// pending, goroutines exist (so the main one is blocked), and no thread besides the runtime's
-/// own exists that could wake one (a user thread holding a channel end, say). The last rule makes
-/// the check miss deadlocks in programs with other threads, but it never fires falsely.
-pub(crate) fn deadlocked(sched: &Sched) -> bool {
+/// What sysmon's deadlock check found (see [`deadlocked`]).
+pub(crate) enum Deadlock {
+    /// A goroutine runs or can run, a timer is pending, or the runtime is ending or stopped.
+    No,
+    /// Every goroutine is blocked and nothing in the runtime can wake one, but something outside
+    /// it might: not reported (Go counts a goroutine in a cgo call as running for the same
+    /// reason). The text says why, for schedtrace.
+    Unprovable(String),
+    /// Every goroutine waits forever.
+    Proven,
+}
+
+/// Whether nothing can ever run again (Go's `checkdead`): every M is idle, no goroutine is
+/// queued, no timer is pending, goroutines exist (so the main one is blocked), every goroutine
+/// is parked, and no thread besides the runtime's own exists that could wake one (a user thread
+/// holding a channel end, say). The last rule makes the check miss deadlocks in programs with
+/// other threads, but it never fires falsely.
+///
+/// The steps, in this order, and why a report is not false:
+///
+/// 1. The scheduler's [`Progress`], then [`quiescent`]: idle Ms, empty queues, no timers,
+///    goroutines alive.
+/// 2. The process's threads (`/proc/self/task`, by kernel id, never by name: a thread inherits
+///    the name of the thread that made it), twice: a thread that starts another and exits
+///    while the directory is read could hide both from one reading. Any thread that is not
+///    the runtime's (see [`RuntimeThread`]) could wake a goroutine: `Unprovable`.
+/// 3. [`quiescent`] again, then every live G parked, then the same progress as in step 1. A
+///    thread outside the runtime that woke a goroutine and exited before step 2 left the
+///    goroutine queued, or popped by an M that has not yet cleared its idle flag (then it is
+///    still `Runnable` here: the queue's lock orders the readier's status write before this
+///    read), or run, which moves the progress (the first goroutine an idle M runs comes from a
+///    queue, not `runnext`, so it counts in `schedtick`). A thread made after step 2 was made
+///    by a goroutine that ran after step 1, which moves the progress too.
+///
+/// (The argument takes the Relaxed counters as read in program order, as on x86-64; see
+/// docs/sched.md.)
+pub(crate) fn deadlocked(sched: &Sched) -> Deadlock {
+    let before = progress(sched);
+    if !quiescent(sched) {
+        return Deadlock::No;
+    }
+    for _ in 0..2 {
+        match threads_outside_runtime() {
+            Ok(outside) if outside.is_empty() => {}
+            Ok(outside) => return Deadlock::Unprovable(describe_outside(&outside)),
+            Err(error) => {
+                return Deadlock::Unprovable(format!(
+                    "cannot list the process's threads (/proc/self/task: {error}), so another \
+                     thread could wake one"
+                ));
+            }
+        }
+    }
+    if !quiescent(sched) || !every_goroutine_parked(sched) || progress(sched) != before {
+        return Deadlock::No;
+    }
+    Deadlock::Proven
+}
+
+/// The scheduler's progress, for [`deadlocked`]: Ms started and the sum of goroutines started
+/// running (`schedtick`), spawned and exited. Each term only grows, so an equal sum means
+/// nothing moved.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Progress {
+    started: usize,
+    moves: u64,
+}
+
+fn progress(sched: &Sched) -> Progress {
+    let moves = sched.ms().iter().fold(
+        sched.spawned_elsewhere.load(Ordering::Relaxed) as u64,
+        |n, m| {
+            n.wrapping_add(m.schedtick.load(Ordering::Relaxed))
+                .wrapping_add(m.spawned.load(Ordering::Relaxed) as u64)
+                .wrapping_add(m.exited.load(Ordering::Relaxed) as u64)
+        },
+    );
+    Progress {
+        started: sched.started.load(Ordering::Acquire),
+        moves,
+    }
+}
+
+/// Whether every M is idle, no goroutine is queued, no timer is pending and goroutines exist
+/// (and the runtime is neither ending nor stopped for the collector).
+fn quiescent(sched: &Sched) -> bool {
     if sched.shutdown.load(Ordering::Acquire) || sched.stopping.load(Ordering::SeqCst) {
         return false;
     }
@@ -1042,27 +1125,86 @@ pub(crate) fn deadlocked(sched: &Sched) -> bool {
     if sched.live() == 0 {
         return false;
     }
-    if runnable_anywhere(sched) || sched.ms().iter().any(|m| !lock(&m.ready).is_empty()) {
-        return false;
-    }
-    only_runtime_threads()
+    !runnable_anywhere(sched) && sched.ms().iter().all(|m| lock(&m.ready).is_empty())
 }
 
-/// Whether every thread of the process is goro's: M0 (the caller of `run`) plus threads named
-/// `goro-*` (the other Ms, sysmon, the heap's scavenger).
-fn only_runtime_threads() -> bool {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return false;
-    };
-    let mut others = 0;
-    for task in tasks.flatten() {
-        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if !name.starts_with("goro-") {
-            others += 1;
+/// Whether every G that has not exited is parked.
+fn every_goroutine_parked(sched: &Sched) -> bool {
+    sched.allg.iter().all(|list| {
+        lock(list).iter().all(|g| {
+            // Acquire: pairs with the Release in `destroy` (the Waiting and Runnable writes are
+            // ordered by the queue locks, see `deadlocked`).
+            let status = g.g().status.load(Ordering::Acquire);
+            status == GStatus::Waiting as u8 || status == GStatus::Dead as u8
+        })
+    })
+}
+
+/// The schedtrace text for threads outside the runtime.
+fn describe_outside(outside: &[i32]) -> String {
+    let ids: Vec<String> = outside.iter().map(i32::to_string).collect();
+    match outside.len() {
+        1 => format!(
+            "1 thread outside the runtime could wake one (thread id {})",
+            ids[0]
+        ),
+        n => format!(
+            "{n} threads outside the runtime could wake one (thread ids {})",
+            ids.join(", ")
+        ),
+    }
+}
+
+/// Kernel thread ids of the running runtime's Ms (M0, the caller of `run`, while it schedules)
+/// and its sysmon, each added by the thread itself (see [`RuntimeThread`]). The heap's scavenger
+/// and the stack trap thread are goro's too; their crates report their ids.
+static RUNTIME_THREADS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// The calling thread's kernel id.
+fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// A registration of the calling thread as one of the runtime's, in [`RUNTIME_THREADS`] until it
+/// drops. Only the runtime's own loops (an M's, sysmon's) hold one: code that might wake a
+/// goroutine from outside (a user's thread) must never be listed. A thread not yet listed (just
+/// started) counts as a stranger, which only delays a report.
+pub(crate) struct RuntimeThread(i32);
+
+impl RuntimeThread {
+    pub(crate) fn register() -> RuntimeThread {
+        let tid = gettid();
+        lock(&RUNTIME_THREADS).push(tid);
+        RuntimeThread(tid)
+    }
+}
+
+impl Drop for RuntimeThread {
+    fn drop(&mut self) {
+        lock(&RUNTIME_THREADS).retain(|&tid| tid != self.0);
+    }
+}
+
+/// The kernel ids of this process's threads that are not goro's: [`RUNTIME_THREADS`], the
+/// heap's scavenger and the stack trap thread. An entry of `/proc/self/task` that is not a
+/// number is an error (it cannot be told apart from a thread of the user's).
+fn threads_outside_runtime() -> std::io::Result<Vec<i32>> {
+    let mut ours = lock(&RUNTIME_THREADS).clone();
+    ours.extend(goro_alloc::scavenger_thread_id());
+    ours.extend(goro_stack::trap_thread_id());
+    let mut outside = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let name = task?.file_name();
+        let tid = name
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+            .ok_or_else(|| std::io::Error::other(format!("unexpected entry {name:?}")))?;
+        if !ours.contains(&tid) {
+            outside.push(tid);
         }
     }
-    // M0 is the one thread not named by goro.
-    others == 1
+    Ok(outside)
 }
 
 /// Go's fatal error for a program whose goroutines all wait forever; exits with status 2.
@@ -1481,6 +1623,7 @@ fn new_g(sched: &'static Sched, entry: Entry) -> GRef {
         // spawns); it is still in its allg list, so it stays there.
         unsafe {
             debug_assert!((*gg.stack.get()).is_none() && (*gg.segments.get()).is_empty());
+            debug_assert!((*gg.locals.get()).is_empty(), "a reused G holds locals");
             *gg.sp.get() = StackPointer(std::ptr::null_mut());
             *gg.entry.get() = Some(entry);
         }
@@ -1504,7 +1647,7 @@ fn new_g(sched: &'static Sched, entry: Entry) -> GRef {
         stack: UnsafeCell::new(None),
         entry: UnsafeCell::new(Some(entry)),
         queued_at: AtomicU64::new(0),
-        locals: UnsafeCell::new(Vec::new()),
+        locals: UnsafeCell::new(Locals::new()),
         parked_stack: ParkedStack::new(),
         segments: UnsafeCell::new(Vec::new()),
         wait_space: UnsafeCell::new(MaybeUninit::uninit()),
@@ -1733,11 +1876,9 @@ unsafe extern "C" fn g_entry(arg: usize) -> ! {
         Some(Entry::Task(task)) => unsafe { task.run() },
         None => {}
     }
-    // Goroutine-local values die with the goroutine, here on its stack; a panicking destructor
-    // must not unwind into this frame.
-    // SAFETY: only the running goroutine touches its locals.
-    let locals = std::mem::take(unsafe { &mut *g.g().locals.get() });
-    if catch_unwind(AssertUnwindSafe(move || drop(locals))).is_err() {
+    // Goroutine-local values die with the goroutine, here on its stack, before the G can be
+    // reused; a panicking destructor must not unwind into this frame.
+    if catch_unwind(AssertUnwindSafe(|| drop_locals(g))).is_err() {
         throw("a goroutine-local value's destructor panicked");
     }
     switch_to_g0(Request::Exit);
@@ -2168,8 +2309,62 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// static COUNTER: goro::Local<std::cell::Cell<u32>> = goro::Local::new(|| std::cell::Cell::new(0));
 /// COUNTER.with(|c| c.set(c.get() + 1));
 /// ```
+///
+/// **At exit** (after the goroutine's closure has returned or unwound, on its own stack and
+/// thread), its values are dropped one at a time, the last made first (as std drops
+/// thread-locals); the others stay usable from the destructors. A destructor may use any local:
+/// one still alive gives its value, one already dropped (or being dropped) or never used gets a
+/// new value from `init`, which is dropped next. Exit ends when no value is left, so nothing of
+/// the goroutine reaches the next one that reuses its G. A value made by a destructor is one
+/// generation younger than the value being dropped; past four generations (POSIX's
+/// `PTHREAD_DESTRUCTOR_ITERATIONS`, 4 in glibc) `with` panics instead of making a value (a
+/// destructor that re-creates its own local would otherwise never end). A panic that escapes a
+/// destructor at exit ends the program (`fatal error: a goroutine-local value's destructor
+/// panicked`): it has no caller to unwind into.
 pub struct Local<T: 'static> {
     init: fn() -> T,
+}
+
+/// How many generations of goroutine-locals destructors may make at exit (see [`Local`]).
+pub(crate) const LOCAL_GENERATIONS_AT_EXIT: u32 = 4;
+
+/// One goroutine's [`Local`] values (`G::locals`). Only the running goroutine touches it: its
+/// closure and, at exit, `drop_locals` and the destructors it runs.
+pub(crate) struct Locals {
+    /// In order of creation.
+    values: Vec<LocalValue>,
+    /// While the goroutine exits, the generation of the value whose destructor runs; `None`
+    /// before.
+    dropping: Option<u32>,
+}
+
+/// A value of a [`Local`], boxed: pushing more values does not move it.
+struct LocalValue {
+    /// The `Local`'s address.
+    key: usize,
+    /// 0 for a value made while the goroutine ran, n + 1 for one made while a value of
+    /// generation n was being dropped.
+    generation: u32,
+    value: Box<dyn std::any::Any>,
+}
+
+impl Locals {
+    pub(crate) const fn new() -> Locals {
+        Locals {
+            values: Vec::new(),
+            dropping: None,
+        }
+    }
+
+    /// Whether the goroutine holds no value and is not exiting: the state a reused G starts in.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.values.is_empty() && self.dropping.is_none()
+    }
+
+    fn get(&self, key: usize) -> Option<&dyn std::any::Any> {
+        let found = self.values.iter().find(|v| v.key == key)?;
+        Some(&*found.value)
+    }
 }
 
 impl<T: 'static> Local<T> {
@@ -2181,35 +2376,86 @@ impl<T: 'static> Local<T> {
     /// Calls `f` with this goroutine's value.
     ///
     /// # Panics
-    /// Panics when called outside a goroutine.
+    /// Panics when called outside a goroutine, and when called by a destructor at goroutine exit
+    /// to make a value more than four generations deep (see [`Local`]).
     pub fn with<R>(&'static self, f: impl FnOnce(&T) -> R) -> R {
         let Some(g) = current_g() else {
             panic!("goro::Local::with called outside a goroutine; use thread_local! there");
         };
         let key = std::ptr::from_ref(self) as usize;
-        // SAFETY: only the running goroutine touches its locals, and no borrow of the vector
-        // outlives this block (values are boxed, so pushing later does not move them).
-        let value: *const T = unsafe {
-            let locals = &mut *g.g().locals.get();
-            let index = match locals.iter().position(|(k, _)| *k == key) {
-                Some(index) => index,
-                None => {
-                    // `init` may use other locals: create the value before borrowing again.
-                    let value = (self.init)();
-                    let locals = &mut *g.g().locals.get();
-                    locals.push((key, Box::new(value)));
-                    locals.len() - 1
-                }
-            };
-            let locals = &*g.g().locals.get();
-            locals[index]
-                .1
-                .downcast_ref::<T>()
-                .expect("a Local's value has its type")
+        // SAFETY: only the running goroutine touches its locals, and the borrow ends with the
+        // statement (the value itself is boxed).
+        let value = match unsafe { (*g.g().locals.get()).get(key) } {
+            Some(value) => std::ptr::from_ref(downcast::<T>(value)),
+            None => self.make(g, key),
         };
-        // SAFETY: the box lives until the goroutine exits, after every `with` call returns.
+        // SAFETY: the box lives until `drop_locals` pops it, which happens only at exit and
+        // only between destructors, so not while this call (of the goroutine or of a
+        // destructor) is running.
         f(unsafe { &*value })
     }
+
+    /// Makes the running goroutine `g`'s value for the local at `key`, which it has none of.
+    #[cold]
+    fn make(&'static self, g: GRef, key: usize) -> *const T {
+        let locals = g.g().locals.get();
+        // SAFETY: only the running goroutine touches its locals; no borrow outlives the
+        // statement.
+        let generation = unsafe { (*locals).dropping }.map_or(0, |dropping| dropping + 1);
+        if generation > LOCAL_GENERATIONS_AT_EXIT {
+            panic!(
+                "goro::Local::with: goroutine {} is exiting, and the destructors of its \
+                 goroutine-locals have re-created locals {LOCAL_GENERATIONS_AT_EXIT} generations \
+                 deep (the limit); does a destructor re-create the local it drops?",
+                g.g().id()
+            );
+        }
+        // `init` may use other locals (even this one): no borrow of the list across it.
+        let value = Box::new((self.init)());
+        // SAFETY: as above.
+        if let Some(made) = unsafe { (*locals).get(key) } {
+            // `init` used this local itself: the value it made stays, as later calls find it.
+            let made = std::ptr::from_ref(downcast::<T>(made));
+            drop(value);
+            return made;
+        }
+        let made = std::ptr::from_ref::<T>(&value);
+        // SAFETY: as above.
+        unsafe {
+            (*locals).values.push(LocalValue {
+                key,
+                generation,
+                value,
+            });
+        }
+        made
+    }
+}
+
+fn downcast<T: 'static>(value: &dyn std::any::Any) -> &T {
+    value
+        .downcast_ref::<T>()
+        .expect("a Local's value has its type")
+}
+
+/// Drops the exiting goroutine `g`'s locals, the last made first, each with the others still
+/// usable, until none is left (the rule is in [`Local`]'s docs). Runs on the goroutine, after its
+/// closure. Ends: a value of generation [`LOCAL_GENERATIONS_AT_EXIT`] cannot make more, so (as
+/// long as each destructor returns) the values made at exit form a finite tree.
+fn drop_locals(g: GRef) {
+    let locals = g.g().locals.get();
+    loop {
+        // SAFETY: only the running goroutine touches its locals, and no borrow outlives the
+        // statement: the destructors may use the list meanwhile.
+        let Some(last) = (unsafe { (*locals).values.pop() }) else {
+            break;
+        };
+        // SAFETY: as above.
+        unsafe { (*locals).dropping = Some(last.generation) };
+        drop(last.value);
+    }
+    // SAFETY: as above.
+    unsafe { (*locals).dropping = None };
 }
 
 impl<T: 'static> std::fmt::Debug for Local<T> {

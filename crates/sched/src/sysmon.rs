@@ -14,7 +14,9 @@
 //!    be inside the runtime using it; `blocking` is how code hands the P itself over).
 //! 2. **Deadlock detection.** When no M runs a goroutine, sysmon checks whether anything can
 //!    ever run again (see `proc::deadlocked`) and, if not, ends the program with Go's
-//!    "fatal error: all goroutines are asleep - deadlock!" and exit status 2.
+//!    "fatal error: all goroutines are asleep - deadlock!" and exit status 2. A thread that is
+//!    not goro's (told apart by kernel thread id, never by name) could still wake a goroutine, so
+//!    while one exists nothing is reported; schedtrace says so.
 //! 3. **Parked stacks.** Every [`shrink::EPOCH`] it starts a new epoch and, if goroutines
 //!    parked since the last pass (or a collection asked), walks every G in slices of
 //!    [`shrink::SLICE`], stashing or trimming the stacks of goroutines parked for at least one
@@ -22,9 +24,13 @@
 //!    the pool, releasing their pages.
 //! 4. **schedtrace.** With `GORO_DEBUG=schedtrace=MS`, every MS milliseconds it prints Go's line:
 //!    `SCHED 1004ms: gomaxprocs=2 idleprocs=1 threads=4 spinningthreads=0 idlethreads=1
-//!    runqueue=0 [0 3]`.
+//!    runqueue=0 [0 3]`, and below it, while every goroutine is blocked but no deadlock can be
+//!    reported, why: `  all goroutines are blocked; not reported as a deadlock: 1 thread outside
+//!    the runtime could wake one (thread id 4242)`.
 
-use crate::proc::{Sched, StackPass, lock, release_parked_stacks, trim_idle_stack_caches};
+use crate::proc::{
+    Deadlock, RuntimeThread, Sched, StackPass, lock, release_parked_stacks, trim_idle_stack_caches,
+};
 use crate::shrink;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -53,6 +59,7 @@ pub(crate) fn run(sched: &'static Sched) {
     let mut pass: Option<StackPass> = None;
     let mut young_left = false;
     let mut idle_ps = Vec::new();
+    let _runtime_thread = RuntimeThread::register();
     while !sched.shutdown.load(Ordering::Acquire) {
         sched.sysmon_sleep(delay);
         let now = Instant::now();
@@ -87,11 +94,19 @@ pub(crate) fn run(sched: &'static Sched) {
             (delay * 2).min(MAX_DELAY)
         };
         // Deadlock detection runs here rather than in the last M to go idle: sysmon looks again
-        // every tick, so a thread that was still starting (or still unnamed) when the Ms went
-        // idle cannot hide a deadlock for good.
-        if !busy && crate::proc::deadlocked(sched) {
-            crate::proc::throw_deadlock();
-        }
+        // every tick, so a thread of the runtime's that was still starting (not yet listed as
+        // one of its own) when the Ms went idle cannot hide a deadlock for good.
+        // Why every goroutine is blocked but no deadlock is reported (for schedtrace).
+        let verdict = if busy {
+            Deadlock::No
+        } else {
+            crate::proc::deadlocked(sched)
+        };
+        let blocked = match verdict {
+            Deadlock::Proven => crate::proc::throw_deadlock(),
+            Deadlock::Unprovable(why) => Some(why),
+            Deadlock::No => None,
+        };
         if now >= next_epoch {
             next_epoch = now + shrink::EPOCH;
             let epoch = sched.stack_epoch.fetch_add(1, Ordering::Relaxed) + 1;
@@ -114,14 +129,15 @@ pub(crate) fn run(sched: &'static Sched) {
         if let (Some(at), Some(every)) = (next_trace, sched.config().schedtrace)
             && now >= at
         {
-            trace_line(sched, now.duration_since(started));
+            trace_line(sched, now.duration_since(started), blocked.as_deref());
             next_trace = Some(at + every);
         }
     }
 }
 
-/// Prints Go's schedtrace line.
-fn trace_line(sched: &Sched, elapsed: Duration) {
+/// Prints Go's schedtrace line, and under it, when every goroutine is blocked but the deadlock
+/// check cannot report it, why not (indented, as Go's `scheddetail` lines are).
+fn trace_line(sched: &Sched, elapsed: Duration, blocked: Option<&str>) {
     let ms = sched.ms();
     let idle_threads = ms.iter().filter(|m| m.is_idle()).count();
     let procs = sched.gomaxprocs();
@@ -140,4 +156,7 @@ fn trace_line(sched: &Sched, elapsed: Duration) {
         lock(sched.global_queue()).len(),
         local.join(" "),
     );
+    if let Some(why) = blocked {
+        eprintln!("  all goroutines are blocked; not reported as a deadlock: {why}");
+    }
 }
