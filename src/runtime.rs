@@ -353,6 +353,7 @@ impl Runtime {
             stash_parked_stacks: self.stash_parked_stacks,
             migrate: self.migrate_goroutines,
             max_stack_size: self.max_stack_size,
+            runtime_thread: Some(goro_gc::sweeper_thread_id),
         };
         let finished = goro_sched::run(config, main);
         roots::RUNNING.store(false, std::sync::atomic::Ordering::Release);

@@ -59,6 +59,14 @@ fn scenario(name: &str) {
             let (_tx, rx) = goro::chan::channel::<u32>(0);
             let _ = rx.recv();
         }),
+        "deadlock_after_collections" => runtime.run(|| {
+            // The collector's own threads (the sweeper) cannot wake a goroutine.
+            for _ in 0..3 {
+                goro::gc::collect();
+            }
+            let (_tx, rx) = goro::chan::channel::<u32>(0);
+            let _ = rx.recv();
+        }),
         "everyone_waits" => runtime.run(|| {
             let (tx, rx) = goro::chan::channel::<u32>(0);
             let rx2 = rx.clone();
@@ -164,6 +172,7 @@ fn main() {
         "main_waits_forever",
         "everyone_waits",
         "deadlock_after_foreign_thread",
+        "deadlock_after_collections",
     ] {
         let out = run_child(name);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -75,6 +75,9 @@ pub struct Config {
     /// contract of `goro::Builder::stash_parked_stacks`. (Where the trap runs, stacks are
     /// stashed under it whatever this says.)
     pub stash_parked_stacks: bool,
+    /// The kernel id of another thread of the runtime's that the deadlock check must not count
+    /// as one that could wake a goroutine, if it runs (the collector's sweeper).
+    pub runtime_thread: Option<fn() -> Option<i32>>,
 }
 
 impl Default for Config {
@@ -89,6 +92,7 @@ impl Default for Config {
             stash_parked_stacks: false,
             migrate: false,
             max_stack_size: DEFAULT_MAX_STACK_SIZE,
+            runtime_thread: None,
         }
     }
 }
@@ -1071,7 +1075,7 @@ pub(crate) fn deadlocked(sched: &Sched) -> Deadlock {
         return Deadlock::No;
     }
     for _ in 0..2 {
-        match threads_outside_runtime() {
+        match threads_outside_runtime(sched) {
             Ok(outside) if outside.is_empty() => {}
             Ok(outside) => return Deadlock::Unprovable(describe_outside(&outside)),
             Err(error) => {
@@ -1187,12 +1191,13 @@ impl Drop for RuntimeThread {
 }
 
 /// The kernel ids of this process's threads that are not goro's: [`RUNTIME_THREADS`], the
-/// heap's scavenger and the stack trap thread. An entry of `/proc/self/task` that is not a
+/// heap's scavenger, the stack trap thread and `Config::runtime_thread`. An entry of `/proc/self/task` that is not a
 /// number is an error (it cannot be told apart from a thread of the user's).
-fn threads_outside_runtime() -> std::io::Result<Vec<i32>> {
+fn threads_outside_runtime(sched: &Sched) -> std::io::Result<Vec<i32>> {
     let mut ours = lock(&RUNTIME_THREADS).clone();
     ours.extend(goro_alloc::scavenger_thread_id());
     ours.extend(goro_stack::trap_thread_id());
+    ours.extend(sched.config.runtime_thread.and_then(|tid| tid()));
     let mut outside = Vec::new();
     for task in std::fs::read_dir("/proc/self/task")? {
         let name = task?.file_name();
