@@ -96,16 +96,28 @@ pub use goro_gc::{Gc, GcCell};
 pub mod stack {
     pub use goro_sched::stack::{maybe_grow, remaining_stack};
 
-    /// Whether the stash trap runs in this process, or why not: with it, the live bytes of a
-    /// goroutine parked for a second or so leave its stack for the heap and the whole stack's
-    /// memory goes back to the OS, and anything touching that stack meanwhile (a scoped thread
-    /// reading a borrowed local, a `read(2)` into a buffer on it) waits while the bytes are put
-    /// back. It needs the right to catch kernel-mode faults with `userfaultfd` (root,
-    /// `CAP_SYS_PTRACE` or `vm.unprivileged_userfaultfd=1`); without it, parked goroutines give
-    /// back only the pages below their stack pointers. `GORO_DEBUG=stacktrap=off` turns it off.
-    /// The first runtime decides; later calls report the same.
+    /// Starts the stash trap if this process may run it (once per process; later calls report
+    /// the first one's outcome), or says why it cannot. The trap is what lets a runtime built
+    /// with the `unsafe` [`Builder::stash_parked_stacks`](crate::Builder::stash_parked_stacks)
+    /// stash: the live bytes of a goroutine parked for a second or so leave its stack for the
+    /// heap and the whole stack's memory goes back to the OS, and anything in this process
+    /// touching that stack meanwhile (a scoped thread reading a borrowed local, a `read(2)`
+    /// into a buffer on it) waits while the bytes are put back. It needs the right to catch
+    /// kernel-mode faults with `userfaultfd` (root, `CAP_SYS_PTRACE` or
+    /// `vm.unprivileged_userfaultfd=1`); `GORO_DEBUG=stacktrap=off` keeps it off.
+    ///
+    /// The trap stashes nothing by itself: a runtime stashes only when built with one of the
+    /// `unsafe` stash options; by default it releases only the pages below a long-parked
+    /// goroutine's stack pointer. Once running, the trap serves the first touch of every
+    /// fresh stack page below the top few (a few microseconds each, see docs/stacks.md).
     pub fn stash_trap() -> Result<(), String> {
         goro_stack::enable_stash_trap()
+    }
+
+    /// Whether the stash trap is running in this process, without starting it. The default
+    /// runtime never starts it.
+    pub fn stash_trap_running() -> bool {
+        goro_stack::stash_trap_running()
     }
 
     /// How many times the stash trap has put a stashed stack back because something other than
@@ -114,7 +126,8 @@ pub mod stack {
         goro_stack::trap_restores()
     }
 
-    /// How many parked goroutines' stacks have been stashed in this process.
+    /// How many parked goroutines' stacks have been stashed in this process (0 unless a
+    /// runtime was built with one of the `unsafe` stash options).
     pub fn stashes() -> u64 {
         goro_stack::stashes()
     }

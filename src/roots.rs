@@ -60,7 +60,9 @@ unsafe impl Mutators for GoroutineRoots {
             collect_on_a_goroutine(cycle);
             return;
         }
-        goro_sched::stop_the_world(&mut || stopped_cycle(cycle));
+        // SAFETY: the cycle neither unwinds (the collector's marking panics only on broken
+        // runtime invariants, which abort) nor waits for a goroutine nor parks.
+        unsafe { goro_sched::stop_the_world(&mut || stopped_cycle(cycle)) };
         // Go frees stack memory at GC: release the pages of pooled stack slots beyond a warm
         // few, so a burst of deep goroutines does not keep its RSS after it is gone.
         goro_stack::trim(STACKS_KEPT_WARM);
@@ -102,7 +104,10 @@ unsafe impl Mutators for GoroutineRoots {
 /// Runs `cycle` with every other thread of the process stopped. Called on an M's g0 with the
 /// scheduler's world stopped.
 fn stopped_cycle(cycle: &mut dyn FnMut()) {
-    let goroutines = RootsLock::new();
+    // SAFETY: called only inside `stop_the_world`'s closure; every thread that may still run a
+    // goroutine is stopped by `stop_others` before the cycle reads the Gs, and the lock is
+    // dropped before the closure returns.
+    let goroutines = unsafe { RootsLock::new() };
     let statics = writable_segments();
     let threads = world::stop_others();
     let roots = CycleRoots {
@@ -147,7 +152,7 @@ fn collect_on_a_goroutine(cycle: &mut dyn FnMut()) {
     });
     let theirs = handoff.clone();
     drop(goro_sched::go(move || {
-        goro_sched::stop_the_world(&mut || {
+        let mut run_claimed = || {
             if theirs
                 .state
                 .compare_exchange(WAITING, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
@@ -160,7 +165,9 @@ fn collect_on_a_goroutine(cycle: &mut dyn FnMut()) {
                 theirs.state.store(DONE, Ordering::Release);
                 theirs.woken.notify_all();
             }
-        });
+        };
+        // SAFETY: as in `stop_the_world` above (the lock is held for a store and a notify).
+        unsafe { goro_sched::stop_the_world(&mut run_claimed) };
     }));
     let mut guard = handoff.done.lock().unwrap_or_else(|p| p.into_inner());
     loop {

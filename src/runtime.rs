@@ -10,9 +10,13 @@
 //! | `memory_limit(b)`| `GORO_MEMORY_LIMIT`  | GOMEMLIMIT  | none (`1GiB`, `512MiB`, bytes) |
 //! | `stack_size(b)`  | -                    | -           | 1 MiB of address space         |
 //! | `max_stack_size(b)` | -                 | debug.SetMaxStack | 1 GiB (slot + `maybe_grow` segments) |
+//! | `unsafe stash_parked_stacks(on)`, `unsafe stash_parked_stacks_unchecked(on)` | `GORO_DEBUG=stackstash=off` turns both off | - | off: long-parked goroutines' stacks are trimmed below their stack pointers |
 //!
 //! `GORO_DEBUG=gctrace=1` prints Go's gctrace line per cycle; `GORO_DEBUG=schedtrace=1000` prints
-//! Go's scheduler line every second.
+//! Go's scheduler line every second. The stack knobs only ever make goro more careful:
+//! `stackstash=off` overrides the stash options, `stacktrap=off` keeps the stash trap from
+//! starting (the trapped stash then trims), `stackguard=mprotect` forces the old guard pages.
+//! No environment variable can turn a stash on: that takes a promise in code.
 //!
 //! One runtime runs at a time in a process (later `run` calls wait for it). When the main
 //! goroutine returns, the runtime ends: goroutines still blocked are abandoned (nothing of theirs
@@ -114,9 +118,25 @@ pub struct Builder {
     gc_percent: Option<i32>,
     memory_limit: Option<usize>,
     stack_size: Option<usize>,
-    stash_parked_stacks: bool,
+    parked_stacks: ParkedStacks,
     migrate_goroutines: bool,
     max_stack_size: Option<usize>,
+}
+
+/// What sysmon does with the stack of a goroutine parked for a second or so: the builder's
+/// stash options.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum ParkedStacks {
+    /// Release the pages below its saved stack pointer: nothing lives there, so nothing can be
+    /// lost (the default).
+    #[default]
+    Trim,
+    /// Stash it under the stash trap where the trap runs, else trim
+    /// ([`Builder::stash_parked_stacks`]).
+    Stash,
+    /// Stash it, with the trap if it happens to run, else without
+    /// ([`Builder::stash_parked_stacks_unchecked`]).
+    StashUnchecked,
 }
 
 impl Builder {
@@ -174,29 +194,84 @@ impl Builder {
         self
     }
 
-    /// Lets the runtime stash parked goroutines' stacks even where the stash trap cannot run.
+    /// Lets the runtime *stash* the stacks of goroutines parked for a second or so, under the
+    /// stash trap: a goroutine's live bytes (typically a few hundred) move into the heap and
+    /// its whole stack's memory goes back to the OS; if anything else touches the stack
+    /// meanwhile (a scoped thread using a local it borrowed, a `read(2)` into a buffer on it),
+    /// it waits while a `userfaultfd` trap puts the bytes back. 100,000 parked goroutines then
+    /// cost about 0.9 KB each instead of the default's 4.5 KB (Go: 2.7 KB; see README).
     ///
-    /// By default, where the stash trap runs (see [`crate::stack::stash_trap`]: it needs root,
-    /// `CAP_SYS_PTRACE` or `vm.unprivileged_userfaultfd=1`), the live bytes of a goroutine parked
-    /// for a second or so (typically a few hundred) move off its stack into the heap and the
-    /// whole stack's memory goes back to the OS; a million parked goroutines then cost about
-    /// 1 KiB each instead of 4 KiB and more (Go's 2 KiB stacks cost about 2.7 KiB). Anything
-    /// touching such a stack meanwhile waits while the trap puts the bytes back. Where the trap
-    /// cannot run, goro only releases the pages *below* a long-parked goroutine's stack pointer,
-    /// which is always sound: no frame lives there. This option stashes there too, unchecked.
+    /// By default goro only releases the pages *below* a long-parked goroutine's stack
+    /// pointer, which hold nothing: that cannot lose anyone's bytes. A stash can, in ways no
+    /// trap sees (the kernel writes into pinned pages without faulting), hence `unsafe`.
+    ///
+    /// The trap needs the right to catch kernel-mode faults (root, `CAP_SYS_PTRACE` or
+    /// `vm.unprivileged_userfaultfd=1`). Where it cannot run ([`crate::stack::stash_trap`]
+    /// says why), or with `GORO_DEBUG=stacktrap=off`, this option does nothing: stacks are
+    /// trimmed as by default. `GORO_DEBUG=stackstash=off` turns it off too. Of this and
+    /// [`stash_parked_stacks_unchecked`](Builder::stash_parked_stacks_unchecked), the last
+    /// call decides; `false` restores the default.
+    ///
+    /// ```compile_fail
+    /// // An unsafe promise: it does not compile without `unsafe`.
+    /// let builder = goro::Runtime::builder().stash_parked_stacks(true);
+    /// ```
     ///
     /// # Safety
-    /// Where the trap does not run: while a goroutine is parked in a goro operation (a channel
-    /// operation, `select!`, `sleep`, `join`, a `goro::sync` wait), nothing else may read or
-    /// write its stack: no thread or goroutine may use a reference or pointer into a goroutine's
-    /// frames that it got from that goroutine. Safe Rust can break this only with scoped
-    /// threads: a goroutine that lends its locals to `std::thread::scope` (or rayon's or
-    /// crossbeam's scopes) threads and then blocks on a goro channel inside the scope. Those
-    /// threads would read zeros, and their writes would be lost. Blocking the goroutine's thread
-    /// instead (the scope's own join, a `std::sync` lock, `goro::blocking`) is fine: that does
-    /// not park it.
+    /// May be called only if, while a goroutine of this runtime is parked in a goro operation
+    /// (a channel operation, `select!`, `sleep`, `join`, a `goro::sync` wait), its stack is
+    /// reached only by this process through its page tables:
+    /// - No I/O that pins pages is in flight into or out of a buffer on its stack, whoever
+    ///   started it: `O_DIRECT` reads and writes, files on NFS or on FUSE mounts with
+    ///   `direct_io`, io_uring requests (fixed buffers above all), Linux AIO (`io_submit`),
+    ///   `vmsplice`, RDMA or VFIO registrations. Such a read would report success and lose its
+    ///   bytes. Keep such buffers in the heap (`Vec`, `Box`); a goroutine that does the I/O in
+    ///   a blocking system call itself (directly or in `goro::blocking`) is not parked meanwhile.
+    /// - No other process reads or writes it (`process_vm_readv`/`process_vm_writev`,
+    ///   `/proc/PID/mem`, ptrace): it would see zeros or fail. Debuggers and core dumps show a
+    ///   stashed stack as zeros.
+    /// - No futex word on it is used with `FUTEX_WAKE_OP`, priority-inheritance futexes or a
+    ///   robust futex list: the kernel gets `EFAULT` there instead of waiting for the trap.
+    /// - A child forked meanwhile does not use the parent's goroutine stacks before `exec`
+    ///   (it sees zeros where they were stashed).
+    ///
+    /// Threads of this process reading or writing the stack (scoped threads, system calls
+    /// copying to or from a buffer on it) are caught by the trap and need no promise.
     pub unsafe fn stash_parked_stacks(mut self, on: bool) -> Builder {
-        self.stash_parked_stacks = on;
+        self.parked_stacks = if on {
+            ParkedStacks::Stash
+        } else {
+            ParkedStacks::Trim
+        };
+        self
+    }
+
+    /// Like [`stash_parked_stacks`](Builder::stash_parked_stacks), but stashes without the
+    /// stash trap where it does not run (not root, `GORO_DEBUG=stacktrap=off`), and does not
+    /// start it: nothing puts a stashed stack back if another thread touches it, so the
+    /// promise covers every thread. (Where the trap runs anyway, started by
+    /// `stash_parked_stacks` or [`crate::stack::stash_trap`], stashes go through it.) It also
+    /// spares fresh stacks the trap's cost on their first use. `GORO_DEBUG=stackstash=off`
+    /// turns it off. Of this and `stash_parked_stacks`, the last call decides; `false`
+    /// restores the default.
+    ///
+    /// # Safety
+    /// Everything [`stash_parked_stacks`](Builder::stash_parked_stacks) requires, and more:
+    /// while a goroutine of this runtime is parked in a goro operation (a channel operation,
+    /// `select!`, `sleep`, `join`, a `goro::sync` wait), nothing but that goroutine reads or
+    /// writes its stack. No thread or goroutine may use a reference or pointer into its frames
+    /// that it got from that goroutine, and no system call made by another thread may read or
+    /// write a buffer on it. Safe Rust can break this only with scoped threads: a goroutine
+    /// that lends its locals to `std::thread::scope` (or rayon's or crossbeam's scopes) threads
+    /// and then blocks on a goro channel inside the scope. Those threads would read zeros, and
+    /// their writes would be lost. Blocking the goroutine's thread instead (the scope's own
+    /// join, a `std::sync` lock, `goro::blocking`) is fine: that does not park it.
+    pub unsafe fn stash_parked_stacks_unchecked(mut self, on: bool) -> Builder {
+        self.parked_stacks = if on {
+            ParkedStacks::StashUnchecked
+        } else {
+            ParkedStacks::Trim
+        };
         self
     }
 
@@ -248,7 +323,7 @@ impl Builder {
             gc_percent,
             memory_limit,
             stack_size,
-            stash_parked_stacks: self.stash_parked_stacks,
+            parked_stacks: self.parked_stacks,
             migrate_goroutines: self.migrate_goroutines,
             debug,
         })
@@ -262,20 +337,24 @@ pub struct Runtime {
     gc_percent: i32,
     memory_limit: usize,
     stack_size: usize,
-    stash_parked_stacks: bool,
+    parked_stacks: ParkedStacks,
     migrate_goroutines: bool,
     max_stack_size: usize,
     debug: Debug,
 }
 
-/// The `GORO_DEBUG` settings (Go's GODEBUG): `gctrace=1`, `schedtrace=MS`, `clobberfree=1`
-/// (objects the collector frees are overwritten with `goro::gc::POISON`). Unknown keys are
+/// The `GORO_DEBUG` settings (Go's GODEBUG) read here: `gctrace=1`, `schedtrace=MS`,
+/// `clobberfree=1` (objects the collector frees are overwritten with `goro::gc::POISON`),
+/// `stackstash=off` (goro-stack reads `stacktrap` and `stackguard` itself). Unknown keys are
 /// ignored, as Go ignores unknown GODEBUG keys.
 #[derive(Debug, Clone, Copy, Default)]
 struct Debug {
     gctrace: bool,
     clobberfree: bool,
     schedtrace: Option<std::time::Duration>,
+    /// `stackstash=off`: no stash, whatever the builder says (to rule the stash out when
+    /// bytes go missing). There is deliberately no `stackstash=on`.
+    stackstash_off: bool,
 }
 
 impl Debug {
@@ -291,6 +370,7 @@ impl Debug {
             match key {
                 "gctrace" => debug.gctrace = setting_value == "1",
                 "clobberfree" => debug.clobberfree = setting_value == "1",
+                "stackstash" => debug.stackstash_off = setting_value == "off",
                 "schedtrace" => {
                     let ms: u64 = setting_value.parse().map_err(|_| BuildError::Environment {
                         name: "GORO_DEBUG",
@@ -315,6 +395,20 @@ impl Runtime {
     /// The number of Ps this runtime runs with.
     pub fn max_procs(&self) -> usize {
         self.max_procs
+    }
+
+    /// Whether sysmon may stash parked goroutines' stacks (goro-sched's
+    /// `Config::stash_parked_stacks`, which stashes under the trap if it runs and without it
+    /// otherwise): only under one of the `unsafe` builder options, unless
+    /// `GORO_DEBUG=stackstash=off`; for the trapped one, only if the trap runs (started here,
+    /// once per process), since without it the user's promise does not cover other threads.
+    fn stash_parked_stacks(&self) -> bool {
+        match self.parked_stacks {
+            ParkedStacks::Trim => false,
+            _ if self.debug.stackstash_off => false,
+            ParkedStacks::Stash => goro_stack::enable_stash_trap().is_ok(),
+            ParkedStacks::StashUnchecked => true,
+        }
     }
 
     /// Runs `main` as the main goroutine and returns its value once it returns.
@@ -350,8 +444,8 @@ impl Runtime {
             on_thread_stop: None,
             on_idle: Some(goro_alloc::flush_thread_cache),
             schedtrace: self.debug.schedtrace,
-            stash_parked_stacks: self.stash_parked_stacks,
-            migrate: self.migrate_goroutines,
+            stash_parked_stacks: promised(self.stash_parked_stacks()),
+            migrate: promised(self.migrate_goroutines),
             max_stack_size: self.max_stack_size,
             runtime_thread: Some(goro_gc::sweeper_thread_id),
         };
@@ -388,6 +482,18 @@ impl Runtime {
             }
             Err(panic) => panic.resume(),
         }
+    }
+}
+
+/// A `Config` setting from a builder flag.
+fn promised(on: bool) -> goro_sched::Promised {
+    if on {
+        // SAFETY: the flag is set only by the builder's `unsafe` methods with the same
+        // contracts (`migrate_goroutines`, `stash_parked_stacks`, `..._unchecked`); the trapped
+        // stash is passed on only while the trap runs.
+        unsafe { goro_sched::Promised::on() }
+    } else {
+        goro_sched::Promised::OFF
     }
 }
 

@@ -1,8 +1,10 @@
-//! The stack memory of long-parked goroutines goes back to the OS, and they resume intact:
-//! sysmon trims the pages below a parked goroutine's stack pointer, and where the stash trap
-//! runs (or with the unsafe `stash_parked_stacks`) moves its live bytes off the stack and
-//! releases the whole slot; a thread touching a stashed stack gets its bytes back. (Its own
-//! file: it reads the process's RSS; one runtime runs at a time, so the tests do not overlap.)
+//! The stack memory of long-parked goroutines goes back to the OS, and they resume intact. By
+//! default sysmon only trims the pages below a parked goroutine's stack pointer, and never
+//! stashes (nor starts the stash trap), whatever `GORO_DEBUG` says; opted in with the unsafe
+//! `stash_parked_stacks` (under the trap) or `stash_parked_stacks_unchecked`, it moves the live
+//! bytes off the stack and releases the whole slot, and a thread touching a stashed stack gets
+//! its bytes back. (Its own file: it reads the process's RSS; one runtime runs at a time, so
+//! the tests do not overlap.)
 
 use goro::gc::Gc;
 use std::time::{Duration, Instant};
@@ -58,12 +60,16 @@ fn spawn_parkers<K: 'static>(
     handles
 }
 
-#[test]
-fn pages_below_a_long_parked_goroutine_go_back_and_its_frames_stay() {
+/// 200 goroutines commit 256 KiB of stack each, then park in a channel receive with a pattern
+/// in their frames. Waits until sysmon has released most of those pages, and two more epochs
+/// (a goroutine is trimmed or stashed once per park, so nothing can happen to them later);
+/// then wakes them, checks their frames, and returns how many stacks were stashed meanwhile.
+fn park_deep_goroutines_until_released(builder: goro::Builder) -> u64 {
     const GOROUTINES: u64 = 200;
     const DEPTH: usize = 256 << 10;
-    let runtime = goro::Runtime::builder().max_procs(2).build().unwrap();
+    let runtime = builder.max_procs(2).build().unwrap();
     runtime.run(|| {
+        let stashes = goro::stack::stashes();
         let (tx, rx) = goro::chan::channel::<u64>(0);
         let base = rss_bytes();
         let handles = spawn_parkers(
@@ -78,21 +84,82 @@ fn pages_below_a_long_parked_goroutine_go_back_and_its_frames_stay() {
             committed >= (GOROUTINES as usize * DEPTH) / 2,
             "the goroutines committed only {committed} bytes of stack"
         );
-        let trimmed = wait_until(Duration::from_secs(10), || {
+        let released = wait_until(Duration::from_secs(10), || {
             rss_bytes().saturating_sub(base) < committed / 4
         });
         let kept = rss_bytes().saturating_sub(base);
         assert!(
-            trimmed,
+            released,
             "{kept} of {committed} bytes stayed committed 10 s after the goroutines parked"
         );
+        goro::sleep(Duration::from_millis(1_100));
         for _ in 0..GOROUTINES {
             tx.send(1);
         }
         for handle in handles {
             assert_eq!(handle.join().unwrap(), 65 + 1);
         }
-    });
+        goro::stack::stashes() - stashes
+    })
+}
+
+#[test]
+fn pages_below_a_long_parked_goroutine_go_back_and_its_frames_stay() {
+    let stashed = park_deep_goroutines_until_released(goro::Runtime::builder());
+    assert_eq!(stashed, 0, "the default runtime stashed {stashed} stacks");
+}
+
+/// Runs only in the children started below: trims with the builder `GORO_TRIM_CHILD` names,
+/// under the `GORO_DEBUG` the parent chose, and checks that nothing was stashed and the trap
+/// never started.
+#[test]
+fn trim_only_child() {
+    let Some(which) = std::env::var_os("GORO_TRIM_CHILD") else {
+        return;
+    };
+    let builder = goro::Runtime::builder();
+    let builder = match which.to_str() {
+        Some("default") => builder,
+        // SAFETY: no goroutine here lends its stack to anyone or does I/O into it.
+        Some("stash") => unsafe { builder.stash_parked_stacks(true) },
+        // SAFETY: as above.
+        Some("unchecked") => unsafe { builder.stash_parked_stacks_unchecked(true) },
+        other => panic!("GORO_TRIM_CHILD={other:?}"),
+    };
+    let stashed = park_deep_goroutines_until_released(builder);
+    assert_eq!(stashed, 0, "{which:?} stashed {stashed} stacks");
+    assert_eq!(goro::stack::stashes(), 0);
+    assert!(
+        !goro::stack::stash_trap_running(),
+        "{which:?} started the stash trap"
+    );
+}
+
+#[test]
+fn by_default_long_parked_goroutines_are_trimmed_never_stashed_and_the_trap_never_starts() {
+    common::run_test_in_child(
+        "trim_only_child",
+        &[("GORO_TRIM_CHILD", "default"), ("GORO_DEBUG", "")],
+    );
+}
+
+#[test]
+fn no_goro_debug_setting_turns_a_stash_on() {
+    for (builder, debug) in [
+        // Keys that do not exist must not mean "on".
+        ("default", "stackstash=on,stacktrap=on,stash=on"),
+        // The trapped opt-in without its trap trims: the promise it carries does not cover
+        // other threads touching the stack.
+        ("stash", "stacktrap=off"),
+        // `stackstash=off` overrides both opt-ins.
+        ("stash", "stackstash=off"),
+        ("unchecked", "stackstash=off"),
+    ] {
+        common::run_test_in_child(
+            "trim_only_child",
+            &[("GORO_TRIM_CHILD", builder), ("GORO_DEBUG", debug)],
+        );
+    }
 }
 
 /// Whether the stash trap runs here; where it cannot (not root), checks that it says why.
@@ -118,6 +185,7 @@ fn stashed_goroutines_cost_their_live_bytes(builder: goro::Builder) {
     runtime.run(|| {
         let (tx, rx) = goro::chan::channel::<u64>(0);
         goro::gc::collect();
+        let stashes = goro::stack::stashes();
         let base = rss_bytes();
         let handles = spawn_parkers(
             GOROUTINES,
@@ -147,6 +215,14 @@ fn stashed_goroutines_cost_their_live_bytes(builder: goro::Builder) {
             stashed,
             "parked goroutines still cost {after} bytes each (from {resident}) after 10 s"
         );
+        let all_stashed = wait_until(Duration::from_secs(10), || {
+            goro::stack::stashes() - stashes >= GOROUTINES
+        });
+        let count = goro::stack::stashes() - stashes;
+        assert!(
+            all_stashed,
+            "only {count} of {GOROUTINES} stacks were stashed after 10 s"
+        );
         // A collection while they are stashed, then objects of the same size to reuse any slot
         // it wrongly freed.
         goro::gc::collect();
@@ -165,13 +241,14 @@ fn stashed_goroutines_cost_their_live_bytes(builder: goro::Builder) {
 
 #[test]
 fn stashed_goroutines_cost_their_live_bytes_and_resume_intact() {
+    let builder = goro::Runtime::builder();
     if trap_runs() {
-        // The default: stashed under the trap.
-        stashed_goroutines_cost_their_live_bytes(goro::Runtime::builder());
+        // SAFETY: no goroutine here does I/O into its stack, and no other process reads it.
+        stashed_goroutines_cost_their_live_bytes(unsafe { builder.stash_parked_stacks(true) });
     } else {
-        // SAFETY: no goroutine here lends its stack to another thread.
+        // SAFETY: no goroutine here lends its stack to another thread or does I/O into it.
         stashed_goroutines_cost_their_live_bytes(unsafe {
-            goro::Runtime::builder().stash_parked_stacks(true)
+            builder.stash_parked_stacks_unchecked(true)
         });
     }
 }
@@ -183,14 +260,14 @@ fn unchecked_stash_child() {
         return;
     }
     assert!(!trap_runs(), "GORO_DEBUG=stacktrap=off leaves the trap off");
-    // SAFETY: no goroutine here lends its stack to another thread.
+    // SAFETY: no goroutine here lends its stack to another thread or does I/O into it.
     stashed_goroutines_cost_their_live_bytes(unsafe {
-        goro::Runtime::builder().stash_parked_stacks(true)
+        goro::Runtime::builder().stash_parked_stacks_unchecked(true)
     });
 }
 
 #[test]
-fn without_the_trap_the_unsafe_option_still_stashes() {
+fn without_the_trap_the_unchecked_option_still_stashes() {
     common::run_test_in_child(
         "unchecked_stash_child",
         &[
@@ -205,7 +282,10 @@ fn a_thread_borrowing_a_parked_goroutines_locals_uses_them_while_it_is_stashed()
     if !trap_runs() {
         return;
     }
-    let runtime = goro::Runtime::builder().max_procs(2).build().unwrap();
+    // SAFETY: the thread below touches the goroutine's stack through the page tables only (the
+    // trap catches that); no I/O goes into it and no other process reads it.
+    let builder = unsafe { goro::Runtime::builder().stash_parked_stacks(true) };
+    let runtime = builder.max_procs(2).build().unwrap();
     runtime.run(|| {
         let restores = goro::stack::trap_restores();
         let stashes = goro::stack::stashes();

@@ -488,3 +488,44 @@ fn a_gc_a_std_thread_keeps_outlives_run() {
     go_on.wait();
     assert_eq!(thread.join().unwrap(), sum);
 }
+
+#[test]
+fn a_goroutine_that_starves_its_thread_is_named_on_stderr() {
+    if std::env::var_os("GORO_TEST_HOG").is_some() {
+        run(1, || {
+            let spinner = goro::go(|| {
+                let began = std::time::Instant::now();
+                while began.elapsed() < Duration::from_millis(1_500) {
+                    std::hint::spin_loop();
+                }
+            });
+            // This goroutine parks; the spinner takes the thread; a std thread wakes this one,
+            // which then waits for the spinner (it is bound to the same thread).
+            let (tx, rx) = goro::chan::channel::<()>(1);
+            let waker = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                tx.send(());
+            });
+            rx.recv();
+            spinner.join().unwrap();
+            goro::blocking(|| waker.join().unwrap());
+        });
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_goroutine_that_starves_its_thread_is_named_on_stderr",
+            "--nocapture",
+        ])
+        .env("GORO_TEST_HOG", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the child failed:\n{stderr}");
+    assert!(
+        stderr.contains("without reaching a safe point")
+            && stderr.contains("1 goroutine(s) bound to that thread wait for it"),
+        "{stderr}"
+    );
+}

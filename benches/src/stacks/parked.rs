@@ -9,10 +9,19 @@
 //! gives back); close the channel and wait for all to exit. Peers that cannot spawn N stop at
 //! the first failure and report how many they reached.
 //!
-//! `goro` is the default runtime: where the stash trap runs (see `goro::stack::stash_trap`), the
-//! live bytes of long-parked goroutines move off their stacks and the whole stacks are released.
-//! `goro_trim` is goro with the trap off (`GORO_DEBUG=stacktrap=off`, set by the harness): only
-//! the pages below long-parked goroutines' stack pointers go back.
+//! `goro` is the default runtime: sysmon releases the pages below long-parked goroutines' stack
+//! pointers (a trim, which cannot lose data) and never stashes. `goro_trim` is the same with
+//! the stash trap held off (`GORO_DEBUG=stacktrap=off`, set by the harness), so the two agree.
+//! The opt-in stash is measured with `GORO_BENCH_STASH` set for `--impl goro`: `trap` builds
+//! the runtime with the unsafe `stash_parked_stacks(true)` (the live bytes of long-parked
+//! goroutines move to the heap under the stash trap, which must be able to run here), reported
+//! as `goro_stash`; `unchecked` with `stash_parked_stacks_unchecked(true)` (no trap), reported as
+//! `goro_stash_unchecked`. The blockers touch only their own stacks and do no I/O, which is
+//! what both options' contracts ask. For example:
+//!
+//! ```text
+//! GORO_BENCH_STASH=trap GORO_BENCH_NO_BUILD=1 ./target/release/goro-bench parked_memory 100000 --impl goro
+//! ```
 
 use crate::{Options, report};
 use std::sync::Arc;
@@ -104,21 +113,56 @@ fn readings(sleep: impl Fn(Duration)) -> (Memory, Memory) {
     (settled, Memory::now())
 }
 
-/// Checks that the stash trap is off for `goro_trim` (the harness sets `GORO_DEBUG`) and on for
-/// `goro`, where this machine allows it.
+/// The opt-in stash asked for with `GORO_BENCH_STASH`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stash {
+    /// The default: trim only.
+    Off,
+    /// `trap`: `stash_parked_stacks(true)`.
+    Trapped,
+    /// `unchecked`: `stash_parked_stacks_unchecked(true)`.
+    Unchecked,
+}
+
+impl Stash {
+    fn from_env() -> Result<Stash, String> {
+        match std::env::var("GORO_BENCH_STASH").as_deref() {
+            Err(_) | Ok("") | Ok("off") => Ok(Stash::Off),
+            Ok("trap") => Ok(Stash::Trapped),
+            Ok("unchecked") => Ok(Stash::Unchecked),
+            Ok(other) => Err(format!(
+                "GORO_BENCH_STASH={other}: expected trap, unchecked or off"
+            )),
+        }
+    }
+}
+
+/// Checks the stash trap's state for an implementation, before its runtime starts: off for
+/// `goro_trim` (the harness sets `GORO_DEBUG`); started, and so able to run here, when
+/// `GORO_BENCH_STASH=trap` (`fresh_stacks` then measures first uses of stacks through the trap);
+/// otherwise not running, as the default runtime never starts it.
 pub(crate) fn check_trap(trim_only: bool) -> Result<(), String> {
-    let trap = goro::stack::stash_trap();
-    if trim_only == trap.is_ok() {
-        return Err(format!(
-            "the stash trap should be {} for this implementation ({trap:?})",
-            if trim_only { "off" } else { "on" }
-        ));
+    let stash = Stash::from_env()?;
+    if trim_only {
+        if let Ok(()) = goro::stack::stash_trap() {
+            return Err("the stash trap should be off for goro_trim".into());
+        }
+    } else if stash == Stash::Trapped {
+        goro::stack::stash_trap()
+            .map_err(|why| format!("GORO_BENCH_STASH=trap, but the trap cannot run: {why}"))?;
+    } else if goro::stack::stash_trap_running() {
+        return Err("the stash trap should not be running for the default runtime".into());
     }
     Ok(())
 }
 
 pub(crate) fn goro(n: usize, options: &Options, trim_only: bool) -> Result<(), String> {
     check_trap(trim_only)?;
+    let stash = if trim_only {
+        Stash::Off
+    } else {
+        Stash::from_env()?
+    };
     let mut builder = goro::Runtime::builder();
     if let Some(procs) = options.procs {
         builder = builder.max_procs(procs);
@@ -128,6 +172,21 @@ pub(crate) fn goro(n: usize, options: &Options, trim_only: bool) -> Result<(), S
             .ok_or_else(|| format!("GORO_BENCH_STACK_SIZE={text}: not a byte count"))?;
         builder = builder.stack_size(bytes);
     }
+    let name = match stash {
+        Stash::Off if trim_only => "goro_trim",
+        Stash::Off => "goro",
+        Stash::Trapped => {
+            // SAFETY: the blockers park in a channel receive with nothing on their stacks that
+            // another thread, the kernel or another process reads or writes.
+            builder = unsafe { builder.stash_parked_stacks(true) };
+            "goro_stash"
+        }
+        Stash::Unchecked => {
+            // SAFETY: as above: nothing but each blocker touches its stack.
+            builder = unsafe { builder.stash_parked_stacks_unchecked(true) };
+            "goro_stash_unchecked"
+        }
+    };
     let runtime = builder.build().map_err(|e| e.to_string())?;
     runtime.run(move || {
         let before = Memory::now();
@@ -162,7 +221,6 @@ pub(crate) fn goro(n: usize, options: &Options, trim_only: bool) -> Result<(), S
         let (parked, long) = readings(goro::sleep);
         tx.close();
         exited.wait();
-        let name = if trim_only { "goro_trim" } else { "goro" };
         print(name, n, reached, (before, parked, long), start.elapsed());
     });
     Ok(())

@@ -242,7 +242,7 @@ impl Select {
                     let mut #var = #krate::SendCase::new(#handle, #value);
                 });
             }
-            refs.push(quote!(&mut #var as &mut dyn #krate::SelectCase));
+            refs.push(quote!(#var.as_case()));
             let binding = case.binding.clone().unwrap_or_else(|| parse_quote!(_));
             arms.push(quote! {
                 ::core::option::Option::Some(#index) => {

@@ -605,26 +605,44 @@ impl<'a, T: Send> IntoIterator for &'a Receiver<T> {
 }
 
 /// `select!`'s runtime (Go's `selectgo`). Hidden: use the `goro::select!` macro.
+///
+/// What the macro needs across crates, and nothing more, all safe in any order: a
+/// [`RecvCase`] or [`SendCase`] per case, each lent to [`select`] as an opaque [`Case`], and
+/// `take` on the case that ran. The steps that assume channel locks are held (poll, queue and
+/// dequeue a case's record) are methods of a private trait, called only by `select`.
+///
+/// ```
+/// use goro_sched::chan::{__select, channel};
+/// let (tx, rx) = channel::<u8>(1);
+/// tx.send(7);
+/// let mut case = __select::RecvCase::new(&rx);
+/// assert_eq!(__select::select(&mut [case.as_case()], true), Some(0));
+/// assert_eq!(case.take(), Some(7));
+/// ```
+///
+/// The steps that assume a lock is held cannot be called from outside, with or without
+/// `unsafe` (`tests/ui/select_locked_methods.rs`, `select_internals.rs`).
 #[doc(hidden)]
 pub mod __select {
-    pub use super::{RecvCase, SelectCase, SendCase, select};
+    pub use super::{Case, RecvCase, SendCase, select};
 }
 
 /// `SelectShared::state` while no case has completed.
 const SELECT_OPEN: usize = usize::MAX;
 
-/// What a blocked select's records share: which case won, and who to wake.
-#[doc(hidden)]
-pub struct SelectShared {
+/// What a blocked select's records share: which case won, and who to wake. Lives in
+/// `select`'s frame while its records are queued.
+struct SelectShared {
     /// `SELECT_OPEN`, then the index of the case that completed (set once, by CAS).
     state: AtomicUsize,
     /// The selecting party; taken by the winner's completer.
     waiter: UnsafeCell<Option<Waiter>>,
 }
 
-/// One case of a `select!`, type-erased. Implemented by [`RecvCase`] and [`SendCase`] only.
-#[doc(hidden)]
-pub trait SelectCase {
+/// One case of a select, type-erased: [`RecvCase`] and [`SendCase`] implement it. Private:
+/// the `*_locked` methods assume locks that only `select` knows it holds (Go's naming: the
+/// caller holds the lock).
+trait SelectCase {
     /// The channel's address: locks are taken in address order.
     fn chan_addr(&self) -> usize;
     /// Takes the channel lock.
@@ -634,27 +652,45 @@ pub trait SelectCase {
     /// # Safety
     /// May be called only by the party that took it with `lock`.
     unsafe fn unlock(&self);
-    /// Lock held: completes the case now if it can.
-    fn poll_locked(&mut self) -> bool;
-    /// Lock held: queues this case's record for the blocked select `shared`.
-    fn enqueue_locked(&mut self, shared: *const SelectShared, index: usize);
-    /// Lock held: removes this case's record from its queue if it is still there.
-    fn dequeue_locked(&mut self);
+    /// Completes the case now if it can.
+    ///
+    /// # Safety
+    /// May be called only with the channel lock held.
+    unsafe fn poll_locked(&mut self) -> bool;
+    /// Queues this case's record for the blocked select `shared`, as case `index`.
+    ///
+    /// # Safety
+    /// May be called only with the channel lock held, and only if `shared` stays live and
+    /// `self` stays in place until [`dequeue_locked`](Self::dequeue_locked) has run (the
+    /// queued record points into both).
+    unsafe fn enqueue_locked(&mut self, shared: *const SelectShared, index: usize);
+    /// Removes this case's record from its queue if it is still there.
+    ///
+    /// # Safety
+    /// May be called only with the channel lock held.
+    unsafe fn dequeue_locked(&mut self);
     /// This case won while the select was blocked: collect the outcome from the record.
     fn finish(&mut self);
 }
 
-/// The channel half of a `SelectCase` impl, the same for both kinds of case (each has a
-/// `chan: &Chan<T>` field).
-/// `&mut State<T>` of a case's channel, inside a `*_locked` method (the lock is held).
+/// A case of a select, lent to [`select`]: made by [`RecvCase::as_case`] or
+/// [`SendCase::as_case`]. Opaque: nothing can be done with it but pass it to `select`.
+pub struct Case<'a> {
+    case: &'a mut (dyn SelectCase + 'a),
+}
+
+/// `&mut State<T>` of a case's channel, inside an unsafe `*_locked` method (whose caller holds
+/// the lock).
 macro_rules! locked_state {
     ($case:expr) => {
-        // SAFETY: only `*_locked` methods use this, and they run with the channel lock held;
+        // SAFETY: only `*_locked` methods use this, and their callers hold the channel lock;
         // the borrow ends within the statement.
         unsafe { &mut *$case.chan.state.get() }
     };
 }
 
+/// The channel half of a `SelectCase` impl, the same for both kinds of case (each has a
+/// `chan: &Chan<T>` field).
 macro_rules! case_channel_plumbing {
     () => {
         fn chan_addr(&self) -> usize {
@@ -707,7 +743,16 @@ impl<'a, T> RecvCase<'a, T> {
         }
     }
 
+    /// This case, lent to [`select`].
+    pub fn as_case(&mut self) -> Case<'_> {
+        Case { case: self }
+    }
+
     /// The received value (`None`: closed). Called once, on the selected case.
+    ///
+    /// # Panics
+    /// Panics if the case has no result: it was not the one `select` ran, or `take` was
+    /// called already.
     pub fn take(&mut self) -> Option<T> {
         self.result
             .take()
@@ -717,7 +762,7 @@ impl<'a, T> RecvCase<'a, T> {
 
 impl<T> SelectCase for RecvCase<'_, T> {
     case_channel_plumbing!();
-    fn poll_locked(&mut self) -> bool {
+    unsafe fn poll_locked(&mut self) -> bool {
         let cap = self.chan.cap;
         match locked_state!(self).recv_locked(cap) {
             Some(outcome) => {
@@ -727,11 +772,11 @@ impl<T> SelectCase for RecvCase<'_, T> {
             None => false,
         }
     }
-    fn enqueue_locked(&mut self, shared: *const SelectShared, index: usize) {
+    unsafe fn enqueue_locked(&mut self, shared: *const SelectShared, index: usize) {
         let queue = &mut locked_state!(self).receivers_waiting;
         queue_select_record(queue, &mut self.record, (shared, index), None);
     }
-    fn dequeue_locked(&mut self) {
+    unsafe fn dequeue_locked(&mut self) {
         remove_select_record(&mut locked_state!(self).receivers_waiting, &self.record);
     }
     fn finish(&mut self) {
@@ -764,10 +809,16 @@ impl<'a, T> SendCase<'a, T> {
         }
     }
 
+    /// This case, lent to [`select`].
+    pub fn as_case(&mut self) -> Case<'_> {
+        Case { case: self }
+    }
+
     /// Completes the selected send case.
     ///
     /// # Panics
-    /// Panics with "send on closed channel" if the channel was closed.
+    /// Panics with "send on closed channel" if the channel was closed; panics if the case has
+    /// no result (it was not the one `select` ran, or `take` was called already).
     pub fn take(&mut self) {
         if !self
             .result
@@ -781,7 +832,7 @@ impl<'a, T> SendCase<'a, T> {
 
 impl<T> SelectCase for SendCase<'_, T> {
     case_channel_plumbing!();
-    fn poll_locked(&mut self) -> bool {
+    unsafe fn poll_locked(&mut self) -> bool {
         let cap = self.chan.cap;
         let value = self
             .value
@@ -803,12 +854,12 @@ impl<T> SelectCase for SendCase<'_, T> {
             }
         }
     }
-    fn enqueue_locked(&mut self, shared: *const SelectShared, index: usize) {
+    unsafe fn enqueue_locked(&mut self, shared: *const SelectShared, index: usize) {
         let value = self.value.take();
         let queue = &mut locked_state!(self).senders_waiting;
         queue_select_record(queue, &mut self.record, (shared, index), value);
     }
-    fn dequeue_locked(&mut self) {
+    unsafe fn dequeue_locked(&mut self) {
         remove_select_record(&mut locked_state!(self).senders_waiting, &self.record);
     }
     fn finish(&mut self) {
@@ -827,20 +878,20 @@ pub const MAX_SELECT_CASES: usize = 64;
 /// selecting goroutine parks).
 struct SelectLocks {
     /// Pointers to the cases, one per distinct channel, in lock order (`cases[..len]`). The cases
-    /// outlive the guard (they are locals of the `select!` expansion, which waits for the park
+    /// outlive the guard (`select` borrows them for its whole call, which waits for the park
     /// to end).
     cases: [*const dyn SelectCase; MAX_SELECT_CASES],
     len: usize,
 }
 
 impl SelectLocks {
-    fn lock(cases: &[&mut dyn SelectCase]) -> SelectLocks {
+    fn lock(cases: &[Case<'_>]) -> SelectLocks {
         let mut order = [0usize; MAX_SELECT_CASES];
         let order = &mut order[..cases.len()];
         for (i, slot) in order.iter_mut().enumerate() {
             *slot = i;
         }
-        order.sort_unstable_by_key(|&i| cases[i].chan_addr());
+        order.sort_unstable_by_key(|&i| cases[i].case.chan_addr());
         let placeholder: *const dyn SelectCase = std::ptr::null::<RecvCase<'static, ()>>();
         let mut locks = SelectLocks {
             cases: [placeholder; MAX_SELECT_CASES],
@@ -848,12 +899,12 @@ impl SelectLocks {
         };
         let mut last = None;
         for &i in order.iter() {
-            let address = cases[i].chan_addr();
+            let address = cases[i].case.chan_addr();
             if last == Some(address) {
                 continue; // two cases on one channel: lock it once
             }
             last = Some(address);
-            let case: &dyn SelectCase = &*cases[i];
+            let case: &dyn SelectCase = &*cases[i].case;
             // SAFETY: only the lifetime is erased; see the field docs.
             locks.cases[locks.len] =
                 unsafe { std::mem::transmute::<&dyn SelectCase, *const dyn SelectCase>(case) };
@@ -878,11 +929,13 @@ impl Drop for SelectLocks {
 
 /// Runs a select over `cases` (Go's `selectgo`): if any case can proceed, one of them chosen
 /// uniformly at random does; otherwise `None` if there is a default; otherwise the caller blocks
-/// until one case completes. Returns the index of the case that ran. A safe point.
+/// until one case completes. Returns the index of the case that ran; its `take` gives the
+/// outcome. A safe point.
 ///
 /// # Panics
-/// Panics with the reason if there are more than [`MAX_SELECT_CASES`] cases.
-pub fn select(cases: &mut [&mut dyn SelectCase], has_default: bool) -> Option<usize> {
+/// Panics with the reason if there are more than [`MAX_SELECT_CASES`] cases, and if a
+/// [`SendCase`] is used again after a select that did not run it.
+pub fn select(cases: &mut [Case<'_>], has_default: bool) -> Option<usize> {
     assert!(
         cases.len() <= MAX_SELECT_CASES,
         "select! has {} cases; at most {MAX_SELECT_CASES} are supported",
@@ -893,7 +946,8 @@ pub fn select(cases: &mut [&mut dyn SelectCase], has_default: bool) -> Option<us
     let mut order = [0usize; MAX_SELECT_CASES];
     let order = random_order(&mut order[..cases.len()]);
     for &i in order.iter() {
-        if cases[i].poll_locked() {
+        // SAFETY: `locks` holds every case's channel lock.
+        if unsafe { cases[i].case.poll_locked() } {
             drop(locks);
             return Some(i);
         }
@@ -909,7 +963,10 @@ pub fn select(cases: &mut [&mut dyn SelectCase], has_default: bool) -> Option<us
         waiter: UnsafeCell::new(Some(waiter)),
     };
     for (index, case) in cases.iter_mut().enumerate() {
-        case.enqueue_locked(&shared, index);
+        // SAFETY: `locks` holds the lock. `shared` is a local of this frame and the cases are
+        // borrowed for this whole call; every record is dequeued below, before either goes,
+        // and nothing in between unwinds (parking does not).
+        unsafe { case.case.enqueue_locked(&shared, index) };
     }
     // With no cases nothing can wake us: Go's `select {}` blocks forever.
     park(locks, parker);
@@ -917,10 +974,11 @@ pub fn select(cases: &mut [&mut dyn SelectCase], has_default: bool) -> Option<us
     let winner = shared.state.load(Ordering::Acquire);
     let locks = SelectLocks::lock(cases);
     for case in cases.iter_mut() {
-        case.dequeue_locked();
+        // SAFETY: `locks` holds the lock.
+        unsafe { case.case.dequeue_locked() };
     }
     drop(locks);
-    cases[winner].finish();
+    cases[winner].case.finish();
     Some(winner)
 }
 

@@ -60,8 +60,8 @@ mod timer;
 
 pub use join::{JoinHandle, Panic};
 pub use proc::{
-    Config, DEFAULT_MAX_STACK_SIZE, Finished, LOCAL_QUEUE_SOFT_LIMIT, Local, MAX_PROCS, RootRange,
-    RootsLock, blocking, current_goroutine_id, go, is_goroutine, num_goroutine, procs,
+    Config, DEFAULT_MAX_STACK_SIZE, Finished, LOCAL_QUEUE_SOFT_LIMIT, Local, MAX_PROCS, Promised,
+    RootRange, RootsLock, blocking, current_goroutine_id, go, is_goroutine, num_goroutine, procs,
     release_stack_memory, run, set_max_procs, yield_now,
 };
 pub use stw::{safe_point, stop_the_world};

@@ -69,12 +69,12 @@ pub struct Config {
     /// Let goroutines that have run move to another M at their blocking points (a readied
     /// goroutine runs on the M that readied it or wherever a thief takes it), as Go's do. Sound
     /// only under the contract of `goro::Builder::migrate_goroutines`.
-    pub migrate: bool,
+    pub migrate: Promised,
     /// Stash long-parked goroutines' stacks (see `shrink`) even where the stash trap cannot run,
     /// instead of only releasing the pages below their stack pointers. Sound only under the
     /// contract of `goro::Builder::stash_parked_stacks`. (Where the trap runs, stacks are
     /// stashed under it whatever this says.)
-    pub stash_parked_stacks: bool,
+    pub stash_parked_stacks: Promised,
     /// The kernel id of another thread of the runtime's that the deadlock check must not count
     /// as one that could wake a goroutine, if it runs (the collector's sweeper).
     pub runtime_thread: Option<fn() -> Option<i32>>,
@@ -89,11 +89,38 @@ impl Default for Config {
             on_thread_stop: None,
             on_idle: None,
             schedtrace: None,
-            stash_parked_stacks: false,
-            migrate: false,
+            stash_parked_stacks: Promised::OFF,
+            migrate: Promised::OFF,
             max_stack_size: DEFAULT_MAX_STACK_SIZE,
             runtime_thread: None,
         }
+    }
+}
+
+/// A setting of [`Config`] that is sound only under a promise its user makes: it can be turned
+/// on only in an `unsafe` block, so that safe code using goro-sched directly cannot bypass the
+/// contracts `goro::Builder` puts on the same settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Promised(bool);
+
+impl Promised {
+    /// Off: the safe default.
+    pub const OFF: Promised = Promised(false);
+
+    /// On.
+    ///
+    /// # Safety
+    /// May be called only under the contract of the setting it is given to (see the field of
+    /// [`Config`]: `goro::Builder::migrate_goroutines` for `migrate`,
+    /// `goro::Builder::stash_parked_stacks` or `stash_parked_stacks_unchecked` for
+    /// `stash_parked_stacks`).
+    pub const unsafe fn on() -> Promised {
+        Promised(true)
+    }
+
+    /// Whether it is on.
+    pub const fn is_on(self) -> bool {
+        self.0
     }
 }
 
@@ -221,6 +248,9 @@ pub(crate) struct M {
     /// Set by sysmon when the running goroutine has had its time slice; the goroutine yields at
     /// its next safe point.
     pub(crate) preempt: AtomicBool,
+    /// The id of the goroutine this M last switched to; read by sysmon to name a goroutine that
+    /// runs too long. Written only by this M.
+    pub(crate) running_goroutine: AtomicU64,
     /// The P this M holds, or `NO_P`. Set by the M when it takes a P from the free list, or by
     /// the M that hands it one (under `Sched::pidle`, before unparking it); cleared by the M.
     p: AtomicUsize,
@@ -479,6 +509,7 @@ impl M {
             spawned: AtomicUsize::new(0),
             exited: AtomicUsize::new(0),
             preempt: AtomicBool::new(false),
+            running_goroutine: AtomicU64::new(0),
             p: AtomicUsize::new(NO_P),
             ready: Padded(Mutex::new(VecDeque::new())),
         }
@@ -503,6 +534,11 @@ impl M {
     }
 
     /// Whether the M is looking for work or asleep.
+    /// Goroutines bound to this M that wait to run (for sysmon's report).
+    pub(crate) fn waiting(&self) -> usize {
+        self.ready_len.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn is_idle(&self) -> bool {
         self.idle.load(Ordering::Relaxed)
     }
@@ -836,7 +872,7 @@ fn release_p(m: &M) {
     // `runnext` lives only while the M holds a P: an M without one must see its bound work in
     // `ready` (to wait for a P instead of sleeping), and so must deadlock detection.
     if let Some(g) = m.runnext.take() {
-        if sched.config.migrate {
+        if sched.config.migrate.is_on() {
             lock(&sched.global).push_back(g);
         } else {
             m.push_ready(g, true);
@@ -1357,7 +1393,7 @@ fn execute(m: &M, g: GRef) {
         first_run(m, g);
     }
     debug_assert!(
-        sched.config.migrate || gg.home.load(Ordering::Relaxed) == m.id,
+        sched.config.migrate.is_on() || gg.home.load(Ordering::Relaxed) == m.id,
         "a started goroutine changed M"
     );
     gg.status.store(GStatus::Running as u8, Ordering::Relaxed);
@@ -1368,6 +1404,7 @@ fn execute(m: &M, g: GRef) {
         m.preempt.store(false, Ordering::Relaxed);
     }
     m.curg.set(Some(g));
+    m.running_goroutine.store(gg.id(), Ordering::Relaxed);
     // SAFETY: only the goroutine changes its stacks, and it is switched out.
     let stack = unsafe { gg.current_stack() };
     // SAFETY: this is the goroutine's home M, about to resume it; the stack is its own.
@@ -1390,7 +1427,7 @@ fn execute(m: &M, g: GRef) {
         Request::None => unreachable!("a goroutine switched to g0 without a request"),
         Request::Yield => {
             gg.status.store(GStatus::Runnable as u8, Ordering::Relaxed);
-            if sched.config.migrate {
+            if sched.config.migrate.is_on() {
                 // Any M may run it next: to the back of this P's queue, where thieves look.
                 enqueue_new(sched, g);
             } else {
@@ -1402,7 +1439,7 @@ fn execute(m: &M, g: GRef) {
             // until the goroutine is readied, which cannot happen before this call releases the
             // lock it queued itself under.
             unsafe { (*unlock)() };
-            if sched.config.migrate {
+            if sched.config.migrate.is_on() {
                 // A waker may already have readied the goroutine and another M may be running
                 // it: nothing here may touch it any more. (So sysmon leaves the stacks of
                 // migrating goroutines alone.)
@@ -1517,7 +1554,7 @@ pub(crate) fn ready(g: GRef) {
         return;
     }
     gg.status.store(GStatus::Runnable as u8, Ordering::Relaxed);
-    if sched.config.migrate {
+    if sched.config.migrate.is_on() {
         ready_anywhere(sched, g);
         return;
     }
@@ -1981,13 +2018,17 @@ impl RootsLock {
     /// Locks the goroutine lists of the running runtime.
     ///
     /// # Panics
-    /// Panics if the caller is not on an M whose world is stopped (only the collector calls this,
-    /// from inside [`crate::stop_the_world`]).
+    /// Panics if the caller is not on an M whose world is stopped.
+    ///
+    /// # Safety
+    /// May be called only inside the closure of [`crate::stop_the_world`] (no goroutine runs
+    /// but on threads the caller stops by other means before calling [`RootsLock::for_each`]),
+    /// and the value must be dropped before that closure returns.
     #[allow(
         clippy::new_without_default,
         reason = "locking is not a default value: it may only happen with the world stopped"
     )]
-    pub fn new() -> RootsLock {
+    pub unsafe fn new() -> RootsLock {
         let m = current_m().expect("RootsLock::new outside a goro M");
         let sched = m.sched();
         assert!(

@@ -5,17 +5,23 @@
 //! goro stack cannot move (Rust code keeps pointers into it), but its *memory* can go while the
 //! goroutine is parked, as long as the bytes are back before it runs:
 //!
-//! - **Stash** (a goroutine parked where no waker touches its stack, when the stash trap runs
-//!   or the user opted in with the `unsafe` `Builder::stash_parked_stacks`): the live bytes
-//!   `[sp, top)`, typically a few hundred, are copied into a heap buffer and every page of the
-//!   slot is released. The goroutine then costs its G, its live bytes and nothing else. When it
-//!   is next resumed, its M puts the bytes back at the same addresses. With the trap (goro-stack's
-//!   `trap.rs`), anything else touching the stack meanwhile (a scoped thread that borrowed a
-//!   local, the kernel filling a buffer) waits while the bytes are put back: sound whatever safe
-//!   code does. Without it, only the user's promise keeps others off the stack.
-//! - **Trim** (a goroutine parked where a waker may write to its stack, such as a `select` whose
-//!   records are on it): the whole pages below its saved stack pointer are released, which
-//!   gives back what deep calls committed before it parked.
+//! - **Trim** (the default, and always for a goroutine parked where a waker may write to its
+//!   stack, such as a `select` whose records are on it): the whole pages below its saved stack
+//!   pointer are released, which gives back what deep calls committed before it parked. Nothing
+//!   lives there, so nothing can be lost, whoever holds a pointer into the stack and whatever
+//!   the kernel is doing with its pages.
+//! - **Stash** (only where the user opted in with the `unsafe` `Builder::stash_parked_stacks`
+//!   or `stash_parked_stacks_unchecked`, for a goroutine parked where no waker touches its
+//!   stack): the live bytes `[sp, top)`, typically a few hundred, are copied into a heap buffer
+//!   and every page of the slot is released. The goroutine then costs its G, its live bytes and
+//!   nothing else. When it is next resumed, its M puts the bytes back at the same addresses.
+//!   With the trap (goro-stack's `trap.rs`), anything else touching the stack meanwhile (a
+//!   scoped thread that borrowed a local, a `read(2)` into a buffer on it) waits while the
+//!   bytes are put back. Not opt-in free: I/O that pins pages (`O_DIRECT`, NFS, FUSE
+//!   `direct_io`, io_uring fixed buffers, `vmsplice`) writes into them without a fault, so a
+//!   read in flight into a stashed stack would report success and lose its bytes; userspace
+//!   cannot see pins. Hence the user's promise. Without the trap, only that promise keeps
+//!   others off the stack.
 //!
 //! Both are done by sysmon to goroutines that have stayed parked for at least one
 //! [`EPOCH`] (between one and two), in slices of at most [`SLICE`] so that sysmon stays
@@ -57,7 +63,7 @@ use std::time::Duration;
 
 /// Running, runnable, or parked so recently that the home M has not published its state.
 const ACTIVE: u8 = 0;
-/// Parked; no waker touches the stack, so it may be stashed.
+/// Parked where no waker touches the stack, in a runtime that stashes: it may be stashed.
 const PARKED_RELEASABLE: u8 = 1;
 /// Parked; a waker may write to the stack above the saved stack pointer, so it may only be
 /// trimmed below it.
@@ -72,25 +78,31 @@ const TRIMMED: u8 = 5;
 /// How sysmon releases the stack of a goroutine parked where no waker touches it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum StashMode {
-    /// Stash it; the stash trap puts the bytes back if anything touches them meanwhile.
+    /// Stash it; the stash trap puts the bytes back if anything touches them meanwhile. Under
+    /// the contract of `goro::Builder::stash_parked_stacks` (or the stronger one of
+    /// `stash_parked_stacks_unchecked`).
     Trapped,
-    /// Stash it without the trap, under the contract of `goro::Builder::stash_parked_stacks`.
+    /// Stash it without the trap, under the contract of
+    /// `goro::Builder::stash_parked_stacks_unchecked`.
     Unchecked,
-    /// Only release the pages below its stack pointer.
+    /// Only release the pages below its stack pointer: the default, which cannot lose data.
     TrimOnly,
 }
 
 impl StashMode {
-    /// The trap where this process may run it; else the unchecked stash if the user vouched for
-    /// it; else trimming. With migration on, parks publish nothing and stacks are left alone.
+    /// Trimming unless the runtime was told to stash (`Config::stash_parked_stacks`, set only
+    /// under one of the `unsafe` builder options); then the trap's stash if the trap runs in
+    /// this process, else the unchecked one. The trap is not started here: the trapped option
+    /// starts it before it sets the flag, and leaves the flag off where it cannot start, so
+    /// the flag on without the trap means the user made the unchecked promise. With
+    /// migration on, parks publish nothing and stacks are left alone.
     pub(crate) fn choose(config: &crate::proc::Config) -> StashMode {
-        if config.migrate {
-            return StashMode::TrimOnly;
-        }
-        match goro_stack::enable_stash_trap() {
-            Ok(()) => StashMode::Trapped,
-            Err(_) if config.stash_parked_stacks => StashMode::Unchecked,
-            Err(_) => StashMode::TrimOnly,
+        if config.migrate.is_on() || !config.stash_parked_stacks.is_on() {
+            StashMode::TrimOnly
+        } else if goro_stack::stash_trap_running() {
+            StashMode::Trapped
+        } else {
+            StashMode::Unchecked
         }
     }
 }
@@ -210,13 +222,17 @@ impl ParkedStack {
 
     /// Stashes or trims the stack of a goroutine parked in an epoch before `before`.
     /// `home_ready` locks its home M's ready queue. `unchecked` lets a stack be stashed where
-    /// the stash trap is off.
+    /// the stash trap is off. A PARKED_RELEASABLE goroutine is stashed (if it can be), a
+    /// PARKED_PINNED one trimmed; the home M publishes PARKED_RELEASABLE only where the
+    /// runtime stashes (`StashMode` is not `TrimOnly`).
     ///
     /// # Safety
     /// Only sysmon may call this, holding the lock of the G's `allg` list; `stack` and `sp` are
-    /// the G's stack and saved stack pointer (stable while the state is parked). If
-    /// `unchecked`, nothing touches the stack of a PARKED_RELEASABLE goroutine (the contract
-    /// of `goro::Builder::stash_parked_stacks`).
+    /// the G's stack and saved stack pointer (stable while the state is parked). A
+    /// PARKED_RELEASABLE goroutine's stack may be stashed: the user made the promise of
+    /// `goro::Builder::stash_parked_stacks` (nothing pins its pages or reaches them from outside
+    /// the process meanwhile); if `unchecked`, that of `stash_parked_stacks_unchecked`
+    /// (nothing but the goroutine touches its stack).
     pub(crate) unsafe fn release<Guard>(
         &self,
         before: u64,

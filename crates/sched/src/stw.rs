@@ -51,13 +51,19 @@ fn stop_at_safe_point(m: &M) {
     }
 }
 
-/// Stops every goroutine of the running runtime at a safe point, runs `f` on this M's system
-/// stack, and restarts them. `f` does not run if the runtime is ending (its main goroutine has
-/// returned): the collector must not run once roots are leaving the runtime's view.
+/// Stops every goroutine of the running runtime at a safe point (or for
+/// [`SAFE_POINT_GRACE`], after which the caller must stop the laggards by other means), runs `f`
+/// on this M's system stack, and restarts them. `f` does not run if the runtime is ending (its
+/// main goroutine has returned): the collector must not run once roots are leaving the
+/// runtime's view.
 ///
 /// # Panics
 /// Panics if the caller is not a goroutine.
-pub fn stop_the_world(f: &mut dyn FnMut()) {
+///
+/// # Safety
+/// May be called only if `f` neither unwinds (it runs on g0, where an unwind would leave the
+/// world stopped) nor waits for a goroutine (they are stopped), nor parks.
+pub unsafe fn stop_the_world(f: &mut dyn FnMut()) {
     if !proc::is_goroutine() {
         panic!("stop_the_world called outside a goroutine");
     }
@@ -71,7 +77,7 @@ pub fn stop_the_world(f: &mut dyn FnMut()) {
 /// still running are stopped where they stand with the rest of the process's threads (the
 /// facade's `world` module): a loop that never calls the runtime, a goroutine inside
 /// [`crate::blocking`] or on a std lock cannot hold a collection up.
-pub const SAFE_POINT_GRACE: Duration = Duration::from_micros(100);
+pub(crate) const SAFE_POINT_GRACE: Duration = Duration::from_micros(100);
 
 /// Called on the initiator's g0: returns when no other M runs a goroutine, or when
 /// [`SAFE_POINT_GRACE`] has passed (the caller then stops the laggards by signal).

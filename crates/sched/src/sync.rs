@@ -13,6 +13,7 @@ use crate::stw;
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::fmt;
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
@@ -240,18 +241,20 @@ impl<T: ?Sized> Mutex<T> {
         {
             self.lock_slow();
         }
-        MutexGuard { mutex: self }
+        MutexGuard::new(self)
     }
 
     /// Locks if the lock is free now.
     pub fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
+        // `then`, not `then_some`: a guard made eagerly would be dropped when the lock is not
+        // taken, and its drop would unlock the holder's lock.
         let state = self.state.load(Ordering::Relaxed);
         (state & LOCKED == 0
             && self
                 .state
                 .compare_exchange(state, state | LOCKED, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok())
-        .then_some(MutexGuard { mutex: self })
+        .then(|| MutexGuard::new(self))
     }
 
     #[cold]
@@ -323,9 +326,25 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for Mutex<T> {
     }
 }
 
-/// The lock of a [`Mutex`], held; unlocks on drop.
+/// The lock of a [`Mutex`], held; unlocks on drop. It may be sent to and dropped on another
+/// thread (the unlock does not care which); it is `Sync` only where `T` is.
+/// (`tests/ui/mutex_guard_of_cell_is_not_sync.rs`.)
 pub struct MutexGuard<'a, T: ?Sized> {
     mutex: &'a Mutex<T>,
+    /// Makes the guard `Sync` only when `T: Sync`, as std's is: a shared `&MutexGuard` derefs
+    /// to `&T` on every thread that holds it, which `Mutex<T>: Sync` (it needs only `T: Send`)
+    /// does not cover. Without it a `MutexGuard<Cell<_>>` could be shared between threads.
+    _derefs_to: PhantomData<&'a mut T>,
+}
+
+impl<'a, T: ?Sized> MutexGuard<'a, T> {
+    /// The guard of a lock the caller has just taken.
+    fn new(mutex: &'a Mutex<T>) -> MutexGuard<'a, T> {
+        MutexGuard {
+            mutex,
+            _derefs_to: PhantomData,
+        }
+    }
 }
 
 impl<T: ?Sized> Deref for MutexGuard<'_, T> {

@@ -47,7 +47,15 @@ const PASS_DELAY: Duration = Duration::from_millis(1);
 struct Seen {
     schedtick: u64,
     since: Instant,
+    /// When the M began running the schedule it still runs.
+    running_since: Instant,
+    /// Whether the warning about this schedule was printed.
+    warned: bool,
 }
+
+/// How long one goroutine may run without a safe point, while goroutines bound to its M wait,
+/// before sysmon names it on stderr (once per schedule).
+const HOG_WARNING: Duration = Duration::from_secs(1);
 
 /// The monitor loop; returns when the runtime shuts down.
 pub(crate) fn run(sched: &'static Sched) {
@@ -70,6 +78,8 @@ pub(crate) fn run(sched: &'static Sched) {
                 seen.push(Seen {
                     schedtick: tick,
                     since: now,
+                    running_since: now,
+                    warned: false,
                 });
             }
             let running = m.running.load(Ordering::Relaxed);
@@ -78,8 +88,17 @@ pub(crate) fn run(sched: &'static Sched) {
                 seen[i] = Seen {
                     schedtick: tick,
                     since: now,
+                    running_since: now,
+                    warned: false,
                 };
                 continue;
+            }
+            if !seen[i].warned && now.duration_since(seen[i].running_since) >= HOG_WARNING {
+                let waiting = m.waiting();
+                if waiting > 0 {
+                    seen[i].warned = true;
+                    warn_hog(m, waiting, now.duration_since(seen[i].running_since));
+                }
             }
             // The same goroutine for a whole tick: its P's queued goroutines go to another M.
             crate::proc::hand_off_queued_work(sched, m);
@@ -133,6 +152,20 @@ pub(crate) fn run(sched: &'static Sched) {
             next_trace = Some(at + every);
         }
     }
+}
+
+/// Names a goroutine that keeps its M from the goroutines bound to it: started goroutines stay
+/// on their thread, so they wait until it reaches a safe point. (A collection does not wait for
+/// it: it is stopped by signal where it stands.)
+#[cold]
+fn warn_hog(m: &crate::proc::M, waiting: usize, running: Duration) {
+    eprintln!(
+        "goro: goroutine {} has run for {:.1} s on one thread without reaching a safe point \
+         (a channel operation, an allocation, goro::yield_now); {waiting} goroutine(s) bound to \
+         that thread wait for it",
+        m.running_goroutine.load(Ordering::Relaxed),
+        running.as_secs_f64(),
+    );
 }
 
 /// Prints Go's schedtrace line, and under it, when every goroutine is blocked but the deadlock

@@ -90,8 +90,8 @@ proptest! {
                     let mut cases: Vec<__select::RecvCase<'_, u32>> =
                         set.iter().map(|&c| __select::RecvCase::new(&ends[c].1)).collect();
                     let chosen = {
-                        let mut refs: Vec<&mut dyn __select::SelectCase> =
-                            cases.iter_mut().map(|c| c as &mut dyn __select::SelectCase).collect();
+                        let mut refs: Vec<__select::Case<'_>> =
+                            cases.iter_mut().map(|c| c.as_case()).collect();
                         __select::select(&mut refs, true)
                     };
                     let ready: Vec<usize> = set

@@ -17,7 +17,8 @@
 //!   handler unchanged.
 //! - Memory release: [`Stack::release_below`] for parked goroutines, [`trim`] for pooled slots,
 //!   [`Stack::stash`] to keep only a parked goroutine's live bytes, with the stash trap
-//!   ([`enable_stash_trap`], `trap.rs`) putting them back if anything else touches the stack.
+//!   ([`enable_stash_trap`], `trap.rs`) putting them back if anything else touches the stack
+//!   (but not for I/O that pins pages: the scheduler stashes only where the user opted in).
 //! - [`init_stack`] and [`switch`]: the context switch, in assembly per architecture (`arch/`).
 //!   A suspended context's registers are pushed on its own stack, so `[saved sp, top)` is the
 //!   whole state a conservative collector has to scan.
@@ -93,6 +94,12 @@ pub use trap::trap_thread_id;
 
 use std::fmt;
 use std::io;
+
+/// Whether the stash trap is running in this process (started by [`enable_stash_trap`]),
+/// without starting it. Every stack reservation is then registered with it.
+pub fn stash_trap_running() -> bool {
+    trap::fd().is_some()
+}
 
 /// Why a stack could not be allocated. Its message names the cause and the fix.
 #[derive(Debug)]

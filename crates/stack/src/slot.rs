@@ -402,7 +402,7 @@ pub(crate) fn slot_at(addr: usize) -> Option<SlotAt> {
 }
 
 /// The usable range `[limit, top)` of the stack slot whose guard or usable part holds `addr`,
-/// if `addr` lies in a goro stack reservation. Async-signal-safe (see [`slot_at`]); a collector
+/// if `addr` lies in a goro stack reservation. Async-signal-safe (see `slot_at`); a collector
 /// uses it to find where a thread's current stack ends.
 pub fn slot_bounds(addr: usize) -> Option<(usize, usize)> {
     slot_at(addr).map(|slot| (slot.limit, slot.top))

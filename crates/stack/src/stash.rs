@@ -319,9 +319,11 @@ impl Stack {
     /// back at the same addresses: pointers into the stack stay valid, nothing moves.
     ///
     /// With the stash trap on ([`enable_stash_trap`](crate::enable_stash_trap)), anyone
-    /// touching the stack meanwhile (a scoped thread reading a borrowed local, the kernel
-    /// filling a buffer) waits while the trap puts the bytes back first. Without it, only
-    /// `unchecked` stashes, and then nothing else may touch the stack until `unstash`.
+    /// touching the stack through the page tables meanwhile (a scoped thread reading a
+    /// borrowed local, a `read(2)` filling a buffer on it) waits while the trap puts the bytes
+    /// back first. I/O that pins pages does not go through the page tables (see Safety).
+    /// Without the trap, only `unchecked` stashes, and then nothing else may touch the stack
+    /// until `unstash`.
     ///
     /// Returns whether it stashed: not when the live part exceeds [`MAX_STASH`], nor when the
     /// slot is untrapped and `unchecked` is false. Cost: an allocation, a copy of the live
@@ -330,8 +332,15 @@ impl Stack {
     /// # Safety
     /// `sp` is the saved stack pointer of a context suspended on this stack (so `[sp, top)`
     /// holds all of its state), which is not resumed until `unstash` has returned, and no other
-    /// `stash` or `unstash` of this stack runs meanwhile. If `unchecked`: until `unstash`, no
-    /// thread reads or writes the stack (a write would be lost, a read would see zeros).
+    /// `stash` or `unstash` of this stack runs meanwhile. Until `unstash`, nothing reaches the
+    /// stack's memory without a fault the trap can wait on (a write would be lost, a read would
+    /// see zeros or fail): no I/O that pins its pages is in flight (`O_DIRECT`, NFS or FUSE
+    /// `direct_io` files, io_uring fixed buffers or other requests in flight, Linux AIO,
+    /// `vmsplice`, RDMA or VFIO registrations), no other process reads or writes it
+    /// (`process_vm_readv`/`writev`, `/proc/PID/mem`, ptrace), and no futex word in it is used
+    /// by the kernel without retrying (`FUTEX_WAKE_OP`, priority-inheritance futexes, the
+    /// robust list). If `unchecked`: nothing at all reads or writes the stack until
+    /// `unstash` (the slot may be untrapped).
     pub unsafe fn stash(&self, sp: StackPointer, unchecked: bool) -> bool {
         let (sp, top) = (sp.0 as usize, self.top() as usize);
         assert!(

@@ -17,7 +17,9 @@
 //! - A stash write-protects the live pages before copying them, so a write racing with the
 //!   copy waits too: nothing written to a stack through the page tables is lost. (I/O that pins
 //!   pages and writes them directly, such as an `O_DIRECT` read in flight into a buffer on the
-//!   stack, is not seen: docs/soundness.md lists it among the open routes.)
+//!   stack, is not seen, and userspace cannot see the pins: so stashing is never a default,
+//!   only an `unsafe` opt-in of the runtime whose contract excludes such I/O; docs/soundness.md
+//!   lists the routes the trap does not cover.)
 //!
 //! Each slot's stash state (in its `SlotMeta`) says who may touch its stashed bytes:
 //!
@@ -38,10 +40,12 @@
 //!
 //! Without the privilege to handle kernel-mode faults (root, `CAP_SYS_PTRACE`, or
 //! `vm.unprivileged_userfaultfd=1`), a `read(2)` into a stashed page would fail with `EFAULT`,
-//! so the trap is not enabled then, and stacks are only trimmed (unless the user opts into the
-//! unchecked stash). `GORO_DEBUG=stacktrap=off` turns it off. A forked child inherits no
-//! registration: it sees zeros where a stack was stashed, which matters only to a child that
-//! keeps running goroutines' stacks instead of calling `exec`.
+//! so the trap is not enabled then, and a runtime that opted into the trapped stash only trims
+//! stacks (one that opted into the unchecked stash stashes without it).
+//! `GORO_DEBUG=stacktrap=off` keeps it off. Nothing starts it but
+//! [`enable_stash_trap`](crate::enable_stash_trap), which goro calls for the trapped opt-in. A
+//! forked child inherits no registration: it sees zeros where a stack was stashed, which
+//! matters only to a child that keeps running goroutines' stacks instead of calling `exec`.
 
 use crate::os;
 use core::sync::atomic::{AtomicI32, Ordering};
