@@ -253,11 +253,13 @@ fn check(ops: Vec<Op>, procs: usize) -> Result<(), String> {
             let mut outcome = Ok(());
             for (step, op) in ops.iter().enumerate() {
                 apply(&mut world, &mut model, op);
-                if matches!(op, Op::Collect) || step + 1 == ops.len() {
-                    if let Err(error) = compare(&mut world, &model) {
-                        outcome = Err(format!("after step {step} ({op:?}): {error}"));
-                        break;
-                    }
+                let checked = matches!(op, Op::Collect) || step + 1 == ops.len();
+                if let Err(error) = checked
+                    .then(|| compare(&mut world, &model))
+                    .unwrap_or(Ok(()))
+                {
+                    outcome = Err(format!("after step {step} ({op:?}): {error}"));
+                    break;
                 }
             }
             drop(world.thread);
