@@ -254,10 +254,12 @@ fn check(ops: Vec<Op>, procs: usize) -> Result<(), String> {
             for (step, op) in ops.iter().enumerate() {
                 apply(&mut world, &mut model, op);
                 let checked = matches!(op, Op::Collect) || step + 1 == ops.len();
-                if let Err(error) = checked
-                    .then(|| compare(&mut world, &model))
-                    .unwrap_or(Ok(()))
-                {
+                let compared = if checked {
+                    compare(&mut world, &model)
+                } else {
+                    Ok(())
+                };
+                if let Err(error) = compared {
                     outcome = Err(format!("after step {step} ({op:?}): {error}"));
                     break;
                 }
