@@ -158,7 +158,8 @@ pub mod gc {
     pub use goro_gc::__private;
     pub use goro_gc::{
         BorrowError, Gc, GcCell, GcRef, GcRefMut, GcStats, POISON, Trace, Tracer, collect,
-        keep_alive, pacer, set_clobber_free, set_memory_limit, set_percent, stats,
+        keep_alive, pacer, set_clobber_free, set_memory_limit, set_percent, set_scan_unaligned,
+        stats,
     };
 }
 

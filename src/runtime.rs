@@ -345,12 +345,14 @@ pub struct Runtime {
 
 /// The `GORO_DEBUG` settings (Go's GODEBUG) read here: `gctrace=1`, `schedtrace=MS`,
 /// `clobberfree=1` (objects the collector frees are overwritten with `goro::gc::POISON`),
+/// `gcunaligned=1` (conservative scans look for pointers at every byte offset),
 /// `stackstash=off` (goro-stack reads `stacktrap` and `stackguard` itself). Unknown keys are
 /// ignored, as Go ignores unknown GODEBUG keys.
 #[derive(Debug, Clone, Copy, Default)]
 struct Debug {
     gctrace: bool,
     clobberfree: bool,
+    gcunaligned: bool,
     schedtrace: Option<std::time::Duration>,
     /// `stackstash=off`: no stash, whatever the builder says (to rule the stash out when
     /// bytes go missing). There is deliberately no `stackstash=on`.
@@ -370,6 +372,7 @@ impl Debug {
             match key {
                 "gctrace" => debug.gctrace = setting_value == "1",
                 "clobberfree" => debug.clobberfree = setting_value == "1",
+                "gcunaligned" => debug.gcunaligned = setting_value == "1",
                 "stackstash" => debug.stackstash_off = setting_value == "off",
                 "schedtrace" => {
                     let ms: u64 = setting_value.parse().map_err(|_| BuildError::Environment {
@@ -432,6 +435,7 @@ impl Runtime {
         goro_gc::set_memory_limit(self.memory_limit);
         goro_gc::set_trace(self.debug.gctrace);
         goro_gc::set_clobber_free(self.debug.clobberfree);
+        goro_gc::set_scan_unaligned(self.debug.gcunaligned);
         crate::world::install();
         roots::RUNNING.store(true, std::sync::atomic::Ordering::Release);
         // SAFETY: this runtime is the world `GOROUTINE_ROOTS` describes, and it runs from here

@@ -529,3 +529,38 @@ fn a_goroutine_that_starves_its_thread_is_named_on_stderr() {
         "{stderr}"
     );
 }
+
+/// A `Gc` at an unaligned offset: only a byte-granular scan sees it.
+#[repr(C, packed)]
+struct Packed {
+    tag: u8,
+    tree: Gc<Tree>,
+}
+
+/// Builds the box in a frame of its own, so no aligned copy of the `Gc` stays in the caller's.
+#[inline(never)]
+fn packed_tree(seed: u64) -> Box<Packed> {
+    let tree = goro::go(move || build(8, seed)).join().unwrap();
+    std::hint::black_box(Box::new(Packed { tag: 7, tree }))
+}
+
+#[inline(never)]
+fn packed_checksum(packed: &Packed) -> u64 {
+    let tree = packed.tree;
+    checksum(&tree)
+}
+
+#[test]
+fn a_gc_only_a_packed_struct_in_a_box_holds_survives_with_gcunaligned() {
+    for procs in [1, 2] {
+        run(procs, move || {
+            goro::gc::set_scan_unaligned(true);
+            let packed = packed_tree(9);
+            let sum = packed_checksum(&packed);
+            churn();
+            assert_eq!(packed_checksum(&packed), sum, "at {procs} Ps");
+            assert_eq!(packed.tag, 7);
+            goro::gc::set_scan_unaligned(false);
+        });
+    }
+}

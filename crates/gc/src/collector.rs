@@ -535,15 +535,63 @@ impl Marker {
 
     /// Scans `[lo, hi)` conservatively.
     fn scan(&mut self, lo: usize, hi: usize) {
-        let mut at = lo.next_multiple_of(core::mem::size_of::<usize>());
-        while at + core::mem::size_of::<usize>() <= hi {
+        if SCAN_UNALIGNED.load(Ordering::Relaxed) {
+            self.scan_every_byte(lo, hi);
+            return;
+        }
+        let mut at = lo.next_multiple_of(WORD);
+        while at + WORD <= hi {
             // SAFETY: the range was reported as readable root memory, or is an allocated block
             // of goro's heap (arena memory is never unmapped).
             let word = unsafe { read_word(at as *const usize) };
             self.mark_word(word);
-            at += core::mem::size_of::<usize>();
+            at += WORD;
         }
     }
+
+    /// Scans `[lo, hi)` for a pointer at every byte offset (`GORO_DEBUG=gcunaligned=1`): a `Gc`
+    /// in a `#[repr(packed)]` struct sits at an unaligned offset. Each pair of aligned words
+    /// gives the 8 words that start in the first one; only aligned reads are made.
+    fn scan_every_byte(&mut self, lo: usize, hi: usize) {
+        let mut at = lo.next_multiple_of(WORD);
+        // SAFETY: as in `scan`.
+        let mut word = if at + WORD <= hi {
+            unsafe { read_word(at as *const usize) }
+        } else {
+            0
+        };
+        while at + WORD <= hi {
+            self.mark_word(word);
+            let next_at = at + WORD;
+            if next_at + WORD > hi {
+                break;
+            }
+            // SAFETY: as in `scan`.
+            let next = unsafe { read_word(next_at as *const usize) };
+            for byte in 1..WORD {
+                let shift = 8 * byte as u32;
+                // Little-endian: the word at `at + byte` is the high bytes of `word` followed by
+                // the low bytes of `next`.
+                self.mark_word((word >> shift) | (next << (usize::BITS - shift)));
+            }
+            word = next;
+            at = next_at;
+        }
+    }
+}
+
+/// Bytes in a word.
+const WORD: usize = core::mem::size_of::<usize>();
+
+/// Whether conservative scans look for pointers at every byte offset (see `scan_every_byte`).
+static SCAN_UNALIGNED: AtomicBool = AtomicBool::new(false);
+
+/// Turns `GORO_DEBUG=gcunaligned=1` on or off: conservative scans (stacks, TLS, statics, malloc
+/// blocks) look for a pointer at every byte offset, so that a `Gc` kept only in a
+/// `#[repr(packed)]` struct outside the collected heap is found. Costs about eight times the
+/// scanning work (docs/soundness.md has the measured cost).
+pub fn set_scan_unaligned(on: bool) {
+    SCAN_UNALIGNED.store(on, Ordering::Relaxed);
 }
 
 /// Reads a word that another thread may be writing: the collector's one deliberate departure

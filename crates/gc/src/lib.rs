@@ -55,7 +55,7 @@ mod trace;
 mod workbuf;
 
 pub use cell::{BorrowError, GcCell, GcRef, GcRefMut};
-pub use collector::{POISON, collect, keep_alive, retire, set_clobber_free};
+pub use collector::{POISON, collect, keep_alive, retire, set_clobber_free, set_scan_unaligned};
 pub use pacer::{set_memory_limit, set_percent};
 pub use ptr::Gc;
 pub use roots::{Mutators, RootVisitor, install, uninstall};
