@@ -554,8 +554,8 @@ impl Marker {
     /// gives the 8 words that start in the first one; only aligned reads are made.
     fn scan_every_byte(&mut self, lo: usize, hi: usize) {
         let mut at = lo.next_multiple_of(WORD);
-        // SAFETY: as in `scan`.
         let mut word = if at + WORD <= hi {
+            // SAFETY: as in `scan`.
             unsafe { read_word(at as *const usize) }
         } else {
             0
