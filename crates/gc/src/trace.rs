@@ -57,7 +57,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// May be implemented only if `trace` reports, through [`Tracer::visit`], every `Gc` the value
 /// owns or can reach without going through another `Gc` (fields, elements, boxed contents), and if
 /// the type's drop glue never dereferences a `Gc` (a collected object is dropped while sweeping,
-/// when the objects it points to may already be gone).
+/// when the objects it points to may already be gone) and never reaches a point where a
+/// collection can run (`Gc::new`, `collect`, a channel operation, a `goro::sync` wait, a yield,
+/// spawn or join): a value may be dropped in place inside a live object
+/// (`*cell.borrow_mut() = None`), and a collection that ran halfway would trace its members
+/// already freed.
 ///
 /// A value inside a std container (`Vec`, `HashMap`, ...; see the module docs) is found by a
 /// conservative scan of the container's storage instead of through `trace`: each `Gc` it owns
