@@ -24,7 +24,9 @@
 //!    middle of its block), which the collector marks and scans whole, over the allocation, and
 //!    every `Gc` found that way is traced precisely. The words of the struct also cover a
 //!    hasher's fields. The price: storage is scanned whole even where the element type holds no
-//!    `Gc` (a `Vec<u8>` in a collected object), as every malloc block reached from a stack is.
+//!    `Gc` (a `Vec<u8>` in a collected object), as every malloc block reached from a stack is,
+//!    and a word left past `len` (a popped element) keeps what it points to alive until it is
+//!    overwritten (at most a capacity's worth).
 //!
 //! **Type parameters.** Every parameter of every impl is bounded by `Trace` (only `PhantomData`,
 //! which owns nothing, takes any `T`). A parameter the value stores is then covered by the trace
