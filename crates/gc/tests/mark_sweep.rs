@@ -5,6 +5,10 @@ use goro_gc::{Gc, GcCell, Mutators, RootVisitor, Trace, Tracer};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+// Containers are found by scanning their storage, which must be in goro's heap.
+#[global_allocator]
+static ALLOC: goro_alloc::GoroAlloc = goro_alloc::GoroAlloc;
+
 /// Root words the fake reports; the test writes object addresses here.
 struct Roots([AtomicUsize; 16]);
 
