@@ -12,17 +12,19 @@
 //!    - `Range(lo, hi)`: root memory or a marked malloc block, scanned conservatively.
 //! 3. **Condemn.** Still stopped, every allocated, unmarked, mortal object gets the
 //!    [`CONDEMNED`] bit in its header. No user code runs, nothing is freed.
-//! 4. **Restart**, then **sweep** on the sweeper thread ([`crate::sweeper`]): each span's
-//!    condemned objects are dropped, poisoned under `GORO_DEBUG=clobberfree=1`, and freed. Drop
-//!    glue runs there, with the world going and on a thread of its own: a drop that takes a lock
-//!    a goroutine holds waits for it without blocking any M (so the holder can run and let go),
-//!    and a drop that panics aborts the process with the reason (it cannot unwind out of the
-//!    collector and leave it disabled). Condemned objects are unreachable, so nothing the
-//!    mutators do can reach them; new objects never carry the bit, so the sweep needs no
-//!    allocate-black rule. A new cycle cannot start until the sweep is done; `collect` waits for
-//!    it (pausing the caller as [`Mutators::pause`] says, which lets a goroutine's M run others).
+//! 4. **Restart**, then **sweep**: the thread that collected frees the condemned objects whose
+//!    type has no drop glue at once (most of them), skipping marked slots by their mark bits;
+//!    the objects with drop glue go to the sweeper thread ([`crate::sweeper`]), where they are
+//!    dropped, poisoned under `GORO_DEBUG=clobberfree=1`, and freed. Drop glue runs there, with
+//!    the world going and on a thread of its own: a drop that takes a lock a goroutine holds
+//!    waits for it without blocking any M (so the holder can run and let go), and a drop that
+//!    panics aborts the process with the reason (it cannot unwind out of the collector and
+//!    leave it disabled). Condemned objects are unreachable, so nothing the mutators do can
+//!    reach them; new objects never carry the bit, so the sweep needs no allocate-black rule.
+//!    A new cycle cannot start until the sweep is done; `collect` waits for it (pausing the
+//!    caller as [`Mutators::pause`] says, which lets a goroutine's M run others).
 
-use crate::object::{CONDEMNED, FLAGS, IMMORTAL, header_of, vtable_of};
+use crate::object::{CONDEMNED, IMMORTAL, header_of, vtable_of};
 use crate::pacer;
 use crate::roots::{self, Mutators, RootVisitor};
 use crate::stats::{self, CycleReport};
@@ -164,12 +166,21 @@ fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
             }
         });
         if let Some(marked) = marked {
-            let cycle = sweeper::hand_over(Sweep::Cycle {
+            // Objects without drop glue are freed here, at once, as the world restarts; those
+            // with drop glue go to the sweeper thread.
+            let swept = sweep_condemned(Glue::Defer);
+            let job = Sweep::Cycle {
                 forced,
                 requested,
                 marked,
                 procs: mutators.procs(),
-            });
+                swept,
+            };
+            if !job.needs_sweeper() {
+                sweep(job);
+                return;
+            }
+            let cycle = sweeper::hand_over(job);
             if forced {
                 while !sweeper::finished(cycle) {
                     mutators.pause();
@@ -209,29 +220,46 @@ fn mark_and_condemn(mutators: &dyn Mutators) -> Marked {
     }
 }
 
-/// What the sweeper does with condemned objects once the world runs again.
+/// What is left to sweep of a cycle (or a retirement) once the world runs again.
 pub(crate) enum Sweep {
-    /// A cycle's: sweep, then account for it.
+    /// A cycle's: drop and free what has drop glue, then account for the cycle.
     Cycle {
         forced: bool,
         requested: Instant,
         marked: Marked,
         procs: usize,
+        /// What the collecting thread freed already (the objects without drop glue).
+        swept: Swept,
     },
     /// A retirement's: sweep only.
     Retirement,
 }
 
-/// Step 4, on the sweeper thread: drops and frees the condemned objects, accounts for the cycle,
-/// and lets the next one start.
+impl Sweep {
+    /// Whether objects with drop glue wait for the sweeper thread.
+    fn needs_sweeper(&self) -> bool {
+        match self {
+            Sweep::Cycle { marked, .. } => marked.census.with_glue > 0,
+            Sweep::Retirement => true,
+        }
+    }
+}
+
+/// Step 5: drops and frees the condemned objects that are left (on the sweeper thread, where
+/// drop glue runs), accounts for the cycle, and lets the next one start.
 pub(crate) fn sweep(job: Sweep) {
     let began = Instant::now();
-    let swept = sweep_condemned();
+    let swept = if job.needs_sweeper() {
+        sweep_condemned(Glue::Run)
+    } else {
+        Swept::default()
+    };
     if let Sweep::Cycle {
         forced,
         requested,
         marked,
         procs,
+        swept: inline,
     } = job
     {
         pacer::cycle_done(marked.census.live_bytes, marked.roots);
@@ -240,11 +268,11 @@ pub(crate) fn sweep(job: Sweep) {
             heap_before: marked.heap_before,
             stop: marked.began.duration_since(requested),
             mark: marked.marked.duration_since(marked.began),
-            sweep: began.elapsed(),
+            sweep: inline.took + began.elapsed(),
             live_bytes: marked.census.live_bytes,
             live_objects: marked.census.live_objects,
-            freed_bytes: swept.bytes,
-            freed_objects: swept.objects,
+            freed_bytes: inline.bytes + swept.bytes,
+            freed_objects: inline.objects + swept.objects,
             roots: marked.roots,
             procs,
             began: requested,
@@ -347,6 +375,8 @@ fn header(span: GcSpan, slot: *mut u8) -> usize {
 struct Census {
     live_bytes: usize,
     live_objects: usize,
+    /// Condemned objects whose type has drop glue (dropped on the sweeper thread).
+    with_glue: usize,
 }
 
 /// Step 3: flags every allocated, unmarked, mortal object [`CONDEMNED`]; with `immortalize`,
@@ -373,6 +403,8 @@ fn condemn(immortalize: bool) -> Census {
                     }
                 } else {
                     cell.store(word | CONDEMNED, Ordering::Relaxed);
+                    // SAFETY: a non-zero header was written by `Gc::new` (flags aside).
+                    census.with_glue += usize::from(unsafe { vtable_of(word) }.drop.is_some());
                 }
             }
         }
@@ -382,38 +414,63 @@ fn condemn(immortalize: bool) -> Census {
 
 /// What [`sweep_condemned`] freed.
 #[derive(Default)]
-struct Swept {
+pub(crate) struct Swept {
     bytes: usize,
     objects: usize,
+    took: Duration,
 }
 
-/// Step 4: drops and frees every condemned object, span by span, with the world going.
-fn sweep_condemned() -> Swept {
+/// What [`sweep_condemned`] does with condemned objects that have drop glue.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Glue {
+    /// Leave them condemned, for the sweeper thread (the collecting thread's pass).
+    Defer,
+    /// Drop them (the sweeper thread's pass).
+    Run,
+}
+
+/// Frees condemned objects, span by span, with the world going: every one without drop glue,
+/// and with [`Glue::Run`] the others too, after dropping them. Marked slots are skipped by their
+/// mark bits (valid until the next cycle, which cannot start before the sweep ends); only an
+/// unmarked slot's header is read.
+fn sweep_condemned(glue: Glue) -> Swept {
+    let began = Instant::now();
     let mut swept = Swept::default();
     let mut dead: Vec<*mut u8> = Vec::new();
     let clobber = CLOBBER_FREE.load(Ordering::Relaxed);
     goro_alloc::for_each_gc_span(|span| {
         let size = span.elem_size();
         dead.clear();
-        for i in 0..span.len() {
-            let slot = span.slot(i);
-            if header(span, slot) & CONDEMNED != 0 {
-                dead.push(slot);
+        for w in 0..span.len().div_ceil(64) {
+            let marks = span.mark_word(w);
+            if marks == u64::MAX {
+                continue;
+            }
+            for i in 64 * w..(64 * w + 64).min(span.len()) {
+                if marks & (1 << (i % 64)) != 0 {
+                    continue;
+                }
+                let slot = span.slot(i);
+                let word = header(span, slot);
+                if word & CONDEMNED == 0 {
+                    continue;
+                }
+                // SAFETY: a condemned header was written by `Gc::new` (flags aside).
+                let drop = unsafe { vtable_of(word) }.drop;
+                match (drop, glue) {
+                    (None, _) => dead.push(slot),
+                    (Some(_), Glue::Defer) => {}
+                    (Some(drop), Glue::Run) => {
+                        // Drop glue may allocate and free; the condemned slots stay allocated
+                        // meanwhile, so the span cannot be released or re-carved under us.
+                        drop_or_abort(drop, slot);
+                        dead.push(slot);
+                    }
+                }
             }
         }
         if dead.is_empty() {
             return;
-        }
-        // Drop glue may allocate and free; the condemned slots stay allocated meanwhile, so the
-        // span cannot be released or re-carved under us.
-        for &slot in &dead {
-            let word = header(span, slot);
-            // SAFETY: the header was written by `Gc::new` for this slot's object, which marking
-            // did not reach: no mutator can reach it, and it is dropped once (its header is
-            // zeroed below before the slot is freed).
-            if let Some(drop) = unsafe { vtable_of(word & !FLAGS) }.drop {
-                drop_or_abort(drop, slot);
-            }
         }
         for &slot in &dead {
             if clobber {
@@ -427,6 +484,7 @@ fn sweep_condemned() -> Swept {
         swept.objects += dead.len();
         swept.bytes += dead.len() * size;
     });
+    swept.took = began.elapsed();
     swept
 }
 

@@ -103,6 +103,7 @@ pub unsafe fn uninstall() {
     MUTATORS.swap(core::ptr::null_mut(), Ordering::AcqRel);
 }
 
+#[inline]
 pub(crate) fn current() -> Option<&'static dyn Mutators> {
     // Acquire: pairs with the AcqRel in `install`.
     let installed = MUTATORS.load(Ordering::Acquire);
