@@ -349,7 +349,9 @@ impl Stopped {
             };
             let tls = self.tls.and_then(|(lo, hi)| {
                 let (lo, hi) = (tp.wrapping_add_signed(lo), tp.wrapping_add_signed(hi));
-                maps.is_readable(lo, hi).then_some((lo, hi))
+                // glibc puts a thread's TLS at the top of its stack mapping: scanned already.
+                let in_stack = lo >= sp && hi <= top;
+                (!in_stack && maps.is_readable(lo, hi)).then_some((lo, hi))
             });
             f(ThreadRoots {
                 stack: (sp, top),
