@@ -10,10 +10,11 @@
 //! keeps `m.locks` for the same purpose).
 //!
 //! The state is per thread and touched by the thread and by its own signal handler only, so the
-//! atomics are `Relaxed`: what matters is that the compiler neither caches nor reorders them
-//! across the handler, which atomics guarantee.
+//! atomics are `Relaxed` loads and stores (no read-modify-write: only the thread writes the
+//! depth), with compiler fences (C's `atomic_signal_fence`) keeping the window's writes inside
+//! it as the handler sees them.
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering, compiler_fence};
 
 thread_local! {
     /// Open [`NoSuspend`] guards on this thread.
@@ -65,17 +66,29 @@ impl Drop for NoSuspend {
 /// is matched by one [`leave`] on the same thread.
 #[inline]
 pub(crate) fn enter() {
-    DEPTH.with(|d| d.fetch_add(1, Ordering::Relaxed));
+    // Only this thread writes DEPTH (its signal handler only reads it), so a load and a store
+    // do: no read-modify-write on the scheduler's hot path.
+    DEPTH.with(|d| d.store(d.load(Ordering::Relaxed) + 1, Ordering::Relaxed));
+    // The handler must see the window open before the writes it protects.
+    compiler_fence(Ordering::SeqCst);
 }
 
 /// Closes a window [`enter`] opened; stops the thread now if a stop arrived inside it.
 #[inline]
 pub(crate) fn leave() {
-    if DEPTH.with(|d| d.fetch_sub(1, Ordering::Relaxed)) == 1 {
-        // A signal after the decrement stops the thread itself; one before it set PENDING.
-        if PENDING.with(|p| p.swap(false, Ordering::Relaxed)) {
-            stop_now();
-        }
+    // The writes the window protects are done before the handler can see it closed.
+    compiler_fence(Ordering::SeqCst);
+    let depth = DEPTH.with(|d| {
+        let depth = d.load(Ordering::Relaxed) - 1;
+        d.store(depth, Ordering::Relaxed);
+        depth
+    });
+    compiler_fence(Ordering::SeqCst);
+    // A signal after the store stops the thread itself; one before it set PENDING (the handler
+    // sets it only while the window is open, so nothing sets it between this load and store).
+    if depth == 0 && PENDING.with(|p| p.load(Ordering::Relaxed)) {
+        PENDING.with(|p| p.store(false, Ordering::Relaxed));
+        stop_now();
     }
 }
 
