@@ -154,8 +154,6 @@ pub mod sync {
 /// The collector: `Gc<T>`, tracing, statistics and knobs (Go's `runtime` and `runtime/debug` GC
 /// functions).
 pub mod gc {
-    #[doc(hidden)]
-    pub use goro_gc::__private;
     pub use goro_gc::{
         BorrowError, Gc, GcCell, GcRef, GcRefMut, GcStats, POISON, Trace, Tracer, collect,
         keep_alive, pacer, set_clobber_free, set_memory_limit, set_percent, set_scan_unaligned,

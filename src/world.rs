@@ -48,8 +48,10 @@ use std::time::{Duration, Instant};
 /// The signal that stops a thread for a collection (Boehm's collector uses it on Linux too).
 pub(crate) const SUSPEND_SIGNAL: libc::c_int = libc::SIGPWR;
 
-/// The most threads one stop can hold.
-const MAX_THREADS: usize = 8192;
+/// The most threads one stop can hold: more than a process can have under Linux's default
+/// `pid_max` (4,194,304) would need, as slots of a table mapped with `MAP_NORESERVE` (only the
+/// pages of slots in use are ever touched).
+const MAX_THREADS: usize = 1 << 22;
 
 /// Slot states.
 const REQUESTED: u32 = 1;
@@ -70,18 +72,20 @@ struct Slot {
     tp: AtomicUsize,
 }
 
-impl Slot {
-    const fn new() -> Slot {
-        Slot {
-            tid: AtomicI32::new(0),
-            state: AtomicU32::new(0),
-            sp: AtomicUsize::new(0),
-            tp: AtomicUsize::new(0),
-        }
-    }
-}
+/// The slot table, mapped by [`install`] (all-zero bytes are an unused slot), never unmapped.
+static SLOT_TABLE: AtomicUsize = AtomicUsize::new(0);
 
-static SLOTS: [Slot; MAX_THREADS] = [const { Slot::new() }; MAX_THREADS];
+/// The first `len` slots. Async-signal-safe.
+fn slots(len: usize) -> &'static [Slot] {
+    // Acquire: pairs with the Release in `install`, which mapped the table.
+    let table = SLOT_TABLE.load(Ordering::Acquire);
+    if table == 0 {
+        return &[];
+    }
+    // SAFETY: a mapping of MAX_THREADS zero-initialised slots (atomics, valid when zero), never
+    // unmapped; `len` is clamped to it.
+    unsafe { core::slice::from_raw_parts(table as *const Slot, len.min(MAX_THREADS)) }
+}
 /// Slots in use by the stop under way. Release: publishes the slot's `tid` and `state` to
 /// handlers (Acquire).
 static USED: AtomicUsize = AtomicUsize::new(0);
@@ -103,6 +107,9 @@ pub(crate) fn install() {
     if INSTALLED.swap(true, Ordering::AcqRel) {
         return;
     }
+    let table = map_anonymous(MAX_THREADS * size_of::<Slot>());
+    // Release: publishes the mapping to `slots`.
+    SLOT_TABLE.store(table as usize, Ordering::Release);
     goro_sched::set_deferred_suspend_hook(stop_self);
     // SAFETY: `action` is fully initialised before `sigaction` reads it; the handler is
     // async-signal-safe (see `on_suspend_signal`).
@@ -144,8 +151,8 @@ extern "C" fn on_suspend_signal(
     // Read before acknowledging: the collector bumps it only after every acknowledgement.
     let epoch = EPOCH.load(Ordering::Acquire);
     // Acquire: pairs with the Release store of `USED`, so the slots below it are visible.
-    let used = USED.load(Ordering::Acquire).min(MAX_THREADS);
-    if let Some(slot) = SLOTS[..used]
+    let used = USED.load(Ordering::Acquire);
+    if let Some(slot) = slots(used)
         .iter()
         .find(|slot| slot.tid.load(Ordering::Relaxed) == tid)
     {
@@ -226,16 +233,16 @@ pub(crate) fn stop_others() -> Stopped {
         for_each_task(|tid| {
             if tid == me
                 || Some(tid) == trap
-                || SLOTS[..used]
+                || slots(used)
                     .iter()
                     .any(|s| s.tid.load(Ordering::Relaxed) == tid)
             {
                 return;
             }
             if used == MAX_THREADS {
-                fatal("more threads than a collection can stop (8192)");
+                fatal("more threads than a collection can stop (4,194,304)");
             }
-            let slot = &SLOTS[used];
+            let slot = &slots(used + 1)[used];
             slot.tid.store(tid, Ordering::Relaxed);
             slot.state.store(REQUESTED, Ordering::Relaxed);
             used += 1;
@@ -248,7 +255,7 @@ pub(crate) fn stop_others() -> Stopped {
         if used == before {
             break;
         }
-        wait_for(&SLOTS[before..used]);
+        wait_for(&slots(used)[before..]);
     }
     Stopped { used, me, tls }
 }
@@ -272,7 +279,10 @@ fn wait_for(slots: &[Slot]) {
                 continue;
             }
             let tid = slot.tid.load(Ordering::Relaxed);
-            if !signal_target_exists(tid) {
+            // Checks that cost a system call each wait until the slow path: most threads stop
+            // within microseconds, and thousands may be waited for at once.
+            let slow = began.elapsed() > Duration::from_millis(20);
+            if slow && !signal_target_exists(tid) {
                 slot.state.store(GONE, Ordering::Relaxed);
             } else if began.elapsed() > Duration::from_secs(1) && blocks_the_signal(tid) {
                 slot.state.store(UNSTOPPABLE, Ordering::Relaxed);
@@ -359,7 +369,7 @@ impl Stopped {
             });
         };
         report(my_sp, my_tp);
-        for slot in &SLOTS[..self.used] {
+        for slot in slots(self.used) {
             // Acquire: pairs with the handler's Release.
             if slot.state.load(Ordering::Acquire) == SUSPENDED {
                 report(
@@ -429,61 +439,76 @@ fn static_tls_offsets() -> Option<(isize, isize)> {
 /// its locks).
 struct Maps {
     text: *mut u8,
-    len: usize,
     capacity: usize,
+    /// The mappings parsed from `text`, in address order (as the kernel lists them): a mapped
+    /// array of `count` entries, room for `slots`.
+    entries: *mut Mapping,
+    count: usize,
+    slots: usize,
+}
+
+/// One line of `/proc/self/maps`.
+#[derive(Clone, Copy)]
+struct Mapping {
+    start: usize,
+    end: usize,
+    readable: bool,
 }
 
 impl Maps {
     fn read() -> Maps {
         let mut capacity = 1 << 20;
-        loop {
+        let (text, len) = loop {
             let text = map_anonymous(capacity);
             // SAFETY: `text` is a fresh private mapping of `capacity` bytes.
             let buf = unsafe { core::slice::from_raw_parts_mut(text, capacity) };
             match read_file(b"/proc/self/maps\0", buf) {
-                Some(len) if len < capacity => {
-                    return Maps {
-                        text,
-                        len,
-                        capacity,
-                    };
-                }
+                Some(len) if len < capacity => break (text, len),
                 Some(_) => {
                     // SAFETY: the mapping made above, not used any more.
                     unsafe { libc::munmap(text.cast(), capacity) };
                     capacity *= 2;
                 }
-                None => {
-                    return Maps {
-                        text,
-                        len: 0,
-                        capacity,
-                    };
-                }
+                None => break (text, 0),
+            }
+        };
+        // A line is at least "a-b rwxp 0 0:0 0\n" (17 bytes).
+        let slots = len / 17 + 1;
+        let entries = map_anonymous(slots * size_of::<Mapping>()).cast::<Mapping>();
+        let mut maps = Maps {
+            text,
+            capacity,
+            entries,
+            count: 0,
+            slots,
+        };
+        // SAFETY: the first `len` bytes of `text` were filled above.
+        let lines = unsafe { core::slice::from_raw_parts(text, len) };
+        for line in lines.split(|&b| b == b'\n') {
+            if let Some(mapping) = parse_mapping(line)
+                && maps.count < maps.slots
+            {
+                // SAFETY: `count < slots`, inside the entries mapping.
+                unsafe { entries.add(maps.count).write(mapping) };
+                maps.count += 1;
             }
         }
+        maps
     }
 
-    /// Each mapping: `(start, end, readable)`.
-    fn entries(&self) -> impl Iterator<Item = (usize, usize, bool)> + '_ {
-        // SAFETY: the first `len` bytes of the mapping were filled by `read`.
-        let text = unsafe { core::slice::from_raw_parts(self.text, self.len) };
-        text.split(|&b| b == b'\n').filter_map(|line| {
-            let dash = line.iter().position(|&b| b == b'-')?;
-            let space = line.iter().position(|&b| b == b' ')?;
-            let start = parse_hex(&line[..dash])?;
-            let end = parse_hex(line.get(dash + 1..space)?)?;
-            let readable = line.get(space + 1) == Some(&b'r');
-            Some((start, end, readable))
-        })
+    fn mappings(&self) -> &[Mapping] {
+        // SAFETY: the first `count` entries were written by `read`.
+        unsafe { core::slice::from_raw_parts(self.entries, self.count) }
     }
 
     /// The end of the readable mapping that holds `addr`. Only that one mapping: the next one
-    /// may be a special mapping that faults when read (`[vvar]`).
+    /// may be a special mapping that faults when read (`[vvar]`). A binary search: a process
+    /// with thousands of threads has thousands of mappings, asked about once per thread.
     fn readable_end(&self, addr: usize) -> Option<usize> {
-        self.entries()
-            .find(|&(start, end, _)| (start..end).contains(&addr))
-            .and_then(|(_, end, readable)| readable.then_some(end))
+        let mappings = self.mappings();
+        let at = mappings.partition_point(|m| m.end <= addr);
+        let mapping = mappings.get(at)?;
+        (mapping.start <= addr && mapping.readable).then_some(mapping.end)
     }
 
     fn is_readable(&self, lo: usize, hi: usize) -> bool {
@@ -491,10 +516,24 @@ impl Maps {
     }
 }
 
+/// `start-end perms ...`.
+fn parse_mapping(line: &[u8]) -> Option<Mapping> {
+    let dash = line.iter().position(|&b| b == b'-')?;
+    let space = line.iter().position(|&b| b == b' ')?;
+    Some(Mapping {
+        start: parse_hex(&line[..dash])?,
+        end: parse_hex(line.get(dash + 1..space)?)?,
+        readable: line.get(space + 1) == Some(&b'r'),
+    })
+}
+
 impl Drop for Maps {
     fn drop(&mut self) {
-        // SAFETY: the mapping `read` made; nothing refers to it any more.
-        unsafe { libc::munmap(self.text.cast(), self.capacity) };
+        // SAFETY: the mappings `read` made; nothing refers to them any more.
+        unsafe {
+            libc::munmap(self.text.cast(), self.capacity);
+            libc::munmap(self.entries.cast(), self.slots * size_of::<Mapping>());
+        }
     }
 }
 
@@ -506,7 +545,7 @@ fn map_anonymous(len: usize) -> *mut u8 {
             core::ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             -1,
             0,
         )

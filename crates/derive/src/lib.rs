@@ -8,9 +8,11 @@
 //!    how `Cell<Gc<T>>`, `RefCell<..>` and `Mutex<..>` fields are rejected: they have no `Trace` impl,
 //!    because a store through them would bypass the write barrier. Use `GcCell` instead.
 //! 2. **No user `Drop`.** The drop glue of a collected object runs during sweeping, when the objects
-//!    it points to may already be gone. The derive emits an impl of the hidden `NoUserDrop` trait,
-//!    which has a blanket impl for every `T: Drop`; a type that implements `Drop` therefore fails with
-//!    "conflicting implementations of trait `NoUserDrop`". Clean-up code belongs in `add_cleanup`.
+//!    it points to may already be gone. The derive emits, inside an anonymous `const`, a trait of
+//!    its own with a blanket impl for every `T: Drop` and an impl for the derived type; a type that
+//!    implements `Drop` therefore fails with "conflicting implementations of trait
+//!    `TracedTypesMustNotImplementDrop`". The check names nothing outside the expansion, so no
+//!    `#[trace(crate = ..)]` path can swap it for a trait without the blanket impl.
 //!
 //! Generic parameters get a `Trace` bound. The path of the collector crate defaults to `::goro::gc`;
 //! code that uses `goro-gc` directly writes `#[trace(crate = "::goro_gc")]` (or `"crate"` inside it).
@@ -46,7 +48,7 @@ fn expand(mut input: DeriveInput) -> syn::Result<TokenStream2> {
     let name = &input.ident;
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
     Ok(quote! {
-        // SAFETY: every field is traced (the body names each one), and `NoUserDrop` below rules out
+        // SAFETY: every field is traced (the body names each one), and the check below rules out
         // a `Drop` impl that could touch other collected objects during sweeping.
         unsafe impl #impl_generics #krate::Trace for #name #ty_generics #where_clause {
             #[inline]
@@ -54,7 +56,14 @@ fn expand(mut input: DeriveInput) -> syn::Result<TokenStream2> {
                 #body
             }
         }
-        impl #impl_generics #krate::__private::NoUserDrop for #name #ty_generics #where_clause {}
+        const _: () = {
+            /// Implemented for every type with a `Drop` impl, and for the derived type: the two
+            /// impls conflict exactly when the derived type has a user `Drop`.
+            trait TracedTypesMustNotImplementDrop {}
+            #[allow(drop_bounds, reason = "the bound is the point: it detects user Drop impls")]
+            impl<T: ?::core::marker::Sized + ::core::ops::Drop> TracedTypesMustNotImplementDrop for T {}
+            impl #impl_generics TracedTypesMustNotImplementDrop for #name #ty_generics #where_clause {}
+        };
     })
 }
 

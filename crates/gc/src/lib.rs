@@ -62,18 +62,3 @@ pub use roots::{Mutators, RootVisitor, install, uninstall};
 pub use stats::{GcStats, set_trace, stats};
 pub use sweeper::sweeper_thread_id;
 pub use trace::{Trace, Tracer};
-
-#[doc(hidden)]
-pub mod __private {
-    /// Implemented by `#[derive(Trace)]` for every traced type, and blanket-implemented for every
-    /// type with a `Drop` impl: a traced type with a user `Drop` therefore fails to compile with
-    /// "conflicting implementations of trait `NoUserDrop`". The drop glue of a collected object
-    /// runs while sweeping, when the objects it points to may already be freed; use
-    /// `goro::gc::add_cleanup` for clean-up work instead.
-    pub trait NoUserDrop {}
-    #[allow(
-        drop_bounds,
-        reason = "the bound is the point: it detects user Drop impls"
-    )]
-    impl<T: ?Sized + Drop> NoUserDrop for T {}
-}

@@ -127,10 +127,9 @@ struct Call<F, R> {
 fn grow<R, F: FnOnce() -> R>(red_zone: usize, f: F) -> R {
     let g = proc::current_g().expect("a stack limit is set only while a goroutine runs");
     // Until the switch has saved `caller_sp`, the new segment is listed with a null one: a
-    // collection must not stop this thread in between. `segment_entry` closes the window.
-    suspend::enter();
+    // collection must not stop this thread in between. `push_segment` opens the window once it
+    // has the segment's stack (taking one locks goro-stack's pool), `segment_entry` closes it.
     let (index, top) = proc::push_segment(g, red_zone).unwrap_or_else(|limit| {
-        suspend::leave();
         throw_stack_overflow(g, limit);
     });
     let mut call = Call {
@@ -145,9 +144,11 @@ fn grow<R, F: FnOnce() -> R>(red_zone: usize, f: F) -> R {
     // SAFETY: `entry` is resumed once; `call` outlives that context, and our context is saved
     // in the segment's `caller_sp`, which `segment_entry` resumes exactly once.
     unsafe { switch(proc::segment_caller_sp(g, index), entry) };
-    proc::pop_segment(g, index);
+    let segment = proc::pop_segment(g, index);
     // Opened by `segment_entry` before it switched back here.
     suspend::leave();
+    // Outside the window: giving the stack back locks goro-stack's pool.
+    drop(segment);
     match call.outcome.take().expect("a segment's call finished") {
         Ok(value) => value,
         Err(panic) => resume_unwind(panic),

@@ -1376,9 +1376,6 @@ fn lone_and_fresh(sched: &Sched, victim: usize) -> bool {
 
 fn execute(m: &M, g: GRef) {
     let sched = m.sched();
-    // From here to the switch the G's stack, status and bytes change: a collection must not stop
-    // this thread half-way (it would read them torn).
-    let window = NoSuspend::new();
     // SeqCst: pairs with the store of `stopping` in `stw::stop` (Dekker: one of the two sees the
     // other).
     m.running.store(true, Ordering::SeqCst);
@@ -1392,6 +1389,7 @@ fn execute(m: &M, g: GRef) {
     if gg.home.load(Ordering::Relaxed) == NO_HOME {
         first_run(m, g);
     }
+
     debug_assert!(
         sched.config.migrate.is_on() || gg.home.load(Ordering::Relaxed) == m.id,
         "a started goroutine changed M"
@@ -1410,9 +1408,6 @@ fn execute(m: &M, g: GRef) {
     // SAFETY: this is the goroutine's home M, about to resume it; the stack is its own.
     unsafe { gg.parked_stack.reclaim(stack) };
     grow::set_stack_limit(stack.map_or(0, |s| s.limit() as usize));
-    // Stopped from here on, the G is consistent: switched out with its registers below `sp`, or
-    // (inside the switch) on its own stack, which the stopped thread's scan covers.
-    drop(window);
     // SAFETY: `g` was switched out (or freshly initialised) with its stack pointer in `sp`; only
     // this M runs it (it is bound here), and g0's context is saved into `g0_sp`, which only this
     // thread reads.
@@ -1499,6 +1494,9 @@ fn first_run(m: &M, g: GRef) {
     };
     stack.set_owner(gg.id());
     let top = stack.top();
+    // The stack was taken above, outside the window (taking one may lock goro-stack's pool):
+    // the collector must see the G's stack fields whole.
+    let _window = NoSuspend::new();
     // SAFETY: the G has not run, so nothing else reads its stack fields; `top` is the top of a
     // stack nothing else uses; the entry never returns (it ends by switching to g0 with `Exit`).
     unsafe {
@@ -2284,6 +2282,10 @@ pub(crate) fn push_segment(g: GRef, red_zone: usize) -> Result<(usize, *mut u8),
     });
     stack.set_owner(gg.id());
     let top = stack.top();
+    // The push below must not allocate: it runs in the window (opened next, closed by the
+    // segment's first frame) in which the segment is listed with a null `caller_sp`.
+    segments.reserve(1);
+    crate::suspend::enter();
     grow::set_stack_limit(stack.limit() as usize);
     segments.push(Segment {
         stack,
@@ -2302,7 +2304,9 @@ pub(crate) fn segment_caller_sp(g: GRef, index: usize) -> *mut StackPointer {
 
 /// Removes the running goroutine's innermost segment (number `index`) once the call on it has
 /// returned, and gives it back to the pool.
-pub(crate) fn pop_segment(g: GRef, index: usize) {
+/// Unlists segment `index` of the running goroutine `g` and returns its stack, which the caller
+/// drops (returning it to goro-stack's pool takes a lock: not inside a `NoSuspend` window).
+pub(crate) fn pop_segment(g: GRef, index: usize) -> Stack {
     let gg = g.g();
     // SAFETY: the running goroutine is the only one that changes its stacks.
     let segments = unsafe { &mut *gg.segments.get() };
@@ -2311,7 +2315,7 @@ pub(crate) fn pop_segment(g: GRef, index: usize) {
     // SAFETY: as above.
     let below = unsafe { gg.current_stack() };
     grow::set_stack_limit(below.map_or(0, |s| s.limit() as usize));
-    drop(segment);
+    segment.stack
 }
 
 /// Ends the program because goroutine `g` needs more than `limit` bytes of stack (Go's

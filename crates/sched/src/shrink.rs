@@ -209,9 +209,18 @@ impl ParkedStack {
                 BUSY => crate::sync_prims::spin_wait(),
                 STASHED => {
                     let stack = stack.expect("a stashed goroutine has a stack");
-                    // SAFETY: STASHED (read with acquire) means sysmon is done with the stack;
-                    // we are the goroutine's home M, about to resume it, and only we do.
-                    unsafe { stack.unstash() };
+                    {
+                        // While the slot is claimed a collection must not stop this thread
+                        // (the collector would wait on the claim); nothing in the window locks
+                        // or allocates.
+                        let _window = crate::suspend::NoSuspend::new();
+                        // SAFETY: STASHED (read with acquire) means sysmon is done with the
+                        // stack; we are the goroutine's home M, about to resume it, and only we
+                        // do.
+                        unsafe { stack.put_back() };
+                    }
+                    // SAFETY: put back above; outside the window (freeing may lock the heap).
+                    unsafe { stack.free_put_back_record() };
                     self.state.store(ACTIVE, Ordering::Relaxed);
                     return;
                 }

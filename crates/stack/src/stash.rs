@@ -407,6 +407,22 @@ impl Stack {
     /// The context suspended on this stack is about to be resumed by the caller, who is the
     /// only one doing so, and no `stash` of this stack runs meanwhile.
     pub unsafe fn unstash(&self) {
+        // SAFETY: the caller's contract, which is `put_back`'s and `free_put_back_record`'s.
+        unsafe {
+            self.put_back();
+            self.free_put_back_record();
+        }
+    }
+
+    /// The first half of [`unstash`](Self::unstash): puts the stashed bytes back and makes the
+    /// slot LIVE, but keeps the record for [`free_put_back_record`](Self::free_put_back_record),
+    /// so that a caller that must not lock or allocate meanwhile (a window in which the
+    /// collector cannot stop its thread) frees it after. Locks nothing and allocates nothing
+    /// once the thread's page buffer exists (it is made here, before the claim).
+    ///
+    /// # Safety
+    /// As for `unstash`.
+    pub unsafe fn put_back(&self) {
         let meta = self.meta;
         if meta.state.load(Ordering::Acquire) == LIVE
             && meta.record.load(Ordering::Relaxed).is_null()
@@ -417,7 +433,7 @@ impl Stack {
         PAGE_BUF.with(|_| {});
         if meta.claim() {
             let top = self.top() as usize;
-            // SAFETY: claimed: the record is ours and stays allocated until we free it below.
+            // SAFETY: claimed: the record is ours and stays allocated until it is freed.
             let bytes = unsafe { meta.record() };
             match meta.trap_fd() {
                 Some(fd) => {
@@ -441,9 +457,17 @@ impl Stack {
             meta.state.store(LIVE, Ordering::Release);
             self.wake_waiters();
         }
+    }
+
+    /// The second half of [`unstash`](Self::unstash): frees the record [`put_back`]
+    /// (Self::put_back) left (or one a trap restore left).
+    ///
+    /// # Safety
+    /// As for `unstash`, after `put_back`.
+    pub unsafe fn free_put_back_record(&self) {
         // SAFETY: LIVE, and we are the stack's owner: the record (ours, or left by a trap
-        // restore) is no one else's; the slice above is no longer used.
-        unsafe { meta.free_record() };
+        // restore) is no one else's; `put_back` no longer uses it.
+        unsafe { self.meta.free_record() };
     }
 
     /// Whether the bytes of the context on this stack are stashed (not yet put back).
