@@ -194,18 +194,27 @@ fn collect_on_a_goroutine(cycle: &mut dyn FnMut()) {
     }
 }
 
-/// Reports every stopped thread's stack and TLS, and the collecting thread's own.
+/// Reports every stopped thread's stack and TLS, and the collecting thread's own, less its
+/// goro-alloc cache.
 fn report_threads(visitor: &mut RootVisitor<'_>, threads: &Stopped) {
     threads.for_each_thread(|thread| {
-        let (lo, hi) = thread.stack;
-        // SAFETY: `[lo, hi)` lies in one readable mapping (or goroutine stack slot) of a thread
-        // that is stopped (or is this one, below the caller's frame) until the cycle ends.
-        unsafe { visitor.range(lo as *const u8, hi as *const u8) };
-        if let Some((lo, hi)) = thread.tls {
-            // SAFETY: checked to lie in one readable mapping; TLS of a stopped thread.
-            unsafe { visitor.range(lo as *const u8, hi as *const u8) };
+        for range in [Some(thread.stack), thread.tls].into_iter().flatten() {
+            for (lo, hi) in without(range, thread.skip) {
+                // SAFETY: `[lo, hi)` lies in one readable mapping (or goroutine stack slot) of a
+                // thread that is stopped (or is this one, below the caller's frame) until the
+                // cycle ends.
+                unsafe { visitor.range(lo as *const u8, hi as *const u8) };
+            }
         }
     });
+}
+
+/// `range` less `hole`: zero, one or two ranges.
+fn without((lo, hi): (usize, usize), (hole_lo, hole_hi): (usize, usize)) -> [(usize, usize); 2] {
+    if hole_hi <= lo || hole_lo >= hi {
+        return [(lo, hi), (hi, hi)];
+    }
+    [(lo, hole_lo.max(lo)), (hole_hi.min(hi), hi)]
 }
 
 /// Hands one goroutine root to the collector. A stack range is scanned only if it lies within

@@ -202,6 +202,8 @@ pub(crate) struct Stopped {
     me: i32,
     /// The static TLS block, as offsets from a thread's `pthread_self()`.
     tls: Option<(isize, isize)>,
+    /// goro-alloc's thread cache, as offsets from a thread's `pthread_self()` (see `skip`).
+    cache: (isize, isize),
 }
 
 /// Where one thread keeps its roots.
@@ -211,6 +213,9 @@ pub(crate) struct ThreadRoots {
     pub(crate) stack: (usize, usize),
     /// Its static TLS block, if readable.
     pub(crate) tls: Option<(usize, usize)>,
+    /// A part of either to leave out: the thread's goro-alloc cache, which holds no root
+    /// (`goro_alloc::thread_cache_range`).
+    pub(crate) skip: (usize, usize),
 }
 
 /// Stops every other thread of the process but the stash-trap thread (see the module docs).
@@ -222,6 +227,12 @@ pub(crate) struct ThreadRoots {
 pub(crate) fn stop_others() -> Stopped {
     install();
     let tls = static_tls_offsets();
+    let cache = {
+        // SAFETY: pthread_self has no preconditions.
+        let tp = unsafe { libc::pthread_self() } as usize;
+        let (lo, hi) = goro_alloc::thread_cache_range();
+        (lo.wrapping_sub(tp) as isize, hi.wrapping_sub(tp) as isize)
+    };
     // SAFETY: gettid has no preconditions.
     let me = unsafe { libc::gettid() };
     let trap = goro_stack::trap_thread_id();
@@ -257,7 +268,12 @@ pub(crate) fn stop_others() -> Stopped {
         }
         wait_for(&slots(used)[before..]);
     }
-    Stopped { used, me, tls }
+    Stopped {
+        used,
+        me,
+        tls,
+        cache,
+    }
 }
 
 /// Whether a suspend signal went to `tid` (false: the thread is gone).
@@ -363,9 +379,14 @@ impl Stopped {
                 let in_stack = lo >= sp && hi <= top;
                 (!in_stack && maps.is_readable(lo, hi)).then_some((lo, hi))
             });
+            let skip = (
+                tp.wrapping_add_signed(self.cache.0),
+                tp.wrapping_add_signed(self.cache.1),
+            );
             f(ThreadRoots {
                 stack: (sp, top),
                 tls,
+                skip,
             });
         };
         report(my_sp, my_tp);

@@ -495,6 +495,15 @@ pub fn stats() -> AllocStats {
 #[cfg(test)]
 mod tests;
 
+/// `[start, end)` of the calling thread's allocation cache, a thread-local at the same offset
+/// from the thread pointer in every thread. It holds free slots and span pointers, never the
+/// only reference to a live block, so a conservative scan of thread-local storage may skip it
+/// (it is most of a thread's TLS, and scanning it would mark free blocks and keep what their
+/// stale contents point to).
+pub fn thread_cache_range() -> (usize, usize) {
+    mcache::cache_range()
+}
+
 /// Gives the calling thread's cached memory back to the shared heap: the freed slots in its bins
 /// and its cached spans that hold no live object (which the scavenger can then release). Cheap
 /// next to [`release_memory`] (no system call); for a thread about to sit idle, as goro's Ms call

@@ -633,6 +633,15 @@ impl Drop for ExitGuard {
 
 /// Runs `f` on this thread's cache.
 #[inline(always)]
+/// `[start, end)` of the calling thread's cache: free slots and span pointers only, never the one
+/// reference to a live block (a block leaves the cache when it is allocated).
+pub(crate) fn cache_range() -> (usize, usize) {
+    CACHE.with(|c| {
+        let start = c.get() as usize;
+        (start, start + size_of::<MCache>())
+    })
+}
+
 fn with_cache<R>(f: impl FnOnce(&mut MCache) -> R) -> R {
     // SAFETY: the allocator never re-enters itself on one thread, so this is the only live
     // reference to the thread's cache.
