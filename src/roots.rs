@@ -19,15 +19,10 @@ use crate::world::{self, Stopped};
 use goro_gc::{Mutators, RootVisitor};
 use goro_sched::{RootRange, RootsLock};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// Free stack slots per size whose pages a collection leaves committed.
 const STACKS_KEPT_WARM: usize = 16;
-
-/// Whether a runtime runs (set by `Runtime::run` around the scheduler's run).
-pub(crate) static RUNNING: AtomicBool = AtomicBool::new(false);
 
 /// What the cycle under way reports, gathered before the other threads stopped (gathering
 /// allocates and takes locks; reporting must do neither).
@@ -55,20 +50,31 @@ pub(crate) static GOROUTINE_ROOTS: GoroutineRoots = GoroutineRoots;
 // stacks, every thread's stack and static TLS, and the static data of every loaded object;
 // docs/soundness.md lists the routes left open.
 unsafe impl Mutators for GoroutineRoots {
-    fn stop_the_world(&self, cycle: &mut dyn FnMut()) {
-        if !goro_sched::is_goroutine() {
-            collect_on_a_goroutine(cycle);
-            return;
+    fn stop_the_world(&self, cycle: &mut dyn FnMut()) -> bool {
+        let mut ran = false;
+        let mut stopped = || {
+            ran = true;
+            stopped_cycle(cycle);
+        };
+        if goro_sched::is_goroutine() {
+            // SAFETY: the cycle neither unwinds (the collector's marking panics only on broken
+            // runtime invariants, which abort) nor waits for a goroutine nor parks.
+            unsafe { goro_sched::stop_the_world(&mut stopped) };
+        } else {
+            // A thread that is not a goroutine stops the world itself: it needs no P, so it can
+            // collect while it holds a lock every goroutine waits for.
+            // SAFETY: as above.
+            unsafe { goro_sched::stop_the_world_from_thread(&mut stopped) };
         }
-        // SAFETY: the cycle neither unwinds (the collector's marking panics only on broken
-        // runtime invariants, which abort) nor waits for a goroutine nor parks.
-        unsafe { goro_sched::stop_the_world(&mut || stopped_cycle(cycle)) };
-        // Go frees stack memory at GC: release the pages of pooled stack slots beyond a warm
-        // few, so a burst of deep goroutines does not keep its RSS after it is gone.
-        goro_stack::trim(STACKS_KEPT_WARM);
-        // And the Ps' cached stacks (each M, at its next schedule) and the pages below
-        // long-parked goroutines' stack pointers (sysmon, at its next epoch).
-        goro_sched::release_stack_memory();
+        if ran {
+            // Go frees stack memory at GC: release the pages of pooled stack slots beyond a warm
+            // few, so a burst of deep goroutines does not keep its RSS after it is gone.
+            goro_stack::trim(STACKS_KEPT_WARM);
+            // And the Ps' cached stacks (each M, at its next schedule) and the pages below
+            // long-parked goroutines' stack pointers (sysmon, at its next epoch).
+            goro_sched::release_stack_memory();
+        }
+        ran
     }
 
     fn roots(&self, visitor: &mut RootVisitor<'_>) {
@@ -101,8 +107,8 @@ unsafe impl Mutators for GoroutineRoots {
     }
 }
 
-/// Runs `cycle` with every other thread of the process stopped. Called on an M's g0 with the
-/// scheduler's world stopped.
+/// Runs `cycle` with every other thread of the process stopped. Called with the scheduler's world
+/// stopped, on an M's g0 or on the thread (not a goroutine) that asked for the cycle.
 fn stopped_cycle(cycle: &mut dyn FnMut()) {
     // SAFETY: called only inside `stop_the_world`'s closure; every thread that may still run a
     // goroutine is stopped by `stop_others` before the cycle reads the Gs, and the lock is
@@ -120,78 +126,6 @@ fn stopped_cycle(cycle: &mut dyn FnMut()) {
     ACTIVE.with(|active| active.set(std::ptr::null()));
     drop(threads);
     drop(goroutines);
-}
-
-/// A collection asked for on a thread that is not a goroutine (a std thread, the main thread):
-/// a goroutine runs it while this thread waits (and is stopped with the others).
-fn collect_on_a_goroutine(cycle: &mut dyn FnMut()) {
-    /// The cycle, handed to the goroutine.
-    struct Handoff {
-        cycle: *mut (dyn FnMut() + 'static),
-        state: AtomicU8,
-        done: Mutex<()>,
-        woken: Condvar,
-    }
-    // SAFETY: `cycle` is used only by the goroutine, between the CAS that claims it and the store
-    // of DONE; the waiting thread keeps the closure alive until then (see below).
-    unsafe impl Send for Handoff {}
-    // SAFETY: as above.
-    unsafe impl Sync for Handoff {}
-    const WAITING: u8 = 0;
-    const CLAIMED: u8 = 1;
-    const DONE: u8 = 2;
-    const CANCELLED: u8 = 3;
-    // SAFETY: only the lifetime is erased; this function does not return while the goroutine
-    // may still call the closure (it waits for DONE, or cancels before the goroutine claims it).
-    let cycle: *mut (dyn FnMut() + 'static) = unsafe { std::mem::transmute(cycle) };
-    let handoff = Arc::new(Handoff {
-        cycle,
-        state: AtomicU8::new(WAITING),
-        done: Mutex::new(()),
-        woken: Condvar::new(),
-    });
-    let theirs = handoff.clone();
-    drop(goro_sched::go(move || {
-        let mut run_claimed = || {
-            if theirs
-                .state
-                .compare_exchange(WAITING, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
-                // SAFETY: claimed above: the waiting thread keeps the closure alive until DONE.
-                stopped_cycle(unsafe { &mut *theirs.cycle });
-                let _guard = theirs.done.lock().unwrap_or_else(|p| p.into_inner());
-                // Release: pairs with the waiter's Acquire; the cycle's writes happen before.
-                theirs.state.store(DONE, Ordering::Release);
-                theirs.woken.notify_all();
-            }
-        };
-        // SAFETY: as in `stop_the_world` above (the lock is held for a store and a notify).
-        unsafe { goro_sched::stop_the_world(&mut run_claimed) };
-    }));
-    let mut guard = handoff.done.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        // Acquire: pairs with the Release store of DONE.
-        match handoff.state.load(Ordering::Acquire) {
-            DONE => return,
-            // The runtime ended before the goroutine ran: it never will.
-            WAITING
-                if !RUNNING.load(Ordering::Acquire)
-                    && handoff
-                        .state
-                        .compare_exchange(WAITING, CANCELLED, Ordering::Acquire, Ordering::Relaxed)
-                        .is_ok() =>
-            {
-                return;
-            }
-            _ => {}
-        }
-        guard = handoff
-            .woken
-            .wait_timeout(guard, Duration::from_millis(10))
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
-    }
 }
 
 /// Reports every stopped thread's stack and TLS, and the collecting thread's own, less its
@@ -262,30 +196,46 @@ fn report_segments(visitor: &mut RootVisitor<'_>, segments: &[(usize, usize)]) {
     }
 }
 
-/// Calls `f` with each run of `[lo, hi)` whose pages are resident (`mincore`). A page of a
-/// writable segment that is not resident was never written: a `.bss` page never touched is
-/// zeros, a `.data` page never copied on write holds the file's bytes, and neither can hold a
-/// `Gc` (every `Gc` address is made at run time). The `.bss` of a binary
-/// holds large tables that are never touched (jemalloc's, goro-stack's chunk table), which the
-/// marker would otherwise read word by word on every cycle. Runs with the world stopped, so no
-/// page can become resident between the check and the scan; allocation-free.
+/// Calls `f` with each run of `[lo, hi)` whose pages this process has touched: present in its
+/// page tables or swapped out, as `/proc/self/pagemap` says (bits 63 and 62). A page of a
+/// writable segment with neither was never written since it was mapped (or was a clean file
+/// page, dropped): a `.bss` page never touched is zeros, a `.data` page never copied on write
+/// holds the file's bytes, and neither can hold a `Gc` (every `Gc` address is made at run
+/// time). The `.bss` of a binary can hold large tables that are never touched (jemalloc's,
+/// goro-stack's chunk table), which the marker would otherwise read word by word every cycle.
+/// (`mincore` would not do: it calls a swapped-out page absent.) Runs with the world stopped,
+/// so no page can be touched between the check and the scan; allocation-free.
 fn for_each_resident_run(lo: usize, hi: usize, mut f: impl FnMut(usize, usize)) {
     const PAGE: usize = 4096;
-    const BATCH: usize = 4096;
-    let mut vec = [0u8; BATCH];
+    const BATCH: usize = 512;
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/pagemap".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        // Cannot tell: scan it all.
+        f(lo, hi);
+        return;
+    }
+    let mut entries = [0u64; BATCH];
     let mut page = lo & !(PAGE - 1);
     let mut run_start: Option<usize> = None;
     while page < hi {
         let pages = (hi - page).div_ceil(PAGE).min(BATCH);
-        // SAFETY: `[page, page + pages * PAGE)` is page-aligned and lies in mapped memory (the
-        // segment, rounded out to its pages); `vec` has room for `pages` bytes.
-        let ok =
-            unsafe { libc::mincore(page as *mut libc::c_void, pages * PAGE, vec.as_mut_ptr()) };
-        for (i, &state) in vec[..pages].iter().enumerate() {
+        let offset = (page / PAGE * 8) as libc::off_t;
+        // SAFETY: reads at most `pages` 8-byte entries into `entries`.
+        let read = unsafe { libc::pread(fd, entries.as_mut_ptr().cast(), pages * 8, offset) };
+        let complete = read == (pages * 8) as isize;
+        for (i, &entry) in entries[..pages].iter().enumerate() {
             let at = page + i * PAGE;
-            // Where mincore fails (it should not), scan everything.
-            let resident = ok != 0 || state & 1 != 0;
-            match (resident, run_start) {
+            // A short read: scan what it did not cover.
+            let touched = !complete || entry & (PRESENT | SWAPPED) != 0;
+            match (touched, run_start) {
                 (true, None) => run_start = Some(at.max(lo)),
                 (false, Some(start)) => {
                     f(start, at.min(hi));
@@ -299,6 +249,8 @@ fn for_each_resident_run(lo: usize, hi: usize, mut f: impl FnMut(usize, usize)) 
     if let Some(start) = run_start {
         f(start, hi);
     }
+    // SAFETY: the descriptor opened above.
+    unsafe { libc::close(fd) };
 }
 
 /// `[start, end)` of each writable loadable segment, from the dynamic loader's list.

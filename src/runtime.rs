@@ -437,7 +437,6 @@ impl Runtime {
         goro_gc::set_clobber_free(self.debug.clobberfree);
         goro_gc::set_scan_unaligned(self.debug.gcunaligned);
         crate::world::install();
-        roots::RUNNING.store(true, std::sync::atomic::Ordering::Release);
         // SAFETY: this runtime is the world `GOROUTINE_ROOTS` describes, and it runs from here
         // until the uninstall below.
         unsafe { goro_gc::install(&GOROUTINE_ROOTS) };
@@ -454,7 +453,6 @@ impl Runtime {
             runtime_thread: Some(goro_gc::sweeper_thread_id),
         };
         let finished = goro_sched::run(config, main);
-        roots::RUNNING.store(false, std::sync::atomic::Ordering::Release);
         // SAFETY: installed above by this runtime, which is over.
         unsafe { goro_gc::uninstall() };
         let mut stopped = |cycle: &mut dyn FnMut()| {

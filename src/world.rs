@@ -31,7 +31,7 @@
 //! it allocates nothing (the marker's work list is `mmap`ed), and takes no lock besides those it
 //! took *before* sending the signals (the scheduler's `allg` lists). Runtime code that must not
 //! be stopped half-way (a goroutine's first run, a switch of stack segment) defers the handler
-//! through goro-sched's [`goro_sched::defer_suspend`]; the deferred thread stops itself when the
+//! through goro-alloc's [`goro_alloc::nosuspend::defer_suspend`]; the deferred thread stops itself when the
 //! window closes. Warnings during a stop go straight to `write(2)`: a stopped thread may hold
 //! std's stderr lock.
 //!
@@ -110,7 +110,7 @@ pub(crate) fn install() {
     let table = map_anonymous(MAX_THREADS * size_of::<Slot>());
     // Release: publishes the mapping to `slots`.
     SLOT_TABLE.store(table as usize, Ordering::Release);
-    goro_sched::set_deferred_suspend_hook(stop_self);
+    goro_alloc::nosuspend::set_deferred_suspend_hook(stop_self);
     // SAFETY: `action` is fully initialised before `sigaction` reads it; the handler is
     // async-signal-safe (see `on_suspend_signal`).
     let installed = unsafe {
@@ -139,7 +139,7 @@ extern "C" fn on_suspend_signal(
     _info: *mut libc::siginfo_t,
     _context: *mut libc::c_void,
 ) {
-    if goro_sched::defer_suspend() {
+    if goro_alloc::nosuspend::defer_suspend() {
         return;
     }
     // SAFETY: `__errno_location` returns this thread's errno slot.

@@ -73,6 +73,7 @@ mod arena;
 mod mcache;
 mod mcentral;
 mod mheap;
+pub mod nosuspend;
 mod os;
 mod span;
 mod stats;

@@ -177,13 +177,20 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for GcCell<T> {
     }
 }
 
-// SAFETY: the contents are traced. The collector runs only while every mutator is stopped at a
-// safe point, so no borrow is being written through while `trace` reads the value (see the module
-// docs for values held in registers).
+// SAFETY: the contents are scanned conservatively, never traced precisely: a thread may be
+// stopped by the collector's signal anywhere, halfway through a write through a `GcRefMut` (an
+// enum's tag swapped but not its payload, a value half dropped in place), where the contents'
+// own `Trace` would misread the layout or follow a freed pointer. A conservative scan of the
+// bytes (and of the heap blocks they point to, whole) finds every `Gc` wherever the write left
+// it, and follows nothing it cannot read. The value's bytes lie in the cell, inside the object
+// being traced, which stays allocated while the world is stopped.
 unsafe impl<T: Trace + ?Sized> Trace for GcCell<T> {
+    #[inline]
     fn trace(&self, tracer: &mut Tracer) {
-        // SAFETY: as above: every mutator is stopped, so reading cannot race with a write.
-        unsafe { (*self.value.get()).trace(tracer) }
+        // SAFETY: the reference is used only for the value's address and size; its bytes are
+        // read by the marker's one racy-read helper (docs/soundness.md, "Deliberate departures":
+        // reading a cell a stopped thread may be writing through).
+        tracer.scan_bytes_of(unsafe { &*self.value.get() });
     }
 }
 

@@ -159,12 +159,16 @@ fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
         }
         let requested = Instant::now();
         let mut marked = None;
-        mutators.stop_the_world(&mut || {
+        let open = mutators.stop_the_world(&mut || {
             // Another thread may have collected while this one waited for the world to stop.
             if (forced || pacer::should_trigger()) && !COLLECTING.swap(true, Ordering::Acquire) {
                 marked = Some(mark_and_condemn(mutators));
             }
         });
+        if !open {
+            // The runtime is ending: its retirement collects instead.
+            return;
+        }
         if let Some(marked) = marked {
             // Objects without drop glue are freed here, at once, as the world restarts; those
             // with drop glue go to the sweeper thread.

@@ -47,6 +47,12 @@ impl<T: Trace + Send + 'static> Gc<T> {
         } else {
             Layout::<T>::SLOT
         };
+        // From the value's first byte in the slot to the header, the object is half-built: the
+        // header still reads 0 (free), so the marker would not look inside, and the value's
+        // `Gc`s may be nowhere else (the compiler may build it in place). A collection must not
+        // stop this thread in between.
+        // SAFETY: a copy and a store follow, no lock, no allocation.
+        let _window = unsafe { goro_alloc::nosuspend::NoSuspend::new() };
         // SAFETY: `slot` is a fresh, exclusively owned slot of `slot_size` bytes, aligned for
         // `T`, and its last word (the header) lies past `size_of::<T>()` within it.
         unsafe {

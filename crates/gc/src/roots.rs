@@ -19,9 +19,10 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 /// while a stopped thread holds a lock the closure needs; the collector's part of it allocates
 /// nothing and takes no lock but its own.
 pub unsafe trait Mutators: Sync {
-    /// Stops every thread of the process, runs `cycle`, then lets them go on. Called on any
-    /// thread; `cycle` may run on another thread or stack while the caller waits.
-    fn stop_the_world(&self, cycle: &mut dyn FnMut());
+    /// Stops every thread of the process, runs `cycle`, then lets them go on; returns false,
+    /// without running it, when no cycle may run any more (the runtime is ending). Called on any
+    /// thread; `cycle` may run on another stack of the caller's thread.
+    fn stop_the_world(&self, cycle: &mut dyn FnMut()) -> bool;
 
     /// Reports the roots to `visitor`. Called only inside `stop_the_world`'s closure.
     fn roots(&self, visitor: &mut RootVisitor<'_>);

@@ -22,8 +22,9 @@ struct Fake;
 // none hands a `Gc` to another thread); it calls the collector itself, so it is stopped while
 // the cycle runs, and the only roots it relies on are the words of `ROOTS`.
 unsafe impl Mutators for Fake {
-    fn stop_the_world(&self, cycle: &mut dyn FnMut()) {
+    fn stop_the_world(&self, cycle: &mut dyn FnMut()) -> bool {
         cycle();
+        true
     }
     fn roots(&self, visitor: &mut RootVisitor<'_>) {
         let lo = ROOTS.0.as_ptr().cast::<u8>();

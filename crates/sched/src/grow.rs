@@ -28,7 +28,7 @@
 //! with it. Outside a goroutine `STACK_LIMIT` is 0, so `f` runs in place.
 
 use crate::proc::{self, throw_stack_overflow};
-use crate::suspend;
+use goro_alloc::nosuspend;
 use goro_stack::{Stack, StackPointer, init_stack, switch};
 use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -145,8 +145,8 @@ fn grow<R, F: FnOnce() -> R>(red_zone: usize, f: F) -> R {
     // in the segment's `caller_sp`, which `segment_entry` resumes exactly once.
     unsafe { switch(proc::segment_caller_sp(g, index), entry) };
     let segment = proc::pop_segment(g, index);
-    // Opened by `segment_entry` before it switched back here.
-    suspend::leave();
+    // SAFETY: closes the window `segment_entry` opened before it switched back here.
+    unsafe { nosuspend::leave() };
     // Outside the window: giving the stack back locks goro-stack's pool.
     drop(segment);
     match call.outcome.take().expect("a segment's call finished") {
@@ -163,15 +163,17 @@ fn grow<R, F: FnOnce() -> R>(red_zone: usize, f: F) -> R {
 unsafe extern "C" fn segment_entry<F: FnOnce() -> R, R>(arg: usize) -> ! {
     // SAFETY: `arg` is the `Call` in `grow`'s frame, suspended until we switch back.
     let call = unsafe { &mut *(arg as *mut Call<F, R>) };
-    // Opened in `grow`: the segment is now listed with its caller's stack pointer.
-    suspend::leave();
+    // SAFETY: closes the window `push_segment` opened: the segment is now listed with its
+    // caller's stack pointer.
+    unsafe { nosuspend::leave() };
     let f = call.f.take().expect("a segment runs its call once");
     // Unwinding must not leave the segment (there is no frame above this one to land in): catch
     // here, resume on the caller's stack.
     call.outcome = Some(catch_unwind(AssertUnwindSafe(f)));
     let g = proc::current_g().expect("a segment runs in a goroutine");
-    // The segment stays listed until `grow` pops it; closed there.
-    suspend::enter();
+    // SAFETY: closed by `grow` after the switch back and an unlisting (no lock, no allocation;
+    // the popped stack is dropped after).
+    unsafe { nosuspend::enter() };
     // SAFETY: the caller's context was saved at `caller_sp` by the switch in `grow` and is
     // resumed once, here; this context is never resumed (nothing reads `finished_sp`).
     unsafe {

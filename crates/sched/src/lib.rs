@@ -52,7 +52,6 @@ mod proc;
 mod runq;
 mod shrink;
 mod stw;
-mod suspend;
 pub mod sync;
 mod sync_prims;
 mod sysmon;
@@ -64,8 +63,7 @@ pub use proc::{
     RootRange, RootsLock, blocking, current_goroutine_id, go, is_goroutine, num_goroutine, procs,
     release_stack_memory, run, set_max_procs, yield_now,
 };
-pub use stw::{safe_point, stop_the_world};
-pub use suspend::{defer_suspend, set_deferred_suspend_hook};
+pub use stw::{safe_point, stop_the_world, stop_the_world_from_thread};
 pub use sysmon::TIME_SLICE;
 pub use timer::sleep;
 

@@ -19,8 +19,8 @@ use crate::park::ThreadParker;
 use crate::runq::LocalQueue;
 use crate::shrink::{ParkedStack, Released, StashMode};
 use crate::stw;
-use crate::suspend::NoSuspend;
 use crate::timer::Timers;
+use goro_alloc::nosuspend::NoSuspend;
 use goro_stack::{Stack, StackPointer, init_stack, switch};
 use std::cell::{Cell, UnsafeCell};
 use std::collections::VecDeque;
@@ -1461,7 +1461,7 @@ fn execute(m: &M, g: GRef) {
             m.push_ready(g, true);
         }
         Request::StopTheWorld(f) => {
-            stw::stop(m);
+            stw::stop(sched);
             // Once the main goroutine has finished, the runtime is ending: its result is held
             // only by `run`'s frame, which no root covers, so no cycle may start any more. (The
             // main goroutine sets `shutdown` before it stops running, and `stop` waited for that.)
@@ -1496,7 +1496,8 @@ fn first_run(m: &M, g: GRef) {
     let top = stack.top();
     // The stack was taken above, outside the window (taking one may lock goro-stack's pool):
     // the collector must see the G's stack fields whole.
-    let _window = NoSuspend::new();
+    // SAFETY: two field writes follow, no lock, no allocation.
+    let _window = unsafe { NoSuspend::new() };
     // SAFETY: the G has not run, so nothing else reads its stack fields; `top` is the top of a
     // stack nothing else uses; the entry never returns (it ends by switching to g0 with `Exit`).
     unsafe {
@@ -1656,7 +1657,8 @@ fn new_g(sched: &'static Sched, entry: Entry) -> GRef {
     };
     if let Some(g) = own_p.and_then(|p| take_free_g(sched, p)) {
         // A collection must not see the G half-reinitialised.
-        let _window = NoSuspend::new();
+        // SAFETY: field writes and a counter bump follow, no lock, no allocation.
+        let _window = unsafe { NoSuspend::new() };
         let gg = g.g();
         // SAFETY: a G from a free list is dead: no queue, waker, collector or sysmon pass uses
         // its plain fields (they skip dead Gs, and a collection cannot run while this goroutine
@@ -1950,7 +1952,8 @@ fn destroy(m: &M, g: GRef) {
     let sched = g.g().sched;
     let gg = g.g();
     bump(&m.exited);
-    let window = NoSuspend::new();
+    // SAFETY: a take and a store follow, no lock, no allocation; the stack is dropped later.
+    let window = unsafe { NoSuspend::new() };
     // SAFETY: the G exited: it is in no queue and nothing refers to it any more; only this M
     // touches it until it is dead and listed.
     let stack = unsafe { (*gg.stack.get()).take() };
@@ -2016,10 +2019,11 @@ impl RootsLock {
     /// Locks the goroutine lists of the running runtime.
     ///
     /// # Panics
-    /// Panics if the caller is not on an M whose world is stopped.
+    /// Panics if no runtime runs or its world is not stopped.
     ///
     /// # Safety
-    /// May be called only inside the closure of [`crate::stop_the_world`] (no goroutine runs
+    /// May be called only inside the closure of [`crate::stop_the_world`] or
+    /// [`crate::stop_the_world_from_thread`] (no goroutine runs
     /// but on threads the caller stops by other means before calling [`RootsLock::for_each`]),
     /// and the value must be dropped before that closure returns.
     #[allow(
@@ -2027,8 +2031,7 @@ impl RootsLock {
         reason = "locking is not a default value: it may only happen with the world stopped"
     )]
     pub unsafe fn new() -> RootsLock {
-        let m = current_m().expect("RootsLock::new outside a goro M");
-        let sched = m.sched();
+        let sched = current_sched().expect("RootsLock::new outside a goro runtime");
         assert!(
             sched.stopping.load(Ordering::SeqCst),
             "RootsLock::new with the world running"
@@ -2285,7 +2288,9 @@ pub(crate) fn push_segment(g: GRef, red_zone: usize) -> Result<(usize, *mut u8),
     // The push below must not allocate: it runs in the window (opened next, closed by the
     // segment's first frame) in which the segment is listed with a null `caller_sp`.
     segments.reserve(1);
-    crate::suspend::enter();
+    // SAFETY: closed by the segment's first frame (`segment_entry`) after a push into reserved
+    // room and the switch: no lock, no allocation.
+    unsafe { goro_alloc::nosuspend::enter() };
     grow::set_stack_limit(stack.limit() as usize);
     segments.push(Segment {
         stack,

@@ -213,7 +213,9 @@ impl ParkedStack {
                         // While the slot is claimed a collection must not stop this thread
                         // (the collector would wait on the claim); nothing in the window locks
                         // or allocates.
-                        let _window = crate::suspend::NoSuspend::new();
+                        // SAFETY: `put_back` copies and stores, no lock, no allocation (the
+                        // record is freed after the window).
+                        let _window = unsafe { goro_alloc::nosuspend::NoSuspend::new() };
                         // SAFETY: STASHED (read with acquire) means sysmon is done with the
                         // stack; we are the goroutine's home M, about to resume it, and only we
                         // do.

@@ -73,6 +73,38 @@ pub unsafe fn stop_the_world(f: &mut dyn FnMut()) {
     proc::switch_to_g0(Request::StopTheWorld(f));
 }
 
+/// [`stop_the_world`] for a thread that is not a goroutine (the main thread, a std thread): stops
+/// every goroutine of the running runtime at a safe point (or for [`SAFE_POINT_GRACE`]), runs
+/// `f` on this thread, and restarts them. Returns false, without running `f`, if no runtime runs
+/// or it is ending. The thread needs no P: a thread that holds a lock every goroutine waits for
+/// can still collect.
+///
+/// # Panics
+/// Panics if the caller is a goroutine (use [`stop_the_world`]).
+///
+/// # Safety
+/// As for [`stop_the_world`].
+pub unsafe fn stop_the_world_from_thread(f: &mut dyn FnMut()) -> bool {
+    assert!(
+        !proc::is_goroutine(),
+        "stop_the_world_from_thread called on a goroutine"
+    );
+    let Some(sched) = proc::current_sched() else {
+        return false;
+    };
+    if sched.shutdown.load(Ordering::SeqCst) {
+        return false;
+    }
+    stop(sched);
+    // As on an M: once the main goroutine has returned, no cycle may start.
+    let ran = !sched.shutdown.load(Ordering::SeqCst);
+    if ran {
+        f();
+    }
+    start(sched);
+    ran
+}
+
 /// How long the initiator waits for goroutines to reach a safe point. Past it, the goroutines
 /// still running are stopped where they stand with the rest of the process's threads (the
 /// facade's `world` module): a loop that never calls the runtime, a goroutine inside
@@ -81,8 +113,7 @@ pub(crate) const SAFE_POINT_GRACE: Duration = Duration::from_micros(100);
 
 /// Called on the initiator's g0: returns when no other M runs a goroutine, or when
 /// [`SAFE_POINT_GRACE`] has passed (the caller then stops the laggards by signal).
-pub(crate) fn stop(me: &M) {
-    let sched = me.sched();
+pub(crate) fn stop(sched: &Sched) {
     let mut guard = lock(&sched.stw_lock);
     // Another initiator is active: this M is already stopped (not running); wait our turn.
     while sched.stopping.load(Ordering::SeqCst) {

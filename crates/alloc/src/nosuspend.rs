@@ -1,13 +1,17 @@
 //! Windows in which a thread must not be stopped by the collector's signal.
 //!
-//! A collection stops every thread of the process where it stands (the facade's `world`
-//! module). A few runtime paths leave the state the collector reads half-written while they run:
-//! an M between claiming a goroutine and switching to it (the goroutine's first stack, its
-//! unstashed bytes, its status), and a goroutine switching stack segments. Such a path holds a
-//! [`NoSuspend`] guard; the signal handler asks [`defer_suspend`] first, which records that a
-//! stop is pending instead of letting it happen. When the outermost guard drops, the thread calls
-//! the hook the facade registered, which signals the thread again, now outside the window (Go
-//! keeps `m.locks` for the same purpose).
+//! A collection stops every thread of the process where it stands (the `goro` facade's `world`
+//! module). A few runtime paths leave state the collector reads half-written while they run:
+//! `Gc::new` between writing an object and its header, goro-sched's G fields on a goroutine's
+//! first run, death and reuse, a stashed stack being put back, a goroutine switching stack
+//! segments. Such a path holds a [`NoSuspend`] guard; the signal handler asks [`defer_suspend`]
+//! first, which records that a stop is pending instead of letting it happen. When the outermost
+//! guard drops, the thread calls the hook the facade registered, which signals the thread again,
+//! now outside the window (Go keeps `m.locks` for the same purpose). It lives here, in the crate
+//! every other one builds on, so that goro-gc and goro-sched share one depth per thread.
+//!
+//! A window must be short and must neither take a lock nor allocate: the collector waits for
+//! the thread to leave it, while every other thread, which may hold that lock, is stopped.
 //!
 //! The state is per thread and touched by the thread and by its own signal handler only, so the
 //! atomics are `Relaxed` loads and stores (no read-modify-write: only the thread writes the
@@ -26,7 +30,8 @@ thread_local! {
 /// The facade's "stop this thread now" (signal it again), or null.
 static HOOK: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
 
-/// Registers what a thread calls when it leaves a window in which a stop was deferred.
+/// Registers what a thread calls when it leaves a window in which a stop was deferred (the
+/// facade: signal the thread again).
 pub fn set_deferred_suspend_hook(hook: fn()) {
     HOOK.store(hook as *mut (), Ordering::Release);
 }
@@ -43,29 +48,44 @@ pub fn defer_suspend() -> bool {
     inside
 }
 
-/// While alive, the collector's signal does not stop this thread (see the module docs). Hold
-/// it only for a few dozen instructions, never across a wait.
-pub(crate) struct NoSuspend(());
+/// While alive, the collector's signal does not stop this thread (see the module docs).
+pub struct NoSuspend(core::marker::PhantomData<*const ()>);
 
 impl NoSuspend {
+    /// Opens a window until the guard drops.
+    ///
+    /// # Safety
+    /// May be called only if the guard is dropped on this thread after a short stretch of code
+    /// that neither takes a lock, nor allocates, nor waits (a collection waits for the window to
+    /// close, with every other thread stopped).
     #[inline]
-    pub(crate) fn new() -> NoSuspend {
-        enter();
-        NoSuspend(())
+    pub unsafe fn new() -> NoSuspend {
+        // SAFETY: the caller's contract; the guard's drop is the matching `leave`.
+        unsafe { enter() };
+        NoSuspend(core::marker::PhantomData)
     }
 }
 
 impl Drop for NoSuspend {
     #[inline]
     fn drop(&mut self) {
-        leave();
+        // SAFETY: matches the `enter` in `new`, on the same thread (the guard is not `Send`).
+        unsafe { leave() };
     }
 }
 
-/// Opens a window without a guard, for one that a stack switch splits (`grow`): each `enter`
-/// is matched by one [`leave`] on the same thread.
+impl core::fmt::Debug for NoSuspend {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("NoSuspend")
+    }
+}
+
+/// Opens a window without a guard, for one that a stack switch splits (goro-sched's `grow`).
+///
+/// # Safety
+/// As for [`NoSuspend::new`], with one [`leave`] on the same thread closing the window.
 #[inline]
-pub(crate) fn enter() {
+pub unsafe fn enter() {
     // Only this thread writes DEPTH (its signal handler only reads it), so a load and a store
     // do: no read-modify-write on the scheduler's hot path.
     DEPTH.with(|d| d.store(d.load(Ordering::Relaxed) + 1, Ordering::Relaxed));
@@ -74,8 +94,11 @@ pub(crate) fn enter() {
 }
 
 /// Closes a window [`enter`] opened; stops the thread now if a stop arrived inside it.
+///
+/// # Safety
+/// May be called only to close a window this thread opened with [`enter`].
 #[inline]
-pub(crate) fn leave() {
+pub unsafe fn leave() {
     // The writes the window protects are done before the handler can see it closed.
     compiler_fence(Ordering::SeqCst);
     let depth = DEPTH.with(|d| {
