@@ -24,7 +24,7 @@
 //!    A new cycle cannot start until the sweep is done; `collect` waits for it (pausing the
 //!    caller as [`Mutators::pause`] says, which lets a goroutine's M run others).
 
-use crate::object::{CONDEMNED, IMMORTAL, header_of, vtable_of};
+use crate::object::{CONDEMNED, CONSTRUCTING, IMMORTAL, header_of, vtable_of};
 use crate::pacer;
 use crate::roots::{self, Mutators, RootVisitor};
 use crate::stats::{self, CycleReport};
@@ -584,7 +584,13 @@ impl Marker {
                 // SAFETY: `block` is a slot of a Gc span; its header word lies inside it.
                 let header = unsafe { read_word(header_of(block.start, block.size)) };
                 if header != 0 && block.mark() {
-                    self.work.push(Work::Object(start, header));
+                    if header & CONSTRUCTING != 0 {
+                        // Half-built by a stopped thread: any layout, scan it all.
+                        self.work
+                            .push(Work::Range(start, start + block.size - WORD));
+                    } else {
+                        self.work.push(Work::Object(start, header));
+                    }
                 }
             }
             SpanKind::Malloc => {

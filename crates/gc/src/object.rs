@@ -17,8 +17,12 @@ pub(crate) const IMMORTAL: usize = 1;
 /// Set with the world stopped on every object marking did not reach; the sweep drops and frees
 /// exactly these once the world runs again. New objects never carry it.
 pub(crate) const CONDEMNED: usize = 2;
+/// Set by `Gc::new` while it writes the value: the marker scans such an object conservatively
+/// (a thread stopped halfway may have left any layout), and the constructing thread holds its
+/// address, so it is marked.
+pub(crate) const CONSTRUCTING: usize = 4;
 /// The flag bits of a header word.
-pub(crate) const FLAGS: usize = IMMORTAL | CONDEMNED;
+pub(crate) const FLAGS: usize = IMMORTAL | CONDEMNED | CONSTRUCTING;
 
 /// What the collector needs to know about a `T` to trace and drop it through a type-erased pointer.
 #[repr(C, align(8))]

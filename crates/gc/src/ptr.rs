@@ -47,19 +47,24 @@ impl<T: Trace + Send + 'static> Gc<T> {
         } else {
             Layout::<T>::SLOT
         };
-        // From the value's first byte in the slot to the header, the object is half-built: the
-        // header still reads 0 (free), so the marker would not look inside, and the value's
-        // `Gc`s may be nowhere else (the compiler may build it in place). A collection must not
-        // stop this thread in between.
-        // SAFETY: a copy and a store follow, no lock, no allocation.
-        let _window = unsafe { goro_alloc::nosuspend::NoSuspend::new() };
         // SAFETY: `slot` is a fresh, exclusively owned slot of `slot_size` bytes, aligned for
         // `T`, and its last word (the header) lies past `size_of::<T>()` within it.
         unsafe {
-            slot.cast::<T>().write(value);
             let vtable: &'static crate::object::VTable = &Layout::<T>::VTABLE;
-            // Release: the value's bytes are written before the slot reads as allocated.
-            core::sync::atomic::AtomicUsize::from_ptr(header_of(slot, slot_size)).store(
+            let header = core::sync::atomic::AtomicUsize::from_ptr(header_of(slot, slot_size));
+            // A thread stopped while the value is written leaves the object half-built: marked
+            // CONSTRUCTING, it is scanned conservatively, wherever the value's `Gc`s are so far
+            // (the compiler may build the value in place, so they may be nowhere else).
+            header.store(
+                vtable as *const _ as usize | crate::object::CONSTRUCTING,
+                core::sync::atomic::Ordering::Relaxed,
+            );
+            // The flag is in place before the value's first byte, as this thread's signal
+            // handler sees it (C's `atomic_signal_fence`).
+            core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+            slot.cast::<T>().write(value);
+            // Release: the value's bytes are written before the slot reads as built.
+            header.store(
                 vtable as *const _ as usize,
                 core::sync::atomic::Ordering::Release,
             );
