@@ -2,13 +2,12 @@
 //!
 //! A collection stops every thread of the process where it stands (the `goro` facade's `world`
 //! module). A few runtime paths leave state the collector reads half-written while they run:
-//! `Gc::new` between writing an object and its header, goro-sched's G fields on a goroutine's
-//! first run, death and reuse, a stashed stack being put back, a goroutine switching stack
+//! goro-sched's G fields on a goroutine's first run, death and reuse, a stashed stack being put back, a goroutine switching stack
 //! segments. Such a path holds a [`NoSuspend`] guard; the signal handler asks [`defer_suspend`]
 //! first, which records that a stop is pending instead of letting it happen. When the outermost
 //! guard drops, the thread calls the hook the facade registered, which signals the thread again,
 //! now outside the window (Go keeps `m.locks` for the same purpose). It lives here, in the crate
-//! every other one builds on, so that goro-gc and goro-sched share one depth per thread.
+//! every other one builds on, so that every crate of goro shares one depth per thread.
 //!
 //! A window must be short and must neither take a lock nor allocate: the collector waits for
 //! the thread to leave it, while every other thread, which may hold that lock, is stopped.
