@@ -470,10 +470,10 @@ impl Runtime {
             finished.for_each_abandoned_root(&mut |root| roots::report(visitor, root));
             roots::report_retiring(visitor);
         };
-        // SAFETY: every goroutine has stopped for good; `stopped` stops every other thread of the
-        // process and `report` reports each one (this thread included, from its frame up, which
-        // covers the result too), the abandoned goroutines and the static data: every place a
-        // `Gc` can live.
+        // Every goroutine has stopped for good; `stopped` stops every other thread, and `report`
+        // gives each one (this thread from its frame up, so the result too), the abandoned
+        // goroutines and the static data: every place a `Gc` can live.
+        // SAFETY: the roots above are all of them, and this runtime is over and uninstalled.
         unsafe { goro_gc::retire(&mut stopped, &mut report) };
         match finished.into_result() {
             Ok(value) => value,

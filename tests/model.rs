@@ -4,6 +4,8 @@
 //! `goro::Local`, a buffered channel), checked against a plain model after every collection,
 //! with `clobberfree` on.
 
+mod common;
+
 use goro::{Gc, GcCell, Trace};
 use proptest::prelude::*;
 use std::cell::RefCell;
@@ -206,75 +208,69 @@ impl World {
 
 /// Runs `ops` and checks every place against the model after each collection and at the end.
 fn check(ops: Vec<Op>, procs: usize) -> Result<(), String> {
-    goro::Runtime::builder()
-        .max_procs(procs)
-        .build()
-        .unwrap()
-        .run(move || {
-            goro::gc::set_clobber_free(true);
-            *MAP.lock().unwrap() = Some(HashMap::new());
-            let spawn_holder = |use_tls: bool| {
-                let (tx, rx) = mpsc::channel::<(Request, mpsc::Sender<Reply>)>();
-                let thread = std::thread::spawn(move || {
-                    let mut items = Vec::new();
-                    for (request, reply) in rx {
-                        let answer = if use_tls {
-                            THREAD_KEPT.with(|kept| serve(&mut kept.borrow_mut(), request))
-                        } else {
-                            serve(&mut items, request)
-                        };
-                        reply.send(answer).unwrap();
-                    }
-                    THREAD_KEPT.with(|kept| kept.borrow_mut().clear());
-                });
-                (tx, thread)
-            };
-            let (thread, thread_handle) = spawn_holder(false);
-            let (thread_local, tls_handle) = spawn_holder(true);
-            let (goroutine, requests) =
-                goro::chan::channel::<(Request, goro::chan::Sender<Reply>)>(0);
-            let goroutine_handle = goro::go(move || {
-                for (request, reply) in requests.iter() {
-                    let answer = GOROUTINE_KEPT.with(|kept| serve(&mut kept.borrow_mut(), request));
-                    reply.send(answer);
+    common::run_clobbering(procs, move || {
+        *MAP.lock().unwrap() = Some(HashMap::new());
+        let spawn_holder = |use_tls: bool| {
+            let (tx, rx) = mpsc::channel::<(Request, mpsc::Sender<Reply>)>();
+            let thread = std::thread::spawn(move || {
+                let mut items = Vec::new();
+                for (request, reply) in rx {
+                    let answer = if use_tls {
+                        THREAD_KEPT.with(|kept| serve(&mut kept.borrow_mut(), request))
+                    } else {
+                        serve(&mut items, request)
+                    };
+                    reply.send(answer).unwrap();
                 }
+                THREAD_KEPT.with(|kept| kept.borrow_mut().clear());
             });
-            let mut world = World {
-                holder: Gc::new(Holder {
-                    items: GcCell::new(Vec::new()),
-                }),
-                thread,
-                thread_local,
-                goroutine,
-                channel: goro::chan::channel(64),
-                channel_len: 0,
-            };
-            let mut model: Vec<Vec<u64>> = vec![Vec::new(); PLACES];
-            let mut outcome = Ok(());
-            for (step, op) in ops.iter().enumerate() {
-                apply(&mut world, &mut model, op);
-                let checked = matches!(op, Op::Collect) || step + 1 == ops.len();
-                let compared = if checked {
-                    compare(&mut world, &model)
-                } else {
-                    Ok(())
-                };
-                if let Err(error) = compared {
-                    outcome = Err(format!("after step {step} ({op:?}): {error}"));
-                    break;
-                }
+            (tx, thread)
+        };
+        let (thread, thread_handle) = spawn_holder(false);
+        let (thread_local, tls_handle) = spawn_holder(true);
+        let (goroutine, requests) = goro::chan::channel::<(Request, goro::chan::Sender<Reply>)>(0);
+        let goroutine_handle = goro::go(move || {
+            for (request, reply) in requests.iter() {
+                let answer = GOROUTINE_KEPT.with(|kept| serve(&mut kept.borrow_mut(), request));
+                reply.send(answer);
             }
-            drop(world.thread);
-            drop(world.thread_local);
-            drop(world.goroutine);
-            goro::blocking(|| {
-                thread_handle.join().unwrap();
-                tls_handle.join().unwrap();
-            });
-            goroutine_handle.join().unwrap();
-            MAP.lock().unwrap().take();
-            outcome
-        })
+        });
+        let mut world = World {
+            holder: Gc::new(Holder {
+                items: GcCell::new(Vec::new()),
+            }),
+            thread,
+            thread_local,
+            goroutine,
+            channel: goro::chan::channel(64),
+            channel_len: 0,
+        };
+        let mut model: Vec<Vec<u64>> = vec![Vec::new(); PLACES];
+        let mut outcome = Ok(());
+        for (step, op) in ops.iter().enumerate() {
+            apply(&mut world, &mut model, op);
+            let checked = matches!(op, Op::Collect) || step + 1 == ops.len();
+            let compared = if checked {
+                compare(&mut world, &model)
+            } else {
+                Ok(())
+            };
+            if let Err(error) = compared {
+                outcome = Err(format!("after step {step} ({op:?}): {error}"));
+                break;
+            }
+        }
+        drop(world.thread);
+        drop(world.thread_local);
+        drop(world.goroutine);
+        goro::blocking(|| {
+            thread_handle.join().unwrap();
+            tls_handle.join().unwrap();
+        });
+        goroutine_handle.join().unwrap();
+        MAP.lock().unwrap().take();
+        outcome
+    })
 }
 
 fn apply(world: &mut World, model: &mut [Vec<u64>], op: &Op) {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Tree, build, checksum};
+use common::{Tree, build, checksum, run_clobbering as run};
 use goro::Gc;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,18 +15,6 @@ use std::time::Duration;
 
 #[global_allocator]
 static ALLOC: goro::alloc::GoroAlloc = goro::alloc::GoroAlloc;
-
-/// Runs `f` as the main goroutine of a runtime with `procs` Ps and `clobberfree` on.
-fn run<R: Send + 'static>(procs: usize, f: impl FnOnce() -> R + Send + 'static) -> R {
-    goro::Runtime::builder()
-        .max_procs(procs)
-        .build()
-        .unwrap()
-        .run(move || {
-            goro::gc::set_clobber_free(true);
-            f()
-        })
-}
 
 /// Aborts the test process if `f` does not return within `limit`: a collection that waits
 /// forever must fail the test, not hang the suite.

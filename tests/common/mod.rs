@@ -115,3 +115,19 @@ pub fn run_test_in_child(name: &str, env: &[(&str, &str)]) -> String {
     );
     stdout.into_owned()
 }
+
+/// Runs `f` as the main goroutine of a runtime with `procs` Ps and `clobberfree` on (freed
+/// objects poisoned, so a missed root shows at once), as every soundness test does.
+pub fn run_clobbering<R: Send + 'static>(
+    procs: usize,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> R {
+    goro::Runtime::builder()
+        .max_procs(procs)
+        .build()
+        .unwrap()
+        .run(move || {
+            goro::gc::set_clobber_free(true);
+            f()
+        })
+}

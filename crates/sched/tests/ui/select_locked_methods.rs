@@ -5,6 +5,7 @@ use goro_sched::chan::{__select, channel};
 fn main() {
     let (_tx, rx) = channel::<u8>(1);
     let mut case = __select::RecvCase::new(&rx);
+    // SAFETY: none: this line must not compile (the method is private), whatever the block says.
     unsafe { case.poll_locked() };
     case.dequeue_locked();
     let erased = case.as_case();
