@@ -15,7 +15,7 @@
 //!
 //! Which routes this covers, and which are still open, is argued in docs/soundness.md.
 
-use crate::world::{self, Stopped};
+use crate::world::{self, PAGE, Stopped};
 use goro_gc::{Mutators, RootVisitor};
 use goro_sched::{RootRange, RootsLock};
 use std::cell::Cell;
@@ -206,7 +206,6 @@ fn report_segments(visitor: &mut RootVisitor<'_>, segments: &[(usize, usize)]) {
 /// (`mincore` would not do: it calls a swapped-out page absent.) Runs with the world stopped,
 /// so no page can be touched between the check and the scan; allocation-free.
 fn for_each_resident_run(lo: usize, hi: usize, mut f: impl FnMut(usize, usize)) {
-    const PAGE: usize = 4096;
     const BATCH: usize = 512;
     const PRESENT: u64 = 1 << 63;
     const SWAPPED: u64 = 1 << 62;
@@ -253,7 +252,11 @@ fn for_each_resident_run(lo: usize, hi: usize, mut f: impl FnMut(usize, usize)) 
     unsafe { libc::close(fd) };
 }
 
-/// `[start, end)` of each writable loadable segment, from the dynamic loader's list.
+/// `[start, end)` of each writable loadable segment, from the dynamic loader's list, less its
+/// RELRO part: the loader makes `PT_GNU_RELRO` read-only once it has relocated the object, before
+/// any of the object's code runs, so no `Gc` can be stored there (a program would need an
+/// `unsafe` `mprotect` to write it). Vtables, GOTs and other relocated constants fill it: skipping
+/// it halves the static roots of a typical Rust binary.
 pub(crate) fn writable_segments() -> Vec<(usize, usize)> {
     /// `dl_iterate_phdr`'s callback.
     ///
@@ -267,12 +270,32 @@ pub(crate) fn writable_segments() -> Vec<(usize, usize)> {
         // SAFETY: the loader passes a valid `dl_phdr_info` for the duration of the call, and
         // `data` is the `Vec` that `writable_segments` passed in.
         let (info, segments) = unsafe { (&*info, &mut *data.cast::<Vec<(usize, usize)>>()) };
-        for i in 0..usize::from(info.dlpi_phnum) {
-            // SAFETY: `dlpi_phdr` points to `dlpi_phnum` program headers.
-            let header = unsafe { &*info.dlpi_phdr.add(i) };
+        if info.dlpi_phdr.is_null() {
+            return 0;
+        }
+        // SAFETY: a non-null `dlpi_phdr` points to `dlpi_phnum` program headers.
+        let headers = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum.into()) };
+        let base = info.dlpi_addr as usize;
+        let range = |header: &libc::Elf64_Phdr| {
+            let start = base + header.p_vaddr as usize;
+            (start, start + header.p_memsz as usize)
+        };
+        // The loader protects whole pages: from the page holding the start to the page boundary
+        // at or below the end (linkers pad the end to one).
+        let relro = headers
+            .iter()
+            .find(|header| header.p_type == libc::PT_GNU_RELRO)
+            .map_or((0, 0), |header| {
+                let (start, end) = range(header);
+                (start & !(PAGE - 1), end & !(PAGE - 1))
+            });
+        for header in headers {
             if header.p_type == libc::PT_LOAD && header.p_flags & libc::PF_W != 0 {
-                let start = info.dlpi_addr as usize + header.p_vaddr as usize;
-                segments.push((start, start + header.p_memsz as usize));
+                for (lo, hi) in without(range(header), relro) {
+                    if lo < hi {
+                        segments.push((lo, hi));
+                    }
+                }
             }
         }
         0
@@ -283,4 +306,51 @@ pub(crate) fn writable_segments() -> Vec<(usize, usize)> {
         libc::dl_iterate_phdr(Some(each_object), (&mut segments as *mut Vec<_>).cast());
     }
     segments
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static WRITTEN_AT_RUN_TIME: AtomicUsize = AtomicUsize::new(1);
+
+    /// `(start, end, writable)` of each mapping of this process.
+    fn mappings() -> Vec<(usize, usize, bool)> {
+        let text = std::fs::read_to_string("/proc/self/maps").unwrap();
+        text.lines()
+            .map(|line| {
+                let (range, rest) = line.split_once(' ').unwrap();
+                let (start, end) = range.split_once('-').unwrap();
+                let hex = |s| usize::from_str_radix(s, 16).unwrap();
+                (hex(start), hex(end), rest.as_bytes()[1] == b'w')
+            })
+            .collect()
+    }
+
+    #[test]
+    fn static_roots_cover_writable_statics_and_only_writable_pages() {
+        WRITTEN_AT_RUN_TIME.fetch_add(1, Ordering::Relaxed);
+        let segments = writable_segments();
+        let at = &raw const WRITTEN_AT_RUN_TIME as usize;
+        assert!(
+            segments.iter().any(|&(lo, hi)| lo <= at && at < hi),
+            "a writable static is a root"
+        );
+        let maps = mappings();
+        for &(lo, hi) in &segments {
+            let mut page = lo & !(PAGE - 1);
+            while page < hi {
+                let writable = maps
+                    .iter()
+                    .find(|&&(start, end, _)| start <= page && page < end)
+                    .is_some_and(|&(_, _, writable)| writable);
+                assert!(
+                    writable,
+                    "page {page:#x} of segment {lo:#x}..{hi:#x} is read-only (RELRO)"
+                );
+                page += PAGE;
+            }
+        }
+    }
 }

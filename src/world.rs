@@ -476,32 +476,57 @@ struct Mapping {
     readable: bool,
 }
 
+/// The buffer of the last `Maps`, kept for the next stop: its (page-aligned) address plus the
+/// log2 of its text capacity, or 0 when none is kept or a `Maps` holds it. Mapping and unmapping
+/// a buffer every cycle cost more than reading the file: fresh pages fault in one by one, and
+/// `munmap` sends every CPU running a thread of the process a TLB shootdown.
+static SPARE_MAPS_BUFFER: AtomicUsize = AtomicUsize::new(0);
+
+/// The page size of x86-64 and of the aarch64 kernels goro runs on.
+pub(crate) const PAGE: usize = 4096;
+
+/// Text bytes a first buffer holds.
+const MAPS_INITIAL_CAPACITY: usize = 1 << 20;
+
+/// A buffer for `capacity` bytes of text followed by room for the mappings they can describe (a
+/// line is at least "a-b rwxp 0 0:0 0\n", 17 bytes).
+fn maps_buffer_bytes(capacity: usize) -> usize {
+    capacity + (capacity / 17 + 1) * size_of::<Mapping>()
+}
+
 impl Maps {
     fn read() -> Maps {
-        let mut capacity = 1 << 20;
-        let (text, len) = loop {
-            let text = map_anonymous(capacity);
-            // SAFETY: `text` is a fresh private mapping of `capacity` bytes.
+        // Acquire: pairs with the Release in `drop`, which may have run on another thread.
+        let spare = SPARE_MAPS_BUFFER.swap(0, Ordering::Acquire);
+        let (mut text, mut capacity) = if spare == 0 {
+            let capacity = MAPS_INITIAL_CAPACITY;
+            (map_anonymous(maps_buffer_bytes(capacity)), capacity)
+        } else {
+            ((spare & !(PAGE - 1)) as *mut u8, 1 << (spare & (PAGE - 1)))
+        };
+        let len = loop {
+            // SAFETY: `text` is a private mapping of at least `capacity` bytes, ours alone.
             let buf = unsafe { core::slice::from_raw_parts_mut(text, capacity) };
             match read_file(b"/proc/self/maps\0", buf) {
-                Some(len) if len < capacity => break (text, len),
+                Some(len) if len < capacity => break len,
                 Some(_) => {
                     // SAFETY: the mapping made above, not used any more.
-                    unsafe { libc::munmap(text.cast(), capacity) };
+                    unsafe { libc::munmap(text.cast(), maps_buffer_bytes(capacity)) };
                     capacity *= 2;
+                    text = map_anonymous(maps_buffer_bytes(capacity));
                 }
-                None => break (text, 0),
+                None => break 0,
             }
         };
-        // A line is at least "a-b rwxp 0 0:0 0\n" (17 bytes).
-        let slots = len / 17 + 1;
-        let entries = map_anonymous(slots * size_of::<Mapping>()).cast::<Mapping>();
+        // SAFETY: `capacity` is a multiple of a page, so the entries start aligned, inside the
+        // buffer.
+        let entries = unsafe { text.add(capacity) }.cast::<Mapping>();
         let mut maps = Maps {
             text,
             capacity,
             entries,
             count: 0,
-            slots,
+            slots: capacity / 17 + 1,
         };
         // SAFETY: the first `len` bytes of `text` were filled above.
         let lines = unsafe { core::slice::from_raw_parts(text, len) };
@@ -509,7 +534,7 @@ impl Maps {
             if let Some(mapping) = parse_mapping(line)
                 && maps.count < maps.slots
             {
-                // SAFETY: `count < slots`, inside the entries mapping.
+                // SAFETY: `count < slots`, inside the entries part of the buffer.
                 unsafe { entries.add(maps.count).write(mapping) };
                 maps.count += 1;
             }
@@ -550,11 +575,15 @@ fn parse_mapping(line: &[u8]) -> Option<Mapping> {
 
 impl Drop for Maps {
     fn drop(&mut self) {
-        // SAFETY: the mappings `read` made; nothing refers to them any more.
-        unsafe {
-            libc::munmap(self.text.cast(), self.capacity);
-            libc::munmap(self.entries.cast(), self.slots * size_of::<Mapping>());
+        let spare = self.text as usize | self.capacity.trailing_zeros() as usize;
+        if SPARE_MAPS_BUFFER
+            .compare_exchange(0, spare, Ordering::Release, Ordering::Relaxed)
+            .is_ok()
+        {
+            return;
         }
+        // SAFETY: the buffer `read` made; nothing refers to it any more.
+        unsafe { libc::munmap(self.text.cast(), maps_buffer_bytes(self.capacity)) };
     }
 }
 

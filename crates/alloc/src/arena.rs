@@ -22,7 +22,7 @@
 //! and actually covers the address. Entries are published with Release and read with Acquire, so a
 //! reader that sees a fresh entry sees the span fields written before it.
 
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use crate::span::Span;
 use crate::{ARENA_SIZE, PAGE_SIZE, os};
@@ -46,6 +46,13 @@ pub(crate) struct ArenaMeta {
 /// The first level, mapped on first use (under the heap lock); null until then. Not a 32 MiB
 /// static: the collector scans the data and bss segments as roots, and would read all of it.
 static L1: AtomicPtr<AtomicPtr<ArenaMeta>> = AtomicPtr::new(core::ptr::null_mut());
+
+/// The lowest registered arena's base and the highest one's end: every heap address lies in
+/// `[ARENAS_LO, ARENAS_HI)`. A conservative scan rejects most words (small integers, code and
+/// stack addresses) with these two compares, without touching the 32 MiB first level, whose
+/// entries for random words miss every cache.
+static ARENAS_LO: AtomicUsize = AtomicUsize::new(usize::MAX);
+static ARENAS_HI: AtomicUsize = AtomicUsize::new(0);
 
 impl ArenaMeta {
     /// The span recorded for the page of this arena holding `addr` (only the page bits of
@@ -75,6 +82,15 @@ pub(crate) fn meta_of(addr: usize) -> Option<&'static ArenaMeta> {
     let m = unsafe { &*l1.add(i) }.load(Ordering::Acquire); // Acquire: pairs with `register_arena`.
     // SAFETY: non-null entries point at ArenaMeta mappings that are never unmapped.
     (!m.is_null()).then(|| unsafe { &*m })
+}
+
+/// Whether `addr` lies between the lowest and the highest registered arena. False means it is
+/// not a heap address; true means it may be one.
+#[inline(always)]
+pub(crate) fn within_arenas(addr: usize) -> bool {
+    // Relaxed: an address of a newly registered arena reaches a reader only through memory
+    // published after `register_arena` widened the bounds (the heap lock, a span's publish).
+    addr >= ARENAS_LO.load(Ordering::Relaxed) && addr < ARENAS_HI.load(Ordering::Relaxed)
 }
 
 /// The span recorded for the page holding `addr`, or null. The answer may be stale or belong to
@@ -128,6 +144,8 @@ pub(crate) fn register_arena(base: usize) -> bool {
     let Some(m) = os::map(size_of::<ArenaMeta>()) else {
         return false;
     };
+    ARENAS_LO.fetch_min(base, Ordering::Relaxed);
+    ARENAS_HI.fetch_max(base + ARENA_SIZE, Ordering::Relaxed);
     // Release: pairs with the Acquire in `meta_of`.
     slot.store(m.as_ptr().cast(), Ordering::Release);
     true

@@ -282,6 +282,10 @@ impl Block {
     pub fn mark(&self) -> bool {
         let bit = 1u64 << (self.index % 64);
         match self.span.marks.get(self.index / 64) {
+            // A plain load first: most words a conservative scan finds point at blocks already
+            // marked, and a locked RMW costs several times a load.
+            // Relaxed: a set bit stays set for the cycle; the RMW below is the claim.
+            Some(w) if w.load(Ordering::Relaxed) & bit != 0 => false,
             // AcqRel: the bit is the collector's "grey" claim; pairs with other markers' RMWs.
             Some(w) => w.fetch_or(bit, Ordering::AcqRel) & bit == 0,
             None => false,
@@ -314,6 +318,9 @@ impl core::fmt::Debug for Span {
 /// answer may then be stale.
 #[inline]
 pub fn find_block(addr: usize) -> Option<Block> {
+    if !arena::within_arenas(addr) {
+        return None;
+    }
     let s = arena::span_of(addr);
     if s.is_null() {
         return None;
@@ -334,6 +341,14 @@ pub fn find_block(addr: usize) -> Option<Block> {
         span: s,
         index,
     })
+}
+
+/// False when `addr` cannot be in the goro heap: it lies outside every arena. Two compares of
+/// values that stay in cache, where [`find_block`] walks the arena index; a conservative scan
+/// calls it on every word first.
+#[inline(always)]
+pub fn may_be_heap(addr: usize) -> bool {
+    arena::within_arenas(addr)
 }
 
 /// Whether `addr` lies inside a slot of the goro heap (`find_block(addr).is_some()`).

@@ -26,7 +26,7 @@
 
 use crate::object::{CONDEMNED, CONSTRUCTING, IMMORTAL, header_of, vtable_of};
 use crate::pacer;
-use crate::roots::{self, Mutators, RootVisitor};
+use crate::roots::{self, Mutators, Root, RootVisitor};
 use crate::stats::{self, CycleReport};
 use crate::sweeper;
 use crate::trace::Tracer;
@@ -207,10 +207,7 @@ fn mark_and_condemn(mutators: &dyn Mutators) -> Marked {
     let mut roots = 0;
     mark_immortals(&mut tracer);
     mutators.roots(&mut RootVisitor {
-        sink: &mut |lo, hi| {
-            roots += hi.saturating_sub(lo);
-            tracer.push_range(lo, hi);
-        },
+        sink: &mut |root| roots += tracer.push_root(root),
     });
     tracer.drain();
     drop(tracer);
@@ -312,7 +309,9 @@ pub unsafe fn retire(
         goro_alloc::clear_marks();
         mark_immortals(&mut tracer);
         report(&mut RootVisitor {
-            sink: &mut |lo, hi| tracer.push_range(lo, hi),
+            sink: &mut |root| {
+                tracer.push_root(root);
+            },
         });
         tracer.drain();
         drop(tracer);
@@ -488,6 +487,12 @@ fn sweep_condemned(glue: Glue) -> Swept {
         swept.objects += dead.len();
         swept.bytes += dead.len() * size;
     });
+    // Freed heap blocks keep their bytes, and a conservative scan reads a free block that a
+    // stale word still points at: left in the list's buffer, these slot addresses would keep
+    // the objects later allocated there alive.
+    dead.clear();
+    dead.spare_capacity_mut()
+        .fill(core::mem::MaybeUninit::new(core::ptr::null_mut()));
     swept.took = began.elapsed();
     swept
 }
@@ -539,8 +544,22 @@ impl Tracer {
         }
     }
 
-    fn push_range(&mut self, lo: usize, hi: usize) {
-        self.marker.push_range(lo, hi);
+    /// Schedules a root for marking; returns the bytes it adds to the cycle's root count (a
+    /// block counts once, when this root is the first to reach it).
+    fn push_root(&mut self, root: Root) -> usize {
+        match root {
+            Root::Range(lo, hi) => {
+                self.marker.push_range(lo, hi);
+                hi.saturating_sub(lo)
+            }
+            Root::Block(ptr) => match goro_alloc::find_block(ptr) {
+                Some(block) if !block.is_marked() => {
+                    self.marker.mark_word(ptr);
+                    block.size
+                }
+                _ => 0,
+            },
+        }
     }
 
     fn drain(&mut self) {
@@ -612,7 +631,9 @@ impl Marker {
             // SAFETY: the range was reported as readable root memory, or is an allocated block
             // of goro's heap (arena memory is never unmapped).
             let word = unsafe { read_word(at as *const usize) };
-            self.mark_word(word);
+            if goro_alloc::may_be_heap(word) {
+                self.mark_word(word);
+            }
             at += WORD;
         }
     }

@@ -42,7 +42,16 @@ pub unsafe trait Mutators: Sync {
 
 /// Receives root memory from [`Mutators::roots`].
 pub struct RootVisitor<'a> {
-    pub(crate) sink: &'a mut dyn FnMut(usize, usize),
+    pub(crate) sink: &'a mut dyn FnMut(Root),
+}
+
+/// One root as [`RootVisitor`] hands it to the marker.
+pub(crate) enum Root {
+    /// Memory outside the heap (or a part of a block) to scan conservatively: `[lo, hi)`.
+    Range(usize, usize),
+    /// A heap block the runtime owns, kept alive and scanned whole, once per cycle however
+    /// many roots and heap words reach it.
+    Block(usize),
 }
 
 impl RootVisitor<'_> {
@@ -52,15 +61,14 @@ impl RootVisitor<'_> {
     /// # Safety
     /// May be called only if `[lo, hi)` is mapped and readable for the whole cycle.
     pub unsafe fn range(&mut self, lo: *const u8, hi: *const u8) {
-        (self.sink)(lo as usize, hi as usize);
+        (self.sink)(Root::Range(lo as usize, hi as usize));
     }
 
-    /// Scans the heap block that contains `ptr` (e.g. a G struct) conservatively, whole.
+    /// Keeps the heap block that contains `ptr` (e.g. a G struct) alive and scans it
+    /// conservatively, whole. A block reached both from here and from other roots is scanned
+    /// once.
     pub fn block(&mut self, ptr: *const u8) {
-        if let Some(block) = goro_alloc::find_block(ptr as usize) {
-            let start = block.start as usize;
-            (self.sink)(start, start + block.size);
-        }
+        (self.sink)(Root::Block(ptr as usize));
     }
 }
 
