@@ -423,6 +423,12 @@ impl GcSpan {
     pub fn len(&self) -> usize {
         self.len
     }
+    /// Whether the span holds one large object (above 32 KiB) rather than size-class slots.
+    #[inline]
+    pub fn is_large(&self) -> bool {
+        // Acquire: pairs with the Release in `mheap::publish`.
+        self.span.state.load(Ordering::Acquire) == STATE_LARGE
+    }
     /// Whether the span has no slots (never true for an in-use span).
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -467,6 +473,31 @@ impl GcSpan {
         unsafe { mcache::free_chain(self.span, first, last, slots.len()) };
     }
 
+    /// Frees the given slots of this small span as [`free_slots`](GcSpan::free_slots) does, but
+    /// takes no lock and allocates nothing: the collector frees dead objects so while every
+    /// other thread is stopped where it stood, possibly inside the allocator. A span its owner
+    /// let go of stays unlisted until [`relist_freed_gc_spans`] runs. False, freeing nothing,
+    /// for a large span: its pages go back to the page heap under the heap's lock.
+    ///
+    /// # Safety
+    /// As [`free_slots`](GcSpan::free_slots).
+    pub unsafe fn free_slots_lock_free(&self, slots: &[*mut u8]) -> bool {
+        let (Some(&first), Some(&last)) = (slots.first(), slots.last()) else {
+            return true;
+        };
+        if self.span.state.load(Ordering::Acquire) != STATE_SMALL {
+            return false;
+        }
+        for pair in slots.windows(2) {
+            // SAFETY: the slots are dead and ours (caller); word 0 is the free-list link.
+            unsafe { (pair[0] as *mut usize).write(pair[1] as usize) };
+        }
+        // SAFETY: the chain links exactly `slots`, all allocated slots of this small span. A
+        // detached span is left for `relist_freed_gc_spans`.
+        unsafe { mcache::push_chain(self.span, first, last, slots.len()) };
+        true
+    }
+
     /// Whether slot `i`'s mark bit is set (false when `i >= len`).
     #[inline]
     pub fn is_marked(&self, i: usize) -> bool {
@@ -499,6 +530,13 @@ pub fn for_each_gc_span(mut f: impl FnMut(GcSpan)) {
             }
         }
     });
+}
+
+/// Lists again, for allocation, every Gc span that [`GcSpan::free_slots_lock_free`] gave free
+/// slots while its owner had let go of it. Takes the central lists' locks: call it once the
+/// stopped threads run again.
+pub fn relist_freed_gc_spans() {
+    mcache::reclaim_detached_gc_spans();
 }
 
 /// The heap's counters, like Go's `runtime.ReadMemStats` but without stopping anything: this

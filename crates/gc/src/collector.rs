@@ -272,8 +272,8 @@ pub(crate) fn sweep(job: Sweep) {
             sweep: inline.took + began.elapsed(),
             live_bytes: marked.census.live_bytes,
             live_objects: marked.census.live_objects,
-            freed_bytes: inline.bytes + swept.bytes,
-            freed_objects: inline.objects + swept.objects,
+            freed_bytes: marked.census.freed.bytes + inline.bytes + swept.bytes,
+            freed_objects: marked.census.freed.objects + inline.objects + swept.objects,
             roots: marked.roots,
             procs,
             began: requested,
@@ -317,6 +317,7 @@ pub unsafe fn retire(
         drop(tracer);
         condemn(true);
     });
+    goro_alloc::relist_freed_gc_spans();
     list_immortals();
     pacer::cycle_done(0, 0);
     // The objects left behind are dropped on the sweeper thread; a drop that waits for a lock an
@@ -373,45 +374,92 @@ fn header(span: GcSpan, slot: *mut u8) -> usize {
     header_cell(span, slot).load(Ordering::Acquire)
 }
 
-/// Live and condemned objects, as counted by [`condemn`].
+/// Live, freed and condemned objects, as counted by [`condemn`].
 #[derive(Default)]
 struct Census {
     live_bytes: usize,
     live_objects: usize,
+    /// Dead objects without drop glue, freed at once.
+    freed: Swept,
     /// Condemned objects whose type has drop glue (dropped on the sweeper thread).
     with_glue: usize,
 }
 
-/// Step 3: flags every allocated, unmarked, mortal object [`CONDEMNED`]; with `immortalize`,
-/// flags every marked one [`IMMORTAL`]. Runs with the world stopped: no allocation, no lock.
+/// Step 3, one pass over the heap's Gc slots: frees every allocated, unmarked, mortal object
+/// without drop glue in a small span (lock-free, see `GcSpan::free_slots_lock_free`) and flags
+/// the others [`CONDEMNED`] for the sweeps that follow; with `immortalize`, flags every marked
+/// object [`IMMORTAL`]. Runs with the world stopped: no allocation, no lock. Only unmarked
+/// slots' headers are read (a marked slot holds an object), so a group of 64 marked slots
+/// costs one load.
 fn condemn(immortalize: bool) -> Census {
+    let began = Instant::now();
+    let clobber = CLOBBER_FREE.load(Ordering::Relaxed);
     let mut census = Census::default();
     goro_alloc::for_each_gc_span(|span| {
         let size = span.elem_size();
+        let small = !span.is_large();
+        let mut dead = [core::ptr::null_mut(); 64];
         for w in 0..span.len().div_ceil(64) {
-            let marks = span.mark_word(w);
-            for i in 64 * w..(64 * w + 64).min(span.len()) {
-                let slot = span.slot(i);
+            let slots = (span.len() - 64 * w).min(64);
+            let in_span = u64::MAX >> (64 - slots);
+            let marks = span.mark_word(w) & in_span;
+            let marked = marks.count_ones() as usize;
+            census.live_objects += marked;
+            census.live_bytes += marked * size;
+            let mut visit = if immortalize {
+                in_span
+            } else {
+                in_span & !marks
+            };
+            let mut dying = 0;
+            while visit != 0 {
+                let bit = visit.trailing_zeros() as usize;
+                visit &= visit - 1;
+                let slot = span.slot(64 * w + bit);
                 let cell = header_cell(span, slot);
                 let word = cell.load(Ordering::Relaxed);
                 if word == 0 {
                     continue;
                 }
                 debug_assert_eq!(word & CONDEMNED, 0, "an object condemned twice");
-                if marks & (1 << (i % 64)) != 0 || word & IMMORTAL != 0 {
+                if marks & (1 << bit) != 0 {
+                    // Counted above; only `immortalize` visits marked slots.
+                    cell.store(word | IMMORTAL, Ordering::Relaxed);
+                } else if word & IMMORTAL != 0 {
                     census.live_objects += 1;
                     census.live_bytes += size;
                     if immortalize {
                         cell.store(word | IMMORTAL, Ordering::Relaxed);
                     }
-                } else {
+                // SAFETY: a non-zero header was written by `Gc::new` (flags aside).
+                } else if unsafe { vtable_of(word) }.drop.is_some() {
                     cell.store(word | CONDEMNED, Ordering::Relaxed);
-                    // SAFETY: a non-zero header was written by `Gc::new` (flags aside).
-                    census.with_glue += usize::from(unsafe { vtable_of(word) }.drop.is_some());
+                    census.with_glue += 1;
+                } else if small {
+                    if clobber {
+                        poison(slot, size);
+                    }
+                    // Release: the zero is written before the slot is on a free list again.
+                    cell.store(0, Ordering::Release);
+                    dead[dying] = slot;
+                    dying += 1;
+                } else {
+                    // A large span's pages go back under the page heap's lock: freed by the
+                    // collecting thread's sweep, once the world runs.
+                    cell.store(word | CONDEMNED, Ordering::Relaxed);
                 }
+            }
+            if dying > 0 {
+                // SAFETY: distinct dead slots of this small span, headers zeroed, unreachable
+                // (nothing the marker could see points at them, and every thread is stopped).
+                let freed = unsafe { span.free_slots_lock_free(&dead[..dying]) };
+                debug_assert!(freed, "a small span's slots are freed lock-free");
+                census.freed.objects += dying;
+                census.freed.bytes += dying * size;
             }
         }
     });
+    census.freed.took = began.elapsed();
     census
 }
 
@@ -426,22 +474,31 @@ pub(crate) struct Swept {
 /// What [`sweep_condemned`] does with condemned objects that have drop glue.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Glue {
-    /// Leave them condemned, for the sweeper thread (the collecting thread's pass).
+    /// Leave them condemned, for the sweeper thread (the collecting thread's pass, which also
+    /// relists the spans `condemn` freed slots of while their owners had let go of them).
     Defer,
     /// Drop them (the sweeper thread's pass).
     Run,
 }
 
-/// Frees condemned objects, span by span, with the world going: every one without drop glue,
-/// and with [`Glue::Run`] the others too, after dropping them. Marked slots are skipped by their
-/// mark bits (valid until the next cycle, which cannot start before the sweep ends); only an
-/// unmarked slot's header is read.
+/// Frees condemned objects, span by span, with the world going: with [`Glue::Defer`] those
+/// without drop glue (only large spans still hold such, see [`condemn`]), with [`Glue::Run`]
+/// every one, after dropping it. Marked slots are skipped by their mark bits (valid until the
+/// next cycle, which cannot start before the sweep ends); only an unmarked slot's header is
+/// read.
 fn sweep_condemned(glue: Glue) -> Swept {
     let began = Instant::now();
+    if glue == Glue::Defer {
+        goro_alloc::relist_freed_gc_spans();
+    }
     let mut swept = Swept::default();
     let mut dead: Vec<*mut u8> = Vec::new();
     let clobber = CLOBBER_FREE.load(Ordering::Relaxed);
     goro_alloc::for_each_gc_span(|span| {
+        if glue == Glue::Defer && !span.is_large() {
+            // `condemn` freed the small spans' dead objects without drop glue already.
+            return;
+        }
         let size = span.elem_size();
         dead.clear();
         for w in 0..span.len().div_ceil(64) {
