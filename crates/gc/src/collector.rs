@@ -590,13 +590,21 @@ pub(crate) enum Work {
 /// The marking state behind a [`Tracer`].
 pub(crate) struct Marker {
     work: WorkStack,
+    /// Words the conservative scan marked from lately, direct-mapped by address: stacks repeat
+    /// the same few pointers (the goroutine's G, the channel it waits on) from frame to frame,
+    /// and a repeat needs no second lookup (the world is stopped, so the answer is the same).
+    recent: [usize; RECENT_WORDS],
 }
+
+/// Entries of [`Marker::recent`].
+const RECENT_WORDS: usize = 64;
 
 impl Tracer {
     fn new() -> Tracer {
         Tracer {
             marker: Marker {
                 work: WorkStack::new(),
+                recent: [0; RECENT_WORDS],
             },
         }
     }
@@ -689,7 +697,11 @@ impl Marker {
             // of goro's heap (arena memory is never unmapped).
             let word = unsafe { read_word(at as *const usize) };
             if goro_alloc::may_be_heap(word) {
-                self.mark_word(word);
+                let seen = &mut self.recent[(word / WORD) % RECENT_WORDS];
+                if *seen != word {
+                    *seen = word;
+                    self.mark_word(word);
+                }
             }
             at += WORD;
         }
