@@ -95,6 +95,8 @@ pub use mheap::scavenger_thread_id;
 pub const PAGE_SIZE: usize = 8192;
 /// Bytes per arena: the unit of address space reserved from the OS.
 pub const ARENA_SIZE: usize = 64 << 20;
+/// The most slots a span holds ([`GcSpan::len`] never exceeds it).
+pub const MAX_SPAN_SLOTS: usize = MAX_OBJECTS;
 
 /// Which allocator interface a span serves.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

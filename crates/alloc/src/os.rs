@@ -95,14 +95,22 @@ pub(crate) fn spawn_detached(
     true
 }
 
-/// Sleeps for `ms` milliseconds.
+/// Sleeps for `ms` milliseconds, however many signals arrive meanwhile: a collection stops every
+/// thread with a signal, which cuts `nanosleep` short, and a scavenger woken after every cycle
+/// would return the spans the cycle just emptied to the page heap before anyone reuses them.
 pub(crate) fn sleep_ms(ms: u64) {
-    let ts = libc::timespec {
+    let mut left = libc::timespec {
         tv_sec: (ms / 1000) as libc::time_t,
         tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
     };
-    // SAFETY: `ts` is a valid timespec; a null remainder is allowed.
-    unsafe { libc::nanosleep(&ts, core::ptr::null_mut()) };
+    loop {
+        let asked = left;
+        // SAFETY: both are valid timespecs; the kernel writes the time left into `left`.
+        if unsafe { libc::nanosleep(&asked, &mut left) } == 0 {
+            return;
+        }
+        // Only EINTR is possible with valid arguments: sleep on for what is left.
+    }
 }
 
 /// Registers fork handlers (`pthread_atfork`). Returns false on failure.

@@ -613,3 +613,34 @@ fn flush_thread_cache_gives_binned_slots_back_while_the_thread_lives() {
         d(p as *mut u8, 88, 8);
     }
 }
+
+#[test]
+fn sleep_ms_sleeps_its_whole_time_through_signals() {
+    extern "C" fn ignore(_: libc::c_int) {}
+    // SAFETY: installs a handler that does nothing, without SA_RESTART (as goro's stop signal
+    // is installed), for a signal nothing else in this test binary uses.
+    unsafe {
+        let mut action: libc::sigaction = core::mem::zeroed();
+        action.sa_sigaction = ignore as extern "C" fn(libc::c_int) as usize;
+        libc::sigaction(libc::SIGURG, &action, core::ptr::null_mut());
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sleeper = std::thread::spawn(move || {
+        // SAFETY: pthread_self has no preconditions.
+        tx.send(unsafe { libc::pthread_self() }).unwrap();
+        let began = std::time::Instant::now();
+        os::sleep_ms(300);
+        began.elapsed()
+    });
+    let thread = rx.recv().unwrap();
+    for _ in 0..10 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        // SAFETY: the sleeper has not been joined, so its handle is valid.
+        unsafe { libc::pthread_kill(thread, libc::SIGURG) };
+    }
+    let slept = sleeper.join().unwrap();
+    assert!(
+        slept >= std::time::Duration::from_millis(300),
+        "slept only {slept:?}"
+    );
+}

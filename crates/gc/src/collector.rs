@@ -398,7 +398,10 @@ fn condemn(immortalize: bool) -> Census {
     goro_alloc::for_each_gc_span(|span| {
         let size = span.elem_size();
         let small = !span.is_large();
-        let mut dead = [core::ptr::null_mut(); 64];
+        // One chain per span, in address order: the allocator hands the slots out in the order
+        // they are chained, and ascending addresses keep its next allocations in cache.
+        let mut dead = [core::ptr::null_mut(); goro_alloc::MAX_SPAN_SLOTS];
+        let mut dying = 0;
         for w in 0..span.len().div_ceil(64) {
             let slots = (span.len() - 64 * w).min(64);
             let in_span = u64::MAX >> (64 - slots);
@@ -411,7 +414,6 @@ fn condemn(immortalize: bool) -> Census {
             } else {
                 in_span & !marks
             };
-            let mut dying = 0;
             while visit != 0 {
                 let bit = visit.trailing_zeros() as usize;
                 visit &= visit - 1;
@@ -449,14 +451,19 @@ fn condemn(immortalize: bool) -> Census {
                     cell.store(word | CONDEMNED, Ordering::Relaxed);
                 }
             }
-            if dying > 0 {
-                // SAFETY: distinct dead slots of this small span, headers zeroed, unreachable
-                // (nothing the marker could see points at them, and every thread is stopped).
-                let freed = unsafe { span.free_slots_lock_free(&dead[..dying]) };
-                debug_assert!(freed, "a small span's slots are freed lock-free");
-                census.freed.objects += dying;
-                census.freed.bytes += dying * size;
-            }
+        }
+        if dying > 0 {
+            // SAFETY: distinct dead slots of this small span, headers zeroed, unreachable
+            // (nothing the marker could see points at them, and every thread is stopped).
+            let freed = unsafe { span.free_slots_lock_free(&dead[..dying]) };
+            debug_assert!(freed, "a small span's slots are freed lock-free");
+            census.freed.objects += dying;
+            census.freed.bytes += dying * size;
+            // This frame's bytes stay on the collecting thread's stack, which the next cycle
+            // scans: left there, the slot addresses would keep the objects allocated in those
+            // slots meanwhile alive (black_box keeps the stores from being elided).
+            dead[..dying].fill(core::ptr::null_mut());
+            std::hint::black_box(&dead);
         }
     });
     census.freed.took = began.elapsed();

@@ -289,3 +289,28 @@ fn gc_new_outside_a_runtime_panics_with_the_reason() {
         "{message}"
     );
 }
+
+#[test]
+fn dead_objects_without_drop_glue_are_freed_and_their_slots_reused() {
+    let _serial = setup();
+    #[derive(Trace)]
+    #[trace(crate = "goro_gc")]
+    struct Leaf {
+        value: u64,
+    }
+    let before = goro_alloc::stats().gc_spans_inuse_bytes;
+    let mut sum = 0;
+    for _ in 0..20 {
+        for i in 0..50_000 {
+            sum += std::hint::black_box(Gc::new(Leaf { value: i })).value;
+        }
+        goro_gc::collect();
+    }
+    assert_eq!(sum, 20 * (50_000 * 49_999 / 2));
+    // 1,000,000 leaves of 16 bytes were made, 50,000 at a time: the spans in use grow by about
+    // one round's worth when freed slots are reused, by sixteen megabytes when they are not.
+    let grown = goro_alloc::stats()
+        .gc_spans_inuse_bytes
+        .saturating_sub(before);
+    assert!(grown < 4 << 20, "Gc spans in use grew by {grown} bytes");
+}
