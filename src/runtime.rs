@@ -32,6 +32,9 @@ pub const DEFAULT_STACK_SIZE: usize = 1 << 20;
 const MIN_STACK_SIZE: usize = 16 << 10;
 const MAX_STACK_SIZE: usize = 1 << 30;
 const MAX_PROCS: usize = goro_sched::MAX_PROCS;
+/// What `GORO_MAX_PROCS` must hold.
+const PROCS_EXPECTED: &str = "a number of Ps from 1 to 256, e.g. 4";
+const _: () = assert!(MAX_PROCS == 256, "PROCS_EXPECTED names the bound");
 
 static RUN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -41,6 +44,7 @@ static RUN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// # Panics
 /// Panics with the reason if the runtime cannot start (see [`BuildError`]), and with the main
 /// goroutine's panic if it panicked.
+#[track_caller]
 pub fn run<R, F>(main: F) -> R
 where
     F: FnOnce() -> R + Send + 'static,
@@ -281,13 +285,20 @@ impl Builder {
             return Err(BuildError::NotGoroAllocator);
         }
         let max_procs = match self.max_procs {
-            Some(n) => n,
-            None => env_parse("GORO_MAX_PROCS", "a number of Ps, e.g. 4", parse_usize)?
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            Some(n) if (1..=MAX_PROCS).contains(&n) => n,
+            Some(n) => return Err(BuildError::MaxProcs(n)),
+            None => match env_parse("GORO_MAX_PROCS", PROCS_EXPECTED, parse_usize)? {
+                Some(n) if (1..=MAX_PROCS).contains(&n) => n,
+                Some(n) => {
+                    return Err(BuildError::Environment {
+                        name: "GORO_MAX_PROCS",
+                        value: n.to_string(),
+                        expected: PROCS_EXPECTED,
+                    });
+                }
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
         };
-        if !(1..=MAX_PROCS).contains(&max_procs) {
-            return Err(BuildError::MaxProcs(max_procs));
-        }
         let gc_percent = match self.gc_percent {
             Some(p) => p,
             None => {
@@ -419,6 +430,7 @@ impl Runtime {
     /// # Panics
     /// Resumes the main goroutine's panic; panics if it ended with `goro::exit()`, or if called
     /// from inside a goroutine.
+    #[track_caller]
     pub fn run<R, F>(&self, main: F) -> R
     where
         F: FnOnce() -> R + Send + 'static,

@@ -228,3 +228,64 @@ fn a_spawned_and_joined_goroutine_reuses_its_g_and_stack_and_allocates_one_task(
         "spans grew from {spans_before} to {spans_after} over {N} spawn-and-join cycles"
     );
 }
+
+/// Set in the child process of `an_out_of_range_goro_max_procs_is_named_in_the_error`.
+const MAX_PROCS_CHILD: &str = "GORO_TEST_MAX_PROCS_CHILD";
+
+#[test]
+fn an_out_of_range_goro_max_procs_is_named_in_the_error() {
+    if std::env::var_os(MAX_PROCS_CHILD).is_some() {
+        let error = Runtime::builder().build().unwrap_err();
+        println!("error: {error}");
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "an_out_of_range_goro_max_procs_is_named_in_the_error",
+            "--nocapture",
+        ])
+        .env(MAX_PROCS_CHILD, "1")
+        .env("GORO_MAX_PROCS", "0")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "error: cannot parse GORO_MAX_PROCS=\"0\": expected a number of Ps from 1 to 256"
+        ),
+        "stdout: {stdout}"
+    );
+}
+
+/// Where the panics `f` raises are reported (file, line), through a panic hook.
+fn panic_location(f: impl FnOnce() + std::panic::UnwindSafe) -> (String, u32) {
+    static WHERE: std::sync::Mutex<Option<(String, u32)>> = std::sync::Mutex::new(None);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().expect("a panic location");
+        *WHERE.lock().unwrap() = Some((location.file().to_string(), location.line()));
+    }));
+    let outcome = std::panic::catch_unwind(f);
+    std::panic::set_hook(previous);
+    assert!(outcome.is_err(), "no panic");
+    WHERE.lock().unwrap().take().expect("the hook ran")
+}
+
+#[test]
+fn panics_on_bad_use_point_at_the_callers_line() {
+    let _serial = serial();
+    let line = line!() + 2;
+    let (file, at) = panic_location(|| {
+        std::hint::black_box(goro::Gc::new(1u8));
+    });
+    assert_eq!((file.as_str(), at), ("tests/runtime.rs", line));
+    let line = line!() + 1;
+    let (file, at) = panic_location(|| goro::gc::collect());
+    assert_eq!((file.as_str(), at), ("tests/runtime.rs", line));
+    let cell = goro::gc::GcCell::new(1u32);
+    let _reading = cell.borrow();
+    let line = line!() + 1;
+    let (file, at) = panic_location(std::panic::AssertUnwindSafe(|| cell.set(2)));
+    assert_eq!((file.as_str(), at), ("tests/runtime.rs", line));
+}

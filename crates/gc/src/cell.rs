@@ -64,6 +64,7 @@ impl<T> GcCell<T> {
     ///
     /// # Panics
     /// Panics if the cell is borrowed.
+    #[track_caller]
     pub fn replace(&self, value: T) -> T {
         core::mem::replace(&mut *self.borrow_mut(), value)
     }
@@ -72,6 +73,7 @@ impl<T> GcCell<T> {
     ///
     /// # Panics
     /// Panics if the cell is borrowed.
+    #[track_caller]
     pub fn set(&self, value: T) {
         drop(self.replace(value));
     }
@@ -87,6 +89,7 @@ impl<T: Copy> GcCell<T> {
     ///
     /// # Panics
     /// Panics if the cell is mutably borrowed.
+    #[track_caller]
     pub fn get(&self) -> T {
         *self.borrow()
     }
@@ -97,6 +100,7 @@ impl<T: Default> GcCell<T> {
     ///
     /// # Panics
     /// Panics if the cell is borrowed.
+    #[track_caller]
     pub fn take(&self) -> T {
         self.replace(T::default())
     }

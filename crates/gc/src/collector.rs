@@ -62,6 +62,7 @@ pub fn set_clobber_free(on: bool) {
 
 /// Allocates a slot for a new object: the allocation half of `Gc::new`.
 #[inline]
+#[track_caller]
 pub(crate) fn allocate(request: usize, align: usize, slot: usize) -> *mut u8 {
     if roots::current().is_none() {
         not_in_a_runtime();
@@ -83,6 +84,7 @@ pub(crate) fn allocate(request: usize, align: usize, slot: usize) -> *mut u8 {
 
 #[cold]
 #[inline(never)]
+#[track_caller]
 fn not_in_a_runtime() -> ! {
     panic!("Gc::new called outside a goro runtime: start one with goro::run(|| ...)");
 }
@@ -127,6 +129,7 @@ const SWEEP_WAIT: Duration = Duration::from_millis(10);
 ///
 /// # Panics
 /// Panics when called while no goro runtime runs.
+#[track_caller]
 pub fn collect() {
     let Some(mutators) = roots::current() else {
         panic!("goro::gc::collect called outside a goro runtime: start one with goro::run");

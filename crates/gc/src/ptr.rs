@@ -38,6 +38,7 @@ impl<T: Trace + Send + 'static> Gc<T> {
     /// # Panics
     /// Panics when called while no goro runtime runs.
     #[inline]
+    #[track_caller]
     pub fn new(value: T) -> Gc<T> {
         let slot = collector::allocate(Layout::<T>::REQUEST, Layout::<T>::ALIGN, Layout::<T>::SLOT);
         // Over-aligned types may get a larger class than `gc_slot_size` says (the first class

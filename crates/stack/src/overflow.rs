@@ -250,7 +250,10 @@ fn report_overflow(hit: &slot::GuardHit, addr: usize) -> ! {
     w.hex(hit.limit);
     w.str(", ");
     w.hex(hit.top);
-    w.str("]\n");
+    w.str(
+        "]\n\nA goroutine's stack is its slot (goro::Builder::stack_size) plus the segments that\n",
+    );
+    w.str("goro::stack::maybe_grow adds around deep code (up to Builder::max_stack_size).\n");
     w.write_stderr();
     // SAFETY: _exit is async-signal-safe and never returns.
     unsafe { libc::_exit(2) }
@@ -258,14 +261,14 @@ fn report_overflow(hit: &slot::GuardHit, addr: usize) -> ! {
 
 /// A fixed buffer for formatting in a signal handler (no allocation, no `fmt` machinery).
 struct Line {
-    buf: [u8; 256],
+    buf: [u8; 512],
     len: usize,
 }
 
 impl Line {
     fn new() -> Line {
         Line {
-            buf: [0; 256],
+            buf: [0; 512],
             len: 0,
         }
     }

@@ -77,6 +77,10 @@ fn unbounded_recursion_reports_go_style_overflow() {
         ),
         "stderr: {stderr}"
     );
+    assert!(
+        stderr.contains("goro::Builder::stack_size") && stderr.contains("goro::stack::maybe_grow"),
+        "the message says how to get more stack: {stderr}"
+    );
     assert_eq!(out.status.code(), Some(2), "exit status {:?}", out.status);
 }
 
