@@ -222,29 +222,34 @@ pub(crate) fn record(report: &CycleReport) {
     stats.roots_scanned = report.roots;
     stats.total_freed += report.freed_bytes as u64;
     stats.freed_objects += report.freed_objects as u64;
-    if TRACE.load(Ordering::Relaxed) {
-        let elapsed = report.began.duration_since(started) + pause + report.sweep;
-        let share = 100.0 * counters.busy.as_secs_f64() / elapsed.as_secs_f64().max(1e-9);
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let mb = |b: usize| b >> 20;
-        eprintln!(
-            "gc {} @{:.3}s {:.0}%: {:.3}+{:.3}+{:.3} ms clock, {}->{}->{} MB, {} MB goal, \
-             {} MB stacks, 0 MB globals, {} P{}",
-            counters.stats.cycles,
-            elapsed.as_secs_f64(),
-            share,
-            ms(report.stop),
-            ms(report.mark),
-            ms(report.sweep),
-            mb(report.heap_before),
-            mb(report.heap_before),
-            mb(report.live_bytes),
-            mb(pacer::goal()),
-            mb(report.roots),
-            report.procs,
-            if report.forced { " (forced)" } else { "" },
-        );
+    if !TRACE.load(Ordering::Relaxed) {
+        return;
     }
+    let elapsed = report.began.duration_since(started) + pause + report.sweep;
+    let share = 100.0 * counters.busy.as_secs_f64() / elapsed.as_secs_f64().max(1e-9);
+    let cycles = counters.stats.cycles;
+    // Printed after the counters' lock is released: a thread that holds stderr's lock and then
+    // reads `stats()` would otherwise wait for us while we wait for it.
+    drop(counters);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mb = |b: usize| b >> 20;
+    eprintln!(
+        "gc {} @{:.3}s {:.0}%: {:.3}+{:.3}+{:.3} ms clock, {}->{}->{} MB, {} MB goal, \
+         {} MB stacks, 0 MB globals, {} P{}",
+        cycles,
+        elapsed.as_secs_f64(),
+        share,
+        ms(report.stop),
+        ms(report.mark),
+        ms(report.sweep),
+        mb(report.heap_before),
+        mb(report.heap_before),
+        mb(report.live_bytes),
+        mb(pacer::goal()),
+        mb(report.roots),
+        report.procs,
+        if report.forced { " (forced)" } else { "" },
+    );
 }
 
 #[cfg(test)]
