@@ -10,13 +10,50 @@ use core::ptr::NonNull;
 
 /// A pointer to a `T` in the collected heap: Go's `*T`.
 ///
-/// `Gc<T>` is `Copy`: copies are free and need no bookkeeping. The object lives as long as any
-/// `Gc` to it is reachable from a goroutine (its stack, its registers, a `Box` or `Vec` it owns, a
-/// field of another reachable object); after that the collector drops it. Objects are immutable
-/// through a `Gc` except through [`GcCell`](crate::GcCell) fields.
+/// `Gc<T>` is `Copy`: copies are free and need no bookkeeping. Objects are immutable through a
+/// `Gc` except through [`GcCell`](crate::GcCell) fields. [`Gc::new`] works on any thread of the
+/// process while a goro runtime runs, since a collection stops and scans every thread.
 ///
-/// `Gc::new` may only be called on a goroutine (or a goro scheduler thread): the collector must be
-/// able to find the new pointer, and it scans only what the runtime owns.
+/// # How objects are released
+///
+/// There is no `free` and no reference count. Because `Gc` is `Copy`, `drop(gc)`, or a `Gc`
+/// going out of scope, releases nothing: it ends one copy, and no copy knows of the others. An
+/// object is freed by a *later collection* that finds its address in no reachable place:
+///
+/// - the stack or the registers of a goroutine, or of any thread of the process (the main
+///   thread, `std::thread`s and threads started by C libraries too), or a thread's
+///   `thread_local!`s;
+/// - a `static`;
+/// - a heap block reachable from those: a `Box`, the buffer of a `Vec` or `HashMap`, a
+///   channel's buffer, the closure of a goroutine that has not started yet;
+/// - a field of another object that is itself reachable.
+///
+/// So to release a graph, make it unreachable: let the locals that hold its `Gc`s go out of
+/// scope, clear or drop the collections that hold them, and overwrite the
+/// [`GcCell`](crate::GcCell) fields of objects you keep that point into it (set them to `None`,
+/// say). Cycles need nothing more: objects that point at each other but are reached from no
+/// root are freed together.
+///
+/// *When*: a collection starts at an allocation once the collected heap has grown by GOGC
+/// percent over what the last one found live ([`set_percent`](crate::set_percent); a negative
+/// percent turns that off), or at once on [`collect`](crate::collect), which returns when the
+/// objects it found dead are dropped and freed.
+///
+/// *Not sooner, maybe later*: stacks, registers, thread-locals, statics and ordinary heap blocks
+/// are scanned conservatively, word by word, so any word that happens to hold an object's
+/// address (a stale local, an integer) keeps the object alive for that collection. A collection
+/// never frees an object early (docs/soundness.md argues each route), but no particular
+/// collection is promised to free it. Objects still reachable when the runtime ends (when
+/// `goro::run` returns) are never freed afterwards. [`keep_alive`](crate::keep_alive) keeps an
+/// object reachable up to a point of the caller's choosing.
+///
+/// *Where the drop runs*: the objects of a type with drop glue (one that owns a `String`, a
+/// `Vec`, a `Box`, ...) are dropped on the collector's sweeper thread (`goro-sweeper`), after the
+/// stopped threads have resumed, not on a thread that made or used them (one reason a `Gc<T>`
+/// is `Send` only if `T` is). The others are freed without a call. Dead objects are dropped in
+/// no particular order, and no drop dereferences another `Gc`: `#[derive(Trace)]` rejects a type
+/// that implements `Drop`, and a hand-written [`Trace`] impl promises as much. A drop that
+/// panics aborts the process.
 pub struct Gc<T: ?Sized> {
     ptr: NonNull<T>,
 }

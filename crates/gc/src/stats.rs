@@ -1,6 +1,11 @@
 //! Collector statistics (`goro::gc::stats()`) and the gctrace line.
+//!
+//! [`GcStats`] prints itself for people (`Display`): byte counts in binary units (B, KiB, MiB,
+//! GiB, TiB, one decimal), pauses in milliseconds, GOGC `off` when negative and the memory limit
+//! `none` when unset (`usize::MAX`), as Go's `GOGC=off` and `GOMEMLIMIT=off` read.
 
 use crate::pacer;
+use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -17,7 +22,7 @@ pub struct GcStats {
     pub forced_cycles: u64,
     /// Total stop-the-world time (Go's `PauseTotalNs`).
     pub pause_total: Duration,
-    /// The most recent pauses, oldest first, at most [`PAUSE_HISTORY`].
+    /// The most recent pauses, oldest first, at most `PAUSE_HISTORY` (256).
     pub pauses: Vec<Duration>,
     /// Gc bytes found live by the last cycle.
     pub heap_live: usize,
@@ -43,6 +48,95 @@ impl GcStats {
     /// The most recent pause, if any cycle ran.
     pub fn last_pause(&self) -> Option<Duration> {
         self.pauses.last().copied()
+    }
+}
+
+/// A byte count in binary units, for people: `512 B`, `1.5 KiB`, `64.0 MiB`.
+struct Bytes(usize);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+        if self.0 < 1024 {
+            return write!(f, "{} B", self.0);
+        }
+        // The largest unit that keeps the number at least 1 (TiB at most).
+        let step = ((usize::BITS - 1 - self.0.leading_zeros()) / 10).min(4) as usize;
+        let value = self.0 as f64 / (1u64 << (10 * step)) as f64;
+        write!(f, "{value:.1} {}", UNITS[step - 1])
+    }
+}
+
+/// A duration in milliseconds with microsecond digits, as gctrace prints them: `0.350 ms`.
+struct Millis(Duration);
+
+impl fmt::Display for Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.3} ms", self.0.as_secs_f64() * 1e3)
+    }
+}
+
+/// Four lines: the cycles and their pauses, the heap, what all cycles freed, the settings.
+///
+/// ```text
+/// gc: 12 cycles (3 forced); pauses 4.210 ms in total, the last 0.350 ms, the longest of the last 12 0.512 ms
+/// heap: 12.3 MiB now, the next cycle at 16.0 MiB; the last cycle found 4.0 MiB live in 10234 objects and scanned 256.0 KiB of roots
+/// freed: 120.5 MiB in 2000000 objects by all cycles
+/// settings: GOGC=100, memory limit none
+/// ```
+impl fmt::Display for GcStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.last_pause() {
+            None => writeln!(f, "gc: no cycle yet")?,
+            Some(last) => {
+                let longest = self.pauses.iter().max().copied().unwrap_or(last);
+                writeln!(
+                    f,
+                    "gc: {} cycles ({} forced); pauses {} in total, the last {}, the longest of \
+                     the last {} {}",
+                    self.cycles,
+                    self.forced_cycles,
+                    Millis(self.pause_total),
+                    Millis(last),
+                    self.pauses.len(),
+                    Millis(longest),
+                )?;
+            }
+        }
+        write!(
+            f,
+            "heap: {} now, the next cycle at {}",
+            Bytes(self.heap_alloc),
+            Bytes(self.heap_goal),
+        )?;
+        if self.cycles > 0 {
+            write!(
+                f,
+                "; the last cycle found {} live in {} objects and scanned {} of roots",
+                Bytes(self.heap_live),
+                self.live_objects,
+                Bytes(self.roots_scanned),
+            )?;
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "freed: {} in {} objects by all cycles",
+            Bytes(usize::try_from(self.total_freed).unwrap_or(usize::MAX)),
+            self.freed_objects,
+        )?;
+        f.write_str("settings: GOGC=")?;
+        if self.percent < 0 {
+            f.write_str("off")?;
+        } else {
+            write!(f, "{}", self.percent)?;
+        }
+        f.write_str(", memory limit ")?;
+        if self.memory_limit == usize::MAX {
+            f.write_str("none")
+        } else {
+            write!(f, "{}", Bytes(self.memory_limit))
+        }
     }
 }
 
@@ -128,27 +222,116 @@ pub(crate) fn record(report: &CycleReport) {
     stats.roots_scanned = report.roots;
     stats.total_freed += report.freed_bytes as u64;
     stats.freed_objects += report.freed_objects as u64;
-    if TRACE.load(Ordering::Relaxed) {
-        let elapsed = report.began.duration_since(started) + pause + report.sweep;
-        let share = 100.0 * counters.busy.as_secs_f64() / elapsed.as_secs_f64().max(1e-9);
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let mb = |b: usize| b >> 20;
-        eprintln!(
-            "gc {} @{:.3}s {:.0}%: {:.3}+{:.3}+{:.3} ms clock, {}->{}->{} MB, {} MB goal, \
-             {} MB stacks, 0 MB globals, {} P{}",
-            counters.stats.cycles,
-            elapsed.as_secs_f64(),
-            share,
-            ms(report.stop),
-            ms(report.mark),
-            ms(report.sweep),
-            mb(report.heap_before),
-            mb(report.heap_before),
-            mb(report.live_bytes),
-            mb(pacer::goal()),
-            mb(report.roots),
-            report.procs,
-            if report.forced { " (forced)" } else { "" },
+    if !TRACE.load(Ordering::Relaxed) {
+        return;
+    }
+    let elapsed = report.began.duration_since(started) + pause + report.sweep;
+    let share = 100.0 * counters.busy.as_secs_f64() / elapsed.as_secs_f64().max(1e-9);
+    let cycles = counters.stats.cycles;
+    // Printed after the counters' lock is released: a thread that holds stderr's lock and then
+    // reads `stats()` would otherwise wait for us while we wait for it.
+    drop(counters);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mb = |b: usize| b >> 20;
+    eprintln!(
+        "gc {} @{:.3}s {:.0}%: {:.3}+{:.3}+{:.3} ms clock, {}->{}->{} MB, {} MB goal, \
+         {} MB stacks, 0 MB globals, {} P{}",
+        cycles,
+        elapsed.as_secs_f64(),
+        share,
+        ms(report.stop),
+        ms(report.mark),
+        ms(report.sweep),
+        mb(report.heap_before),
+        mb(report.heap_before),
+        mb(report.live_bytes),
+        mb(pacer::goal()),
+        mb(report.roots),
+        report.procs,
+        if report.forced { " (forced)" } else { "" },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn micros(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    #[test]
+    fn bytes_print_in_binary_units_with_one_decimal() {
+        let shown = |n: usize| Bytes(n).to_string();
+        assert_eq!(shown(0), "0 B");
+        assert_eq!(shown(1023), "1023 B");
+        assert_eq!(shown(1536), "1.5 KiB");
+        assert_eq!(shown(4 << 20), "4.0 MiB");
+        assert_eq!(shown(3 << 30), "3.0 GiB");
+        assert_eq!(shown(usize::MAX), "16777216.0 TiB");
+    }
+
+    #[test]
+    fn pauses_print_in_milliseconds() {
+        assert_eq!(Millis(micros(350)).to_string(), "0.350 ms");
+        assert_eq!(
+            Millis(Duration::from_millis(1234)).to_string(),
+            "1234.000 ms"
         );
+    }
+
+    #[test]
+    fn stats_before_any_cycle_print_the_settings_and_no_pause() {
+        let stats = stats_zero();
+        assert_eq!(
+            stats.to_string(),
+            "gc: no cycle yet\n\
+             heap: 0 B now, the next cycle at 0 B\n\
+             freed: 0 B in 0 objects by all cycles\n\
+             settings: GOGC=100, memory limit none"
+        );
+    }
+
+    #[test]
+    fn stats_after_cycles_print_pauses_heap_and_frees_with_units() {
+        let stats = GcStats {
+            cycles: 12,
+            forced_cycles: 3,
+            pause_total: micros(4210),
+            pauses: vec![micros(200), micros(512), micros(350)],
+            heap_live: 4 << 20,
+            live_objects: 10234,
+            heap_alloc: (12 << 20) + (300 << 10),
+            heap_goal: 16 << 20,
+            roots_scanned: 256 << 10,
+            total_freed: (120 << 20) + (512 << 10),
+            freed_objects: 2_000_000,
+            percent: 100,
+            memory_limit: 512 << 20,
+        };
+        assert_eq!(
+            stats.to_string(),
+            "gc: 12 cycles (3 forced); pauses 4.210 ms in total, the last 0.350 ms, the \
+             longest of the last 3 0.512 ms\n\
+             heap: 12.3 MiB now, the next cycle at 16.0 MiB; the last cycle found 4.0 MiB live \
+             in 10234 objects and scanned 256.0 KiB of roots\n\
+             freed: 120.5 MiB in 2000000 objects by all cycles\n\
+             settings: GOGC=100, memory limit 512.0 MiB"
+        );
+    }
+
+    #[test]
+    fn an_unset_memory_limit_reads_none_and_a_negative_percent_off() {
+        let stats = GcStats {
+            percent: -1,
+            memory_limit: usize::MAX,
+            ..stats_zero()
+        };
+        let text = stats.to_string();
+        assert!(
+            text.ends_with("settings: GOGC=off, memory limit none"),
+            "{text}"
+        );
+        assert!(!text.contains("18446744073709551615"), "{text}");
     }
 }
