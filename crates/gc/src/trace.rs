@@ -64,6 +64,12 @@ use std::sync::Arc;
 /// (`*cell.borrow_mut() = None`), and a collection that ran halfway would trace its members
 /// already freed.
 ///
+/// `trace` itself runs while every other thread of the process is stopped where it stood, on the
+/// collecting thread (a goroutine's M runs it on its scheduler stack): it must only call
+/// `Tracer` methods and read the value. It must not allocate, take a lock, block, print, or
+/// panic: the thread holding the allocator's or the lock's other side may be one of the stopped
+/// ones, which hangs the process, and a panic there aborts it.
+///
 /// A value inside a std container (`Vec`, `HashMap`, ...; see the module docs) is found by a
 /// conservative scan of the container's storage instead of through `trace`: each `Gc` it owns
 /// must also be held as a plain, aligned pointer, in the value itself or in blocks of goro's heap
