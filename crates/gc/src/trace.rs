@@ -68,7 +68,7 @@ use std::sync::Arc;
 /// collecting thread (a goroutine's M runs it on its scheduler stack): it must only call
 /// `Tracer` methods and read the value. It must not allocate, take a lock, block, print, or
 /// panic: the thread holding the allocator's or the lock's other side may be one of the stopped
-/// ones, which hangs the process, and a panic there aborts it.
+/// ones, which hangs the process, and a panic would unwind out of the stopped world.
 ///
 /// A value inside a std container (`Vec`, `HashMap`, ...; see the module docs) is found by a
 /// conservative scan of the container's storage instead of through `trace`: each `Gc` it owns
