@@ -1,4 +1,4 @@
-//! goro-bench: the workloads of DESIGN.md section 6, for goro and its peers.
+//! goro-bench: the workloads of docs/design.md section 6, for goro and its peers.
 //!
 //! Every run prints one final line `RESULT <workload> <impl> key=value ...` with at least
 //! `total_ms` (wall time of the measured part) and `vmhwm_kib` (peak RSS), so that any two
