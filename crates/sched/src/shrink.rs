@@ -96,7 +96,7 @@ impl StashMode {
     /// starts it before it sets the flag, and leaves the flag off where it cannot start, so
     /// the flag on without the trap means the user made the unchecked promise. With
     /// migration on, parks publish nothing and stacks are left alone.
-    pub(crate) fn choose(config: &crate::proc::Config) -> StashMode {
+    pub(crate) fn choose(config: &crate::config::Config) -> StashMode {
         if config.migrate.is_on() || !config.stash_parked_stacks.is_on() {
             StashMode::TrimOnly
         } else if goro_stack::stash_trap_running() {
