@@ -40,7 +40,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 // The files, in layers: each imports only files of the layers above it in this list, so there
-// is no import cycle (see docs/sched.md, "Layering").
+// is no import cycle. (Inherent impls follow the same rule: `runtime2` declares `Locals` and
+// `Segment`, whose behaviour `local` and `grow` add.)
 //
 //   leaves     sync_prims, panic, config, lock (locks, ThreadParker), runq (generic), timer (heap)
 //   per-G      shrink (ParkedStack)

@@ -1,7 +1,104 @@
-//! The scheduler: how an M finds work, runs it and goes idle, and how work is submitted and
-//! idle Ms woken (Go's `proc.go`). The types are in `runtime2`.
+//! The scheduler (Go's `proc.go`): how an M finds work, runs it and goes idle, and how work is
+//! submitted and an idle M woken for it. The types are in `runtime2`; the vocabulary (G, M, P,
+//! g0, the migration rule) is in the crate docs.
 //!
-//! ESSAY-PLACEHOLDER
+//! ```text
+//!   M0 (caller of run)      M1 (thread "goro-m1")        ...
+//!   g0: schedule() loop      g0: schedule() loop
+//!     |  switch  ^             |  switch  ^
+//!     v          | request     v          | request
+//!   G (on its own stack)     G
+//!   P0.runq                  P1.runq          global queue (unstarted Gs only)
+//! ```
+//!
+//! A goroutine returns control to g0 by `switch_to_g0` with a [`Request`] saying why (yield,
+//! park, exit, stop for the collector, run a stop-the-world closure); g0 acts on it in
+//! [`execute`] after the switch, when the goroutine's registers are saved on its stack.
+//!
+//! # Where work goes
+//!
+//! Work reaches an M by one of four doors, and each door names who must be woken:
+//!
+//! 1. **A new goroutine** ([`newproc`] -> [`enqueue_new`]): on an M holding a P it goes to that
+//!    P's lock-free `runq` (a full ring moves its older half to the global queue); from any other
+//!    thread to the global queue. Then [`wake_idle_for_work`]: an idle M is woken only if a P is
+//!    free for it (Go's `npidle` test in `wakep`), and not while another M spins.
+//! 2. **A readied goroutine** ([`ready`]): readied on its own M (which is awake: it is running
+//!    the readier), it goes to `runnext`, and nobody is woken. Otherwise it goes to its home M's
+//!    `ready` queue, and *that* M is woken if it is idle: by the migration rule no other M may
+//!    run it. (With migration on, [`ready_anywhere`] uses the readier's `runnext` or the global
+//!    queue and wakes any M.)
+//! 3. **A timer** (`Sched::add_timer`, `sleep`): [`wake_idle`], so that a sleeping M re-arms its
+//!    sleep for the new deadline.
+//! 4. **A P** (`blocking`, `set_max_procs`, [`release_p`] to a waiting M): the P is handed to an
+//!    M waiting for one under `Sched::pidle`, or an idle M is woken (else a new one started) to
+//!    take it from the free list.
+//!
+//! # How an M goes idle, and why no wake-up is lost
+//!
+//! [`find_runnable`] looks at `runnext`, its queues, the global queue and the other Ps' rings;
+//! then it *spins* ([`spin`]) for up to 20 µs; then it goes idle:
+//!
+//! ```text
+//!   M going idle (find_runnable)               waker (ready, wake_idle, wake_idle_for_work)
+//!   spinning -= 1; fence(SeqCst)         [A]    push work
+//!   idle = true (SeqCst)                 [B]    fence(SeqCst)
+//!   re-check: timers, ready under its lock,     if spinning > 0: done (a spinner looks)   [A]
+//!             global queue, steal               if idle_ps > 0 (new goroutines only)      [C]
+//!   found: idle = false, run it                    for an M: if idle && swap(idle, false):
+//!   release_p (idle_ps += 1 under pidle)   [C]           unpark it                         [B]
+//!   fence(SeqCst); global queue empty?     [C]
+//!   park (with a timeout: earliest timer)
+//!   idle = false
+//! ```
+//!
+//! Three pairs, each a store-buffer (Dekker) pattern: each side writes, fences, then reads what
+//! the other side wrote, so at least one of the two sees the other.
+//!
+//! - **[B] The idle flag: swap and re-check.** The M stores `idle = true` (SeqCst) *before* its
+//!   last look at the queues; a waker pushes *before* it reads `idle`. Either the waker sees the
+//!   flag, or the M's re-check sees the work. The re-check of the `ready` queue takes its lock
+//!   ([`pop_local_exact`], not the lock-free length hint): if the waker's push came first in
+//!   the lock's order the M sees it, and if the M's look came first, its flag store happened
+//!   before the waker's read. The waker *swaps* the flag to false, so of several wakers exactly
+//!   one unparks; it loads first and swaps only if set, so the line of an awake M is not
+//!   written. A wake that comes before the M parks is kept by the parker's token.
+//! - **[A] The spinning count and its fence.** While an M spins, wakers skip the futex: the
+//!   spinner polls its `ready` length every round and the shared queues every 64. A spinner that
+//!   gives up decrements `spinning` and fences before it stores `idle` and re-checks; a waker
+//!   fences after its push and before it reads `spinning`. Either the waker sees the spinner
+//!   (whose re-check, after its fence, sees the push) or it sees no spinner and unparks an idle
+//!   M through [B].
+//! - **[C] The global-queue fence after a P is released.** New goroutines wake an M only if a
+//!   P is free ([`wake_idle_for_work`] reads `idle_ps` after a fence). An M that found nothing
+//!   releases its P (counting it in `idle_ps`), fences, and looks at the global queue once more
+//!   before it sleeps: a goroutine queued there by a thread that read `idle_ps` before the
+//!   release (and so woke nobody) is seen here. A goroutine queued in a P's own ring needs no
+//!   such look: that P's M runs it, and thieves look at every ring.
+//!
+//! An M without a P ([`idle_without_p`]) follows [B] as well: it stores `idle`, re-checks its
+//! `ready` queue (under the lock), the free Ps with runnable work, and the timers, then parks.
+//!
+//! # Rejected designs
+//!
+//! - **Waking an M on every submission.** A futex wake-up costs more than the work of most
+//!   goroutines; a spinning M, or an M whose own goroutine was readied into `runnext`, finds the
+//!   work without one. Hence the spinning count and the `runnext` door.
+//! - **Go's bound on spinners** (at most half the busy Ps spin). Here at most one M per P spins:
+//!   a readied goroutine must run on its own M, so that M itself must be awake to pick it up
+//!   cheaply (a ping-pong between two Ms would otherwise pay a futex wake-up per message
+//!   whenever the other M happens to spin).
+//! - **Sleeping at once, without spinning.** A futex sleep and wake-up costs more than the 20 µs
+//!   spin when work comes back quickly (a ping-pong between Ms, a producer slightly ahead).
+//! - **Waking any idle M for new goroutines while no P is free.** It could not run them; the M
+//!   that frees a P looks at the global queue first ([C]).
+//! - **Taking a P from an M that runs one goroutine too long** (Go's `retake`). The M may be
+//!   inside the runtime using its P; that needs the M to announce where it is (Go's
+//!   `entersyscall`), which `blocking` does and arbitrary code does not. sysmon instead wakes an
+//!   idle M to steal the P's queued goroutines ([`hand_off_queued_work`]).
+//! - **Go's `resetspinning`** (a spinner that finds work wakes another to replace it) is not
+//!   done: work queued meanwhile waits for the next look of some M, and sysmon's hand-off covers
+//!   a P whose queue waits behind a long-running goroutine.
 
 use crate::deadlock::RuntimeThread;
 use crate::grow;
@@ -9,7 +106,7 @@ use crate::local::drop_locals;
 use crate::lock::lock;
 use crate::panic::throw;
 use crate::runtime2::{
-    CURRENT_M, Entry, G, GRef, GStatus, Locals, M, NO_HOME, NO_P, Request, Sched, current_g,
+    CURRENT_M, Entry, G, GRef, GStatus, Locals, M, NO_HOME, NO_P, PIdle, Request, Sched, current_g,
     current_m, current_sched, is_goroutine, switch_to_g0,
 };
 use crate::shrink::{ParkedStack, StashMode};
@@ -159,10 +256,7 @@ fn release_p(m: &M) {
         sched.ps[p].held.store(false, Ordering::Relaxed);
         return;
     }
-    if let Some(waiter) = idle.waiting.pop_front() {
-        let waiter = &sched.ms[waiter];
-        // Release: the next holder sees this holder's writes to the P's queues and caches.
-        waiter.p.store(p, Ordering::Release);
+    if let Some(waiter) = hand_p_locked(sched, &mut idle, p) {
         drop(idle);
         waiter.parker.unpark();
         return;
@@ -170,6 +264,22 @@ fn release_p(m: &M) {
     sched.ps[p].held.store(false, Ordering::Relaxed);
     idle.free.push(p);
     sched.idle_ps.store(idle.free.len(), Ordering::Relaxed);
+}
+
+/// Hands P `p` to the first M waiting for one, if any, and returns that M for the caller to
+/// unpark. The caller holds `Sched::pidle` (`idle` is the list it guards) and owns `p`.
+fn hand_p_locked<'s>(sched: &'s Sched, idle: &mut PIdle, p: usize) -> Option<&'s M> {
+    let waiter = &sched.ms[idle.waiting.pop_front()?];
+    debug_assert_eq!(
+        waiter.p(),
+        NO_P,
+        "M {} waited for a P while holding one",
+        waiter.id
+    );
+    sched.ps[p].held.store(true, Ordering::Relaxed);
+    // Release: the next holder sees this holder's writes to the P's queues and caches.
+    waiter.p.store(p, Ordering::Release);
+    Some(waiter)
 }
 
 /// `m` holds a P above GOMAXPROCS: give it up (its never-run goroutines go to the global queue,
@@ -197,7 +307,7 @@ impl Sched {
 /// Sleeps an M that holds no P until it has something to do.
 fn idle_without_p(m: &M) {
     let sched = m.sched();
-    // SeqCst: pairs with the wakers' swap of `idle` (see `find_runnable`).
+    // SeqCst: [B] in the module docs, as in `find_runnable`.
     m.idle.store(true, Ordering::SeqCst);
     let fired = sched.run_all_timers(Instant::now());
     let work = fired > 0
@@ -250,9 +360,7 @@ fn spin(m: &M) -> Option<GRef> {
         }
     };
     sched.spinning.fetch_sub(1, Ordering::SeqCst);
-    // SeqCst fence: pairs with the fence in `wake_idle`. Either the waker sees this M still
-    // spinning (and this M's idle re-check, after the fence, sees the waker's work), or the
-    // waker sees no spinner and unparks an idle M.
+    // SeqCst fence: the spinner's half of [A] in the module docs (pairs with `wake_idle`'s).
     std::sync::atomic::fence(Ordering::SeqCst);
     found
 }
@@ -316,11 +424,10 @@ fn find_runnable(m: &M) -> Option<GRef> {
         if let Some(g) = spin(m) {
             return Some(g);
         }
-        // Going idle. SeqCst: pairs with the swap in `wake_idle`/`ready` (see `park`'s docs): either
-        // a waker sees `idle` and unparks, or the re-check below sees its work.
+        // Going idle: [B] in the module docs. SeqCst: pairs with the wakers' fence and swap.
         m.idle.store(true, Ordering::SeqCst);
         let fired = sched.run_all_timers(Instant::now());
-        let found = pop_local_locked(m).or_else(|| pop_global(m));
+        let found = pop_local_exact(m).or_else(|| pop_global(m));
         let found = found.or_else(|| steal(m));
         if found.is_some() || fired > 0 || sched.shutdown.load(Ordering::Acquire) {
             m.idle.store(false, Ordering::SeqCst);
@@ -331,10 +438,8 @@ fn find_runnable(m: &M) -> Option<GRef> {
         }
         // Give the P up while asleep, so that an M with bound goroutines can run them.
         release_p(m);
-        // SeqCst fence, then a last look at the global queue: pairs with the fence in
-        // `wake_idle_for_work`. A thread that queued a goroutine there and saw no free P
-        // (before `release_p` counted ours) woke nobody, so its goroutine must be visible here.
-        // (A goroutine queued in a P's own queue is run by that P's M in any case.)
+        // SeqCst fence, then a last look at the global queue: [C] in the module docs (pairs
+        // with the fence in `wake_idle_for_work`).
         std::sync::atomic::fence(Ordering::SeqCst);
         if lock(&sched.global).is_empty() {
             sleep_until_work_or_timer(m);
@@ -375,18 +480,19 @@ fn pop_global(m: &M) -> Option<GRef> {
 ///
 /// The ready queue's lock is skipped while its lock-free length reads zero (most schedules of a
 /// spawn-heavy M find only never-run goroutines); a push racing with that read is seen at the
-/// next schedule, and the idle re-check uses [`pop_local_locked`].
+/// next schedule, and the idle re-check uses [`pop_local_exact`].
 fn pop_local(m: &M) -> Option<GRef> {
     if m.ready_len.load(Ordering::Relaxed) == 0
         && let Some(g) = m.sched().ps[m.p()].runq.pop()
     {
         return Some(g);
     }
-    pop_local_locked(m)
+    pop_local_exact(m)
 }
 
-/// [`pop_local`] that always looks at the ready queue under its lock.
-fn pop_local_locked(m: &M) -> Option<GRef> {
+/// [`pop_local`] that always looks at the ready queue under its lock, never at the lock-free
+/// length hint: the idle re-check needs the lock's order ([B] in the module docs).
+fn pop_local_exact(m: &M) -> Option<GRef> {
     let p = &m.sched().ps[m.p()];
     let mut ready = lock(&m.ready);
     let ready_first = match (ready.front(), p.runq.peek()) {
@@ -397,16 +503,19 @@ fn pop_local_locked(m: &M) -> Option<GRef> {
         (None, _) => false,
     };
     if ready_first {
-        pop_ready(m, &mut ready)
+        pop_ready_locked(m, &mut ready)
     } else {
         drop(ready);
-        p.runq.pop().or_else(|| pop_ready(m, &mut lock(&m.ready)))
+        p.runq
+            .pop()
+            .or_else(|| pop_ready_locked(m, &mut lock(&m.ready)))
     }
 }
 
-/// Pops the next goroutine of `m`'s locked ready queue, taking its stack out of sysmon's reach
+/// Pops the next goroutine of `m`'s ready queue, which the caller has locked (`ready` is the
+/// guarded queue), taking its stack out of sysmon's reach
 /// (see `shrink`).
-fn pop_ready(m: &M, ready: &mut VecDeque<GRef>) -> Option<GRef> {
+fn pop_ready_locked(m: &M, ready: &mut VecDeque<GRef>) -> Option<GRef> {
     let g = ready.pop_front()?;
     m.ready_len.store(ready.len(), Ordering::Relaxed);
     g.g().parked_stack.popped();
@@ -640,9 +749,8 @@ pub(crate) fn ready(g: GRef) {
     }
     sched.ms[home].push_ready(g, false);
     let m = &sched.ms[home];
-    // SeqCst fence, then a load before the swap: pairs with the SeqCst store in `find_runnable`
-    // before its re-check (either it sees our push, or we see it idle); an M that is awake
-    // (spinning, running) is not written to, so its line stays where it is.
+    // SeqCst fence, then a load before the swap: the waker's half of [B] in the module docs
+    // (pairs with the SeqCst store in `find_runnable` before its re-check).
     std::sync::atomic::fence(Ordering::SeqCst);
     if m.idle.load(Ordering::Relaxed) && m.idle.swap(false, Ordering::SeqCst) {
         m.parker.unpark();
@@ -796,7 +904,8 @@ fn enqueue_new(sched: &Sched, g: GRef) -> bool {
 /// freed just after the check; its M re-checks the queues before it sleeps, and sysmon's
 /// hand-off covers the rest.)
 fn wake_idle_for_work(sched: &Sched, except: Option<usize>) {
-    // SeqCst fence: the work pushed before it is visible to whoever frees a P after this load.
+    // SeqCst fence: the submitter's half of [C] in the module docs (pairs with the fence after
+    // `release_p` in `find_runnable`).
     std::sync::atomic::fence(Ordering::SeqCst);
     if sched.idle_ps.load(Ordering::Relaxed) > 0 {
         wake_idle(sched, except);
@@ -806,8 +915,7 @@ fn wake_idle_for_work(sched: &Sched, except: Option<usize>) {
 /// Wakes one idle M (not `except`) so it can take new work; false if none was idle. A spinning
 /// M will find the work by itself, so no M is woken while one spins.
 fn wake_idle(sched: &Sched, except: Option<usize>) -> bool {
-    // SeqCst fence: pairs with the fence in `spin` (store-buffer pattern: the queued work is
-    // visible to a spinner that has not yet given up, or the spinner's exit is visible here).
+    // SeqCst fence: the waker's half of [A] in the module docs (pairs with the fence in `spin`).
     std::sync::atomic::fence(Ordering::SeqCst);
     if sched.spinning.load(Ordering::SeqCst) > 0 {
         return true;
@@ -837,7 +945,7 @@ pub(crate) fn hand_off_queued_work(sched: &Sched, m: &M) -> bool {
 /// Unparks one idle M (not `except`), spinning or not; false if none was idle.
 fn wake_idle_m(sched: &Sched, except: Option<usize>) -> bool {
     for m in sched.ms().iter() {
-        // SeqCst: pairs with the store in `find_runnable` before its re-check.
+        // SeqCst swap: [B] in the module docs (pairs with the store in `find_runnable`).
         if Some(m.id) != except
             && m.idle.load(Ordering::Relaxed)
             && m.idle.swap(false, Ordering::SeqCst)
@@ -928,11 +1036,10 @@ pub fn set_max_procs(n: usize) -> usize {
     }
     idle.free.retain(|&p| p < n);
     // Hand new Ps to Ms waiting for one.
-    while !idle.free.is_empty() && !idle.waiting.is_empty() {
-        let p = idle.free.pop().expect("checked non-empty");
-        let waiter = &sched.ms[idle.waiting.pop_front().expect("checked non-empty")];
-        sched.ps[p].held.store(true, Ordering::Relaxed);
-        waiter.p.store(p, Ordering::Release);
+    while !idle.waiting.is_empty()
+        && let Some(p) = idle.free.pop()
+    {
+        let waiter = hand_p_locked(sched, &mut idle, p).expect("checked non-empty");
         waiter.parker.unpark();
     }
     let spare = idle.free.len();
