@@ -21,8 +21,8 @@
 //! stack, both roots.
 
 use crate::lock::RawLock;
-use crate::park::{Waiter, park, park_releasable};
-use crate::proc;
+use crate::park::{Waiter, park, park_releasable, wait_space};
+use crate::runtime2::{Sched, current_sched};
 use crate::stw;
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
@@ -32,8 +32,7 @@ use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-pub use crate::timer::{after, tick};
+use std::time::{Duration, Instant};
 
 /// Creates a channel with a buffer of `cap` values (0 = unbuffered), returning both ends.
 pub fn channel<T: Send>(cap: usize) -> (Sender<T>, Receiver<T>) {
@@ -279,7 +278,7 @@ fn block_on<'a, T>(
     // The record goes in the G when it fits, so that the goroutine's stack memory may be
     // released while it waits; otherwise on the stack, which then stays.
     let mut on_stack = MaybeUninit::<Record<T>>::uninit();
-    let in_g = proc::wait_space::<Record<T>>();
+    let in_g = wait_space::<Record<T>>();
     let slot = in_g.map_or(on_stack.as_mut_ptr(), NonNull::as_ptr);
     // SAFETY: `slot` is writable room for a record, unused: our own frame, or the G's wait
     // space, which only the operation a goroutine is blocked in uses.
@@ -602,6 +601,51 @@ impl<'a, T: Send> IntoIterator for &'a Receiver<T> {
     fn into_iter(self) -> Iter<'a, T> {
         self.iter()
     }
+}
+
+/// A channel that receives the time once, after `duration` (Go's `time.After`). Use it in
+/// `select!` for a timeout.
+///
+/// # Panics
+/// Panics outside a running goro runtime.
+pub fn after(duration: Duration) -> Receiver<Instant> {
+    let sched = current_sched()
+        .unwrap_or_else(|| panic!("goro::chan::after called outside a goro runtime"));
+    let (tx, rx) = channel(1);
+    sched.add_timer(
+        Instant::now() + duration,
+        Box::new(move || drop(tx.try_send(Instant::now()))),
+    );
+    rx
+}
+
+/// A channel that receives the time every `period` (Go's `time.Tick`); ticks a slow receiver
+/// misses are dropped, and the ticker stops once every receiver is gone.
+///
+/// # Panics
+/// Panics outside a running goro runtime, or if `period` is zero.
+pub fn tick(period: Duration) -> Receiver<Instant> {
+    assert!(
+        !period.is_zero(),
+        "goro::chan::tick: non-positive interval for tick"
+    );
+    let sched =
+        current_sched().unwrap_or_else(|| panic!("goro::chan::tick called outside a goro runtime"));
+    let (tx, rx) = channel(1);
+    arm_tick(sched, tx, Instant::now() + period, period);
+    rx
+}
+
+fn arm_tick(sched: &'static Sched, tx: Sender<Instant>, when: Instant, period: Duration) {
+    sched.add_timer(
+        when,
+        Box::new(move || {
+            if tx.has_receivers() {
+                drop(tx.try_send(Instant::now()));
+                arm_tick(sched, tx, when + period, period);
+            }
+        }),
+    );
 }
 
 /// `select!`'s runtime (Go's `selectgo`). Hidden: use the `goro::select!` macro.

@@ -27,7 +27,8 @@
 //! of the stack it switches to in `STACK_LIMIT`, and `maybe_grow` compares the stack pointer
 //! with it. Outside a goroutine `STACK_LIMIT` is 0, so `f` runs in place.
 
-use crate::proc::{self, throw_stack_overflow};
+use crate::panic::throw;
+use crate::runtime2::{GRef, Segment, current_g};
 use goro_alloc::nosuspend;
 use goro_stack::{Stack, StackPointer, init_stack, switch};
 use std::cell::Cell;
@@ -104,14 +105,6 @@ fn stack_pointer() -> usize {
     }
 }
 
-/// A stack segment of a goroutine.
-pub(crate) struct Segment {
-    pub(crate) stack: Stack,
-    /// The stack pointer saved on the previous stack when this segment began: the previous
-    /// stack's live part is `[caller_sp, its top)`.
-    pub(crate) caller_sp: StackPointer,
-}
-
 /// A call running on a segment: its closure, then its outcome.
 struct Call<F, R> {
     f: Option<F>,
@@ -125,11 +118,11 @@ struct Call<F, R> {
 #[cold]
 #[inline(never)]
 fn grow<R, F: FnOnce() -> R>(red_zone: usize, f: F) -> R {
-    let g = proc::current_g().expect("a stack limit is set only while a goroutine runs");
+    let g = current_g().expect("a stack limit is set only while a goroutine runs");
     // Until the switch has saved `caller_sp`, the new segment is listed with a null one: a
     // collection must not stop this thread in between. `push_segment` opens the window once it
     // has the segment's stack (taking one locks goro-stack's pool), `segment_entry` closes it.
-    let (index, top) = proc::push_segment(g, red_zone).unwrap_or_else(|limit| {
+    let (index, top) = push_segment(g, red_zone).unwrap_or_else(|limit| {
         throw_stack_overflow(g, limit);
     });
     let mut call = Call {
@@ -143,8 +136,8 @@ fn grow<R, F: FnOnce() -> R>(red_zone: usize, f: F) -> R {
     let entry = unsafe { init_stack(top, segment_entry::<F, R>, (&raw mut call) as usize) };
     // SAFETY: `entry` is resumed once; `call` outlives that context, and our context is saved
     // in the segment's `caller_sp`, which `segment_entry` resumes exactly once.
-    unsafe { switch(proc::segment_caller_sp(g, index), entry) };
-    let segment = proc::pop_segment(g, index);
+    unsafe { switch(segment_caller_sp(g, index), entry) };
+    let segment = pop_segment(g, index);
     // SAFETY: closes the window `segment_entry` opened before it switched back here.
     unsafe { nosuspend::leave() };
     // Outside the window: giving the stack back locks goro-stack's pool.
@@ -170,17 +163,85 @@ unsafe extern "C" fn segment_entry<F: FnOnce() -> R, R>(arg: usize) -> ! {
     // Unwinding must not leave the segment (there is no frame above this one to land in): catch
     // here, resume on the caller's stack.
     call.outcome = Some(catch_unwind(AssertUnwindSafe(f)));
-    let g = proc::current_g().expect("a segment runs in a goroutine");
+    let g = current_g().expect("a segment runs in a goroutine");
     // SAFETY: closed by `grow` after the switch back and an unlisting (no lock, no allocation;
     // the popped stack is dropped after).
     unsafe { nosuspend::enter() };
     // SAFETY: the caller's context was saved at `caller_sp` by the switch in `grow` and is
     // resumed once, here; this context is never resumed (nothing reads `finished_sp`).
-    unsafe {
-        switch(
-            &raw mut call.finished_sp,
-            *proc::segment_caller_sp(g, call.index),
-        )
-    };
-    proc::throw("a finished stack segment was resumed")
+    unsafe { switch(&raw mut call.finished_sp, *segment_caller_sp(g, call.index)) };
+    throw("a finished stack segment was resumed")
+}
+
+/// Adds a stack segment to the running goroutine `g` for `grow`: twice the size of its current
+/// stack, at least twice `red_zone`, within `Config::max_stack_size`. Returns the segment's
+/// index and top, or `Err(max_stack_size)` when it would pass that.
+pub(crate) fn push_segment(g: GRef, red_zone: usize) -> Result<(usize, *mut u8), usize> {
+    let gg = g.g();
+    let max = gg.sched.config.max_stack_size;
+    // SAFETY: the running goroutine is the only one that changes its stacks.
+    let segments = unsafe { &mut *gg.segments.get() };
+    // SAFETY: as above.
+    let slot = unsafe { (*gg.stack.get()).as_ref() }.map_or(0, Stack::size);
+    let used: usize = slot + segments.iter().map(|s| s.stack.size()).sum::<usize>();
+    let current = segments.last().map_or(slot, |s| s.stack.size());
+    let wanted = current.saturating_mul(2).max(red_zone.saturating_mul(2));
+    let size = wanted.min(max.saturating_sub(used));
+    if size < red_zone.saturating_mul(2).max(64 << 10) {
+        return Err(max);
+    }
+    let stack = Stack::with_size(size).unwrap_or_else(|error| {
+        throw(&format!(
+            "cannot allocate a stack segment for goroutine {}: {error}",
+            gg.id()
+        ))
+    });
+    stack.set_owner(gg.id());
+    let top = stack.top();
+    // The push below must not allocate: it runs in the window (opened next, closed by the
+    // segment's first frame) in which the segment is listed with a null `caller_sp`.
+    segments.reserve(1);
+    // SAFETY: closed by the segment's first frame (`segment_entry`) after a push into reserved
+    // room and the switch: no lock, no allocation.
+    unsafe { goro_alloc::nosuspend::enter() };
+    set_stack_limit(stack.limit() as usize);
+    segments.push(Segment {
+        stack,
+        caller_sp: StackPointer(std::ptr::null_mut()),
+    });
+    Ok((segments.len() - 1, top))
+}
+
+/// Where the switch onto segment `index` of the running goroutine `g` saves (and its last frame
+/// finds) the context to return to.
+pub(crate) fn segment_caller_sp(g: GRef, index: usize) -> *mut StackPointer {
+    // SAFETY: the running goroutine is the only one that changes its stacks.
+    let segments = unsafe { &mut *g.g().segments.get() };
+    &raw mut segments[index].caller_sp
+}
+
+/// Removes the running goroutine's innermost segment (number `index`) once the call on it has
+/// returned, and gives it back to the pool.
+/// Unlists segment `index` of the running goroutine `g` and returns its stack, which the caller
+/// drops (returning it to goro-stack's pool takes a lock: not inside a `NoSuspend` window).
+pub(crate) fn pop_segment(g: GRef, index: usize) -> Stack {
+    let gg = g.g();
+    // SAFETY: the running goroutine is the only one that changes its stacks.
+    let segments = unsafe { &mut *gg.segments.get() };
+    debug_assert_eq!(segments.len(), index + 1, "segments end innermost first");
+    let segment = segments.pop().expect("a segment to pop");
+    // SAFETY: as above.
+    let below = unsafe { gg.current_stack() };
+    set_stack_limit(below.map_or(0, |s| s.limit() as usize));
+    segment.stack
+}
+
+/// Ends the program because goroutine `g` needs more than `limit` bytes of stack (Go's
+/// "goroutine stack exceeds ...-byte limit").
+pub(crate) fn throw_stack_overflow(g: GRef, limit: usize) -> ! {
+    eprintln!(
+        "goroutine {} stack exceeds {limit}-byte limit\nfatal error: stack overflow",
+        g.g().id()
+    );
+    std::process::exit(2)
 }

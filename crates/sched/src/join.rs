@@ -1,7 +1,8 @@
 //! `JoinHandle`: waiting for a goroutine's result, and `Panic`: what a failed goroutine left.
 
+use crate::lock::lock;
 use crate::park::{Waiter, park_releasable};
-use crate::proc::lock;
+use crate::runtime2::Run;
 use crate::stw;
 use std::any::Any;
 use std::cell::UnsafeCell;
@@ -131,15 +132,6 @@ impl<F, R> Task<F, R> {
             f: UnsafeCell::new(Some(f)),
         }
     }
-}
-
-/// The goroutine's side of a task: run it once.
-pub(crate) trait Run: Send + Sync {
-    /// Runs the closure, catching its panic, and completes the packet.
-    ///
-    /// # Safety
-    /// Called at most once, by the task's goroutine.
-    unsafe fn run(&self);
 }
 
 impl<F: FnOnce() -> R + Send, R: Send> Run for Task<F, R> {

@@ -39,33 +39,53 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+// The files, in layers: each imports only files of the layers above it in this list, so there
+// is no import cycle. (Inherent impls follow the same rule: `runtime2` declares `Locals` and
+// `Segment`, whose behaviour `local` and `grow` add.)
+//
+//   leaves     sync_prims, panic, config, lock (locks, ThreadParker), runq (generic), timer (heap)
+//   per-G      shrink (ParkedStack)
+//   types      runtime2 (G, M, P, Sched, GRef, Request, switch_to_g0)
+//   behaviour  local, grow, roots, deadlock, stw
+//   scheduler  proc
+//   blocking   park (Waiter, park, sleep, wait_space), join, sync, chan
+//   monitor    sysmon
+//   entry      start (run, go)
 pub mod chan;
+mod config;
+mod deadlock;
 pub mod stack {
     //! Growing a goroutine's stack past its slot: see [`maybe_grow`].
     pub use crate::grow::{maybe_grow, remaining_stack};
 }
 mod grow;
 mod join;
+mod local;
 mod lock;
+mod panic;
 mod park;
 mod proc;
+mod roots;
 mod runq;
+mod runtime2;
 mod shrink;
+mod start;
 mod stw;
 pub mod sync;
 mod sync_prims;
 mod sysmon;
 mod timer;
 
+pub use config::{Config, DEFAULT_MAX_STACK_SIZE, MAX_PROCS, Promised};
 pub use join::{JoinHandle, Panic};
-pub use proc::{
-    Config, DEFAULT_MAX_STACK_SIZE, Finished, LOCAL_QUEUE_SOFT_LIMIT, Local, MAX_PROCS, Promised,
-    RootRange, RootsLock, blocking, current_goroutine_id, go, is_goroutine, num_goroutine, procs,
-    release_stack_memory, run, set_max_procs, yield_now,
-};
+pub use local::Local;
+pub use park::sleep;
+pub use proc::{LOCAL_QUEUE_SOFT_LIMIT, blocking, release_stack_memory, set_max_procs, yield_now};
+pub use roots::{RootRange, RootsLock};
+pub use runtime2::{current_goroutine_id, is_goroutine, num_goroutine, procs};
+pub use start::{Finished, go, run};
 pub use stw::{safe_point, stop_the_world, stop_the_world_from_thread};
 pub use sysmon::TIME_SLICE;
-pub use timer::sleep;
 
 /// Ends the calling goroutine (Go's `runtime.Goexit`): it unwinds, running destructors, and its
 /// `JoinHandle` reports [`Panic::is_exit`].

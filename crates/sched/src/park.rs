@@ -13,10 +13,17 @@
 //! that only g0 releases. A thread's parker keeps a wake-up token, so a wake that comes between
 //! dropping the guard and sleeping is not lost. Callers re-check their condition after `park`
 //! returns (a thread parker may wake spuriously).
+//!
+//! [`sleep`] is the simplest use: a goroutine parks under its P's timer heap lock, and the timer's
+//! callback wakes it.
 
-use crate::proc::{self, GRef};
-use crate::sync_prims::{Condvar, Mutex};
+use crate::lock::ThreadParker;
+use crate::proc;
+use crate::runtime2::{GRef, WAIT_SPACE_WORDS, current_g, current_sched};
+use crate::stw;
+use std::ptr::NonNull;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Who to wake.
 pub(crate) enum Waiter {
@@ -27,7 +34,7 @@ pub(crate) enum Waiter {
 impl Waiter {
     /// The waiter for the calling context.
     pub(crate) fn current() -> Waiter {
-        match proc::current_g() {
+        match current_g() {
             Some(g) => Waiter::Goroutine(g),
             None => Waiter::Thread(Arc::new(ThreadParker::default())),
         }
@@ -58,7 +65,7 @@ pub(crate) fn park<G>(guard: G, parker: Option<Arc<ThreadParker>>) {
 }
 
 /// [`park`] for a waiter whose record is not on its stack (it is in the heap, in the waited-on
-/// object, or in `proc::wait_space`): wakers never touch the parked goroutine's stack, so the
+/// object, or in [`wait_space`]): wakers never touch the parked goroutine's stack, so the
 /// runtime may move its live bytes off the stack slot and release the slot's memory while it
 /// stays parked (see `shrink`).
 pub(crate) fn park_releasable<G>(guard: G, parker: Option<Arc<ThreadParker>>) {
@@ -75,94 +82,43 @@ fn park_as<G>(guard: G, parker: Option<Arc<ThreadParker>>, releasable: bool) {
     }
 }
 
-/// A sleeping OS thread with a wake-up token.
-#[derive(Default)]
-pub(crate) struct ThreadParker {
-    notified: Mutex<bool>,
-    condvar: Condvar,
+/// Room in the running goroutine's G for the record of the operation it is about to block in, if
+/// the caller is a goroutine and an `R` fits. A record there outlives the goroutine's stack
+/// memory, which sysmon may release while it is parked (see `shrink`); wakers may use it.
+///
+/// The caller must not block in another operation that uses the space until it has finished
+/// with this record (a goroutine blocks in one operation at a time, so that holds when the record
+/// lives only while the caller is blocked), and must drop the record itself.
+pub(crate) fn wait_space<R>() -> Option<NonNull<R>> {
+    if size_of::<R>() > WAIT_SPACE_WORDS * size_of::<usize>()
+        || align_of::<R>() > align_of::<usize>()
+    {
+        return None;
+    }
+    let g = current_g()?;
+    NonNull::new(g.g().wait_space.get().cast::<R>())
 }
 
-impl ThreadParker {
-    pub(crate) fn park(&self) {
-        let mut notified = self.notified.lock().unwrap_or_else(|p| p.into_inner());
-        while !*notified {
-            notified = self
-                .condvar
-                .wait(notified)
-                .unwrap_or_else(|p| p.into_inner());
-        }
-        *notified = false;
+/// Blocks the calling goroutine for at least `duration` (Go's `time.Sleep`); a thread that is not
+/// a goroutine sleeps with `std::thread::sleep`. Sleeping is a safe point.
+pub fn sleep(duration: Duration) {
+    stw::safe_point();
+    let (Some(sched), Some(_)) = (current_sched(), current_g()) else {
+        std::thread::sleep(duration);
+        return;
+    };
+    if duration.is_zero() {
+        proc::yield_now();
+        return;
     }
-
-    /// Sleeps until unparked or until `timeout` has passed.
-    pub(crate) fn park_timeout(&self, timeout: std::time::Duration) {
-        let mut notified = self.notified.lock().unwrap_or_else(|p| p.into_inner());
-        if !*notified {
-            notified = self
-                .condvar
-                .wait_timeout(notified, timeout)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        *notified = false;
-    }
-
-    pub(crate) fn unpark(&self) {
-        let mut notified = self.notified.lock().unwrap_or_else(|p| p.into_inner());
-        *notified = true;
-        self.condvar.notify_one();
-    }
-}
-
-#[cfg(all(test, loom))]
-mod loom_tests {
-    //! The idle-M protocol of `proc::find_runnable` with the real `ThreadParker`: the M stores
-    //! `idle = true` (SeqCst), re-checks the queue, parks; a waker pushes work, then swaps `idle`
-    //! to false (SeqCst) and unparks if it was set. Every interleaving must end with the work
-    //! taken: no lost wake-up. `RUSTFLAGS="--cfg loom" cargo test -p goro-sched --lib loom`.
-
-    use super::ThreadParker;
-    use loom::sync::atomic::{AtomicBool, Ordering};
-    use loom::sync::{Arc, Mutex};
-
-    struct M {
-        idle: AtomicBool,
-        parker: ThreadParker,
-        queue: Mutex<Vec<u32>>,
-    }
-
-    #[test]
-    fn an_idle_m_never_misses_work() {
-        loom::model(|| {
-            let m = Arc::new(M {
-                idle: AtomicBool::new(false),
-                parker: ThreadParker::default(),
-                queue: Mutex::new(Vec::new()),
-            });
-            let waker = {
-                let m = m.clone();
-                loom::thread::spawn(move || {
-                    m.queue.lock().unwrap().push(7);
-                    if m.idle.swap(false, Ordering::SeqCst) {
-                        m.parker.unpark();
-                    }
-                })
-            };
-            // The M: look, go idle, look again, sleep, look after waking.
-            let mut got = m.queue.lock().unwrap().pop();
-            if got.is_none() {
-                m.idle.store(true, Ordering::SeqCst);
-                got = m.queue.lock().unwrap().pop();
-                if got.is_some() {
-                    m.idle.store(false, Ordering::SeqCst);
-                } else {
-                    m.parker.park();
-                    m.idle.store(false, Ordering::SeqCst);
-                    got = m.queue.lock().unwrap().pop();
-                }
-            }
-            waker.join().unwrap();
-            assert_eq!(got, Some(7));
-        });
-    }
+    let when = Instant::now() + duration;
+    let waiter = Waiter::current();
+    let timers = sched.timers_for_caller();
+    // Queue the timer and park under the heap's lock: the callback (which readies us) needs that
+    // lock, so it cannot run before we are parked.
+    let mut heap = timers.lock();
+    timers.push_locked(&mut heap, when, Box::new(move || waiter.wake()));
+    sched.timer_added();
+    // The waker is a closure in the timer heap: nothing reads our stack.
+    park_releasable(heap, None);
 }

@@ -24,36 +24,50 @@
 //! Slots are atomics, so a copy that races with a push into a recycled slot reads a stale value
 //! at worst, never tears, and a failed CAS discards it.
 
-use crate::proc::{G, GRef};
 use crate::sync_prims::{AtomicPtr, AtomicU32, Ordering};
+use std::marker::PhantomData;
 use std::ptr::NonNull;
 
 /// Slots in a local queue (Go's `len(p.runq)`).
 pub(crate) const CAPACITY: u32 = 256;
 
-pub(crate) struct LocalQueue {
-    head: AtomicU32,
-    tail: AtomicU32,
-    slots: Box<[AtomicPtr<G>]>,
+/// What a queue holds: a non-null pointer in a newtype (the scheduler's `GRef`), copied in and
+/// out of the slots by value. The queue never dereferences it.
+pub(crate) trait Item: Copy {
+    /// The pointer to store in a slot.
+    fn into_raw(self) -> NonNull<()>;
+    /// The item back from a pointer `into_raw` made.
+    fn from_raw(raw: NonNull<()>) -> Self;
 }
 
-impl LocalQueue {
-    pub(crate) fn new() -> LocalQueue {
+/// The ring. `head` and `tail` are shared with thieves as the protocol above says; the slots are
+/// written only by the owner (push) and by a thief copying into its own ring (`steal_into`, as
+/// that ring's owner).
+pub(crate) struct LocalQueue<T: Item> {
+    head: AtomicU32,
+    tail: AtomicU32,
+    slots: Box<[AtomicPtr<()>]>,
+    _items: PhantomData<T>,
+}
+
+impl<T: Item> LocalQueue<T> {
+    pub(crate) fn new() -> LocalQueue<T> {
         LocalQueue {
             head: AtomicU32::new(0),
             tail: AtomicU32::new(0),
             slots: (0..CAPACITY)
                 .map(|_| AtomicPtr::new(std::ptr::null_mut()))
                 .collect(),
+            _items: PhantomData,
         }
     }
 
-    fn slot(&self, index: u32) -> &AtomicPtr<G> {
+    fn slot(&self, index: u32) -> &AtomicPtr<()> {
         &self.slots[(index % CAPACITY) as usize]
     }
 
     /// Owner only: appends `g`, or hands it back when the ring is full.
-    pub(crate) fn push(&self, g: GRef) -> Result<(), GRef> {
+    pub(crate) fn push(&self, g: T) -> Result<(), T> {
         // Acquire: pairs with the Release CAS in `pop`/`steal_into`: the slots they took are
         // free to overwrite.
         let head = self.head.load(Ordering::Acquire);
@@ -61,14 +75,15 @@ impl LocalQueue {
         if tail.wrapping_sub(head) >= CAPACITY {
             return Err(g);
         }
-        self.slot(tail).store(g.as_ptr(), Ordering::Relaxed);
+        self.slot(tail)
+            .store(g.into_raw().as_ptr(), Ordering::Relaxed);
         // Release: publishes the slot to `pop` and to thieves' Acquire loads of `tail`.
         self.tail.store(tail.wrapping_add(1), Ordering::Release);
         Ok(())
     }
 
     /// Owner only: takes the oldest goroutine.
-    pub(crate) fn pop(&self) -> Option<GRef> {
+    pub(crate) fn pop(&self) -> Option<T> {
         loop {
             // Acquire: pairs with thieves' CAS, so a slot they moved is not taken twice.
             let head = self.head.load(Ordering::Acquire);
@@ -88,7 +103,7 @@ impl LocalQueue {
                 )
                 .is_ok()
             {
-                return NonNull::new(g).map(GRef::from_non_null);
+                return NonNull::new(g).map(T::from_raw);
             }
         }
     }
@@ -96,7 +111,7 @@ impl LocalQueue {
     /// Owner only: takes the older half of the queue, oldest first (Go's `runqputslow`: a full
     /// ring moves half of itself to the global queue in one batch, so that the pushes after it
     /// stay local). Claims the window with one CAS of `head`, as a thief does.
-    pub(crate) fn take_older_half(&self) -> Vec<GRef> {
+    pub(crate) fn take_older_half(&self) -> Vec<T> {
         let mut batch = Vec::new();
         let taken = self.claim_window(
             |available| available / 2,
@@ -112,7 +127,7 @@ impl LocalQueue {
         batch.truncate(taken as usize);
         batch
             .into_iter()
-            .filter_map(|g| NonNull::new(g).map(GRef::from_non_null))
+            .filter_map(|g| NonNull::new(g).map(T::from_raw))
             .collect()
     }
 
@@ -156,18 +171,18 @@ impl LocalQueue {
     }
 
     /// Owner only: the goroutine `pop` would take now (a thief may take it first).
-    pub(crate) fn peek(&self) -> Option<GRef> {
+    pub(crate) fn peek(&self) -> Option<T> {
         let head = self.head.load(Ordering::Acquire);
         let tail = self.tail.load(Ordering::Relaxed);
         if head == tail {
             return None;
         }
-        NonNull::new(self.slot(head).load(Ordering::Relaxed)).map(GRef::from_non_null)
+        NonNull::new(self.slot(head).load(Ordering::Relaxed)).map(T::from_raw)
     }
 
     /// Thief: moves half of `self`'s goroutines into `into` (the thief's own, empty-enough
     /// queue) and returns one of them to run now.
-    pub(crate) fn steal_into(&self, into: &LocalQueue) -> Option<GRef> {
+    pub(crate) fn steal_into(&self, into: &LocalQueue<T>) -> Option<T> {
         let into_tail = into.tail.load(Ordering::Relaxed);
         let take = self.claim_window(
             |available| available - available / 2,
@@ -194,7 +209,7 @@ impl LocalQueue {
         // Release: as in `push`.
         into.tail
             .store(into_tail.wrapping_add(take - 1), Ordering::Release);
-        NonNull::new(last).map(GRef::from_non_null)
+        NonNull::new(last).map(T::from_raw)
     }
 
     /// Goroutines queued now (racy when read by another M).
@@ -215,17 +230,40 @@ mod loom_tests {
     //! comes out exactly once. `RUSTFLAGS="--cfg loom" cargo test -p goro-sched --lib loom`.
 
     use super::*;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct Fake(NonNull<u8>);
+
+    // SAFETY: a `Fake` is never dereferenced; it is only an address moved between threads.
+    unsafe impl Send for Fake {}
+    // SAFETY: as above.
+    unsafe impl Sync for Fake {}
+
+    impl Fake {
+        fn as_ptr(self) -> *mut u8 {
+            self.0.as_ptr()
+        }
+    }
+
+    impl Item for Fake {
+        fn into_raw(self) -> NonNull<()> {
+            self.0.cast()
+        }
+        fn from_raw(raw: NonNull<()>) -> Fake {
+            Fake(raw.cast())
+        }
+    }
     use loom::sync::Arc;
 
-    fn fake(i: usize) -> GRef {
-        // Never dereferenced: the queue only moves pointers.
-        GRef::from_non_null(NonNull::new((0x1000 * (i + 1)) as *mut G).unwrap())
+    /// A stand-in goroutine: never dereferenced, the queue only moves pointers.
+    fn fake(i: usize) -> Fake {
+        Fake(NonNull::new((0x1000 * (i + 1)) as *mut u8).unwrap())
     }
 
     /// A thief that steals once from `victim` and runs what it took.
     fn spawn_thief(
-        victim: Arc<LocalQueue>,
-        thief_queue: Arc<LocalQueue>,
+        victim: Arc<LocalQueue<Fake>>,
+        thief_queue: Arc<LocalQueue<Fake>>,
     ) -> loom::thread::JoinHandle<Vec<usize>> {
         loom::thread::spawn(move || {
             let mut got = Vec::new();
@@ -295,9 +333,32 @@ mod loom_tests {
 mod tests {
     use super::*;
 
-    fn fake(i: usize) -> GRef {
-        // Never dereferenced: the queue only moves pointers.
-        GRef::from_non_null(NonNull::new((0x1000 * (i + 1)) as *mut G).unwrap())
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct Fake(NonNull<u8>);
+
+    // SAFETY: a `Fake` is never dereferenced; it is only an address moved between threads.
+    unsafe impl Send for Fake {}
+    // SAFETY: as above.
+    unsafe impl Sync for Fake {}
+
+    impl Fake {
+        fn as_ptr(self) -> *mut u8 {
+            self.0.as_ptr()
+        }
+    }
+
+    impl Item for Fake {
+        fn into_raw(self) -> NonNull<()> {
+            self.0.cast()
+        }
+        fn from_raw(raw: NonNull<()>) -> Fake {
+            Fake(raw.cast())
+        }
+    }
+
+    /// A stand-in goroutine: never dereferenced, the queue only moves pointers.
+    fn fake(i: usize) -> Fake {
+        Fake(NonNull::new((0x1000 * (i + 1)) as *mut u8).unwrap())
     }
 
     #[test]
@@ -351,7 +412,7 @@ mod tests {
 
     #[test]
     fn concurrent_steals_lose_nothing() {
-        let victim = std::sync::Arc::new(LocalQueue::new());
+        let victim = std::sync::Arc::new(LocalQueue::<Fake>::new());
         let total = 100_000usize;
         let thieves: Vec<_> = (0..2)
             .map(|_| {

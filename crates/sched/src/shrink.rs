@@ -50,7 +50,7 @@
 //! models at the end of this file check both paths against sysmon's claim. The release store of
 //! `PARKED_*` after the goroutine's registers are saved is what lets sysmon read its stack. Wakers never read the
 //! stack of a `PARKED_RELEASABLE` goroutine: the primitives that park that way keep their wait
-//! records in the heap or in the G (see `proc::wait_space`).
+//! records in the heap or in the G (see `park::wait_space`).
 //!
 //! sysmon stashes while holding the lock of the goroutine's `allg` list, and the collector scans
 //! with every such lock held, so the collector sees each G ACTIVE, parked, TRIMMED or STASHED,
@@ -96,7 +96,7 @@ impl StashMode {
     /// starts it before it sets the flag, and leaves the flag off where it cannot start, so
     /// the flag on without the trap means the user made the unchecked promise. With
     /// migration on, parks publish nothing and stacks are left alone.
-    pub(crate) fn choose(config: &crate::proc::Config) -> StashMode {
+    pub(crate) fn choose(config: &crate::config::Config) -> StashMode {
         if config.migrate.is_on() || !config.stash_parked_stacks.is_on() {
             StashMode::TrimOnly
         } else if goro_stack::stash_trap_running() {
@@ -141,6 +141,13 @@ impl ParkedStack {
     /// Publishes that the goroutine is parked, in `epoch`. Called by its home M's g0 after the
     /// goroutine's registers are saved; `releasable` when no waker will touch its stack.
     pub(crate) fn parked(&self, releasable: bool, epoch: u64) {
+        // The M reclaimed the stack before it resumed the goroutine, and sysmon claims only
+        // parked stacks: nothing moved it since.
+        debug_assert_eq!(
+            self.state.load(Ordering::Relaxed),
+            ACTIVE,
+            "a goroutine parked with its stack not reclaimed"
+        );
         self.parked_in.store(epoch, Ordering::Relaxed);
         let state = if releasable {
             PARKED_RELEASABLE
@@ -279,6 +286,11 @@ impl ParkedStack {
             state
         };
         let Some((stack, sp)) = stack() else {
+            debug_assert_eq!(
+                self.state.load(Ordering::Relaxed),
+                BUSY,
+                "a claimed stack changed"
+            );
             self.state.store(state, Ordering::Release);
             return Released::Nothing;
         };
@@ -301,6 +313,12 @@ impl ParkedStack {
             unsafe { stack.release_below(sp.0) };
             TRIMMED
         };
+        // Only sysmon leaves BUSY; the home M waits for it in `reclaim`.
+        debug_assert_eq!(
+            self.state.load(Ordering::Relaxed),
+            BUSY,
+            "a claimed stack changed"
+        );
         // Release: the stashed bytes are visible to the home M once it sees STASHED.
         self.state.store(next, Ordering::Release);
         Released::Done

@@ -23,7 +23,8 @@
 //! every other thread of the process (the facade's `world` module), where it stands. Runtime
 //! paths that must not be cut in half defer that signal (`suspend`).
 
-use crate::proc::{self, M, Request, Sched, current_m, lock};
+use crate::lock::lock;
+use crate::runtime2::{self, M, Request, Sched, current_m, switch_to_g0};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -40,14 +41,14 @@ pub fn safe_point() {
 
 #[cold]
 fn stop_at_safe_point(m: &M) {
-    if !proc::is_goroutine() {
+    if !runtime2::is_goroutine() {
         return;
     }
     if m.sched().stopping.load(Ordering::Relaxed) {
-        proc::switch_to_g0(Request::Stop);
+        switch_to_g0(Request::Stop);
     } else {
         m.preempt.store(false, Ordering::Relaxed);
-        proc::switch_to_g0(Request::Yield);
+        switch_to_g0(Request::Yield);
     }
 }
 
@@ -64,13 +65,13 @@ fn stop_at_safe_point(m: &M) {
 /// May be called only if `f` neither unwinds (it runs on g0, where an unwind would leave the
 /// world stopped) nor waits for a goroutine (they are stopped), nor parks.
 pub unsafe fn stop_the_world(f: &mut dyn FnMut()) {
-    if !proc::is_goroutine() {
+    if !runtime2::is_goroutine() {
         panic!("stop_the_world called outside a goroutine");
     }
     // SAFETY: only the lifetime is erased; g0 runs the closure while this goroutine is switched
     // out, before it can resume, so the frame it borrows from is live throughout.
     let f: *mut (dyn FnMut() + 'static) = unsafe { std::mem::transmute(f) };
-    proc::switch_to_g0(Request::StopTheWorld(f));
+    switch_to_g0(Request::StopTheWorld(f));
 }
 
 /// [`stop_the_world`] for a thread that is not a goroutine (the main thread, a std thread): stops
@@ -86,10 +87,10 @@ pub unsafe fn stop_the_world(f: &mut dyn FnMut()) {
 /// As for [`stop_the_world`].
 pub unsafe fn stop_the_world_from_thread(f: &mut dyn FnMut()) -> bool {
     assert!(
-        !proc::is_goroutine(),
+        !runtime2::is_goroutine(),
         "stop_the_world_from_thread called on a goroutine"
     );
-    let Some(sched) = proc::current_sched() else {
+    let Some(sched) = runtime2::current_sched() else {
         return false;
     };
     if sched.shutdown.load(Ordering::SeqCst) {

@@ -7,8 +7,8 @@
 //! (a starving `Mutex`, every `RwLock` grant) the record says so and the woken party does not
 //! compete again.
 
-use crate::park::{Waiter, park, park_releasable};
-use crate::proc::{self, lock};
+use crate::lock::lock;
+use crate::park::{Waiter, park, park_releasable, wait_space};
 use crate::stw;
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
@@ -163,7 +163,7 @@ fn park_with_record<Guard>(mut guard: Guard, enqueue: impl FnOnce(&mut Guard, Re
     let waiter = Waiter::current();
     let parker = waiter.thread_parker();
     let mut on_stack = MaybeUninit::<WaitRecord>::uninit();
-    let in_g = proc::wait_space::<WaitRecord>();
+    let in_g = wait_space::<WaitRecord>();
     let slot = in_g.map_or(on_stack.as_mut_ptr(), NonNull::as_ptr);
     // SAFETY: `slot` is unused room for a record: our frame, or the G's wait space, which only
     // the operation a goroutine is blocked in uses.

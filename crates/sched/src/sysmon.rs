@@ -13,7 +13,7 @@
 //!    goroutines queued, sysmon wakes an idle M to steal them (the P stays with its M, which may
 //!    be inside the runtime using it; `blocking` is how code hands the P itself over).
 //! 2. **Deadlock detection.** When no M runs a goroutine, sysmon checks whether anything can
-//!    ever run again (see `proc::deadlocked`) and, if not, ends the program with Go's
+//!    ever run again (see `deadlock::deadlocked`) and, if not, ends the program with Go's
 //!    "fatal error: all goroutines are asleep - deadlock!" and exit status 2. A thread that is
 //!    not goro's (told apart by kernel thread id, never by name) could still wake a goroutine, so
 //!    while one exists nothing is reported; schedtrace says so.
@@ -28,10 +28,12 @@
 //!    reported, why: `  all goroutines are blocked; not reported as a deadlock: 1 thread outside
 //!    the runtime could wake one (thread id 4242)`.
 
-use crate::proc::{
-    Deadlock, RuntimeThread, Sched, StackPass, lock, release_parked_stacks, trim_idle_stack_caches,
-};
-use crate::shrink;
+use crate::deadlock::{self, Deadlock, RuntimeThread};
+use crate::lock::lock;
+use crate::proc;
+use crate::runtime2::{M, Sched};
+use crate::shrink::{self, Released, StashMode};
+use goro_stack::Stack;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -101,7 +103,7 @@ pub(crate) fn run(sched: &'static Sched) {
                 }
             }
             // The same goroutine for a whole tick: its P's queued goroutines go to another M.
-            crate::proc::hand_off_queued_work(sched, m);
+            proc::hand_off_queued_work(sched, m);
             if now.duration_since(seen[i].since) >= TIME_SLICE {
                 m.preempt.store(true, Ordering::Relaxed);
                 seen[i].since = now;
@@ -119,10 +121,10 @@ pub(crate) fn run(sched: &'static Sched) {
         let verdict = if busy {
             Deadlock::No
         } else {
-            crate::proc::deadlocked(sched)
+            deadlock::deadlocked(sched)
         };
         let blocked = match verdict {
-            Deadlock::Proven => crate::proc::throw_deadlock(),
+            Deadlock::Proven => deadlock::throw_deadlock(),
             Deadlock::Unprovable(why) => Some(why),
             Deadlock::No => None,
         };
@@ -158,7 +160,7 @@ pub(crate) fn run(sched: &'static Sched) {
 /// on their thread, so they wait until it reaches a safe point. (A collection does not wait for
 /// it: it is stopped by signal where it stands.)
 #[cold]
-fn warn_hog(m: &crate::proc::M, waiting: usize, running: Duration) {
+fn warn_hog(m: &M, waiting: usize, running: Duration) {
     eprintln!(
         "goro: goroutine {} has run for {:.1} s on one thread without reaching a safe point \
          (a channel operation, an allocation, goro::yield_now); {waiting} goroutine(s) bound to \
@@ -192,4 +194,107 @@ fn trace_line(sched: &Sched, elapsed: Duration, blocked: Option<&str>) {
     if let Some(why) = blocked {
         eprintln!("  all goroutines are blocked; not reported as a deadlock: {why}");
     }
+}
+
+/// Where a pass over every G's stack memory (see `shrink`) has got to.
+#[derive(Default, Debug)]
+pub(crate) struct StackPass {
+    /// Goroutines parked in this epoch or later are left alone.
+    before: u64,
+    list: usize,
+    index: usize,
+    /// Some parked goroutine was too young: the next epoch needs a pass too.
+    pub(crate) found_young: bool,
+}
+
+impl StackPass {
+    /// A pass over goroutines parked before `epoch - 1`, so for at least one whole epoch.
+    pub(crate) fn new(epoch: u64) -> StackPass {
+        StackPass {
+            before: epoch.saturating_sub(1),
+            ..StackPass::default()
+        }
+    }
+}
+
+/// Goroutines a pass looks at under one lock acquisition of an allg list.
+const PASS_CHUNK: usize = 256;
+
+/// Continues `pass` until `deadline`; returns true when it has covered every G.
+pub(crate) fn release_parked_stacks(
+    sched: &Sched,
+    pass: &mut StackPass,
+    deadline: Instant,
+) -> bool {
+    while pass.list < sched.allg.len() {
+        let list = lock(&sched.allg[pass.list]);
+        if sched.stopping.load(Ordering::SeqCst) {
+            // A collection has stopped the world and may have taken its roots already: the
+            // stacks it has yet to scan must keep their pages until it is done. (It takes these
+            // locks after stopping the world, so under this lock `stopping` is up to date.)
+            return false;
+        }
+        let end = (pass.index + PASS_CHUNK).min(list.len());
+        for g in list.get(pass.index..end).unwrap_or(&[]) {
+            let gg = g.g();
+            let home = gg.home.load(Ordering::Relaxed);
+            // SAFETY: we are sysmon and hold the G's allg lock. The stack fields of a parked G
+            // are written only by its home M before its first run and at its exit, neither of
+            // which can happen while it is parked.
+            let released = unsafe {
+                gg.parked_stack.release(
+                    pass.before,
+                    sched.stash == StashMode::Unchecked,
+                    || lock(&sched.ms[home].ready),
+                    || {
+                        let stack = gg.current_stack()?;
+                        Some((stack as *const Stack, *gg.sp.get()))
+                    },
+                )
+            };
+            match released {
+                Released::TooYoung => pass.found_young = true,
+                Released::Nothing | Released::Done => {}
+            }
+        }
+        if end >= list.len() {
+            pass.list += 1;
+            pass.index = 0;
+        } else {
+            pass.index = end;
+        }
+        drop(list);
+        if Instant::now() >= deadline {
+            return false;
+        }
+    }
+    true
+}
+
+/// Releases the pages of the cached stacks of Ps that were idle at the previous call and still
+/// are, and returns those stacks to goro-stack's pool (Go frees idle Ps' stack caches at each GC;
+/// sysmon does this every epoch). Returns the number of stacks released.
+pub(crate) fn trim_idle_stack_caches(sched: &Sched, idle_before: &mut Vec<bool>) -> usize {
+    idle_before.resize(sched.ps.len(), false);
+    let mut taken: Vec<Stack> = Vec::new();
+    // (Stacks from here go to the pool with their pages released.)
+    {
+        let pidle = lock(&sched.pidle);
+        for (p, was_idle) in idle_before.iter_mut().enumerate() {
+            let idle = pidle.free.contains(&p);
+            if idle && *was_idle {
+                // SAFETY: a P on the free list is held by no M, and it cannot leave the list
+                // while we hold `pidle`: its stack cache is ours meanwhile.
+                taken.append(unsafe { &mut *sched.ps[p].stacks.get() });
+            }
+            *was_idle = idle;
+        }
+    }
+    let count = taken.len();
+    for stack in taken {
+        // SAFETY: a cached stack belongs to no goroutine: nothing runs on it or points into it.
+        unsafe { stack.release_below(stack.top()) };
+        // Dropping a `Stack` returns it to goro-stack's pool.
+    }
+    count
 }

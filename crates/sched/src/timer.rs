@@ -6,20 +6,22 @@
 //! P every time it looks for work; an M about to go idle runs expired timers of every P and sleeps
 //! no longer than the earliest deadline of any P, so a timer fires even when its P's M is busy.
 //! Callbacks run on an M's system stack with no lock held; they must not block.
+//!
+//! Layering: this file is the heap only, and imports nothing of the scheduler (a P holds its
+//! `Timers`). Arming a timer for the caller is `Sched::add_timer` (`proc`, which wakes an idle M);
+//! `sleep` is in `park`, and `after`/`tick` are in `chan`, which build on it.
 
-use crate::chan::{self, Receiver, Sender};
-use crate::park::{Waiter, park_releasable};
-use crate::proc::{self, Sched, lock};
+use crate::lock::lock;
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
 
 /// What a timer does when it fires.
 pub(crate) type Callback = Box<dyn FnOnce() + Send>;
 
-struct Timer {
+pub(crate) struct Timer {
     when: Instant,
     /// Breaks ties in insertion order.
     seq: u64,
@@ -59,10 +61,23 @@ pub(crate) struct Timers {
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// A P's timer heap, locked: the proof [`Timers::push_locked`] asks for.
+pub(crate) type Heap<'a> = MutexGuard<'a, BinaryHeap<Timer>>;
+
 impl Timers {
-    fn push(&self, when: Instant, callback: Callback) {
+    /// Locks the heap (for a caller that must park under its lock, as `sleep` does).
+    pub(crate) fn lock(&self) -> Heap<'_> {
+        lock(&self.heap)
+    }
+
+    /// Adds a timer.
+    pub(crate) fn push(&self, when: Instant, callback: Callback) {
+        self.push_locked(&mut self.lock(), when, callback);
+    }
+
+    /// Adds a timer to this P's heap, which the caller has locked (`heap` is its guard).
+    pub(crate) fn push_locked(&self, heap: &mut Heap<'_>, when: Instant, callback: Callback) {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let mut heap = lock(&self.heap);
         heap.push(Timer {
             when,
             seq,
@@ -105,87 +120,4 @@ impl Timers {
     pub(crate) fn is_empty(&self) -> bool {
         lock(&self.heap).is_empty()
     }
-}
-
-/// Arms a timer on the caller's P (or P 0), waking an idle M to account for it.
-pub(crate) fn add(sched: &Sched, when: Instant, callback: Callback) {
-    sched.timers_for_caller().push(when, callback);
-    sched.timer_added();
-}
-
-/// Blocks the calling goroutine for at least `duration` (Go's `time.Sleep`); a thread that is not
-/// a goroutine sleeps with `std::thread::sleep`. Sleeping is a safe point.
-pub fn sleep(duration: Duration) {
-    crate::stw::safe_point();
-    let (Some(sched), Some(_)) = (proc::current_sched(), proc::current_g()) else {
-        std::thread::sleep(duration);
-        return;
-    };
-    if duration.is_zero() {
-        proc::yield_now();
-        return;
-    }
-    let when = Instant::now() + duration;
-    let waiter = Waiter::current();
-    let timers = sched.timers_for_caller();
-    // Queue the timer and park under the heap's lock: the callback (which readies us) needs that
-    // lock, so it cannot run before we are parked.
-    let mut heap = lock(&timers.heap);
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    heap.push(Timer {
-        when,
-        seq,
-        callback: Box::new(move || waiter.wake()),
-    });
-    timers.pending.store(heap.len(), Ordering::Relaxed);
-    sched.timer_added();
-    // The waker is a closure in the timer heap: nothing reads our stack.
-    park_releasable(heap, None);
-}
-
-/// A channel that receives the time once, after `duration` (Go's `time.After`). Use it in
-/// `select!` for a timeout.
-///
-/// # Panics
-/// Panics outside a running goro runtime.
-pub fn after(duration: Duration) -> Receiver<Instant> {
-    let sched = proc::current_sched()
-        .unwrap_or_else(|| panic!("goro::chan::after called outside a goro runtime"));
-    let (tx, rx) = chan::channel(1);
-    add(
-        sched,
-        Instant::now() + duration,
-        Box::new(move || drop(tx.try_send(Instant::now()))),
-    );
-    rx
-}
-
-/// A channel that receives the time every `period` (Go's `time.Tick`); ticks a slow receiver
-/// misses are dropped, and the ticker stops once every receiver is gone.
-///
-/// # Panics
-/// Panics outside a running goro runtime, or if `period` is zero.
-pub fn tick(period: Duration) -> Receiver<Instant> {
-    assert!(
-        !period.is_zero(),
-        "goro::chan::tick: non-positive interval for tick"
-    );
-    let sched = proc::current_sched()
-        .unwrap_or_else(|| panic!("goro::chan::tick called outside a goro runtime"));
-    let (tx, rx) = chan::channel(1);
-    arm_tick(sched, tx, Instant::now() + period, period);
-    rx
-}
-
-fn arm_tick(sched: &'static Sched, tx: Sender<Instant>, when: Instant, period: Duration) {
-    add(
-        sched,
-        when,
-        Box::new(move || {
-            if tx.has_receivers() {
-                drop(tx.try_send(Instant::now()));
-                arm_tick(sched, tx, when + period, period);
-            }
-        }),
-    );
 }
