@@ -175,14 +175,17 @@ pub(crate) fn report(visitor: &mut RootVisitor<'_>, root: RootRange) {
     }
 }
 
-/// Reports the static segments and the stopped threads of the retirement under way on this
-/// thread (see `Runtime::run`).
+/// Reports the abandoned goroutines, the static segments and the stopped threads of the
+/// retirement under way on this thread (see `Runtime::run`).
 pub(crate) fn report_retiring(visitor: &mut RootVisitor<'_>) {
-    let Some((statics, threads)) = crate::runtime::retiring() else {
+    let Some(retiring) = crate::runtime::retiring() else {
         panic!("report_retiring outside a retirement");
     };
-    report_segments(visitor, statics);
-    report_threads(visitor, threads);
+    retiring
+        .abandoned
+        .for_each(&mut |root| report(visitor, root));
+    report_segments(visitor, retiring.statics);
+    report_threads(visitor, retiring.threads);
 }
 
 fn report_segments(visitor: &mut RootVisitor<'_>, segments: &[(usize, usize)]) {

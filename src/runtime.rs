@@ -467,10 +467,14 @@ impl Runtime {
         let finished = goro_sched::run(config, main);
         // SAFETY: installed above by this runtime, which is over.
         unsafe { goro_gc::uninstall() };
+        // What the stopped threads could hold (the `allg` locks, the allocator's) is taken or
+        // allocated before they are stopped, as for a cycle.
+        let abandoned = std::cell::OnceCell::new();
         let mut stopped = |cycle: &mut dyn FnMut()| {
+            let held = abandoned.get_or_init(|| finished.abandoned_roots());
             let statics = roots::writable_segments();
             let threads = crate::world::stop_others();
-            RETIRING.with(|slot| slot.set(Some((&raw const statics, &raw const threads))));
+            RETIRING.with(|slot| slot.set(Some((&raw const statics, &raw const threads, held))));
             cycle();
             RETIRING.with(|slot| slot.set(None));
         };
@@ -479,7 +483,6 @@ impl Runtime {
             let lo = std::ptr::from_ref(result).cast::<u8>();
             // SAFETY: the result is a live local of this frame for the whole call.
             unsafe { visitor.range(lo, lo.add(size_of_val(result))) };
-            finished.for_each_abandoned_root(&mut |root| roots::report(visitor, root));
             roots::report_retiring(visitor);
         };
         // Every goroutine has stopped for good; `stopped` stops every other thread, and `report`
@@ -512,19 +515,40 @@ fn promised(on: bool) -> goro_sched::Promised {
 }
 
 /// Where the roots of a retirement are: the static segments and the stopped threads.
-type RetiringRoots = (*const Vec<(usize, usize)>, *const crate::world::Stopped);
+type RetiringRoots = (
+    *const Vec<(usize, usize)>,
+    *const crate::world::Stopped,
+    *const goro_sched::AbandonedRoots<'static>,
+);
 
 thread_local! {
-    /// The static segments and stopped threads of the retirement under way on this thread.
+    /// The static segments, stopped threads and abandoned goroutines of the retirement under way
+    /// on this thread.
     static RETIRING: std::cell::Cell<Option<RetiringRoots>> = const { std::cell::Cell::new(None) };
 }
 
-/// The static segments and stopped threads of the retirement under way on this thread.
-pub(crate) fn retiring() -> Option<(&'static [(usize, usize)], &'static crate::world::Stopped)> {
-    let (statics, threads) = RETIRING.with(std::cell::Cell::get)?;
+/// The roots of the retirement under way on this thread, besides its own frame.
+pub(crate) struct Retiring {
+    /// The static segments.
+    pub(crate) statics: &'static [(usize, usize)],
+    /// The stopped threads.
+    pub(crate) threads: &'static crate::world::Stopped,
+    /// The goroutines the runtime left behind.
+    pub(crate) abandoned: &'static goro_sched::AbandonedRoots<'static>,
+}
+
+/// The roots of the retirement under way on this thread, if one is.
+pub(crate) fn retiring() -> Option<Retiring> {
+    let (statics, threads, abandoned) = RETIRING.with(std::cell::Cell::get)?;
     // SAFETY: set by `run` to locals of its frame while `retire` runs the closure that calls us,
     // and cleared before they go; the references do not escape the report.
-    Some(unsafe { ((*statics).as_slice(), &*threads) })
+    Some(unsafe {
+        Retiring {
+            statics: (*statics).as_slice(),
+            threads: &*threads,
+            abandoned: &*abandoned,
+        }
+    })
 }
 
 /// Whether `#[global_allocator]` is `GoroAlloc`: a fresh `Box` must land in goro's heap.

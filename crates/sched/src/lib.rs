@@ -18,7 +18,7 @@
 //! 2. An M's loop takes work in this order: the global queue first on every 61st tick (fairness, as
 //!    in Go), its local queue, the global queue, stealing half of another P's queue; then it parks
 //!    on its own futex-backed parker until woken.
-//! 3. **Migration rule** (DESIGN.md section 3): a goroutine may move to another M only before it
+//! 3. **Migration rule** (docs/design.md, section 3): a goroutine may move to another M only before it
 //!    first runs. Its stack may hold `!Send` values and thread-local addresses once it has run, so
 //!    after the first run it is *bound* to that M: when readied it goes back to that M's P, and
 //!    stealing takes only Gs that have never run.
@@ -83,7 +83,7 @@ pub use park::sleep;
 pub use proc::{LOCAL_QUEUE_SOFT_LIMIT, blocking, release_stack_memory, set_max_procs, yield_now};
 pub use roots::{RootRange, RootsLock};
 pub use runtime2::{current_goroutine_id, is_goroutine, num_goroutine, procs};
-pub use start::{Finished, go, run};
+pub use start::{AbandonedRoots, Finished, go, run};
 pub use stw::{safe_point, stop_the_world, stop_the_world_from_thread};
 pub use sysmon::TIME_SLICE;
 

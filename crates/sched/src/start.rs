@@ -7,11 +7,23 @@ use crate::join::{JoinHandle, Packet, Panic, Task};
 use crate::lock::lock;
 use crate::proc::{self, begin_shutdown, m_main, new_g};
 use crate::roots::{RootRange, roots_of};
-use crate::runtime2::{CURRENT, Entry, GStatus, Sched, current_m, current_sched};
+use crate::runtime2::{CURRENT, Entry, GRef, GStatus, Sched, current_m, current_sched};
 use crate::{stw, sysmon};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The goroutines a finished runtime left behind, held still (see [`Finished::abandoned_roots`]).
+pub struct AbandonedRoots<'a> {
+    lists: Vec<MutexGuard<'a, Vec<GRef>>>,
+}
+
+impl AbandonedRoots<'_> {
+    /// Reports every abandoned goroutine's G struct and live stack ranges; allocates nothing.
+    pub fn for_each(&self, visit: &mut dyn FnMut(RootRange)) {
+        roots_of(&self.lists, visit);
+    }
+}
 
 /// One runtime at a time per process; later `run` calls wait.
 static RUN_LOCK: Mutex<()> = Mutex::new(());
@@ -28,12 +40,15 @@ impl<R> Finished<R> {
         &self.result
     }
 
-    /// Reports the roots of the goroutines still alive when the main goroutine returned. They
-    /// never run again; their stacks and closures stay allocated (as in Go, nothing of theirs is
-    /// dropped).
-    pub fn for_each_abandoned_root(&self, visit: &mut dyn FnMut(RootRange)) {
-        let lists: Vec<_> = self.sched.allg.iter().map(lock).collect();
-        roots_of(&lists, visit);
+    /// Holds the goroutines still alive when the main goroutine returned, to report their roots
+    /// ([`AbandonedRoots::for_each`]). They never run again; their stacks and closures stay
+    /// allocated (as in Go, nothing of theirs is dropped). Take it *before* stopping the threads
+    /// that do not reach a safe point, as [`RootsLock`](crate::RootsLock): it locks the `allg`
+    /// lists and allocates, and a stopped thread may hold either lock.
+    pub fn abandoned_roots(&self) -> AbandonedRoots<'static> {
+        AbandonedRoots {
+            lists: self.sched.allg.iter().map(lock).collect(),
+        }
     }
 
     /// The main goroutine's result.

@@ -21,7 +21,7 @@
 //! channel operations, allocation or yields; a call inside `blocking`; a wait on a std lock) is
 //! not waited for: the initiator goes on, and the collector stops its thread by signal along with
 //! every other thread of the process (the facade's `world` module), where it stands. Runtime
-//! paths that must not be cut in half defer that signal (`suspend`).
+//! paths that must not be cut in half defer that signal (`goro_alloc::nosuspend`).
 
 use crate::lock::lock;
 use crate::runtime2::{self, M, Request, Sched, current_m, switch_to_g0};

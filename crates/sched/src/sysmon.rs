@@ -8,7 +8,7 @@
 //!    at its next safe point (allocation batch, channel operation, spawn, join, yield) and yields,
 //!    so a goroutine that calls into the runtime cannot hold its P forever. Nothing is ever
 //!    switched inside a signal handler: a goroutine that never reaches a safe point is not
-//!    preempted (DESIGN.md section 3).
+//!    preempted (docs/design.md, section 3).
 //!    And if the same goroutine has run for a whole sysmon tick while its P has never-run
 //!    goroutines queued, sysmon wakes an idle M to steal them (the P stays with its M, which may
 //!    be inside the runtime using it; `blocking` is how code hands the P itself over).

@@ -230,7 +230,7 @@ fn abandoned_goroutines_do_not_block_the_end_of_run() {
         7
     });
     let (mut stacks, mut blocks) = (0, 0);
-    finished.for_each_abandoned_root(&mut |root| match root {
+    finished.abandoned_roots().for_each(&mut |root| match root {
         goro_sched::RootRange::Stack { lo, hi } | goro_sched::RootRange::Stashed { lo, hi } => {
             assert!(lo < hi);
             stacks += 1;
