@@ -140,7 +140,8 @@ pub use runtime::{BuildError, Builder, Runtime, run};
 /// Channels (Go's `chan T`): `channel(cap)`, `Sender`, `Receiver`.
 pub mod chan {
     pub use goro_sched::chan::{
-        __select, Iter, Receiver, Sender, TryRecvError, TrySendError, after, channel, tick,
+        __select, IntoIter, Iter, Receiver, Sender, TryRecvError, TrySendError, after, channel,
+        tick,
     };
 }
 

@@ -259,14 +259,14 @@ fn an_out_of_range_goro_max_procs_is_named_in_the_error() {
 }
 
 /// Where the panics `f` raises are reported (file, line), through a panic hook.
-fn panic_location(f: impl FnOnce() + std::panic::UnwindSafe) -> (String, u32) {
+fn panic_location(f: impl FnOnce()) -> (String, u32) {
     static WHERE: std::sync::Mutex<Option<(String, u32)>> = std::sync::Mutex::new(None);
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|info| {
         let location = info.location().expect("a panic location");
         *WHERE.lock().unwrap() = Some((location.file().to_string(), location.line()));
     }));
-    let outcome = std::panic::catch_unwind(f);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     std::panic::set_hook(previous);
     assert!(outcome.is_err(), "no panic");
     WHERE.lock().unwrap().take().expect("the hook ran")
@@ -286,6 +286,41 @@ fn panics_on_bad_use_point_at_the_callers_line() {
     let cell = goro::gc::GcCell::new(1u32);
     let _reading = cell.borrow();
     let line = line!() + 1;
-    let (file, at) = panic_location(std::panic::AssertUnwindSafe(|| cell.set(2)));
+    let (file, at) = panic_location(|| cell.set(2));
     assert_eq!((file.as_str(), at), ("tests/runtime.rs", line));
+}
+
+#[test]
+fn channel_panics_point_at_the_callers_line() {
+    let _serial = serial();
+    goro::run(|| {
+        let (tx, rx) = goro::chan::channel::<u32>(1);
+        tx.close();
+        let line = line!() + 1;
+        let (file, at) = panic_location(|| tx.send(1));
+        assert_eq!((file.as_str(), at), ("tests/runtime.rs", line));
+        let line = line!() + 1;
+        let (file, at) = panic_location(|| tx.close());
+        assert_eq!((file.as_str(), at), ("tests/runtime.rs", line));
+        drop(rx);
+    });
+}
+
+#[test]
+fn a_receiver_iterates_by_value_until_closed() {
+    let _serial = serial();
+    let sum = goro::run(|| {
+        let (tx, rx) = goro::chan::channel::<u32>(0);
+        goro::go(move || {
+            for i in 1..=10 {
+                tx.send(i);
+            }
+        });
+        let mut sum = 0;
+        for v in rx {
+            sum += v;
+        }
+        sum
+    });
+    assert_eq!(sum, 55);
 }

@@ -385,6 +385,7 @@ impl<T> Chan<T> {
         }
     }
 
+    #[track_caller]
     fn close(&self, explicit: bool) {
         let mut state = self.locked();
         if state.closed {
@@ -431,6 +432,7 @@ impl<T: Send> Sender<T> {
     ///
     /// # Panics
     /// Panics with "send on closed channel" if the channel is closed, or closes while blocked.
+    #[track_caller]
     pub fn send(&self, value: T) {
         stw::safe_point();
         match self.chan.try_send(value) {
@@ -460,6 +462,7 @@ impl<T: Send> Sender<T> {
     ///
     /// # Panics
     /// Panics with "close of closed channel" if it is already closed.
+    #[track_caller]
     pub fn close(&self) {
         self.chan.close(true);
     }
@@ -594,6 +597,28 @@ impl<T: Send> Iterator for Iter<'_, T> {
     }
 }
 
+/// Receives until the channel is closed and drained, owning the receiver (`for v in rx`).
+pub struct IntoIter<T> {
+    receiver: Receiver<T>,
+}
+
+impl<T: Send> Iterator for IntoIter<T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        self.receiver.recv()
+    }
+}
+
+impl<T: Send> IntoIterator for Receiver<T> {
+    type Item = T;
+    type IntoIter = IntoIter<T>;
+
+    fn into_iter(self) -> IntoIter<T> {
+        IntoIter { receiver: self }
+    }
+}
+
 impl<'a, T: Send> IntoIterator for &'a Receiver<T> {
     type Item = T;
     type IntoIter = Iter<'a, T>;
@@ -608,6 +633,7 @@ impl<'a, T: Send> IntoIterator for &'a Receiver<T> {
 ///
 /// # Panics
 /// Panics outside a running goro runtime.
+#[track_caller]
 pub fn after(duration: Duration) -> Receiver<Instant> {
     let sched = current_sched()
         .unwrap_or_else(|| panic!("goro::chan::after called outside a goro runtime"));
@@ -624,6 +650,7 @@ pub fn after(duration: Duration) -> Receiver<Instant> {
 ///
 /// # Panics
 /// Panics outside a running goro runtime, or if `period` is zero.
+#[track_caller]
 pub fn tick(period: Duration) -> Receiver<Instant> {
     assert!(
         !period.is_zero(),

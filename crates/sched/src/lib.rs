@@ -92,6 +92,7 @@ pub use sysmon::TIME_SLICE;
 ///
 /// # Panics
 /// Panics when called outside a goroutine.
+#[track_caller]
 pub fn exit() -> ! {
     if !is_goroutine() {
         panic!("goro::exit called outside a goroutine");

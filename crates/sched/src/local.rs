@@ -60,6 +60,7 @@ impl<T: 'static> Local<T> {
     /// # Panics
     /// Panics when called outside a goroutine, and when called by a destructor at goroutine exit
     /// to make a value more than four generations deep (see [`Local`]).
+    #[track_caller]
     pub fn with<R>(&'static self, f: impl FnOnce(&T) -> R) -> R {
         let Some(g) = current_g() else {
             panic!("goro::Local::with called outside a goroutine; use thread_local! there");

@@ -155,6 +155,7 @@ where
 ///
 /// # Panics
 /// Panics outside a running goro runtime, or if no stack can be allocated (the message says why).
+#[track_caller]
 pub fn go<F, R>(f: F) -> JoinHandle<R>
 where
     F: FnOnce() -> R + Send + 'static,

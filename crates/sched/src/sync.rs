@@ -53,6 +53,7 @@ impl WaitGroup {
     ///
     /// # Panics
     /// Panics with Go's message "sync: negative WaitGroup counter" if the counter drops below 0.
+    #[track_caller]
     pub fn add(&self, delta: i64) {
         // SeqCst: the counter's changes and `wait`'s read under the lock form one order.
         let now = self.counter.fetch_add(delta, Ordering::SeqCst) + delta;
@@ -69,6 +70,7 @@ impl WaitGroup {
     }
 
     /// Decrements the counter by one.
+    #[track_caller]
     pub fn done(&self) {
         self.add(-1);
     }
