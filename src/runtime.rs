@@ -11,6 +11,12 @@
 //! | `stack_size(b)`  | -                    | -           | 1 MiB of address space         |
 //! | `max_stack_size(b)` | -                 | debug.SetMaxStack | 1 GiB (slot + `maybe_grow` segments) |
 //! | `unsafe stash_parked_stacks(on)`, `unsafe stash_parked_stacks_unchecked(on)` | `GORO_DEBUG=stackstash=off` turns both off | - | off: long-parked goroutines' stacks are trimmed below their stack pointers |
+//! | `detached_panics_exit(on)` | - | - (always) | on: a panic in a goroutine whose `JoinHandle` was dropped ends the program with status 2, as in Go |
+//!
+//! A goroutine's panic is printed by the process's panic hook, after a line naming the goroutine
+//! (`goroutine 7 panicked:`); a joined goroutine's panic comes back from `join` as a
+//! [`Panic`](crate::Panic); one that no handle will see ends the program unless
+//! `detached_panics_exit(false)`.
 //!
 //! `GORO_DEBUG=gctrace=1` prints Go's gctrace line per cycle; `GORO_DEBUG=schedtrace=1000` prints
 //! Go's scheduler line every second. The stack knobs only ever make goro more careful:
@@ -125,6 +131,7 @@ pub struct Builder {
     parked_stacks: ParkedStacks,
     migrate_goroutines: bool,
     max_stack_size: Option<usize>,
+    keep_running_after_detached_panics: bool,
 }
 
 /// What sysmon does with the stack of a goroutine parked for a second or so: the builder's
@@ -160,6 +167,14 @@ impl Builder {
     /// GOMEMLIMIT: a soft limit on the collected heap, in bytes.
     pub fn memory_limit(mut self, bytes: usize) -> Builder {
         self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// Whether a panic in a goroutine whose [`JoinHandle`](crate::JoinHandle) was dropped (so
+    /// nobody can see it) ends the program with exit status 2, as an unrecovered panic does in Go
+    /// (the default), or is only printed while the program goes on (`false`).
+    pub fn detached_panics_exit(mut self, on: bool) -> Builder {
+        self.keep_running_after_detached_panics = !on;
         self
     }
 
@@ -336,6 +351,7 @@ impl Builder {
             stack_size,
             parked_stacks: self.parked_stacks,
             migrate_goroutines: self.migrate_goroutines,
+            detached_panics_exit: !self.keep_running_after_detached_panics,
             debug,
         })
     }
@@ -351,6 +367,7 @@ pub struct Runtime {
     parked_stacks: ParkedStacks,
     migrate_goroutines: bool,
     max_stack_size: usize,
+    detached_panics_exit: bool,
     debug: Debug,
 }
 
@@ -449,6 +466,7 @@ impl Runtime {
         goro_gc::set_clobber_free(self.debug.clobberfree);
         goro_gc::set_scan_unaligned(self.debug.gcunaligned);
         crate::world::install();
+        name_goroutines_in_panics();
         // SAFETY: this runtime is the world `GOROUTINE_ROOTS` describes, and it runs from here
         // until the uninstall below.
         unsafe { goro_gc::install(&GOROUTINE_ROOTS) };
@@ -463,6 +481,7 @@ impl Runtime {
             migrate: promised(self.migrate_goroutines),
             max_stack_size: self.max_stack_size,
             runtime_thread: Some(goro_gc::sweeper_thread_id),
+            detached_panics_exit: self.detached_panics_exit,
         };
         let finished = goro_sched::run(config, main);
         // SAFETY: installed above by this runtime, which is over.
@@ -500,6 +519,22 @@ impl Runtime {
             Err(panic) => panic.resume(),
         }
     }
+}
+
+/// Wraps the process's panic hook, once, so that a panic on a goroutine is preceded by a line
+/// naming it (Go prints "goroutine N"); std's own line names only the thread, an M. A hook the
+/// program sets later replaces this one, as hooks do.
+fn name_goroutines_in_panics() {
+    static WRAPPED: std::sync::Once = std::sync::Once::new();
+    WRAPPED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Some(id) = goro_sched::current_goroutine_id() {
+                eprintln!("goroutine {id} panicked:");
+            }
+            previous(info);
+        }));
+    });
 }
 
 /// A `Config` setting from a builder flag.

@@ -324,3 +324,91 @@ fn a_receiver_iterates_by_value_until_closed() {
     });
     assert_eq!(sum, 55);
 }
+
+/// Set in the child processes of the detached-panic tests: which program to run.
+const DETACHED_CHILD: &str = "GORO_TEST_DETACHED_PANIC_CHILD";
+
+/// Runs this test binary's test `name` in a child process with `DETACHED_CHILD=mode`.
+fn run_child(name: &str, mode: &str) -> std::process::Output {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(DETACHED_CHILD, mode)
+        .output()
+        .unwrap()
+}
+
+/// A goroutine that panics after its handle is gone, in a runtime built with `exit`.
+fn detached_panic_program(exit: bool) -> u32 {
+    goro::Runtime::builder()
+        .detached_panics_exit(exit)
+        .build()
+        .unwrap()
+        .run(|| {
+            let (tx, rx) = goro::chan::channel::<()>(0);
+            drop(goro::go(move || {
+                rx.recv();
+                panic!("boom in a detached goroutine");
+            }));
+            tx.send(());
+            goro::sleep(std::time::Duration::from_millis(200));
+            7
+        })
+}
+
+#[test]
+fn a_panic_nobody_can_join_ends_the_program_as_in_go() {
+    match std::env::var(DETACHED_CHILD).as_deref() {
+        Ok("exit") => {
+            detached_panic_program(true);
+            println!("still running");
+            return;
+        }
+        Ok(_) => return,
+        Err(_) => {}
+    }
+    let out = run_child("a_panic_nobody_can_join_ends_the_program_as_in_go", "exit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(!stdout.contains("still running"), "stdout: {stdout}");
+    assert!(
+        stderr.contains("panic: boom in a detached goroutine [goroutine ")
+            && stderr.contains("whose JoinHandle was dropped"),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn a_detached_panic_is_printed_and_the_program_goes_on_when_asked() {
+    match std::env::var(DETACHED_CHILD).as_deref() {
+        Ok("ignore") => {
+            println!("returned {}", detached_panic_program(false));
+            return;
+        }
+        Ok(_) => return,
+        Err(_) => {}
+    }
+    let out = run_child(
+        "a_detached_panic_is_printed_and_the_program_goes_on_when_asked",
+        "ignore",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert!(stdout.contains("returned 7"), "stdout: {stdout}");
+    // The panic hook's report, with the goroutine named (the main goroutine is 1, this is 2).
+    assert!(
+        stderr.contains("goroutine 2 panicked:") && stderr.contains("boom in a detached goroutine"),
+        "stderr: {stderr}"
+    );
+}
+
+#[test]
+fn a_joined_panic_comes_back_from_join_and_ends_nothing() {
+    let _serial = serial();
+    let message = goro::run(|| {
+        let handle = goro::go(|| -> u32 { panic!("joined boom") });
+        handle.join().unwrap_err().message().map(str::to_string)
+    });
+    assert_eq!(message.as_deref(), Some("joined boom"));
+}

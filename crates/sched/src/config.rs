@@ -38,6 +38,10 @@ pub struct Config {
     /// The kernel id of another thread of the runtime's that the deadlock check must not count
     /// as one that could wake a goroutine, if it runs (the collector's sweeper).
     pub runtime_thread: Option<fn() -> Option<i32>>,
+    /// Whether a panic that no `JoinHandle` can see any more (the handle was dropped) ends the
+    /// process with exit status 2, as an unrecovered panic in any goroutine does in Go. When
+    /// false it is only printed (by the panic hook) and the program goes on.
+    pub detached_panics_exit: bool,
 }
 
 impl Default for Config {
@@ -53,6 +57,7 @@ impl Default for Config {
             migrate: Promised::OFF,
             max_stack_size: DEFAULT_MAX_STACK_SIZE,
             runtime_thread: None,
+            detached_panics_exit: true,
         }
     }
 }

@@ -2,12 +2,13 @@
 
 use crate::lock::lock;
 use crate::park::{Waiter, park_releasable};
-use crate::runtime2::Run;
+use crate::runtime2::{Run, current_goroutine_id};
 use crate::stw;
 use std::any::Any;
 use std::cell::UnsafeCell;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The unwind payload of `goro::exit()` (Go's `runtime.Goexit`).
@@ -72,8 +73,30 @@ impl fmt::Display for Panic {
 
 enum State<R> {
     Running(Option<Waiter>),
+    /// Running, and its handle was dropped: nobody will take the result.
+    Detached,
     Done(Result<R, Panic>),
     Taken,
+}
+
+/// Whether a panic no handle will see ends the process (`Config::detached_panics_exit`); set by
+/// `run`.
+pub(crate) static DETACHED_PANICS_EXIT: AtomicBool = AtomicBool::new(true);
+
+/// A goroutine panicked and no `JoinHandle` will ever see it: Go ends the program for that, and so
+/// does goro unless told otherwise (the panic hook has printed the panic and where it happened).
+fn detached_panic(id: u64, panic: &Panic) {
+    // Relaxed: a setting written before the runtime started its goroutines.
+    if panic.is_exit() || !DETACHED_PANICS_EXIT.load(Ordering::Relaxed) {
+        return;
+    }
+    eprintln!(
+        "panic: {} [goroutine {id}, whose JoinHandle was dropped]\n\n\
+         goro ends the program, as Go does when a goroutine panics; join the goroutine to handle \
+         its panic, or build the runtime with `Builder::detached_panics_exit(false)`",
+        panic.message().unwrap_or("(a non-string payload)")
+    );
+    std::process::exit(2);
 }
 
 /// Where a goroutine leaves its result for its `JoinHandle`.
@@ -88,9 +111,19 @@ impl<R> Packet<R> {
         }
     }
 
-    /// Stores the result and wakes the joiner, if one waits.
-    pub(crate) fn complete(&self, result: Result<R, Panic>) {
-        let previous = std::mem::replace(&mut *lock(&self.state), State::Done(result));
+    /// Stores the result and wakes the joiner, if one waits. `id` is the goroutine's.
+    pub(crate) fn complete(&self, id: u64, result: Result<R, Panic>) {
+        let mut state = lock(&self.state);
+        if let State::Detached = *state {
+            *state = State::Taken;
+            drop(state);
+            if let Err(panic) = &result {
+                detached_panic(id, panic);
+            }
+            return;
+        }
+        let previous = std::mem::replace(&mut *state, State::Done(result));
+        drop(state);
         if let State::Running(Some(waiter)) = previous {
             waiter.wake();
         }
@@ -139,7 +172,8 @@ impl<F: FnOnce() -> R + Send, R: Send> Run for Task<F, R> {
         // SAFETY: the caller's contract: we are the only, and first, user of `f`.
         let f = unsafe { (*self.f.get()).take() }.expect("a goroutine's task runs once");
         let result = catch_unwind(AssertUnwindSafe(f)).map_err(Panic::new);
-        self.packet.complete(result);
+        let id = current_goroutine_id().unwrap_or(0);
+        self.packet.complete(id, result);
     }
 }
 
@@ -185,7 +219,9 @@ impl<R> JoinHandle<R> {
             let mut state = lock(&self.task.packet().state);
             match std::mem::replace(&mut *state, State::Taken) {
                 State::Done(result) => return result,
-                State::Taken => unreachable!("a JoinHandle's result is taken only by join"),
+                State::Taken | State::Detached => {
+                    unreachable!("a JoinHandle's result is taken only by join")
+                }
                 State::Running(_) => {
                     let waiter = Waiter::current();
                     let parker = waiter.thread_parker();
@@ -194,6 +230,22 @@ impl<R> JoinHandle<R> {
                     park_releasable(state, parker);
                 }
             }
+        }
+    }
+}
+
+impl<R> Drop for JoinHandle<R> {
+    /// Detaches the goroutine; if it already ended with a panic, that panic is one nobody will
+    /// see (see [`Config::detached_panics_exit`](crate::Config::detached_panics_exit)).
+    fn drop(&mut self) {
+        let mut state = lock(&self.task.packet().state);
+        match std::mem::replace(&mut *state, State::Taken) {
+            State::Running(_) => *state = State::Detached,
+            State::Done(Err(panic)) => {
+                drop(state);
+                detached_panic(self.id, &panic);
+            }
+            State::Done(Ok(_)) | State::Detached | State::Taken => {}
         }
     }
 }

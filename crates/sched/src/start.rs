@@ -75,6 +75,8 @@ where
     if let Err(error) = goro_stack::install_overflow_handler() {
         panic!("goro::run: cannot install the stack overflow handler: {error}");
     }
+    // Relaxed: read by goroutines this runtime starts, after the thread spawns that order it.
+    crate::join::DETACHED_PANICS_EXIT.store(config.detached_panics_exit, Ordering::Relaxed);
     let sched = Sched::new(config);
     // Release: pairs with the Acquire in `current_sched`.
     CURRENT.store(sched as *const Sched as *mut Sched, Ordering::Release);
@@ -85,7 +87,7 @@ where
         sched,
         Entry::Closure(Box::new(move || {
             let result = catch_unwind(AssertUnwindSafe(main)).map_err(Panic::new);
-            main_packet.complete(result);
+            main_packet.complete(1, result);
             begin_shutdown(current_m().expect("main goroutine runs on an M").sched());
         })),
     );
