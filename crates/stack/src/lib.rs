@@ -86,10 +86,9 @@ mod trap;
 pub use arch::{StackPointer, init_stack, switch};
 pub use guard::{GuardKind, guard_kind};
 pub use overflow::{install_overflow_handler, prepare_thread};
-pub use slot::{
-    DEFAULT_STACK_SIZE, GUARD_SIZE, RED_ZONE, Stack, enable_stash_trap, slot_bounds, trim,
-};
-pub use stash::{MAX_STASH, adapt_stack_prefill, stashes, trap_restores};
+pub use slot::adapt_stack_prefill;
+pub use slot::{DEFAULT_STACK_SIZE, GUARD_SIZE, RED_ZONE, Stack, slot_bounds, trim};
+pub use stash::{MAX_STASH, enable_stash_trap, stashes, trap_restores};
 pub use trap::trap_thread_id;
 
 use std::fmt;

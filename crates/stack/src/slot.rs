@@ -30,10 +30,11 @@
 //! Rejected: one `mmap` per stack (2 VMAs each with mprotect, a syscall per spawn); a single
 //! fixed reservation (a hard cap on goroutines).
 
-use crate::stash::SlotMeta;
 use crate::{StackError, guard, os};
 use core::ops::Range;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering,
+};
 use std::sync::{Mutex, PoisonError};
 
 /// Usable bytes per slot of [`Stack::new`] (the guard is extra).
@@ -115,7 +116,7 @@ impl Stack {
                     // first thing, so fill them now rather than through the trap thread (as
                     // many as recent goroutines used: `adapt_stack_prefill`).
                     let top_page = base_to_top(slot.0, usable) - page;
-                    let extra = crate::stash::prefill_pages() - 1;
+                    let extra = prefill_pages() - 1;
                     let limit = slot.0 + guard_len();
                     // SAFETY: a free slot of a trapped reservation holds nothing (a stack
                     // dropped while stashed drops its bytes); `zero_fill` stays above `limit`.
@@ -488,19 +489,9 @@ impl ChunkTable {
     }
 }
 
-/// Turns the stash trap on for this process (see `trap.rs`): opens a userfaultfd, starts the
-/// thread that answers it, and registers every stack reservation, now and later. After this,
-/// [`Stack::stash`] may release a parked context's stack even if other threads may touch it.
-/// Idempotent; the first call decides.
-///
-/// Fails, saying why, where the kernel or the process's privileges do not allow catching
-/// kernel-mode faults (`userfaultfd` needs root, `CAP_SYS_PTRACE` or
-/// `vm.unprivileged_userfaultfd=1`), or when `GORO_DEBUG=stacktrap=off`.
-pub fn enable_stash_trap() -> Result<(), String> {
-    let fd = crate::trap::open()?;
-    if crate::trap::fd().is_some() {
-        return Ok(());
-    }
+/// Registers every stack reservation with the trap `fd`, now and later (the pool registers each
+/// new one once `fd` is published). Idempotent: the first call publishes.
+pub(crate) fn trap_every_chunk(fd: i32) {
     let _pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
     if crate::trap::fd().is_none() {
         for index in 0..CHUNKS.len.load(Ordering::Relaxed) {
@@ -508,7 +499,6 @@ pub fn enable_stash_trap() -> Result<(), String> {
         }
         crate::trap::publish(fd);
     }
-    Ok(())
 }
 
 /// The reservation a size class is currently carving new slots from.
@@ -645,6 +635,85 @@ impl Pool {
     fn trim(&mut self, keep: usize) -> usize {
         self.classes.iter_mut().map(|c| c.trim(keep)).sum()
     }
+}
+
+/// The per-slot state shared by everyone who may look at a slot without owning it.
+/// Its states and the stash that moves between them are in `stash.rs`. All bytes zero is a LIVE slot with no owner and no record: the slot tables are zeroed mappings.
+pub(crate) struct SlotMeta {
+    /// The goroutine id set with [`Stack::set_owner`] (0 if none).
+    pub(crate) owner: AtomicU64,
+    /// LIVE, STASHING, STASHED, CLAIMED or FILLING.
+    pub(crate) state: AtomicU8,
+    /// Whether the slot's reservation is registered with the trap. Set once.
+    pub(crate) trapped: AtomicBool,
+    /// The kernel thread id of the stasher while STASHING.
+    pub(crate) stasher: AtomicI32,
+    /// The stashed bytes `[top - len, top)`, a leaked `Box<[u8]>`, or null. Owned by whoever the
+    /// state says; in LIVE a record left by a restore is the stack owner's to free.
+    pub(crate) record: AtomicPtr<u8>,
+    pub(crate) record_len: AtomicUsize,
+}
+
+impl core::fmt::Debug for SlotMeta {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SlotMeta")
+            .field("owner", &self.owner.load(Ordering::Relaxed))
+            .field("state", &self.state.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Pages the allocating thread fills at the top of a fresh or released slot while the trap is
+/// on (Go's adaptive starting stack size, in pages): each first touch below them costs a round
+/// trip to the trap thread (8-20 us) instead of a page fault (1 us).
+static PREFILL_PAGES: AtomicUsize = AtomicUsize::new(1);
+/// The most pages a slot is prefilled with: the RSS a fresh goroutine may be given up front.
+const MAX_PREFILL_PAGES: usize = 16;
+/// Slots prefilled since the last [`adapt_stack_prefill`].
+static PREFILLED_SLOTS: AtomicUsize = AtomicUsize::new(0);
+/// First touches of live slots the trap answered since then (counted by `stash.rs`).
+pub(crate) static TRAP_FILLS: AtomicUsize = AtomicUsize::new(0);
+/// Consecutive periods in which almost no slot needed the trap.
+static QUIET_PERIODS: AtomicUsize = AtomicUsize::new(0);
+/// Fewer slot allocations than this in a period say too little to adapt on.
+const ADAPT_MIN_SLOTS: usize = 256;
+
+/// How many pages to fill at the top of a slot taken from the pool; counts the slot.
+pub(crate) fn prefill_pages() -> usize {
+    PREFILLED_SLOTS.fetch_add(1, Ordering::Relaxed);
+    PREFILL_PAGES.load(Ordering::Relaxed)
+}
+
+/// Adapts the pages given to fresh slots (`PREFILL_PAGES`) to what goroutines used since
+/// the last call. If the trap answered more first touches than an eighth of the slots
+/// prefilled meanwhile, slots get more pages: one per touch per slot, up to four at a time. If
+/// it answered fewer than a sixty-fourth of them for two periods in a row, half as many. A
+/// few deep recursions among many small goroutines therefore do not make every goroutine
+/// start big, and a burst of small goroutines after deep ones gets small slots within a
+/// second (a long-parked goroutine's pages are released by stashing anyway). Called by the
+/// scheduler's sysmon every half second; a no-op without the trap.
+pub fn adapt_stack_prefill() {
+    let slots = PREFILLED_SLOTS.load(Ordering::Relaxed);
+    if slots < ADAPT_MIN_SLOTS {
+        return;
+    }
+    PREFILLED_SLOTS.store(0, Ordering::Relaxed);
+    let fills = TRAP_FILLS.swap(0, Ordering::Relaxed);
+    let current = PREFILL_PAGES.load(Ordering::Relaxed);
+    let next = if fills * 8 > slots {
+        QUIET_PERIODS.store(0, Ordering::Relaxed);
+        current + fills.div_ceil(slots).min(4)
+    } else if fills * 64 < slots {
+        if QUIET_PERIODS.fetch_add(1, Ordering::Relaxed) + 1 < 2 {
+            return;
+        }
+        QUIET_PERIODS.store(0, Ordering::Relaxed);
+        current / 2
+    } else {
+        QUIET_PERIODS.store(0, Ordering::Relaxed);
+        return;
+    };
+    PREFILL_PAGES.store(next.clamp(1, MAX_PREFILL_PAGES), Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -2,14 +2,20 @@
 //! OS, and put back at the same addresses before it runs (or, with the trap, the moment anything
 //! touches them).
 //!
-//! Each slot has a [`SlotMeta`] in its chunk's table, shared by the stack's owner, the collector,
-//! the overflow handler (which reads `owner`) and the trap thread. `trap.rs` explains the state
-//! machine and why its parties never wait for one another in a cycle.
+//! Each slot has a [`SlotMeta`] in its chunk's table (declared in `slot.rs`, its state machine
+//! here), shared by the stack's owner, the collector, the overflow handler (which reads `owner`)
+//! and the trap thread. `trap.rs` explains the state machine and why its parties never wait for
+//! one another in a cycle; it holds only the userfaultfd mechanics, and this file turns the trap
+//! on ([`enable_stash_trap`]) and answers its faults (`answer_fault`).
+//!
+//! The files of the crate form layers: `os` and `guard`, then `trap` (userfaultfd), then `slot`
+//! (reservations, the slot tables, the pool), then `stash`; none imports one above it.
 
-use crate::slot::{SlotAt, slot_at};
+use crate::slot::{SlotAt, SlotMeta, slot_at};
+use crate::trap::PageBuf;
 use crate::{Stack, StackPointer, os, trap};
+use core::sync::atomic::AtomicU64;
 use core::sync::atomic::Ordering;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize};
 
 /// The pages are the truth (nothing stashed, or put back).
 const LIVE: u8 = 0;
@@ -25,32 +31,6 @@ const FILLING: u8 = 4;
 /// Live bytes above which a context is not stashed: releasing the pages below its stack pointer
 /// already gives back most of what it holds.
 pub const MAX_STASH: usize = 64 * 1024;
-
-/// The per-slot state shared by everyone who may look at a slot without owning it.
-/// All bytes zero is a LIVE slot with no owner and no record: the slot tables are zeroed mappings.
-pub(crate) struct SlotMeta {
-    /// The goroutine id set with [`Stack::set_owner`] (0 if none).
-    pub(crate) owner: AtomicU64,
-    /// LIVE, STASHING, STASHED, CLAIMED or FILLING.
-    state: AtomicU8,
-    /// Whether the slot's reservation is registered with the trap. Set once.
-    pub(crate) trapped: AtomicBool,
-    /// The kernel thread id of the stasher while STASHING.
-    stasher: AtomicI32,
-    /// The stashed bytes `[top - len, top)`, a leaked `Box<[u8]>`, or null. Owned by whoever the
-    /// state says; in LIVE a record left by a restore is the stack owner's to free.
-    record: AtomicPtr<u8>,
-    record_len: AtomicUsize,
-}
-
-impl core::fmt::Debug for SlotMeta {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("SlotMeta")
-            .field("owner", &self.owner.load(Ordering::Relaxed))
-            .field("state", &self.state.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
-    }
-}
 
 impl SlotMeta {
     /// The record.
@@ -120,59 +100,6 @@ impl SlotMeta {
 /// Stashed stacks the trap has put back because something touched them.
 static TRAP_RESTORES: AtomicU64 = AtomicU64::new(0);
 
-/// Pages the allocating thread fills at the top of a fresh or released slot while the trap is
-/// on (Go's adaptive starting stack size, in pages): each first touch below them costs a round
-/// trip to the trap thread (8-20 us) instead of a page fault (1 us).
-static PREFILL_PAGES: AtomicUsize = AtomicUsize::new(1);
-/// The most pages a slot is prefilled with: the RSS a fresh goroutine may be given up front.
-const MAX_PREFILL_PAGES: usize = 16;
-/// Slots prefilled since the last [`adapt_stack_prefill`].
-static PREFILLED_SLOTS: AtomicUsize = AtomicUsize::new(0);
-/// First touches of live slots the trap answered since then.
-static TRAP_FILLS: AtomicUsize = AtomicUsize::new(0);
-/// Consecutive periods in which almost no slot needed the trap.
-static QUIET_PERIODS: AtomicUsize = AtomicUsize::new(0);
-/// Fewer slot allocations than this in a period say too little to adapt on.
-const ADAPT_MIN_SLOTS: usize = 256;
-
-/// How many pages to fill at the top of a slot taken from the pool; counts the slot.
-pub(crate) fn prefill_pages() -> usize {
-    PREFILLED_SLOTS.fetch_add(1, Ordering::Relaxed);
-    PREFILL_PAGES.load(Ordering::Relaxed)
-}
-
-/// Adapts the pages given to fresh slots (`PREFILL_PAGES`) to what goroutines used since
-/// the last call. If the trap answered more first touches than an eighth of the slots
-/// prefilled meanwhile, slots get more pages: one per touch per slot, up to four at a time. If
-/// it answered fewer than a sixty-fourth of them for two periods in a row, half as many. A
-/// few deep recursions among many small goroutines therefore do not make every goroutine
-/// start big, and a burst of small goroutines after deep ones gets small slots within a
-/// second (a long-parked goroutine's pages are released by stashing anyway). Called by the
-/// scheduler's sysmon every half second; a no-op without the trap.
-pub fn adapt_stack_prefill() {
-    let slots = PREFILLED_SLOTS.load(Ordering::Relaxed);
-    if slots < ADAPT_MIN_SLOTS {
-        return;
-    }
-    PREFILLED_SLOTS.store(0, Ordering::Relaxed);
-    let fills = TRAP_FILLS.swap(0, Ordering::Relaxed);
-    let current = PREFILL_PAGES.load(Ordering::Relaxed);
-    let next = if fills * 8 > slots {
-        QUIET_PERIODS.store(0, Ordering::Relaxed);
-        current + fills.div_ceil(slots).min(4)
-    } else if fills * 64 < slots {
-        if QUIET_PERIODS.fetch_add(1, Ordering::Relaxed) + 1 < 2 {
-            return;
-        }
-        QUIET_PERIODS.store(0, Ordering::Relaxed);
-        current / 2
-    } else {
-        QUIET_PERIODS.store(0, Ordering::Relaxed);
-        return;
-    };
-    PREFILL_PAGES.store(next.clamp(1, MAX_PREFILL_PAGES), Ordering::Relaxed);
-}
-
 /// Stacks stashed so far.
 static STASHES: AtomicU64 = AtomicU64::new(0);
 
@@ -185,37 +112,6 @@ pub fn stashes() -> u64 {
 /// touched it before its context resumed.
 pub fn trap_restores() -> u64 {
     TRAP_RESTORES.load(Ordering::Relaxed)
-}
-
-/// A page-aligned, page-sized buffer: `UFFDIO_COPY` wants a page-aligned source.
-pub(crate) struct PageBuf {
-    ptr: *mut u8,
-    layout: std::alloc::Layout,
-}
-
-impl PageBuf {
-    pub(crate) fn new() -> PageBuf {
-        let size = os::page_size();
-        let layout = std::alloc::Layout::from_size_align(size, size).expect("a page layout");
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        if ptr.is_null() {
-            std::alloc::handle_alloc_error(layout);
-        }
-        PageBuf { ptr, layout }
-    }
-
-    fn bytes(&mut self) -> &mut [u8] {
-        // SAFETY: `ptr` is our allocation of `layout.size()` bytes, borrowed mutably with self.
-        unsafe { core::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
-    }
-}
-
-impl Drop for PageBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
-    }
 }
 
 /// Puts `bytes` back at `[top - len, top)` with `UFFDIO_COPY`, page by page (the page holding
@@ -244,13 +140,7 @@ unsafe fn copy_back(fd: i32, top: usize, bytes: &[u8], buf: &mut PageBuf) {
 }
 
 /// Answers one fault in a registered reservation (the trap thread's work; see `trap.rs`).
-pub(crate) fn answer_fault(
-    fd: i32,
-    addr: usize,
-    write_protected: bool,
-    tid: i32,
-    buf: &mut PageBuf,
-) {
+fn answer_fault(fd: i32, addr: usize, write_protected: bool, tid: i32, buf: &mut PageBuf) {
     let size = os::page_size();
     let page = addr - addr % size;
     let Some(SlotAt { meta, limit, top }) = slot_at(addr) else {
@@ -276,7 +166,7 @@ pub(crate) fn answer_fault(
             // FILLING meanwhile, so that no stash can begin between our look at the state and
             // the fill (a stale message filling a page of a stashed slot would hide its bytes).
             let extra = (top.saturating_sub(page) / size) / 4;
-            TRAP_FILLS.fetch_add(1, Ordering::Relaxed);
+            crate::slot::TRAP_FILLS.fetch_add(1, Ordering::Relaxed);
             // SAFETY: a LIVE slot's missing pages hold nothing (a stash releases pages only
             // after copying them out, and puts them back before the slot is LIVE again), and
             // FILLING keeps a stash from starting.
@@ -527,4 +417,20 @@ impl Stack {
 thread_local! {
     /// The page buffer this thread restores through (allocated on its first restore).
     static PAGE_BUF: core::cell::RefCell<PageBuf> = core::cell::RefCell::new(PageBuf::new());
+}
+
+/// Turns the stash trap on for this process (see `trap.rs`): opens a userfaultfd, starts the
+/// thread that answers it, and registers every stack reservation, now and later. After this,
+/// [`Stack::stash`] may release a parked context's stack even if other threads may touch it.
+/// Idempotent; the first call decides.
+///
+/// Fails, saying why, where the kernel or the process's privileges do not allow catching
+/// kernel-mode faults (`userfaultfd` needs root, `CAP_SYS_PTRACE` or
+/// `vm.unprivileged_userfaultfd=1`), or when `GORO_DEBUG=stacktrap=off`.
+pub fn enable_stash_trap() -> Result<(), String> {
+    let fd = trap::open(answer_fault)?;
+    if trap::fd().is_none() {
+        crate::slot::trap_every_chunk(fd);
+    }
+    Ok(())
 }

@@ -150,10 +150,16 @@ pub(crate) fn fd() -> Option<i32> {
     (fd >= 0).then_some(fd)
 }
 
-/// Opens the userfaultfd and starts the trap thread, once per process; the pool then registers
-/// every reservation with it. Returns the descriptor, or why the trap cannot work here.
-pub(crate) fn open() -> Result<i32, String> {
-    STATE.get_or_init(open_once).clone()
+/// What the trap thread does with each fault: `stash.rs`'s `answer_fault`, passed in so that this
+/// file (the userfaultfd mechanics) depends on nothing above it.
+pub(crate) type FaultHandler =
+    fn(fd: i32, addr: usize, write_protected: bool, tid: i32, restore_buf: &mut PageBuf);
+
+/// Opens the userfaultfd and starts the trap thread, which hands every fault to `answer`, once
+/// per process; the pool then registers every reservation with it. Returns the descriptor, or
+/// why the trap cannot work here.
+pub(crate) fn open(answer: FaultHandler) -> Result<i32, String> {
+    STATE.get_or_init(|| open_once(answer)).clone()
 }
 
 /// Publishes the descriptor: from now on the pool registers each new reservation. Called under
@@ -163,7 +169,7 @@ pub(crate) fn publish(fd: i32) {
 }
 
 #[cold]
-fn open_once() -> Result<i32, String> {
+fn open_once(answer: FaultHandler) -> Result<i32, String> {
     if os::goro_debug("stacktrap=off") {
         return Err("turned off by GORO_DEBUG=stacktrap=off".into());
     }
@@ -201,10 +207,10 @@ fn open_once() -> Result<i32, String> {
         .spawn(move || {
             block_signals();
             TRAP_TID.store(thread_id(), Ordering::Relaxed);
-            let restore_buf = crate::stash::PageBuf::new();
+            let restore_buf = PageBuf::new();
             let _ = ready_tx.send(());
             drop(ready_tx);
-            serve(fd, restore_buf)
+            serve(fd, restore_buf, answer)
         });
     if let Err(err) = spawned.map(|_| ()).and_then(|()| {
         ready_rx
@@ -369,7 +375,7 @@ const ZERO_PAGES_BYTES: usize = 256 * 1024;
 static ZEROS: Zeros = Zeros([0; ZERO_PAGES_BYTES]);
 
 /// The trap thread: answers every fault until the process ends. Allocates nothing.
-fn serve(fd: i32, mut restore_buf: crate::stash::PageBuf) -> ! {
+fn serve(fd: i32, mut restore_buf: PageBuf, answer: FaultHandler) -> ! {
     loop {
         let mut msg = UffdMsg::default();
         // SAFETY: reads one 32-byte `struct uffd_msg` into `msg`.
@@ -385,7 +391,7 @@ fn serve(fd: i32, mut restore_buf: crate::stash::PageBuf) -> ! {
             continue;
         }
         let write_protected = msg.flags & UFFD_PAGEFAULT_FLAG_WP != 0;
-        crate::stash::answer_fault(
+        answer(
             fd,
             msg.address as usize,
             write_protected,
@@ -431,5 +437,36 @@ pub(crate) unsafe fn zero_fill(
         // Someone else filled it (a stale message): the waiter only needs waking.
         Err(libc::EEXIST) => wake(fd, page, size),
         Err(errno) => fatal("UFFDIO_COPY of a zero page", errno),
+    }
+}
+
+/// A page-aligned, page-sized buffer: `UFFDIO_COPY` wants a page-aligned source.
+pub(crate) struct PageBuf {
+    ptr: *mut u8,
+    layout: std::alloc::Layout,
+}
+
+impl PageBuf {
+    pub(crate) fn new() -> PageBuf {
+        let size = os::page_size();
+        let layout = std::alloc::Layout::from_size_align(size, size).expect("a page layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        PageBuf { ptr, layout }
+    }
+
+    pub(crate) fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` is our allocation of `layout.size()` bytes, borrowed mutably with self.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+    }
+}
+
+impl Drop for PageBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) };
     }
 }
