@@ -40,11 +40,19 @@
 //!
 //! The header sits at the *end* so that a pointer one past the end of `T` (an exhausted slice
 //! iterator over an array field, say) still resolves to the same slot.
+//!
+//! The files form layers, none importing one above it: `header` (the header word's bits),
+//! `workbuf`, `pacer`, `roots`, `sweeper` (a thread that runs the jobs it is handed) at the
+//! bottom; `mark` (the work list and the conservative scan); `trace` (the `Trace` trait and
+//! `Tracer`) and `cell`; `object` (the per-type table); `collector` (a cycle: stop, mark,
+//! condemn and free, sweep); `ptr` (`Gc<T>`, whose `new` may start a cycle).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod cell;
 mod collector;
+mod header;
+mod mark;
 mod object;
 pub mod pacer;
 mod ptr;
@@ -55,7 +63,8 @@ mod trace;
 mod workbuf;
 
 pub use cell::{BorrowError, GcCell, GcRef, GcRefMut};
-pub use collector::{POISON, collect, keep_alive, retire, set_clobber_free, set_scan_unaligned};
+pub use collector::{POISON, collect, keep_alive, retire, set_clobber_free};
+pub use mark::set_scan_unaligned;
 pub use pacer::{set_memory_limit, set_percent};
 pub use ptr::Gc;
 pub use roots::{Mutators, RootVisitor, install, uninstall};

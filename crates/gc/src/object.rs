@@ -2,27 +2,16 @@
 //!
 //! Every `Gc<T>` slot ends with one header word (see the crate docs for the layout). It holds the
 //! address of `T`'s [`VTable`] — a `&'static` with alignment of at least 8, so its low bits are
-//! free — with [`IMMORTAL`] in bit 0. A header of 0 means the slot is free: goro-alloc guarantees
+//! free — with [`IMMORTAL`](crate::header::IMMORTAL) in bit 0. A header of 0 means the slot is free: goro-alloc guarantees
 //! that for slots it has never handed out, and the sweeper zeroes the header before freeing.
 //!
 //! The header is written last by `Gc::new`, after the value, with no safe point in between; the
 //! collector only runs with every mutator stopped at a safe point, so it never sees a half-built
 //! object.
 
+use crate::header::FLAGS;
 use crate::trace::{Trace, Tracer};
 use core::mem::{align_of, size_of};
-
-/// Set on objects that survived the end of a runtime (see [`crate::retire`]): never swept again.
-pub(crate) const IMMORTAL: usize = 1;
-/// Set with the world stopped on every object marking did not reach; the sweep drops and frees
-/// exactly these once the world runs again. New objects never carry it.
-pub(crate) const CONDEMNED: usize = 2;
-/// Set by `Gc::new` while it writes the value: the marker scans such an object conservatively
-/// (a thread stopped halfway may have left any layout), and the constructing thread holds its
-/// address, so it is marked.
-pub(crate) const CONSTRUCTING: usize = 4;
-/// The flag bits of a header word.
-pub(crate) const FLAGS: usize = IMMORTAL | CONDEMNED | CONSTRUCTING;
 
 /// What the collector needs to know about a `T` to trace and drop it through a type-erased pointer.
 #[repr(C, align(8))]
@@ -73,16 +62,6 @@ unsafe fn trace_erased<T: Trace>(object: *const u8, tracer: &mut Tracer) {
 unsafe fn drop_erased<T>(object: *mut u8) {
     // SAFETY: the caller guarantees the object is live and dead to every mutator.
     unsafe { core::ptr::drop_in_place(object.cast::<T>()) }
-}
-
-/// The header word of the slot `[start, start + size)`.
-///
-/// # Safety
-/// May be called only for a slot of a Gc-kind span, `size` being its element size.
-#[inline]
-pub(crate) unsafe fn header_of(start: *mut u8, size: usize) -> *mut usize {
-    // SAFETY: the last word of a Gc slot lies inside the slot (slots are at least 16 bytes).
-    unsafe { start.add(size - 8).cast::<usize>() }
 }
 
 /// Reads the vtable out of a non-zero header word.

@@ -1,8 +1,9 @@
 //! `Gc<T>`: a copyable pointer to a collected object.
 
 use crate::collector;
-use crate::object::{Layout, header_of};
-use crate::trace::Trace;
+use crate::header::header_of;
+use crate::object::Layout;
+use crate::trace::{Trace, Tracer};
 use core::fmt;
 use core::hash::{Hash, Hasher};
 use core::ops::Deref;
@@ -94,7 +95,7 @@ impl<T: Trace + Send + 'static> Gc<T> {
             // CONSTRUCTING, it is scanned conservatively, wherever the value's `Gc`s are so far
             // (the compiler may build the value in place, so they may be nowhere else).
             header.store(
-                vtable as *const _ as usize | crate::object::CONSTRUCTING,
+                vtable as *const _ as usize | crate::header::CONSTRUCTING,
                 core::sync::atomic::Ordering::Relaxed,
             );
             // The flag is in place before the value's first byte, as this thread's signal
@@ -194,5 +195,21 @@ impl<T: ?Sized + Ord> Ord for Gc<T> {
 impl<T: ?Sized + Hash> Hash for Gc<T> {
     fn hash<H: Hasher>(&self, state: &mut H) {
         (**self).hash(state);
+    }
+}
+
+impl Tracer {
+    /// Marks the object behind `gc` as reachable (and schedules its own fields for tracing).
+    #[inline]
+    pub fn visit<T: Trace + ?Sized>(&mut self, gc: &Gc<T>) {
+        self.marker.mark_object(gc.as_ptr().cast::<u8>() as usize);
+    }
+}
+
+// SAFETY: the pointee is reported; `Gc` has no drop glue.
+unsafe impl<T: Trace + ?Sized> Trace for Gc<T> {
+    #[inline]
+    fn trace(&self, tracer: &mut Tracer) {
+        tracer.visit(self);
     }
 }

@@ -9,13 +9,15 @@
 //! One job at a time: a cycle hands its sweep over and returns; the next cycle cannot start
 //! before the sweep ends (the `COLLECTING` flag). Jobs are numbered so a waiter can tell its own.
 
-use crate::collector::{self, Sweep};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Condvar, Mutex};
 
+/// A sweep, as the cycle that handed it over wrapped it (`collector::sweep` and its job).
+pub(crate) type Job = Box<dyn FnOnce() + Send>;
+
 struct State {
     /// The job handed over and not yet taken.
-    pending: Option<(u64, Sweep)>,
+    pending: Option<(u64, Job)>,
     /// Jobs handed over so far.
     handed: u64,
     /// Jobs finished so far.
@@ -42,7 +44,7 @@ pub fn sweeper_thread_id() -> Option<i32> {
 }
 
 /// Gives `job` to the sweeper; returns its number for [`finished`].
-pub(crate) fn hand_over(job: Sweep) -> u64 {
+pub(crate) fn hand_over(job: Job) -> u64 {
     let mut state = STATE.lock().unwrap_or_else(|p| p.into_inner());
     debug_assert!(state.pending.is_none(), "a sweep handed over twice");
     state.handed += 1;
@@ -77,7 +79,7 @@ fn sweeper_main() {
             continue;
         };
         drop(state);
-        collector::sweep(job);
+        job();
         // What drop glue freed sits in this thread's cache, linked through the free blocks; the
         // marker scans this thread's TLS, and a free list reached from there would be scanned
         // block by block, stale contents and all (keeping garbage alive). Give it back.

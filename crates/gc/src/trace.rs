@@ -44,8 +44,7 @@
 //!
 //! [`Mutators`]: crate::Mutators
 
-use crate::collector::Marker;
-use crate::ptr::Gc;
+use crate::mark::Marker;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, LinkedList, VecDeque};
 use std::hash::{BuildHasherDefault, RandomState};
 use std::sync::Arc;
@@ -95,12 +94,6 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Marks the object behind `gc` as reachable (and schedules its own fields for tracing).
-    #[inline]
-    pub fn visit<T: Trace + ?Sized>(&mut self, gc: &Gc<T>) {
-        self.marker.mark_object(gc.as_ptr().cast::<u8>() as usize);
-    }
-
     /// Scans the bytes of `value` itself conservatively, as the collector scans a stack: every
     /// aligned word that points into a block of goro's heap keeps that block alive, and a malloc
     /// block found this way is scanned whole, over its allocation rather than over what a length
@@ -170,14 +163,6 @@ trace_leaf!(
 unsafe impl<T: ?Sized> Trace for core::marker::PhantomData<T> {
     #[inline]
     fn trace(&self, _: &mut Tracer) {}
-}
-
-// SAFETY: the pointee is reported; `Gc` has no drop glue.
-unsafe impl<T: Trace + ?Sized> Trace for Gc<T> {
-    #[inline]
-    fn trace(&self, tracer: &mut Tracer) {
-        tracer.visit(self);
-    }
 }
 
 // SAFETY: the hashers std provides own no `Gc` and have no drop glue that could touch one

@@ -7,50 +7,53 @@
 //! fresh one faults its pages in one by one, and `munmap` sends each CPU running a thread of
 //! the process a TLB shootdown, which together cost a small cycle a tenth of its pause.
 
-use crate::collector::Work;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
-/// A stack of [`Work`] items in its own mapping.
-pub(crate) struct WorkStack {
-    base: *mut Work,
+/// A stack of `T` items in its own mapping.
+pub(crate) struct WorkStack<T: Copy> {
+    base: *mut T,
     len: usize,
     capacity: usize,
 }
 
-/// Items in a new stack: 64 KiB.
-const INITIAL_CAPACITY: usize = (64 << 10) / size_of::<Work>();
+/// Bytes of a new stack's mapping.
+const INITIAL_BYTES: usize = 64 << 10;
 
-/// A mapping of `INITIAL_CAPACITY` items that no stack holds, kept for the next one; or null.
-static SPARE: AtomicPtr<Work> = AtomicPtr::new(core::ptr::null_mut());
+/// A mapping of `INITIAL_BYTES` that no stack holds, kept for the next one; or null.
+static SPARE: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
 
-impl WorkStack {
-    pub(crate) fn new() -> WorkStack {
+impl<T: Copy> WorkStack<T> {
+    /// Items a new stack holds.
+    const INITIAL_CAPACITY: usize = INITIAL_BYTES / size_of::<T>();
+
+    pub(crate) fn new() -> WorkStack<T> {
         // Acquire: pairs with the Release in `retire_mapping`, which may have run on another
         // thread.
         let spare = SPARE.swap(core::ptr::null_mut(), Ordering::Acquire);
         WorkStack {
             base: if spare.is_null() {
-                map(INITIAL_CAPACITY)
+                map(INITIAL_BYTES)
             } else {
                 spare
-            },
+            }
+            .cast(),
             len: 0,
-            capacity: INITIAL_CAPACITY,
+            capacity: Self::INITIAL_CAPACITY,
         }
     }
 
     #[inline]
-    pub(crate) fn push(&mut self, work: Work) {
+    pub(crate) fn push(&mut self, item: T) {
         if self.len == self.capacity {
             self.grow();
         }
         // SAFETY: `len < capacity`, so the slot lies inside the mapping.
-        unsafe { self.base.add(self.len).write(work) };
+        unsafe { self.base.add(self.len).write(item) };
         self.len += 1;
     }
 
     #[inline]
-    pub(crate) fn pop(&mut self) -> Option<Work> {
+    pub(crate) fn pop(&mut self) -> Option<T> {
         if self.len == 0 {
             return None;
         }
@@ -62,24 +65,24 @@ impl WorkStack {
     #[cold]
     fn grow(&mut self) {
         let capacity = self.capacity * 2;
-        let base = map(capacity);
+        let base = map(capacity * size_of::<T>()).cast::<T>();
         // SAFETY: both mappings are ours and distinct; the old one holds `len` items.
         unsafe { core::ptr::copy_nonoverlapping(self.base, base, self.len) };
-        retire_mapping(self.base, self.capacity);
+        retire_mapping(self.base.cast(), self.capacity * size_of::<T>());
         self.base = base;
         self.capacity = capacity;
     }
 }
 
-impl Drop for WorkStack {
+impl<T: Copy> Drop for WorkStack<T> {
     fn drop(&mut self) {
-        retire_mapping(self.base, self.capacity);
+        retire_mapping(self.base.cast(), self.capacity * size_of::<T>());
     }
 }
 
 /// Keeps a first-size mapping no stack uses any more as the spare, or unmaps it.
-fn retire_mapping(base: *mut Work, items: usize) {
-    if items == INITIAL_CAPACITY
+fn retire_mapping(base: *mut u8, bytes: usize) {
+    if bytes == INITIAL_BYTES
         && SPARE
             // Release: pairs with the Acquire in `new`.
             .compare_exchange(
@@ -92,15 +95,15 @@ fn retire_mapping(base: *mut Work, items: usize) {
     {
         return;
     }
-    unmap(base, items);
+    unmap(base, bytes);
 }
 
-fn map(items: usize) -> *mut Work {
+fn map(bytes: usize) -> *mut u8 {
     // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
     let p = unsafe {
         libc::mmap(
             core::ptr::null_mut(),
-            items * size_of::<Work>(),
+            bytes,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
             -1,
@@ -117,7 +120,7 @@ fn map(items: usize) -> *mut Work {
     p.cast()
 }
 
-fn unmap(base: *mut Work, items: usize) {
-    // SAFETY: `base` is a mapping of `items` items made by `map`, no longer used.
-    unsafe { libc::munmap(base.cast(), items * size_of::<Work>()) };
+fn unmap(base: *mut u8, bytes: usize) {
+    // SAFETY: `base` is a mapping of `bytes` bytes made by `map`, no longer used.
+    unsafe { libc::munmap(base.cast(), bytes) };
 }
