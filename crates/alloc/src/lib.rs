@@ -70,11 +70,13 @@
 pub mod size_class;
 
 mod arena;
+mod fork;
 mod mcache;
 mod mcentral;
 mod mheap;
 pub mod nosuspend;
 mod os;
+mod scavenger;
 mod span;
 mod stats;
 mod sync;
@@ -89,7 +91,7 @@ pub use stats::ClassStats;
 
 pub use stats::AllocStats;
 
-pub use mheap::scavenger_thread_id;
+pub use scavenger::scavenger_thread_id;
 
 /// Bytes per page: the unit spans are made of.
 pub const PAGE_SIZE: usize = 8192;
@@ -167,6 +169,7 @@ fn alloc_large(size: usize, align: usize, kind: SpanKind) -> *mut u8 {
     let Some(s) = mheap::alloc_span(npages) else {
         return core::ptr::null_mut();
     };
+    scavenger::ensure_started();
     let start = s.start.load(Ordering::Relaxed);
     let obj = start.next_multiple_of(align.max(8));
     let gc = kind == SpanKind::Gc;

@@ -599,6 +599,7 @@ impl MCache {
 fn new_small_span(spc: usize, owner: usize) -> Option<&'static Span> {
     let class = crate::size_class::SizeClass::from_index(spc / 2)?;
     let s = mheap::alloc_span(class.pages())?;
+    crate::scavenger::ensure_started();
     s.init_small(spc, class, owner);
     mheap::publish(s, crate::span::STATE_SMALL);
     Some(s)

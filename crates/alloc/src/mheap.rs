@@ -19,14 +19,15 @@
 //! append-only list that `for_each_span` walks without the lock.
 //!
 //! Free runs of 128 pages or more sit in power-of-two size buckets (`Heap::find` explains the
-//! good-fit search). The scavenger (end of this file) releases free runs to the OS: a background
-//! thread every [`SCAVENGE_PERIOD_MS`] for runs free for two ticks, and `release_all` for all of
-//! them at once. The fork handlers live here too (they take every allocator lock).
+//! good-fit search). `Heap::scavenge` (end of this file) releases free runs to the OS: the
+//! background thread of `scavenger.rs` every period for runs free for two ticks, and
+//! `release_all` for all of them at once. The heap imports nothing of the caches above it; the
+//! fork handlers that take every allocator lock live in `fork.rs`, at the top.
 //!
 //! Left for later (docs/alloc.md): Go's radix tree of page-bitmap summaries.
 
 use core::ptr::null_mut;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use crate::span::{STATE_FREE, STATE_LARGE, STATE_SMALL, STATE_UNUSED, Span};
 use crate::stats::{
@@ -360,11 +361,7 @@ pub(crate) fn alloc_span(npages: usize) -> Option<&'static Span> {
     if npages == 0 {
         return None;
     }
-    let s = HEAP.lock().alloc_pages(npages);
-    if !STARTED.load(Ordering::Relaxed) {
-        start_background();
-    }
-    s
+    HEAP.lock().alloc_pages(npages)
 }
 
 /// Makes an initialised span visible as in use (`STATE_SMALL` or `STATE_LARGE`).
@@ -413,32 +410,9 @@ pub(crate) fn for_each_span(mut f: impl FnMut(&'static Span)) {
 // ---------------------------------------------------------------------------------------------
 // The scavenger: returning free pages to the OS.
 
-/// Scavenger ticks (one per [`SCAVENGE_PERIOD_MS`]); free runs remember the tick they became
+/// Scavenger ticks (one per period of the scavenger thread, `scavenger.rs`); free runs remember the tick they became
 /// free at (`Span::free_since`).
 static TICKS: AtomicUsize = AtomicUsize::new(0);
-/// Whether the scavenger thread and the fork handlers were started (in this process).
-static STARTED: AtomicBool = AtomicBool::new(false);
-/// Whether the fork handlers are registered (they survive `fork`, the thread does not).
-static AT_FORK: AtomicBool = AtomicBool::new(false);
-/// The scavenger thread's kernel id, or 0 while none runs in this process. Written by the
-/// thread itself as it starts, cleared in a forked child (which has no scavenger).
-static SCAVENGER_TID: AtomicI32 = AtomicI32::new(0);
-
-/// The kernel thread id (`gettid`) of the scavenger thread, if it runs: the scheduler's deadlock
-/// check counts it as one of goro's own threads (which never wake a goroutine) by this id, never
-/// by its name (a thread inherits its creator's name).
-pub fn scavenger_thread_id() -> Option<i32> {
-    // Relaxed: the id is a plain value; a reader that misses it just sees one thread more.
-    let tid = SCAVENGER_TID.load(Ordering::Relaxed);
-    (tid != 0).then_some(tid)
-}
-
-/// How often the background scavenger wakes up.
-pub(crate) const SCAVENGE_PERIOD_MS: u64 = 1000;
-/// Ticks a free run must stay free before the background scavenger releases it (so a program
-/// that frees and reallocates in a loop does not fault its pages in again and again).
-const SCAVENGE_AGE: usize = 2;
-
 impl Heap {
     /// Releases every free run that has been free for at least `min_age` ticks and is not yet
     /// released. Returns the bytes released. Holds the heap lock across the `madvise` calls
@@ -476,68 +450,24 @@ pub(crate) fn release_all() -> usize {
     HEAP.lock().scavenge(0)
 }
 
-/// The background scavenger's loop: every period, release runs free for `SCAVENGE_AGE` ticks.
-extern "C" fn scavenger_main(_: *mut libc::c_void) -> *mut libc::c_void {
-    // SAFETY: gettid has no preconditions.
-    SCAVENGER_TID.store(unsafe { libc::gettid() }, Ordering::Relaxed);
-    loop {
-        os::sleep_ms(SCAVENGE_PERIOD_MS);
-        TICKS.fetch_add(1, Ordering::Relaxed);
-        crate::mcentral::release_empty_spans();
-        HEAP.lock().scavenge(SCAVENGE_AGE);
-    }
+/// Advances the scavenger's clock one tick, then releases the runs free for `min_age` ticks or
+/// more (the background scavenger's period, see `scavenger.rs`).
+pub(crate) fn tick_and_scavenge(min_age: usize) {
+    TICKS.fetch_add(1, Ordering::Relaxed);
+    HEAP.lock().scavenge(min_age);
 }
 
-/// Starts the scavenger thread and registers the fork handlers, once per process. Called
-/// outside every lock (thread creation may allocate through libc's malloc, never through us).
-/// `GORO_SCAVENGER=off` keeps the thread from starting (`release_memory` still works).
-#[cold]
-fn start_background() {
-    if STARTED.swap(true, Ordering::Relaxed) {
-        return;
-    }
-    if !AT_FORK.swap(true, Ordering::Relaxed) {
-        os::at_fork(fork_prepare, fork_parent, fork_child);
-    }
-    if os::env_is("GORO_SCAVENGER\0", "off") {
-        return;
-    }
-    os::spawn_detached(c"goro-scavenger", scavenger_main);
-}
-
-/// `pthread_atfork` prepare: take every allocator lock (fallback cache, central lists, heap, bin
-/// pool, in that order, which is the order the allocator nests them), so that no lock is held by
-/// a thread that will not exist in the child.
-extern "C" fn fork_prepare() {
-    crate::mcache::lock_global();
-    crate::mcentral::lock_all();
+/// Takes the heap lock across a `fork` (see `fork.rs`).
+pub(crate) fn lock_for_fork() {
     HEAP.lock_raw();
-    crate::mcache::lock_bin_pool();
 }
 
-/// `pthread_atfork` parent: release what `fork_prepare` took.
-extern "C" fn fork_parent() {
-    // SAFETY: this thread took these locks in `fork_prepare`.
-    unsafe { crate::mcache::unlock_bin_pool() };
-    // SAFETY: as above.
+/// Releases the heap lock after a `fork`.
+///
+/// # Safety
+/// May be called only by the thread that called [`lock_for_fork`], once per call (in the child,
+/// the forking thread's copy).
+pub(crate) unsafe fn unlock_after_fork() {
+    // SAFETY: the caller took it in `lock_for_fork`.
     unsafe { HEAP.unlock_raw() };
-    // SAFETY: as above.
-    unsafe { crate::mcentral::unlock_all() };
-    // SAFETY: as above.
-    unsafe { crate::mcache::unlock_global() };
-}
-
-/// `pthread_atfork` child: release the locks (the child's only thread is the one that took them)
-/// and let the next allocation start a scavenger thread in the child.
-extern "C" fn fork_child() {
-    // SAFETY: the parent's forking thread took these locks; it is this thread in the child.
-    unsafe { crate::mcache::unlock_bin_pool() };
-    // SAFETY: as above.
-    unsafe { HEAP.unlock_raw() };
-    // SAFETY: as above.
-    unsafe { crate::mcentral::unlock_all() };
-    // SAFETY: as above.
-    unsafe { crate::mcache::unlock_global() };
-    SCAVENGER_TID.store(0, Ordering::Relaxed);
-    STARTED.store(false, Ordering::Relaxed);
 }
