@@ -219,8 +219,13 @@ fn a_spawned_and_joined_goroutine_reuses_its_g_and_stack_and_allocates_one_task(
         )
     });
     // One allocation per goroutine, its task (closure and result packet), from this thread's
-    // cache; the G comes from the P's free list and the stack from the P's cache.
-    assert_eq!(mallocs, N, "allocations for {N} spawn-and-join cycles");
+    // cache; the G comes from the P's free list and the stack from the P's cache. The count is
+    // the process's: another runtime thread (sysmon, the sweeper) may flush a few batched
+    // allocations of its own meanwhile, so a handful more is not this loop's.
+    assert!(
+        (N..N + 8).contains(&mallocs),
+        "{mallocs} allocations for {N} spawn-and-join cycles"
+    );
     // Other runtime threads (sysmon) may take a span for their own first allocations; the
     // cycles themselves take none (10,000 Gs or stacks would need hundreds).
     assert!(
