@@ -62,6 +62,12 @@ fn push(s: &'static Span) {
         crate::throw("span class out of range in mcentral push");
     };
     let mut l = list.lock();
+    // A span is listed by its owner (a cache id) or by whoever won it from DETACHED (which set
+    // CENTRAL): never twice, and never one nobody owns.
+    debug_assert!(
+        !matches!(s.owner.load(Ordering::Relaxed), OWNER_NONE | OWNER_DETACHED),
+        "a span listed without being owned"
+    );
     s.owner.store(OWNER_CENTRAL, Ordering::Relaxed);
     s.next.store(l.head, Ordering::Relaxed);
     l.head = s as *const Span as *mut Span;
@@ -78,6 +84,11 @@ pub(crate) fn take(spc: usize, id: usize) -> Option<&'static Span> {
     let s: &'static Span = unsafe { &*p };
     l.head = s.next.load(Ordering::Relaxed);
     s.next.store(null_mut(), Ordering::Relaxed);
+    debug_assert_eq!(
+        s.owner.load(Ordering::Relaxed),
+        OWNER_CENTRAL,
+        "a listed span is owned by the list"
+    );
     // Relaxed: the central lock orders this with every other owner change of a listed span.
     s.owner.store(id, Ordering::Relaxed);
     Some(s)
@@ -89,6 +100,13 @@ pub(crate) fn take(spc: usize, id: usize) -> Option<&'static Span> {
 /// # Safety
 /// May be called only by the owner of `s`, which must not use `s` afterwards.
 pub(crate) unsafe fn release(s: &'static Span) {
+    debug_assert!(
+        !matches!(
+            s.owner.load(Ordering::Relaxed),
+            OWNER_NONE | OWNER_CENTRAL | OWNER_DETACHED
+        ),
+        "a span released by a cache that does not own it"
+    );
     // SAFETY: we are the owner (caller's contract).
     unsafe { s.collect_remote() };
     if s.allocated.load(Ordering::Relaxed) == 0 {
