@@ -59,6 +59,8 @@ pub mod stack {
     pub use crate::grow::{maybe_grow, remaining_stack};
 }
 mod grow;
+#[cfg(all(test, loom))]
+mod idle_model;
 mod join;
 mod local;
 mod lock;
