@@ -41,7 +41,7 @@ pub(crate) fn lock<T>(mutex: &RankedMutex<T>) -> RankedGuard<'_, T> {
 /// builds check this on every acquisition ([`RankedMutex`], `RawLock`, `ThreadParker`) and panic
 /// with both names ("lock order: taking allg while holding pidle"); release builds keep no record.
 ///
-/// The exceptions, each declared here:
+/// Beyond the order, the check knows (see `rank_check`):
 /// - Two ranks nest with themselves, in address order: `Chan` (`select` locks its channels sorted
 ///   by address, as Go's `sellock`) and `Allg` (`RootsLock::new` and `abandoned_roots` lock every
 ///   list in index order, which is address order in the boxed slice).
@@ -50,9 +50,9 @@ pub(crate) fn lock<T>(mutex: &RankedMutex<T>) -> RankedGuard<'_, T> {
 ///   exception: `StwLock` may be taken under object locks (`Chan` to `TimerHeap`), as g0 takes it
 ///   in `proc::execute` (`stw::notify`) after a goroutine parked and before it releases the
 ///   parked goroutine's lock.
-///
-/// The object ranks (`Chan` to `TimerHeap`) are never nested with one another; their order among
-/// themselves is arbitrary, and the check holds the code to it.
+/// - The object ranks (`Chan` to `TimerHeap`) are one level: none is taken under another of a
+///   different kind (a goroutine parks holding one kind). Their order among themselves is only
+///   the order of the enum.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub(crate) enum Rank {
     /// `start::RUN_LOCK`: one runtime per process, held for the whole `run`.
@@ -154,6 +154,11 @@ mod rank_check {
             matches!(self, Rank::Chan | Rank::Allg)
         }
 
+        /// One of the object locks, which are not nested with one another.
+        fn is_object(self) -> bool {
+            (Rank::Chan..=Rank::TimerHeap).contains(&self)
+        }
+
         fn is_leaf(self) -> bool {
             self >= Rank::StwLock
         }
@@ -183,7 +188,7 @@ mod rank_check {
             if rank.is_leaf() && !rank.may_be_taken_under(top.rank) {
                 return Some((top.rank, ""));
             }
-            if top.rank > rank {
+            if top.rank > rank || (rank.is_object() && top.rank.is_object() && top.rank != rank) {
                 return Some((top.rank, ""));
             }
             if top.rank == rank {
@@ -618,6 +623,15 @@ mod rank_tests {
         let sysmon = RankedMutex::new(Rank::SysmonLock, ());
         chan.lock();
         drop(lock(&sysmon));
+    }
+
+    #[test]
+    #[should_panic(expected = "lock order: taking timer heap while holding chan")]
+    fn object_locks_of_two_kinds_are_not_nested() {
+        let chan = RawLock::new();
+        let timers = RankedMutex::new(Rank::TimerHeap, ());
+        chan.lock();
+        drop(lock(&timers));
     }
 
     #[test]
