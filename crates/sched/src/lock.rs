@@ -312,6 +312,14 @@ impl<T> RankedMutex<T> {
     }
 }
 
+// Release builds: a ranked mutex and its guard are std's, no bigger (the zero cost of the check).
+#[cfg(not(debug_assertions))]
+const _: () = {
+    assert!(size_of::<RankedMutex<u64>>() == size_of::<std::sync::Mutex<u64>>());
+    assert!(size_of::<RankedGuard<'static, u64>>() == size_of::<MutexGuard<'static, u64>>());
+    assert!(size_of::<HeldRank>() == 0);
+};
+
 /// A held [`RankedMutex`]. `!Send` (as std's guard): it is released on the thread that took it.
 pub(crate) struct RankedGuard<'a, T> {
     // Declared first so it is dropped first: the mutex is unlocked, then the record removed.
