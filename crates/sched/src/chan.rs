@@ -716,7 +716,7 @@ struct SelectShared {
 trait SelectCase {
     /// The channel's address: locks are taken in address order.
     fn chan_addr(&self) -> usize;
-    /// Takes the channel lock.
+    /// Takes the channel lock, one of a select's, which takes them in `chan_addr` order.
     fn lock(&self);
     /// Releases the channel lock.
     ///
@@ -768,7 +768,7 @@ macro_rules! case_channel_plumbing {
             std::ptr::from_ref(self.chan) as usize
         }
         fn lock(&self) {
-            self.chan.lock.lock();
+            self.chan.lock.lock_in_order(self.chan_addr());
         }
         unsafe fn unlock(&self) {
             // SAFETY: caller's contract: we took the lock in `lock`.

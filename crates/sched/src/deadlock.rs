@@ -2,9 +2,8 @@
 //! threads it needs: an M or sysmon lists itself in [`RUNTIME_THREADS`] while it runs. Reads the
 //! scheduler's state through `runtime2` only; it never changes it.
 
-use crate::lock::lock;
+use crate::lock::{Rank, RankedMutex, lock};
 use crate::runtime2::{GStatus, Sched};
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
 /// What sysmon's deadlock check found (see [`deadlocked`]).
@@ -136,7 +135,7 @@ fn describe_outside(outside: &[i32]) -> String {
 /// Kernel thread ids of the running runtime's Ms (M0, the caller of `run`, while it schedules)
 /// and its sysmon, each added by the thread itself (see [`RuntimeThread`]). The heap's scavenger
 /// and the stack trap thread are goro's too; their crates report their ids.
-static RUNTIME_THREADS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+static RUNTIME_THREADS: RankedMutex<Vec<i32>> = RankedMutex::new(Rank::RuntimeThreads, Vec::new());
 
 /// The calling thread's kernel id.
 fn gettid() -> i32 {

@@ -1,6 +1,6 @@
 //! `JoinHandle`: waiting for a goroutine's result, and `Panic`: what a failed goroutine left.
 
-use crate::lock::lock;
+use crate::lock::{Rank, RankedMutex, lock};
 use crate::park::{Waiter, park_releasable};
 use crate::runtime2::{Run, current_goroutine_id};
 use crate::stw;
@@ -8,8 +8,8 @@ use std::any::Any;
 use std::cell::UnsafeCell;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 /// The unwind payload of `goro::exit()` (Go's `runtime.Goexit`).
 pub(crate) struct Goexit;
@@ -101,13 +101,13 @@ fn detached_panic(id: u64, panic: &Panic) {
 
 /// Where a goroutine leaves its result for its `JoinHandle`.
 pub(crate) struct Packet<R> {
-    state: Mutex<State<R>>,
+    state: RankedMutex<State<R>>,
 }
 
 impl<R> Packet<R> {
     pub(crate) fn new() -> Packet<R> {
         Packet {
-            state: Mutex::new(State::Running(None)),
+            state: RankedMutex::new(Rank::JoinPacket, State::Running(None)),
         }
     }
 

@@ -2,9 +2,8 @@
 //! pointer up (or the bytes sysmon stashed), and its stack segments ([`RootRange`]), read under
 //! [`RootsLock`] with the world stopped.
 
-use crate::lock::lock;
+use crate::lock::{RankedGuard, lock};
 use crate::runtime2::{GRef, GStatus, current_sched};
-use std::sync::MutexGuard;
 use std::sync::atomic::Ordering;
 
 /// Memory the collector must scan for one goroutine.
@@ -39,7 +38,7 @@ pub enum RootRange {
 /// thread cannot be holding one. Take it *before* stopping threads that do not reach a safe point
 /// and drop it after they resume.
 pub struct RootsLock {
-    lists: Vec<MutexGuard<'static, Vec<GRef>>>,
+    lists: Vec<RankedGuard<'static, Vec<GRef>>>,
 }
 
 impl RootsLock {
@@ -74,7 +73,7 @@ impl RootsLock {
     }
 }
 
-pub(crate) fn roots_of(lists: &[MutexGuard<'_, Vec<GRef>>], visit: &mut dyn FnMut(RootRange)) {
+pub(crate) fn roots_of(lists: &[RankedGuard<'_, Vec<GRef>>], visit: &mut dyn FnMut(RootRange)) {
     for g in lists.iter().flat_map(|list| list.iter()) {
         let gg = g.g();
         // Acquire: pairs with the release in `destroy`. A dead G holds nothing live (its stale

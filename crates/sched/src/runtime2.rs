@@ -20,7 +20,7 @@
 //! ```
 
 use crate::config::{Config, MAX_PROCS};
-use crate::lock::{ThreadParker, lock};
+use crate::lock::{Rank, RankedMutex, ThreadParker, lock};
 use crate::panic::throw;
 use crate::runq::{self, LocalQueue};
 use crate::shrink::{ParkedStack, StashMode};
@@ -31,7 +31,7 @@ use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar};
 use std::time::Instant;
 
 /// `G::home` of a goroutine that has not run yet (and may still move to any M).
@@ -178,7 +178,7 @@ pub(crate) struct M {
     /// Goroutines bound to this M that can run again (readied, yielded, stopped for the
     /// collector, back from `blocking`): any thread pushes, only this M pops.
     /// On its own lines: wakers on other threads lock it.
-    pub(crate) ready: Padded<Mutex<VecDeque<GRef>>>,
+    pub(crate) ready: Padded<RankedMutex<VecDeque<GRef>>>,
     /// `ready`'s length, written under its lock: a spinning M polls it without the lock.
     pub(crate) ready_len: Padded<AtomicUsize>,
     /// Go's `runnext`: the goroutine this M's running goroutine (or g0) last readied, run next
@@ -240,9 +240,9 @@ pub(crate) struct Sched {
     pub(crate) ms: Box<[M]>,
     pub(crate) ps: Box<[P]>,
     /// Gs that have never run, from threads that are not Ms and from full local queues.
-    pub(crate) global: Mutex<VecDeque<GRef>>,
+    pub(crate) global: RankedMutex<VecDeque<GRef>>,
     /// Exited Gs beyond what the Ps keep, moved in batches (Go's `sched.gFree`).
-    pub(crate) gfree: Mutex<Vec<GRef>>,
+    pub(crate) gfree: RankedMutex<Vec<GRef>>,
     /// `gfree`'s length, written under its lock: spawners skip the lock when it is empty.
     pub(crate) gfree_len: Padded<AtomicUsize>,
     /// `pidle.free`'s length, written under `pidle`: a spawn wakes no M while no P is free (an
@@ -251,7 +251,7 @@ pub(crate) struct Sched {
     /// Every G ever made, in the list of the P that made it (from other threads: list 0). Gs
     /// never leave: an exited one is marked dead and reused (Go's `allgs`). The collector's
     /// root set, and the set sysmon's stack passes walk.
-    pub(crate) allg: Box<[Mutex<Vec<GRef>>]>,
+    pub(crate) allg: Box<[RankedMutex<Vec<GRef>>]>,
     /// Goroutines made by threads that are not Ms of this runtime (the main one included); see
     /// `live`.
     pub(crate) spawned_elsewhere: Padded<AtomicUsize>,
@@ -260,19 +260,19 @@ pub(crate) struct Sched {
     pub(crate) shutdown: AtomicBool,
     /// The stop-the-world flag and its lock (see `stw`).
     pub(crate) stopping: AtomicBool,
-    pub(crate) stw_lock: Mutex<()>,
+    pub(crate) stw_lock: RankedMutex<()>,
     pub(crate) stw_cv: Condvar,
     /// sysmon sleeps here between ticks; `begin_shutdown` wakes it.
-    pub(crate) sysmon_lock: Mutex<()>,
+    pub(crate) sysmon_lock: RankedMutex<()>,
     pub(crate) sysmon_cv: Condvar,
     /// GOMAXPROCS: Ps `0..gomaxprocs` may run goroutines. Changed under `pidle`.
     pub(crate) gomaxprocs: AtomicUsize,
     /// Ms started so far (`ms[..started]`).
     pub(crate) started: AtomicUsize,
     /// Free Ps, and Ms that wait for one to run goroutines bound to them.
-    pub(crate) pidle: Mutex<PIdle>,
+    pub(crate) pidle: RankedMutex<PIdle>,
     /// Threads of the Ms started after `run` began.
-    pub(crate) threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    pub(crate) threads: RankedMutex<Vec<std::thread::JoinHandle<()>>>,
     /// Stamps queue entries with one FIFO order where there is no time-stamp counter (see
     /// `stamp`).
     #[cfg_attr(
@@ -363,7 +363,7 @@ impl Sched {
         self.ps[p].runq.len()
     }
 
-    pub(crate) fn global_queue(&self) -> &Mutex<VecDeque<GRef>> {
+    pub(crate) fn global_queue(&self) -> &RankedMutex<VecDeque<GRef>> {
         &self.global
     }
 
@@ -402,7 +402,7 @@ impl Sched {
     pub(crate) fn sysmon_sleep(&self, delay: std::time::Duration) {
         let guard = lock(&self.sysmon_lock);
         if !self.shutdown.load(Ordering::Acquire) {
-            let _ = self.sysmon_cv.wait_timeout(guard, delay);
+            let _ = guard.wait_timeout(&self.sysmon_cv, delay);
         }
     }
 }
@@ -429,7 +429,7 @@ impl M {
             preempt: AtomicBool::new(false),
             running_goroutine: AtomicU64::new(0),
             p: AtomicUsize::new(NO_P),
-            ready: Padded(Mutex::new(VecDeque::new())),
+            ready: Padded(RankedMutex::new(Rank::Ready, VecDeque::new())),
         }
     }
 
@@ -606,23 +606,25 @@ impl Sched {
                 .collect(),
             stash: StashMode::choose(&config),
             config,
-            global: Mutex::new(VecDeque::new()),
-            gfree: Mutex::new(Vec::new()),
+            global: RankedMutex::new(Rank::Global, VecDeque::new()),
+            gfree: RankedMutex::new(Rank::Gfree, Vec::new()),
             gfree_len: Padded(AtomicUsize::new(0)),
             idle_ps: Padded(AtomicUsize::new(0)),
-            allg: (0..nps).map(|_| Mutex::new(Vec::new())).collect(),
+            allg: (0..nps)
+                .map(|_| RankedMutex::new(Rank::Allg, Vec::new()))
+                .collect(),
             spawned_elsewhere: Padded(AtomicUsize::new(0)),
             next_id: Padded(AtomicU64::new(1)),
             shutdown: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
-            stw_lock: Mutex::new(()),
+            stw_lock: RankedMutex::new(Rank::StwLock, ()),
             stw_cv: Condvar::new(),
-            sysmon_lock: Mutex::new(()),
+            sysmon_lock: RankedMutex::new(Rank::SysmonLock, ()),
             sysmon_cv: Condvar::new(),
             gomaxprocs: AtomicUsize::new(procs),
             started: AtomicUsize::new(procs),
-            pidle: Mutex::new(PIdle::default()),
-            threads: Mutex::new(Vec::new()),
+            pidle: RankedMutex::new(Rank::Pidle, PIdle::default()),
+            threads: RankedMutex::new(Rank::Threads, Vec::new()),
             enqueued: Padded(AtomicU64::new(1)),
             spinning: Padded(AtomicUsize::new(0)),
             stack_epoch: AtomicU64::new(0),

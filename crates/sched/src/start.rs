@@ -4,18 +4,18 @@
 
 use crate::config::Config;
 use crate::join::{JoinHandle, Packet, Panic, Task};
-use crate::lock::lock;
+use crate::lock::{Rank, RankedGuard, RankedMutex, lock};
 use crate::proc::{self, begin_shutdown, m_main, new_g};
 use crate::roots::{RootRange, roots_of};
 use crate::runtime2::{CURRENT, Entry, GRef, GStatus, Sched, current_m, current_sched};
 use crate::{stw, sysmon};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The goroutines a finished runtime left behind, held still (see [`Finished::abandoned_roots`]).
 pub struct AbandonedRoots<'a> {
-    lists: Vec<MutexGuard<'a, Vec<GRef>>>,
+    lists: Vec<RankedGuard<'a, Vec<GRef>>>,
 }
 
 impl AbandonedRoots<'_> {
@@ -26,7 +26,7 @@ impl AbandonedRoots<'_> {
 }
 
 /// One runtime at a time per process; later `run` calls wait.
-static RUN_LOCK: Mutex<()> = Mutex::new(());
+static RUN_LOCK: RankedMutex<()> = RankedMutex::new(Rank::Run, ());
 
 /// The outcome of [`run`]: the main goroutine's result, and the goroutines left behind.
 pub struct Finished<R> {
@@ -71,7 +71,7 @@ where
     if current_m().is_some() {
         panic!("goro::run called inside a running goro runtime; use goro::go to start goroutines");
     }
-    let _one_at_a_time = RUN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let _one_at_a_time = lock(&RUN_LOCK);
     if let Err(error) = goro_stack::install_overflow_handler() {
         panic!("goro::run: cannot install the stack overflow handler: {error}");
     }

@@ -118,7 +118,7 @@ pub(crate) fn stop(sched: &Sched) {
     let mut guard = lock(&sched.stw_lock);
     // Another initiator is active: this M is already stopped (not running); wait our turn.
     while sched.stopping.load(Ordering::SeqCst) {
-        guard = sched.stw_cv.wait(guard).unwrap_or_else(|p| p.into_inner());
+        guard = guard.wait(&sched.stw_cv);
     }
     sched.stopping.store(true, Ordering::SeqCst);
     let deadline = Instant::now() + SAFE_POINT_GRACE;
@@ -129,11 +129,7 @@ pub(crate) fn stop(sched: &Sched) {
                 return;
             }
             // `notify` wakes us as soon as an M stops.
-            let (g, _) = sched
-                .stw_cv
-                .wait_timeout(guard, deadline - now)
-                .unwrap_or_else(|p| p.into_inner());
-            guard = g;
+            guard = guard.wait_timeout(&sched.stw_cv, deadline - now);
         }
     }
 }
@@ -158,6 +154,6 @@ pub(crate) fn wait_while_stopped(sched: &Sched) {
     }
     let mut guard = lock(&sched.stw_lock);
     while sched.stopping.load(Ordering::SeqCst) {
-        guard = sched.stw_cv.wait(guard).unwrap_or_else(|p| p.into_inner());
+        guard = guard.wait(&sched.stw_cv);
     }
 }

@@ -7,7 +7,7 @@
 //! (a starving `Mutex`, every `RwLock` grant) the record says so and the woken party does not
 //! compete again.
 
-use crate::lock::lock;
+use crate::lock::{Rank, RankedGuard, RankedMutex, lock};
 use crate::park::{Waiter, park, park_releasable, wait_space};
 use crate::stw;
 use std::cell::UnsafeCell;
@@ -17,7 +17,6 @@ use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
-use std::sync::Mutex as StdMutex;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -37,7 +36,7 @@ pub struct WaitGroup {
     counter: AtomicI64,
     /// Goroutines (or threads) in `wait`. A waiter reads the counter under this lock, and a
     /// change to zero takes it before waking, so no wake-up falls between the two.
-    waiters: StdMutex<Vec<Waiter>>,
+    waiters: RankedMutex<Vec<Waiter>>,
 }
 
 impl WaitGroup {
@@ -45,7 +44,7 @@ impl WaitGroup {
     pub const fn new() -> WaitGroup {
         WaitGroup {
             counter: AtomicI64::new(0),
-            waiters: StdMutex::new(Vec::new()),
+            waiters: RankedMutex::new(Rank::SyncQueue, Vec::new()),
         }
     }
 
@@ -152,7 +151,7 @@ impl RecordPtr {
 
 /// Queues a record for the caller on the locked `queue`, parks (g0 releases the queue lock), and
 /// returns whether the waker granted the lock.
-fn wait_in_queue(queue: std::sync::MutexGuard<'_, VecDeque<RecordPtr>>) -> bool {
+fn wait_in_queue(queue: RankedGuard<'_, VecDeque<RecordPtr>>) -> bool {
     park_with_record(queue, |queue, record| queue.push_back(record))
 }
 
@@ -206,7 +205,7 @@ const STARVATION: Duration = Duration::from_millis(1);
 pub struct Mutex<T: ?Sized> {
     /// `LOCKED | WAITERS`; `WAITERS` changes only under `queue`'s lock.
     state: AtomicU32,
-    queue: StdMutex<VecDeque<RecordPtr>>,
+    queue: RankedMutex<VecDeque<RecordPtr>>,
     data: UnsafeCell<T>,
 }
 
@@ -221,7 +220,7 @@ impl<T> Mutex<T> {
     pub const fn new(value: T) -> Mutex<T> {
         Mutex {
             state: AtomicU32::new(0),
-            queue: StdMutex::new(VecDeque::new()),
+            queue: RankedMutex::new(Rank::SyncQueue, VecDeque::new()),
             data: UnsafeCell::new(value),
         }
     }
@@ -376,7 +375,7 @@ impl<T: ?Sized> Drop for MutexGuard<'_, T> {
 /// Writers are preferred: once a writer waits, new readers queue behind it, so writers cannot
 /// starve. Grants are handed over in queue order: a writer, or every reader at the head.
 pub struct RwLock<T: ?Sized> {
-    state: StdMutex<RwState>,
+    state: RankedMutex<RwState>,
     data: UnsafeCell<T>,
 }
 
@@ -397,11 +396,14 @@ impl<T> RwLock<T> {
     /// An unlocked lock holding `value`.
     pub const fn new(value: T) -> RwLock<T> {
         RwLock {
-            state: StdMutex::new(RwState {
-                readers: 0,
-                writer: false,
-                queue: VecDeque::new(),
-            }),
+            state: RankedMutex::new(
+                Rank::SyncQueue,
+                RwState {
+                    readers: 0,
+                    writer: false,
+                    queue: VecDeque::new(),
+                },
+            ),
             data: UnsafeCell::new(value),
         }
     }
@@ -438,7 +440,7 @@ impl<T: ?Sized> RwLock<T> {
     }
 
     /// Queues and parks until a grant hands the lock over.
-    fn wait(&self, state: std::sync::MutexGuard<'_, RwState>, writer: bool) {
+    fn wait(&self, state: RankedGuard<'_, RwState>, writer: bool) {
         let granted = park_with_record(state, |state, record| {
             state.queue.push_back((writer, record))
         });
@@ -545,7 +547,7 @@ const ONCE_DONE: u8 = 2;
 /// it is done. As in Go, a function that panics still counts as done.
 pub struct Once {
     state: AtomicU8,
-    waiters: StdMutex<Vec<Waiter>>,
+    waiters: RankedMutex<Vec<Waiter>>,
 }
 
 impl Once {
@@ -553,7 +555,7 @@ impl Once {
     pub const fn new() -> Once {
         Once {
             state: AtomicU8::new(ONCE_NEW),
-            waiters: StdMutex::new(Vec::new()),
+            waiters: RankedMutex::new(Rank::SyncQueue, Vec::new()),
         }
     }
 

@@ -11,11 +11,10 @@
 //! `Timers`). Arming a timer for the caller is `Sched::add_timer` (`proc`, which wakes an idle M);
 //! `sleep` is in `park`, and `after`/`tick` are in `chan`, which build on it.
 
-use crate::lock::lock;
+use crate::lock::{Rank, RankedGuard, RankedMutex, lock};
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 /// What a timer does when it fires.
@@ -50,19 +49,27 @@ impl Ord for Timer {
 }
 
 /// One P's timers.
-#[derive(Default)]
 pub(crate) struct Timers {
-    heap: Mutex<BinaryHeap<Timer>>,
+    heap: RankedMutex<BinaryHeap<Timer>>,
     /// Timers in `heap`, readable without the lock: an M looks at its P's timers on every
     /// schedule, and most of the time there are none. Written under the lock; a stale zero only
     /// delays a timer until the next look, which idle Ms bound by the deadline they sleep to.
     pending: AtomicUsize,
 }
 
+impl Default for Timers {
+    fn default() -> Timers {
+        Timers {
+            heap: RankedMutex::new(Rank::TimerHeap, BinaryHeap::new()),
+            pending: AtomicUsize::new(0),
+        }
+    }
+}
+
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// A P's timer heap, locked: the proof [`Timers::push_locked`] asks for.
-pub(crate) type Heap<'a> = MutexGuard<'a, BinaryHeap<Timer>>;
+pub(crate) type Heap<'a> = RankedGuard<'a, BinaryHeap<Timer>>;
 
 impl Timers {
     /// Locks the heap (for a caller that must park under its lock, as `sleep` does).
