@@ -9,7 +9,7 @@ use std::cell::UnsafeCell;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 /// The unwind payload of `goro::exit()` (Go's `runtime.Goexit`).
 pub(crate) struct Goexit;
@@ -73,11 +73,14 @@ impl fmt::Display for Panic {
 
 enum State<R> {
     Running(Option<Waiter>),
-    /// Running, and its handle was dropped: nobody will take the result.
-    Detached,
     Done(Result<R, Panic>),
     Taken,
 }
+
+/// `Packet::phase`: the handle was dropped without a join.
+const HANDLE_GONE: u8 = 1;
+/// `Packet::phase`: the goroutine ended with a panic (not `goro::exit`), stored in the packet.
+const PANICKED: u8 = 2;
 
 /// Whether a panic no handle will see ends the process (`Config::detached_panics_exit`); set by
 /// `run`.
@@ -102,30 +105,47 @@ fn detached_panic(id: u64, panic: &Panic) {
 /// Where a goroutine leaves its result for its `JoinHandle`.
 pub(crate) struct Packet<R> {
     state: RankedMutex<State<R>>,
+    /// `HANDLE_GONE` and `PANICKED`: whichever of the handle's drop and a panicking goroutine's
+    /// end comes second (in the order of their RMWs on this byte) reports the panic nobody will
+    /// see. A handle that is dropped or joined costs no lock beyond the result's own.
+    phase: AtomicU8,
 }
 
 impl<R> Packet<R> {
     pub(crate) fn new() -> Packet<R> {
         Packet {
             state: RankedMutex::new(Rank::JoinPacket, State::Running(None)),
+            phase: AtomicU8::new(0),
         }
     }
 
     /// Stores the result and wakes the joiner, if one waits. `id` is the goroutine's.
     pub(crate) fn complete(&self, id: u64, result: Result<R, Panic>) {
+        let panicked = matches!(&result, Err(panic) if !panic.is_exit());
         let mut state = lock(&self.state);
-        if let State::Detached = *state {
-            *state = State::Taken;
-            drop(state);
-            if let Err(panic) = &result {
-                detached_panic(id, panic);
-            }
-            return;
-        }
         let previous = std::mem::replace(&mut *state, State::Done(result));
         drop(state);
         if let State::Running(Some(waiter)) = previous {
             waiter.wake();
+        }
+        // AcqRel: orders the stored result before the bit for the handle's drop, and that drop's
+        // bit before our reading of it.
+        if panicked && self.phase.fetch_or(PANICKED, Ordering::AcqRel) & HANDLE_GONE != 0 {
+            self.report_detached_panic(id);
+        }
+    }
+
+    /// The handle is gone without a join: a panic stored already is one nobody will see.
+    fn handle_dropped(&self, id: u64) {
+        // AcqRel: as in `complete`.
+        if self.phase.fetch_or(HANDLE_GONE, Ordering::AcqRel) & PANICKED != 0 {
+            self.report_detached_panic(id);
+        }
+    }
+
+    fn report_detached_panic(&self, id: u64) {
+        if let State::Done(Err(panic)) = &*lock(&self.state) {
+            detached_panic(id, panic);
         }
     }
 
@@ -193,13 +213,25 @@ impl<F: Send, R: Send> Joinable<R> for Task<F, R> {
 /// Dropping the handle detaches the goroutine. The handle may be sent to any thread; `join` parks
 /// a goroutine, or blocks a thread that is not one.
 pub struct JoinHandle<R> {
-    task: Arc<dyn Joinable<R>>,
+    /// The task; `None` only once `join` has taken it (so that the drop that follows does not
+    /// count the handle as dropped unjoined).
+    task: Option<Arc<dyn Joinable<R>>>,
     id: u64,
 }
 
 impl<R> JoinHandle<R> {
     pub(crate) fn new(task: Arc<dyn Joinable<R>>, id: u64) -> JoinHandle<R> {
-        JoinHandle { task, id }
+        JoinHandle {
+            task: Some(task),
+            id,
+        }
+    }
+
+    fn packet(&self) -> &Packet<R> {
+        self.task
+            .as_ref()
+            .expect("a JoinHandle has its task until join consumes it")
+            .packet()
     }
 
     /// The goroutine's id (as Go prints in tracebacks: the main goroutine is 1).
@@ -209,19 +241,21 @@ impl<R> JoinHandle<R> {
 
     /// Whether the goroutine has finished.
     pub fn is_finished(&self) -> bool {
-        self.task.packet().is_done()
+        self.packet().is_done()
     }
 
     /// Waits for the goroutine to finish; returns its value, or the [`Panic`] it ended with.
-    pub fn join(self) -> Result<R, Panic> {
+    pub fn join(mut self) -> Result<R, Panic> {
         stw::safe_point();
+        let task = self
+            .task
+            .take()
+            .expect("a JoinHandle has its task until join consumes it");
         loop {
-            let mut state = lock(&self.task.packet().state);
+            let mut state = lock(&task.packet().state);
             match std::mem::replace(&mut *state, State::Taken) {
                 State::Done(result) => return result,
-                State::Taken | State::Detached => {
-                    unreachable!("a JoinHandle's result is taken only by join")
-                }
+                State::Taken => unreachable!("a JoinHandle's result is taken only by join"),
                 State::Running(_) => {
                     let waiter = Waiter::current();
                     let parker = waiter.thread_parker();
@@ -238,14 +272,8 @@ impl<R> Drop for JoinHandle<R> {
     /// Detaches the goroutine; if it already ended with a panic, that panic is one nobody will
     /// see (see [`Config::detached_panics_exit`](crate::Config::detached_panics_exit)).
     fn drop(&mut self) {
-        let mut state = lock(&self.task.packet().state);
-        match std::mem::replace(&mut *state, State::Taken) {
-            State::Running(_) => *state = State::Detached,
-            State::Done(Err(panic)) => {
-                drop(state);
-                detached_panic(self.id, &panic);
-            }
-            State::Done(Ok(_)) | State::Detached | State::Taken => {}
+        if let Some(task) = &self.task {
+            task.packet().handle_dropped(self.id);
         }
     }
 }
