@@ -111,6 +111,7 @@ use crate::runtime2::{
 };
 use crate::shrink::{ParkedStack, StashMode};
 use crate::stw;
+use crate::sync_prims;
 use crate::timer;
 use goro_alloc::nosuspend::NoSuspend;
 use goro_stack::{Stack, StackPointer, init_stack, switch};
@@ -361,7 +362,7 @@ fn spin(m: &M) -> Option<GRef> {
     };
     sched.spinning.fetch_sub(1, Ordering::SeqCst);
     // SeqCst fence: the spinner's half of [A] in the module docs (pairs with `wake_idle`'s).
-    std::sync::atomic::fence(Ordering::SeqCst);
+    sync_prims::fence(Ordering::SeqCst);
     found
 }
 
@@ -440,7 +441,7 @@ fn find_runnable(m: &M) -> Option<GRef> {
         release_p(m);
         // SeqCst fence, then a last look at the global queue: [C] in the module docs (pairs
         // with the fence in `wake_idle_for_work`).
-        std::sync::atomic::fence(Ordering::SeqCst);
+        sync_prims::fence(Ordering::SeqCst);
         if lock(&sched.global).is_empty() {
             sleep_until_work_or_timer(m);
         }
@@ -751,7 +752,7 @@ pub(crate) fn ready(g: GRef) {
     let m = &sched.ms[home];
     // SeqCst fence, then a load before the swap: the waker's half of [B] in the module docs
     // (pairs with the SeqCst store in `find_runnable` before its re-check).
-    std::sync::atomic::fence(Ordering::SeqCst);
+    sync_prims::fence(Ordering::SeqCst);
     if m.idle.load(Ordering::Relaxed) && m.idle.swap(false, Ordering::SeqCst) {
         m.parker.unpark();
     }
@@ -906,7 +907,7 @@ fn enqueue_new(sched: &Sched, g: GRef) -> bool {
 fn wake_idle_for_work(sched: &Sched, except: Option<usize>) {
     // SeqCst fence: the submitter's half of [C] in the module docs (pairs with the fence after
     // `release_p` in `find_runnable`).
-    std::sync::atomic::fence(Ordering::SeqCst);
+    sync_prims::fence(Ordering::SeqCst);
     if sched.idle_ps.load(Ordering::Relaxed) > 0 {
         wake_idle(sched, except);
     }
@@ -916,7 +917,7 @@ fn wake_idle_for_work(sched: &Sched, except: Option<usize>) {
 /// M will find the work by itself, so no M is woken while one spins.
 fn wake_idle(sched: &Sched, except: Option<usize>) -> bool {
     // SeqCst fence: the waker's half of [A] in the module docs (pairs with the fence in `spin`).
-    std::sync::atomic::fence(Ordering::SeqCst);
+    sync_prims::fence(Ordering::SeqCst);
     if sched.spinning.load(Ordering::SeqCst) > 0 {
         return true;
     }

@@ -24,6 +24,7 @@ use crate::lock::{Rank, RankedMutex, ThreadParker, lock};
 use crate::panic::throw;
 use crate::runq::{self, LocalQueue};
 use crate::shrink::{ParkedStack, StashMode};
+use crate::sync_prims;
 use crate::timer::Timers;
 use goro_stack::{Stack, StackPointer, switch};
 use std::cell::{Cell, UnsafeCell};
@@ -155,7 +156,7 @@ pub(crate) struct M {
     pub(crate) running: AtomicBool,
     /// True while this M looks for work or sleeps; a waker that swaps it to false must unpark.
     /// On its own lines: wakers on other threads read and swap it.
-    pub(crate) idle: Padded<AtomicBool>,
+    pub(crate) idle: Padded<sync_prims::AtomicBool>,
     pub(crate) parker: ThreadParker,
     /// Schedules so far, for the global queue's fairness rule. Own thread only.
     pub(crate) tick: Cell<u32>,
@@ -247,7 +248,7 @@ pub(crate) struct Sched {
     pub(crate) gfree_len: Padded<AtomicUsize>,
     /// `pidle.free`'s length, written under `pidle`: a spawn wakes no M while no P is free (an
     /// idle M could not run the goroutine without one; Go's `npidle` test in `wakep`).
-    pub(crate) idle_ps: Padded<AtomicUsize>,
+    pub(crate) idle_ps: Padded<sync_prims::AtomicUsize>,
     /// Every G ever made, in the list of the P that made it (from other threads: list 0). Gs
     /// never leave: an exited one is marked dead and reused (Go's `allgs`). The collector's
     /// root set, and the set sysmon's stack passes walk.
@@ -282,7 +283,7 @@ pub(crate) struct Sched {
     pub(crate) enqueued: Padded<AtomicU64>,
     /// Ms spinning for work before they sleep (Go's `nmspinning`); wakers skip the futex while
     /// one spins.
-    pub(crate) spinning: Padded<AtomicUsize>,
+    pub(crate) spinning: Padded<sync_prims::AtomicUsize>,
     /// sysmon's epoch for releasing parked stacks (see `shrink`); read at every park.
     pub(crate) stack_epoch: AtomicU64,
     /// Set (if clear) at every park, cleared by sysmon when it starts a pass: a pass is worth
@@ -420,7 +421,7 @@ impl M {
             inherit_slice: Cell::new(false),
             idle_hook_epoch: Cell::new(u64::MAX),
             running: AtomicBool::new(false),
-            idle: Padded(AtomicBool::new(false)),
+            idle: Padded(sync_prims::AtomicBool::new(false)),
             parker: ThreadParker::default(),
             tick: Cell::new(0),
             schedtick: AtomicU64::new(0),
@@ -609,7 +610,7 @@ impl Sched {
             global: RankedMutex::new(Rank::Global, VecDeque::new()),
             gfree: RankedMutex::new(Rank::Gfree, Vec::new()),
             gfree_len: Padded(AtomicUsize::new(0)),
-            idle_ps: Padded(AtomicUsize::new(0)),
+            idle_ps: Padded(sync_prims::AtomicUsize::new(0)),
             allg: (0..nps)
                 .map(|_| RankedMutex::new(Rank::Allg, Vec::new()))
                 .collect(),
@@ -626,7 +627,7 @@ impl Sched {
             pidle: RankedMutex::new(Rank::Pidle, PIdle::default()),
             threads: RankedMutex::new(Rank::Threads, Vec::new()),
             enqueued: Padded(AtomicU64::new(1)),
-            spinning: Padded(AtomicUsize::new(0)),
+            spinning: Padded(sync_prims::AtomicUsize::new(0)),
             stack_epoch: AtomicU64::new(0),
             parks_since_pass: AtomicBool::new(false),
             stack_pass_requested: AtomicBool::new(false),
