@@ -11,7 +11,7 @@
 //! for the caches, the same waste ratio.
 //!
 //! The allocation fast path skips both tables: one 256-entry table maps `(size + 7) / 8` straight
-//! to the span class for sizes up to 2040 B ([`SizeClass::small_spc`]).
+//! to the span class for sizes up to 2040 B (`SizeClass::small_spc`).
 //!
 //! Lookup is Go's two-table scheme, both tables built by `const fn` at compile time:
 //!

@@ -53,7 +53,7 @@ fn stop_at_safe_point(m: &M) {
 }
 
 /// Stops every goroutine of the running runtime at a safe point (or for
-/// [`SAFE_POINT_GRACE`], after which the caller must stop the laggards by other means), runs `f`
+/// `SAFE_POINT_GRACE` (100 µs), after which the caller must stop the laggards by other means), runs `f`
 /// on this M's system stack, and restarts them. `f` does not run if the runtime is ending (its
 /// main goroutine has returned): the collector must not run once roots are leaving the
 /// runtime's view.
@@ -75,7 +75,7 @@ pub unsafe fn stop_the_world(f: &mut dyn FnMut()) {
 }
 
 /// [`stop_the_world`] for a thread that is not a goroutine (the main thread, a std thread): stops
-/// every goroutine of the running runtime at a safe point (or for [`SAFE_POINT_GRACE`]), runs
+/// every goroutine of the running runtime at a safe point (or for `SAFE_POINT_GRACE`), runs
 /// `f` on this thread, and restarts them. Returns false, without running `f`, if no runtime runs
 /// or it is ending. The thread needs no P: a thread that holds a lock every goroutine waits for
 /// can still collect.

@@ -349,7 +349,7 @@ impl Stack {
         }
     }
 
-    /// The second half of [`unstash`](Self::unstash): frees the record [`put_back`]
+    /// The second half of [`unstash`](Self::unstash): frees the record [`put_back`](Self::put_back)
     /// (Self::put_back) left (or one a trap restore left).
     ///
     /// # Safety
