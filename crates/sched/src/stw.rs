@@ -52,9 +52,9 @@ fn stop_at_safe_point(m: &M) {
     }
 }
 
-/// Stops every goroutine of the running runtime at a safe point (or for
-/// `SAFE_POINT_GRACE` (100 µs), after which the caller must stop the laggards by other means), runs `f`
-/// on this M's system stack, and restarts them. `f` does not run if the runtime is ending (its
+/// Stops every goroutine of the running runtime at a safe point (or for `SAFE_POINT_GRACE`,
+/// 100 µs, after which the caller must stop the laggards by other means), runs `f` on this M's
+/// system stack, and restarts them. `f` does not run if the runtime is ending (its
 /// main goroutine has returned): the collector must not run once roots are leaving the
 /// runtime's view.
 ///
