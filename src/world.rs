@@ -42,6 +42,7 @@
 //! stopping them (the `rotate_left` race above), and stopping only threads that registered
 //! (users cannot be asked to register every thread a C library starts).
 
+use goro_sched::{futex_wait, futex_wake};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -723,39 +724,6 @@ fn fatal(what: &str) -> ! {
     warn(what.as_bytes());
     warn(b"\n");
     std::process::abort()
-}
-
-fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
-    let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs() as libc::time_t,
-        tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
-    });
-    let ts_ptr = ts
-        .as_ref()
-        .map_or(core::ptr::null(), |ts| ts as *const libc::timespec);
-    // SAFETY: FUTEX_WAIT on a live, aligned u32; it sleeps only while the word holds
-    // `expected`, at most `timeout`.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            ts_ptr,
-        );
-    }
-}
-
-fn futex_wake(word: &AtomicU32, count: i32) {
-    // SAFETY: FUTEX_WAKE on a live, aligned u32.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            count,
-        );
-    }
 }
 
 #[cfg(test)]

@@ -89,7 +89,7 @@ use span::{MAX_OBJECTS, STATE_LARGE, STATE_SMALL, Span};
 
 pub use stats::ClassStats;
 
-pub use stats::AllocStats;
+pub use stats::{AllocStats, Bytes};
 
 pub use scavenger::scavenger_thread_id;
 

@@ -132,9 +132,10 @@ impl AllocStats {
     }
 }
 
-/// A byte count in binary units, for people: `512 B`, `1.5 KiB`, `64.0 MiB`.
-#[derive(Clone, Copy)]
-struct Bytes(usize);
+/// A byte count in binary units, for people: `512 B`, `1.5 KiB`, `64.0 MiB` (the stats' `Display`
+/// impls here and in goro-gc use it).
+#[derive(Clone, Copy, Debug)]
+pub struct Bytes(pub usize);
 
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

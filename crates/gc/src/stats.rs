@@ -5,6 +5,7 @@
 //! `none` when unset (`usize::MAX`), as Go's `GOGC=off` and `GOMEMLIMIT=off` read.
 
 use crate::pacer;
+use goro_alloc::Bytes;
 use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,22 +49,6 @@ impl GcStats {
     /// The most recent pause, if any cycle ran.
     pub fn last_pause(&self) -> Option<Duration> {
         self.pauses.last().copied()
-    }
-}
-
-/// A byte count in binary units, for people: `512 B`, `1.5 KiB`, `64.0 MiB`.
-struct Bytes(usize);
-
-impl fmt::Display for Bytes {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-        if self.0 < 1024 {
-            return write!(f, "{} B", self.0);
-        }
-        // The largest unit that keeps the number at least 1 (TiB at most).
-        let step = ((usize::BITS - 1 - self.0.leading_zeros()) / 10).min(4) as usize;
-        let value = self.0 as f64 / (1u64 << (10 * step)) as f64;
-        write!(f, "{value:.1} {}", UNITS[step - 1])
     }
 }
 

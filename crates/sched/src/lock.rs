@@ -415,7 +415,7 @@ impl RawLock {
             }
         }
         while self.state.swap(CONTENDED, Ordering::Acquire) != UNLOCKED {
-            futex_wait(&self.state, CONTENDED);
+            futex_wait(&self.state, CONTENDED, None);
         }
     }
 
@@ -429,33 +429,44 @@ impl RawLock {
         note_release(Rank::Chan);
         // Release: pairs with the Acquire in `lock`.
         if self.state.swap(UNLOCKED, Ordering::Release) == CONTENDED {
-            futex_wake(&self.state);
+            futex_wake(&self.state, 1);
         }
     }
 }
 
-fn futex_wait(word: &AtomicU32, expected: u32) {
-    // SAFETY: FUTEX_WAIT on a live, aligned u32 with no timeout; it only sleeps if the word
-    // still holds `expected`.
+/// Sleeps while `word` holds `expected` (a private futex), for at most `timeout`; returns on a
+/// wake-up, a signal, the timeout, or at once if the word already differs. Takes no lock and
+/// allocates nothing: the collector's stop handler waits with it.
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<std::time::Duration>) {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(core::ptr::null(), |ts| ts as *const libc::timespec);
+    // SAFETY: FUTEX_WAIT on a live, aligned u32; it sleeps only while the word holds
+    // `expected`, at most `timeout` (a valid timespec or null).
     unsafe {
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
             libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
             expected,
-            std::ptr::null::<libc::timespec>(),
+            ts_ptr,
         );
     }
 }
 
-fn futex_wake(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE of one waiter on a live, aligned u32.
+/// Wakes up to `count` threads sleeping in [`futex_wait`] on `word`.
+pub fn futex_wake(word: &AtomicU32, count: i32) {
+    // SAFETY: FUTEX_WAKE on a live, aligned u32.
     unsafe {
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
             libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            1,
+            count,
         );
     }
 }

@@ -224,15 +224,14 @@ impl<T: Item> LocalQueue<T> {
     }
 }
 
-#[cfg(all(test, loom))]
-mod loom_tests {
-    //! Every interleaving of an owner pushing and popping while a thief steals: each goroutine
-    //! comes out exactly once. `RUSTFLAGS="--cfg loom" cargo test -p goro-sched --lib loom`.
-
-    use super::*;
+/// The stand-in the tests queue: an address, never dereferenced.
+#[cfg(test)]
+mod fake_item {
+    use super::Item;
+    use core::ptr::NonNull;
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    struct Fake(NonNull<u8>);
+    pub(super) struct Fake(NonNull<u8>);
 
     // SAFETY: a `Fake` is never dereferenced; it is only an address moved between threads.
     unsafe impl Send for Fake {}
@@ -240,7 +239,7 @@ mod loom_tests {
     unsafe impl Sync for Fake {}
 
     impl Fake {
-        fn as_ptr(self) -> *mut u8 {
+        pub(super) fn as_ptr(self) -> *mut u8 {
             self.0.as_ptr()
         }
     }
@@ -253,12 +252,22 @@ mod loom_tests {
             Fake(raw.cast())
         }
     }
-    use loom::sync::Arc;
 
     /// A stand-in goroutine: never dereferenced, the queue only moves pointers.
-    fn fake(i: usize) -> Fake {
+    pub(super) fn fake(i: usize) -> Fake {
         Fake(NonNull::new((0x1000 * (i + 1)) as *mut u8).unwrap())
     }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! Every interleaving of an owner pushing and popping while a thief steals: each goroutine
+    //! comes out exactly once. `RUSTFLAGS="--cfg loom" cargo test -p goro-sched --lib loom`.
+
+    use super::fake_item::{Fake, fake};
+    use super::*;
+
+    use loom::sync::Arc;
 
     /// A thief that steals once from `victim` and runs what it took.
     fn spawn_thief(
@@ -331,35 +340,8 @@ mod loom_tests {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
+    use super::fake_item::{Fake, fake};
     use super::*;
-
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    struct Fake(NonNull<u8>);
-
-    // SAFETY: a `Fake` is never dereferenced; it is only an address moved between threads.
-    unsafe impl Send for Fake {}
-    // SAFETY: as above.
-    unsafe impl Sync for Fake {}
-
-    impl Fake {
-        fn as_ptr(self) -> *mut u8 {
-            self.0.as_ptr()
-        }
-    }
-
-    impl Item for Fake {
-        fn into_raw(self) -> NonNull<()> {
-            self.0.cast()
-        }
-        fn from_raw(raw: NonNull<()>) -> Fake {
-            Fake(raw.cast())
-        }
-    }
-
-    /// A stand-in goroutine: never dereferenced, the queue only moves pointers.
-    fn fake(i: usize) -> Fake {
-        Fake(NonNull::new((0x1000 * (i + 1)) as *mut u8).unwrap())
-    }
 
     #[test]
     fn fifo_and_overflow() {
