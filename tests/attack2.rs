@@ -32,6 +32,28 @@ fn value_of(e: &E) -> u64 {
     }
 }
 
+/// Swaps the pair's two enums in place until `stop`, checking every 4,096 swaps that both `Gc`s
+/// still hold their values (1 and 2); the swap count and the values when they do not.
+fn swap_until(pair: &Pair, stop: &AtomicBool) -> Option<(u64, u64, u64)> {
+    let mut swaps = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        {
+            let mut both = pair.cell.borrow_mut();
+            let (x, y) = &mut *both;
+            std::mem::swap(x, y);
+        }
+        swaps += 1;
+        if swaps.is_multiple_of(4096) {
+            let both = pair.cell.borrow();
+            let (x, y) = (value_of(&both.0), value_of(&both.1));
+            if x + y != 3 {
+                return Some((swaps, x, y));
+            }
+        }
+    }
+    None
+}
+
 /// Hole 1: a std thread (stopped by SIGPWR wherever it stands) swaps two enums inside a
 /// `GcCell`; the collector traces the cell precisely (`Trace for GcCell` follows the tags) and
 /// sees a half-swapped pair, so the `Gc` still in flight is in no traced field, no register and
@@ -47,23 +69,9 @@ fn a_std_thread_swapping_enums_in_a_gccell_keeps_its_gcs() {
         let bad = Arc::new(AtomicUsize::new(0));
         let (s, b) = (stop.clone(), bad.clone());
         let swapper = std::thread::spawn(move || {
-            let mut swaps = 0u64;
-            while !s.load(Ordering::Relaxed) {
-                {
-                    let mut both = pair.cell.borrow_mut();
-                    let (x, y) = &mut *both;
-                    std::mem::swap(x, y);
-                }
-                swaps += 1;
-                if swaps.is_multiple_of(4096) {
-                    let both = pair.cell.borrow();
-                    let (x, y) = (value_of(&both.0), value_of(&both.1));
-                    if x + y != 3 {
-                        b.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("after {swaps} swaps the pair holds {x:#x} and {y:#x}");
-                        return;
-                    }
-                }
+            if let Some((swaps, x, y)) = swap_until(&pair, &s) {
+                b.fetch_add(1, Ordering::Relaxed);
+                eprintln!("after {swaps} swaps the pair holds {x:#x} and {y:#x}");
             }
         });
         for _ in 0..300 {
@@ -135,25 +143,7 @@ fn a_goroutine_swapping_enums_in_a_gccell_keeps_its_gcs() {
             });
             let stop = Arc::new(AtomicBool::new(false));
             let s = stop.clone();
-            let swapper = goro::go(move || {
-                let mut swaps = 0u64;
-                while !s.load(Ordering::Relaxed) {
-                    {
-                        let mut both = pair.cell.borrow_mut();
-                        let (x, y) = &mut *both;
-                        std::mem::swap(x, y);
-                    }
-                    swaps += 1;
-                    if swaps.is_multiple_of(4096) {
-                        let both = pair.cell.borrow();
-                        let (x, y) = (value_of(&both.0), value_of(&both.1));
-                        if x + y != 3 {
-                            return Some((swaps, x, y));
-                        }
-                    }
-                }
-                None
-            });
+            let swapper = goro::go(move || swap_until(&pair, &s));
             // The collections come from a std thread: a goroutine that asked for them could be
             // bound to the swapper's M, behind a loop that never yields (no preemption without a
             // safe point), and wait forever.
