@@ -22,8 +22,9 @@
 //!    listed thread is stopped, nothing can create another.
 //! 4. Each stopped thread is a root: its stack from the recorded address to the top of the stack
 //!    it is on (the goroutine slot, found through goro-stack, or else the end of the memory
-//!    mapping, read from `/proc/self/maps`), and its static TLS block, at fixed offsets from its
-//!    thread pointer (the same for every thread; learnt from `dl_iterate_phdr` on the collecting
+//!    mapping, read from `/proc/self/maps` the first time the thread is stopped and checked
+//!    with `msync` after that), and its static TLS block, at fixed offsets from its thread
+//!    pointer (the same for every thread; learnt from `dl_iterate_phdr` on the collecting
 //!    thread).
 //! 5. Bumping the epoch and a futex wake resume them all.
 //!
@@ -361,24 +362,22 @@ impl Stopped {
     /// Calls `f` with the roots of every stopped thread, and of the calling thread (from the
     /// caller's frame up).
     pub(crate) fn for_each_thread(&self, mut f: impl FnMut(ThreadRoots)) {
-        let maps = Maps::read();
+        let mut places = ThreadPlaces::take();
         let here = 0usize;
         let my_sp = core::hint::black_box(&here) as *const usize as usize;
         // SAFETY: pthread_self has no preconditions.
         let my_tp = unsafe { libc::pthread_self() } as usize;
-        let mut report = |sp: usize, tp: usize| {
-            let top = match goro_stack::slot_bounds(sp) {
-                Some((_, top)) => Some(top),
-                None => maps.readable_end(sp),
-            };
-            let Some(top) = top else {
+        let mut report = |tid: i32, sp: usize, tp: usize| {
+            let slot_top = goro_stack::slot_bounds(sp).map(|(_, top)| top);
+            let Some(place) = places.find(tid, sp, tp, slot_top.is_some(), self.tls) else {
                 return;
             };
+            let top = slot_top.unwrap_or(place.stack_end);
             let tls = self.tls.and_then(|(lo, hi)| {
                 let (lo, hi) = (tp.wrapping_add_signed(lo), tp.wrapping_add_signed(hi));
                 // glibc puts a thread's TLS at the top of its stack mapping: scanned already.
                 let in_stack = lo >= sp && hi <= top;
-                (!in_stack && maps.is_readable(lo, hi)).then_some((lo, hi))
+                (!in_stack && place.tls_readable).then_some((lo, hi))
             });
             let skip = (
                 tp.wrapping_add_signed(self.cache.0),
@@ -390,17 +389,18 @@ impl Stopped {
                 skip,
             });
         };
-        report(my_sp, my_tp);
+        report(self.me, my_sp, my_tp);
         for slot in slots(self.used) {
             // Acquire: pairs with the handler's Release.
             if slot.state.load(Ordering::Acquire) == SUSPENDED {
                 report(
+                    slot.tid.load(Ordering::Relaxed),
                     slot.sp.load(Ordering::Relaxed),
                     slot.tp.load(Ordering::Relaxed),
                 );
             }
         }
-        debug_assert_ne!(self.me, 0);
+        places.put_back();
     }
 }
 
@@ -410,6 +410,164 @@ impl Drop for Stopped {
         EPOCH.fetch_add(1, Ordering::Release);
         futex_wake(&EPOCH, i32::MAX);
     }
+}
+
+/// Where a thread keeps its stack and whether its static TLS block can be read, as
+/// `/proc/self/maps` said when the thread was first stopped.
+#[derive(Clone, Copy)]
+struct ThreadPlace {
+    /// 0 in an unused entry.
+    tid: i32,
+    /// The thread pointer the place was learnt with: a thread keeps it for life, and a new
+    /// thread with a recycled id and the same thread pointer lives in the same stack block.
+    tp: usize,
+    /// The mapping that held the thread's stack pointer.
+    stack_start: usize,
+    stack_end: usize,
+    tls_readable: bool,
+}
+
+/// The places of threads seen by earlier stops, so that a stop reads `/proc/self/maps` (tens of
+/// microseconds for the kernel to format) only when a thread it has not seen is stopped, or
+/// one whose stack pointer left the mapping it was in. A table in its own mapping (no
+/// allocator while threads are stopped), open addressing by thread id; kept between stops like
+/// the maps buffer, and cleared when it fills.
+struct ThreadPlaces {
+    table: *mut ThreadPlace,
+    used: usize,
+    /// `/proc/self/maps`, once this stop had to read it.
+    maps: Option<Maps>,
+}
+
+/// Entries of the [`ThreadPlaces`] table (a power of two).
+const PLACES: usize = 1 << 14;
+
+/// The table of the last [`ThreadPlaces`] and its entry count (`table | used` would not fit:
+/// kept as two words, the table swapped out by whoever takes it).
+static SPARE_PLACES: AtomicUsize = AtomicUsize::new(0);
+static SPARE_PLACES_USED: AtomicUsize = AtomicUsize::new(0);
+
+impl ThreadPlaces {
+    fn take() -> ThreadPlaces {
+        // Acquire: pairs with the Release in `put_back`, which may have run on another thread.
+        let table = SPARE_PLACES.swap(0, Ordering::Acquire);
+        if table == 0 {
+            return ThreadPlaces {
+                table: map_anonymous(PLACES * size_of::<ThreadPlace>()).cast(),
+                used: 0,
+                maps: None,
+            };
+        }
+        ThreadPlaces {
+            table: table as *mut ThreadPlace,
+            used: SPARE_PLACES_USED.load(Ordering::Relaxed),
+            maps: None,
+        }
+    }
+
+    fn put_back(self) {
+        let table = self.table as usize;
+        SPARE_PLACES_USED.store(self.used, Ordering::Relaxed);
+        // Release: publishes the entries to the next `take`.
+        if SPARE_PLACES
+            .compare_exchange(0, table, Ordering::Release, Ordering::Relaxed)
+            .is_err()
+        {
+            // SAFETY: the mapping `take` made; nothing refers to it any more.
+            unsafe {
+                libc::munmap(
+                    table as *mut libc::c_void,
+                    PLACES * size_of::<ThreadPlace>(),
+                )
+            };
+        }
+    }
+
+    fn entries(&mut self) -> &mut [ThreadPlace] {
+        // SAFETY: a mapping of `PLACES` entries, all-zero bytes being a valid unused entry,
+        // held by this value alone.
+        unsafe { core::slice::from_raw_parts_mut(self.table, PLACES) }
+    }
+
+    /// The place of thread `tid`, stopped with its stack pointer at `sp` (in a goroutine's
+    /// stack slot if `on_goroutine_stack`, whose bounds the caller knows) and thread pointer
+    /// `tp`; `None` if its stack pointer lies in no readable mapping.
+    fn find(
+        &mut self,
+        tid: i32,
+        sp: usize,
+        tp: usize,
+        on_goroutine_stack: bool,
+        tls: Option<(isize, isize)>,
+    ) -> Option<ThreadPlace> {
+        let home = (tid as usize).wrapping_mul(0x9E37_79B9) % PLACES;
+        let mut at = home;
+        loop {
+            let entry = self.entries()[at];
+            if entry.tid == 0 {
+                break;
+            }
+            if entry.tid == tid {
+                let known = entry.tp == tp
+                    && (on_goroutine_stack
+                        || (entry.stack_start..entry.stack_end).contains(&sp)
+                            && still_mapped(sp, entry.stack_end));
+                if known {
+                    return Some(entry);
+                }
+                break;
+            }
+            at = (at + 1) % PLACES;
+            if at == home {
+                break;
+            }
+        }
+        let maps = self.maps.get_or_insert_with(Maps::read);
+        let (stack_start, stack_end) = match maps.readable_mapping(sp) {
+            Some(mapping) => mapping,
+            None if on_goroutine_stack => (0, 0),
+            None => return None,
+        };
+        let tls_readable = tls.is_some_and(|(lo, hi)| {
+            maps.is_readable(tp.wrapping_add_signed(lo), tp.wrapping_add_signed(hi))
+        });
+        let place = ThreadPlace {
+            tid,
+            tp,
+            stack_start,
+            stack_end,
+            tls_readable,
+        };
+        if self.entries()[at].tid != tid {
+            if self.used >= PLACES / 2 {
+                // Mostly threads that are gone: start again.
+                self.entries().fill(ThreadPlace::EMPTY);
+                self.used = 0;
+                at = home;
+            }
+            self.used += 1;
+        }
+        self.entries()[at] = place;
+        Some(place)
+    }
+}
+
+impl ThreadPlace {
+    const EMPTY: ThreadPlace = ThreadPlace {
+        tid: 0,
+        tp: 0,
+        stack_start: 0,
+        stack_end: 0,
+        tls_readable: false,
+    };
+}
+
+/// Whether `[addr, end)` is still wholly mapped: `msync` with `MS_ASYNC` only walks the
+/// mappings (no I/O since Linux 2.6.19) and fails with `ENOMEM` at a hole.
+fn still_mapped(addr: usize, end: usize) -> bool {
+    let start = addr & !(PAGE - 1);
+    // SAFETY: msync(MS_ASYNC) reads nothing and changes no memory; any range is allowed.
+    unsafe { libc::msync(start as *mut libc::c_void, end - start, libc::MS_ASYNC) == 0 }
 }
 
 /// The static TLS area of a thread as offsets `[lo, hi)` from its `pthread_self()`: the blocks
@@ -548,18 +706,18 @@ impl Maps {
         unsafe { core::slice::from_raw_parts(self.entries, self.count) }
     }
 
-    /// The end of the readable mapping that holds `addr`. Only that one mapping: the next one
+    /// The readable mapping that holds `addr`, `[start, end)`. Only that one mapping: the next one
     /// may be a special mapping that faults when read (`[vvar]`). A binary search: a process
     /// with thousands of threads has thousands of mappings, asked about once per thread.
-    fn readable_end(&self, addr: usize) -> Option<usize> {
+    fn readable_mapping(&self, addr: usize) -> Option<(usize, usize)> {
         let mappings = self.mappings();
         let at = mappings.partition_point(|m| m.end <= addr);
         let mapping = mappings.get(at)?;
-        (mapping.start <= addr && mapping.readable).then_some(mapping.end)
+        (mapping.start <= addr && mapping.readable).then_some((mapping.start, mapping.end))
     }
 
     fn is_readable(&self, lo: usize, hi: usize) -> bool {
-        lo < hi && self.readable_end(lo).is_some_and(|end| end >= hi)
+        lo < hi && self.readable_mapping(lo).is_some_and(|(_, end)| end >= hi)
     }
 }
 
@@ -744,8 +902,56 @@ mod tests {
         let maps = Maps::read();
         let here = 0usize;
         let sp = core::hint::black_box(&here) as *const usize as usize;
-        let end = maps.readable_end(sp).expect("the stack is mapped");
+        let (_, end) = maps.readable_mapping(sp).expect("the stack is mapped");
         assert!(end > sp);
         assert!(maps.is_readable(sp, end));
+    }
+
+    #[test]
+    fn thread_places_are_learnt_once_and_checked_after() {
+        // SAFETY: gettid and pthread_self have no preconditions.
+        let (tid, tp) = unsafe { (libc::gettid(), libc::pthread_self() as usize) };
+        let here = 0usize;
+        let sp = core::hint::black_box(&here) as *const usize as usize;
+        let tls = static_tls_offsets();
+        let mut places = ThreadPlaces::take();
+        let first = places
+            .find(tid, sp, tp, false, tls)
+            .expect("this stack is mapped");
+        assert!(
+            places.maps.is_some(),
+            "an unknown thread is looked up in the maps"
+        );
+        places.put_back();
+
+        let mut places = ThreadPlaces::take();
+        let again = places.find(tid, sp, tp, false, tls).expect("known");
+        assert!(places.maps.is_none(), "a known thread needs no maps");
+        assert_eq!(
+            (again.stack_start, again.stack_end, again.tls_readable),
+            (first.stack_start, first.stack_end, first.tls_readable)
+        );
+        let maps = Maps::read();
+        assert_eq!(
+            maps.readable_mapping(sp),
+            Some((first.stack_start, first.stack_end))
+        );
+        assert!(first.stack_end > sp);
+
+        // Another thread pointer under the same id (the id was recycled): learnt afresh.
+        let moved = places.find(tid, sp, tp ^ PAGE, false, tls).expect("mapped");
+        assert!(places.maps.is_some());
+        assert_eq!(moved.tp, tp ^ PAGE);
+        places.put_back();
+    }
+
+    #[test]
+    fn a_range_with_a_hole_is_not_still_mapped() {
+        let base = map_anonymous(3 * PAGE) as usize;
+        assert!(still_mapped(base + 8, base + 3 * PAGE));
+        // SAFETY: the middle page of the mapping made above, used by nothing.
+        unsafe { libc::munmap((base + PAGE) as *mut libc::c_void, PAGE) };
+        assert!(!still_mapped(base + 8, base + 3 * PAGE));
+        assert!(still_mapped(base + 2 * PAGE, base + 3 * PAGE));
     }
 }
