@@ -480,7 +480,7 @@ impl Runtime {
             stash_parked_stacks: promised(self.stash_parked_stacks()),
             migrate: promised(self.migrate_goroutines),
             max_stack_size: self.max_stack_size,
-            runtime_thread: Some(goro_gc::sweeper_thread_id),
+            runtime_threads: Some(|| [goro_gc::sweeper_thread_id(), goro_gc::helper_thread_id()]),
             detached_panics_exit: self.detached_panics_exit,
         };
         let finished = goro_sched::run(config, main);

@@ -9,8 +9,9 @@
 //! So a collection stops *every* thread, as Boehm's collector does:
 //!
 //! 1. The collecting thread lists `/proc/self/task` and sends each other thread
-//!    [`SUSPEND_SIGNAL`] (`tgkill`). It leaves out only itself and the stash-trap thread (which
-//!    blocks every signal, holds no `Gc`, and must go on answering stack faults).
+//!    [`SUSPEND_SIGNAL`] (`tgkill`). It leaves out only itself, the stash-trap thread (which
+//!    blocks every signal, holds no `Gc`, and must go on answering stack faults) and goro-gc's
+//!    mark helper (which holds no `Gc` and marks while the world is stopped).
 //! 2. The handler runs on the thread's current stack (no `SA_ONSTACK`), so the kernel's signal
 //!    frame, holding every register of the interrupted code, lies between the handler's frame
 //!    and the interrupted stack pointer. The handler records the address of one of its own
@@ -220,7 +221,8 @@ pub(crate) struct ThreadRoots {
     pub(crate) skip: (usize, usize),
 }
 
-/// Stops every other thread of the process but the stash-trap thread (see the module docs).
+/// Stops every other thread of the process but the stash-trap thread and the mark helper (see
+/// the module docs).
 ///
 /// Must be called with no lock held that a thread of the process may wait for in a way that
 /// keeps it from stopping (a signal handler interrupts futex waits, so ordinary locks are fine),
@@ -238,6 +240,7 @@ pub(crate) fn stop_others() -> Stopped {
     // SAFETY: gettid has no preconditions.
     let me = unsafe { libc::gettid() };
     let trap = goro_stack::trap_thread_id();
+    let helper = goro_gc::helper_thread_id();
     USED.store(0, Ordering::Release);
     ACKS.store(0, Ordering::Relaxed);
     let mut used = 0;
@@ -246,6 +249,7 @@ pub(crate) fn stop_others() -> Stopped {
         for_each_task(|tid| {
             if tid == me
                 || Some(tid) == trap
+                || Some(tid) == helper
                 || slots(used)
                     .iter()
                     .any(|s| s.tid.load(Ordering::Relaxed) == tid)

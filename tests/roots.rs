@@ -210,3 +210,51 @@ fn expected_checksum(depth: u32, seed: u64) -> u64 {
         seed + expected_checksum(depth - 1, seed * 2) + expected_checksum(depth - 1, seed * 2 + 1)
     }
 }
+
+#[test]
+fn marking_shared_with_the_helper_misses_nothing() {
+    // Many parked goroutines, each holding a tree only in its frame: with two Ps the collector
+    // hands half of their stacks to the mark helper, and every tree must survive, unpoisoned.
+    common::run_clobbering(2, || {
+        const PARKED: u64 = 500;
+        let (wake_tx, wake_rx) = goro::chan::channel::<()>(0);
+        let (ready_tx, ready_rx) = goro::chan::channel::<()>(PARKED as usize);
+        let parked: Vec<_> = (0..PARKED)
+            .map(|seed| {
+                let (wake_rx, ready_tx) = (wake_rx.clone(), ready_tx.clone());
+                goro::go(move || {
+                    let local = build(4, seed);
+                    let sum = checksum(&local);
+                    ready_tx.send(());
+                    wake_rx.recv();
+                    assert_eq!(checksum(&local), sum, "tree {seed} changed while parked");
+                    goro::gc::keep_alive(&local);
+                    local.canary.0
+                })
+            })
+            .collect();
+        for _ in 0..PARKED {
+            ready_rx.recv().unwrap();
+        }
+        // The helper shares a cycle's work only if it woke in time: on a loaded machine some
+        // cycles run alone.
+        let mut shared_cycles = 0;
+        for _ in 0..200 {
+            garbage();
+            goro::gc::collect();
+            shared_cycles += usize::from(goro::gc::stats().shared_work > 0);
+            if shared_cycles == 10 {
+                break;
+            }
+        }
+        assert_eq!(
+            shared_cycles, 10,
+            "cycles that handed work to the mark helper"
+        );
+        drop(wake_tx);
+        for goroutine in parked {
+            let canary = goroutine.join().unwrap();
+            assert!(!was_dropped(canary), "a parked goroutine's tree was freed");
+        }
+    });
+}

@@ -25,14 +25,13 @@
 //!    caller as [`Mutators::pause`] says, which lets a goroutine's M run others).
 
 use crate::header::{CONDEMNED, IMMORTAL, header_of};
-use crate::mark::{Marker, RECENT_WORDS, Work};
+use crate::helper;
 use crate::object::vtable_of;
 use crate::pacer;
 use crate::roots::{self, Mutators, Root, RootVisitor};
 use crate::stats::{self, CycleReport};
 use crate::sweeper;
 use crate::trace::Tracer;
-use crate::workbuf::WorkStack;
 use goro_alloc::GcSpan;
 use std::cell::Cell;
 use std::sync::Mutex;
@@ -151,10 +150,15 @@ pub(crate) struct Marked {
     marked: Instant,
     heap_before: usize,
     roots: usize,
+    /// Work items handed to the mark helper.
+    shared_work: usize,
     census: Census,
 }
 
 fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
+    if mutators.procs() >= 2 {
+        helper::start();
+    }
     loop {
         if forced {
             // A cycle's sweep runs with the world going: wait for it, then run our own.
@@ -209,12 +213,13 @@ fn mark_and_condemn(mutators: &dyn Mutators) -> Marked {
     let heap_before = pacer::heap_alloc();
     let mut tracer = Tracer::new();
     goro_alloc::clear_marks();
+    let shared = mutators.procs() >= 2 && helper::arm();
     let mut roots = 0;
     mark_immortals(&mut tracer);
     mutators.roots(&mut RootVisitor {
         sink: &mut |root| roots += tracer.push_root(root),
     });
-    tracer.drain();
+    let shared_work = helper::drain(&mut tracer, shared);
     drop(tracer);
     let census = condemn(false);
     Marked {
@@ -222,6 +227,7 @@ fn mark_and_condemn(mutators: &dyn Mutators) -> Marked {
         marked: Instant::now(),
         heap_before,
         roots,
+        shared_work,
         census,
     }
 }
@@ -280,6 +286,7 @@ pub(crate) fn sweep(job: Sweep) {
             freed_bytes: marked.census.freed.bytes + inline.bytes + swept.bytes,
             freed_objects: marked.census.freed.objects + inline.objects + swept.objects,
             roots: marked.roots,
+            shared_work: marked.shared_work,
             procs,
             began: requested,
         });
@@ -318,7 +325,7 @@ pub unsafe fn retire(
                 tracer.push_root(root);
             },
         });
-        tracer.drain();
+        helper::drain(&mut tracer, false);
         drop(tracer);
         condemn(true);
     });
@@ -591,15 +598,6 @@ fn poison(slot: *mut u8, size: usize) {
 }
 
 impl Tracer {
-    fn new() -> Tracer {
-        Tracer {
-            marker: Marker {
-                work: WorkStack::new(),
-                recent: [0; RECENT_WORDS],
-            },
-        }
-    }
-
     /// Schedules a root for marking; returns the bytes it adds to the cycle's root count (a
     /// block counts once, when this root is the first to reach it).
     fn push_root(&mut self, root: Root) -> usize {
@@ -610,24 +608,12 @@ impl Tracer {
             }
             Root::Block(ptr) => match goro_alloc::find_block(ptr) {
                 Some(block) if !block.is_marked() => {
-                    self.marker.mark_word(ptr);
-                    block.size
+                    let size = block.size;
+                    self.marker.mark_block(block);
+                    size
                 }
                 _ => 0,
             },
-        }
-    }
-
-    fn drain(&mut self) {
-        while let Some(work) = self.marker.work.pop() {
-            match work {
-                Work::Object(start, header) => {
-                    // SAFETY: the header came from an allocated slot of a Gc span; the object
-                    // is live (every mutator is stopped) and of the vtable's type.
-                    unsafe { (vtable_of(header).trace)(start as *const u8, self) };
-                }
-                Work::Range(lo, hi) => self.marker.scan(lo, hi),
-            }
         }
     }
 }

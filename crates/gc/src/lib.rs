@@ -17,8 +17,9 @@
 //!    that resolves, through goro-alloc's arena index, to an allocated slot marks it. A Gc object
 //!    found this way is traced *precisely* through its [`Trace`] impl; a malloc block is scanned
 //!    conservatively in turn, over its whole allocation (it may be a `Box`, a `Vec` buffer or a
-//!    channel's queue holding `Gc`s), but it is never freed by the collector. Unmarked objects are
-//!    condemned.
+//!    channel's queue holding `Gc`s), but it is never freed by the collector. With two or more
+//!    Ps a helper thread, left running by the stop, marks half of the work beside the collector
+//!    (`helper`). Unmarked objects are condemned.
 //! 4. The world restarts; sweeping drops and frees the condemned objects, running their drop glue
 //!    outside the stopped world; the pacer sets the next goal.
 //!
@@ -44,7 +45,8 @@
 //! The files form layers, none importing one above it: `header` (the header word's bits),
 //! `workbuf`, `pacer`, `roots`, `sweeper` (a thread that runs the jobs it is handed) at the
 //! bottom; `mark` (the work list and the conservative scan); `trace` (the `Trace` trait and
-//! `Tracer`) and `cell`; `object` (the per-type table); `collector` (a cycle: stop, mark,
+//! `Tracer`) and `cell`; `object` (the per-type table); `helper` (draining the work list, with a
+//! second thread when the runtime has two Ps); `collector` (a cycle: stop, mark,
 //! condemn and free, sweep); `ptr` (`Gc<T>`, whose `new` may start a cycle).
 
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -52,6 +54,7 @@
 mod cell;
 mod collector;
 mod header;
+mod helper;
 mod mark;
 mod object;
 pub mod pacer;
@@ -64,6 +67,7 @@ mod workbuf;
 
 pub use cell::{BorrowError, GcCell, GcRef, GcRefMut};
 pub use collector::{POISON, collect, keep_alive, retire, set_clobber_free};
+pub use helper::helper_thread_id;
 pub use mark::set_scan_unaligned;
 pub use pacer::{set_memory_limit, set_percent};
 pub use ptr::Gc;

@@ -4,7 +4,7 @@
 
 use crate::header::{CONSTRUCTING, header_of};
 use crate::workbuf::WorkStack;
-use goro_alloc::SpanKind;
+use goro_alloc::{Block, SpanKind};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One unit of marking work.
@@ -29,6 +29,19 @@ pub(crate) struct Marker {
 pub(crate) const RECENT_WORDS: usize = 64;
 
 impl Marker {
+    /// A marker with nothing to do.
+    pub(crate) fn new() -> Marker {
+        Marker {
+            work: WorkStack::new(),
+            recent: [0; RECENT_WORDS],
+        }
+    }
+
+    /// Forgets the words marked lately: a new cycle cleared their marks.
+    pub(crate) fn forget_recent(&mut self) {
+        self.recent = [0; RECENT_WORDS];
+    }
+
     /// Schedules `[lo, hi)` for a conservative scan.
     #[inline]
     pub(crate) fn push_range(&mut self, lo: usize, hi: usize) {
@@ -46,9 +59,15 @@ impl Marker {
     /// Marks whatever allocated block `word` points into, if any.
     #[inline]
     pub(crate) fn mark_word(&mut self, word: usize) {
-        let Some(block) = goro_alloc::find_block(word) else {
-            return;
-        };
+        if let Some(block) = goro_alloc::find_block(word) {
+            self.mark_block(block);
+        }
+    }
+
+    /// Marks `block` (found in the arena index) and schedules it for tracing or scanning, if
+    /// this is the first time the cycle reaches it.
+    #[inline]
+    pub(crate) fn mark_block(&mut self, block: Block) {
         let start = block.start as usize;
         match block.kind {
             SpanKind::Gc => {

@@ -35,6 +35,9 @@ pub struct GcStats {
     pub heap_goal: usize,
     /// Root bytes (stacks, runtime structures) scanned by the last cycle.
     pub roots_scanned: usize,
+    /// Work items (objects and ranges to scan) the last cycle handed to the mark helper thread,
+    /// which marks beside the collector when the runtime has two or more Ps.
+    pub shared_work: usize,
     /// Bytes of Gc objects freed by all cycles.
     pub total_freed: u64,
     /// Gc objects freed by all cycles (Go's `Frees`, Gc part).
@@ -149,6 +152,7 @@ const fn stats_zero() -> GcStats {
         heap_alloc: 0,
         heap_goal: 0,
         roots_scanned: 0,
+        shared_work: 0,
         total_freed: 0,
         freed_objects: 0,
         percent: 100,
@@ -184,6 +188,7 @@ pub(crate) struct CycleReport {
     pub(crate) freed_bytes: usize,
     pub(crate) freed_objects: usize,
     pub(crate) roots: usize,
+    pub(crate) shared_work: usize,
     pub(crate) procs: usize,
     pub(crate) began: Instant,
 }
@@ -205,6 +210,7 @@ pub(crate) fn record(report: &CycleReport) {
     stats.heap_live = report.live_bytes;
     stats.live_objects = report.live_objects;
     stats.roots_scanned = report.roots;
+    stats.shared_work = report.shared_work;
     stats.total_freed += report.freed_bytes as u64;
     stats.freed_objects += report.freed_objects as u64;
     if !TRACE.load(Ordering::Relaxed) {
@@ -289,6 +295,7 @@ mod tests {
             heap_alloc: (12 << 20) + (300 << 10),
             heap_goal: 16 << 20,
             roots_scanned: 256 << 10,
+            shared_work: 0,
             total_freed: (120 << 20) + (512 << 10),
             freed_objects: 2_000_000,
             percent: 100,

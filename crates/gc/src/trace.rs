@@ -94,6 +94,13 @@ pub struct Tracer {
 }
 
 impl Tracer {
+    /// A tracer with nothing to do.
+    pub(crate) fn new() -> Tracer {
+        Tracer {
+            marker: Marker::new(),
+        }
+    }
+
     /// Scans the bytes of `value` itself conservatively, as the collector scans a stack: every
     /// aligned word that points into a block of goro's heap keeps that block alive, and a malloc
     /// block found this way is scanned whole, over its allocation rather than over what a length

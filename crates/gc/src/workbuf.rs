@@ -62,6 +62,32 @@ impl<T: Copy> WorkStack<T> {
         Some(unsafe { self.base.add(self.len).read() })
     }
 
+    /// Items on the stack.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Moves the top half of the items onto `other`; returns how many.
+    pub(crate) fn give_half(&mut self, other: &mut WorkStack<T>) -> usize {
+        let moved = self.len / 2;
+        while other.capacity - other.len < moved {
+            other.grow();
+        }
+        self.len -= moved;
+        // SAFETY: items `[len, len + moved)` were written by `push` and are no longer ours;
+        // `other` has room for `moved` more after its `len`; the mappings are distinct.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                self.base.add(self.len),
+                other.base.add(other.len),
+                moved,
+            );
+        }
+        other.len += moved;
+        moved
+    }
+
     #[cold]
     fn grow(&mut self) {
         let capacity = self.capacity * 2;

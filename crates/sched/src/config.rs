@@ -35,9 +35,10 @@ pub struct Config {
     /// contract of `goro::Builder::stash_parked_stacks`. (Where the trap runs, stacks are
     /// stashed under it whatever this says.)
     pub stash_parked_stacks: Promised,
-    /// The kernel id of another thread of the runtime's that the deadlock check must not count
-    /// as one that could wake a goroutine, if it runs (the collector's sweeper).
-    pub runtime_thread: Option<fn() -> Option<i32>>,
+    /// The kernel ids of other threads of the runtime's that the deadlock check must not count
+    /// as ones that could wake a goroutine, if they run (the collector's sweeper and mark
+    /// helper).
+    pub runtime_threads: Option<fn() -> [Option<i32>; 2]>,
     /// Whether a panic that no `JoinHandle` can see any more (the handle was dropped) ends the
     /// process with exit status 2, as an unrecovered panic in any goroutine does in Go. When
     /// false it is only printed (by the panic hook) and the program goes on.
@@ -56,7 +57,7 @@ impl Default for Config {
             stash_parked_stacks: Promised::OFF,
             migrate: Promised::OFF,
             max_stack_size: DEFAULT_MAX_STACK_SIZE,
-            runtime_thread: None,
+            runtime_threads: None,
             detached_panics_exit: true,
         }
     }

@@ -164,13 +164,20 @@ impl Drop for RuntimeThread {
 }
 
 /// The kernel ids of this process's threads that are not goro's: [`RUNTIME_THREADS`], the
-/// heap's scavenger, the stack trap thread and `Config::runtime_thread`. An entry of `/proc/self/task` that is not a
+/// heap's scavenger, the stack trap thread and `Config::runtime_threads`. An entry of `/proc/self/task` that is not a
 /// number is an error (it cannot be told apart from a thread of the user's).
 fn threads_outside_runtime(sched: &Sched) -> std::io::Result<Vec<i32>> {
     let mut ours = lock(&RUNTIME_THREADS).clone();
     ours.extend(goro_alloc::scavenger_thread_id());
     ours.extend(goro_stack::trap_thread_id());
-    ours.extend(sched.config.runtime_thread.and_then(|tid| tid()));
+    ours.extend(
+        sched
+            .config
+            .runtime_threads
+            .into_iter()
+            .flat_map(|tids| tids())
+            .flatten(),
+    );
     let mut outside = Vec::new();
     for task in std::fs::read_dir("/proc/self/task")? {
         let name = task?.file_name();
