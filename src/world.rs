@@ -8,16 +8,21 @@
 //! the marker has not read into a part it has already read (`rotate_left` on a shared `Vec`).
 //! So a collection stops *every* thread, as Boehm's collector does:
 //!
-//! 1. The collecting thread lists `/proc/self/task` and sends each other thread
-//!    [`SUSPEND_SIGNAL`] (`tgkill`). It leaves out only itself, the stash-trap thread (which
-//!    blocks every signal, holds no `Gc`, and must go on answering stack faults) and goro-gc's
-//!    mark helper (which holds no `Gc` and marks while the world is stopped).
+//! 1. goro's own threads that sleep (idle Ms, Ms waiting for the world to restart, sysmon, the
+//!    scavenger, the sweeper) published where they sleep (goro-alloc's `parked`): the collector
+//!    claims each with a compare-and-swap and counts it stopped at the stack pointer it
+//!    published, below its saved registers, without waking it. Then it lists `/proc/self/task`
+//!    and sends each other thread [`SUSPEND_SIGNAL`] (`tgkill`). It leaves out only itself, the
+//!    stash-trap thread (which blocks every signal, holds no `Gc`, and must go on answering
+//!    stack faults) and goro-gc's mark helper (which holds no `Gc` and marks while the world is
+//!    stopped).
 //! 2. The handler runs on the thread's current stack (no `SA_ONSTACK`), so the kernel's signal
 //!    frame, holding every register of the interrupted code, lies between the handler's frame
 //!    and the interrupted stack pointer. The handler records the address of one of its own
 //!    locals (below that frame) and the thread pointer, acknowledges, and waits on a futex until
 //!    the collector bumps [`EPOCH`]. Everything it calls is async-signal-safe: atomics, `gettid`,
-//!    `pthread_self`, `futex`.
+//!    `pthread_self`, `futex`. The handler that stops the last thread of a pass wakes the
+//!    collector (one wake-up per pass, not one per thread).
 //! 3. The collector lists the tasks again until a pass finds no thread it has not stopped: a
 //!    thread created by one that was still running is caught by the next pass; once every
 //!    listed thread is stopped, nothing can create another.
@@ -27,7 +32,7 @@
 //!    with `msync` after that), and its static TLS block, at fixed offsets from its thread
 //!    pointer (the same for every thread; learnt from `dl_iterate_phdr` on the collecting
 //!    thread).
-//! 5. Bumping the epoch and a futex wake resume them all.
+//! 5. Bumping the epoch and a futex wake resume them all; claimed threads are released.
 //!
 //! While threads are stopped the collector must not wait on anything a stopped thread may hold:
 //! it allocates nothing (the marker's work list is `mmap`ed), and takes no lock besides those it
@@ -63,6 +68,8 @@ const SUSPENDED: u32 = 2;
 const GONE: u32 = 3;
 /// The thread blocks [`SUSPEND_SIGNAL`]: it runs on, unscanned.
 const UNSTOPPABLE: u32 = 4;
+/// The thread was asleep in `goro_alloc::parked::while_parked`: claimed, not signalled.
+const CLAIMED: u32 = 5;
 
 /// One thread of the stop under way. Written by the collector before it signals the thread
 /// (`tid`, `state = REQUESTED`), then by the thread's handler (`sp`, `tp`, then `state`).
@@ -92,8 +99,10 @@ fn slots(len: usize) -> &'static [Slot] {
 /// Slots in use by the stop under way. Release: publishes the slot's `tid` and `state` to
 /// handlers (Acquire).
 static USED: AtomicUsize = AtomicUsize::new(0);
-/// Counts acknowledgements; the collector futex-waits on it.
-static ACKS: AtomicU32 = AtomicU32::new(0);
+/// Threads signalled and not yet stopped (or found gone); the collector futex-waits on it, and
+/// the handler that brings it to zero wakes the collector, once per pass rather than once per
+/// thread.
+static PENDING: AtomicU32 = AtomicU32::new(0);
 /// Bumped to resume the stopped threads; handlers futex-wait on it.
 static EPOCH: AtomicU32 = AtomicU32::new(0);
 /// Whether the handler is installed (once per process).
@@ -172,8 +181,9 @@ extern "C" fn on_suspend_signal(
             .compare_exchange(REQUESTED, SUSPENDED, Ordering::Release, Ordering::Relaxed)
             .is_ok()
         {
-            ACKS.fetch_add(1, Ordering::Release);
-            futex_wake(&ACKS, 1);
+            if PENDING.fetch_sub(1, Ordering::Release) == 1 {
+                futex_wake(&PENDING, 1);
+            }
             // Acquire: pairs with the Release bump in `Stopped::drop`, so the collector's
             // writes (marks, the heap it swept) are visible when the thread goes on.
             while EPOCH.load(Ordering::Acquire) == epoch {
@@ -242,8 +252,24 @@ pub(crate) fn stop_others() -> Stopped {
     let trap = goro_stack::trap_thread_id();
     let helper = goro_gc::helper_thread_id();
     USED.store(0, Ordering::Release);
-    ACKS.store(0, Ordering::Relaxed);
+    PENDING.store(0, Ordering::Relaxed);
     let mut used = 0;
+    // SAFETY: this is the collector stopping the world; `Stopped::drop` releases the claims.
+    unsafe {
+        goro_alloc::parked::claim_parked(me, |parked| {
+            if used == MAX_THREADS {
+                fatal("more threads than a collection can stop (4,194,304)");
+            }
+            let slot = &slots(used + 1)[used];
+            slot.tid.store(parked.tid, Ordering::Relaxed);
+            slot.sp.store(parked.sp, Ordering::Relaxed);
+            slot.tp.store(parked.tp, Ordering::Relaxed);
+            slot.state.store(CLAIMED, Ordering::Relaxed);
+            used += 1;
+        });
+    }
+    // Release: the handler's Acquire load of `USED` sees the claimed slots (never its own).
+    USED.store(used, Ordering::Release);
     loop {
         let before = used;
         for_each_task(|tid| {
@@ -263,10 +289,11 @@ pub(crate) fn stop_others() -> Stopped {
             slot.tid.store(tid, Ordering::Relaxed);
             slot.state.store(REQUESTED, Ordering::Relaxed);
             used += 1;
-            // Release: the handler's Acquire load of `USED` sees the slot.
+            PENDING.fetch_add(1, Ordering::Relaxed);
+            // Release: the handler's Acquire load of `USED` sees the slot (and the count).
             USED.store(used, Ordering::Release);
             if !signal(tid) {
-                slot.state.store(GONE, Ordering::Relaxed);
+                give_up_on(slot, GONE);
             }
         });
         if used == before {
@@ -293,37 +320,51 @@ fn wait_for(slots: &[Slot]) {
     let began = Instant::now();
     let mut warned = false;
     loop {
-        let acks = ACKS.load(Ordering::Acquire);
-        let mut waiting = false;
-        for slot in slots {
-            // Acquire: pairs with the handler's Release, so `sp` and `tp` are visible.
-            if slot.state.load(Ordering::Acquire) != REQUESTED {
-                continue;
-            }
-            let tid = slot.tid.load(Ordering::Relaxed);
-            // Checks that cost a system call each wait until the slow path: most threads stop
-            // within microseconds, and thousands may be waited for at once.
-            let slow = began.elapsed() > Duration::from_millis(20);
-            if slow && !signal_target_exists(tid) {
-                slot.state.store(GONE, Ordering::Relaxed);
-            } else if began.elapsed() > Duration::from_secs(1) && blocks_the_signal(tid) {
-                slot.state.store(UNSTOPPABLE, Ordering::Relaxed);
-                if !WARNED_BLOCKED.swap(true, Ordering::Relaxed) {
-                    warn(b"goro: a thread blocks SIGPWR, so the collector cannot stop it; Gc values only that thread holds are not seen (docs/soundness.md)\n");
-                }
-            } else {
-                waiting = true;
-            }
-        }
-        if !waiting {
+        // Acquire: the handlers' writes (their slots) are visible once the count they brought
+        // down is read.
+        let pending = PENDING.load(Ordering::Acquire);
+        if pending == 0 {
             return;
         }
-        if !warned && began.elapsed() > Duration::from_secs(5) {
+        // Checks that cost a system call each wait until the slow path: most threads stop
+        // within microseconds, and thousands may be waited for at once.
+        let waited = began.elapsed();
+        if waited > Duration::from_millis(20) {
+            for slot in slots {
+                if slot.state.load(Ordering::Relaxed) != REQUESTED {
+                    continue;
+                }
+                let tid = slot.tid.load(Ordering::Relaxed);
+                if !signal_target_exists(tid) {
+                    give_up_on(slot, GONE);
+                } else if waited > Duration::from_secs(1)
+                    && blocks_the_signal(tid)
+                    && give_up_on(slot, UNSTOPPABLE)
+                    && !WARNED_BLOCKED.swap(true, Ordering::Relaxed)
+                {
+                    warn(b"goro: a thread blocks SIGPWR, so the collector cannot stop it; Gc values only that thread holds are not seen (docs/soundness.md)\n");
+                }
+            }
+        }
+        if !warned && waited > Duration::from_secs(5) {
             warned = true;
             warn(b"goro: a collection has waited 5 s for a thread to stop (is it in uninterruptible sleep?)\n");
         }
-        futex_wait(&ACKS, acks, Some(Duration::from_millis(2)));
+        futex_wait(&PENDING, pending, Some(Duration::from_millis(2)));
     }
+}
+
+/// Stops waiting for the thread of `slot`, which is gone or blocks the signal, unless it has
+/// just stopped after all; returns whether it gave up.
+fn give_up_on(slot: &Slot, state: u32) -> bool {
+    let gave_up = slot
+        .state
+        .compare_exchange(REQUESTED, state, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok();
+    if gave_up {
+        PENDING.fetch_sub(1, Ordering::Relaxed);
+    }
+    gave_up
 }
 
 /// Whether the thread `tid` of this process still exists.
@@ -396,7 +437,7 @@ impl Stopped {
         report(self.me, my_sp, my_tp);
         for slot in slots(self.used) {
             // Acquire: pairs with the handler's Release.
-            if slot.state.load(Ordering::Acquire) == SUSPENDED {
+            if matches!(slot.state.load(Ordering::Acquire), SUSPENDED | CLAIMED) {
                 report(
                     slot.tid.load(Ordering::Relaxed),
                     slot.sp.load(Ordering::Relaxed),
@@ -410,6 +451,8 @@ impl Stopped {
 
 impl Drop for Stopped {
     fn drop(&mut self) {
+        // SAFETY: the claims of this stop, which is ending.
+        unsafe { goro_alloc::parked::release_claimed() };
         // Release: pairs with the handlers' Acquire loads.
         EPOCH.fetch_add(1, Ordering::Release);
         futex_wake(&EPOCH, i32::MAX);

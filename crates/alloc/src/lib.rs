@@ -76,6 +76,7 @@ mod mcentral;
 mod mheap;
 pub mod nosuspend;
 mod os;
+pub mod parked;
 mod scavenger;
 mod span;
 mod stats;
@@ -91,6 +92,7 @@ pub use stats::ClassStats;
 
 pub use stats::{AllocStats, Bytes};
 
+pub use os::{futex_wait, futex_wake};
 pub use scavenger::scavenger_thread_id;
 
 /// Bytes per page: the unit spans are made of.

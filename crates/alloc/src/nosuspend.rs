@@ -38,13 +38,18 @@ pub fn set_deferred_suspend_hook(hook: fn()) {
 /// For the collector's signal handler: whether the calling thread is inside a window. If so, the
 /// stop is recorded and the thread stops itself when it leaves the window. Async-signal-safe.
 pub fn defer_suspend() -> bool {
-    let inside = DEPTH
-        .try_with(|d| d.load(Ordering::Relaxed) > 0)
-        .unwrap_or(false);
+    let inside = inside_window();
     if inside {
         let _ = PENDING.try_with(|p| p.store(true, Ordering::Relaxed));
     }
     inside
+}
+
+/// Whether this thread is inside a window.
+pub(crate) fn inside_window() -> bool {
+    DEPTH
+        .try_with(|d| d.load(Ordering::Relaxed) > 0)
+        .unwrap_or(false)
 }
 
 /// While alive, the collector's signal does not stop this thread (see the module docs).

@@ -6,6 +6,7 @@
 //! This is the only file of the crate that names a target OS.
 
 use core::ptr::NonNull;
+use core::sync::atomic::AtomicU32;
 
 /// Extra flags for reservations: `MAP_NORESERVE` where the OS has it.
 const NORESERVE: libc::c_int = cfg_select! {
@@ -152,4 +153,41 @@ pub(crate) fn write_stderr(msg: &str) {
 pub(crate) fn abort() -> ! {
     // SAFETY: abort(3) has no preconditions.
     unsafe { libc::abort() }
+}
+
+/// Sleeps while `word` holds `expected` (a private futex), for at most `timeout`; returns on a
+/// wake-up, a signal, the timeout, or at once if the word already differs. Takes no lock and
+/// allocates nothing: the collector's stop handler waits with it.
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<std::time::Duration>) {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(core::ptr::null(), |ts| ts as *const libc::timespec);
+    // SAFETY: FUTEX_WAIT on a live, aligned u32; it sleeps only while the word holds
+    // `expected`, at most `timeout` (a valid timespec or null).
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            ts_ptr,
+        );
+    }
+}
+
+/// Wakes up to `count` threads sleeping in [`futex_wait`] on `word`.
+pub fn futex_wake(word: &AtomicU32, count: i32) {
+    // SAFETY: FUTEX_WAKE on a live, aligned u32.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            count,
+        );
+    }
 }

@@ -6,7 +6,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
-use crate::{mcentral, mheap, os};
+use crate::{mcentral, mheap, os, parked};
 
 /// Whether the scavenger thread was started (in this process).
 static STARTED: AtomicBool = AtomicBool::new(false);
@@ -57,7 +57,9 @@ extern "C" fn scavenger_main(_: *mut libc::c_void) -> *mut libc::c_void {
     // SAFETY: gettid has no preconditions.
     SCAVENGER_TID.store(unsafe { libc::gettid() }, Ordering::Relaxed);
     loop {
-        os::sleep_ms(SCAVENGE_PERIOD_MS);
+        // SAFETY: a sleep only sleeps: the collector may count this thread as stopped
+        // meanwhile (`parked`).
+        unsafe { parked::while_parked(|| os::sleep_ms(SCAVENGE_PERIOD_MS)) };
         mcentral::release_empty_spans();
         mheap::tick_and_scavenge(SCAVENGE_AGE);
     }

@@ -644,3 +644,79 @@ fn sleep_ms_sleeps_its_whole_time_through_signals() {
         "slept only {slept:?}"
     );
 }
+
+#[test]
+fn a_parked_thread_is_claimed_without_a_signal_and_held_until_released() {
+    use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let wake = Arc::new(AtomicU32::new(0));
+    let frame = Arc::new(AtomicUsize::new(0));
+    let returned = Arc::new(AtomicBool::new(false));
+    let sleeper = {
+        let (wake, frame, returned) = (wake.clone(), frame.clone(), returned.clone());
+        std::thread::spawn(move || {
+            let local = 0u64;
+            frame.store(
+                core::hint::black_box(&local) as *const u64 as usize,
+                Ordering::Release,
+            );
+            // SAFETY: the closure only waits on a futex.
+            unsafe {
+                parked::while_parked(|| {
+                    while wake.load(Ordering::Acquire) == 0 {
+                        futex_wait(&wake, 0, None);
+                    }
+                })
+            };
+            returned.store(true, Ordering::Release);
+            // SAFETY: gettid has no preconditions.
+            unsafe { libc::gettid() }
+        })
+    };
+    while frame.load(Ordering::Acquire) == 0 {
+        std::thread::yield_now();
+    }
+    let local = frame.load(Ordering::Acquire);
+    // SAFETY: gettid has no preconditions.
+    let me = unsafe { libc::gettid() };
+    // Claim until the sleeper is among the claimed (it may not have published yet; other
+    // parked threads of this process are claimed and released along with it).
+    let began = Instant::now();
+    let claimed = loop {
+        let mut found = None;
+        // SAFETY: this test is the only collector of its process; every claim is released
+        // below or on the next round.
+        unsafe {
+            parked::claim_parked(me, |thread| {
+                if thread.sp < local && local - thread.sp < 64 << 10 {
+                    found = Some(thread);
+                }
+            });
+        }
+        if let Some(thread) = found {
+            break thread;
+        }
+        // SAFETY: as above.
+        unsafe { parked::release_claimed() };
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "the sleeper never parked"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert!(claimed.tp != 0);
+    // Woken while claimed: it must not go on until released.
+    wake.store(1, Ordering::Release);
+    futex_wake(&wake, 1);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        !returned.load(Ordering::Acquire),
+        "a claimed thread went on before it was released"
+    );
+    // SAFETY: as above.
+    unsafe { parked::release_claimed() };
+    let tid = sleeper.join().unwrap();
+    assert!(returned.load(Ordering::Acquire));
+    assert_eq!(tid, claimed.tid);
+}

@@ -167,6 +167,9 @@ fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
             }
         }
         let requested = Instant::now();
+        if mutators.procs() >= 2 {
+            helper::wake_early();
+        }
         let mut marked = None;
         let open = mutators.stop_the_world(&mut || {
             // Another thread may have collected while this one waited for the world to stop.

@@ -30,6 +30,7 @@ use std::cell::UnsafeCell;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::thread::Thread;
+use std::time::{Duration, Instant};
 
 /// No cycle wants help; the helper sleeps (or is about to).
 const IDLE: u32 = 0;
@@ -86,6 +87,19 @@ pub(crate) fn start() {
             .ok()
             .map(|handle| handle.thread().clone())
     });
+}
+
+/// How long an early-woken helper waits for the cycle to arm it before it sleeps again.
+const EARLY_WAIT: Duration = Duration::from_millis(2);
+
+/// Wakes the helper ahead of a cycle that is about to stop the world, if it runs: a thread
+/// asleep on an idle virtual CPU takes tens of microseconds to run again, which would otherwise
+/// come out of the pause. It waits (yielding its CPU to the threads that must reach a safe point)
+/// for [`arm`], and sleeps again after [`EARLY_WAIT`] if no cycle comes.
+pub(crate) fn wake_early() {
+    if let Some(Some(helper)) = HELPER.get() {
+        helper.unpark();
+    }
 }
 
 /// Asks the helper to wake for the cycle under way, if it runs and has published its id. Called
@@ -217,6 +231,12 @@ fn helper_main() {
         // Acquire: pairs with `arm`'s Release.
         while PHASE.load(Ordering::Acquire) == IDLE {
             std::thread::park();
+            // Woken early (`wake_early`): the cycle arms us once the world is stopped.
+            let woken = Instant::now();
+            let mut wait = Backoff::default();
+            while PHASE.load(Ordering::Relaxed) == IDLE && woken.elapsed() < EARLY_WAIT {
+                wait.snooze();
+            }
         }
         // A new cycle: forget the words the last one marked (the marks were cleared since).
         // SAFETY: the tracer is ours until we store HUNGRY.

@@ -75,7 +75,10 @@ fn sweeper_main() {
     let mut state = STATE.lock().unwrap_or_else(|p| p.into_inner());
     loop {
         let Some((number, job)) = state.pending.take() else {
-            state = WORK.wait(state).unwrap_or_else(|p| p.into_inner());
+            // SAFETY: a condition-variable wait only sleeps and takes its mutex back: the
+            // collector may count this thread as stopped meanwhile (goro-alloc's `parked`).
+            state = unsafe { goro_alloc::parked::while_parked(|| WORK.wait(state)) }
+                .unwrap_or_else(|p| p.into_inner());
             continue;
         };
         drop(state);

@@ -79,9 +79,9 @@ mod sysmon;
 mod timer;
 
 pub use config::{Config, DEFAULT_MAX_STACK_SIZE, MAX_PROCS, Promised};
+pub use goro_alloc::{futex_wait, futex_wake};
 pub use join::{JoinHandle, Panic};
 pub use local::Local;
-pub use lock::{futex_wait, futex_wake};
 pub use park::sleep;
 pub use proc::{LOCAL_QUEUE_SOFT_LIMIT, blocking, release_stack_memory, set_max_procs, yield_now};
 pub use roots::{RootRange, RootsLock};

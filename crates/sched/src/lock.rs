@@ -25,6 +25,7 @@
 //! Holders never park a goroutine while holding it; hold times are a few dozen instructions.
 
 use crate::sync_prims::{Condvar, Mutex};
+use goro_alloc::{futex_wait, futex_wake};
 use std::sync::MutexGuard;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -327,11 +328,24 @@ pub(crate) struct RankedGuard<'a, T> {
     held: HeldRank,
 }
 
+/// Runs `wait`, a condition-variable wait, with the thread published as parked, so that a
+/// collection counts it as stopped without signalling it (goro-alloc's `parked`).
+#[inline]
+fn asleep<R>(wait: impl FnOnce() -> R) -> R {
+    #[cfg(not(loom))]
+    // SAFETY: every caller passes a condition-variable wait: it only sleeps and takes its mutex
+    // back; it neither allocates, nor moves anything the collector reads, nor unwinds (poison is
+    // an `Err`).
+    return unsafe { goro_alloc::parked::while_parked(wait) };
+    #[cfg(loom)]
+    wait()
+}
+
 impl<'a, T> RankedGuard<'a, T> {
     /// `Condvar::wait`: the record stays while the thread sleeps (it takes nothing meanwhile).
     pub(crate) fn wait(self, condvar: &std::sync::Condvar) -> RankedGuard<'a, T> {
         let RankedGuard { inner, held } = self;
-        let inner = condvar.wait(inner).unwrap_or_else(|p| p.into_inner());
+        let inner = asleep(|| condvar.wait(inner)).unwrap_or_else(|p| p.into_inner());
         RankedGuard { inner, held }
     }
 
@@ -342,9 +356,8 @@ impl<'a, T> RankedGuard<'a, T> {
         timeout: std::time::Duration,
     ) -> RankedGuard<'a, T> {
         let RankedGuard { inner, held } = self;
-        let (inner, _) = condvar
-            .wait_timeout(inner, timeout)
-            .unwrap_or_else(|p| p.into_inner());
+        let (inner, _) =
+            asleep(|| condvar.wait_timeout(inner, timeout)).unwrap_or_else(|p| p.into_inner());
         RankedGuard { inner, held }
     }
 }
@@ -434,43 +447,6 @@ impl RawLock {
     }
 }
 
-/// Sleeps while `word` holds `expected` (a private futex), for at most `timeout`; returns on a
-/// wake-up, a signal, the timeout, or at once if the word already differs. Takes no lock and
-/// allocates nothing: the collector's stop handler waits with it.
-pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<std::time::Duration>) {
-    let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs() as libc::time_t,
-        tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
-    });
-    let ts_ptr = ts
-        .as_ref()
-        .map_or(core::ptr::null(), |ts| ts as *const libc::timespec);
-    // SAFETY: FUTEX_WAIT on a live, aligned u32; it sleeps only while the word holds
-    // `expected`, at most `timeout` (a valid timespec or null).
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            ts_ptr,
-        );
-    }
-}
-
-/// Wakes up to `count` threads sleeping in [`futex_wait`] on `word`.
-pub fn futex_wake(word: &AtomicU32, count: i32) {
-    // SAFETY: FUTEX_WAKE on a live, aligned u32.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            count,
-        );
-    }
-}
-
 /// A sleeping OS thread with a wake-up token.
 #[derive(Default)]
 pub(crate) struct ThreadParker {
@@ -493,10 +469,7 @@ impl ThreadParker {
         let _held = self.held();
         let mut notified = self.notified.lock().unwrap_or_else(|p| p.into_inner());
         while !*notified {
-            notified = self
-                .condvar
-                .wait(notified)
-                .unwrap_or_else(|p| p.into_inner());
+            notified = asleep(|| self.condvar.wait(notified)).unwrap_or_else(|p| p.into_inner());
         }
         *notified = false;
     }
@@ -506,9 +479,7 @@ impl ThreadParker {
         let _held = self.held();
         let mut notified = self.notified.lock().unwrap_or_else(|p| p.into_inner());
         if !*notified {
-            notified = self
-                .condvar
-                .wait_timeout(notified, timeout)
+            notified = asleep(|| self.condvar.wait_timeout(notified, timeout))
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }

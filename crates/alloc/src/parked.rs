@@ -1,0 +1,268 @@
+//! Windows in which a thread counts as stopped already: the runtime's own threads asleep.
+//!
+//! A collection stops every thread of the process with a signal (the `goro` facade's `world`
+//! module). Most of goro's own threads are asleep when it does (idle Ms, sysmon, the
+//! scavenger, the sweeper), and waking each one only to have it acknowledge and sleep again
+//! costs the pause a context switch per thread, tens of microseconds each on a small virtual
+//! machine. So a runtime thread about to sleep publishes, in a record the collector can find,
+//! where its stack is and that it is *parked*; the collector claims a parked record with one
+//! compare-and-swap instead of a signal, and scans the thread from the published stack pointer
+//! as it would scan a signalled one. A thread that wakes while its record is claimed waits
+//! until the collection lets it go, before it touches anything the collector reads.
+//!
+//! ```text
+//!   RUNNING --thread, registers saved--> PARKED --thread (CAS)--> RUNNING
+//!   PARKED --collector (CAS)--> CLAIMED --collector, as the world restarts--> PARKED
+//! ```
+//!
+//! Before publishing PARKED the thread stores its callee-saved registers into its own frame,
+//! and the published stack pointer is the lowest address of that store: everything above it
+//! (the saved registers, every caller's frame) is what a signal would have left to scan. What
+//! the thread runs while parked lies below that address and must not matter to the collector:
+//! [`while_parked`]'s contract.
+//!
+//! Records live in a fixed table ([`RECORDS`] of them); a thread takes one the first time it
+//! parks and gives it back when it exits. A thread that finds the table full parks unrecorded,
+//! and is stopped by the signal as before.
+
+use core::cell::Cell;
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
+
+/// The thread runs (or sleeps unrecorded): a collection must signal it.
+const RUNNING: u32 = 0;
+/// The thread sleeps; its stack pointer and thread pointer are published.
+const PARKED: u32 = 1;
+/// A collection counts the thread as stopped.
+const CLAIMED: u32 = 2;
+
+/// Records in the table: more than goro's own threads number but in a program with hundreds of
+/// Ms in blocking calls (those are stopped by signal).
+const RECORDS: usize = 256;
+
+/// Where one parked thread stands.
+struct Record {
+    /// The owner's kernel thread id, 0 when free.
+    tid: AtomicI32,
+    state: AtomicU32,
+    /// The lowest address to scan of the owner's stack.
+    sp: AtomicUsize,
+    /// The owner's `pthread_self()`.
+    tp: AtomicUsize,
+}
+
+#[allow(
+    clippy::declare_interior_mutable_const,
+    reason = "only the initialiser of the table below"
+)]
+const FREE: Record = Record {
+    tid: AtomicI32::new(0),
+    state: AtomicU32::new(RUNNING),
+    sp: AtomicUsize::new(0),
+    tp: AtomicUsize::new(0),
+};
+
+static TABLE: [Record; RECORDS] = [FREE; RECORDS];
+
+/// This thread's record: its index and the thread id it was taken with (a child process after
+/// `fork` has another id, and a cleared table).
+struct Owned {
+    index: Cell<usize>,
+    tid: Cell<i32>,
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let (index, tid) = (self.index.get(), self.tid.get());
+        if index < RECORDS {
+            // Release: the next owner sees this one's last writes. Only if it is still ours (a
+            // child of `fork` clears the table).
+            let _ = TABLE[index]
+                .tid
+                .compare_exchange(tid, 0, Ordering::Release, Ordering::Relaxed);
+        }
+    }
+}
+
+thread_local! {
+    static OWNED: Owned = const {
+        Owned {
+            index: Cell::new(RECORDS),
+            tid: Cell::new(0),
+        }
+    };
+}
+
+/// This thread's record, taken now if it has none; `None` when the table is full or the thread
+/// is exiting.
+fn my_record() -> Option<&'static Record> {
+    OWNED
+        .try_with(|owned| {
+            let index = owned.index.get();
+            if index < RECORDS && TABLE[index].tid.load(Ordering::Relaxed) == owned.tid.get() {
+                return Some(&TABLE[index]);
+            }
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            let index = TABLE.iter().position(|record| {
+                // Acquire: pairs with the Release that freed it.
+                record
+                    .tid
+                    .compare_exchange(0, tid, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            })?;
+            owned.index.set(index);
+            owned.tid.set(tid);
+            Some(&TABLE[index])
+        })
+        .ok()
+        .flatten()
+}
+
+/// Runs `f` with this thread published as parked, so that a collection counts it as stopped
+/// without signalling it (see the module docs). Outside a [`crate::nosuspend`] window only;
+/// inside one, inside another `while_parked`, or when no record is free, `f` simply runs.
+///
+/// # Safety
+/// `f` must only wait (a futex, a condition variable, a sleep) and return: while it runs the
+/// collector may be reading the thread's stack and the heap, so it must not allocate or free,
+/// nor store, move or drop anything that may hold a `Gc` or a pointer to a heap block, and it
+/// must not unwind.
+#[inline(never)]
+pub unsafe fn while_parked<R>(f: impl FnOnce() -> R) -> R {
+    if crate::nosuspend::inside_window() {
+        return f();
+    }
+    let Some(record) = my_record() else {
+        return f();
+    };
+    if record.state.load(Ordering::Relaxed) != RUNNING {
+        // Nested inside another window of this thread: that one is published already.
+        return f();
+    }
+    let mut saved = [0usize; SAVED_REGISTERS];
+    save_registers(&mut saved);
+    let sp = saved.as_ptr() as usize;
+    record.sp.store(sp, Ordering::Relaxed);
+    // SAFETY: pthread_self has no preconditions.
+    record
+        .tp
+        .store(unsafe { libc::pthread_self() } as usize, Ordering::Relaxed);
+    // Release: publishes `sp`, `tp`, the saved registers and every write before them to the
+    // collector's Acquire claim.
+    record.state.store(PARKED, Ordering::Release);
+    let result = f();
+    // Acquire: the collector's writes (the marks, what it freed) happen before we go on.
+    while let Err(state) =
+        record
+            .state
+            .compare_exchange(PARKED, RUNNING, Ordering::Acquire, Ordering::Relaxed)
+    {
+        debug_assert_eq!(state, CLAIMED);
+        crate::os::futex_wait(&record.state, CLAIMED, None);
+    }
+    core::hint::black_box(&saved);
+    result
+}
+
+/// Callee-saved registers of the platform's C ABI (plus the frame pointer).
+#[cfg(target_arch = "x86_64")]
+const SAVED_REGISTERS: usize = 6;
+#[cfg(target_arch = "aarch64")]
+const SAVED_REGISTERS: usize = 12;
+
+/// Stores the callee-saved registers into `saved`: values the caller's callers keep in
+/// registers while this thread sleeps, which the collector must see.
+#[inline(always)]
+fn save_registers(saved: &mut [usize; SAVED_REGISTERS]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: stores six registers into the six words of `saved`; reads no other memory and
+    // changes no register.
+    unsafe {
+        core::arch::asm!(
+            "mov [{0}], rbx",
+            "mov [{0} + 8], rbp",
+            "mov [{0} + 16], r12",
+            "mov [{0} + 24], r13",
+            "mov [{0} + 32], r14",
+            "mov [{0} + 40], r15",
+            in(reg) saved.as_mut_ptr(),
+            options(nostack, preserves_flags),
+        );
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: stores twelve registers into the twelve words of `saved`; reads no other memory
+    // and changes no register.
+    unsafe {
+        core::arch::asm!(
+            "stp x19, x20, [{0}]",
+            "stp x21, x22, [{0}, #16]",
+            "stp x23, x24, [{0}, #32]",
+            "stp x25, x26, [{0}, #48]",
+            "stp x27, x28, [{0}, #64]",
+            "stp x29, x30, [{0}, #80]",
+            in(reg) saved.as_mut_ptr(),
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// A thread the collector claimed; [`release_claimed`] lets it go.
+#[derive(Clone, Copy, Debug)]
+pub struct Claimed {
+    /// Its kernel thread id.
+    pub tid: i32,
+    /// The lowest address of its stack to scan.
+    pub sp: usize,
+    /// Its `pthread_self()`.
+    pub tp: usize,
+}
+
+/// Claims every parked thread but `except` (the caller), calling `f` with each.
+///
+/// # Safety
+/// May be called only by the collector, as it stops the world, which must call
+/// [`release_claimed`] before the world restarts; no other stop may run meanwhile.
+pub unsafe fn claim_parked(except: i32, mut f: impl FnMut(Claimed)) {
+    for record in &TABLE {
+        let tid = record.tid.load(Ordering::Relaxed);
+        if tid == 0 || tid == except || record.state.load(Ordering::Relaxed) != PARKED {
+            continue;
+        }
+        // Acquire: pairs with the thread's Release store of PARKED.
+        if record
+            .state
+            .compare_exchange(PARKED, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            f(Claimed {
+                // Read again: the record may have changed hands since the first load, but a
+                // claimed one cannot (its owner cannot leave `while_parked`).
+                tid: record.tid.load(Ordering::Relaxed),
+                sp: record.sp.load(Ordering::Relaxed),
+                tp: record.tp.load(Ordering::Relaxed),
+            });
+        }
+    }
+}
+
+/// Lets every claimed thread go.
+///
+/// # Safety
+/// May be called only by the collector whose stop made the claims, as it restarts the world.
+pub unsafe fn release_claimed() {
+    for record in &TABLE {
+        if record.state.load(Ordering::Relaxed) == CLAIMED {
+            // Release: the collector's writes happen before the thread's Acquire CAS.
+            record.state.store(PARKED, Ordering::Release);
+            crate::os::futex_wake(&record.state, 1);
+        }
+    }
+}
+
+/// In a child process after `fork`: no thread of the parent's is here, so no record is owned.
+pub(crate) fn forget_in_child() {
+    for record in &TABLE {
+        record.state.store(RUNNING, Ordering::Relaxed);
+        record.tid.store(0, Ordering::Relaxed);
+    }
+}
