@@ -78,16 +78,26 @@ pub fn helper_thread_id() -> Option<i32> {
     (tid != 0 && PID.load(Ordering::Relaxed) == unsafe { libc::getpid() }).then_some(tid)
 }
 
-/// Starts the helper if it is not running yet. Called with the world running (it allocates).
+/// Starts the helper if it is not running yet, and waits (a little) until it can help: the
+/// first cycle of a program is the one that finds every cache cold, and needs help the most.
+/// Called with the world running (it allocates).
 pub(crate) fn start() {
     HELPER.get_or_init(|| {
-        std::thread::Builder::new()
+        let helper = std::thread::Builder::new()
             .name("goro-gc-helper".into())
             .spawn(helper_main)
             .ok()
-            .map(|handle| handle.thread().clone())
+            .map(|handle| handle.thread().clone());
+        let began = Instant::now();
+        while helper.is_some() && TID.load(Ordering::Acquire) == 0 && began.elapsed() < START_WAIT {
+            std::thread::yield_now();
+        }
+        helper
     });
 }
+
+/// How long [`start`] waits for a new helper to publish its id.
+const START_WAIT: Duration = Duration::from_millis(10);
 
 /// How long an early-woken helper waits for the cycle to arm it before it sleeps again.
 const EARLY_WAIT: Duration = Duration::from_millis(2);
@@ -219,7 +229,32 @@ impl Backoff {
     }
 }
 
+/// Moves the calling thread off the CPU it runs on (to any other it may use), then lets it run
+/// anywhere again. A new thread starts on its creator's CPU, and later wake-ups prefer the CPU
+/// a thread last ran on: a helper left there would wait behind the collector that woke it,
+/// which runs without yielding.
+fn leave_this_cpu() {
+    // SAFETY: sched_getcpu has no preconditions; the masks are plain bitsets that
+    // sched_getaffinity fills and sched_setaffinity reads, for the calling thread (0).
+    unsafe {
+        let here = libc::sched_getcpu();
+        let mut allowed: libc::cpu_set_t = core::mem::zeroed();
+        if here < 0
+            || libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut allowed) != 0
+            || libc::CPU_COUNT(&allowed) < 2
+        {
+            return;
+        }
+        let mut elsewhere = allowed;
+        libc::CPU_CLR(here as usize, &mut elsewhere);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &elsewhere) == 0 {
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &allowed);
+        }
+    }
+}
+
 fn helper_main() {
+    leave_this_cpu();
     // SAFETY: nobody else touches the cell before TID is published below (`arm` needs it).
     unsafe { *SHARE.0.get() = Some(Tracer::new()) };
     // SAFETY: gettid and getpid have no preconditions.
