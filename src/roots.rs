@@ -98,6 +98,10 @@ unsafe impl Mutators for GoroutineRoots {
         goro_sched::procs()
     }
 
+    fn prepare_stop(&self) {
+        world::prepare_stop();
+    }
+
     fn pause(&self) {
         if goro_sched::is_goroutine() {
             goro_sched::sleep(Duration::from_micros(50));

@@ -29,7 +29,7 @@
 //! 4. Each stopped thread is a root: its stack from the recorded address to the top of the stack
 //!    it is on (the goroutine slot, found through goro-stack, or else the end of the memory
 //!    mapping, read from `/proc/self/maps` the first time the thread is stopped and checked
-//!    with `msync` after that), and its static TLS block, at fixed offsets from its thread
+//!    with `process_vm_readv` after that), and its static TLS block, at fixed offsets from its thread
 //!    pointer (the same for every thread; learnt from `dl_iterate_phdr` on the collecting
 //!    thread).
 //! 5. Bumping the epoch and a futex wake resume them all; claimed threads are released.
@@ -446,6 +446,8 @@ impl Stopped {
             }
         }
         places.put_back();
+        // Maps read before this stop and not needed: too old for the next one.
+        drop(Maps::take_preread());
     }
 }
 
@@ -512,6 +514,23 @@ impl ThreadPlaces {
         }
     }
 
+    /// Whether thread `tid` has an entry (its place may have changed since).
+    fn knows(&mut self, tid: i32) -> bool {
+        let home = home_of(tid);
+        let mut at = home;
+        loop {
+            match self.entries()[at].tid {
+                0 => return false,
+                known if known == tid => return true,
+                _ => {}
+            }
+            at = (at + 1) % PLACES;
+            if at == home {
+                return false;
+            }
+        }
+    }
+
     fn put_back(self) {
         let table = self.table as usize;
         SPARE_PLACES_USED.store(self.used, Ordering::Relaxed);
@@ -547,7 +566,7 @@ impl ThreadPlaces {
         on_goroutine_stack: bool,
         tls: Option<(isize, isize)>,
     ) -> Option<ThreadPlace> {
-        let home = (tid as usize).wrapping_mul(0x9E37_79B9) % PLACES;
+        let home = home_of(tid);
         let mut at = home;
         loop {
             let entry = self.entries()[at];
@@ -558,7 +577,7 @@ impl ThreadPlaces {
                 let known = entry.tp == tp
                     && (on_goroutine_stack
                         || (entry.stack_start..entry.stack_end).contains(&sp)
-                            && still_mapped(sp, entry.stack_end));
+                            && pages_readable(sp, entry.stack_end));
                 if known {
                     return Some(entry);
                 }
@@ -569,15 +588,33 @@ impl ThreadPlaces {
                 break;
             }
         }
-        let maps = self.maps.get_or_insert_with(Maps::read);
-        let (stack_start, stack_end) = match maps.readable_mapping(sp) {
-            Some(mapping) => mapping,
-            None if on_goroutine_stack => (0, 0),
-            None => return None,
+        // The maps read before the stop (`prepare_stop`), if the mapping they give is still
+        // there; else a fresh read.
+        let (stack_start, stack_end, tls_readable) = loop {
+            let maps = self.maps.get_or_insert_with(|| match Maps::take_preread() {
+                Some(maps) => maps,
+                None => Maps::read_fresh(),
+            });
+            let mapping = maps.readable_mapping(sp);
+            let valid = maps.fresh
+                || match mapping {
+                    Some((_, end)) => pages_readable(sp, end),
+                    None => on_goroutine_stack,
+                };
+            if !valid {
+                self.maps = Some(Maps::read_fresh());
+                continue;
+            }
+            let (start, end) = match mapping {
+                Some(mapping) => mapping,
+                None if on_goroutine_stack => (0, 0),
+                None => return None,
+            };
+            let tls_readable = tls.is_some_and(|(lo, hi)| {
+                maps.is_readable(tp.wrapping_add_signed(lo), tp.wrapping_add_signed(hi))
+            });
+            break (start, end, tls_readable);
         };
-        let tls_readable = tls.is_some_and(|(lo, hi)| {
-            maps.is_readable(tp.wrapping_add_signed(lo), tp.wrapping_add_signed(hi))
-        });
         let place = ThreadPlace {
             tid,
             tp,
@@ -609,12 +646,64 @@ impl ThreadPlace {
     };
 }
 
-/// Whether `[addr, end)` is still wholly mapped: `msync` with `MS_ASYNC` only walks the
-/// mappings (no I/O since Linux 2.6.19) and fails with `ENOMEM` at a hole.
-fn still_mapped(addr: usize, end: usize) -> bool {
-    let start = addr & !(PAGE - 1);
-    // SAFETY: msync(MS_ASYNC) reads nothing and changes no memory; any range is allowed.
-    unsafe { libc::msync(start as *mut libc::c_void, end - start, libc::MS_ASYNC) == 0 }
+/// The first entry of the [`ThreadPlaces`] table where thread `tid` may be.
+fn home_of(tid: i32) -> usize {
+    (tid as usize).wrapping_mul(0x9E37_79B9) % PLACES
+}
+
+/// Reads `/proc/self/maps` ahead of a stop when a thread exists that no stop has seen (the
+/// first stop of a program, or the first after threads were started): the kernel takes tens of
+/// microseconds to format it, better spent before the world stops than in the pause. The stop
+/// uses what it says only where every page is still readable (`pages_readable`), and reads afresh for
+/// the rest. Called with the world running; allocation-free like the stop itself.
+pub(crate) fn prepare_stop() {
+    // A fresh, empty table if none was kept (the first stop) or a stop under way holds it.
+    let mut places = ThreadPlaces::take();
+    let trap = goro_stack::trap_thread_id();
+    let helper = goro_gc::helper_thread_id();
+    let mut unknown = false;
+    for_each_task(|tid| {
+        unknown |= Some(tid) != trap && Some(tid) != helper && !places.knows(tid);
+    });
+    places.put_back();
+    if unknown {
+        Maps::read().keep_for_next_stop();
+    }
+}
+
+/// Whether every page of `[addr, end)` can be read now. A range that was one readable mapping
+/// when the maps were read may since hold a hole or a `PROT_NONE` page (the guard page of a
+/// thread stack mapped next to it): `process_vm_readv` on this process, one byte per page,
+/// stops at the first page it cannot read. Allocation-free; any range is allowed.
+fn pages_readable(addr: usize, end: usize) -> bool {
+    const BATCH: usize = 64;
+    let mut bytes = [0u8; BATCH];
+    let mut remote = [libc::iovec {
+        iov_base: core::ptr::null_mut(),
+        iov_len: 1,
+    }; BATCH];
+    let mut at = addr;
+    while at < end {
+        let mut count = 0;
+        while count < BATCH && at < end {
+            remote[count].iov_base = at as *mut libc::c_void;
+            count += 1;
+            at = (at & !(PAGE - 1)) + PAGE;
+        }
+        let local = libc::iovec {
+            iov_base: bytes.as_mut_ptr().cast(),
+            iov_len: count,
+        };
+        // SAFETY: reads `count` bytes of this process into `bytes`; the kernel checks the
+        // remote addresses and reports a fault instead of taking it.
+        let read = unsafe {
+            libc::process_vm_readv(libc::getpid(), &local, 1, remote.as_ptr(), count as _, 0)
+        };
+        if read != count as isize {
+            return false;
+        }
+    }
+    true
 }
 
 /// The static TLS area of a thread as offsets `[lo, hi)` from its `pthread_self()`: the blocks
@@ -672,7 +761,14 @@ struct Maps {
     entries: *mut Mapping,
     count: usize,
     slots: usize,
+    /// Read by this stop (not before it, by `prepare_stop`).
+    fresh: bool,
 }
+
+/// The `/proc/self/maps` that `prepare_stop` read, kept for the stop: the buffer's address and
+/// the log2 of its capacity (as `SPARE_MAPS_BUFFER`), or 0; and its entry count.
+static PREREAD_MAPS: AtomicUsize = AtomicUsize::new(0);
+static PREREAD_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 /// One line of `/proc/self/maps`.
 #[derive(Clone, Copy)]
@@ -733,6 +829,7 @@ impl Maps {
             entries,
             count: 0,
             slots: capacity / 17 + 1,
+            fresh: false,
         };
         // SAFETY: the first `len` bytes of `text` were filled above.
         let lines = unsafe { core::slice::from_raw_parts(text, len) };
@@ -746,6 +843,48 @@ impl Maps {
             }
         }
         maps
+    }
+
+    /// Reads the maps during a stop.
+    fn read_fresh() -> Maps {
+        let mut maps = Maps::read();
+        maps.fresh = true;
+        maps
+    }
+
+    /// Keeps these maps for the next stop ([`Maps::take_preread`]).
+    fn keep_for_next_stop(self) {
+        let buffer = self.text as usize | self.capacity.trailing_zeros() as usize;
+        PREREAD_COUNT.store(self.count, Ordering::Relaxed);
+        core::mem::forget(self);
+        // Release: publishes the buffer, its entries and the count.
+        let older = PREREAD_MAPS.swap(buffer, Ordering::Release);
+        if older != 0 {
+            // Two reads raced (two threads prepared stops): the older one goes.
+            drop(Maps::from_buffer(older, 0));
+        }
+    }
+
+    /// The maps `prepare_stop` read, if any are kept.
+    fn take_preread() -> Option<Maps> {
+        // Acquire: pairs with the Release in `keep_for_next_stop`.
+        let buffer = PREREAD_MAPS.swap(0, Ordering::Acquire);
+        (buffer != 0).then(|| Maps::from_buffer(buffer, PREREAD_COUNT.load(Ordering::Relaxed)))
+    }
+
+    /// The maps whose buffer is `buffer` (as kept in `PREREAD_MAPS`), with `count` entries.
+    fn from_buffer(buffer: usize, count: usize) -> Maps {
+        let text = (buffer & !(PAGE - 1)) as *mut u8;
+        let capacity = 1usize << (buffer & (PAGE - 1));
+        Maps {
+            text,
+            capacity,
+            // SAFETY: the entries follow the text in the buffer (see `read`).
+            entries: unsafe { text.add(capacity) }.cast::<Mapping>(),
+            count,
+            slots: capacity / 17 + 1,
+            fresh: false,
+        }
     }
 
     fn mappings(&self) -> &[Mapping] {
@@ -954,8 +1093,12 @@ mod tests {
         assert!(maps.is_readable(sp, end));
     }
 
+    /// Serializes the tests that use the process-wide places table and maps read ahead.
+    static PLACES_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn thread_places_are_learnt_once_and_checked_after() {
+        let _serial = PLACES_TESTS.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: gettid and pthread_self have no preconditions.
         let (tid, tp) = unsafe { (libc::gettid(), libc::pthread_self() as usize) };
         let here = 0usize;
@@ -993,12 +1136,86 @@ mod tests {
     }
 
     #[test]
-    fn a_range_with_a_hole_is_not_still_mapped() {
-        let base = map_anonymous(3 * PAGE) as usize;
-        assert!(still_mapped(base + 8, base + 3 * PAGE));
-        // SAFETY: the middle page of the mapping made above, used by nothing.
-        unsafe { libc::munmap((base + PAGE) as *mut libc::c_void, PAGE) };
-        assert!(!still_mapped(base + 8, base + 3 * PAGE));
-        assert!(still_mapped(base + 2 * PAGE, base + 3 * PAGE));
+    fn a_range_with_a_hole_or_a_guard_page_is_not_readable() {
+        let base = map_anonymous(5 * PAGE) as usize;
+        assert!(pages_readable(base + 8, base + 5 * PAGE));
+        // SAFETY: pages of the mapping made above, used by nothing.
+        unsafe {
+            libc::munmap((base + PAGE) as *mut libc::c_void, PAGE);
+            libc::mprotect(
+                (base + 3 * PAGE) as *mut libc::c_void,
+                PAGE,
+                libc::PROT_NONE,
+            );
+        }
+        assert!(!pages_readable(base + 8, base + 2 * PAGE));
+        assert!(pages_readable(base + 2 * PAGE, base + 3 * PAGE));
+        assert!(!pages_readable(base + 2 * PAGE + 8, base + 4 * PAGE));
+        assert!(pages_readable(base + 4 * PAGE, base + 5 * PAGE));
+    }
+
+    #[test]
+    fn maps_read_before_a_stop_are_used_only_where_still_mapped() {
+        let _serial = PLACES_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+        // A thread no stop has seen: the maps are read ahead.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let unseen = std::thread::spawn(move || rx.recv());
+        prepare_stop();
+        let ahead = Maps::take_preread().expect("maps read ahead for an unseen thread");
+        assert!(!ahead.fresh);
+        let here = 0usize;
+        let sp = core::hint::black_box(&here) as *const usize as usize;
+        assert!(ahead.readable_mapping(sp).is_some());
+        drop(ahead);
+        tx.send(()).unwrap();
+        unseen.join().unwrap().unwrap();
+
+        // A mapping made unreadable since the maps were read ahead is not trusted.
+        let base = map_anonymous(4 * PAGE) as usize;
+        Maps::read().keep_for_next_stop();
+        // SAFETY: the mapping made above, used by nothing.
+        unsafe { libc::mprotect(base as *mut libc::c_void, 4 * PAGE, libc::PROT_NONE) };
+        let mut places = ThreadPlaces::take();
+        let no_such_thread = i32::MAX - 7;
+        assert!(
+            places
+                .find(no_such_thread, base + PAGE, PAGE, false, None)
+                .is_none(),
+            "a stack pointer in a mapping made unreadable since the read ahead was trusted"
+        );
+        assert!(places.maps.as_ref().is_some_and(|maps| maps.fresh));
+        places.put_back();
+    }
+
+    #[test]
+    fn a_known_place_with_a_guard_page_since_is_learnt_again() {
+        let _serial = PLACES_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+        let base = map_anonymous(4 * PAGE) as usize;
+        let no_such_thread = i32::MAX - 9;
+        let mut places = ThreadPlaces::take();
+        let learnt = places
+            .find(no_such_thread, base + PAGE, PAGE, false, None)
+            .expect("mapped");
+        assert!(learnt.stack_end >= base + 4 * PAGE);
+        places.put_back();
+        // A guard page appears above the stack pointer (another thread's stack, say).
+        // SAFETY: a page of the mapping made above, used by nothing.
+        unsafe {
+            libc::mprotect(
+                (base + 3 * PAGE) as *mut libc::c_void,
+                PAGE,
+                libc::PROT_NONE,
+            )
+        };
+        let mut places = ThreadPlaces::take();
+        let again = places
+            .find(no_such_thread, base + PAGE, PAGE, false, None)
+            .expect("still mapped below the guard");
+        assert_eq!(
+            again.stack_end,
+            base + 3 * PAGE,
+            "the known place was trusted over a guard page"
+        );
+        places.put_back();
     }
 }

@@ -166,10 +166,12 @@ fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
                 mutators.pause();
             }
         }
-        let requested = Instant::now();
+        // Before the pause begins: work the stop can do without, then the helper's wake-up.
+        mutators.prepare_stop();
         if mutators.procs() >= 2 {
             helper::wake_early();
         }
+        let requested = Instant::now();
         let mut marked = None;
         let open = mutators.stop_the_world(&mut || {
             // Another thread may have collected while this one waited for the world to stop.

@@ -33,6 +33,11 @@ pub unsafe trait Mutators: Sync {
     /// How many Ps run mutators (for the gctrace line).
     fn procs(&self) -> usize;
 
+    /// Called before each stop, with the world running: work the stop would otherwise do with
+    /// it stopped (the facade reads `/proc/self/maps` here when a thread it has not stopped
+    /// before exists).
+    fn prepare_stop(&self) {}
+
     /// Waits a moment without holding up other mutators (a goroutine parks on a timer, so its
     /// M can run others; a thread sleeps): `collect` waits so for the sweeper.
     fn pause(&self) {
