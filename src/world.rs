@@ -470,11 +470,25 @@ struct ThreadPlace {
     /// The thread pointer the place was learnt with: a thread keeps it for life, and a new
     /// thread with a recycled id and the same thread pointer lives in the same stack block.
     tp: usize,
-    /// The mapping that held the thread's stack pointer.
+    /// The mapping that held the thread's stack pointer, from its start to where the scan of
+    /// the thread's stack ends: the mapping's end, or just past the thread's TCB header when
+    /// the thread pointer lies above the stack pointer in that mapping (`own_block`).
     stack_start: usize,
     stack_end: usize,
+    /// glibc's layout: the stack block holds, from the bottom, the stack, the static TLS and
+    /// the thread descriptor at the thread pointer, and nothing else. The part scanned lies in
+    /// the thread's own block, which stays as it is while the thread lives: a known place needs
+    /// no check. (The scan stops just past the descriptor's header, which holds the pointer to
+    /// the thread's dynamic TLS; the mapping may go on into another thread's block, whose guard
+    /// page faults.)
+    own_block: bool,
     tls_readable: bool,
 }
+
+/// Bytes of the thread descriptor's header that the stack scan takes in: its first words hold
+/// the dynamic TLS vector (`tcbhead_t::dtv` on x86_64, the word at the thread pointer on
+/// aarch64).
+const TCB_HEAD: usize = 64;
 
 /// The places of threads seen by earlier stops, so that a stop reads `/proc/self/maps` (tens of
 /// microseconds for the kernel to format) only when a thread it has not seen is stopped, or
@@ -577,7 +591,7 @@ impl ThreadPlaces {
                 let known = entry.tp == tp
                     && (on_goroutine_stack
                         || (entry.stack_start..entry.stack_end).contains(&sp)
-                            && pages_readable(sp, entry.stack_end));
+                            && (entry.own_block || pages_readable(sp, entry.stack_end)));
                 if known {
                     return Some(entry);
                 }
@@ -590,7 +604,7 @@ impl ThreadPlaces {
         }
         // The maps read before the stop (`prepare_stop`), if the mapping they give is still
         // there; else a fresh read.
-        let (stack_start, stack_end, tls_readable) = loop {
+        let (stack_start, mapping_end, tls_readable) = loop {
             let maps = self.maps.get_or_insert_with(|| match Maps::take_preread() {
                 Some(maps) => maps,
                 None => Maps::read_fresh(),
@@ -615,11 +629,17 @@ impl ThreadPlaces {
             });
             break (start, end, tls_readable);
         };
+        let own_block = sp < tp && tp + TCB_HEAD <= mapping_end;
         let place = ThreadPlace {
             tid,
             tp,
             stack_start,
-            stack_end,
+            stack_end: if own_block {
+                tp + TCB_HEAD
+            } else {
+                mapping_end
+            },
+            own_block,
             tls_readable,
         };
         if self.entries()[at].tid != tid {
@@ -642,6 +662,7 @@ impl ThreadPlace {
         tp: 0,
         stack_start: 0,
         stack_end: 0,
+        own_block: false,
         tls_readable: false,
     };
 }
@@ -1122,11 +1143,15 @@ mod tests {
             (first.stack_start, first.stack_end, first.tls_readable)
         );
         let maps = Maps::read();
-        assert_eq!(
-            maps.readable_mapping(sp),
-            Some((first.stack_start, first.stack_end))
+        let (start, end) = maps.readable_mapping(sp).expect("mapped");
+        assert_eq!(first.stack_start, start);
+        // A test thread is a glibc thread: its scan ends just past its descriptor's header.
+        assert!(
+            first.own_block,
+            "a std thread's stack block holds its thread pointer"
         );
-        assert!(first.stack_end > sp);
+        assert_eq!(first.stack_end, tp + TCB_HEAD);
+        assert!(first.stack_end > sp && first.stack_end <= end);
 
         // Another thread pointer under the same id (the id was recycled): learnt afresh.
         let moved = places.find(tid, sp, tp ^ PAGE, false, tls).expect("mapped");
@@ -1196,7 +1221,7 @@ mod tests {
         let learnt = places
             .find(no_such_thread, base + PAGE, PAGE, false, None)
             .expect("mapped");
-        assert!(learnt.stack_end >= base + 4 * PAGE);
+        assert!(learnt.stack_end >= base + 4 * PAGE && !learnt.own_block);
         places.put_back();
         // A guard page appears above the stack pointer (another thread's stack, say).
         // SAFETY: a page of the mapping made above, used by nothing.
