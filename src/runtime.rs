@@ -470,6 +470,11 @@ impl Runtime {
         // SAFETY: this runtime is the world `GOROUTINE_ROOTS` describes, and it runs from here
         // until the uninstall below.
         unsafe { goro_gc::install(&GOROUTINE_ROOTS) };
+        if self.max_procs >= 2 {
+            // Asleep on a CPU of its own by the first cycle, which finds every cache cold and
+            // needs the help most.
+            goro_gc::start_mark_helper();
+        }
         let config = goro_sched::Config {
             procs: self.max_procs,
             stack_size: self.stack_size,

@@ -157,7 +157,7 @@ pub(crate) struct Marked {
 
 fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
     if mutators.procs() >= 2 {
-        helper::start();
+        helper::start_mark_helper();
     }
     loop {
         if forced {

@@ -78,10 +78,10 @@ pub fn helper_thread_id() -> Option<i32> {
     (tid != 0 && PID.load(Ordering::Relaxed) == unsafe { libc::getpid() }).then_some(tid)
 }
 
-/// Starts the helper if it is not running yet, and waits (a little) until it can help: the
-/// first cycle of a program is the one that finds every cache cold, and needs help the most.
-/// Called with the world running (it allocates).
-pub(crate) fn start() {
+/// Starts the mark helper thread if it is not running yet, and waits (a little) until it can
+/// help. A runtime with two or more Ps calls it as it starts; the first cycle with two Ps
+/// calls it too. The helper sleeps until a cycle wakes it. Called with the world running.
+pub fn start_mark_helper() {
     HELPER.get_or_init(|| {
         let helper = std::thread::Builder::new()
             .name("goro-gc-helper".into())

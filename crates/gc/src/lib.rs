@@ -67,7 +67,7 @@ mod workbuf;
 
 pub use cell::{BorrowError, GcCell, GcRef, GcRefMut};
 pub use collector::{POISON, collect, keep_alive, retire, set_clobber_free};
-pub use helper::helper_thread_id;
+pub use helper::{helper_thread_id, start_mark_helper};
 pub use mark::set_scan_unaligned;
 pub use pacer::{set_memory_limit, set_percent};
 pub use ptr::Gc;
