@@ -368,6 +368,67 @@ unsafe impl goro::gc::Trace for WaitsForLock {
 }
 
 #[test]
+fn a_std_thread_collecting_while_a_goroutine_joins_it_does_not_wait_for_that_goroutine() {
+    // A goroutine that starts a cycle goes back through the scheduler before the cycle's
+    // after-restart work runs. With one P, the main goroutine may run first and join a std
+    // thread that collects; that collection must not wait for the cycle's goroutine, which is
+    // bound to the M now blocked in the join. (Found by an adversarial run: it hung within a few
+    // rounds, with the join inside `goro::blocking` as well.)
+    within(
+        Duration::from_secs(60),
+        "collect() on a joined std thread",
+        || {
+            for round in 0..30 {
+                goro::Runtime::builder()
+                    .max_procs(1)
+                    .gc_percent(1)
+                    .build()
+                    .unwrap()
+                    .run(move || {
+                        let stop = Arc::new(AtomicBool::new(false));
+                        let collector = {
+                            let stop = stop.clone();
+                            std::thread::spawn(move || {
+                                let mut cycles = 0u64;
+                                loop {
+                                    goro::gc::collect();
+                                    cycles += 1;
+                                    if stop.load(Ordering::Relaxed) {
+                                        break cycles;
+                                    }
+                                }
+                            })
+                        };
+                        let allocator = {
+                            let stop = stop.clone();
+                            goro::go(move || {
+                                let (mut kept, mut last) = (build(3, round), round);
+                                while !stop.load(Ordering::Relaxed) {
+                                    for seed in 0..20 {
+                                        (kept, last) = (build(3, seed), seed);
+                                    }
+                                    goro::yield_now();
+                                }
+                                (checksum(&kept), last)
+                            })
+                        };
+                        goro::sleep(Duration::from_millis(10));
+                        stop.store(true, Ordering::Relaxed);
+                        let cycles = if round % 2 == 0 {
+                            goro::blocking(|| collector.join().unwrap())
+                        } else {
+                            collector.join().unwrap()
+                        };
+                        assert!(cycles > 0);
+                        let (sum, last) = allocator.join().unwrap();
+                        assert_eq!(sum, checksum(&build(3, last)));
+                    });
+            }
+        },
+    );
+}
+
+#[test]
 fn drop_glue_runs_with_the_world_going() {
     for procs in [1, 2] {
         run(procs, || {

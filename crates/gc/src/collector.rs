@@ -33,9 +33,9 @@ use crate::stats::{self, CycleReport};
 use crate::sweeper;
 use crate::trace::Tracer;
 use goro_alloc::GcSpan;
-use std::cell::Cell;
+use std::cell::{Cell, UnsafeCell};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Allocation is added to the pacer in batches of this many bytes per thread; each batch is also a
@@ -115,7 +115,9 @@ fn count_batch(bytes: usize) {
     // far ahead of the sweeper), but not forever (this thread may hold a lock a drop waits for).
     let began = Instant::now();
     while COLLECTING.load(Ordering::Acquire) && began.elapsed() < SWEEP_WAIT {
-        mutators.pause();
+        if !finish_pending() {
+            mutators.pause();
+        }
     }
     if !COLLECTING.load(Ordering::Relaxed) {
         run_cycle(mutators, false);
@@ -155,15 +157,101 @@ pub(crate) struct Marked {
     census: Census,
 }
 
+/// The work a cycle leaves for after the world restarts, published with the world stopped: see
+/// [`finish_pending`].
+struct Pending {
+    forced: bool,
+    requested: Instant,
+    marked: Marked,
+    procs: usize,
+}
+
+/// The one [`Pending`] job: written by the collector with the world stopped (state `EMPTY`),
+/// taken by whoever wins `READY` -> `TAKEN`.
+struct PendingSlot {
+    state: AtomicU8,
+    job: UnsafeCell<Option<Pending>>,
+}
+
+// SAFETY: `job` is written only in state EMPTY by the thread that holds `COLLECTING` (with the
+// world stopped), and read only by the thread that moved the state from READY to TAKEN; the
+// state's Release/Acquire orders the accesses.
+unsafe impl Sync for PendingSlot {}
+
+static PENDING: PendingSlot = PendingSlot {
+    state: AtomicU8::new(PENDING_EMPTY),
+    job: UnsafeCell::new(None),
+};
+const PENDING_EMPTY: u8 = 0;
+const PENDING_READY: u8 = 1;
+const PENDING_TAKEN: u8 = 2;
+
+/// Cycles run so far, and cycles whose sweep has finished: a forced collection waits for the
+/// sweep of its own cycle.
+static CYCLES_RUN: AtomicU64 = AtomicU64::new(0);
+static CYCLES_SWEPT: AtomicU64 = AtomicU64::new(0);
+
+/// Runs the after-restart work of the last cycle if nobody has taken it yet: frees the condemned
+/// objects without drop glue (relisting the spans their slots went back to), then sweeps the
+/// rest at once or hands it to the sweeper thread, which ends the cycle (`COLLECTING`). Returns
+/// whether there was work to take.
+///
+/// The collecting thread runs it as soon as the world restarts; so does any thread that finds
+/// `COLLECTING` set and waits for the cycle to end. A goroutine that collected may go back
+/// through the scheduler before it resumes, and with one P, or bound to an M whose thread now
+/// waits for the waiting thread (a `join`), it may not run again until that thread goes on: the
+/// cycle must not wait for it.
+fn finish_pending() -> bool {
+    if PENDING
+        .state
+        .compare_exchange(
+            PENDING_READY,
+            PENDING_TAKEN,
+            Ordering::Acquire,
+            Ordering::Relaxed,
+        )
+        .is_err()
+    {
+        return false;
+    }
+    // SAFETY: TAKEN gives the slot to this thread alone (see `PendingSlot`).
+    let pending = unsafe { (*PENDING.job.get()).take() };
+    // Release: the slot is empty before the next cycle (which needs `COLLECTING` clear, after
+    // this) writes it.
+    PENDING.state.store(PENDING_EMPTY, Ordering::Release);
+    let Some(pending) = pending else {
+        return true;
+    };
+    // Objects without drop glue are freed here, at once; those with drop glue go to the
+    // sweeper thread.
+    let swept = sweep_condemned(Glue::Defer);
+    let job = Sweep::Cycle {
+        forced: pending.forced,
+        requested: pending.requested,
+        marked: pending.marked,
+        procs: pending.procs,
+        swept,
+    };
+    if job.needs_sweeper() {
+        sweeper::hand_over(Box::new(move || sweep(job)));
+    } else {
+        sweep(job);
+    }
+    true
+}
+
 fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
     if mutators.procs() >= 2 {
         helper::start_mark_helper();
     }
     loop {
         if forced {
-            // A cycle's sweep runs with the world going: wait for it, then run our own.
+            // A cycle's sweep runs with the world going: wait for it (or finish it), then run
+            // our own.
             while COLLECTING.load(Ordering::Acquire) {
-                mutators.pause();
+                if !finish_pending() {
+                    mutators.pause();
+                }
             }
         }
         // Before the pause begins: work the stop can do without, then the helper's wake-up.
@@ -172,36 +260,39 @@ fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
             helper::wake_early();
         }
         let requested = Instant::now();
-        let mut marked = None;
+        let mut ran = None;
         let open = mutators.stop_the_world(&mut || {
             // Another thread may have collected while this one waited for the world to stop.
             if (forced || pacer::should_trigger()) && !COLLECTING.swap(true, Ordering::Acquire) {
-                marked = Some(mark_and_condemn(mutators));
+                let marked = mark_and_condemn(mutators);
+                debug_assert_eq!(PENDING.state.load(Ordering::Relaxed), PENDING_EMPTY);
+                // SAFETY: the slot is EMPTY (the last cycle's job was taken before its sweep
+                // cleared `COLLECTING`, which this cycle holds): nobody else touches it.
+                unsafe {
+                    *PENDING.job.get() = Some(Pending {
+                        forced,
+                        requested,
+                        marked,
+                        procs: mutators.procs(),
+                    });
+                }
+                // Release: publishes the job to `finish_pending`'s Acquire.
+                PENDING.state.store(PENDING_READY, Ordering::Release);
+                ran = Some(CYCLES_RUN.fetch_add(1, Ordering::Relaxed) + 1);
             }
         });
         if !open {
             // The runtime is ending: its retirement collects instead.
             return;
         }
-        if let Some(marked) = marked {
-            // Objects without drop glue are freed here, at once, as the world restarts; those
-            // with drop glue go to the sweeper thread.
-            let swept = sweep_condemned(Glue::Defer);
-            let job = Sweep::Cycle {
-                forced,
-                requested,
-                marked,
-                procs: mutators.procs(),
-                swept,
-            };
-            if !job.needs_sweeper() {
-                sweep(job);
-                return;
-            }
-            let cycle = sweeper::hand_over(Box::new(move || sweep(job)));
+        if let Some(cycle) = ran {
+            finish_pending();
             if forced {
-                while !sweeper::finished(cycle) {
-                    mutators.pause();
+                // Acquire: pairs with the Release in `sweep`, so the sweep's frees are seen.
+                while CYCLES_SWEPT.load(Ordering::Acquire) < cycle {
+                    if !finish_pending() {
+                        mutators.pause();
+                    }
                 }
             }
             return;
@@ -266,6 +357,7 @@ impl Sweep {
 /// drop glue runs), accounts for the cycle, and lets the next one start.
 pub(crate) fn sweep(job: Sweep) {
     let began = Instant::now();
+    let ends_a_cycle = matches!(job, Sweep::Cycle { .. });
     let swept = if job.needs_sweeper() {
         sweep_condemned(Glue::Run)
     } else {
@@ -296,6 +388,10 @@ pub(crate) fn sweep(job: Sweep) {
             began: requested,
         });
     }
+    if ends_a_cycle {
+        // Release: a forced collection waiting for this cycle sees the sweep's frees.
+        CYCLES_SWEPT.fetch_add(1, Ordering::Release);
+    }
     // Release: the next cycle's Acquire sees the sweep's frees.
     COLLECTING.store(false, Ordering::Release);
 }
@@ -318,8 +414,11 @@ pub unsafe fn retire(
     report: &mut dyn FnMut(&mut RootVisitor<'_>),
 ) {
     while COLLECTING.swap(true, Ordering::Acquire) {
-        // A cycle started on a thread goro did not start may still be sweeping.
-        std::thread::sleep(Duration::from_micros(50));
+        // The last cycle may still be sweeping, or wait for its after-restart work, which its
+        // collecting goroutine (stopped for good now) may never do.
+        if !finish_pending() {
+            std::thread::sleep(Duration::from_micros(50));
+        }
     }
     stopped(&mut || {
         let mut tracer = Tracer::new();
