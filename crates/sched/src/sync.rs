@@ -275,7 +275,13 @@ impl<T: ?Sized> Mutex<T> {
                 }
                 continue;
             }
-            self.state.fetch_or(WAITERS, Ordering::Relaxed);
+            // The holder's fast-path unlock (a CAS from exactly LOCKED) may have released the lock
+            // since the load above: then nobody would ever wake us, so take it instead. Once
+            // WAITERS is set, an unlock takes the slow path, which needs the queue lock we hold
+            // until we are queued and parked.
+            if self.state.fetch_or(WAITERS, Ordering::Relaxed) & LOCKED == 0 {
+                continue;
+            }
             if wait_in_queue(queue) {
                 return; // handed over: we hold the lock
             }

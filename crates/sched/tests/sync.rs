@@ -154,3 +154,46 @@ fn a_panicking_once_counts_as_done() {
     assert!(once.is_completed());
     once.call_once(|| panic!("must not run"));
 }
+
+#[test]
+fn an_unlock_racing_a_locker_that_queues_itself_wakes_it() {
+    // A locker that saw the lock held queues itself; if the holder's fast-path unlock lands
+    // between the locker's look and its WAITERS flag, the locker must notice instead of parking
+    // with nobody left to wake it. Two goroutines on two Ps pass a lock with a short critical
+    // section back and forth, many times: with the race open, about one run in three of this
+    // test hung (it then aborts through the watchdog), and `safe_api`'s try-lock test hung in
+    // CI.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watched = done.clone();
+    std::thread::spawn(move || {
+        let began = std::time::Instant::now();
+        while !watched.load(Ordering::Acquire) {
+            if began.elapsed() > Duration::from_secs(120) {
+                eprintln!("a goroutine waiting for a released Mutex was never woken");
+                std::process::abort();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    for _ in 0..200 {
+        let total = on(2, || {
+            let counter = Arc::new(Mutex::new(0u64));
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let counter = counter.clone();
+                    go(move || {
+                        for _ in 0..100_000 {
+                            *counter.lock() += 1;
+                        }
+                    })
+                })
+                .collect();
+            for handle in handles {
+                handle.join().unwrap();
+            }
+            *counter.lock()
+        });
+        assert_eq!(total, 200_000);
+    }
+    done.store(true, Ordering::Release);
+}
