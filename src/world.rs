@@ -257,15 +257,9 @@ pub(crate) fn stop_others() -> Stopped {
     // SAFETY: this is the collector stopping the world; `Stopped::drop` releases the claims.
     unsafe {
         goro_alloc::parked::claim_parked(me, |parked| {
-            if used == MAX_THREADS {
-                fatal("more threads than a collection can stop (4,194,304)");
-            }
-            let slot = &slots(used + 1)[used];
-            slot.tid.store(parked.tid, Ordering::Relaxed);
+            let slot = take_slot(&mut used, parked.tid, CLAIMED);
             slot.sp.store(parked.sp, Ordering::Relaxed);
             slot.tp.store(parked.tp, Ordering::Relaxed);
-            slot.state.store(CLAIMED, Ordering::Relaxed);
-            used += 1;
         });
     }
     // Release: the handler's Acquire load of `USED` sees the claimed slots (never its own).
@@ -282,13 +276,7 @@ pub(crate) fn stop_others() -> Stopped {
             {
                 return;
             }
-            if used == MAX_THREADS {
-                fatal("more threads than a collection can stop (4,194,304)");
-            }
-            let slot = &slots(used + 1)[used];
-            slot.tid.store(tid, Ordering::Relaxed);
-            slot.state.store(REQUESTED, Ordering::Relaxed);
-            used += 1;
+            let slot = take_slot(&mut used, tid, REQUESTED);
             PENDING.fetch_add(1, Ordering::Relaxed);
             // Release: the handler's Acquire load of `USED` sees the slot (and the count).
             USED.store(used, Ordering::Release);
@@ -307,6 +295,18 @@ pub(crate) fn stop_others() -> Stopped {
         tls,
         cache,
     }
+}
+
+/// The next unused slot of the stop under way, given to thread `tid` in `state`.
+fn take_slot(used: &mut usize, tid: i32, state: u32) -> &'static Slot {
+    if *used == MAX_THREADS {
+        fatal("more threads than a collection can stop (4,194,304)");
+    }
+    let slot = &slots(*used + 1)[*used];
+    slot.tid.store(tid, Ordering::Relaxed);
+    slot.state.store(state, Ordering::Relaxed);
+    *used += 1;
+    slot
 }
 
 /// Whether a suspend signal went to `tid` (false: the thread is gone).
@@ -786,10 +786,13 @@ struct Maps {
     fresh: bool,
 }
 
-/// The `/proc/self/maps` that `prepare_stop` read, kept for the stop: the buffer's address and
-/// the log2 of its capacity (as `SPARE_MAPS_BUFFER`), or 0; and its entry count.
+/// The `/proc/self/maps` that `prepare_stop` read, kept for the stop, as `Maps::packed` puts it
+/// (buffer, capacity and entry count in one word, so that racing readers and keepers always
+/// see a buffer with its own count), or 0.
 static PREREAD_MAPS: AtomicUsize = AtomicUsize::new(0);
-static PREREAD_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// Where `Maps::packed` keeps the entry count: above the 48 bits of a user-space address.
+const COUNT_SHIFT: u32 = 48;
 
 /// One line of `/proc/self/maps`.
 #[derive(Clone, Copy)]
@@ -799,8 +802,8 @@ struct Mapping {
     readable: bool,
 }
 
-/// The buffer of the last `Maps`, kept for the next stop: its (page-aligned) address plus the
-/// log2 of its text capacity, or 0 when none is kept or a `Maps` holds it. Mapping and unmapping
+/// The buffer of the last `Maps`, kept for the next stop (`Maps::packed`, with no entries), or 0
+/// when none is kept or a `Maps` holds it. Mapping and unmapping
 /// a buffer every cycle cost more than reading the file: fresh pages fault in one by one, and
 /// `munmap` sends every CPU running a thread of the process a TLB shootdown.
 static SPARE_MAPS_BUFFER: AtomicUsize = AtomicUsize::new(0);
@@ -825,7 +828,10 @@ impl Maps {
             let capacity = MAPS_INITIAL_CAPACITY;
             (map_anonymous(maps_buffer_bytes(capacity)), capacity)
         } else {
-            ((spare & !(PAGE - 1)) as *mut u8, 1 << (spare & (PAGE - 1)))
+            let spare = Maps::unpacked(spare);
+            let buffer = (spare.text, spare.capacity);
+            core::mem::forget(spare);
+            buffer
         };
         let len = loop {
             // SAFETY: `text` is a private mapping of at least `capacity` bytes, ours alone.
@@ -875,34 +881,42 @@ impl Maps {
 
     /// Keeps these maps for the next stop ([`Maps::take_preread`]).
     fn keep_for_next_stop(self) {
-        let buffer = self.text as usize | self.capacity.trailing_zeros() as usize;
-        PREREAD_COUNT.store(self.count, Ordering::Relaxed);
+        let Some(packed) = self.packed() else {
+            // Too many mappings to pack: the stop reads its own.
+            return;
+        };
         core::mem::forget(self);
-        // Release: publishes the buffer, its entries and the count.
-        let older = PREREAD_MAPS.swap(buffer, Ordering::Release);
+        // Release: publishes the buffer and its entries.
+        let older = PREREAD_MAPS.swap(packed, Ordering::Release);
         if older != 0 {
             // Two reads raced (two threads prepared stops): the older one goes.
-            drop(Maps::from_buffer(older, 0));
+            drop(Maps::unpacked(older));
         }
     }
 
     /// The maps `prepare_stop` read, if any are kept.
     fn take_preread() -> Option<Maps> {
         // Acquire: pairs with the Release in `keep_for_next_stop`.
-        let buffer = PREREAD_MAPS.swap(0, Ordering::Acquire);
-        (buffer != 0).then(|| Maps::from_buffer(buffer, PREREAD_COUNT.load(Ordering::Relaxed)))
+        let packed = PREREAD_MAPS.swap(0, Ordering::Acquire);
+        (packed != 0).then(|| Maps::unpacked(packed))
     }
 
-    /// The maps whose buffer is `buffer` (as kept in `PREREAD_MAPS`), with `count` entries.
-    fn from_buffer(buffer: usize, count: usize) -> Maps {
-        let text = (buffer & !(PAGE - 1)) as *mut u8;
-        let capacity = 1usize << (buffer & (PAGE - 1));
+    /// The buffer in one word: its page-aligned address, the log2 of its capacity in the low
+    /// bits, the entry count from bit 48 up; `None` if the address or the count does not fit.
+    fn packed(&self) -> Option<usize> {
+        pack(self.text, self.capacity, self.count)
+    }
+
+    /// The maps `packed` gave `word` for.
+    fn unpacked(word: usize) -> Maps {
+        let text = (word & ((1 << COUNT_SHIFT) - 1) & !(PAGE - 1)) as *mut u8;
+        let capacity = 1usize << (word & (PAGE - 1));
         Maps {
             text,
             capacity,
             // SAFETY: the entries follow the text in the buffer (see `read`).
             entries: unsafe { text.add(capacity) }.cast::<Mapping>(),
-            count,
+            count: word >> COUNT_SHIFT,
             slots: capacity / 17 + 1,
             fresh: false,
         }
@@ -941,16 +955,23 @@ fn parse_mapping(line: &[u8]) -> Option<Mapping> {
 
 impl Drop for Maps {
     fn drop(&mut self) {
-        let spare = self.text as usize | self.capacity.trailing_zeros() as usize;
-        if SPARE_MAPS_BUFFER
-            .compare_exchange(0, spare, Ordering::Release, Ordering::Relaxed)
-            .is_ok()
+        if let Some(spare) = pack(self.text, self.capacity, 0)
+            && SPARE_MAPS_BUFFER
+                .compare_exchange(0, spare, Ordering::Release, Ordering::Relaxed)
+                .is_ok()
         {
             return;
         }
         // SAFETY: the buffer `read` made; nothing refers to it any more.
         unsafe { libc::munmap(self.text.cast(), maps_buffer_bytes(self.capacity)) };
     }
+}
+
+/// [`Maps::packed`] for a buffer at `text` of `capacity` text bytes holding `count` entries.
+fn pack(text: *mut u8, capacity: usize, count: usize) -> Option<usize> {
+    let text = text as usize;
+    (text < 1 << COUNT_SHIFT && count < 1 << (usize::BITS - COUNT_SHIFT))
+        .then(|| text | capacity.trailing_zeros() as usize | count << COUNT_SHIFT)
 }
 
 /// A private anonymous read-write mapping of `len` bytes.
@@ -1242,5 +1263,19 @@ mod tests {
             "the known place was trusted over a guard page"
         );
         places.put_back();
+    }
+
+    #[test]
+    fn maps_kept_for_the_stop_come_back_with_their_own_entries() {
+        let _serial = PLACES_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+        let maps = Maps::read();
+        let (text, count) = (maps.text, maps.count);
+        let first = maps.mappings()[0];
+        assert!(count > 0);
+        maps.keep_for_next_stop();
+        let back = Maps::take_preread().expect("kept");
+        assert_eq!((back.text, back.count), (text, count));
+        assert_eq!(back.mappings()[0].start, first.start);
+        assert!(Maps::take_preread().is_none(), "taken once");
     }
 }

@@ -1,8 +1,8 @@
 //! `stw_threads N`: how long the world stops for a collection when threads goro did not start
 //! are alive. 1,000 goroutines park on a channel; with the `threads` variant 8 std threads run
 //! beside them (7 blocked on a lock, 1 spinning without calling anything), each holding a `Gc`.
-//! The program forces N collections and reports the longest and the median stop (stop + mark:
-//! the part with the world stopped, from `goro::gc::stats().pauses`).
+//! The program forces N collections and reports the longest, the 99th-percentile and the
+//! median stop (stop + mark: the part with the world stopped, from `goro::gc::stats().pauses`).
 
 use crate::{Options, Workload, report};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,6 +91,10 @@ fn measure(cycles: usize, threads: usize, variant: &str) {
     pauses.sort();
     let max = pauses.last().copied().unwrap_or_default();
     let median = pauses.get(pauses.len() / 2).copied().unwrap_or_default();
+    let p99 = pauses
+        .get((pauses.len() * 99 / 100).min(pauses.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default();
     stop.store(true, Ordering::Relaxed);
     *gate.0.lock().unwrap() = true;
     gate.1.notify_all();
@@ -108,5 +112,6 @@ fn measure(cycles: usize, threads: usize, variant: &str) {
         .key("threads", threads)
         .key("stw_max_us", max.as_micros())
         .key("stw_p50_us", median.as_micros())
+        .key("stw_p99_us", p99.as_micros())
         .print(total);
 }

@@ -21,7 +21,7 @@
 //! the thread runs while parked lies below that address and must not matter to the collector:
 //! [`while_parked`]'s contract.
 //!
-//! Records live in a fixed table ([`RECORDS`] of them); a thread takes one the first time it
+//! Records live in a fixed table (`RECORDS` of them); a thread takes one the first time it
 //! parks and gives it back when it exits. A thread that finds the table full parks unrecorded,
 //! and is stopped by the signal as before.
 

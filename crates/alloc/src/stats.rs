@@ -265,6 +265,9 @@ mod tests {
         assert_eq!(shown((3 << 30) + (512 << 20)), "3.5 GiB");
         assert_eq!(shown(2 << 40), "2.0 TiB");
         assert_eq!(shown(5000 << 40), "5000.0 TiB");
+        assert_eq!(shown(4 << 20), "4.0 MiB");
+        assert_eq!(shown(3 << 30), "3.0 GiB");
+        assert_eq!(shown(usize::MAX), "16777216.0 TiB");
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub fn start_mark_helper() {
     });
 }
 
-/// How long [`start`] waits for a new helper to publish its id.
+/// How long [`start_mark_helper`] waits for a new helper to publish its id.
 const START_WAIT: Duration = Duration::from_millis(10);
 
 /// How long an early-woken helper waits for the cycle to arm it before it sleeps again.

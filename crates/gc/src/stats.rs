@@ -252,17 +252,6 @@ mod tests {
     }
 
     #[test]
-    fn bytes_print_in_binary_units_with_one_decimal() {
-        let shown = |n: usize| Bytes(n).to_string();
-        assert_eq!(shown(0), "0 B");
-        assert_eq!(shown(1023), "1023 B");
-        assert_eq!(shown(1536), "1.5 KiB");
-        assert_eq!(shown(4 << 20), "4.0 MiB");
-        assert_eq!(shown(3 << 30), "3.0 GiB");
-        assert_eq!(shown(usize::MAX), "16777216.0 TiB");
-    }
-
-    #[test]
     fn pauses_print_in_milliseconds() {
         assert_eq!(Millis(micros(350)).to_string(), "0.350 ms");
         assert_eq!(
