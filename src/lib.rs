@@ -157,8 +157,8 @@ pub mod sync {
 pub mod gc {
     pub use goro_gc::{
         BorrowError, Gc, GcCell, GcRef, GcRefMut, GcStats, POISON, Trace, Tracer, collect,
-        keep_alive, pacer, set_clobber_free, set_memory_limit, set_percent, set_scan_unaligned,
-        stats,
+        keep_alive, pacer, set_checkmark, set_clobber_free, set_memory_limit, set_percent,
+        set_scan_unaligned, stats,
     };
 }
 

@@ -374,6 +374,8 @@ pub struct Runtime {
 /// The `GORO_DEBUG` settings (Go's GODEBUG) read here: `gctrace=1`, `schedtrace=MS`,
 /// `clobberfree=1` (objects the collector frees are overwritten with `goro::gc::POISON`),
 /// `gcunaligned=1` (conservative scans look for pointers at every byte offset),
+/// `gccheckmark=1` (each cycle's concurrent marking is checked by a stop-the-world one, which
+/// aborts naming any object it missed),
 /// `stackstash=off` (goro-stack reads `stacktrap` and `stackguard` itself). Unknown keys are
 /// ignored, as Go ignores unknown GODEBUG keys.
 #[derive(Debug, Clone, Copy, Default)]
@@ -381,6 +383,7 @@ struct Debug {
     gctrace: bool,
     clobberfree: bool,
     gcunaligned: bool,
+    gccheckmark: bool,
     schedtrace: Option<std::time::Duration>,
     /// `stackstash=off`: no stash, whatever the builder says (to rule the stash out when
     /// bytes go missing). There is deliberately no `stackstash=on`.
@@ -401,6 +404,7 @@ impl Debug {
                 "gctrace" => debug.gctrace = setting_value == "1",
                 "clobberfree" => debug.clobberfree = setting_value == "1",
                 "gcunaligned" => debug.gcunaligned = setting_value == "1",
+                "gccheckmark" => debug.gccheckmark = setting_value == "1",
                 "stackstash" => debug.stackstash_off = setting_value == "off",
                 "schedtrace" => {
                     let ms: u64 = setting_value.parse().map_err(|_| BuildError::Environment {
@@ -465,6 +469,7 @@ impl Runtime {
         goro_gc::set_trace(self.debug.gctrace);
         goro_gc::set_clobber_free(self.debug.clobberfree);
         goro_gc::set_scan_unaligned(self.debug.gcunaligned);
+        goro_gc::set_checkmark(self.debug.gccheckmark);
         crate::world::install();
         name_goroutines_in_panics();
         // SAFETY: this runtime is the world `GOROUTINE_ROOTS` describes, and it runs from here
@@ -485,7 +490,13 @@ impl Runtime {
             stash_parked_stacks: promised(self.stash_parked_stacks()),
             migrate: promised(self.migrate_goroutines),
             max_stack_size: self.max_stack_size,
-            runtime_threads: Some(|| [goro_gc::sweeper_thread_id(), goro_gc::helper_thread_id()]),
+            runtime_threads: Some(|| {
+                [
+                    goro_gc::sweeper_thread_id(),
+                    goro_gc::helper_thread_id(),
+                    goro_gc::worker_thread_id(),
+                ]
+            }),
             detached_panics_exit: self.detached_panics_exit,
         };
         let finished = goro_sched::run(config, main);

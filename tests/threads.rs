@@ -481,8 +481,15 @@ unsafe impl goro::gc::Trace for PanicsOnDrop {
 fn a_drop_that_panics_aborts_with_the_reason() {
     if std::env::var_os("GORO_TEST_PANICKING_DROP").is_some() {
         run(1, || {
-            std::hint::black_box(Gc::new(PanicsOnDrop));
-            goro::gc::collect();
+            // Made on a goroutine that ends, so that no stale word of a live stack keeps it.
+            goro::go(|| {
+                std::hint::black_box(Gc::new(PanicsOnDrop));
+            })
+            .join()
+            .unwrap();
+            for _ in 0..3 {
+                goro::gc::collect();
+            }
         });
         return;
     }

@@ -2,7 +2,7 @@
 //! are alive. 1,000 goroutines park on a channel; with the `threads` variant 8 std threads run
 //! beside them (7 blocked on a lock, 1 spinning without calling anything), each holding a `Gc`.
 //! The program forces N collections and reports the longest, the 99th-percentile and the
-//! median stop (stop + mark: the part with the world stopped, from `goro::gc::stats().pauses`).
+//! median stop (each of a cycle's two stop-the-world pauses, from `goro::gc::stats().pauses`).
 
 use crate::{Options, Workload, report};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,7 +87,8 @@ fn measure(cycles: usize, threads: usize, variant: &str) {
     let total = began.elapsed();
     let stats = goro::gc::stats();
     let ran = (stats.cycles - before) as usize;
-    let mut pauses: Vec<Duration> = stats.pauses.iter().rev().take(ran).copied().collect();
+    // Two pauses per cycle: its start and its mark termination.
+    let mut pauses: Vec<Duration> = stats.pauses.iter().rev().take(2 * ran).copied().collect();
     pauses.sort();
     let max = pauses.last().copied().unwrap_or_default();
     let median = pauses.get(pauses.len() / 2).copied().unwrap_or_default();

@@ -455,6 +455,15 @@ impl GcSpan {
             .map_or(0, |word| word.load(Ordering::Acquire))
     }
 
+    /// Sets mark bits of slots `64 * w .. 64 * w + 64` (a no-op past the end).
+    #[inline]
+    pub fn or_mark_word(&self, w: usize, bits: u64) {
+        if let Some(word) = self.span.marks.get(w) {
+            // AcqRel: as a marker's claim in `Block::mark`.
+            word.fetch_or(bits, Ordering::AcqRel);
+        }
+    }
+
     /// Frees the given slots of this span, which the caller has dropped and whose header words
     /// it has zeroed, in one batch (one atomic push for a small span).
     ///
@@ -534,6 +543,37 @@ pub fn for_each_gc_span(mut f: impl FnMut(GcSpan)) {
             };
             if g.elem_size != 0 {
                 f(g);
+            }
+        }
+    });
+}
+
+/// Calls `f(start, end)` on every marked slot of every in-use malloc-kind span: the blocks a
+/// collection reached, which its termination scans again. No lock is taken (the collector calls
+/// it with every other thread stopped); a block freed since it was marked is visited too, and
+/// its bytes stay mapped.
+pub fn for_each_marked_malloc_block(mut f: impl FnMut(usize, usize)) {
+    mheap::for_each_span(|s| {
+        // Acquire: pairs with the Release in `mheap::publish`.
+        let st = s.state.load(Ordering::Acquire);
+        if (st != STATE_SMALL && st != STATE_LARGE) || s.is_gc() {
+            return;
+        }
+        let base = s.obj_base.load(Ordering::Relaxed);
+        let size = s.elem_size.load(Ordering::Relaxed);
+        let len = s.nelems.load(Ordering::Relaxed).min(MAX_OBJECTS);
+        if size == 0 {
+            return;
+        }
+        for (w, word) in s.marks.iter().enumerate().take(len.div_ceil(64)) {
+            let mut marks = word.load(Ordering::Acquire);
+            while marks != 0 {
+                let i = 64 * w + marks.trailing_zeros() as usize;
+                marks &= marks - 1;
+                if i < len {
+                    let start = base + i * size;
+                    f(start, start + size);
+                }
             }
         }
     });

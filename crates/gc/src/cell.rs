@@ -3,24 +3,32 @@
 //! A `GcCell` is a `RefCell` whose borrow flag is atomic, so that a `Gc` to an object holding one
 //! can be shared between goroutines (`Gc<T>` needs `T: Sync` to cross threads). Conflicting
 //! borrows panic with the reason instead of blocking: a `GcCell` is not a lock, it is the place a
-//! store of a `Gc` into the heap goes through, so that the concurrent collector can put its write
-//! barrier there. With the stop-the-world collector of this version no barrier is needed: every
-//! mutator is stopped at a safe point while marking runs, and a value a mutator holds in a register
-//! while borrowing is spilled to its stack when it stops, where the conservative scan sees it.
+//! store of a `Gc` into the heap goes through, where the collector's write barrier is.
 //! Goroutines that need mutual exclusion across blocking points use `goro::sync::Mutex` around
 //! the `Gc` instead.
 //!
+//! **The barrier** (barrier.rs) is at the end of a mutable borrow: while the collector marks, the
+//! cell's bytes are logged for a second scan before the flag is released, so whatever the borrow
+//! left in the cell is seen. With marking off it costs one load and one branch. What the borrow
+//! took out of the cell went to memory without a barrier (a stack, a malloc block: scanned again
+//! at termination) or into another cell (logged in turn) or a new object (logged by `Gc::new`).
+//! A borrow still open at termination is found through its guard, which holds the cell's address
+//! plus [`GUARD_TAG`] (see `mark::TERMINATING`); the flag is the cell's first word for that.
+//!
 //! Flag states: 0 = unborrowed, `n > 0` = `n` shared borrows, `WRITING` = one mutable borrow.
 
+use crate::barrier;
+use crate::header::{GUARD_TAG, WRITING};
 use crate::trace::{Trace, Tracer};
 use core::cell::UnsafeCell;
 use core::fmt;
+use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-const WRITING: usize = usize::MAX;
-
 /// A mutable memory location inside a collected object, with dynamically checked borrows.
+#[repr(C)]
 pub struct GcCell<T: ?Sized> {
     flag: AtomicUsize,
     value: UnsafeCell<T>,
@@ -159,7 +167,12 @@ impl<T: ?Sized> GcCell<T> {
             .flag
             .compare_exchange(0, WRITING, Ordering::Acquire, Ordering::Relaxed)
         {
-            Ok(_) => Ok(GcRefMut { cell: self }),
+            Ok(_) => Ok(GcRefMut {
+                // SAFETY: the cell is at least a word long (its flag), so one byte past its
+                // address lies inside it.
+                tagged: unsafe { NonNull::from(self).byte_add(GUARD_TAG) },
+                _cell: PhantomData,
+            }),
             Err(WRITING) => Err(BorrowError::MutablyBorrowed),
             Err(_) => Err(BorrowError::Borrowed),
         }
@@ -181,13 +194,14 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for GcCell<T> {
     }
 }
 
-// SAFETY: the contents are scanned conservatively, never traced precisely: a thread may be
-// stopped by the collector's signal anywhere, halfway through a write through a `GcRefMut` (an
-// enum's tag swapped but not its payload, a value half dropped in place), where the contents'
-// own `Trace` would misread the layout or follow a freed pointer. A conservative scan of the
-// bytes (and of the heap blocks they point to, whole) finds every `Gc` wherever the write left
-// it, and follows nothing it cannot read. The value's bytes lie in the cell, inside the object
-// being traced, which stays allocated while the world is stopped.
+// SAFETY: the contents are scanned conservatively, never traced precisely: the marker runs beside
+// the mutators, and a thread may be stopped by the collector's signal anywhere, halfway through
+// a write through a `GcRefMut` (an enum's tag swapped but not its payload, a value half dropped
+// in place), where the contents' own `Trace` would misread the layout or follow a freed
+// pointer. A conservative scan of the bytes (and of the heap blocks they point to, whole) finds
+// every `Gc` wherever the write left it, and follows nothing it cannot read; what a write
+// changes after the scan is logged by the barrier. The value's bytes lie in the cell, inside
+// the object being traced, which stays allocated for the whole cycle.
 unsafe impl<T: Trace + ?Sized> Trace for GcCell<T> {
     #[inline]
     fn trace(&self, tracer: &mut Tracer) {
@@ -233,28 +247,53 @@ impl<T: ?Sized> Drop for GcRef<'_, T> {
 
 /// A mutable borrow of a [`GcCell`].
 pub struct GcRefMut<'a, T: ?Sized> {
-    cell: &'a GcCell<T>,
+    /// The cell's address plus [`GUARD_TAG`], as the termination scan recognises a guard.
+    tagged: NonNull<GcCell<T>>,
+    _cell: PhantomData<&'a GcCell<T>>,
+}
+
+// SAFETY: the guard lends `&mut T` and `&T`: sharing it shares `&T`.
+unsafe impl<T: ?Sized + Sync> Sync for GcRefMut<'_, T> {}
+
+impl<'a, T: ?Sized> GcRefMut<'a, T> {
+    #[inline(always)]
+    fn cell(&self) -> &'a GcCell<T> {
+        // SAFETY: `tagged` is the address of a cell borrowed for 'a, plus the tag, which lies
+        // inside the cell.
+        unsafe { self.tagged.byte_sub(GUARD_TAG).as_ref() }
+    }
 }
 
 impl<T: ?Sized> Deref for GcRefMut<'_, T> {
     type Target = T;
 
+    #[inline]
     fn deref(&self) -> &T {
         // SAFETY: the flag is WRITING and this guard owns it.
-        unsafe { &*self.cell.value.get() }
+        unsafe { &*self.cell().value.get() }
     }
 }
 
 impl<T: ?Sized> DerefMut for GcRefMut<'_, T> {
+    #[inline]
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: the flag is WRITING and this guard owns it: no other borrow exists.
-        unsafe { &mut *self.cell.value.get() }
+        unsafe { &mut *self.cell().value.get() }
     }
 }
 
 impl<T: ?Sized> Drop for GcRefMut<'_, T> {
+    #[inline]
     fn drop(&mut self) {
+        let cell = self.cell();
+        if barrier::marking() {
+            // Logged before the flag is released: a thread stopped in between still holds the
+            // borrow, and termination finds it by its guard.
+            let lo = cell.value.get().cast::<u8>() as usize;
+            // SAFETY: the guard owns the borrow; only the value's address and size are used.
+            barrier::log_range(lo, lo + size_of_val(unsafe { &*cell.value.get() }));
+        }
         // Release: pairs with the Acquire in `try_borrow` / `try_borrow_mut`.
-        self.cell.flag.store(0, Ordering::Release);
+        cell.flag.store(0, Ordering::Release);
     }
 }

@@ -1,37 +1,47 @@
-//! The cycle: allocation accounting, marking with the world stopped, sweeping with it going,
-//! and retirement at the end of a runtime.
+//! The cycle: allocation accounting, marking beside the mutators between two short pauses,
+//! sweeping with the world going, and retirement at the end of a runtime.
 //!
-//! 1. **Stop.** The [`Mutators`] stop every thread of the process (goroutines at a safe point,
-//!    everything else where it stands; see the facade's `world` module). From here until the
-//!    world restarts, a stopped thread may hold any lock, the allocator's included, so the
-//!    collector allocates nothing and takes no lock a mutator can hold: the work list is mapped
-//!    memory ([`crate::workbuf`]).
-//! 2. **Mark.** Mark bits are cleared; marking keeps an explicit work list (never recursion, so
-//!    deep graphs cannot overflow the system stack) of two kinds of work:
+//! 1. **Mark start** (first pause). The [`Mutators`] stop every thread of the process
+//!    (goroutines at a safe point, everything else where it stands; see the facade's `world`
+//!    module). From here until the world restarts, a stopped thread may hold any lock, the
+//!    allocator's included, so the collector allocates nothing and takes no lock a mutator can
+//!    hold: work lists are mapped memory ([`crate::workbuf`]). Mark bits are cleared, the write
+//!    barrier turned on ([`crate::barrier`]), and the roots scanned (conservatively) into the
+//!    mark worker's work list, of two kinds of work:
 //!    - `Object(start, header)`: a marked Gc object, traced precisely through its vtable;
-//!    - `Range(lo, hi)`: root memory or a marked malloc block, scanned conservatively.
-//! 3. **Condemn.** Still stopped, every allocated, unmarked, mortal object gets the
-//!    [`CONDEMNED`] bit in its header. No user code runs, nothing is freed.
-//! 4. **Restart**, then **sweep**: the thread that collected frees the condemned objects whose
-//!    type has no drop glue at once (most of them), skipping marked slots by their mark bits;
-//!    the objects with drop glue go to the sweeper thread ([`crate::sweeper`]), where they are
-//!    dropped, poisoned under `GORO_DEBUG=clobberfree=1`, and freed. Drop glue runs there, with
-//!    the world going and on a thread of its own: a drop that takes a lock a goroutine holds
-//!    waits for it without blocking any M (so the holder can run and let go), and a drop that
-//!    panics aborts the process with the reason (it cannot unwind out of the collector and
-//!    leave it disabled). Condemned objects are unreachable, so nothing the mutators do can
-//!    reach them; new objects never carry the bit, so the sweep needs no allocate-black rule.
-//!    A new cycle cannot start until the sweep is done; `collect` waits for it (pausing the
-//!    caller as [`Mutators::pause`] says, which lets a goroutine's M run others).
+//!    - `Range(lo, hi)`: a marked malloc block (or a logged cell), scanned conservatively.
+//! 2. **Concurrent marking**, by the mark worker thread ([`crate::worker`], with the mark helper
+//!    where there are two Ps or more), while the mutators run: the work list and the barrier's
+//!    log are drained with an explicit stack (never recursion). New objects are black.
+//! 3. **Mark termination** (second pause, run by the worker): what has no barrier is scanned
+//!    again (roots, marked malloc blocks, objects an open `GcCell` borrow may have written), the
+//!    log taken, marking finished, the barrier turned off; `gccheckmark` checks it here.
+//! 4. **Condemn.** Still stopped, every allocated, unmarked, mortal object without drop glue in a
+//!    small span is freed, and every other one gets the [`CONDEMNED`] bit in its header. No user
+//!    code runs.
+//! 5. **Restart**, then **sweep**: the condemned objects whose type has no drop glue are freed at
+//!    once, skipping marked slots by their mark bits; the objects with drop glue go to the
+//!    sweeper thread ([`crate::sweeper`]), where they are dropped, poisoned under
+//!    `GORO_DEBUG=clobberfree=1`, and freed. Drop glue runs there, with the world going and on a
+//!    thread of its own: a drop that takes a lock a goroutine holds waits for it without
+//!    blocking any M (so the holder can run and let go), and a drop that panics aborts the
+//!    process with the reason (it cannot unwind out of the collector and leave it disabled).
+//!    Condemned objects are unreachable, so nothing the mutators do can reach them; new objects
+//!    never carry the bit. A new cycle cannot start until the sweep is done; `collect` waits
+//!    for its own cycle's sweep (pausing the caller as [`Mutators::pause`] says, which lets a
+//!    goroutine's M run others).
+//!
+//! docs/soundness.md argues why concurrent marking still marks every reachable object.
 
 use crate::header::{CONDEMNED, IMMORTAL, header_of};
-use crate::helper;
+use crate::mark::Work;
 use crate::object::vtable_of;
 use crate::pacer;
 use crate::roots::{self, Mutators, Root, RootVisitor};
 use crate::stats::{self, CycleReport};
 use crate::sweeper;
 use crate::trace::Tracer;
+use crate::{barrier, checkmark, helper, mark, worker};
 use goro_alloc::GcSpan;
 use std::cell::{Cell, UnsafeCell};
 use std::sync::Mutex;
@@ -48,6 +58,15 @@ static COLLECTING: AtomicBool = AtomicBool::new(false);
 /// Whether freed objects are overwritten with [`POISON`] (`GORO_DEBUG=clobberfree=1`): a root
 /// the collector missed then shows at once as a wrong value instead of a rare corruption.
 static CLOBBER_FREE: AtomicBool = AtomicBool::new(false);
+
+/// Whether each cycle's marking is checked by a second, stop-the-world marking
+/// (`GORO_DEBUG=gccheckmark=1`, see checkmark.rs).
+static CHECKMARK: AtomicBool = AtomicBool::new(false);
+
+/// Turns `GORO_DEBUG=gccheckmark=1` on or off (the facade reads the variable).
+pub fn set_checkmark(on: bool) {
+    CHECKMARK.store(on, Ordering::Relaxed);
+}
 
 /// The word `clobberfree` fills freed objects with (Go's `clobberdeadPtr` in spirit).
 pub const POISON: usize = 0xdead_beef_dead_beef;
@@ -80,7 +99,20 @@ pub(crate) fn allocate(request: usize, align: usize, slot: usize) -> *mut u8 {
     if ptr.is_null() {
         out_of_memory(request, align);
     }
+    if barrier::marking() {
+        allocate_black(ptr);
+    }
     ptr
+}
+
+/// Marks a slot allocated while the collector marks: the cycle keeps it (its value is traced
+/// when `Gc::new` has written it, see barrier.rs).
+#[cold]
+#[inline(never)]
+fn allocate_black(slot: *mut u8) {
+    if let Some(block) = goro_alloc::find_block(slot as usize) {
+        block.mark();
+    }
 }
 
 #[cold]
@@ -111,8 +143,13 @@ fn count_batch(bytes: usize) {
     if !pacer::should_trigger() {
         return;
     }
-    // The last cycle's sweep may still run: wait for it a little (so that allocation cannot run
-    // far ahead of the sweeper), but not forever (this thread may hold a lock a drop waits for).
+    if COLLECTING.load(Ordering::Relaxed) && pacer::heap_alloc() < pacer::goal() {
+        // The cycle under way started before the goal: let it catch up.
+        return;
+    }
+    // Past the goal with a cycle under way (marking, or its sweep): wait for it a little, so
+    // that allocation cannot run far ahead of the collector, but not forever (this thread may
+    // hold a lock a drop waits for).
     let began = Instant::now();
     while COLLECTING.load(Ordering::Acquire) && began.elapsed() < SWEEP_WAIT {
         if !finish_pending() {
@@ -124,7 +161,7 @@ fn count_batch(bytes: usize) {
     }
 }
 
-/// How long an allocation that is due to start a cycle waits for the last one's sweep.
+/// How long an allocation past the heap goal waits for the cycle under way.
 const SWEEP_WAIT: Duration = Duration::from_millis(10);
 
 /// Runs a full collection now (Go's `runtime.GC`): returns when it is complete, sweep included.
@@ -146,10 +183,12 @@ pub fn keep_alive<T: ?Sized>(value: &T) {
     std::hint::black_box(value);
 }
 
-/// What a cycle learnt with the world stopped.
+/// What a cycle learnt by the end of its second pause.
 pub(crate) struct Marked {
-    began: Instant,
-    marked: Instant,
+    start_pause: Duration,
+    /// From the end of the first pause to the end of the concurrent marking.
+    concurrent: Duration,
+    end_pause: Duration,
     heap_before: usize,
     roots: usize,
     /// Work items handed to the mark helper.
@@ -244,40 +283,26 @@ fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
     if mutators.procs() >= 2 {
         helper::start_mark_helper();
     }
+    barrier::prepare();
+    worker::start(mark_concurrently);
     loop {
         if forced {
-            // A cycle's sweep runs with the world going: wait for it (or finish it), then run
-            // our own.
+            // A cycle's marking and sweep run with the world going: wait for them (or finish
+            // the sweep), then run our own.
             while COLLECTING.load(Ordering::Acquire) {
                 if !finish_pending() {
                     mutators.pause();
                 }
             }
         }
-        // Before the pause begins: work the stop can do without, then the helper's wake-up.
         mutators.prepare_stop();
-        if mutators.procs() >= 2 {
-            helper::wake_early();
-        }
         let requested = Instant::now();
         let mut ran = None;
         let open = mutators.stop_the_world(&mut || {
-            // Another thread may have collected while this one waited for the world to stop.
+            // Another thread may have started a cycle while this one waited for the world to
+            // stop.
             if (forced || pacer::should_trigger()) && !COLLECTING.swap(true, Ordering::Acquire) {
-                let marked = mark_and_condemn(mutators);
-                debug_assert_eq!(PENDING.state.load(Ordering::Relaxed), PENDING_EMPTY);
-                // SAFETY: the slot is EMPTY (the last cycle's job was taken before its sweep
-                // cleared `COLLECTING`, which this cycle holds): nobody else touches it.
-                unsafe {
-                    *PENDING.job.get() = Some(Pending {
-                        forced,
-                        requested,
-                        marked,
-                        procs: mutators.procs(),
-                    });
-                }
-                // Release: publishes the job to `finish_pending`'s Acquire.
-                PENDING.state.store(PENDING_READY, Ordering::Release);
+                start_marking(mutators, forced, requested);
                 ran = Some(CYCLES_RUN.fetch_add(1, Ordering::Relaxed) + 1);
             }
         });
@@ -286,7 +311,6 @@ fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
             return;
         }
         if let Some(cycle) = ran {
-            finish_pending();
             if forced {
                 // Acquire: pairs with the Release in `sweep`, so the sweep's frees are seen.
                 while CYCLES_SWEPT.load(Ordering::Acquire) < cycle {
@@ -303,26 +327,167 @@ fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
     }
 }
 
-/// Steps 2 and 3: with every thread stopped, marks from the roots and condemns the rest.
-fn mark_and_condemn(mutators: &dyn Mutators) -> Marked {
+/// A cycle between its two pauses, as its first pause hands it to the mark worker.
+struct Started {
+    mutators: &'static dyn Mutators,
+    forced: bool,
+    requested: Instant,
+    /// When the first pause ended.
+    restarted: Instant,
+    start_pause: Duration,
+    heap_before: usize,
+    roots: usize,
+}
+
+/// The cycle the mark worker runs: written by the first pause while the worker waits, read by
+/// the worker (the hand-over is `worker::load`'s Release and the worker's Acquire).
+struct StartedSlot(UnsafeCell<Option<Started>>);
+
+// SAFETY: see `StartedSlot`: never accessed by two threads at once.
+unsafe impl Sync for StartedSlot {}
+
+static STARTED: StartedSlot = StartedSlot(UnsafeCell::new(None));
+
+/// The first pause: with every thread stopped, turns the barrier on and loads the mark worker's
+/// work list with the roots. New objects are black from here on (`allocate`).
+fn start_marking(mutators: &'static dyn Mutators, forced: bool, requested: Instant) {
     let began = Instant::now();
     let heap_before = pacer::heap_alloc();
-    let mut tracer = Tracer::new();
     goro_alloc::clear_marks();
-    let shared = mutators.procs() >= 2 && helper::arm();
+    barrier::set_marking(true);
+    // SAFETY: every other thread is stopped and the worker waits for a cycle (the last one
+    // ended before `COLLECTING` was cleared); the reference dies with this function.
+    let tracer = unsafe { worker::tracer_while_idle() };
+    tracer.marker.forget_recent();
+    mark_immortals(tracer);
     let mut roots = 0;
-    mark_immortals(&mut tracer);
+    // Root memory is scanned now, with its owners stopped: a stack may be gone by the time the
+    // worker would get to it. What it reaches is traced once the world runs.
     mutators.roots(&mut RootVisitor {
-        sink: &mut |root| roots += tracer.push_root(root),
+        sink: &mut |root| {
+            if let Root::Range(lo, hi) = root {
+                tracer.marker.scan(lo, hi);
+                roots += hi.saturating_sub(lo);
+            } else {
+                roots += tracer.push_root(root);
+            }
+        },
     });
-    let shared_work = helper::drain(&mut tracer, shared);
-    drop(tracer);
+    // SAFETY: as above; the worker reads the slot only after `worker::load`.
+    unsafe {
+        *STARTED.0.get() = Some(Started {
+            mutators,
+            forced,
+            requested,
+            restarted: Instant::now(),
+            start_pause: began.duration_since(requested) + began.elapsed(),
+            heap_before,
+            roots,
+        });
+    }
+    worker::load();
+}
+
+/// The mark worker's part of a cycle: marks beside the mutators until the work list and the
+/// barrier's log are empty, then stops the world to terminate. Runs on the worker thread.
+fn mark_concurrently() {
+    // SAFETY: the worker took the cycle (`worker::load`'s Release, its Acquire): the slot and the
+    // tracer are this thread's until `worker::done`.
+    let started = unsafe { (*STARTED.0.get()).take() }.expect("a loaded cycle has its start");
+    // SAFETY: as above.
+    let tracer = unsafe { worker::tracer() };
+    let mut shared_work = 0;
+    let mut refills = 0;
+    loop {
+        barrier::drain(&mut tracer.marker, false);
+        if tracer.marker.work.len() == 0 {
+            // Mutators that keep rewriting cells keep logging them: past a few passes that found
+            // only the log's refills, termination takes what is left (the log is bounded).
+            if !barrier::has_ready() || refills == MAX_REFILLS {
+                break;
+            }
+            refills += 1;
+        }
+        let shared = started.mutators.procs() >= 2 && helper::arm();
+        shared_work += helper::drain(tracer, shared);
+    }
+    let marked_until = Instant::now();
+    started.mutators.prepare_stop();
+    if started.mutators.procs() >= 2 {
+        helper::wake_early();
+    }
+    let requested = Instant::now();
+    let mut terminated = false;
+    started.mutators.stop_the_world(&mut || {
+        terminated = true;
+        let marked = terminate(&started, tracer, requested, marked_until, shared_work);
+        // The tracer is free for the next cycle before this one can end: whoever takes the
+        // job below may finish the sweep, and a new cycle start, before this thread goes on.
+        worker::done();
+        debug_assert_eq!(PENDING.state.load(Ordering::Relaxed), PENDING_EMPTY);
+        // SAFETY: the slot is EMPTY (the last cycle's job was taken before its sweep cleared
+        // `COLLECTING`, which this cycle holds): nobody else touches it.
+        unsafe {
+            *PENDING.job.get() = Some(Pending {
+                forced: started.forced,
+                requested: started.requested,
+                marked,
+                procs: started.mutators.procs(),
+            });
+        }
+        // Release: publishes the job to `finish_pending`'s Acquire.
+        PENDING.state.store(PENDING_READY, Ordering::Release);
+    });
+    if !terminated {
+        // The runtime is ending (its retirement marks on its own): abandon the cycle.
+        barrier::set_marking(false);
+        while tracer.marker.work.pop().is_some() {}
+        worker::done();
+        // Release: the retirement waiting for the collector sees it free.
+        COLLECTING.store(false, Ordering::Release);
+        return;
+    }
+    finish_pending();
+}
+
+/// Passes of concurrent marking that may find nothing but new barrier entries before the cycle
+/// goes to termination anyway.
+const MAX_REFILLS: usize = 8;
+
+/// The second pause: with every thread stopped, scans again what has no barrier (every root,
+/// every marked malloc block, the objects open `GcCell` guards point into), takes the barrier's
+/// log, marks what all that reaches, turns the barrier off, and condemns the unmarked.
+fn terminate(
+    started: &Started,
+    tracer: &mut Tracer,
+    requested: Instant,
+    marked_until: Instant,
+    shared_work: usize,
+) -> Marked {
+    let began = Instant::now();
+    mark::TERMINATING.store(true, Ordering::Relaxed);
+    tracer.marker.forget_recent();
+    let shared = started.mutators.procs() >= 2 && helper::arm();
+    started.mutators.roots(&mut RootVisitor {
+        sink: &mut |root| {
+            tracer.push_root(root);
+        },
+    });
+    goro_alloc::for_each_marked_malloc_block(|lo, hi| tracer.marker.push_range(lo, hi));
+    barrier::drain(&mut tracer.marker, true);
+    let shared_work = shared_work + helper::drain(tracer, shared);
+    barrier::set_marking(false);
+    mark::TERMINATING.store(false, Ordering::Relaxed);
+    if CHECKMARK.load(Ordering::Relaxed) {
+        checkmark::verify(started.mutators, mark_immortals);
+    }
     let census = condemn(false);
     Marked {
-        began,
-        marked: Instant::now(),
-        heap_before,
-        roots,
+        start_pause: started.start_pause,
+        concurrent: marked_until.duration_since(started.restarted),
+        end_pause: began.duration_since(requested) + began.elapsed(),
+        heap_before: started.heap_before,
+        roots: started.roots,
         shared_work,
         census,
     }
@@ -375,8 +540,9 @@ pub(crate) fn sweep(job: Sweep) {
         stats::record(&CycleReport {
             forced,
             heap_before: marked.heap_before,
-            stop: marked.began.duration_since(requested),
-            mark: marked.marked.duration_since(marked.began),
+            start_pause: marked.start_pause,
+            mark: marked.concurrent,
+            end_pause: marked.end_pause,
             sweep: inline.took + began.elapsed(),
             live_bytes: marked.census.live_bytes,
             live_objects: marked.census.live_objects,
@@ -450,7 +616,7 @@ pub unsafe fn retire(
 /// too; marking it here keeps the rule independent of that scan.) Locked only by the collector.
 static IMMORTALS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
-fn mark_immortals(tracer: &mut Tracer) {
+pub(crate) fn mark_immortals(tracer: &mut Tracer) {
     let immortals = IMMORTALS
         .lock()
         .unwrap_or_else(|poison| poison.into_inner());
@@ -704,16 +870,19 @@ fn poison(slot: *mut u8, size: usize) {
 impl Tracer {
     /// Schedules a root for marking; returns the bytes it adds to the cycle's root count (a
     /// block counts once, when this root is the first to reach it).
-    fn push_root(&mut self, root: Root) -> usize {
+    pub(crate) fn push_root(&mut self, root: Root) -> usize {
         match root {
             Root::Range(lo, hi) => {
-                self.marker.push_range(lo, hi);
+                if lo < hi {
+                    self.marker.work.push(Work::Root(lo, hi));
+                }
                 hi.saturating_sub(lo)
             }
             Root::Block(ptr) => match goro_alloc::find_block(ptr) {
                 Some(block) if !block.is_marked() => {
                     let size = block.size;
-                    self.marker.mark_block(block);
+                    // A marked malloc block is scanned again at termination anyway.
+                    let _ = self.marker.mark_block(block);
                     size
                 }
                 _ => 0,

@@ -1,5 +1,6 @@
 //! The flag bits of a collected object's header word, and where the word is: what the marker,
-//! the sweep and `Gc::new` agree on without needing the per-type table (`object.rs`).
+//! the sweep and `Gc::new` agree on without needing the per-type table (`object.rs`); and how
+//! the marker recognises an open `GcCell` borrow (cell.rs).
 
 /// Set on objects that survived the end of a runtime (see [`crate::retire`]): never swept again.
 pub(crate) const IMMORTAL: usize = 1;
@@ -22,3 +23,10 @@ pub(crate) unsafe fn header_of(start: *mut u8, size: usize) -> *mut usize {
     // SAFETY: the last word of a Gc slot lies inside the slot (slots are at least 16 bytes).
     unsafe { start.add(size - 8).cast::<usize>() }
 }
+
+/// The flag of a mutably borrowed `GcCell` (its first word).
+pub(crate) const WRITING: usize = usize::MAX;
+
+/// What a `GcRefMut` adds to its cell's address: an odd word is never a `Gc`, so the termination
+/// scan checks only such words for an open guard (see `mark::TERMINATING`).
+pub(crate) const GUARD_TAG: usize = 1;

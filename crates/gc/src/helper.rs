@@ -185,6 +185,7 @@ fn process(tracer: &mut Tracer, work: Work) {
             unsafe { (vtable_of(header).trace)(start as *const u8, tracer) };
         }
         Work::Range(lo, hi) => tracer.marker.scan(lo, hi),
+        Work::Root(lo, hi) => tracer.marker.scan_root(lo, hi),
     }
 }
 

@@ -51,7 +51,9 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod barrier;
 mod cell;
+mod checkmark;
 mod collector;
 mod header;
 mod helper;
@@ -64,9 +66,10 @@ mod stats;
 mod sweeper;
 mod trace;
 mod workbuf;
+mod worker;
 
 pub use cell::{BorrowError, GcCell, GcRef, GcRefMut};
-pub use collector::{POISON, collect, keep_alive, retire, set_clobber_free};
+pub use collector::{POISON, collect, keep_alive, retire, set_checkmark, set_clobber_free};
 pub use helper::{helper_thread_id, start_mark_helper};
 pub use mark::set_scan_unaligned;
 pub use pacer::{set_memory_limit, set_percent};
@@ -75,3 +78,4 @@ pub use roots::{Mutators, RootVisitor, install, uninstall};
 pub use stats::{GcStats, set_trace, stats};
 pub use sweeper::sweeper_thread_id;
 pub use trace::{Trace, Tracer};
+pub use worker::worker_thread_id;

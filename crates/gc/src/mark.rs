@@ -2,10 +2,10 @@
 //! arbitrary memory (stacks, statics, malloc blocks). `Tracer` (trace.rs) wraps it for `Trace`
 //! impls; the cycle (collector.rs) drives it.
 
-use crate::header::{CONSTRUCTING, header_of};
+use crate::header::{CONSTRUCTING, GUARD_TAG, WRITING, header_of};
 use crate::workbuf::WorkStack;
 use goro_alloc::{Block, SpanKind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// One unit of marking work.
 #[derive(Clone, Copy)]
@@ -14,14 +14,33 @@ pub(crate) enum Work {
     Object(usize, usize),
     /// Memory to scan conservatively.
     Range(usize, usize),
+    /// Root memory to scan conservatively (stacks, registers, thread-locals, statics): at
+    /// termination, every marked object it points into is scanned again (see [`TERMINATING`]).
+    Root(usize, usize),
 }
+
+/// True while mark termination rescans, with the world stopped. A `GcCell` whose mutable borrow
+/// is still open then may hold what its holder wrote since the cell was scanned, and nothing
+/// was logged for it (barrier.rs): its guard is found instead, and the object holding the cell
+/// is scanned again, whole and conservatively.
+///
+/// - A guard in registers or on a stack may have been reduced by the compiler to any pointer
+///   into the cell (or into the value it lends), so every marked object a root word points
+///   into is rescanned.
+/// - A guard stored in memory (a `Vec` or `Box` of guards, a thread-local) holds its cell's
+///   address plus one (cell.rs): an odd word into a marked object whose preceding byte starts
+///   a word reading "mutably borrowed" is such a guard. Aligned words (every `Gc` in a
+///   `Vec<Gc<T>>`) cost nothing more.
+pub(crate) static TERMINATING: AtomicBool = AtomicBool::new(false);
 
 /// The marking state behind a [`Tracer`].
 pub(crate) struct Marker {
     pub(crate) work: WorkStack<Work>,
     /// Words the conservative scan marked from lately, direct-mapped by address: stacks repeat
     /// the same few pointers (the goroutine's G, the channel it waits on) from frame to frame,
-    /// and a repeat needs no second lookup (the world is stopped, so the answer is the same).
+    /// and a repeat needs no second lookup: the block it reached is marked, and a Gc slot that
+    /// was free is allocated black if it is allocated while the cycle marks. Forgotten when
+    /// termination begins, whose rescan must see every word.
     pub(crate) recent: [usize; RECENT_WORDS],
 }
 
@@ -59,35 +78,106 @@ impl Marker {
     /// Marks whatever allocated block `word` points into, if any.
     #[inline]
     pub(crate) fn mark_word(&mut self, word: usize) {
-        if let Some(block) = goro_alloc::find_block(word) {
-            self.mark_block(block);
+        if let Some(block) = goro_alloc::find_block(word)
+            && !self.mark_block(block)
+            && block.kind == SpanKind::Gc
+        {
+            self.marked_again(block, word, false);
+        }
+    }
+
+    /// Like [`Marker::mark_word`], for a word of root memory.
+    #[inline]
+    fn mark_root_word(&mut self, word: usize) {
+        if let Some(block) = goro_alloc::find_block(word)
+            && !self.mark_block(block)
+            && block.kind == SpanKind::Gc
+        {
+            self.marked_again(block, word, true);
+        }
+    }
+
+    /// `word` points into `block`, a Gc object marked already: at termination, schedules the
+    /// object for a second, conservative scan if the word may be a `GcCell`'s open guard (see
+    /// [`TERMINATING`]).
+    #[inline]
+    fn marked_again(&mut self, block: Block, word: usize, from_root: bool) {
+        if !TERMINATING.load(Ordering::Relaxed) {
+            return;
+        }
+        let start = block.start as usize;
+        let guard = from_root || (word % WORD == GUARD_TAG && open_guard(word, start));
+        if guard {
+            // SAFETY: `block` is a slot of a Gc span; its header word lies inside it.
+            let header = unsafe { read_word(header_of(block.start, block.size)) };
+            if header != 0 {
+                self.work
+                    .push(Work::Range(start, start + block.size - WORD));
+            }
         }
     }
 
     /// Marks `block` (found in the arena index) and schedules it for tracing or scanning, if
-    /// this is the first time the cycle reaches it.
+    /// this is the first time the cycle reaches it; returns whether it was. A free Gc slot is
+    /// not marked, and reads as reached already.
     #[inline]
-    pub(crate) fn mark_block(&mut self, block: Block) {
+    pub(crate) fn mark_block(&mut self, block: Block) -> bool {
         let start = block.start as usize;
         match block.kind {
             SpanKind::Gc => {
-                // SAFETY: `block` is a slot of a Gc span; its header word lies inside it.
-                let header = unsafe { read_word(header_of(block.start, block.size)) };
-                if header != 0 && block.mark() {
-                    if header & CONSTRUCTING != 0 {
-                        // Half-built by a stopped thread: any layout, scan it all.
-                        self.work
-                            .push(Work::Range(start, start + block.size - WORD));
-                    } else {
-                        self.work.push(Work::Object(start, header));
-                    }
+                // Acquire: pairs with `Gc::new`'s Release stores, so a built object's value is
+                // seen (marking runs beside the mutators).
+                // SAFETY: `block` is a slot of a Gc span; its header word lies inside it, and
+                // every access to a header is atomic.
+                let header = unsafe { AtomicUsize::from_ptr(header_of(block.start, block.size)) }
+                    .load(Ordering::Acquire);
+                if header == 0 {
+                    return true;
                 }
+                if !block.mark() {
+                    return false;
+                }
+                if header & CONSTRUCTING != 0 {
+                    // Half-built (by a stopped thread, or by one running beside a concurrent
+                    // marker): any layout, scan it all. The builder logs it when it is built.
+                    self.work
+                        .push(Work::Range(start, start + block.size - WORD));
+                } else {
+                    self.work.push(Work::Object(start, header));
+                }
+                true
             }
             SpanKind::Malloc => {
                 if block.mark() {
                     self.work.push(Work::Range(start, start + block.size));
                 }
+                true
             }
+        }
+    }
+
+    /// Scans root memory `[lo, hi)` conservatively (see [`Work::Root`]).
+    pub(crate) fn scan_root(&mut self, lo: usize, hi: usize) {
+        if !TERMINATING.load(Ordering::Relaxed) {
+            self.scan(lo, hi);
+            return;
+        }
+        let mut at = lo.next_multiple_of(WORD);
+        while at + WORD <= hi {
+            // SAFETY: the range was reported as readable root memory.
+            let word = unsafe { read_word(at as *const usize) };
+            if goro_alloc::may_be_heap(word) {
+                let seen = &mut self.recent[(word / WORD) % RECENT_WORDS];
+                if *seen != word {
+                    *seen = word;
+                    self.mark_root_word(word);
+                }
+            }
+            at += WORD;
+        }
+        if SCAN_UNALIGNED.load(Ordering::Relaxed) {
+            // A packed struct's `Gc`: the unaligned pass marks; a guard is never packed.
+            self.scan_every_byte(lo, hi);
         }
     }
 
@@ -144,6 +234,16 @@ impl Marker {
     }
 }
 
+/// Whether `word` (odd, into the allocated Gc slot starting at `start`) may be an open
+/// `GcRefMut`: the word before it reads "mutably borrowed".
+#[inline]
+fn open_guard(word: usize, start: usize) -> bool {
+    let flag = word - GUARD_TAG;
+    // SAFETY: `flag` is an aligned address inside the allocated slot (it is at least `start`,
+    // and below `word`, which lies inside it).
+    flag >= start && unsafe { read_word(flag as *const usize) } == WRITING
+}
+
 /// Bytes in a word.
 const WORD: usize = core::mem::size_of::<usize>();
 
@@ -161,8 +261,10 @@ pub fn set_scan_unaligned(on: bool) {
 /// Reads a word that another thread may be writing: the collector's one deliberate departure
 /// from the memory model.
 ///
-/// Every other thread is stopped while the marker runs, but the stash-trap thread may be putting
-/// bytes back into a stack, and a thread may have been stopped in the middle of writing a block.
+/// Marking runs beside the mutators: a `GcCell` or a malloc block may be written while the
+/// marker reads it (what the write leaves is scanned again, see barrier.rs). With the world
+/// stopped, the stash-trap thread may be putting bytes back into a stack, and a thread may have
+/// been stopped in the middle of writing a block.
 /// A volatile read of an aligned word cannot tear on the platforms goro supports. Memory past a
 /// container's length may be uninitialised: the scan reads it as plain bits, which can only keep
 /// garbage alive.

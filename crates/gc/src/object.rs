@@ -5,9 +5,8 @@
 //! free — with [`IMMORTAL`](crate::header::IMMORTAL) in bit 0. A header of 0 means the slot is free: goro-alloc guarantees
 //! that for slots it has never handed out, and the sweeper zeroes the header before freeing.
 //!
-//! The header is written last by `Gc::new`, after the value, with no safe point in between; the
-//! collector only runs with every mutator stopped at a safe point, so it never sees a half-built
-//! object.
+//! While `Gc::new` writes the value, the header carries `CONSTRUCTING` (header.rs), and a marker
+//! that finds the object then scans it conservatively.
 
 use crate::header::FLAGS;
 use crate::trace::{Trace, Tracer};
@@ -22,6 +21,8 @@ pub(crate) struct VTable {
     pub(crate) drop: Option<unsafe fn(*mut u8)>,
     /// `size_of::<T>()`, for statistics.
     pub(crate) size: usize,
+    /// `T`'s name, for gccheckmark's report.
+    pub(crate) name: fn() -> &'static str,
 }
 
 /// The per-type constants of a `Gc<T>` slot.
@@ -46,6 +47,7 @@ impl<T: Trace> Layout<T> {
             None
         },
         size: size_of::<T>(),
+        name: core::any::type_name::<T>,
     };
 }
 

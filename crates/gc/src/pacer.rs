@@ -8,7 +8,9 @@
 //!
 //! where `live` is the Gc bytes the cycle marked and `roots` the bytes of root memory it scanned
 //! (stacks, G structs), since scanning roots is work that grows with them just as marking does. A
-//! cycle starts when the Gc heap (live bytes plus bytes allocated since) reaches the goal. GOGC < 0
+//! cycle starts when the Gc heap (live bytes plus bytes allocated since) has covered 70 % of the
+//! way from `live` to the goal, so that concurrent marking ends near the goal; an allocation
+//! past the goal while a cycle runs waits for it a little. GOGC < 0
 //! ("off") disables the trigger; a memory limit (GOMEMLIMIT) caps the goal, but never below
 //! `live + live / 8`, so that a heap over its limit does not collect back-to-back forever (Go
 //! bounds that case by capping the collector at half the CPU; this is the stop-the-world version's
@@ -28,6 +30,19 @@ static LIVE: AtomicUsize = AtomicUsize::new(0);
 static ROOTS: AtomicUsize = AtomicUsize::new(0);
 static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
 static GOAL: AtomicUsize = AtomicUsize::new(HEAP_MINIMUM);
+static TRIGGER: AtomicUsize = AtomicUsize::new(trigger_for(0, HEAP_MINIMUM));
+
+/// How far from the live heap to the goal a cycle starts, in tenths: marking runs beside the
+/// mutators, which keep allocating, so it starts before the goal (Go's trigger bounds are 0.7
+/// and 0.95 of the runway).
+const TRIGGER_TENTHS: usize = 7;
+
+const fn trigger_for(live: usize, goal: usize) -> usize {
+    if goal == usize::MAX || goal <= live {
+        return goal;
+    }
+    live + (goal - live) / 10 * TRIGGER_TENTHS
+}
 
 /// Sets GOGC (Go's `debug.SetGCPercent`): a cycle starts when the heap has grown by `percent`
 /// percent over the live heap; a negative value turns automatic collection off. Returns the
@@ -70,8 +85,9 @@ pub(crate) fn add_allocated(bytes: usize) {
     ALLOCATED.fetch_add(bytes, Ordering::Relaxed);
 }
 
+/// Whether the heap has reached the point where the next cycle starts.
 pub(crate) fn should_trigger() -> bool {
-    heap_alloc() >= goal()
+    heap_alloc() >= TRIGGER.load(Ordering::Relaxed)
 }
 
 /// Called at the end of each cycle with what it found.
@@ -87,6 +103,7 @@ fn recompute_goal() {
     let roots = ROOTS.load(Ordering::Relaxed);
     let goal = compute_goal(live, roots, percent(), memory_limit());
     GOAL.store(goal, Ordering::Relaxed);
+    TRIGGER.store(trigger_for(live, goal), Ordering::Relaxed);
 }
 
 /// The goal formula, separate so it can be tested.

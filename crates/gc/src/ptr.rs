@@ -107,6 +107,11 @@ impl<T: Trace + Send + 'static> Gc<T> {
                 vtable as *const _ as usize,
                 core::sync::atomic::Ordering::Release,
             );
+            if crate::barrier::marking() {
+                // Allocated black: what the value points to must be shaded (it may have come
+                // from a stack the marker scanned already).
+                crate::barrier::log_object(slot as usize);
+            }
             Gc {
                 ptr: NonNull::new_unchecked(slot.cast::<T>()),
             }

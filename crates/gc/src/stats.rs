@@ -23,7 +23,8 @@ pub struct GcStats {
     pub forced_cycles: u64,
     /// Total stop-the-world time (Go's `PauseTotalNs`).
     pub pause_total: Duration,
-    /// The most recent pauses, oldest first, at most `PAUSE_HISTORY` (256).
+    /// The most recent pauses, oldest first, at most `PAUSE_HISTORY` (256): two per cycle (its
+    /// first pause, then its mark termination), as Go's `PauseNs` records them.
     pub pauses: Vec<Duration>,
     /// Gc bytes found live by the last cycle.
     pub heap_live: usize,
@@ -180,8 +181,12 @@ pub fn stats() -> GcStats {
 pub(crate) struct CycleReport {
     pub(crate) forced: bool,
     pub(crate) heap_before: usize,
-    pub(crate) stop: Duration,
+    /// The first pause: from the request to the restart (the world's stop, the roots).
+    pub(crate) start_pause: Duration,
+    /// Concurrent marking, from the first pause to the second.
     pub(crate) mark: Duration,
+    /// The second pause (mark termination and condemning).
+    pub(crate) end_pause: Duration,
     pub(crate) sweep: Duration,
     pub(crate) live_bytes: usize,
     pub(crate) live_objects: usize,
@@ -196,17 +201,19 @@ pub(crate) struct CycleReport {
 pub(crate) fn record(report: &CycleReport) {
     let mut counters = COUNTERS.lock().unwrap_or_else(|poison| poison.into_inner());
     let started = *counters.started.get_or_insert(report.began);
-    // The world is stopped while the cycle stops it and marks; the sweep runs with it going.
-    let pause = report.stop + report.mark;
-    counters.busy += pause + report.sweep;
+    // Two pauses per cycle, as Go records them; marking and the sweep run with the world going.
+    let pause = report.start_pause + report.end_pause;
+    counters.busy += pause + report.mark + report.sweep;
     let stats = &mut counters.stats;
     stats.cycles += 1;
     stats.forced_cycles += u64::from(report.forced);
     stats.pause_total += pause;
-    if stats.pauses.len() == PAUSE_HISTORY {
-        stats.pauses.remove(0);
+    for one in [report.start_pause, report.end_pause] {
+        if stats.pauses.len() == PAUSE_HISTORY {
+            stats.pauses.remove(0);
+        }
+        stats.pauses.push(one);
     }
-    stats.pauses.push(pause);
     stats.heap_live = report.live_bytes;
     stats.live_objects = report.live_objects;
     stats.roots_scanned = report.roots;
@@ -216,7 +223,7 @@ pub(crate) fn record(report: &CycleReport) {
     if !TRACE.load(Ordering::Relaxed) {
         return;
     }
-    let elapsed = report.began.duration_since(started) + pause + report.sweep;
+    let elapsed = report.began.duration_since(started) + pause + report.mark + report.sweep;
     let share = 100.0 * counters.busy.as_secs_f64() / elapsed.as_secs_f64().max(1e-9);
     let cycles = counters.stats.cycles;
     // Printed after the counters' lock is released: a thread that holds stderr's lock and then
@@ -230,9 +237,9 @@ pub(crate) fn record(report: &CycleReport) {
         cycles,
         elapsed.as_secs_f64(),
         share,
-        ms(report.stop),
+        ms(report.start_pause),
         ms(report.mark),
-        ms(report.sweep),
+        ms(report.end_pause),
         mb(report.heap_before),
         mb(report.heap_before),
         mb(report.live_bytes),

@@ -36,9 +36,9 @@ pub struct Config {
     /// stashed under it whatever this says.)
     pub stash_parked_stacks: Promised,
     /// The kernel ids of other threads of the runtime's that the deadlock check must not count
-    /// as ones that could wake a goroutine, if they run (the collector's sweeper and mark
-    /// helper).
-    pub runtime_threads: Option<fn() -> [Option<i32>; 2]>,
+    /// as ones that could wake a goroutine, if they run (the collector's sweeper, mark
+    /// helper and mark worker).
+    pub runtime_threads: Option<fn() -> [Option<i32>; 3]>,
     /// Whether a panic that no `JoinHandle` can see any more (the handle was dropped) ends the
     /// process with exit status 2, as an unrecovered panic in any goroutine does in Go. When
     /// false it is only printed (by the panic hook) and the program goes on.

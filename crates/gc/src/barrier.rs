@@ -1,0 +1,286 @@
+//! The write barrier: what mutators tell the collector while it marks beside them.
+//!
+//! Marking runs concurrently with the mutators (collector.rs has the cycle). Two kinds of memory
+//! can then change under the marker:
+//!
+//! - **Memory without a barrier** (stacks, registers, thread-locals, statics, malloc blocks) is
+//!   scanned again at mark termination, with the world stopped. The marker needs nothing from
+//!   the mutators for it.
+//! - **Collected objects** change only through their `GcCell`s (`Trace` exists for no other
+//!   interior mutability). A mutable borrow that ends while the collector marks logs the cell's
+//!   bytes here, and the marker scans them again: a Dijkstra barrier at the granularity of a
+//!   borrow, whatever the borrow wrote. A borrow still open at termination is found instead by
+//!   the guard that holds it (mark.rs, [`crate::mark::TERMINATING`]).
+//! - **New objects** are allocated black during marking, and `Gc::new` logs each one when its
+//!   value is in place, so that what the value points to is shaded (the value's `Gc`s may have
+//!   come from a stack already scanned).
+//!
+//! A mutator never marks anything itself: a thread may be stopped by signal anywhere, halfway
+//! through a barrier, and a mark bit set by a thread stopped before it pushed the object would
+//! hide the object's children from the marker. It only appends to [`LOG`], a bounded
+//! multi-producer queue in memory mapped for it (Vyukov's sequence-numbered ring). An entry a
+//! stopped producer reserved but did not fill is missed at termination, and that is safe: the
+//! producer logs before it releases the borrow, so the cell still reads as mutably borrowed and
+//! the producer holds a pointer to it, which the termination scan of its registers finds.
+
+use crate::header::{CONSTRUCTING, header_of};
+use crate::mark::{Marker, Work};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+
+/// True from mark start to mark termination (both with the world stopped): the barrier logs.
+static MARKING: AtomicBool = AtomicBool::new(false);
+
+/// Whether the collector is marking: the barrier's one branch.
+#[inline(always)]
+pub(crate) fn marking() -> bool {
+    MARKING.load(Ordering::Relaxed)
+}
+
+/// Turns the barrier on or off. Called with the world stopped only, so every mutator sees the
+/// change when it runs again.
+pub(crate) fn set_marking(on: bool) {
+    MARKING.store(on, Ordering::Relaxed);
+}
+
+/// Entries of the log (a power of two).
+const ENTRIES: usize = 1 << 16;
+
+/// One logged item: `[lo, hi)` to scan conservatively, or with `hi == 0` the object at `lo` to
+/// trace. `seq` is the ring's sequence number for the slot.
+#[repr(C)]
+struct Entry {
+    seq: AtomicUsize,
+    lo: AtomicUsize,
+    hi: AtomicUsize,
+}
+
+/// The ring's memory, mapped by [`prepare`] before the first cycle.
+static RING: AtomicPtr<Entry> = AtomicPtr::new(core::ptr::null_mut());
+/// The next position a producer reserves.
+static TAIL: AtomicUsize = AtomicUsize::new(0);
+/// The next position the consumer takes (the consumer is the one thread that marks).
+static HEAD: AtomicUsize = AtomicUsize::new(0);
+
+/// Maps the log if it is not yet mapped. Called before a cycle stops the world (mapping and
+/// touching it is work the pause can do without).
+pub(crate) fn prepare() {
+    if !RING.load(Ordering::Acquire).is_null() {
+        return;
+    }
+    let bytes = ENTRIES * size_of::<Entry>();
+    // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+    let base = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        eprintln!("fatal error: goro-gc: cannot map memory for the write barrier's log");
+        std::process::abort();
+    }
+    let ring = base.cast::<Entry>();
+    for i in 0..ENTRIES {
+        // SAFETY: entry `i` lies inside the fresh mapping, which nobody else sees yet.
+        unsafe { (*ring.add(i)).seq.store(i, Ordering::Relaxed) };
+    }
+    // Only the collecting thread prepares (it holds no lock, but cycles are serial); a second
+    // mapping would only leak. Release: the sequence numbers are in place before the ring is.
+    if RING
+        .compare_exchange(
+            core::ptr::null_mut(),
+            ring,
+            Ordering::Release,
+            Ordering::Acquire,
+        )
+        .is_err()
+    {
+        // SAFETY: our own mapping, never published.
+        unsafe { libc::munmap(base, bytes) };
+    }
+}
+
+#[inline]
+fn entry(ring: *mut Entry, position: usize) -> &'static Entry {
+    // SAFETY: the ring has ENTRIES entries and is never unmapped.
+    unsafe { &*ring.add(position % ENTRIES) }
+}
+
+/// Logs `[lo, hi)` (the bytes of a `GcCell` whose mutable borrow ends) for a scan. Memory outside
+/// goro's heap (a cell on a stack, in a static) is scanned again at termination anyway, and may
+/// be gone by the time the marker would read it: it is not logged.
+///
+/// A cell this thread logged last and the marker has not taken yet is not logged again: the
+/// marker reads the cell when it takes the entry, after this write (the fences order the two).
+/// A loop that rewrites one cell then adds one entry per marker pass, not one per write.
+#[cold]
+#[inline(never)]
+pub(crate) fn log_range(lo: usize, hi: usize) {
+    if !goro_alloc::may_be_heap(lo) || lo >= hi {
+        return;
+    }
+    let last = LAST_LOGGED.get();
+    if last.1 == lo {
+        // SeqCst: this thread's writes to the cell are ordered before the look at the entry,
+        // as the marker's take of the entry is before its read of the cell (`drain`).
+        core::sync::atomic::fence(Ordering::SeqCst);
+        let ring = RING.load(Ordering::Acquire);
+        if !ring.is_null() {
+            let slot = entry(ring, last.0);
+            if slot.seq.load(Ordering::Relaxed) == last.0 + 1
+                && slot.lo.load(Ordering::Relaxed) == lo
+            {
+                return;
+            }
+        }
+    }
+    if let Some(position) = push(lo, hi) {
+        LAST_LOGGED.set((position, lo));
+    }
+}
+
+thread_local! {
+    /// The position and start of the cell this thread logged last.
+    static LAST_LOGGED: core::cell::Cell<(usize, usize)> = const { core::cell::Cell::new((0, 0)) };
+}
+
+/// Logs the object at `start`, built during marking, for a trace.
+#[cold]
+#[inline(never)]
+pub(crate) fn log_object(start: usize) {
+    push(start, 0);
+}
+
+/// Appends an item; returns its position, or `None` when it was dropped (no ring, or marking
+/// ended while the ring was full).
+fn push(lo: usize, hi: usize) -> Option<usize> {
+    // Acquire: pairs with `prepare`'s Release. Marking starts only after `prepare`.
+    let ring = RING.load(Ordering::Acquire);
+    if ring.is_null() {
+        return None;
+    }
+    let mut position = TAIL.load(Ordering::Relaxed);
+    loop {
+        let slot = entry(ring, position);
+        // Acquire: pairs with the consumer's Release when it frees the slot.
+        let seq = slot.seq.load(Ordering::Acquire);
+        let lag = seq.wrapping_sub(position) as isize;
+        if lag == 0 {
+            match TAIL.compare_exchange_weak(
+                position,
+                position + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    slot.lo.store(lo, Ordering::Relaxed);
+                    slot.hi.store(hi, Ordering::Relaxed);
+                    // Release: the item is written before the slot reads as full.
+                    slot.seq.store(position + 1, Ordering::Release);
+                    return Some(position);
+                }
+                Err(now) => position = now,
+            }
+        } else if lag < 0 {
+            // Full: the marker is behind. Wait for it; once marking has ended the item is not
+            // needed (termination scanned this thread, which holds the cell, with the world
+            // stopped).
+            if !marking() {
+                return None;
+            }
+            std::thread::yield_now();
+            position = TAIL.load(Ordering::Relaxed);
+        } else {
+            position = TAIL.load(Ordering::Relaxed);
+        }
+    }
+}
+
+/// Moves logged items onto `marker`'s work list; returns how many. Called by the one thread that
+/// marks. With `everything` (at termination, the world stopped) it also takes items that follow
+/// a slot a stopped producer reserved but did not fill; those stay in the ring and are taken
+/// again by a later drain, which costs a second scan and nothing else.
+pub(crate) fn drain(marker: &mut Marker, everything: bool) -> usize {
+    let ring = RING.load(Ordering::Acquire);
+    if ring.is_null() {
+        return 0;
+    }
+    let mut head = HEAD.load(Ordering::Relaxed);
+    let tail = TAIL.load(Ordering::Acquire);
+    let mut taken = 0;
+    let mut contiguous = true;
+    let mut position = head;
+    // With the world stopped a range needs one scan, however often it was logged.
+    let mut seen = [0usize; 256];
+    while position != tail {
+        let slot = entry(ring, position);
+        // Acquire: pairs with the producer's Release.
+        if slot.seq.load(Ordering::Acquire) == position + 1 {
+            let lo = slot.lo.load(Ordering::Relaxed);
+            let hi = slot.hi.load(Ordering::Relaxed);
+            if contiguous {
+                // Release: the item is read before a producer may reuse the slot.
+                slot.seq.store(position + ENTRIES, Ordering::Release);
+                head = position + 1;
+            }
+            let repeat = &mut seen[(lo / 8) % seen.len()];
+            if !(everything && *repeat == lo) {
+                *repeat = lo;
+                take(marker, lo, hi);
+                taken += 1;
+            }
+        } else if everything {
+            contiguous = false;
+        } else {
+            break;
+        }
+        position += 1;
+    }
+    HEAD.store(head, Ordering::Relaxed);
+    // SeqCst: the entries are taken before the cells are read (see `log_range`).
+    core::sync::atomic::fence(Ordering::SeqCst);
+    taken
+}
+
+/// Whether the log holds an item the consumer could take now.
+pub(crate) fn has_ready() -> bool {
+    let ring = RING.load(Ordering::Acquire);
+    if ring.is_null() {
+        return false;
+    }
+    let head = HEAD.load(Ordering::Relaxed);
+    head != TAIL.load(Ordering::Acquire)
+        && entry(ring, head).seq.load(Ordering::Acquire) == head + 1
+}
+
+fn take(marker: &mut Marker, lo: usize, hi: usize) {
+    if hi != 0 {
+        marker.work.push(Work::Range(lo, hi));
+        return;
+    }
+    // An object built during marking (black already): trace it without a mark check. No object
+    // is freed while a cycle marks, but the entry may be a stale one from an earlier cycle, so
+    // the slot is read as it is now.
+    let Some(block) = goro_alloc::find_block(lo) else {
+        return;
+    };
+    if block.kind != goro_alloc::SpanKind::Gc || block.start as usize != lo {
+        return;
+    }
+    // SAFETY: `block` is a slot of a Gc span; its header word lies inside it and is only ever
+    // accessed atomically.
+    let header = unsafe { AtomicUsize::from_ptr(header_of(block.start, block.size)) }
+        .load(Ordering::Acquire);
+    if header == 0 {
+        return;
+    }
+    if header & CONSTRUCTING != 0 {
+        marker.work.push(Work::Range(lo, lo + block.size - 8));
+    } else {
+        marker.work.push(Work::Object(lo, header));
+    }
+}

@@ -1,0 +1,321 @@
+//! Concurrent marking: mutators rewire a shared graph through `GcCell`s while the collector
+//! marks beside them, with `gccheckmark` (a stop-the-world marking checks each cycle's and aborts
+//! naming any object it missed) and `clobberfree` (a freed object reads as poison) on.
+
+mod common;
+
+use goro::gc::GcRefMut;
+use goro::{Gc, GcCell, Trace};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+#[global_allocator]
+static ALLOC: goro::alloc::GoroAlloc = goro::alloc::GoroAlloc;
+
+#[derive(Trace)]
+struct Node {
+    value: u64,
+    /// Derived from `value`: a poisoned or reused object fails the check.
+    check: [u64; 2],
+    next: GcCell<Option<Gc<Node>>>,
+}
+
+fn node(value: u64, next: Option<Gc<Node>>) -> Gc<Node> {
+    Gc::new(Node {
+        value,
+        check: [value ^ 0x5a5a, value.wrapping_mul(7)],
+        next: GcCell::new(next),
+    })
+}
+
+fn assert_intact(node: &Node) {
+    assert_eq!(
+        node.check,
+        [node.value ^ 0x5a5a, node.value.wrapping_mul(7)],
+        "a reachable node was freed or overwritten"
+    );
+}
+
+/// Slots of the shared graph; each holds a chain of nodes.
+const SLOTS: usize = 64;
+
+/// The slots are inline, so that every store into the graph goes through the barrier (a `Vec`'s
+/// buffer would be memory without one, rescanned at termination anyway).
+#[derive(Trace)]
+struct Graph {
+    slots: [GcCell<Option<Gc<Node>>>; SLOTS],
+}
+
+/// Walks every chain and checks every node; returns how many it saw.
+fn check_graph(graph: &Graph) -> usize {
+    let mut seen = 0;
+    for slot in &graph.slots {
+        let Ok(head) = slot.try_borrow() else {
+            continue;
+        };
+        let mut at = *head;
+        drop(head);
+        while let Some(node) = at {
+            assert_intact(&node);
+            seen += 1;
+            at = match node.next.try_borrow() {
+                Ok(next) => *next,
+                Err(_) => None,
+            };
+            if seen > 1_000_000 {
+                break;
+            }
+        }
+    }
+    seen
+}
+
+/// A small xorshift generator.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// One mutator's rewiring: every way a `Gc` can travel between cells (through the stack, a
+/// `Vec` on the heap, a new object, a cell whose borrow stays open across yields, guards kept in
+/// a `Vec`), keeping every node it handles reachable from the graph or its own frame.
+fn rewire(graph: Gc<Graph>, seed: u64, stop: &AtomicBool, yields: bool) -> u64 {
+    let mut rng = Rng(seed | 1);
+    let mut rounds = 0;
+    while !stop.load(Ordering::Relaxed) {
+        rounds += 1;
+        let i = rng.below(SLOTS);
+        let j = rng.below(SLOTS);
+        match rng.below(8) {
+            // Move a chain's head from one slot into a new node in another (a new object built
+            // from a value taken out of a cell: allocated black, its value must be shaded). The
+            // chain the new node displaces becomes garbage.
+            0 => {
+                let taken = graph.slots[i]
+                    .try_borrow_mut()
+                    .ok()
+                    .and_then(|mut s| s.take());
+                if let Some(taken) = taken {
+                    let fresh = node(rng.next(), Some(taken));
+                    let home = if graph.slots[j].try_borrow_mut().is_ok() {
+                        j
+                    } else {
+                        i
+                    };
+                    if let Ok(mut to) = graph.slots[home].try_borrow_mut() {
+                        *to = Some(fresh);
+                    }
+                }
+            }
+            // Swap two slots through the stack.
+            1 => {
+                if i != j
+                    && let (Ok(mut a), Ok(mut b)) = (
+                        graph.slots[i].try_borrow_mut(),
+                        graph.slots[j].try_borrow_mut(),
+                    )
+                {
+                    core::mem::swap(&mut *a, &mut *b);
+                }
+            }
+            // Move heads out through a heap `Vec` and back in reverse, yielding in between (a
+            // collection may start and mark while they are only in the Vec's buffer).
+            2 => {
+                let mut held: Vec<Gc<Node>> = Vec::new();
+                for k in 0..4 {
+                    let at = (i + k) % SLOTS;
+                    if let Ok(mut s) = graph.slots[at].try_borrow_mut()
+                        && let Some(n) = s.take()
+                    {
+                        held.push(n);
+                    }
+                }
+                if yields {
+                    goro::yield_now();
+                }
+                for k in 0..4 {
+                    let Some(n) = held.pop() else { break };
+                    let at = (j + k) % SLOTS;
+                    match graph.slots[at].try_borrow_mut() {
+                        Ok(mut s) if s.is_none() => *s = Some(n),
+                        _ => held.insert(0, n),
+                    }
+                }
+                // What found no free slot replaces a chain's head (that chain becomes garbage).
+                for n in held {
+                    if let Some(mut s) =
+                        (0..SLOTS).find_map(|k| graph.slots[k].try_borrow_mut().ok())
+                    {
+                        *s = Some(n);
+                    }
+                }
+            }
+            // Hold a mutable borrow open across yields and write into it meanwhile: the cell is
+            // found through its guard at termination (nothing is logged until it ends).
+            3 => {
+                if let Ok(mut s) = graph.slots[i].try_borrow_mut() {
+                    for _ in 0..3 {
+                        let fresh = node(rng.next(), s.take());
+                        if yields {
+                            goro::yield_now();
+                        }
+                        *s = Some(fresh);
+                    }
+                }
+            }
+            // Guards kept in a heap `Vec` (an open borrow reached only through a malloc block).
+            4 => {
+                let mut guards: Vec<GcRefMut<'_, Option<Gc<Node>>>> = Vec::new();
+                for k in 0..3 {
+                    if let Ok(g) = graph.slots[(i + k) % SLOTS].try_borrow_mut() {
+                        guards.push(g);
+                    }
+                }
+                if guards.len() >= 2 {
+                    let first = guards[0].take();
+                    if yields {
+                        goro::yield_now();
+                    }
+                    let second = guards[1].replace(first.unwrap_or_else(|| node(rng.next(), None)));
+                    *guards[0] = second;
+                }
+                drop(guards);
+            }
+            // Hang a chain's head behind another chain's head (a store into a cell of an object
+            // that may be black already); what that head pointed to becomes garbage.
+            5 => {
+                let taken = graph.slots[i]
+                    .try_borrow_mut()
+                    .ok()
+                    .and_then(|mut s| s.take());
+                if let Some(taken) = taken {
+                    let host = graph.slots[j].try_borrow().ok().and_then(|s| *s);
+                    let hung = host.is_some_and(|host| {
+                        !Gc::ptr_eq(&host, &taken)
+                            && host.next.try_borrow_mut().is_ok_and(|mut next| {
+                                *next = Some(taken);
+                                true
+                            })
+                    });
+                    if !hung && let Ok(mut s) = graph.slots[i].try_borrow_mut() {
+                        *s = Some(taken);
+                    }
+                }
+            }
+            // Move nodes out of a heap `Vec` (marked by a first pause but not yet scanned,
+            // perhaps) into a cell whose borrow then stays open across yields, with the guard on
+            // the stack or kept in a `Vec`: at termination the last node is only in that cell.
+            6 => {
+                let mut held: Vec<Option<Gc<Node>>> =
+                    (0..4).map(|_| Some(node(rng.next(), None))).collect();
+                if yields {
+                    goro::yield_now();
+                }
+                let mut guards = Vec::new();
+                if let Ok(mut cell) = graph.slots[i].try_borrow_mut() {
+                    for x in &mut held {
+                        *cell = x.take();
+                    }
+                    drop(held);
+                    if rng.below(2) == 0 {
+                        guards.push(cell);
+                    } else {
+                        for _ in 0..4 {
+                            if yields {
+                                goro::yield_now();
+                            }
+                        }
+                        drop(cell);
+                    }
+                }
+                for _ in 0..4 {
+                    if yields {
+                        goro::yield_now();
+                    }
+                }
+                drop(guards);
+            }
+            // Garbage, and a check of what is reachable.
+            _ => {
+                for _ in 0..16 {
+                    node(rng.next(), None);
+                }
+                if rounds % 64 == 0 {
+                    check_graph(&graph);
+                }
+            }
+        }
+    }
+    rounds
+}
+
+fn rewire_during_collections(procs: usize, cycles: u64) {
+    common::run_clobbering(procs, move || {
+        goro::gc::set_checkmark(true);
+        let graph = Gc::new(Graph {
+            slots: core::array::from_fn(|i| GcCell::new(Some(node(i as u64, None)))),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let mutators: Vec<_> = (0..2)
+            .map(|m| {
+                let stop = Arc::clone(&stop);
+                let rounds = Arc::clone(&rounds);
+                goro::go(move || {
+                    let done = rewire(graph, 0x9e37_79b9 + m, &stop, true);
+                    rounds.fetch_add(done as usize, Ordering::Relaxed);
+                })
+            })
+            .collect();
+        let thread = {
+            let stop = Arc::clone(&stop);
+            let rounds = Arc::clone(&rounds);
+            std::thread::spawn(move || {
+                let done = rewire(graph, 0x51ed_270b, &stop, false);
+                rounds.fetch_add(done as usize, Ordering::Relaxed);
+            })
+        };
+        let before = goro::gc::stats().cycles;
+        while goro::gc::stats().cycles < before + cycles {
+            goro::gc::collect();
+            check_graph(&graph);
+        }
+        stop.store(true, Ordering::Relaxed);
+        for m in mutators {
+            m.join().unwrap();
+        }
+        thread.join().unwrap();
+        goro::gc::collect();
+        assert!(check_graph(&graph) >= 1);
+        goro::gc::set_checkmark(false);
+        assert!(
+            rounds.load(Ordering::Relaxed) > 0,
+            "the mutators never ran beside the collections"
+        );
+    });
+}
+
+#[test]
+fn rewiring_during_marking_misses_nothing_at_1_p() {
+    rewire_during_collections(1, 200);
+}
+
+#[test]
+fn rewiring_during_marking_misses_nothing_at_2_ps() {
+    rewire_during_collections(2, 200);
+}
+
+#[test]
+fn rewiring_during_marking_misses_nothing_at_4_ps() {
+    rewire_during_collections(4, 200);
+}
