@@ -11,9 +11,9 @@
 //!   bytes here, and the marker scans them again: a Dijkstra barrier at the granularity of a
 //!   borrow, whatever the borrow wrote. A borrow still open at termination is found instead by
 //!   the guard that holds it (mark.rs, [`crate::mark::TERMINATING`]).
-//! - **New objects** are allocated black during marking, and `Gc::new` logs each one when its
-//!   value is in place, so that what the value points to is shaded (the value's `Gc`s may have
-//!   come from a stack already scanned).
+//! - **New objects** are allocated black during marking, and `Gc::new` logs, once the value is
+//!   in place, every block the value points into that is not marked yet, so that it is shaded
+//!   (the value's `Gc`s may have come from a stack already scanned).
 //!
 //! A mutator never marks anything itself: a thread may be stopped by signal anywhere, halfway
 //! through a barrier, and a mark bit set by a thread stopped before it pushed the object would
@@ -23,7 +23,7 @@
 //! producer logs before it releases the borrow, so the cell still reads as mutably borrowed and
 //! the producer holds a pointer to it, which the termination scan of its registers finds.
 
-use crate::header::{CONSTRUCTING, header_of};
+use crate::header::header_of;
 use crate::mark::{Marker, Work};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
@@ -45,8 +45,8 @@ pub(crate) fn set_marking(on: bool) {
 /// Entries of the log (a power of two).
 const ENTRIES: usize = 1 << 16;
 
-/// One logged item: `[lo, hi)` to scan conservatively, or with `hi == 0` the object at `lo` to
-/// trace. `seq` is the ring's sequence number for the slot.
+/// One logged item: `[lo, hi)` to scan conservatively, or with `hi == 0` a word to mark what it
+/// points into. `seq` is the ring's sequence number for the slot.
 #[repr(C)]
 struct Entry {
     seq: AtomicUsize,
@@ -148,11 +148,39 @@ thread_local! {
     static LAST_LOGGED: core::cell::Cell<(usize, usize)> = const { core::cell::Cell::new((0, 0)) };
 }
 
-/// Logs the object at `start`, built during marking, for a trace.
+/// Shades what a new object points to: `Gc::new` calls it once the value is in place, while the
+/// collector marks. The object itself is black already (allocated so), so the marker never
+/// traces it: every word of it that points into a block the marker has not marked is logged
+/// for the marker to mark (a word pointing into a marked block needs nothing: that block is
+/// traced or scanned by whoever marked it). In a tree built bottom-up every child is new, hence
+/// black, and nothing is logged. The bytes are read as the marker reads them (`read_word`),
+/// padding included; a stale word only keeps garbage alive.
 #[cold]
 #[inline(never)]
-pub(crate) fn log_object(start: usize) {
-    push(start, 0);
+pub(crate) fn shade_new(start: usize, size: usize) {
+    for at in (start..start + size - 8).step_by(8) {
+        // SAFETY: an aligned word of the object this thread has just built, inside its slot.
+        let word = unsafe { core::ptr::read_volatile(at as *const usize) };
+        if !goro_alloc::may_be_heap(word) {
+            continue;
+        }
+        let Some(block) = goro_alloc::find_block(word) else {
+            continue;
+        };
+        if block.is_marked() {
+            continue;
+        }
+        if block.kind == goro_alloc::SpanKind::Gc {
+            // SAFETY: `block` is a slot of a Gc span; its header word lies inside it, and every
+            // access to a header is atomic.
+            let header = unsafe { AtomicUsize::from_ptr(header_of(block.start, block.size)) }
+                .load(Ordering::Acquire);
+            if header == 0 {
+                continue;
+            }
+        }
+        push(word, 0);
+    }
 }
 
 /// Appends an item; returns its position, or `None` when it was dropped (no ring, or marking
@@ -258,29 +286,11 @@ pub(crate) fn has_ready() -> bool {
 }
 
 fn take(marker: &mut Marker, lo: usize, hi: usize) {
-    if hi != 0 {
-        marker.work.push(Work::Range(lo, hi));
-        return;
-    }
-    // An object built during marking (black already): trace it without a mark check. No object
-    // is freed while a cycle marks, but the entry may be a stale one from an earlier cycle, so
-    // the slot is read as it is now.
-    let Some(block) = goro_alloc::find_block(lo) else {
-        return;
-    };
-    if block.kind != goro_alloc::SpanKind::Gc || block.start as usize != lo {
-        return;
-    }
-    // SAFETY: `block` is a slot of a Gc span; its header word lies inside it and is only ever
-    // accessed atomically.
-    let header = unsafe { AtomicUsize::from_ptr(header_of(block.start, block.size)) }
-        .load(Ordering::Acquire);
-    if header == 0 {
-        return;
-    }
-    if header & CONSTRUCTING != 0 {
-        marker.work.push(Work::Range(lo, lo + block.size - 8));
+    if hi == 0 {
+        // A word a new object holds (`shade_new`); a stale entry from an earlier cycle only
+        // keeps what it points to alive for one cycle.
+        marker.mark_word(lo);
     } else {
-        marker.work.push(Work::Object(lo, header));
+        marker.work.push(Work::Range(lo, hi));
     }
 }

@@ -11,7 +11,7 @@
 //! cell's bytes are logged for a second scan before the flag is released, so whatever the borrow
 //! left in the cell is seen. With marking off it costs one load and one branch. What the borrow
 //! took out of the cell went to memory without a barrier (a stack, a malloc block: scanned again
-//! at termination) or into another cell (logged in turn) or a new object (logged by `Gc::new`).
+//! at termination) or into another cell (logged in turn) or a new object (shaded by `Gc::new`).
 //! A borrow still open at termination is found through its guard, which holds the cell's address
 //! plus [`GUARD_TAG`] (see `mark::TERMINATING`); the flag is the cell's first word for that.
 //!

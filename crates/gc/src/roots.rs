@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 pub unsafe trait Mutators: Sync {
     /// Stops every thread of the process, runs `cycle`, then lets them go on; returns false,
     /// without running it, when no cycle may run any more (the runtime is ending). Called on any
-    /// thread; `cycle` may run on another stack of the caller's thread.
+    /// thread, the collector's own mark worker included (which ends each cycle while the
+    /// mutators run); `cycle` may run on another stack of the caller's thread.
     fn stop_the_world(&self, cycle: &mut dyn FnMut()) -> bool;
 
     /// Reports the roots to `visitor`. Called only inside `stop_the_world`'s closure.
@@ -38,8 +39,9 @@ pub unsafe trait Mutators: Sync {
     /// before exists).
     fn prepare_stop(&self) {}
 
-    /// Waits a moment without holding up other mutators (a goroutine parks on a timer, so its
-    /// M can run others; a thread sleeps): `collect` waits so for the sweeper.
+    /// Waits a moment without holding up other mutators or a stop of the world (a goroutine
+    /// parks on a timer, so its M can run others; a thread sleeps): `collect` waits so for the
+    /// cycle to end.
     fn pause(&self) {
         std::thread::sleep(std::time::Duration::from_micros(50));
     }

@@ -2,6 +2,7 @@
 
 use goro_derive::Trace;
 use goro_gc::{Gc, GcCell, Mutators, RootVisitor, Trace, Tracer};
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -18,12 +19,39 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 struct Fake;
 
+/// The fake's world: the test thread holds it while it runs as a mutator and lets go of it at
+/// safe points and while it waits for a cycle; the mark worker takes it to stop the world.
+static WORLD: Mutex<()> = Mutex::new(());
+
+thread_local! {
+    static HELD: RefCell<Option<MutexGuard<'static, ()>>> = const { RefCell::new(None) };
+}
+
+fn hold_world() {
+    HELD.with(|held| {
+        if held.borrow().is_none() {
+            *held.borrow_mut() = Some(WORLD.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    });
+}
+
+/// Lets go of the world if this thread holds it; returns whether it did.
+fn let_go_of_world() -> bool {
+    HELD.with(|held| held.borrow_mut().take().is_some())
+}
+
 // SAFETY: the test thread is the only thread that touches `Gc`s (the tests are serialised, and
-// none hands a `Gc` to another thread); it calls the collector itself, so it is stopped while
-// the cycle runs, and the only roots it relies on are the words of `ROOTS`.
+// none hands a `Gc` to another thread), and it runs only while it holds `WORLD`, which every
+// stop of the world takes (the test thread's own stops run while it holds it); the only roots
+// it relies on are the words of `ROOTS`.
 unsafe impl Mutators for Fake {
     fn stop_the_world(&self, cycle: &mut dyn FnMut()) -> bool {
-        cycle();
+        if HELD.with(|held| held.borrow().is_some()) {
+            cycle();
+        } else {
+            let _world = WORLD.lock().unwrap_or_else(|p| p.into_inner());
+            cycle();
+        }
         true
     }
     fn roots(&self, visitor: &mut RootVisitor<'_>) {
@@ -31,7 +59,19 @@ unsafe impl Mutators for Fake {
         // SAFETY: a static array, readable for the whole program.
         unsafe { visitor.range(lo, lo.add(size_of_val(&ROOTS.0))) };
     }
-    fn safe_point(&self) {}
+    fn safe_point(&self) {
+        if let_go_of_world() {
+            std::thread::yield_now();
+            hold_world();
+        }
+    }
+    fn pause(&self) {
+        let held = let_go_of_world();
+        std::thread::sleep(std::time::Duration::from_micros(50));
+        if held {
+            hold_world();
+        }
+    }
     fn procs(&self) -> usize {
         1
     }
@@ -80,6 +120,7 @@ fn setup() -> MutexGuard<'static, ()> {
         goro_gc::uninstall();
         goro_gc::install(&FAKE);
     }
+    hold_world();
     for root in &ROOTS.0 {
         root.store(0, Ordering::SeqCst);
     }
