@@ -42,6 +42,22 @@ pub(crate) fn set_marking(on: bool) {
     MARKING.store(on, Ordering::Relaxed);
 }
 
+/// True from mark start until the cycle has condemned what it did not mark, which it does with
+/// the world going, after mark termination: an object allocated meanwhile must not look dead.
+static ALLOCATE_BLACK: AtomicBool = AtomicBool::new(false);
+
+/// Whether new objects get their mark bit at allocation.
+#[inline(always)]
+pub(crate) fn allocating_black() -> bool {
+    ALLOCATE_BLACK.load(Ordering::Relaxed)
+}
+
+/// Turns black allocation on (with the world stopped, at mark start) or off (once the cycle has
+/// condemned; an allocation that raced with the store is marked, which only keeps it one cycle).
+pub(crate) fn set_allocate_black(on: bool) {
+    ALLOCATE_BLACK.store(on, Ordering::Relaxed);
+}
+
 /// Entries of the log (a power of two).
 const ENTRIES: usize = 1 << 16;
 

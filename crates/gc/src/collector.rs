@@ -16,9 +16,9 @@
 //! 3. **Mark termination** (second pause, run by the worker): what has no barrier is scanned
 //!    again (roots, marked malloc blocks, objects an open `GcCell` borrow may have written), the
 //!    log taken, marking finished, the barrier turned off; `gccheckmark` checks it here.
-//! 4. **Condemn.** Still stopped, every allocated, unmarked, mortal object without drop glue in a
-//!    small span is freed, and every other one gets the [`CONDEMNED`] bit in its header. No user
-//!    code runs.
+//! 4. **Condemn**, by the worker once the world runs again (new objects stay black until it is
+//!    done): every allocated, unmarked, mortal object without drop glue in a small span is freed,
+//!    and every other one gets the [`CONDEMNED`] bit in its header. No user code runs.
 //! 5. **Restart**, then **sweep**: the condemned objects whose type has no drop glue are freed at
 //!    once, skipping marked slots by their mark bits; the objects with drop glue go to the
 //!    sweeper thread ([`crate::sweeper`]), where they are dropped, poisoned under
@@ -99,7 +99,7 @@ pub(crate) fn allocate(request: usize, align: usize, slot: usize) -> *mut u8 {
     if ptr.is_null() {
         out_of_memory(request, align);
     }
-    if barrier::marking() {
+    if barrier::allocating_black() {
         allocate_black(ptr);
     }
     ptr
@@ -355,6 +355,7 @@ fn start_marking(mutators: &'static dyn Mutators, forced: bool, requested: Insta
     let heap_before = pacer::heap_alloc();
     goro_alloc::clear_marks();
     barrier::set_marking(true);
+    barrier::set_allocate_black(true);
     // SAFETY: every other thread is stopped and the worker waits for a cycle (the last one
     // ended before `COLLECTING` was cleared); the reference dies with this function.
     let tracer = unsafe { worker::tracer_while_idle() };
@@ -417,36 +418,45 @@ fn mark_concurrently() {
         helper::wake_early();
     }
     let requested = Instant::now();
-    let mut terminated = false;
+    let mut marked = None;
     started.mutators.stop_the_world(&mut || {
-        terminated = true;
-        let marked = terminate(&started, tracer, requested, marked_until, shared_work);
-        // The tracer is free for the next cycle before this one can end: whoever takes the
-        // job below may finish the sweep, and a new cycle start, before this thread goes on.
+        marked = Some(terminate(
+            &started,
+            tracer,
+            requested,
+            marked_until,
+            shared_work,
+        ));
+        // The tracer is free for the next cycle, which cannot start before this one's sweep.
         worker::done();
-        debug_assert_eq!(PENDING.state.load(Ordering::Relaxed), PENDING_EMPTY);
-        // SAFETY: the slot is EMPTY (the last cycle's job was taken before its sweep cleared
-        // `COLLECTING`, which this cycle holds): nobody else touches it.
-        unsafe {
-            *PENDING.job.get() = Some(Pending {
-                forced: started.forced,
-                requested: started.requested,
-                marked,
-                procs: started.mutators.procs(),
-            });
-        }
-        // Release: publishes the job to `finish_pending`'s Acquire.
-        PENDING.state.store(PENDING_READY, Ordering::Release);
     });
-    if !terminated {
+    let Some(mut marked) = marked else {
         // The runtime is ending (its retirement marks on its own): abandon the cycle.
         barrier::set_marking(false);
+        barrier::set_allocate_black(false);
         while tracer.marker.work.pop().is_some() {}
         worker::done();
         // Release: the retirement waiting for the collector sees it free.
         COLLECTING.store(false, Ordering::Release);
         return;
+    };
+    // With the world going: unmarked objects are unreachable (nothing can reach them again), and
+    // objects allocated since termination are black until the condemning is done.
+    marked.census = condemn(false);
+    barrier::set_allocate_black(false);
+    debug_assert_eq!(PENDING.state.load(Ordering::Relaxed), PENDING_EMPTY);
+    // SAFETY: the slot is EMPTY (the last cycle's job was taken before its sweep cleared
+    // `COLLECTING`, which this cycle holds): nobody else touches it.
+    unsafe {
+        *PENDING.job.get() = Some(Pending {
+            forced: started.forced,
+            requested: started.requested,
+            marked,
+            procs: started.mutators.procs(),
+        });
     }
+    // Release: publishes the job to `finish_pending`'s Acquire.
+    PENDING.state.store(PENDING_READY, Ordering::Release);
     finish_pending();
 }
 
@@ -456,7 +466,8 @@ const MAX_REFILLS: usize = 8;
 
 /// The second pause: with every thread stopped, scans again what has no barrier (every root,
 /// every marked malloc block, the objects open `GcCell` guards point into), takes the barrier's
-/// log, marks what all that reaches, turns the barrier off, and condemns the unmarked.
+/// log, marks what all that reaches, and turns the barrier off. Condemning follows once the world
+/// runs again.
 fn terminate(
     started: &Started,
     tracer: &mut Tracer,
@@ -481,7 +492,6 @@ fn terminate(
     if CHECKMARK.load(Ordering::Relaxed) {
         checkmark::verify(started.mutators, mark_immortals);
     }
-    let census = condemn(false);
     Marked {
         start_pause: started.start_pause,
         concurrent: marked_until.duration_since(started.restarted),
@@ -489,7 +499,7 @@ fn terminate(
         heap_before: started.heap_before,
         roots: started.roots,
         shared_work,
-        census,
+        census: Census::default(),
     }
 }
 
@@ -670,9 +680,10 @@ struct Census {
 /// Step 3, one pass over the heap's Gc slots: frees every allocated, unmarked, mortal object
 /// without drop glue in a small span (lock-free, see `GcSpan::free_slots_lock_free`) and flags
 /// the others [`CONDEMNED`] for the sweeps that follow; with `immortalize`, flags every marked
-/// object [`IMMORTAL`]. Runs with the world stopped: no allocation, no lock. Only unmarked
-/// slots' headers are read (a marked slot holds an object), so a group of 64 marked slots
-/// costs one load.
+/// object [`IMMORTAL`]. A cycle runs it with the world going and black allocation on (a slot
+/// allocated meanwhile is marked: its mark is read again once its header is seen); a retirement
+/// with the world stopped. No allocation, no lock. Only unmarked slots' headers are read (a
+/// marked slot holds an object), so a group of 64 marked slots costs one load.
 fn condemn(immortalize: bool) -> Census {
     let began = Instant::now();
     let clobber = CLOBBER_FREE.load(Ordering::Relaxed);
@@ -701,8 +712,16 @@ fn condemn(immortalize: bool) -> Census {
                 visit &= visit - 1;
                 let slot = span.slot(64 * w + bit);
                 let cell = header_cell(span, slot);
-                let word = cell.load(Ordering::Relaxed);
+                // Acquire: pairs with `Gc::new`'s Release stores, so a slot allocated since the
+                // mark word was read shows its mark (set before its header) below.
+                let word = cell.load(Ordering::Acquire);
                 if word == 0 {
+                    continue;
+                }
+                if !immortalize && span.is_marked(64 * w + bit) {
+                    // Allocated (black) while this pass ran with the world going.
+                    census.live_objects += 1;
+                    census.live_bytes += size;
                     continue;
                 }
                 debug_assert_eq!(word & CONDEMNED, 0, "an object condemned twice");

@@ -94,9 +94,11 @@ impl<T: Trace + Send + 'static> Gc<T> {
             // A thread stopped while the value is written leaves the object half-built: marked
             // CONSTRUCTING, it is scanned conservatively, wherever the value's `Gc`s are so far
             // (the compiler may build the value in place, so they may be nowhere else).
+            // Release: a mark set at allocation (black allocation) is seen by whoever sees
+            // the header (the collector condemns with the world going).
             header.store(
                 vtable as *const _ as usize | crate::header::CONSTRUCTING,
-                core::sync::atomic::Ordering::Relaxed,
+                core::sync::atomic::Ordering::Release,
             );
             // The flag is in place before the value's first byte, as this thread's signal
             // handler sees it (C's `atomic_signal_fence`).
