@@ -258,8 +258,8 @@ pub(crate) fn drain(marker: &mut Marker, everything: bool) -> usize {
     let mut taken = 0;
     let mut contiguous = true;
     let mut position = head;
-    // With the world stopped a range needs one scan, however often it was logged.
-    let mut seen = [0usize; 256];
+    // A range needs one scan per drain, however often it was logged.
+    let mut seen = [(0usize, 0usize); 128];
     while position != tail {
         let slot = entry(ring, position);
         // Acquire: pairs with the producer's Release.
@@ -271,9 +271,13 @@ pub(crate) fn drain(marker: &mut Marker, everything: bool) -> usize {
                 slot.seq.store(position + ENTRIES, Ordering::Release);
                 head = position + 1;
             }
-            let repeat = &mut seen[(lo / 8) % seen.len()];
-            if !(everything && *repeat == lo) {
-                *repeat = lo;
+            // The cells are read after this drain (its fence): one scan covers every entry.
+            // Fibonacci hashing: cells of one size class lie at multiples of the class size,
+            // which a plain modulo would send to one entry.
+            let index = lo.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (usize::BITS - 7);
+            let repeat = &mut seen[index];
+            if *repeat != (lo, hi) {
+                *repeat = (lo, hi);
                 take(marker, lo, hi);
                 taken += 1;
             }

@@ -34,7 +34,7 @@
 //! docs/soundness.md argues why concurrent marking still marks every reachable object.
 
 use crate::header::{CONDEMNED, IMMORTAL, header_of};
-use crate::mark::Work;
+use crate::mark::{Source, Work};
 use crate::object::vtable_of;
 use crate::pacer;
 use crate::roots::{self, Mutators, Root, RootVisitor};
@@ -360,6 +360,7 @@ fn start_marking(mutators: &'static dyn Mutators, forced: bool, requested: Insta
     // ended before `COLLECTING` was cleared); the reference dies with this function.
     let tracer = unsafe { worker::tracer_while_idle() };
     tracer.marker.forget_recent();
+    mark::CACHE_RECENT.store(true, Ordering::Relaxed);
     mark_immortals(tracer);
     let mut roots = 0;
     // Root memory is scanned now, with its owners stopped: a stack may be gone by the time the
@@ -367,13 +368,14 @@ fn start_marking(mutators: &'static dyn Mutators, forced: bool, requested: Insta
     mutators.roots(&mut RootVisitor {
         sink: &mut |root| {
             if let Root::Range(lo, hi) = root {
-                tracer.marker.scan(lo, hi);
+                tracer.marker.scan(lo, hi, Source::Root);
                 roots += hi.saturating_sub(lo);
             } else {
                 roots += tracer.push_root(root);
             }
         },
     });
+    mark::CACHE_RECENT.store(false, Ordering::Relaxed);
     // SAFETY: as above; the worker reads the slot only after `worker::load`.
     unsafe {
         *STARTED.0.get() = Some(Started {
@@ -398,19 +400,26 @@ fn mark_concurrently() {
     // SAFETY: as above.
     let tracer = unsafe { worker::tracer() };
     let mut shared_work = 0;
+    // Passes that took log entries after the work list first ran dry. Mutators that keep
+    // rewriting cells keep logging them: past a few such passes, termination takes what is left
+    // (the log is bounded, and a drain scans each cell once however often it was logged).
     let mut refills = 0;
+    let mut caught_up = false;
     loop {
-        barrier::drain(&mut tracer.marker, false);
-        if tracer.marker.work.len() == 0 {
-            // Mutators that keep rewriting cells keep logging them: past a few passes that found
-            // only the log's refills, termination takes what is left (the log is bounded).
-            if !barrier::has_ready() || refills == MAX_REFILLS {
+        let took = barrier::drain(&mut tracer.marker, false);
+        if tracer.marker.work.len() == 0 && !barrier::has_ready() {
+            break;
+        }
+        if caught_up && took > 0 {
+            refills += 1;
+            if refills > MAX_REFILLS {
                 break;
             }
-            refills += 1;
         }
         let shared = started.mutators.procs() >= 2 && helper::arm();
         shared_work += helper::drain(tracer, shared);
+        // The work list is empty now: what comes next is the log's.
+        caught_up = true;
     }
     let marked_until = Instant::now();
     started.mutators.prepare_stop();
@@ -436,6 +445,8 @@ fn mark_concurrently() {
         barrier::set_allocate_black(false);
         while tracer.marker.work.pop().is_some() {}
         worker::done();
+        // Release: a forced collection waiting for this cycle (in a later runtime) goes on.
+        CYCLES_SWEPT.fetch_add(1, Ordering::Release);
         // Release: the retirement waiting for the collector sees it free.
         COLLECTING.store(false, Ordering::Release);
         return;
@@ -477,6 +488,7 @@ fn terminate(
 ) -> Marked {
     let began = Instant::now();
     mark::TERMINATING.store(true, Ordering::Relaxed);
+    mark::CACHE_RECENT.store(true, Ordering::Relaxed);
     tracer.marker.forget_recent();
     let shared = started.mutators.procs() >= 2 && helper::arm();
     started.mutators.roots(&mut RootVisitor {
@@ -484,11 +496,12 @@ fn terminate(
             tracer.push_root(root);
         },
     });
-    goro_alloc::for_each_marked_malloc_block(|lo, hi| tracer.marker.push_range(lo, hi));
+    goro_alloc::for_each_marked_malloc_block(|lo, hi| tracer.marker.work.push(Work::Block(lo, hi)));
     barrier::drain(&mut tracer.marker, true);
     let shared_work = shared_work + helper::drain(tracer, shared);
     barrier::set_marking(false);
     mark::TERMINATING.store(false, Ordering::Relaxed);
+    mark::CACHE_RECENT.store(false, Ordering::Relaxed);
     if CHECKMARK.load(Ordering::Relaxed) {
         checkmark::verify(started.mutators, mark_immortals);
     }
@@ -598,6 +611,7 @@ pub unsafe fn retire(
     }
     stopped(&mut || {
         let mut tracer = Tracer::new();
+        mark::CACHE_RECENT.store(true, Ordering::Relaxed);
         goro_alloc::clear_marks();
         mark_immortals(&mut tracer);
         report(&mut RootVisitor {
@@ -607,6 +621,7 @@ pub unsafe fn retire(
         });
         helper::drain(&mut tracer, false);
         drop(tracer);
+        mark::CACHE_RECENT.store(false, Ordering::Relaxed);
         condemn(true);
     });
     goro_alloc::relist_freed_gc_spans();

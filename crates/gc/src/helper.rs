@@ -23,7 +23,7 @@
 //! a FED one, whose list it filled. The helper's Release store of HUNGRY (and the collector's
 //! Acquire CAS) make the helper's marks visible before the collector condemns what is unmarked.
 
-use crate::mark::Work;
+use crate::mark::{Source, Work};
 use crate::object::vtable_of;
 use crate::trace::Tracer;
 use std::cell::UnsafeCell;
@@ -184,8 +184,9 @@ fn process(tracer: &mut Tracer, work: Work) {
             // (every mutator is stopped) and of the vtable's type.
             unsafe { (vtable_of(header).trace)(start as *const u8, tracer) };
         }
-        Work::Range(lo, hi) => tracer.marker.scan(lo, hi),
-        Work::Root(lo, hi) => tracer.marker.scan_root(lo, hi),
+        Work::Range(lo, hi) => tracer.marker.scan(lo, hi, Source::Object),
+        Work::Block(lo, hi) => tracer.marker.scan(lo, hi, Source::Block),
+        Work::Root(lo, hi) => tracer.marker.scan(lo, hi, Source::Root),
     }
 }
 

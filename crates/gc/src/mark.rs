@@ -2,7 +2,7 @@
 //! arbitrary memory (stacks, statics, malloc blocks). `Tracer` (trace.rs) wraps it for `Trace`
 //! impls; the cycle (collector.rs) drives it.
 
-use crate::header::{CONSTRUCTING, GUARD_TAG, WRITING, header_of};
+use crate::header::{CONSTRUCTING, header_of};
 use crate::workbuf::WorkStack;
 use goro_alloc::{Block, SpanKind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,26 +12,50 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 pub(crate) enum Work {
     /// A marked Gc object to trace precisely: its start and its header word.
     Object(usize, usize),
-    /// Memory to scan conservatively.
+    /// Memory of a collected object to scan conservatively (a `GcCell`'s bytes, a half-built
+    /// object, an object scanned again at termination).
     Range(usize, usize),
+    /// A marked malloc block: memory without a barrier (see [`TERMINATING`]).
+    Block(usize, usize),
     /// Root memory to scan conservatively (stacks, registers, thread-locals, statics): at
     /// termination, every marked object it points into is scanned again (see [`TERMINATING`]).
     Root(usize, usize),
 }
 
+/// Where a scanned word was read, which decides what termination does with a pointer into an
+/// object marked already.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A collected object (or a logged cell in one): nothing more.
+    Object,
+    /// A malloc block: an interior pointer makes the object scanned again.
+    Block,
+    /// Root memory: any pointer makes the object scanned again.
+    Root,
+}
+
 /// True while mark termination rescans, with the world stopped. A `GcCell` whose mutable borrow
 /// is still open then may hold what its holder wrote since the cell was scanned, and nothing
-/// was logged for it (barrier.rs): its guard is found instead, and the object holding the cell
-/// is scanned again, whole and conservatively.
+/// was logged for it (barrier.rs): the borrow is found instead through what it left in memory
+/// without a barrier, and the object holding the cell is scanned again, whole and
+/// conservatively.
 ///
-/// - A guard in registers or on a stack may have been reduced by the compiler to any pointer
-///   into the cell (or into the value it lends), so every marked object a root word points
-///   into is rescanned.
-/// - A guard stored in memory (a `Vec` or `Box` of guards, a thread-local) holds its cell's
-///   address plus one (cell.rs): an odd word into a marked object whose preceding byte starts
-///   a word reading "mutably borrowed" is such a guard. Aligned words (every `Gc` in a
-///   `Vec<Gc<T>>`) cost nothing more.
+/// - In registers or on a stack, the compiler may have reduced a guard to any pointer into the
+///   object (its start included), so every marked object a root word points into is rescanned.
+/// - In a malloc block, a guard (a `Vec` or `Box` of guards) holds its cell's address plus one
+///   (cell.rs), and a `&mut` it lent (a leaked guard's, kept in a heap block) points into the
+///   cell's value; both are interior pointers, never an object's start, since a cell begins
+///   with its flag. So a word of a malloc block that points into a marked object other than at
+///   its start makes the object rescanned. Words in `Vec<Gc<T>>` storage point at starts and
+///   cost nothing more.
+/// - A guard or a `&mut` cannot be stored in a collected object (they are not `Trace`), so words
+///   read from objects need nothing.
 pub(crate) static TERMINATING: AtomicBool = AtomicBool::new(false);
+
+/// Whether markers may skip a word they saw lately ([`Marker::recent`]): only while the world is
+/// stopped, when the answer cannot change. Beside the mutators a block may be freed, its span
+/// carved again, and a new block appear unmarked at the same address.
+pub(crate) static CACHE_RECENT: AtomicBool = AtomicBool::new(false);
 
 /// The marking state behind a [`Tracer`].
 pub(crate) struct Marker {
@@ -75,45 +99,42 @@ impl Marker {
         self.mark_word(start);
     }
 
-    /// Marks whatever allocated block `word` points into, if any.
+    /// Marks whatever allocated block `word` (read from a collected object, or reported
+    /// precisely) points into, if any.
     #[inline]
     pub(crate) fn mark_word(&mut self, word: usize) {
+        self.mark_word_from(word, Source::Object);
+    }
+
+    /// Marks whatever allocated block `word`, read from `source`, points into, if any.
+    #[inline]
+    fn mark_word_from(&mut self, word: usize, source: Source) {
         if let Some(block) = goro_alloc::find_block(word)
             && !self.mark_block(block)
             && block.kind == SpanKind::Gc
+            && source != Source::Object
         {
-            self.marked_again(block, word, false);
+            self.marked_again(block, word, source);
         }
     }
 
-    /// Like [`Marker::mark_word`], for a word of root memory.
-    #[inline]
-    fn mark_root_word(&mut self, word: usize) {
-        if let Some(block) = goro_alloc::find_block(word)
-            && !self.mark_block(block)
-            && block.kind == SpanKind::Gc
-        {
-            self.marked_again(block, word, true);
-        }
-    }
-
-    /// `word` points into `block`, a Gc object marked already: at termination, schedules the
-    /// object for a second, conservative scan if the word may be a `GcCell`'s open guard (see
-    /// [`TERMINATING`]).
-    #[inline]
-    fn marked_again(&mut self, block: Block, word: usize, from_root: bool) {
+    /// `word`, read from `source`, points into `block`, a Gc object marked already: at
+    /// termination, schedules the object for a second, conservative scan if the word may stand
+    /// for an open `GcCell` borrow (see [`TERMINATING`]).
+    #[cold]
+    fn marked_again(&mut self, block: Block, word: usize, source: Source) {
         if !TERMINATING.load(Ordering::Relaxed) {
             return;
         }
         let start = block.start as usize;
-        let guard = from_root || (word % WORD == GUARD_TAG && open_guard(word, start));
-        if guard {
-            // SAFETY: `block` is a slot of a Gc span; its header word lies inside it.
-            let header = unsafe { read_word(header_of(block.start, block.size)) };
-            if header != 0 {
-                self.work
-                    .push(Work::Range(start, start + block.size - WORD));
-            }
+        if source == Source::Block && word == start {
+            return;
+        }
+        // SAFETY: `block` is a slot of a Gc span; its header word lies inside it.
+        let header = unsafe { read_word(header_of(block.start, block.size)) };
+        if header != 0 {
+            self.work
+                .push(Work::Range(start, start + block.size - WORD));
         }
     }
 
@@ -149,64 +170,53 @@ impl Marker {
             }
             SpanKind::Malloc => {
                 if block.mark() {
-                    self.work.push(Work::Range(start, start + block.size));
+                    self.work.push(Work::Block(start, start + block.size));
                 }
                 true
             }
         }
     }
 
-    /// Scans root memory `[lo, hi)` conservatively (see [`Work::Root`]).
-    pub(crate) fn scan_root(&mut self, lo: usize, hi: usize) {
-        if !TERMINATING.load(Ordering::Relaxed) {
-            self.scan(lo, hi);
+    /// Scans `[lo, hi)`, read from `source`, conservatively.
+    pub(crate) fn scan(&mut self, lo: usize, hi: usize, source: Source) {
+        if SCAN_UNALIGNED.load(Ordering::Relaxed) {
+            self.scan_every_byte(lo, hi, source);
             return;
         }
-        let mut at = lo.next_multiple_of(WORD);
-        while at + WORD <= hi {
-            // SAFETY: the range was reported as readable root memory.
-            let word = unsafe { read_word(at as *const usize) };
-            if goro_alloc::may_be_heap(word) {
-                let seen = &mut self.recent[(word / WORD) % RECENT_WORDS];
-                if *seen != word {
-                    *seen = word;
-                    self.mark_root_word(word);
-                }
-            }
-            at += WORD;
-        }
-        if SCAN_UNALIGNED.load(Ordering::Relaxed) {
-            // A packed struct's `Gc`: the unaligned pass marks; a guard is never packed.
-            self.scan_every_byte(lo, hi);
-        }
-    }
-
-    /// Scans `[lo, hi)` conservatively.
-    pub(crate) fn scan(&mut self, lo: usize, hi: usize) {
-        if SCAN_UNALIGNED.load(Ordering::Relaxed) {
-            self.scan_every_byte(lo, hi);
-            return;
-        }
+        let cache = CACHE_RECENT.load(Ordering::Relaxed);
+        // At termination a root word must reach `marked_again` even if a heap block showed the
+        // same word first: roots keep a cache of their own.
+        let own_cache = source == Source::Root && TERMINATING.load(Ordering::Relaxed);
+        let mut own = [0usize; RECENT_WORDS];
         let mut at = lo.next_multiple_of(WORD);
         while at + WORD <= hi {
             // SAFETY: the range was reported as readable root memory, or is an allocated block
             // of goro's heap (arena memory is never unmapped).
             let word = unsafe { read_word(at as *const usize) };
-            if goro_alloc::may_be_heap(word) {
-                let seen = &mut self.recent[(word / WORD) % RECENT_WORDS];
-                if *seen != word {
-                    *seen = word;
-                    self.mark_word(word);
-                }
-            }
             at += WORD;
+            if !goro_alloc::may_be_heap(word) {
+                continue;
+            }
+            if cache {
+                let index = (word / WORD) % RECENT_WORDS;
+                let seen = if own_cache {
+                    &mut own[index]
+                } else {
+                    &mut self.recent[index]
+                };
+                if *seen == word {
+                    continue;
+                }
+                *seen = word;
+            }
+            self.mark_word_from(word, source);
         }
     }
 
     /// Scans `[lo, hi)` for a pointer at every byte offset (`GORO_DEBUG=gcunaligned=1`): a `Gc`
     /// in a `#[repr(packed)]` struct sits at an unaligned offset. Each pair of aligned words
     /// gives the 8 words that start in the first one; only aligned reads are made.
-    fn scan_every_byte(&mut self, lo: usize, hi: usize) {
+    fn scan_every_byte(&mut self, lo: usize, hi: usize, source: Source) {
         let mut at = lo.next_multiple_of(WORD);
         let mut word = if at + WORD <= hi {
             // SAFETY: as in `scan`.
@@ -215,7 +225,7 @@ impl Marker {
             0
         };
         while at + WORD <= hi {
-            self.mark_word(word);
+            self.mark_word_from(word, source);
             let next_at = at + WORD;
             if next_at + WORD > hi {
                 break;
@@ -226,22 +236,12 @@ impl Marker {
                 let shift = 8 * byte as u32;
                 // Little-endian: the word at `at + byte` is the high bytes of `word` followed by
                 // the low bytes of `next`.
-                self.mark_word((word >> shift) | (next << (usize::BITS - shift)));
+                self.mark_word_from((word >> shift) | (next << (usize::BITS - shift)), source);
             }
             word = next;
             at = next_at;
         }
     }
-}
-
-/// Whether `word` (odd, into the allocated Gc slot starting at `start`) may be an open
-/// `GcRefMut`: the word before it reads "mutably borrowed".
-#[inline]
-fn open_guard(word: usize, start: usize) -> bool {
-    let flag = word - GUARD_TAG;
-    // SAFETY: `flag` is an aligned address inside the allocated slot (it is at least `start`,
-    // and below `word`, which lies inside it).
-    flag >= start && unsafe { read_word(flag as *const usize) } == WRITING
 }
 
 /// Bytes in a word.
