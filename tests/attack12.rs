@@ -8,6 +8,10 @@
 //! `cargo test --test attack12 -- --ignored --test-threads=1`. The watchdogs abort the process.
 #![allow(dead_code)]
 
+mod common;
+
+use common::Rng;
+
 use goro::gc::GcRefMut;
 use goro::{Gc, GcCell, Trace};
 use std::sync::Arc;
@@ -252,19 +256,6 @@ struct Root {
     slots: [GcCell<Option<Gc<Node>>>; 32],
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 thread_local! {
     static TL: std::cell::RefCell<Vec<Gc<Node>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -296,8 +287,8 @@ fn pause(is_thread: bool) {
 
 /// One random operation; `hand` is what the worker holds on its stack.
 fn step(root: &Root, rng: &mut Rng, hand: &mut Vec<Gc<Node>>, is_thread: bool) {
-    let i = rng.below(32) as usize;
-    let j = rng.below(32) as usize;
+    let i = rng.below(32);
+    let j = rng.below(32);
     match rng.below(16) {
         0 => {
             if let Some(n) = take_slot(root, i) {

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::Rng;
 use goro::gc::GcRefMut;
 use goro::{Gc, GcCell, Trace};
 use std::sync::Arc;
@@ -68,22 +69,6 @@ fn check_graph(graph: &Graph) -> usize {
         }
     }
     seen
-}
-
-/// A small xorshift generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 /// One mutator's rewiring: every way a `Gc` can travel between cells (through the stack, a

@@ -8,6 +8,23 @@ use goro::{Gc, GcCell};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// A small xorshift generator, for tests that pick at random but must replay the same way.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
 /// Ids of canaries whose objects were dropped, one bit each (ids are handed out in order). A
 /// bitmap rather than a set: the collector scans what statics reach on every cycle, and a set
 /// of millions of ids would be hundreds of MiB.

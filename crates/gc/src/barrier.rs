@@ -84,21 +84,7 @@ pub(crate) fn prepare() {
         return;
     }
     let bytes = ENTRIES * size_of::<Entry>();
-    // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
-    let base = unsafe {
-        libc::mmap(
-            core::ptr::null_mut(),
-            bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if base == libc::MAP_FAILED {
-        eprintln!("fatal error: goro-gc: cannot map memory for the write barrier's log");
-        std::process::abort();
-    }
+    let base = crate::workbuf::map(bytes);
     let ring = base.cast::<Entry>();
     for i in 0..ENTRIES {
         // SAFETY: entry `i` lies inside the fresh mapping, which nobody else sees yet.
@@ -115,8 +101,8 @@ pub(crate) fn prepare() {
         )
         .is_err()
     {
-        // SAFETY: our own mapping, never published.
-        unsafe { libc::munmap(base, bytes) };
+        // SAFETY: our own mapping, made by `map` and never published.
+        unsafe { crate::workbuf::unmap(base, bytes) };
     }
 }
 

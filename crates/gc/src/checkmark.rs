@@ -148,13 +148,10 @@ fn referrer(lo: usize, hi: usize) -> Option<(GcSpan, *mut u8)> {
                 continue;
             }
             let slot = span.slot(i);
-            for at in (0..size - 8).step_by(8) {
-                // SAFETY: an aligned word inside an allocated slot of a mapped span.
-                let word = unsafe { slot.add(at).cast::<usize>().read_volatile() };
-                if (lo..hi).contains(&word) && slot as usize != lo {
-                    found = Some((span, slot));
-                    return;
-                }
+            let start = slot as usize;
+            if start != lo && words(start, start + size - 8).any(|word| (lo..hi).contains(&word)) {
+                found = Some((span, slot));
+                return;
             }
         }
     });
@@ -213,26 +210,8 @@ struct Saved {
 
 impl Saved {
     fn map(len: usize) -> Saved {
-        let bytes = (len * 8).max(8);
-        // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
-        let base = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            let message = b"fatal error: gccheckmark: cannot map memory for the saved marks\n";
-            // SAFETY: writes a valid buffer to file descriptor 2.
-            unsafe { libc::write(2, message.as_ptr().cast(), message.len()) };
-            std::process::abort();
-        }
         Saved {
-            base: base.cast(),
+            base: crate::workbuf::map((len * 8).max(8)).cast(),
             len,
         }
     }
@@ -250,7 +229,7 @@ impl Saved {
     }
 
     fn unmap(self) {
-        // SAFETY: the mapping made by `map`, no longer used.
-        unsafe { libc::munmap(self.base.cast(), (self.len * 8).max(8)) };
+        // SAFETY: the mapping `Saved::map` made, which nothing uses once the check is done.
+        unsafe { crate::workbuf::unmap(self.base.cast(), (self.len * 8).max(8)) };
     }
 }

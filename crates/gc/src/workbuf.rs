@@ -121,10 +121,14 @@ fn retire_mapping(base: *mut u8, bytes: usize) {
     {
         return;
     }
-    unmap(base, bytes);
+    // SAFETY: retired mappings are whole stacks' mappings (made by `map`), which their stack no
+    // longer uses.
+    unsafe { unmap(base, bytes) };
 }
 
-fn map(bytes: usize) -> *mut u8 {
+/// Maps `bytes` of fresh zeroed memory for the collector's own use (a mark stack, the barrier's
+/// log, gccheckmark's saved marks); aborts, without allocating, when the kernel refuses.
+pub(crate) fn map(bytes: usize) -> *mut u8 {
     // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
     let p = unsafe {
         libc::mmap(
@@ -138,7 +142,7 @@ fn map(bytes: usize) -> *mut u8 {
     };
     if p == libc::MAP_FAILED {
         // No allocation here: write the reason and abort, as Go throws.
-        let message = b"fatal error: goro-gc: cannot map memory for the mark stack\n";
+        let message = b"fatal error: goro-gc: cannot map memory for the collector\n";
         // SAFETY: writes a valid buffer to file descriptor 2.
         unsafe { libc::write(2, message.as_ptr().cast(), message.len()) };
         std::process::abort();
@@ -146,7 +150,11 @@ fn map(bytes: usize) -> *mut u8 {
     p.cast()
 }
 
-fn unmap(base: *mut u8, bytes: usize) {
-    // SAFETY: `base` is a mapping of `bytes` bytes made by `map`, no longer used.
+/// Unmaps what [`map`] mapped.
+///
+/// # Safety
+/// `base` must be a mapping of `bytes` bytes made by [`map`], and nothing may use it after.
+pub(crate) unsafe fn unmap(base: *mut u8, bytes: usize) {
+    // SAFETY: the caller's contract.
     unsafe { libc::munmap(base.cast(), bytes) };
 }

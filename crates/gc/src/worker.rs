@@ -54,9 +54,6 @@ pub fn worker_thread_id() -> Option<i32> {
     (tid != 0 && PID.load(Ordering::Acquire) == unsafe { libc::getpid() }).then_some(tid)
 }
 
-/// What the worker runs for each cycle it is handed (the collector's concurrent marking).
-static RUN: Mutex<Option<fn()>> = Mutex::new(None);
-
 /// Starts the worker, to run `run` for each cycle, if this process has none. Called before a
 /// cycle stops the world.
 pub(crate) fn start(run: fn()) {
@@ -69,7 +66,6 @@ pub(crate) fn start(run: fn()) {
     if PID.load(Ordering::Acquire) == pid {
         return;
     }
-    *RUN.lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
     STATE.store(IDLE, Ordering::Relaxed);
     // The worker makes its tracer before it runs; the tracer is in place before `PID` says so.
     let (made, ready) = std::sync::mpsc::channel();
@@ -81,7 +77,7 @@ pub(crate) fn start(run: fn()) {
             // SAFETY: gettid has no preconditions.
             TID.store(unsafe { libc::gettid() }, Ordering::Release);
             let _ = made.send(());
-            worker_main();
+            worker_main(run);
         });
     if spawned.is_err() || ready.recv().is_err() {
         eprintln!("fatal error: goro-gc: cannot start the mark worker thread");
@@ -126,11 +122,8 @@ pub(crate) fn done() {
     STATE.store(IDLE, Ordering::Release);
 }
 
-fn worker_main() {
-    let run = RUN
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .expect("the worker's function is set before it starts");
+/// Runs `run` for every cycle handed over, sleeping in between.
+fn worker_main(run: fn()) {
     loop {
         // Acquire: pairs with `load`.
         loop {
