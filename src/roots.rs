@@ -102,6 +102,12 @@ unsafe impl Mutators for GoroutineRoots {
         world::prepare_stop();
     }
 
+    fn cleanups_ready(&self, cleanups: goro_gc::Cleanups) {
+        // Go runs cleanups on a goroutine of their own. A runtime that is ending keeps them
+        // queued (dropping the runner gives its right back); its retirement leaks them.
+        let _ = goro_sched::try_go(move || cleanups.run());
+    }
+
     fn pause(&self) {
         if goro_sched::is_goroutine() {
             goro_sched::sleep(Duration::from_micros(50));

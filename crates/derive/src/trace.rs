@@ -312,6 +312,9 @@ fn no_drop_check(input: &DeriveInput) -> TokenStream2 {
                            already be freed",
                 label = "this type derives `Trace` and has an `impl Drop`",
                 note = "remove the `impl Drop`; the fields' own drop glue still runs",
+                note = "to act when the object dies, register a cleanup with \
+                        `goro::gc::add_cleanup(&gc, arg, |arg| ..)`: it runs after the object is \
+                        freed and gets only `arg`",
                 note = "to release a resource, put it in a field whose type holds no `Gc` and \
                         has the `Drop` impl (with `unsafe impl Trace` doing nothing), or release \
                         it explicitly before the last `Gc` to the object goes away"

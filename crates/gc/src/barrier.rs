@@ -280,6 +280,30 @@ pub(crate) fn drain(marker: &mut Marker, everything: bool) -> usize {
     taken
 }
 
+/// Drops the items earlier cycles left in the log (called at mark start, with the world
+/// stopped): a finished cycle's marks are final, and a cell logged then may since have been freed
+/// and its memory reused, so scanning it would only keep garbage alive. An item still being
+/// written (its producer stopped half-way) stays, and is scanned in this cycle: harmless.
+pub(crate) fn discard_stale() {
+    let ring = RING.load(Ordering::Acquire);
+    if ring.is_null() {
+        return;
+    }
+    let mut head = HEAD.load(Ordering::Relaxed);
+    let tail = TAIL.load(Ordering::Acquire);
+    while head != tail {
+        let slot = entry(ring, head);
+        // Acquire: pairs with the producer's Release.
+        if slot.seq.load(Ordering::Acquire) != head + 1 {
+            break;
+        }
+        // Release: as in `drain`.
+        slot.seq.store(head + ENTRIES, Ordering::Release);
+        head += 1;
+    }
+    HEAD.store(head, Ordering::Relaxed);
+}
+
 /// Whether the log holds an item the consumer could take now.
 pub(crate) fn has_ready() -> bool {
     let ring = RING.load(Ordering::Acquire);

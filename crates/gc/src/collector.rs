@@ -41,7 +41,7 @@ use crate::roots::{self, Mutators, Root, RootVisitor};
 use crate::stats::{self, CycleReport};
 use crate::sweeper;
 use crate::trace::Tracer;
-use crate::{barrier, checkmark, helper, mark, worker};
+use crate::{barrier, checkmark, helper, mark, special, worker};
 use goro_alloc::GcSpan;
 use std::cell::{Cell, UnsafeCell};
 use std::sync::Mutex;
@@ -354,6 +354,7 @@ fn start_marking(mutators: &'static dyn Mutators, forced: bool, requested: Insta
     let began = Instant::now();
     let heap_before = pacer::heap_alloc();
     goro_alloc::clear_marks();
+    barrier::discard_stale();
     barrier::set_marking(true);
     barrier::set_allocate_black(true);
     // SAFETY: every other thread is stopped and the worker waits for a cycle (the last one
@@ -451,8 +452,10 @@ fn mark_concurrently() {
         COLLECTING.store(false, Ordering::Release);
         return;
     };
-    // With the world going: unmarked objects are unreachable (nothing can reach them again), and
-    // objects allocated since termination are black until the condemning is done.
+    // With the world going: unmarked objects are unreachable (nothing can reach them again but
+    // a weak pointer, which `settle` clears first), and objects allocated since termination are
+    // black until the condemning is done.
+    special::settle(Some(started.mutators));
     marked.census = condemn(false);
     barrier::set_allocate_black(false);
     debug_assert_eq!(PENDING.state.load(Ordering::Relaxed), PENDING_EMPTY);
@@ -505,6 +508,8 @@ fn terminate(
     if CHECKMARK.load(Ordering::Relaxed) {
         checkmark::verify(started.mutators, mark_immortals);
     }
+    // Marks are final: weak pointers now answer by them until `settle` clears the dead ones.
+    special::open_window();
     Marked {
         start_pause: started.start_pause,
         concurrent: marked_until.duration_since(started.restarted),
@@ -622,8 +627,10 @@ pub unsafe fn retire(
         helper::drain(&mut tracer, false);
         drop(tracer);
         mark::CACHE_RECENT.store(false, Ordering::Relaxed);
+        special::open_window();
         condemn(true);
     });
+    special::settle(None);
     goro_alloc::relist_freed_gc_spans();
     list_immortals();
     pacer::cycle_done(0, 0);

@@ -6,26 +6,25 @@
 //! malloc heap reachable from those); *marking* finds every object reachable from the roots;
 //! *sweeping* drops and frees every object that marking did not reach.
 //!
-//! This version marks with the world stopped and sweeps with it going:
+//! A cycle marks concurrently, between two short pauses (docs/gc.md has the steps):
 //!
-//! 1. A cycle starts when the Gc heap has grown by GOGC percent over what the last cycle found live
-//!    (see [`pacer`]), or on [`collect`], on any thread.
-//! 2. The [`Mutators`] implementation (the `goro` facade, joining the collector to the scheduler)
-//!    stops every goroutine at a safe point and every other thread of the process by signal, and
-//!    runs the cycle on the system stack of one M.
-//! 3. Mark bits of every span are cleared; the roots are scanned *conservatively*: every aligned word
-//!    that resolves, through goro-alloc's arena index, to an allocated slot marks it. A Gc object
-//!    found this way is traced *precisely* through its [`Trace`] impl; a malloc block is scanned
-//!    conservatively in turn, over its whole allocation (it may be a `Box`, a `Vec` buffer or a
-//!    channel's queue holding `Gc`s), but it is never freed by the collector. With two or more
-//!    Ps a helper thread, left running by the stop, marks half of the work beside the collector
-//!    (`helper`). Unmarked objects are condemned.
-//! 4. The world restarts; sweeping drops and frees the condemned objects, running their drop glue
-//!    outside the stopped world; the pacer sets the next goal.
-//!
-//! The concurrent collector (tri-color marking with the hybrid barrier, assists, background
-//! workers) replaces steps 2-4 in a later issue; the interfaces here ([`Mutators`], [`Trace`],
-//! [`GcCell`]) are the ones it keeps.
+//! 1. A cycle starts when the Gc heap has grown most of the way to its goal (GOGC percent over
+//!    what the last cycle found live; see [`pacer`]), or on [`collect`], on any thread.
+//! 2. The first pause: the [`Mutators`] implementation (the `goro` facade, joining the collector
+//!    to the scheduler) stops every goroutine at a safe point and every other thread of the
+//!    process by signal; the collector clears the marks, turns the write barrier on (`barrier`)
+//!    and scans the roots *conservatively*: every aligned word that resolves, through
+//!    goro-alloc's arena index, to an allocated slot marks it.
+//! 3. Marking, with the world going, on the mark worker thread (`worker`) and, with two or more
+//!    Ps, a helper thread (`helper`): a Gc object is traced *precisely* through its [`Trace`]
+//!    impl; a malloc block is scanned conservatively over its whole allocation (a `Box`, a `Vec`
+//!    buffer, a channel's queue). Objects allocated meanwhile are black; `GcCell` borrows log
+//!    what they leave behind.
+//! 4. Mark termination, the second pause: everything without a barrier (roots, marked malloc
+//!    blocks, objects open borrows may have written) is scanned again and the log drained.
+//! 5. With the world going again: weak pointers and cleanups of the dead are settled (`special`),
+//!    the unmarked objects are condemned, and a sweeper thread drops and frees them, running drop
+//!    glue outside the stopped world; the pacer sets the next goal.
 //!
 //! Object layout (the slot convention of goro-alloc: the last word of a Gc slot is ours):
 //!
@@ -44,10 +43,12 @@
 //!
 //! The files form layers, none importing one above it: `header` (the header word's bits),
 //! `workbuf`, `pacer`, `roots`, `sweeper` (a thread that runs the jobs it is handed) at the
-//! bottom; `mark` (the work list and the conservative scan); `trace` (the `Trace` trait and
-//! `Tracer`) and `cell`; `object` (the per-type table); `helper` (draining the work list, with a
-//! second thread when the runtime has two Ps); `collector` (a cycle: stop, mark,
-//! condemn and free, sweep); `ptr` (`Gc<T>`, whose `new` may start a cycle).
+//! bottom; `mark` (the work list and the conservative scan) and `barrier` (the write barrier's
+//! log); `trace` (the `Trace` trait and `Tracer`) and `cell`; `object` (the per-type table);
+//! `helper` (draining the work list, with a second thread when the runtime has two Ps) and
+//! `worker` (the mark worker thread); `checkmark`; `special` (the registries of weak pointers
+//! and cleanups); `collector` (a cycle: the pauses, marking, condemning and freeing, sweeping);
+//! `ptr` (`Gc<T>`, whose `new` may start a cycle); `weak` (`Weak` and `add_cleanup`).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -62,9 +63,11 @@ mod object;
 pub mod pacer;
 mod ptr;
 mod roots;
+mod special;
 mod stats;
 mod sweeper;
 mod trace;
+mod weak;
 mod workbuf;
 mod worker;
 
@@ -74,8 +77,9 @@ pub use helper::{helper_thread_id, start_mark_helper};
 pub use mark::set_scan_unaligned;
 pub use pacer::{set_memory_limit, set_percent};
 pub use ptr::Gc;
-pub use roots::{Mutators, RootVisitor, install, uninstall};
+pub use roots::{Cleanups, Mutators, RootVisitor, install, uninstall};
 pub use stats::{GcStats, set_trace, stats};
 pub use sweeper::sweeper_thread_id;
 pub use trace::{Trace, Tracer};
+pub use weak::{Cleanup, Weak, add_cleanup};
 pub use worker::worker_thread_id;

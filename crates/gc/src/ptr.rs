@@ -103,6 +103,13 @@ impl<T: Trace + Send + 'static> Gc<T> {
             // The flag is in place before the value's first byte, as this thread's signal
             // handler sees it (C's `atomic_signal_fence`).
             core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+            // The slot's bytes between the value and the header are zeroed: an object is
+            // sometimes scanned whole and conservatively (mark termination rescans objects a
+            // root points into), and a recycled slot's tail would keep whatever its last
+            // occupant pointed to alive. (A constant length for most types.)
+            let value_end = size_of::<T>().next_multiple_of(8);
+            slot.add(value_end)
+                .write_bytes(0, slot_size - size_of::<usize>() - value_end);
             slot.cast::<T>().write(value);
             // Release: the value's bytes are written before the slot reads as built.
             header.store(
@@ -118,6 +125,19 @@ impl<T: Trace + Send + 'static> Gc<T> {
                 ptr: NonNull::new_unchecked(slot.cast::<T>()),
             }
         }
+    }
+}
+
+impl<T> Gc<T> {
+    /// The `Gc` to the object at `address`.
+    ///
+    /// # Safety
+    /// `address` must be that of a live `T` made by [`Gc::new`].
+    #[inline]
+    pub(crate) unsafe fn from_address(address: usize) -> Gc<T> {
+        // SAFETY: the caller's contract; a live object's address is not null.
+        let ptr = unsafe { NonNull::new_unchecked(address as *mut T) };
+        Gc { ptr }
     }
 }
 

@@ -45,6 +45,15 @@ pub unsafe trait Mutators: Sync {
     fn pause(&self) {
         std::thread::sleep(std::time::Duration::from_micros(50));
     }
+
+    /// Called with the world going when cleanups ([`crate::add_cleanup`]) are queued and no one
+    /// runs them: runs them, off the collector's threads (the facade starts a goroutine). The
+    /// default starts a thread; if it cannot, dropping `cleanups` leaves them queued.
+    fn cleanups_ready(&self, cleanups: Cleanups) {
+        let _ = std::thread::Builder::new()
+            .name("goro-cleanups".into())
+            .spawn(move || cleanups.run());
+    }
 }
 
 /// Receives root memory from [`Mutators::roots`].
@@ -77,6 +86,14 @@ impl RootVisitor<'_> {
     pub fn block(&mut self, ptr: *const u8) {
         (self.sink)(Root::Block(ptr as usize));
     }
+}
+
+/// The right to run the queued cleanups ([`crate::add_cleanup`]), handed to
+/// [`Mutators::cleanups_ready`]: at most one exists at a time, and only the collector makes one.
+/// [`run`](Cleanups::run) runs them; dropping it without running gives the right back (the
+/// cleanups stay queued for the next runner).
+pub struct Cleanups {
+    pub(crate) _private: (),
 }
 
 struct Installed(&'static dyn Mutators);

@@ -155,7 +155,9 @@ fn unreachable_objects_are_dropped_and_reachable_ones_kept() {
     let a = Gc::new(Node {
         value: a.value,
         next: GcCell::new(a.next.get()),
-        children: vec![g],
+        // Two copies fill the buffer's 16-byte block: a malloc block is scanned whole, and a
+        // recycled one could hold a stale word pointing at d or e (their slots recycled too).
+        children: vec![g; 2],
         counter: DropCounter,
     });
     let d = node(4);

@@ -150,6 +150,26 @@ where
     Finished { result, sched }
 }
 
+/// Starts a goroutine running `f` if a runtime runs and its main goroutine has not returned;
+/// otherwise gives `f` back. For runtime parts that start goroutines from their own threads
+/// (the collector's cleanups), where [`go`]'s panic would be out of place.
+pub fn try_go<F>(f: F) -> Result<(), F>
+where
+    F: FnOnce() + Send + 'static,
+{
+    match current_sched() {
+        Some(sched) if !sched.shutdown.load(Ordering::SeqCst) => {
+            stw::safe_point();
+            let task = Arc::new(Task::new(f));
+            let id = proc::newproc(sched, Entry::Task(task.clone()));
+            // Detached at once: a panic is reported as any detached goroutine's.
+            drop(JoinHandle::new(task, id));
+            Ok(())
+        }
+        _ => Err(f),
+    }
+}
+
 /// Starts a goroutine running `f` (Go's `go f()`).
 ///
 /// This is a safe point. From a thread that is not one of the runtime's Ms (a user thread) the
