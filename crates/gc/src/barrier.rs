@@ -11,6 +11,7 @@
 //!   bytes here, and the marker scans them again: a Dijkstra barrier at the granularity of a
 //!   borrow, whatever the borrow wrote. A borrow still open at termination is found instead by
 //!   the guard that holds it (mark.rs, [`crate::mark::TERMINATING`]).
+//! - **`AtomicGc` cells** (atomic.rs) log the pointer each store puts there, after the store.
 //! - **New objects** are allocated black during marking, and `Gc::new` logs, once the value is
 //!   in place, every block the value points into that is not marked yet, so that it is shaded
 //!   (the value's `Gc`s may have come from a stack already scanned).
@@ -181,6 +182,19 @@ pub(crate) fn shade_new(start: usize, size: usize) {
                 continue;
             }
         }
+        push(word, 0);
+    }
+}
+
+/// Shades the object at `word`, just stored into an `AtomicGc` while the collector marks: logs
+/// it for the marker unless it is marked already (or not a built object).
+#[cold]
+#[inline(never)]
+pub(crate) fn shade_stored(word: usize) {
+    let Some(block) = goro_alloc::find_block(word) else {
+        return;
+    };
+    if !block.is_marked() {
         push(word, 0);
     }
 }

@@ -48,10 +48,12 @@
 //! `helper` (draining the work list, with a second thread when the runtime has two Ps) and
 //! `worker` (the mark worker thread); `checkmark`; `special` (the registries of weak pointers
 //! and cleanups); `collector` (a cycle: the pauses, marking, condemning and freeing, sweeping);
-//! `ptr` (`Gc<T>`, whose `new` may start a cycle); `weak` (`Weak` and `add_cleanup`).
+//! `ptr` (`Gc<T>`, whose `new` may start a cycle); `weak` (`Weak` and `add_cleanup`) and `atomic`
+//! (`AtomicGc`).
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+mod atomic;
 mod barrier;
 mod cell;
 mod checkmark;
@@ -71,6 +73,7 @@ mod weak;
 mod workbuf;
 mod worker;
 
+pub use atomic::AtomicGc;
 pub use cell::{BorrowError, GcCell, GcRef, GcRefMut};
 pub use collector::{POISON, collect, keep_alive, retire, set_checkmark, set_clobber_free};
 pub use helper::{helper_thread_id, start_mark_helper};
