@@ -187,6 +187,87 @@ fn schedtrace_prints_gos_line() {
     }
 }
 
+#[derive(goro::Trace)]
+struct Pair {
+    left: Option<goro::Gc<Pair>>,
+    right: Option<goro::Gc<Pair>>,
+}
+
+fn tree(depth: u32) -> goro::Gc<Pair> {
+    let child = || (depth > 0).then(|| tree(depth - 1));
+    goro::Gc::new(Pair {
+        left: child(),
+        right: child(),
+    })
+}
+
+#[test]
+fn gctrace_prints_gos_line_with_the_cpu_split_and_stats_keep_it() {
+    if std::env::var("GORO_GCTRACE_CHILD").is_ok() {
+        let runtime = Runtime::builder().max_procs(2).build().unwrap();
+        runtime.run(|| {
+            let kept = tree(12);
+            for _ in 0..20 {
+                goro::gc::keep_alive(&tree(10));
+            }
+            for _ in 0..3 {
+                goro::gc::collect();
+            }
+            goro::gc::keep_alive(&kept);
+            let stats = goro::gc::stats();
+            assert!(stats.cpu.pauses > std::time::Duration::ZERO, "{stats:?}");
+            assert!(stats.cpu.sweeping > std::time::Duration::ZERO, "{stats:?}");
+            assert_eq!(
+                stats.cpu.total(),
+                stats.cpu.pauses + stats.cpu.marking + stats.cpu.sweeping
+            );
+            assert!(
+                stats.cpu_fraction > 0.0 && stats.cpu_fraction.is_finite(),
+                "{stats:?}"
+            );
+            assert!(stats.to_string().contains("of the Ps' time"), "{stats}");
+        });
+        return;
+    }
+    let _serial = serial();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "gctrace_prints_gos_line_with_the_cpu_split_and_stats_keep_it",
+            "--nocapture",
+        ])
+        .env("GORO_GCTRACE_CHILD", "1")
+        .env("GORO_DEBUG", "gctrace=1")
+        .output()
+        .expect("the child process");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("gc ")).collect();
+    assert!(lines.len() >= 3, "too few gc lines in: {stderr}");
+    for line in lines {
+        // gc 7 @0.052s 12%: 0.175+4.985+0.381 ms clock, 0.351+0.811+0.761 ms cpu, 13->13->6 MB,
+        // 12 MB goal, 0 MB stacks, 0 MB globals, 2 P
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            fields[2].starts_with('@') && fields[3].ends_with("%:"),
+            "line: {line}"
+        );
+        for (at, unit) in [(4, "clock,"), (7, "cpu,")] {
+            let phases: Vec<f64> = fields[at]
+                .split('+')
+                .map(|ms| ms.parse().expect("milliseconds"))
+                .collect();
+            assert_eq!(phases.len(), 3, "line: {line}");
+            assert_eq!(
+                (fields[at + 1], fields[at + 2]),
+                ("ms", unit),
+                "line: {line}"
+            );
+        }
+        assert!(line.contains(" MB goal, ") && line.ends_with(" P") || line.ends_with("(forced)"));
+    }
+}
+
 #[test]
 fn a_spawned_and_joined_goroutine_reuses_its_g_and_stack_and_allocates_one_task() {
     // The heap's counters are the process's: other tests' threads (winding down, printing a

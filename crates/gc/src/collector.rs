@@ -194,6 +194,10 @@ pub(crate) struct Marked {
     /// Work items handed to the mark helper.
     shared_work: usize,
     census: Census,
+    /// CPU time of the worker and the helper between the pauses.
+    marking_cpu: Duration,
+    /// CPU time of the worker's settling and condemning.
+    condemning_cpu: Duration,
 }
 
 /// The work a cycle leaves for after the world restarts, published with the world stopped: see
@@ -400,6 +404,7 @@ fn mark_concurrently() {
     let started = unsafe { (*STARTED.0.get()).take() }.expect("a loaded cycle has its start");
     // SAFETY: as above.
     let tracer = unsafe { worker::tracer() };
+    let (worker_cpu, helper_cpu) = (stats::thread_cpu(), helper::cpu_used());
     let mut shared_work = 0;
     // Passes that took log entries after the work list first ran dry. Mutators that keep
     // rewriting cells keep logging them: past a few such passes, termination takes what is left
@@ -423,6 +428,8 @@ fn mark_concurrently() {
         caught_up = true;
     }
     let marked_until = Instant::now();
+    let marking_cpu = stats::thread_cpu().saturating_sub(worker_cpu)
+        + helper::cpu_used().saturating_sub(helper_cpu);
     started.mutators.prepare_stop();
     if started.mutators.procs() >= 2 {
         helper::wake_early();
@@ -455,8 +462,11 @@ fn mark_concurrently() {
     // With the world going: unmarked objects are unreachable (nothing can reach them again but
     // a weak pointer, which `settle` clears first), and objects allocated since termination are
     // black until the condemning is done.
+    let condemning = stats::thread_cpu();
     special::settle(Some(started.mutators));
     marked.census = condemn(false);
+    marked.marking_cpu = marking_cpu;
+    marked.condemning_cpu = stats::thread_cpu().saturating_sub(condemning);
     barrier::set_allocate_black(false);
     debug_assert_eq!(PENDING.state.load(Ordering::Relaxed), PENDING_EMPTY);
     // SAFETY: the slot is EMPTY (the last cycle's job was taken before its sweep cleared
@@ -518,10 +528,16 @@ fn terminate(
         roots: started.roots,
         shared_work,
         census: Census::default(),
+        marking_cpu: Duration::ZERO,
+        condemning_cpu: Duration::ZERO,
     }
 }
 
 /// What is left to sweep of a cycle (or a retirement) once the world runs again.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value per cycle, made and moved with the world going"
+)]
 pub(crate) enum Sweep {
     /// A cycle's: drop and free what has drop glue, then account for the cycle.
     Cycle {
@@ -550,6 +566,7 @@ impl Sweep {
 /// drop glue runs), accounts for the cycle, and lets the next one start.
 pub(crate) fn sweep(job: Sweep) {
     let began = Instant::now();
+    let cpu = stats::thread_cpu();
     let ends_a_cycle = matches!(job, Sweep::Cycle { .. });
     let swept = if job.needs_sweeper() {
         sweep_condemned(Glue::Run)
@@ -580,6 +597,11 @@ pub(crate) fn sweep(job: Sweep) {
             shared_work: marked.shared_work,
             procs,
             began: requested,
+            marking_cpu: marked.marking_cpu,
+            // The inline part ran without blocking: its wall time is its CPU time.
+            sweeping_cpu: marked.condemning_cpu
+                + inline.took
+                + stats::thread_cpu().saturating_sub(cpu),
         });
     }
     if ends_a_cycle {

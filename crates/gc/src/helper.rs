@@ -28,7 +28,7 @@ use crate::object::vtable_of;
 use crate::trace::Tracer;
 use std::cell::UnsafeCell;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -287,6 +287,7 @@ fn helper_main() {
             // The cycle was over before we woke.
             continue;
         }
+        let session = crate::stats::thread_cpu();
         let mut wait = Backoff::default();
         loop {
             match PHASE.load(Ordering::Acquire) {
@@ -305,5 +306,19 @@ fn helper_main() {
                 _ => break,
             }
         }
+        let used = crate::stats::thread_cpu().saturating_sub(session);
+        CPU_NANOS.fetch_add(
+            u64::try_from(used.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
+}
+
+/// CPU time the helper spent armed (marking or waiting for work), over all cycles.
+static CPU_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// The helper's CPU time so far (see [`CPU_NANOS`]); a session under way is counted when it
+/// ends.
+pub(crate) fn cpu_used() -> Duration {
+    Duration::from_nanos(CPU_NANOS.load(Ordering::Relaxed))
 }
