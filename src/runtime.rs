@@ -375,7 +375,8 @@ pub struct Runtime {
 /// `clobberfree=1` (objects the collector frees are overwritten with `goro::gc::POISON`),
 /// `gcunaligned=1` (conservative scans look for pointers at every byte offset),
 /// `gccheckmark=1` (each cycle's concurrent marking is checked by a stop-the-world one, which
-/// aborts naming any object it missed),
+/// aborts naming any object it missed), `gcstress=1` (every allocation starts a cycle when none
+/// is under way),
 /// `stackstash=off` (goro-stack reads `stacktrap` and `stackguard` itself). Unknown keys are
 /// ignored, as Go ignores unknown GODEBUG keys.
 #[derive(Debug, Clone, Copy, Default)]
@@ -384,6 +385,7 @@ struct Debug {
     clobberfree: bool,
     gcunaligned: bool,
     gccheckmark: bool,
+    gcstress: bool,
     schedtrace: Option<std::time::Duration>,
     /// `stackstash=off`: no stash, whatever the builder says (to rule the stash out when
     /// bytes go missing). There is deliberately no `stackstash=on`.
@@ -405,6 +407,7 @@ impl Debug {
                 "clobberfree" => debug.clobberfree = setting_value == "1",
                 "gcunaligned" => debug.gcunaligned = setting_value == "1",
                 "gccheckmark" => debug.gccheckmark = setting_value == "1",
+                "gcstress" => debug.gcstress = setting_value == "1",
                 "stackstash" => debug.stackstash_off = setting_value == "off",
                 "schedtrace" => {
                     let ms: u64 = setting_value.parse().map_err(|_| BuildError::Environment {
@@ -470,6 +473,7 @@ impl Runtime {
         goro_gc::set_clobber_free(self.debug.clobberfree);
         goro_gc::set_scan_unaligned(self.debug.gcunaligned);
         goro_gc::set_checkmark(self.debug.gccheckmark);
+        goro_gc::set_stress(self.debug.gcstress);
         crate::world::install();
         name_goroutines_in_panics();
         // SAFETY: this runtime is the world `GOROUTINE_ROOTS` describes, and it runs from here

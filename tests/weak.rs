@@ -206,7 +206,12 @@ fn upgrades_race_with_collections(procs: usize) {
             let (stop, upgraded) = (stop.clone(), upgraded.clone());
             std::thread::spawn(move || churn(slots, 99, &stop, &upgraded))
         };
-        wait_until("20 cycles ran", || goro::gc::stats().cycles >= before + 20);
+        // Forced cycles on top of those the garbage starts, so that a busy machine still gets
+        // its cycles.
+        wait_until("20 cycles ran", || {
+            goro::gc::collect();
+            goro::gc::stats().cycles >= before + 20
+        });
         stop.store(true, Ordering::Relaxed);
         for goroutine in goroutines {
             goroutine.join().unwrap();

@@ -127,7 +127,7 @@ pub(crate) fn log_range(lo: usize, hi: usize) {
         return;
     }
     let last = LAST_LOGGED.get();
-    if last.1 == lo {
+    if last.1 == !lo {
         // SeqCst: this thread's writes to the cell are ordered before the look at the entry,
         // as the marker's take of the entry is before its read of the cell (`drain`).
         core::sync::atomic::fence(Ordering::SeqCst);
@@ -142,12 +142,13 @@ pub(crate) fn log_range(lo: usize, hi: usize) {
         }
     }
     if let Some(position) = push(lo, hi) {
-        LAST_LOGGED.set((position, lo));
+        LAST_LOGGED.set((position, !lo));
     }
 }
 
 thread_local! {
-    /// The position and start of the cell this thread logged last.
+    /// The position and start of the cell this thread logged last, the start complemented:
+    /// thread-locals are roots, and the plain address would keep the cell's object alive.
     static LAST_LOGGED: core::cell::Cell<(usize, usize)> = const { core::cell::Cell::new((0, 0)) };
 }
 

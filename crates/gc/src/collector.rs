@@ -68,6 +68,16 @@ pub fn set_checkmark(on: bool) {
     CHECKMARK.store(on, Ordering::Relaxed);
 }
 
+/// Whether every allocation starts a cycle when none is under way (`GORO_DEBUG=gcstress=1`).
+static STRESS: AtomicBool = AtomicBool::new(false);
+
+/// Turns `GORO_DEBUG=gcstress=1` on or off: every `Gc::new` that finds no cycle under way starts
+/// one (without waiting for it), so that cycles run back to back and every allocation, link and
+/// borrow of a test program meets a marking collector. For tests: it makes allocation slow.
+pub fn set_stress(on: bool) {
+    STRESS.store(on, Ordering::Relaxed);
+}
+
 /// The word `clobberfree` fills freed objects with (Go's `clobberdeadPtr` in spirit).
 pub const POISON: usize = 0xdead_beef_dead_beef;
 
@@ -94,6 +104,9 @@ pub(crate) fn allocate(request: usize, align: usize, slot: usize) -> *mut u8 {
     });
     if uncounted >= ALLOCATION_BATCH {
         count_batch(uncounted);
+    }
+    if STRESS.load(Ordering::Relaxed) {
+        stress();
     }
     let ptr = goro_alloc::alloc_gc(request, align);
     if ptr.is_null() {
@@ -157,6 +170,17 @@ fn count_batch(bytes: usize) {
         }
     }
     if !COLLECTING.load(Ordering::Relaxed) {
+        run_cycle(mutators, false);
+    }
+}
+
+/// `gcstress`: starts a cycle unless one is under way.
+#[cold]
+#[inline(never)]
+fn stress() {
+    if !COLLECTING.load(Ordering::Relaxed)
+        && let Some(mutators) = roots::current()
+    {
         run_cycle(mutators, false);
     }
 }
@@ -305,7 +329,8 @@ fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
         let open = mutators.stop_the_world(&mut || {
             // Another thread may have started a cycle while this one waited for the world to
             // stop.
-            if (forced || pacer::should_trigger()) && !COLLECTING.swap(true, Ordering::Acquire) {
+            let due = forced || STRESS.load(Ordering::Relaxed) || pacer::should_trigger();
+            if due && !COLLECTING.swap(true, Ordering::Acquire) {
                 start_marking(mutators, forced, requested);
                 ran = Some(CYCLES_RUN.fetch_add(1, Ordering::Relaxed) + 1);
             }
@@ -504,9 +529,16 @@ fn terminate(
     mark::CACHE_RECENT.store(true, Ordering::Relaxed);
     tracer.marker.forget_recent();
     let shared = started.mutators.procs() >= 2 && helper::arm();
+    // This runs on the mark worker, whose own stack is no root: the thread runs only the
+    // collector and holds no mutator's `Gc`, and its frames keep words of the objects it marked
+    // (this cycle or an earlier one), which would keep them alive for another cycle.
+    let here = 0usize;
+    let here = core::hint::black_box(&here) as *const usize as usize;
     started.mutators.roots(&mut RootVisitor {
         sink: &mut |root| {
-            tracer.push_root(root);
+            if !matches!(root, Root::Range(lo, hi) if (lo..hi).contains(&here)) {
+                tracer.push_root(root);
+            }
         },
     });
     goro_alloc::for_each_marked_malloc_block(|lo, hi| tracer.marker.work.push(Work::Block(lo, hi)));

@@ -75,7 +75,9 @@ mod worker;
 
 pub use atomic::AtomicGc;
 pub use cell::{BorrowError, GcCell, GcRef, GcRefMut};
-pub use collector::{POISON, collect, keep_alive, retire, set_checkmark, set_clobber_free};
+pub use collector::{
+    POISON, collect, keep_alive, retire, set_checkmark, set_clobber_free, set_stress,
+};
 pub use helper::{helper_thread_id, start_mark_helper};
 pub use mark::set_scan_unaligned;
 pub use pacer::{set_memory_limit, set_percent};
