@@ -103,8 +103,9 @@ unsafe impl Mutators for GoroutineRoots {
     }
 
     fn cleanups_ready(&self, cleanups: goro_gc::Cleanups) {
-        // Go runs cleanups on a goroutine of their own. A runtime that is ending keeps them
-        // queued (dropping the runner gives its right back); its retirement leaks them.
+        // Go runs cleanups on a goroutine of their own. A runtime that is ending refuses the
+        // goroutine: the runner, dropped unrun, gives its right back and the cleanups stay
+        // queued; the retirement leaks them.
         let _ = goro_sched::try_go(move || cleanups.run());
     }
 

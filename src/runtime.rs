@@ -501,6 +501,7 @@ impl Runtime {
                     goro_gc::worker_thread_id(),
                 ]
             }),
+            collector_busy: Some(goro_gc::is_busy),
             detached_panics_exit: self.detached_panics_exit,
         };
         let finished = goro_sched::run(config, main);

@@ -319,6 +319,17 @@ pub(crate) fn discard_stale() {
     HEAD.store(head, Ordering::Relaxed);
 }
 
+/// Whether the collector marks and a quarter of the log or more is taken: the marker should
+/// take it before mutators find it full.
+#[inline]
+pub(crate) fn filling() -> bool {
+    marking()
+        && TAIL
+            .load(Ordering::Relaxed)
+            .wrapping_sub(HEAD.load(Ordering::Relaxed))
+            >= ENTRIES / 4
+}
+
 /// Whether the log holds an item the consumer could take now.
 pub(crate) fn has_ready() -> bool {
     let ring = RING.load(Ordering::Acquire);

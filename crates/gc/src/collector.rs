@@ -201,6 +201,14 @@ pub fn collect() {
     run_cycle(mutators, true);
 }
 
+/// Whether the collector is at work in a way that may still wake a goroutine with none running:
+/// a cycle under way (its sweep runs drop glue, its settling queues cleanups) or cleanups queued
+/// or running. The scheduler's deadlock check asks (`goro_sched::Config::collector_busy`).
+pub fn is_busy() -> bool {
+    // Acquire: pairs with the sweep's Release, after its drop glue ran.
+    COLLECTING.load(Ordering::Acquire) || special::cleanups_pending()
+}
+
 /// Keeps `value` (and what it points to) reachable up to this point (Go's `runtime.KeepAlive`).
 #[inline]
 pub fn keep_alive<T: ?Sized>(value: &T) {

@@ -131,7 +131,9 @@ pub(crate) fn arm() -> bool {
 
 /// Marks until `tracer`'s work list is empty, handing half of it to the helper whenever the
 /// helper is hungry (`shared`: the cycle armed it), then releases the helper once it is done.
-/// Returns how many work items it handed over.
+/// Returns how many work items it handed over. Called only by the thread that runs the cycle
+/// (or a retirement's, or gccheckmark's marking, with the barrier off): it takes the barrier's
+/// log as it goes.
 pub(crate) fn drain(tracer: &mut Tracer, shared: bool) -> usize {
     let mut given = 0;
     if shared {
@@ -154,17 +156,41 @@ pub(crate) fn drain(tracer: &mut Tracer, shared: bool) -> usize {
             }
         }
     }
-    drain_alone(tracer);
+    let mut since_log = 0;
+    while let Some(work) = tracer.marker.work.pop() {
+        take_log_if_filling(tracer, &mut since_log);
+        process(tracer, work);
+    }
     given
+}
+
+/// Items between two looks at the barrier's log while a pass marks.
+const LOG_LOOK_EVERY: usize = 256;
+
+/// Every [`LOG_LOOK_EVERY`] items, takes the barrier's log onto the work list if it is filling:
+/// a mutator that finds the log full waits for the marker, which must not make it wait for a
+/// whole pass over a large heap. Only the thread that runs the cycle drains the log (its one
+/// consumer); `drain` is called only by that thread.
+#[inline]
+fn take_log_if_filling(tracer: &mut Tracer, since_log: &mut usize) {
+    *since_log += 1;
+    if *since_log >= LOG_LOOK_EVERY {
+        *since_log = 0;
+        if crate::barrier::filling() {
+            crate::barrier::drain(&mut tracer.marker, false);
+        }
+    }
 }
 
 /// Drains `tracer`, feeding the helper; returns how many items it handed over.
 fn drain_sharing(tracer: &mut Tracer) -> usize {
     let mut given = 0;
+    let mut since_log = 0;
     while let Some(work) = tracer.marker.work.pop() {
         if PHASE.load(Ordering::Relaxed) == HUNGRY && tracer.marker.work.len() >= MIN_SHARED {
             given += feed(tracer);
         }
+        take_log_if_filling(tracer, &mut since_log);
         process(tracer, work);
     }
     given

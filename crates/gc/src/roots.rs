@@ -90,10 +90,12 @@ impl RootVisitor<'_> {
 
 /// The right to run the queued cleanups ([`crate::add_cleanup`]), handed to
 /// [`Mutators::cleanups_ready`]: at most one exists at a time, and only the collector makes one.
-/// [`run`](Cleanups::run) runs them; dropping it without running gives the right back (the
-/// cleanups stay queued for the next runner).
+/// [`run`](Cleanups::run) runs them; dropping it without running gives the right back, and the
+/// cleanups stay queued for the next runner (the next cycle that queues one starts it).
 pub struct Cleanups {
-    pub(crate) _private: (),
+    /// Set by `run`: only a runner that ran looks for cleanups queued meanwhile when it ends
+    /// (one dropped unrun, say because the runtime is ending, just gives the right back).
+    pub(crate) ran: bool,
 }
 
 struct Installed(&'static dyn Mutators);

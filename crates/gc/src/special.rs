@@ -156,7 +156,8 @@ static RUNNING: AtomicBool = AtomicBool::new(false);
 
 impl Cleanups {
     /// Runs the queued cleanups one by one on the calling thread until none is left.
-    pub fn run(self) {
+    pub fn run(mut self) {
+        self.ran = true;
         loop {
             let next = lock(&READY).pop_front();
             match next {
@@ -172,8 +173,10 @@ impl Drop for Cleanups {
     fn drop(&mut self) {
         RUNNING.store(false, Ordering::SeqCst);
         // A settling that queued cleanups after our last look found RUNNING set and left them
-        // to us: look again (SeqCst pairs with `settle`'s store-then-check).
-        if !lock(&READY).is_empty()
+        // to us: look again (SeqCst pairs with `settle`'s store-then-check). Only after a run:
+        // a runner dropped unrun (its hand-over failed) would hand itself over again for ever.
+        if self.ran
+            && !lock(&READY).is_empty()
             && let Some(mutators) = crate::roots::current()
             && let Some(runner) = claim_runner()
         {
@@ -182,12 +185,17 @@ impl Drop for Cleanups {
     }
 }
 
+/// Whether cleanups are queued or being run (which may wake goroutines).
+pub(crate) fn cleanups_pending() -> bool {
+    RUNNING.load(Ordering::SeqCst) || !lock(&READY).is_empty()
+}
+
 /// A runner, if none exists.
 fn claim_runner() -> Option<Cleanups> {
     RUNNING
         .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
         .is_ok()
-        .then_some(Cleanups { _private: () })
+        .then_some(Cleanups { ran: false })
 }
 
 /// Opens the deciding window: called by mark termination, with the world stopped.

@@ -7,6 +7,7 @@
 use crate::pacer;
 use goro_alloc::Bytes;
 use std::fmt;
+use std::io::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -299,7 +300,9 @@ pub(crate) fn record(report: &CycleReport) {
     drop(counters);
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let mb = |b: usize| b >> 20;
-    eprintln!(
+    // Written, not `eprintln!`ed: a closed stderr must not panic the collector's thread.
+    let _ = writeln!(
+        std::io::stderr(),
         "gc {} @{:.3}s {:.0}%: {:.3}+{:.3}+{:.3} ms clock, {:.3}+{:.3}+{:.3} ms cpu, \
          {}->{}->{} MB, {} MB goal, {} MB stacks, 0 MB globals, {} P{}",
         cycles,

@@ -49,7 +49,10 @@ impl<T> Weak<T> {
         Some(unsafe { Gc::from_address(address) })
     }
 
-    /// Whether the object is known to be dead (`upgrade` would give `None`).
+    /// Whether the object is known to be dead (`upgrade` would give `None`). It upgrades to
+    /// find out, which may leave the object's address in the caller's frame for a while: a loop
+    /// that polls it between collections on one stack can keep the object alive (conservative
+    /// scanning); poll from a goroutine of its own, or hold the answer of `upgrade` briefly.
     pub fn is_dead(&self) -> bool {
         self.upgrade().is_none()
     }

@@ -39,6 +39,10 @@ pub struct Config {
     /// as ones that could wake a goroutine, if they run (the collector's sweeper, mark
     /// helper and mark worker).
     pub runtime_threads: Option<fn() -> [Option<i32>; 3]>,
+    /// Whether the collector is at work in a way that may still wake or start a goroutine
+    /// without any goroutine running (its sweeper runs drop glue, its cleanups start a
+    /// goroutine): while it says so, the deadlock check cannot prove a deadlock.
+    pub collector_busy: Option<fn() -> bool>,
     /// Whether a panic that no `JoinHandle` can see any more (the handle was dropped) ends the
     /// process with exit status 2, as an unrecovered panic in any goroutine does in Go. When
     /// false it is only printed (by the panic hook) and the program goes on.
@@ -58,6 +62,7 @@ impl Default for Config {
             migrate: Promised::OFF,
             max_stack_size: DEFAULT_MAX_STACK_SIZE,
             runtime_threads: None,
+            collector_busy: None,
             detached_panics_exit: true,
         }
     }

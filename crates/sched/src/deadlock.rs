@@ -31,7 +31,10 @@ pub(crate) enum Deadlock {
 /// 2. The process's threads (`/proc/self/task`, by kernel id, never by name: a thread inherits
 ///    the name of the thread that made it), twice: a thread that starts another and exits
 ///    while the directory is read could hide both from one reading. Any thread that is not
-///    the runtime's (see [`RuntimeThread`]) could wake a goroutine: `Unprovable`.
+///    the runtime's (see [`RuntimeThread`]) could wake a goroutine: `Unprovable`. So could the
+///    collector's threads while a cycle is under way (drop glue on the sweeper, cleanups
+///    started from the mark worker; `Config::collector_busy`): `Unprovable` too. With every
+///    goroutine parked and no other thread, nothing can start a cycle that is not under way.
 /// 3. [`quiescent`] again, then every live G parked, then the same progress as in step 1. A
 ///    thread outside the runtime that woke a goroutine and exited before step 2 left the
 ///    goroutine queued, or popped by an M that has not yet cleared its idle flag (then it is
@@ -58,6 +61,13 @@ pub(crate) fn deadlocked(sched: &Sched) -> Deadlock {
                 ));
             }
         }
+    }
+    if sched.config.collector_busy.is_some_and(|busy| busy()) {
+        return Deadlock::Unprovable(
+            "the collector is at work (drop glue on its sweeper, cleanups it queued) and could \
+             wake one"
+                .into(),
+        );
     }
     if !quiescent(sched) || !every_goroutine_parked(sched) || progress(sched) != before {
         return Deadlock::No;
