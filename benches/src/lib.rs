@@ -7,11 +7,13 @@
 //! `mimalloc`/`box-mimalloc` in `goro-bench-mimalloc`, `jemalloc` in `goro-bench-jemalloc`, every
 //! other peer in `goro-bench` itself (the system allocator).
 //!
-//! Workloads live in families, one module each (`binary_trees`, `alloc`, `stacks`, `sched`), and
-//! each family lists its workloads in a `WORKLOADS` table that [`workloads`] gathers.
+//! Workloads live in families, one module each (`binary_trees`, `gc_latency`, `full_gc`, `alloc`,
+//! `stacks`, `sched`, `stw`), and each family lists its workloads in a `WORKLOADS` table that
+//! [`workloads`] gathers.
 
 pub mod alloc;
 pub mod binary_trees;
+pub mod gc_latency;
 pub mod go;
 pub mod report;
 pub mod sched;
@@ -50,6 +52,7 @@ pub struct Workload {
 pub fn workloads() -> Vec<&'static Workload> {
     [
         binary_trees::WORKLOADS,
+        gc_latency::WORKLOADS,
         alloc::WORKLOADS,
         stacks::WORKLOADS,
         sched::WORKLOADS,
