@@ -13,6 +13,7 @@
 
 pub mod alloc;
 pub mod binary_trees;
+pub mod full_gc;
 pub mod gc_latency;
 pub mod go;
 pub mod report;
@@ -53,6 +54,7 @@ pub fn workloads() -> Vec<&'static Workload> {
     [
         binary_trees::WORKLOADS,
         gc_latency::WORKLOADS,
+        full_gc::WORKLOADS,
         alloc::WORKLOADS,
         stacks::WORKLOADS,
         sched::WORKLOADS,
