@@ -2,8 +2,11 @@
 //!
 //! 1. A live heap of `MIB` MiB of 256-byte objects is held in an array: `MIB * 4096` slots (the
 //!    issue's size, 256, is 1 Mi slots and 256 MiB of payload). goro's array is a `Gc` object
-//!    holding a `Box<[GcCell<Gc<Obj>>]>`; dumpster's a `dumpster::unsync::Gc` holding
-//!    `RefCell`s; Arc's a `Box<[Arc<Obj>]>`; Go's a `[]*T` (`benches/go/gc_latency.go`).
+//!    holding a `Box<[GcCell<Gc<Obj>>]>` (one malloc block of 16 bytes per slot: 16 MiB at the
+//!    issue's size); dumpster's a `dumpster::unsync::Gc` holding `RefCell`s; Arc's a
+//!    `Box<[Arc<Obj>]>`; Go's a `[]*T` (`benches/go/gc_latency.go`). `goro_chunked` is goro
+//!    with the array split into `Gc` chunks of [`CHUNK_SLOTS`] cells each (the slots in
+//!    collected objects, not in one large malloc block), to tell the two apart.
 //! 2. [`OPS`] (10M) random slot replacements, each allocating a new object (its 32 words
 //!    written) and storing it in the slot (through `GcCell::set` for goro), the old object
 //!    becoming garbage (freed at once for Arc and dumpster, whose counts reach zero).
@@ -38,7 +41,7 @@ pub const WORKLOADS: &[Workload] = &[Workload {
     name: "gc_latency",
     default_size: "64",
     variants: &[],
-    implementations: &["goro", "dumpster", "arc", "go"],
+    implementations: &["goro", "goro_chunked", "dumpster", "arc", "go"],
     run,
 }];
 
@@ -48,6 +51,8 @@ pub const OBJECT_BYTES: usize = 256;
 pub const OPS: u64 = 10_000_000;
 /// Operations between two timestamps.
 pub const STAMP_EVERY: u64 = 256;
+/// Slots per chunk of `goro_chunked`'s array.
+pub const CHUNK_SLOTS: usize = 1024;
 
 fn run(implementation: &str, size: &str, options: &Options) -> Result<(), String> {
     let mib: usize = crate::parse_size("gc_latency", size)?;
@@ -57,6 +62,7 @@ fn run(implementation: &str, size: &str, options: &Options) -> Result<(), String
     let slots = mib * (1 << 20) / OBJECT_BYTES;
     match implementation {
         "goro" => crate::goro_runtime(options)?.run(move || goro(mib, slots)),
+        "goro_chunked" => crate::goro_runtime(options)?.run(move || goro_chunked(mib, slots)),
         "dumpster" => dumpster(mib, slots),
         "arc" => arc(mib, slots),
         "go" => crate::go::run("gc_latency", &[mib.to_string(), OPS.to_string()]),
@@ -231,30 +237,79 @@ struct GoroSlots {
 fn goro(mib: usize, slots: usize) -> Result<(), String> {
     let array = goro::Gc::new(GoroSlots {
         slots: (0..slots as u64)
-            .map(|i| {
-                goro::GcCell::new(goro::Gc::new(GoroObj {
-                    words: [i; OBJECT_BYTES / 8],
-                }))
+            .map(|i| goro::GcCell::new(goro_obj(i)))
+            .collect(),
+    });
+    let before = goro::gc::stats();
+    let cpu_before = CpuTicks::now();
+    let measured = measure(slots, |slot, i| array.slots[slot].set(goro_obj(i)))?;
+    let cpu = CpuTicks::now().since(&cpu_before);
+    let after = goro::gc::stats();
+    goro::gc::keep_alive(&array);
+    goro_result("goro", mib, slots, &measured, &before, &after, &cpu);
+    Ok(())
+}
+
+/// A chunk of `goro_chunked`'s array.
+#[derive(goro::Trace)]
+struct GoroChunk {
+    slots: [goro::GcCell<goro::Gc<GoroObj>>; CHUNK_SLOTS],
+}
+
+/// `goro_chunked`'s array: a `Gc` object holding `Gc` chunks.
+#[derive(goro::Trace)]
+struct GoroChunks {
+    chunks: Box<[goro::Gc<GoroChunk>]>,
+}
+
+fn goro_chunked(mib: usize, slots: usize) -> Result<(), String> {
+    let array = goro::Gc::new(GoroChunks {
+        chunks: (0..slots.div_ceil(CHUNK_SLOTS))
+            .map(|c| {
+                let first = (c * CHUNK_SLOTS) as u64;
+                goro::Gc::new(GoroChunk {
+                    slots: std::array::from_fn(|i| goro::GcCell::new(goro_obj(first + i as u64))),
+                })
             })
             .collect(),
     });
     let before = goro::gc::stats();
     let cpu_before = CpuTicks::now();
     let measured = measure(slots, |slot, i| {
-        array.slots[slot].set(goro::Gc::new(GoroObj {
-            words: [i; OBJECT_BYTES / 8],
-        }))
+        array.chunks[slot / CHUNK_SLOTS].slots[slot % CHUNK_SLOTS].set(goro_obj(i))
     })?;
     let cpu = CpuTicks::now().since(&cpu_before);
     let after = goro::gc::stats();
     goro::gc::keep_alive(&array);
+    goro_result("goro_chunked", mib, slots, &measured, &before, &after, &cpu);
+    Ok(())
+}
+
+/// A new object for goro, every word `i`.
+#[inline(always)]
+fn goro_obj(i: u64) -> goro::Gc<GoroObj> {
+    goro::Gc::new(GoroObj {
+        words: [i; OBJECT_BYTES / 8],
+    })
+}
+
+/// Prints goro's RESULT line: the cycles and pauses between `before` and `after`.
+fn goro_result(
+    implementation: &str,
+    mib: usize,
+    slots: usize,
+    measured: &Measured,
+    before: &goro::gc::GcStats,
+    after: &goro::gc::GcStats,
+    cpu: &CpuTicks,
+) {
     let cycles = after.cycles - before.cycles;
     // Two pauses per cycle; the stats keep the last PAUSE_HISTORY of them.
     let wanted = (2 * cycles) as usize;
     let mut pauses: Vec<Duration> = after.pauses.iter().rev().take(wanted).copied().collect();
     pauses.sort_unstable();
     let us = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e6);
-    result("goro", mib, slots, &measured)
+    result(implementation, mib, slots, measured)
         .key("gc_cycles", cycles)
         .key("stw_max_us", us(quantile(&pauses, 1.0)))
         .key("stw_p99_us", us(quantile(&pauses, 0.99)))
@@ -270,7 +325,6 @@ fn goro(mib: usize, slots: usize) -> Result<(), String> {
         .key("gc_cpu_ms", cpu.gc_ms())
         .key("cpu_ms", cpu.process_ms())
         .print(measured.elapsed);
-    Ok(())
 }
 
 /// A 256-byte object of dumpster's heap.

@@ -98,7 +98,7 @@ impl Binary {
 /// The binary an implementation must run in.
 pub fn binary_for(implementation: &str) -> Binary {
     match implementation {
-        "goro" | "goro_trim" | "goro_grow" => Binary::Goro,
+        "goro" | "goro_trim" | "goro_grow" | "goro_chunked" => Binary::Goro,
         "mimalloc" | "box-mimalloc" => Binary::Mimalloc,
         "jemalloc" => Binary::Jemalloc,
         _ => Binary::System,
