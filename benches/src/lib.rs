@@ -7,11 +7,14 @@
 //! `mimalloc`/`box-mimalloc` in `goro-bench-mimalloc`, `jemalloc` in `goro-bench-jemalloc`, every
 //! other peer in `goro-bench` itself (the system allocator).
 //!
-//! Workloads live in families, one module each (`binary_trees`, `alloc`, `stacks`, `sched`), and
-//! each family lists its workloads in a `WORKLOADS` table that [`workloads`] gathers.
+//! Workloads live in families, one module each (`binary_trees`, `gc_latency`, `full_gc`, `alloc`,
+//! `stacks`, `sched`, `stw`), and each family lists its workloads in a `WORKLOADS` table that
+//! [`workloads`] gathers.
 
 pub mod alloc;
 pub mod binary_trees;
+pub mod full_gc;
+pub mod gc_latency;
 pub mod go;
 pub mod report;
 pub mod sched;
@@ -50,6 +53,8 @@ pub struct Workload {
 pub fn workloads() -> Vec<&'static Workload> {
     [
         binary_trees::WORKLOADS,
+        gc_latency::WORKLOADS,
+        full_gc::WORKLOADS,
         alloc::WORKLOADS,
         stacks::WORKLOADS,
         sched::WORKLOADS,
@@ -93,7 +98,7 @@ impl Binary {
 /// The binary an implementation must run in.
 pub fn binary_for(implementation: &str) -> Binary {
     match implementation {
-        "goro" | "goro_trim" | "goro_grow" => Binary::Goro,
+        "goro" | "goro_trim" | "goro_grow" | "goro_chunked" => Binary::Goro,
         "mimalloc" | "box-mimalloc" => Binary::Mimalloc,
         "jemalloc" => Binary::Jemalloc,
         _ => Binary::System,
