@@ -266,26 +266,11 @@ fn a_cleanup_gets_its_argument_intact_off_the_collectors_threads() {
     });
 }
 
-#[inline(never)]
-fn stopped_cleanups(ran: &Arc<AtomicUsize>) -> Vec<Weak<Item>> {
-    (0..100)
-        .map(|i| {
-            let object = item(i);
-            let ran = ran.clone();
-            add_cleanup(&object, (), move |()| {
-                ran.fetch_add(1, Ordering::SeqCst);
-            })
-            .stop();
-            Weak::new(&object)
-        })
-        .collect()
-}
-
 #[test]
 fn a_stopped_cleanup_never_runs() {
     common::run_clobbering(1, || {
         let ran = Arc::new(AtomicUsize::new(0));
-        let weaks = stopped_cleanups(&ran);
+        let weaks = object_cleanups(&ran, true);
         goro::gc::collect();
         goro::gc::collect();
         goro::sleep(Duration::from_millis(50));
@@ -378,7 +363,7 @@ fn the_end_of_a_runtime_clears_the_weak_pointers_of_what_it_frees_and_runs_no_cl
         let ran = ran.clone();
         common::run_clobbering(1, move || {
             let kept = item(42);
-            let weaks = object_cleanups(&ran);
+            let weaks = object_cleanups(&ran, false);
             let weak_kept = Weak::new(&kept);
             (kept, weak_kept, weaks)
         })
@@ -400,15 +385,20 @@ fn the_end_of_a_runtime_clears_the_weak_pointers_of_what_it_frees_and_runs_no_cl
     );
 }
 
+/// 100 objects, each with a cleanup that counts in `ran` (stopped at once with `stop`); returns
+/// their weak pointers.
 #[inline(never)]
-fn object_cleanups(ran: &Arc<AtomicUsize>) -> Vec<Weak<Item>> {
+fn object_cleanups(ran: &Arc<AtomicUsize>, stop: bool) -> Vec<Weak<Item>> {
     (0..100)
         .map(|i| {
             let object = item(i);
             let ran = ran.clone();
-            add_cleanup(&object, (), move |()| {
+            let cleanup = add_cleanup(&object, (), move |()| {
                 ran.fetch_add(1, Ordering::SeqCst);
             });
+            if stop {
+                cleanup.stop();
+            }
             Weak::new(&object)
         })
         .collect()
