@@ -165,39 +165,38 @@ pub(crate) fn shade_new(start: usize, size: usize) {
     for at in (start..start + size - 8).step_by(8) {
         // SAFETY: an aligned word of the object this thread has just built, inside its slot.
         let word = unsafe { core::ptr::read_volatile(at as *const usize) };
-        if !goro_alloc::may_be_heap(word) {
-            continue;
+        if goro_alloc::may_be_heap(word) {
+            shade_word(word);
         }
-        let Some(block) = goro_alloc::find_block(word) else {
-            continue;
-        };
-        if block.is_marked() {
-            continue;
-        }
-        if block.kind == goro_alloc::SpanKind::Gc {
-            // SAFETY: `block` is a slot of a Gc span; its header word lies inside it, and every
-            // access to a header is atomic.
-            let header = unsafe { AtomicUsize::from_ptr(header_of(block.start, block.size)) }
-                .load(Ordering::Acquire);
-            if header == 0 {
-                continue;
-            }
-        }
-        push(word, 0);
     }
 }
 
-/// Shades the object at `word`, just stored into an `AtomicGc` while the collector marks: logs
-/// it for the marker unless it is marked already (or not a built object).
+/// Shades the object at `word`, just stored into an `AtomicGc` while the collector marks.
 #[cold]
 #[inline(never)]
 pub(crate) fn shade_stored(word: usize) {
+    shade_word(word);
+}
+
+/// Logs `word` for the marker to mark, unless the block it points into is marked already (whoever
+/// marked it traces or scans it) or is a free Gc slot.
+fn shade_word(word: usize) {
     let Some(block) = goro_alloc::find_block(word) else {
         return;
     };
-    if !block.is_marked() {
-        push(word, 0);
+    if block.is_marked() {
+        return;
     }
+    if block.kind == goro_alloc::SpanKind::Gc {
+        // SAFETY: `block` is a slot of a Gc span; its header word lies inside it, and every
+        // access to a header is atomic.
+        let header = unsafe { AtomicUsize::from_ptr(header_of(block.start, block.size)) }
+            .load(Ordering::Acquire);
+        if header == 0 {
+            return;
+        }
+    }
+    push(word, 0);
 }
 
 /// Appends an item; returns its position, or `None` when it was dropped (no ring, or marking
@@ -250,17 +249,46 @@ fn push(lo: usize, hi: usize) -> Option<usize> {
 /// a slot a stopped producer reserved but did not fill; those stay in the ring and are taken
 /// again by a later drain, which costs a second scan and nothing else.
 pub(crate) fn drain(marker: &mut Marker, everything: bool) -> usize {
+    let mut taken = 0;
+    // A range needs one scan per drain, however often it was logged.
+    let mut seen = [(0usize, 0usize); 128];
+    walk(everything, |lo, hi| {
+        // The cells are read after this drain (its fence): one scan covers every entry.
+        // Fibonacci hashing: cells of one size class lie at multiples of the class size, which
+        // a plain modulo would send to one entry.
+        let index = lo.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (usize::BITS - 7);
+        let repeat = &mut seen[index];
+        if *repeat != (lo, hi) {
+            *repeat = (lo, hi);
+            take(marker, lo, hi);
+            taken += 1;
+        }
+    });
+    // SeqCst: the entries are taken before the cells are read (see `log_range`).
+    core::sync::atomic::fence(Ordering::SeqCst);
+    taken
+}
+
+/// Drops the items earlier cycles left in the log (called at mark start, with the world
+/// stopped): a finished cycle's marks are final, and a cell logged then may since have been freed
+/// and its memory reused, so scanning it would only keep garbage alive. An item still being
+/// written (its producer stopped half-way) stays, and is scanned in this cycle: harmless.
+pub(crate) fn discard_stale() {
+    walk(false, |_, _| {});
+}
+
+/// The consumer's walk over the ring: hands `each` every filled item from the head on, frees the
+/// slots of the leading run of filled ones, and stops at the first unfilled one (or, with
+/// `everything`, goes on past it, leaving what follows in the ring).
+fn walk(everything: bool, mut each: impl FnMut(usize, usize)) {
     let ring = RING.load(Ordering::Acquire);
     if ring.is_null() {
-        return 0;
+        return;
     }
     let mut head = HEAD.load(Ordering::Relaxed);
     let tail = TAIL.load(Ordering::Acquire);
-    let mut taken = 0;
     let mut contiguous = true;
     let mut position = head;
-    // A range needs one scan per drain, however often it was logged.
-    let mut seen = [(0usize, 0usize); 128];
     while position != tail {
         let slot = entry(ring, position);
         // Acquire: pairs with the producer's Release.
@@ -272,49 +300,13 @@ pub(crate) fn drain(marker: &mut Marker, everything: bool) -> usize {
                 slot.seq.store(position + ENTRIES, Ordering::Release);
                 head = position + 1;
             }
-            // The cells are read after this drain (its fence): one scan covers every entry.
-            // Fibonacci hashing: cells of one size class lie at multiples of the class size,
-            // which a plain modulo would send to one entry.
-            let index = lo.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (usize::BITS - 7);
-            let repeat = &mut seen[index];
-            if *repeat != (lo, hi) {
-                *repeat = (lo, hi);
-                take(marker, lo, hi);
-                taken += 1;
-            }
+            each(lo, hi);
         } else if everything {
             contiguous = false;
         } else {
             break;
         }
         position += 1;
-    }
-    HEAD.store(head, Ordering::Relaxed);
-    // SeqCst: the entries are taken before the cells are read (see `log_range`).
-    core::sync::atomic::fence(Ordering::SeqCst);
-    taken
-}
-
-/// Drops the items earlier cycles left in the log (called at mark start, with the world
-/// stopped): a finished cycle's marks are final, and a cell logged then may since have been freed
-/// and its memory reused, so scanning it would only keep garbage alive. An item still being
-/// written (its producer stopped half-way) stays, and is scanned in this cycle: harmless.
-pub(crate) fn discard_stale() {
-    let ring = RING.load(Ordering::Acquire);
-    if ring.is_null() {
-        return;
-    }
-    let mut head = HEAD.load(Ordering::Relaxed);
-    let tail = TAIL.load(Ordering::Acquire);
-    while head != tail {
-        let slot = entry(ring, head);
-        // Acquire: pairs with the producer's Release.
-        if slot.seq.load(Ordering::Acquire) != head + 1 {
-            break;
-        }
-        // Release: as in `drain`.
-        slot.seq.store(head + ENTRIES, Ordering::Release);
-        head += 1;
     }
     HEAD.store(head, Ordering::Relaxed);
 }

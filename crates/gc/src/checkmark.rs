@@ -48,7 +48,7 @@ pub(crate) fn verify(mutators: &dyn Mutators, mark_immortals: fn(&mut Tracer)) {
     let here = core::hint::black_box(&here) as *const usize as usize;
     mutators.roots(&mut RootVisitor {
         sink: &mut |root| {
-            if !matches!(root, Root::Range(lo, hi) if (lo..hi).contains(&here)) {
+            if !root.holds(here) {
                 tracer.push_root(root);
             }
         },

@@ -544,7 +544,7 @@ fn terminate(
     let here = core::hint::black_box(&here) as *const usize as usize;
     started.mutators.roots(&mut RootVisitor {
         sink: &mut |root| {
-            if !matches!(root, Root::Range(lo, hi) if (lo..hi).contains(&here)) {
+            if !root.holds(here) {
                 tracer.push_root(root);
             }
         },

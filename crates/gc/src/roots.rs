@@ -70,6 +70,14 @@ pub(crate) enum Root {
     Block(usize),
 }
 
+impl Root {
+    /// Whether this is the range of memory that holds `address`: with the address of a local,
+    /// whether it is the calling thread's own stack (which the collector's threads leave out).
+    pub(crate) fn holds(&self, address: usize) -> bool {
+        matches!(*self, Root::Range(lo, hi) if (lo..hi).contains(&address))
+    }
+}
+
 impl RootVisitor<'_> {
     /// Scans `[lo, hi)` conservatively: every aligned word that points into an allocated block of
     /// goro's heap keeps that block alive.

@@ -159,11 +159,8 @@ where
 {
     match current_sched() {
         Some(sched) if !sched.shutdown.load(Ordering::SeqCst) => {
-            stw::safe_point();
-            let task = Arc::new(Task::new(f));
-            let id = proc::newproc(sched, Entry::Task(task.clone()));
             // Detached at once: a panic is reported as any detached goroutine's.
-            drop(JoinHandle::new(task, id));
+            drop(spawn(sched, f));
             Ok(())
         }
         _ => Err(f),
@@ -186,6 +183,16 @@ where
     let Some(sched) = current_sched() else {
         panic!("goro::go called outside a goro runtime: start one with goro::run(|| ...)");
     };
+    spawn(sched, f)
+}
+
+/// [`go`] and [`try_go`] once the runtime is found: a safe point, then the new goroutine.
+#[track_caller]
+fn spawn<F, R>(sched: &'static Sched, f: F) -> JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
     stw::safe_point();
     let task = Arc::new(Task::new(f));
     let id = proc::newproc(sched, Entry::Task(task.clone()));
