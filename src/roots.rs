@@ -27,10 +27,16 @@ const STACKS_KEPT_WARM: usize = 16;
 /// What the cycle under way reports, gathered before the other threads stopped (gathering
 /// allocates and takes locks; reporting must do neither).
 struct CycleRoots<'a> {
-    goroutines: &'a RootsLock,
+    /// The goroutines' roots: the running runtime's, or the abandoned ones of a runtime that
+    /// ended.
+    goroutines: &'a GoroutineRootsFn<'a>,
     statics: &'a [(usize, usize)],
     threads: &'a Stopped,
 }
+
+/// Hands every goroutine root (`RootsLock::for_each`, `AbandonedRoots::for_each`) to its
+/// argument.
+type GoroutineRootsFn<'a> = dyn Fn(&mut dyn FnMut(RootRange)) + 'a;
 
 thread_local! {
     /// The roots of the cycle this thread runs, while it runs it.
@@ -83,11 +89,7 @@ unsafe impl Mutators for GoroutineRoots {
         // SAFETY: `stopped_cycle` set it to a value of its frame for the duration of the cycle,
         // which calls us.
         let active = unsafe { &*active };
-        active
-            .goroutines
-            .for_each(&mut |root| report(visitor, root));
-        report_segments(visitor, active.statics);
-        report_threads(visitor, active.threads);
+        report_active(visitor, active);
     }
 
     fn safe_point(&self) {
@@ -125,10 +127,17 @@ fn stopped_cycle(cycle: &mut dyn FnMut()) {
     // goroutine is stopped by `stop_others` before the cycle reads the Gs, and the lock is
     // dropped before the closure returns.
     let goroutines = unsafe { RootsLock::new() };
+    run_stopped(&|visit| goroutines.for_each(visit), cycle);
+    drop(goroutines);
+}
+
+/// Stops every other thread of the process, runs `cycle` with `goroutines` and them as the
+/// roots [`report_active`] gives, and lets them go.
+fn run_stopped(goroutines: &GoroutineRootsFn<'_>, cycle: &mut dyn FnMut()) {
     let statics = writable_segments();
     let threads = world::stop_others();
     let roots = CycleRoots {
-        goroutines: &goroutines,
+        goroutines,
         statics: &statics,
         threads: &threads,
     };
@@ -136,7 +145,78 @@ fn stopped_cycle(cycle: &mut dyn FnMut()) {
     cycle();
     ACTIVE.with(|active| active.set(std::ptr::null()));
     drop(threads);
-    drop(goroutines);
+}
+
+/// Reports the roots of the stop under way on this thread.
+fn report_active(visitor: &mut RootVisitor<'_>, active: &CycleRoots<'_>) {
+    (active.goroutines)(&mut |root| report(visitor, root));
+    report_segments(visitor, active.statics);
+    report_threads(visitor, active.threads);
+}
+
+/// The world of a runtime that has ended, while the collector retires its heap
+/// (`goro_gc::retire`): every thread of the process, stopped by signal (none is a goroutine
+/// any more), the static data, and the goroutines the runtime abandoned.
+pub(crate) struct RetiredWorld {
+    ended: std::sync::Mutex<Option<(goro_sched::Abandoned, usize)>>,
+}
+
+pub(crate) static RETIRED_WORLD: RetiredWorld = RetiredWorld {
+    ended: std::sync::Mutex::new(None),
+};
+
+impl RetiredWorld {
+    /// Makes this the world of the runtime that just ended, which left `abandoned` behind and
+    /// ran `procs` Ps (the collector marks with a helper thread where it had two or more).
+    pub(crate) fn set(&self, abandoned: goro_sched::Abandoned, procs: usize) {
+        *self
+            .ended
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some((abandoned, procs));
+    }
+
+    fn ended(&self) -> (goro_sched::Abandoned, usize) {
+        self.ended
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .expect("the retired world is set before its retirement starts")
+    }
+}
+
+// SAFETY: `stop_the_world` stops every other thread of the process by signal (but the
+// stash-trap thread and the mark helper, which hold no `Gc`), after locking the abandoned
+// goroutines' lists and gathering the static segments (so the cycle needs no lock or allocation
+// a stopped thread could hold up; `ended` is locked only by the collector's threads and `run`,
+// never by a stopped thread in a way that blocks the stop). No goroutine runs: the runtime's Ms
+// have exited. `roots` reports every thread's stack and static TLS, the static data, and every
+// abandoned goroutine's G struct and stacks (which stay allocated for ever).
+unsafe impl Mutators for RetiredWorld {
+    fn stop_the_world(&self, cycle: &mut dyn FnMut()) -> bool {
+        let abandoned = self.ended().0.roots();
+        run_stopped(&|visit| abandoned.for_each(visit), cycle);
+        true
+    }
+
+    fn roots(&self, visitor: &mut RootVisitor<'_>) {
+        let active = ACTIVE.with(Cell::get);
+        assert!(
+            !active.is_null(),
+            "roots asked for outside a retirement's pause"
+        );
+        // SAFETY: `run_stopped` set it to a value of its frame for the duration of the pause,
+        // which calls us.
+        report_active(visitor, unsafe { &*active });
+    }
+
+    fn safe_point(&self) {}
+
+    fn procs(&self) -> usize {
+        self.ended().1
+    }
+
+    fn prepare_stop(&self) {
+        world::prepare_stop();
+    }
 }
 
 /// Reports every stopped thread's stack and TLS, and the collecting thread's own, less its
@@ -184,19 +264,6 @@ pub(crate) fn report(visitor: &mut RootVisitor<'_>, root: RootRange) {
         // takes them back or exits, neither of which happens while the world is stopped.
         RootRange::Stashed { lo, hi } => unsafe { visitor.range(lo, hi) },
     }
-}
-
-/// Reports the abandoned goroutines, the static segments and the stopped threads of the
-/// retirement under way on this thread (see `Runtime::run`).
-pub(crate) fn report_retiring(visitor: &mut RootVisitor<'_>) {
-    let Some(retiring) = crate::runtime::retiring() else {
-        panic!("report_retiring outside a retirement");
-    };
-    retiring
-        .abandoned
-        .for_each(&mut |root| report(visitor, root));
-    report_segments(visitor, retiring.statics);
-    report_threads(visitor, retiring.threads);
 }
 
 fn report_segments(visitor: &mut RootVisitor<'_>, segments: &[(usize, usize)]) {

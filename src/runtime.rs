@@ -27,7 +27,10 @@
 //! One runtime runs at a time in a process (later `run` calls wait for it). When the main
 //! goroutine returns, the runtime ends: goroutines still blocked are abandoned (nothing of theirs
 //! is dropped, as when a Go program exits), and the collector *retires* the heap: every object the
-//! returned value or an abandoned goroutine can reach becomes immortal, the rest is dropped.
+//! returned value or an abandoned goroutine can reach becomes immortal, the rest is dropped. The
+//! retirement marks and sweeps beside the caller once `run` has returned (only its first pause
+//! runs before); the next `run` and the process's exit wait for it
+//! ([`goro_gc::wait_for_retirement`]).
 
 use crate::roots::{self, GOROUTINE_ROOTS};
 use std::fmt;
@@ -467,6 +470,10 @@ impl Runtime {
         }
         // One runtime at a time: the collector's roots and the heap's retirement belong to it.
         let _one_at_a_time = RUN_LOCK.lock().unwrap_or_else(|poison| poison.into_inner());
+        // The last runtime's heap is retired before this one allocates, and before the process
+        // exits.
+        goro_gc::wait_for_retirement();
+        wait_for_retirement_at_exit();
         goro_gc::set_percent(self.gc_percent);
         goro_gc::set_memory_limit(self.memory_limit);
         goro_gc::set_trace(self.debug.gctrace);
@@ -507,29 +514,14 @@ impl Runtime {
         let finished = goro_sched::run(config, main);
         // SAFETY: installed above by this runtime, which is over.
         unsafe { goro_gc::uninstall() };
-        // What the stopped threads could hold (the `allg` locks, the allocator's) is taken or
-        // allocated before they are stopped, as for a cycle.
-        let abandoned = std::cell::OnceCell::new();
-        let mut stopped = |cycle: &mut dyn FnMut()| {
-            let held = abandoned.get_or_init(|| finished.abandoned_roots());
-            let statics = roots::writable_segments();
-            let threads = crate::world::stop_others();
-            RETIRING.with(|slot| slot.set(Some((&raw const statics, &raw const threads, held))));
-            cycle();
-            RETIRING.with(|slot| slot.set(None));
-        };
-        let mut report = |visitor: &mut goro_gc::RootVisitor<'_>| {
-            let result = finished.result();
-            let lo = std::ptr::from_ref(result).cast::<u8>();
-            // SAFETY: the result is a live local of this frame for the whole call.
-            unsafe { visitor.range(lo, lo.add(size_of_val(result))) };
-            roots::report_retiring(visitor);
-        };
-        // Every goroutine has stopped for good; `stopped` stops every other thread, and `report`
-        // gives each one (this thread from its frame up, so the result too), the abandoned
-        // goroutines and the static data: every place a `Gc` can live.
-        // SAFETY: the roots above are all of them, and this runtime is over and uninstalled.
-        unsafe { goro_gc::retire(&mut stopped, &mut report) };
+        roots::RETIRED_WORLD.set(finished.abandoned(), self.max_procs);
+        // Every goroutine has stopped for good; the retired world stops every other thread and
+        // reports each one (this thread from its frame up, so the result too, until `run`
+        // returns it: then it is wherever the caller keeps it), the abandoned goroutines and the
+        // static data: every place a `Gc` can live. The retirement marks and sweeps beside the
+        // caller from here on; only its first pause runs now.
+        // SAFETY: those roots are all of them, and this runtime is over and uninstalled.
+        unsafe { goro_gc::retire(&roots::RETIRED_WORLD) };
         match finished.into_result() {
             Ok(value) => value,
             Err(panic) if panic.is_exit() => {
@@ -540,6 +532,21 @@ impl Runtime {
             Err(panic) => panic.resume(),
         }
     }
+}
+
+/// Registers, once, an `atexit` handler that waits for a retirement under way
+/// ([`goro_gc::wait_for_retirement`]): the drop glue of what the last runtime left unreachable
+/// runs before the process ends (its `Drop`s may flush a user's bytes).
+fn wait_for_retirement_at_exit() {
+    extern "C" fn at_exit() {
+        goro_gc::wait_for_retirement();
+    }
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        // SAFETY: `at_exit` is an `extern "C" fn()` that neither unwinds nor calls `exit`.
+        // If registration fails the process only loses the wait at its exit.
+        unsafe { libc::atexit(at_exit) };
+    });
 }
 
 /// Wraps the process's panic hook, once, so that a panic on a goroutine is preceded by a line
@@ -568,43 +575,6 @@ fn promised(on: bool) -> goro_sched::Promised {
     } else {
         goro_sched::Promised::OFF
     }
-}
-
-/// Where the roots of a retirement are: the static segments and the stopped threads.
-type RetiringRoots = (
-    *const Vec<(usize, usize)>,
-    *const crate::world::Stopped,
-    *const goro_sched::AbandonedRoots<'static>,
-);
-
-thread_local! {
-    /// The static segments, stopped threads and abandoned goroutines of the retirement under way
-    /// on this thread.
-    static RETIRING: std::cell::Cell<Option<RetiringRoots>> = const { std::cell::Cell::new(None) };
-}
-
-/// The roots of the retirement under way on this thread, besides its own frame.
-pub(crate) struct Retiring {
-    /// The static segments.
-    pub(crate) statics: &'static [(usize, usize)],
-    /// The stopped threads.
-    pub(crate) threads: &'static crate::world::Stopped,
-    /// The goroutines the runtime left behind.
-    pub(crate) abandoned: &'static goro_sched::AbandonedRoots<'static>,
-}
-
-/// The roots of the retirement under way on this thread, if one is.
-pub(crate) fn retiring() -> Option<Retiring> {
-    let (statics, threads, abandoned) = RETIRING.with(std::cell::Cell::get)?;
-    // SAFETY: set by `run` to locals of its frame while `retire` runs the closure that calls us,
-    // and cleared before they go; the references do not escape the report.
-    Some(unsafe {
-        Retiring {
-            statics: (*statics).as_slice(),
-            threads: &*threads,
-            abandoned: &*abandoned,
-        }
-    })
 }
 
 /// Whether `#[global_allocator]` is `GoroAlloc`: a fresh `Box` must land in goro's heap.

@@ -368,6 +368,8 @@ fn the_end_of_a_runtime_clears_the_weak_pointers_of_what_it_frees_and_runs_no_cl
             (kept, weak_kept, weaks)
         })
     };
+    // The retirement goes on beside this thread after `run` returns.
+    goro::gc::wait_for_retirement();
     let upgraded = weak_kept
         .upgrade()
         .expect("an object the runtime returned was cleared");

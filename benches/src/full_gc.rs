@@ -15,18 +15,35 @@
 //! adds its own per-object cost to the payload (goro a header word per object, in size classes
 //! of 24 and 32 bytes here; Go none, in classes of 16 and 24): `heap_mib` is the live heap each
 //! runtime reports after the timed cycle.
+//!
+//! `retire MB`: the end of a runtime whose main goroutine built the same heap. Variant `live`
+//! returns it from `run` (the retirement marks all of it and makes it immortal), `dead` drops it
+//! (the retirement frees all of it). `retire_ms` is the wall time from the main goroutine's
+//! return to `run`'s: what the end of a runtime costs its caller. The retirement goes on beside
+//! the caller; `retired_ms` is the time until `goro::gc::wait_for_retirement` returns, measured
+//! from the same point (the process's exit waits for it too, so that drop glue runs). Go has no
+//! end of a runtime to compare with (its program exits without collecting): goro only.
 
 use crate::{Options, Workload, report};
 use std::time::Instant;
 
 /// The workload.
-pub const WORKLOADS: &[Workload] = &[Workload {
-    name: "full_gc",
-    default_size: "100",
-    variants: &["1", "2"],
-    implementations: &["goro", "go"],
-    run,
-}];
+pub const WORKLOADS: &[Workload] = &[
+    Workload {
+        name: "full_gc",
+        default_size: "100",
+        variants: &["1", "2"],
+        implementations: &["goro", "go"],
+        run,
+    },
+    Workload {
+        name: "retire",
+        default_size: "300",
+        variants: &["live", "dead"],
+        implementations: &["goro"],
+        run: run_retire,
+    },
+];
 
 /// Nodes per list.
 pub const LIST_LEN: usize = 4096;
@@ -123,16 +140,23 @@ fn tree(depth: u32, value: u64) -> goro::Gc<TreeNode> {
     goro::Gc::new(TreeNode { left, right, value })
 }
 
-fn goro(mb: usize, procs: usize) {
+/// Builds the heap of `mb` megabytes of payload; returns it with its object count.
+fn heap(mb: usize) -> (goro::Gc<Heap>, usize) {
     let (lists, trees) = shape(mb);
     let objects = lists * LIST_LEN + trees * ((1 << (TREE_DEPTH + 1)) - 1);
-    let built = Instant::now();
     let heap = goro::Gc::new(Heap {
         lists: (0..lists)
             .map(|i| list(LIST_LEN, (i * LIST_LEN) as u64))
             .collect(),
         trees: (0..trees).map(|i| tree(TREE_DEPTH, i as u64)).collect(),
     });
+    (heap, objects)
+}
+
+fn goro(mb: usize, procs: usize) {
+    let (lists, trees) = shape(mb);
+    let built = Instant::now();
+    let (heap, objects) = heap(mb);
     let build_ms = built.elapsed().as_secs_f64() * 1e3;
     goro::gc::collect();
     let before = goro::gc::stats();
@@ -166,6 +190,41 @@ fn goro(mb: usize, procs: usize) {
         .key("stw_us", pauses.join(","))
         .key("gc_ms", format!("{:.1}", elapsed.as_secs_f64() * 1e3))
         .print(elapsed);
+}
+
+fn run_retire(implementation: &str, size: &str, options: &Options) -> Result<(), String> {
+    let mb: usize = crate::parse_size("retire", size)?;
+    let live = match options.variant.as_deref() {
+        None | Some("live") => true,
+        Some("dead") => false,
+        Some(other) => return Err(format!("retire: no variant {other} (live, dead)")),
+    };
+    if implementation != "goro" {
+        return Err(format!("no implementation {implementation}"));
+    }
+    let runtime = crate::goro_runtime(options)?;
+    let (kept, objects, returned) = runtime.run(move || {
+        let (heap, objects) = heap(mb);
+        // A settled heap, as a program's would be after running a while.
+        goro::gc::collect();
+        (live.then_some(heap), objects, Instant::now())
+    });
+    let retire = returned.elapsed();
+    goro::gc::wait_for_retirement();
+    let retired = returned.elapsed();
+    let live_objects = kept.map_or(0, |heap| {
+        let lists = heap.lists.len() * LIST_LEN;
+        lists + heap.trees.len() * ((1 << (TREE_DEPTH + 1)) - 1)
+    });
+    report::Result::new("retire", "goro")
+        .key("variant", if live { "live" } else { "dead" })
+        .key("mb", mb)
+        .key("objects", objects)
+        .key("kept_objects", live_objects)
+        .key("retire_ms", format!("{:.2}", retire.as_secs_f64() * 1e3))
+        .key("retired_ms", format!("{:.1}", retired.as_secs_f64() * 1e3))
+        .print(retire);
+    Ok(())
 }
 
 #[cfg(test)]

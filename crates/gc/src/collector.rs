@@ -339,7 +339,7 @@ fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
             // stop.
             let due = forced || STRESS.load(Ordering::Relaxed) || pacer::should_trigger();
             if due && !COLLECTING.swap(true, Ordering::Acquire) {
-                start_marking(mutators, forced, requested);
+                start_marking(mutators, forced, requested, false);
                 ran = Some(CYCLES_RUN.fetch_add(1, Ordering::Relaxed) + 1);
             }
         });
@@ -368,6 +368,8 @@ fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
 struct Started {
     mutators: &'static dyn Mutators,
     forced: bool,
+    /// A runtime's retirement ([`retire`]) rather than a cycle.
+    retiring: bool,
     requested: Instant,
     /// When the first pause ended.
     restarted: Instant,
@@ -387,7 +389,12 @@ static STARTED: StartedSlot = StartedSlot(UnsafeCell::new(None));
 
 /// The first pause: with every thread stopped, turns the barrier on and loads the mark worker's
 /// work list with the roots. New objects are black from here on (`allocate`).
-fn start_marking(mutators: &'static dyn Mutators, forced: bool, requested: Instant) {
+fn start_marking(
+    mutators: &'static dyn Mutators,
+    forced: bool,
+    requested: Instant,
+    retiring: bool,
+) {
     let began = Instant::now();
     let heap_before = pacer::heap_alloc();
     goro_alloc::clear_marks();
@@ -419,6 +426,7 @@ fn start_marking(mutators: &'static dyn Mutators, forced: bool, requested: Insta
         *STARTED.0.get() = Some(Started {
             mutators,
             forced,
+            retiring,
             requested,
             restarted: Instant::now(),
             start_pause: began.duration_since(requested) + began.elapsed(),
@@ -492,6 +500,10 @@ fn mark_concurrently() {
         COLLECTING.store(false, Ordering::Release);
         return;
     };
+    if started.retiring {
+        finish_retirement();
+        return;
+    }
     // With the world going: unmarked objects are unreachable (nothing can reach them again but
     // a weak pointer, which `settle` clears first), and objects allocated since termination are
     // black until the condemning is done.
@@ -647,28 +659,33 @@ pub(crate) fn sweep(job: Sweep) {
     if ends_a_cycle {
         // Release: a forced collection waiting for this cycle sees the sweep's frees.
         CYCLES_SWEPT.fetch_add(1, Ordering::Release);
+    } else {
+        // Release: `wait_for_retirement`'s Acquire sees the retirement's frees and drops.
+        RETIRING.store(false, Ordering::Release);
     }
     // Release: the next cycle's Acquire sees the sweep's frees.
     COLLECTING.store(false, Ordering::Release);
 }
 
-/// Ends the life of a runtime's heap: marks from the roots `report` gives (what outlives the
-/// runtime: the value `run` returns, the stacks of goroutines it abandons, every thread of the
+/// Ends the life of a runtime's heap: marks from the roots of `world` (what outlives the
+/// runtime: the value `run` returns, the stacks of goroutines it abandoned, every thread of the
 /// process), drops every object not reached, and makes every object reached *immortal*: no later
 /// cycle frees it.
 ///
-/// `stopped` must stop every other thread of the process, call its argument, and resume them;
-/// `report` is called inside it.
+/// Only the first pause runs here: the retirement is a cycle like the others, marked by the
+/// mark worker while the caller goes on (its threads are mutators like any thread outside a
+/// runtime: stopped and scanned in the pauses, their `GcCell` stores caught by the barrier),
+/// ended by a second pause, and swept on the sweeper thread. No object can be allocated until
+/// it is over ([`wait_for_retirement`]; the next runtime waits for it before it starts), so what
+/// is unreachable now stays so.
 ///
 /// # Safety
 /// May be called only by the runtime that is ending, after it stopped every goroutine for good
-/// and uninstalled its [`Mutators`], and only if `stopped` and `report` together see every
-/// place a thread of the process can keep a `Gc` (as [`Mutators::roots`] must): whatever they
-/// miss is freed while still reachable.
-pub unsafe fn retire(
-    stopped: &mut dyn FnMut(&mut dyn FnMut()),
-    report: &mut dyn FnMut(&mut RootVisitor<'_>),
-) {
+/// and uninstalled its [`Mutators`], with a `world` that stops every thread of the process and
+/// whose roots are every place a thread of the process can keep a `Gc` (as [`Mutators::roots`]
+/// must), the abandoned goroutines' stacks included, until the retirement is over: whatever it
+/// misses is freed while still reachable.
+pub unsafe fn retire(world: &'static dyn Mutators) {
     while COLLECTING.swap(true, Ordering::Acquire) {
         // The last cycle may still be sweeping, or wait for its after-restart work, which its
         // collecting goroutine (stopped for good now) may never do.
@@ -676,32 +693,63 @@ pub unsafe fn retire(
             std::thread::sleep(Duration::from_micros(50));
         }
     }
-    stopped(&mut || {
-        let mut tracer = Tracer::new();
-        mark::CACHE_RECENT.store(true, Ordering::Relaxed);
-        goro_alloc::clear_marks();
-        mark_immortals(&mut tracer);
-        report(&mut RootVisitor {
-            sink: &mut |root| {
-                tracer.push_root(root);
-            },
-        });
-        helper::drain(&mut tracer, false);
-        drop(tracer);
-        mark::CACHE_RECENT.store(false, Ordering::Relaxed);
-        special::open_window();
-        condemn(true);
-    });
+    RETIRING.store(true, Ordering::Relaxed);
+    if world.procs() >= 2 {
+        helper::start_mark_helper();
+    }
+    barrier::prepare();
+    worker::start(mark_concurrently);
+    world.prepare_stop();
+    let requested = Instant::now();
+    let stopped = world.stop_the_world(&mut || start_marking(world, true, requested, true));
+    assert!(
+        stopped,
+        "goro-gc: the world of a retirement refused to stop"
+    );
+}
+
+/// Whether a retirement ([`retire`]) is under way: from its start until its sweep is done.
+static RETIRING: AtomicBool = AtomicBool::new(false);
+
+/// Waits until the heap of the runtime that ended last is retired: every object it left
+/// unreachable dropped, every object still reachable made immortal. `goro::run` returns while
+/// the retirement goes on beside the caller; the next runtime waits for it before it starts,
+/// and so does the process's exit (an `atexit` handler the facade registers), so that the drop
+/// glue of everything the runtime left behind runs. Returns at once when none is under way, or
+/// when called on one of the collector's own threads (a drop that waits for its own sweep would
+/// wait for ever).
+pub fn wait_for_retirement() {
+    // SAFETY: gettid has no preconditions.
+    let here = unsafe { libc::gettid() };
+    if [
+        sweeper::sweeper_thread_id(),
+        worker::worker_thread_id(),
+        helper::helper_thread_id(),
+    ]
+    .contains(&Some(here))
+    {
+        return;
+    }
+    // Acquire: pairs with the Release in `sweep`, so the retirement's frees and drops are seen.
+    while RETIRING.load(Ordering::Acquire) {
+        if !finish_pending() {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+}
+
+/// The end of a retirement, on the mark worker once its second pause is over: clears the weak
+/// pointers to the dead (their cleanups are leaked with the runtime that would have run them),
+/// condemns the dead and makes the living immortal, then hands the dropping to the sweeper.
+fn finish_retirement() {
     special::settle(None);
+    condemn(true);
     goro_alloc::relist_freed_gc_spans();
     list_immortals();
     pacer::cycle_done(0, 0);
-    // The objects left behind are dropped on the sweeper thread; a drop that waits for a lock an
-    // abandoned goroutine holds waits there, not here.
-    let retirement = sweeper::hand_over(Box::new(|| sweep(Sweep::Retirement)));
-    while !sweeper::finished(retirement) {
-        std::thread::sleep(Duration::from_micros(100));
-    }
+    // The objects left behind are dropped on the sweeper thread; a drop that waits for a lock
+    // a thread of the caller's holds waits there, not in the caller's way.
+    sweeper::hand_over(Box::new(|| sweep(Sweep::Retirement)));
 }
 
 /// Objects made immortal by [`retire`]. They are roots of every later cycle: whoever holds them

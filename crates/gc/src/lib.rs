@@ -77,6 +77,7 @@ pub use atomic::AtomicGc;
 pub use cell::{BorrowError, GcCell, GcRef, GcRefMut};
 pub use collector::{
     POISON, collect, is_busy, keep_alive, retire, set_checkmark, set_clobber_free, set_stress,
+    wait_for_retirement,
 };
 pub use helper::{helper_thread_id, start_mark_helper};
 pub use mark::set_scan_unaligned;

@@ -7,7 +7,7 @@
 //! holder is bound to. Go sweeps in the background too (`bgsweep`).
 //!
 //! One job at a time: a cycle hands its sweep over and returns; the next cycle cannot start
-//! before the sweep ends (the `COLLECTING` flag). Jobs are numbered so a waiter can tell its own.
+//! before the sweep ends (the `COLLECTING` flag), which the job clears as it ends.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -17,18 +17,12 @@ pub(crate) type Job = Box<dyn FnOnce() + Send>;
 
 struct State {
     /// The job handed over and not yet taken.
-    pending: Option<(u64, Job)>,
-    /// Jobs handed over so far.
-    handed: u64,
-    /// Jobs finished so far.
-    finished: u64,
+    pending: Option<Job>,
     started: bool,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
     pending: None,
-    handed: 0,
-    finished: 0,
     started: false,
 });
 static WORK: Condvar = Condvar::new();
@@ -43,13 +37,11 @@ pub fn sweeper_thread_id() -> Option<i32> {
     (tid != 0).then_some(tid)
 }
 
-/// Gives `job` to the sweeper; returns its number for [`finished`].
-pub(crate) fn hand_over(job: Job) -> u64 {
+/// Gives `job` to the sweeper.
+pub(crate) fn hand_over(job: Job) {
     let mut state = STATE.lock().unwrap_or_else(|p| p.into_inner());
     debug_assert!(state.pending.is_none(), "a sweep handed over twice");
-    state.handed += 1;
-    let number = state.handed;
-    state.pending = Some((number, job));
+    state.pending = Some(job);
     if !state.started {
         state.started = true;
         std::thread::Builder::new()
@@ -61,12 +53,6 @@ pub(crate) fn hand_over(job: Job) -> u64 {
             });
     }
     WORK.notify_all();
-    number
-}
-
-/// Whether job `number` is done.
-pub(crate) fn finished(number: u64) -> bool {
-    STATE.lock().unwrap_or_else(|p| p.into_inner()).finished >= number
 }
 
 fn sweeper_main() {
@@ -74,7 +60,7 @@ fn sweeper_main() {
     TID.store(unsafe { libc::gettid() }, Ordering::Relaxed);
     let mut state = STATE.lock().unwrap_or_else(|p| p.into_inner());
     loop {
-        let Some((number, job)) = state.pending.take() else {
+        let Some(job) = state.pending.take() else {
             // SAFETY: a condition-variable wait only sleeps and takes its mutex back: the
             // collector may count this thread as stopped meanwhile (goro-alloc's `parked`).
             state = unsafe { goro_alloc::parked::while_parked(|| WORK.wait(state)) }
@@ -88,7 +74,5 @@ fn sweeper_main() {
         // block by block, stale contents and all (keeping garbage alive). Give it back.
         goro_alloc::flush_thread_cache();
         state = STATE.lock().unwrap_or_else(|p| p.into_inner());
-        state.finished = number;
-        WORK.notify_all();
     }
 }

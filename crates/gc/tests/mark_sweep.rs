@@ -268,16 +268,24 @@ fn retired_objects_are_never_freed() {
     let _serial = setup();
     let kept = node(21);
     let _lost = node(22);
-    let word = kept.as_ptr() as usize;
-    let mut report = |visitor: &mut RootVisitor<'_>| {
-        let lo = (&word as *const usize).cast::<u8>();
-        // SAFETY: a local that outlives the call.
-        unsafe { visitor.range(lo, lo.add(8)) };
-    };
-    // SAFETY: the fake's world is this thread alone, and `word` is its only root.
-    unsafe { goro_gc::retire(&mut |cycle: &mut dyn FnMut()| cycle(), &mut report) };
+    root(5, kept);
+    // The retirement marks beside this thread, and its second pause takes the world this thread
+    // holds: let go of it until the retirement is over.
+    let_go_of_world();
+    // SAFETY: the fake's world is this thread alone, whose only root is `ROOTS` (it allocates
+    // nothing until the retirement is over); the fake is uninstalled, as a runtime that ends
+    // uninstalls its world, and installed again by the next test's setup.
+    unsafe {
+        goro_gc::uninstall();
+        goro_gc::retire(&FAKE);
+    }
+    goro_gc::wait_for_retirement();
+    // SAFETY: the retirement is over, and the tests are serialised.
+    unsafe { goro_gc::install(&FAKE) };
+    hold_world();
     assert_eq!(DROPS.load(Ordering::SeqCst), 1);
     // No root refers to `kept` any more, yet it survives: it outlived its runtime.
+    ROOTS.0[5].store(0, Ordering::SeqCst);
     goro_gc::collect();
     goro_gc::collect();
     assert_eq!(DROPS.load(Ordering::SeqCst), 1);

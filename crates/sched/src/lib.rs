@@ -86,7 +86,7 @@ pub use park::sleep;
 pub use proc::{LOCAL_QUEUE_SOFT_LIMIT, blocking, release_stack_memory, set_max_procs, yield_now};
 pub use roots::{RootRange, RootsLock};
 pub use runtime2::{current_goroutine_id, is_goroutine, num_goroutine, procs};
-pub use start::{AbandonedRoots, Finished, go, run, try_go};
+pub use start::{Abandoned, AbandonedRoots, Finished, go, run, try_go};
 pub use stw::{safe_point, stop_the_world, stop_the_world_from_thread};
 pub use sysmon::TIME_SLICE;
 

@@ -25,6 +25,25 @@ impl AbandonedRoots<'_> {
     }
 }
 
+/// The goroutines a finished runtime left behind (see [`Finished::abandoned`]).
+#[derive(Clone, Copy)]
+pub struct Abandoned {
+    sched: &'static Sched,
+}
+
+impl Abandoned {
+    /// Holds the abandoned goroutines still, to report their roots
+    /// ([`AbandonedRoots::for_each`]). They never run again; their stacks and closures stay
+    /// allocated (as in Go, nothing of theirs is dropped). Take it *before* stopping the threads
+    /// that do not reach a safe point, as [`RootsLock`](crate::RootsLock): it locks the `allg`
+    /// lists and allocates, and a stopped thread may hold either lock.
+    pub fn roots(&self) -> AbandonedRoots<'static> {
+        AbandonedRoots {
+            lists: self.sched.allg.iter().map(lock).collect(),
+        }
+    }
+}
+
 /// One runtime at a time per process; later `run` calls wait.
 static RUN_LOCK: RankedMutex<()> = RankedMutex::new(Rank::Run, ());
 
@@ -41,14 +60,15 @@ impl<R> Finished<R> {
     }
 
     /// Holds the goroutines still alive when the main goroutine returned, to report their roots
-    /// ([`AbandonedRoots::for_each`]). They never run again; their stacks and closures stay
-    /// allocated (as in Go, nothing of theirs is dropped). Take it *before* stopping the threads
-    /// that do not reach a safe point, as [`RootsLock`](crate::RootsLock): it locks the `allg`
-    /// lists and allocates, and a stopped thread may hold either lock.
+    /// ([`AbandonedRoots::for_each`]). See [`Abandoned::roots`].
     pub fn abandoned_roots(&self) -> AbandonedRoots<'static> {
-        AbandonedRoots {
-            lists: self.sched.allg.iter().map(lock).collect(),
-        }
+        self.abandoned().roots()
+    }
+
+    /// The goroutines still alive when the main goroutine returned, as a handle that outlives
+    /// this value (the collector retires the heap after `run` has returned).
+    pub fn abandoned(&self) -> Abandoned {
+        Abandoned { sched: self.sched }
     }
 
     /// The main goroutine's result.
