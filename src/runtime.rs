@@ -29,8 +29,8 @@
 //! is dropped, as when a Go program exits), and the collector *retires* the heap: every object the
 //! returned value or an abandoned goroutine can reach becomes immortal, the rest is dropped. The
 //! retirement marks and sweeps beside the caller once `run` has returned (only its first pause
-//! runs before); the next `run` and the process's exit wait for it
-//! ([`goro_gc::wait_for_retirement`]).
+//! runs before); the next `run` waits for it to decide what lives, the process's exit for its
+//! drop glue as long as that makes progress ([`goro_gc::wait_for_retirement`]).
 
 use crate::roots::{self, GOROUTINE_ROOTS};
 use std::fmt;
@@ -468,11 +468,17 @@ impl Runtime {
                 "goro::run called inside a running goro runtime; use goro::go to start goroutines"
             );
         }
+        if goro_gc::is_collector_thread() {
+            panic!(
+                "goro::run called from drop glue the collector runs: the collector cannot go on \
+                 until this drop returns (start the runtime on a thread of your own)"
+            );
+        }
         // One runtime at a time: the collector's roots and the heap's retirement belong to it.
         let _one_at_a_time = RUN_LOCK.lock().unwrap_or_else(|poison| poison.into_inner());
-        // The last runtime's heap is retired before this one allocates, and before the process
-        // exits.
-        goro_gc::wait_for_retirement();
+        // The last runtime's retirement has decided what lives before this one allocates (its
+        // sweep may still be dropping, as a cycle's may), and is waited for at exit.
+        goro_gc::wait_until_retirement_decided();
         wait_for_retirement_at_exit();
         goro_gc::set_percent(self.gc_percent);
         goro_gc::set_memory_limit(self.memory_limit);
@@ -535,11 +541,12 @@ impl Runtime {
 }
 
 /// Registers, once, an `atexit` handler that waits for a retirement under way
-/// ([`goro_gc::wait_for_retirement`]): the drop glue of what the last runtime left unreachable
-/// runs before the process ends (its `Drop`s may flush a user's bytes).
+/// ([`goro_gc::wait_for_retirement_at_exit`]): the drop glue of what the last runtime left
+/// unreachable runs before the process ends (its `Drop`s may flush a user's bytes), unless a
+/// drop is stuck.
 fn wait_for_retirement_at_exit() {
     extern "C" fn at_exit() {
-        goro_gc::wait_for_retirement();
+        goro_gc::wait_for_retirement_at_exit();
     }
     static REGISTERED: std::sync::Once = std::sync::Once::new();
     REGISTERED.call_once(|| {

@@ -35,6 +35,10 @@ fn trees(depth: u32) -> (Gc<Hub>, Vec<Gc<Tree>>, Vec<u64>) {
     (hub, plain.to_vec(), sums)
 }
 
+/// `GcCell` is not a lock (a borrow another thread holds is an error, as `RefCell`'s): the
+/// threads take turns at the hub.
+static HUB_TURN: Mutex<()> = Mutex::new(());
+
 /// Checks that `tree` is one of the trees given, intact.
 fn check(tree: &Tree, sums: &[u64]) {
     assert!(
@@ -53,7 +57,10 @@ fn rewire(hub: Gc<Hub>, pool: &Mutex<Vec<Gc<Tree>>>, sums: &[u64], seed: u64, st
     while !stop.load(Ordering::Relaxed) || !moves.is_multiple_of(1024) {
         moves += 1;
         let taken = match rng.below(4) {
-            0 => hub.slots[rng.below(TREES)].take(),
+            0 => {
+                let _turn = HUB_TURN.lock().unwrap();
+                hub.slots[rng.below(TREES)].take()
+            }
             1 => {
                 let mut pool = pool.lock().unwrap();
                 let len = pool.len();
@@ -72,8 +79,11 @@ fn rewire(hub: Gc<Hub>, pool: &Mutex<Vec<Gc<Tree>>>, sums: &[u64], seed: u64, st
         check(&tree, sums);
         if rng.below(2) == 0 {
             pool.lock().unwrap().push(tree);
-        } else if let Some(other) = hub.slots[rng.below(TREES)].replace(Some(tree)) {
-            held.push(other);
+        } else {
+            let _turn = HUB_TURN.lock().unwrap();
+            if let Some(other) = hub.slots[rng.below(TREES)].replace(Some(tree)) {
+                held.push(other);
+            }
         }
     }
     pool.lock().unwrap().append(&mut held);

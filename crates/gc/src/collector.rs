@@ -160,9 +160,20 @@ fn count_batch(bytes: usize) {
         // The cycle under way started before the goal: let it catch up.
         return;
     }
-    // Past the goal with a cycle under way (marking, or its sweep): wait for it a little, so
-    // that allocation cannot run far ahead of the collector, but not forever (this thread may
-    // hold a lock a drop waits for).
+    // Past the goal with a cycle marking: wait until it has decided what is dead and freed what
+    // needs no drop (Go parks an allocating goroutine that finds no marking work to assist with
+    // until the cycle ends), so that however little CPU the collector gets, allocation cannot
+    // run away from it. Marking and condemning run no user code, so this cannot wait for a lock
+    // this thread holds. A goroutine parks meanwhile (`pause`), and a thread is stopped by
+    // signal where it sleeps, so the second pause does not wait for the waiters.
+    // Acquire: pairs with the sweep's Release of `COLLECTING`.
+    while COLLECTING.load(Ordering::Acquire) && deciding() {
+        if !finish_pending() {
+            mutators.pause();
+        }
+    }
+    // Past the goal with the cycle's sweep under way: wait for it a little, but not forever
+    // (drop glue runs there, and it may wait for a lock this thread holds).
     let began = Instant::now();
     while COLLECTING.load(Ordering::Acquire) && began.elapsed() < SWEEP_WAIT {
         if !finish_pending() {
@@ -172,6 +183,12 @@ fn count_batch(bytes: usize) {
     if !COLLECTING.load(Ordering::Relaxed) {
         run_cycle(mutators, false);
     }
+}
+
+/// Whether the cycle under way has yet to decide what is dead and free what needs no drop: it
+/// marks, condemns (new objects black), or its after-restart work waits for a taker.
+fn deciding() -> bool {
+    barrier::allocating_black() || PENDING.state.load(Ordering::Acquire) == PENDING_READY
 }
 
 /// `gcstress`: starts a cycle unless one is under way.
@@ -198,6 +215,12 @@ pub fn collect() {
     let Some(mutators) = roots::current() else {
         panic!("goro::gc::collect called outside a goro runtime: start one with goro::run");
     };
+    if is_collector_thread() {
+        panic!(
+            "goro::gc::collect called from drop glue the collector runs: the next cycle cannot \
+             start until this drop returns (run it from a cleanup: goro::gc::add_cleanup)"
+        );
+    }
     run_cycle(mutators, true);
 }
 
@@ -661,7 +684,7 @@ pub(crate) fn sweep(job: Sweep) {
         CYCLES_SWEPT.fetch_add(1, Ordering::Release);
     } else {
         // Release: `wait_for_retirement`'s Acquire sees the retirement's frees and drops.
-        RETIRING.store(false, Ordering::Release);
+        RETIRING.fetch_sub(1, Ordering::Release);
     }
     // Release: the next cycle's Acquire sees the sweep's frees.
     COLLECTING.store(false, Ordering::Release);
@@ -686,14 +709,37 @@ pub(crate) fn sweep(job: Sweep) {
 /// must), the abandoned goroutines' stacks included, until the retirement is over: whatever it
 /// misses is freed while still reachable.
 pub unsafe fn retire(world: &'static dyn Mutators) {
+    RETIRING.fetch_add(1, Ordering::Relaxed);
+    RETIREMENT_DECIDING.store(true, Ordering::Relaxed);
     while COLLECTING.swap(true, Ordering::Acquire) {
-        // The last cycle may still be sweeping, or wait for its after-restart work, which its
-        // collecting goroutine (stopped for good now) may never do.
-        if !finish_pending() {
-            std::thread::sleep(Duration::from_micros(50));
+        // The last cycle may wait for its after-restart work, which its collecting goroutine
+        // (stopped for good now) may never do.
+        if finish_pending() {
+            continue;
         }
+        // Or it may be sweeping: its drop glue may wait for a lock the caller holds, so the
+        // retirement does not wait for it here but starts on the sweeper once it is over.
+        // (Nothing can be allocated meanwhile, so what is unreachable now stays so.)
+        RETIREMENT_QUEUED.store(true, Ordering::Relaxed);
+        if !deciding()
+            && sweeper::hand_over_after_current(Box::new(move || {
+                while COLLECTING.swap(true, Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                RETIREMENT_QUEUED.store(false, Ordering::Relaxed);
+                start_retirement(world);
+            }))
+        {
+            return;
+        }
+        RETIREMENT_QUEUED.store(false, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_micros(50));
     }
-    RETIRING.store(true, Ordering::Relaxed);
+    start_retirement(world);
+}
+
+/// The first pause of a retirement, `COLLECTING` held.
+fn start_retirement(world: &'static dyn Mutators) {
     if world.procs() >= 2 {
         helper::start_mark_helper();
     }
@@ -708,34 +754,115 @@ pub unsafe fn retire(world: &'static dyn Mutators) {
     );
 }
 
-/// Whether a retirement ([`retire`]) is under way: from its start until its sweep is done.
-static RETIRING: AtomicBool = AtomicBool::new(false);
+/// Retirements ([`retire`]) under way, each from its start until its sweep is done: two at most
+/// (a runtime starts once the last retirement has decided, so the next runtime's may start
+/// while the last one's sweep still drops).
+static RETIRING: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether a retirement has yet to decide what lives: from its start until every object it
+/// reached is immortal and the dead are condemned (only their drop glue is left to run).
+static RETIREMENT_DECIDING: AtomicBool = AtomicBool::new(false);
+
+/// Whether a retirement waits for the sweep of the last cycle to end before it starts (see
+/// [`retire`]).
+static RETIREMENT_QUEUED: AtomicBool = AtomicBool::new(false);
+
+/// Objects the sweeper has dropped so far: how a wait at the process's exit tells a sweep that
+/// goes on from one stuck in a drop.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// How long the process's exit waits for the last retirement's drop glue once it makes no
+/// progress (a drop waiting for a lock the exiting thread holds would wait for ever).
+const EXIT_PATIENCE: Duration = Duration::from_secs(1);
 
 /// Waits until the heap of the runtime that ended last is retired: every object it left
 /// unreachable dropped, every object still reachable made immortal. `goro::run` returns while
-/// the retirement goes on beside the caller; the next runtime waits for it before it starts,
-/// and so does the process's exit (an `atexit` handler the facade registers), so that the drop
-/// glue of everything the runtime left behind runs. Returns at once when none is under way, or
-/// when called on one of the collector's own threads (a drop that waits for its own sweep would
-/// wait for ever).
+/// the retirement goes on beside the caller; the next runtime waits for its decision (what
+/// lives) before it starts, and the process's exit for its drop glue (an `atexit` handler the
+/// facade registers, see [`wait_for_retirement_at_exit`]). Returns at once when none is under
+/// way, or when called on one of the collector's own threads (a drop that waits for its own
+/// sweep would wait for ever).
+///
+/// A caller that holds a lock the drop glue of what the runtime left behind takes waits for
+/// ever, as with any thread that waits for a drop needing its lock.
 pub fn wait_for_retirement() {
+    wait_while(&retiring, None);
+}
+
+fn retiring() -> bool {
+    // Acquire: pairs with the sweep's Release, so the retirement's frees and drops are seen.
+    RETIRING.load(Ordering::Acquire) > 0
+}
+
+fn retirement_deciding() -> bool {
+    // Acquire: pairs with `finish_retirement`'s Release.
+    RETIREMENT_DECIDING.load(Ordering::Acquire)
+}
+
+/// Waits until the last retirement has decided what lives (see [`wait_for_retirement`]). A
+/// runtime starts after it; the retirement's sweep may still be dropping, as a cycle's may. The
+/// retirement runs no user code before its decision, but it may have had to wait for the sweep
+/// of the runtime's last cycle to end (see [`retire`]): a caller that holds a lock that sweep's
+/// drop glue takes waits for ever, as it would for any drop needing its lock.
+pub fn wait_until_retirement_decided() {
+    wait_while(&retirement_deciding, None);
+}
+
+/// The process's exit: waits for the last retirement, unboundedly while it marks (no user code
+/// runs there), and while its drop glue (or the sweep it waits behind) makes progress. When a
+/// drop has held it up for [`EXIT_PATIENCE`] (it waits for a lock the exiting thread or a stuck
+/// one holds, say), says so on stderr and lets the process exit without the rest: Rust runs no
+/// destructor of another thread's at exit either.
+pub fn wait_for_retirement_at_exit() {
+    if !wait_while(&retiring, Some(EXIT_PATIENCE)) {
+        let message = b"goro: exiting before the drop glue of what the last runtime left \
+behind has run: a drop made no progress for a second (does it wait for a lock the exiting thread \
+holds?)\n";
+        // SAFETY: writes a static buffer to stderr; no lock is taken (a stuck thread may hold
+        // std's).
+        unsafe { libc::write(2, message.as_ptr().cast(), message.len()) };
+    }
+}
+
+/// Waits while `busy`, finishing the cycle's after-restart work if nobody has; with
+/// `patience`, gives up once what it waits for is drop glue (the retirement's sweep, or the
+/// sweep a queued retirement waits behind) and the sweeper has dropped nothing for that long.
+/// Returns whether it is no longer busy. Returns at once on the collector's own threads.
+fn wait_while(busy: &dyn Fn() -> bool, patience: Option<Duration>) -> bool {
+    if is_collector_thread() {
+        return !busy();
+    }
+    let mut progress = (DROPPED.load(Ordering::Relaxed), Instant::now());
+    while busy() {
+        if finish_pending() {
+            continue;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+        if let Some(patience) = patience {
+            let dropped = DROPPED.load(Ordering::Relaxed);
+            let on_drops = !RETIREMENT_DECIDING.load(Ordering::Relaxed)
+                || RETIREMENT_QUEUED.load(Ordering::Relaxed);
+            if dropped != progress.0 || !on_drops {
+                progress = (dropped, Instant::now());
+            } else if progress.1.elapsed() >= patience {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Whether the calling thread is one of the collector's own (its sweeper, where drop glue runs;
+/// its mark worker and helper): one that a wait for the collector would wait for itself.
+pub fn is_collector_thread() -> bool {
     // SAFETY: gettid has no preconditions.
     let here = unsafe { libc::gettid() };
-    if [
+    [
         sweeper::sweeper_thread_id(),
         worker::worker_thread_id(),
         helper::helper_thread_id(),
     ]
     .contains(&Some(here))
-    {
-        return;
-    }
-    // Acquire: pairs with the Release in `sweep`, so the retirement's frees and drops are seen.
-    while RETIRING.load(Ordering::Acquire) {
-        if !finish_pending() {
-            std::thread::sleep(Duration::from_micros(100));
-        }
-    }
 }
 
 /// The end of a retirement, on the mark worker once its second pause is over: clears the weak
@@ -744,9 +871,14 @@ pub fn wait_for_retirement() {
 fn finish_retirement() {
     special::settle(None);
     condemn(true);
+    // A thread that was inside `Gc::new` as the runtime ended has its object by now (condemn
+    // left the black ones alone): from here on, objects are born white again.
+    barrier::set_allocate_black(false);
     goro_alloc::relist_freed_gc_spans();
     list_immortals();
     pacer::cycle_done(0, 0);
+    // Release: the next runtime, which starts once the decision is made, sees it.
+    RETIREMENT_DECIDING.store(false, Ordering::Release);
     // The objects left behind are dropped on the sweeper thread; a drop that waits for a lock
     // a thread of the caller's holds waits there, not in the caller's way.
     sweeper::hand_over(Box::new(|| sweep(Sweep::Retirement)));
@@ -813,9 +945,10 @@ struct Census {
 /// without drop glue in a small span (lock-free, see `GcSpan::free_slots_lock_free`) and flags
 /// the others [`CONDEMNED`] for the sweeps that follow; with `immortalize`, flags every marked
 /// object [`IMMORTAL`]. A cycle runs it with the world going and black allocation on (a slot
-/// allocated meanwhile is marked: its mark is read again once its header is seen); a retirement
-/// with the world stopped. No allocation, no lock. Only unmarked slots' headers are read (a
-/// marked slot holds an object), so a group of 64 marked slots costs one load.
+/// allocated meanwhile is marked: its mark is read again once its header is seen), and so does
+/// a retirement (a thread may be inside `Gc::new` as its runtime ends). No allocation, no lock.
+/// Only unmarked slots' headers are read (a marked slot holds an object), so a group of 64
+/// marked slots costs one load.
 fn condemn(immortalize: bool) -> Census {
     let began = Instant::now();
     let clobber = CLOBBER_FREE.load(Ordering::Relaxed);
@@ -850,22 +983,23 @@ fn condemn(immortalize: bool) -> Census {
                 if word == 0 {
                     continue;
                 }
-                if !immortalize && span.is_marked(64 * w + bit) {
-                    // Allocated (black) while this pass ran with the world going.
+                let marked_before = marks & (1 << bit) != 0;
+                if !marked_before && span.is_marked(64 * w + bit) {
+                    // Allocated (black) while this pass ran with the world going: by a mutator
+                    // during a cycle, or during a retirement by a thread that was inside
+                    // `Gc::new` as its runtime ended. Its header may still be in the making.
                     census.live_objects += 1;
                     census.live_bytes += size;
                     continue;
                 }
                 debug_assert_eq!(word & CONDEMNED, 0, "an object condemned twice");
-                if marks & (1 << bit) != 0 {
-                    // Counted above; only `immortalize` visits marked slots.
-                    cell.store(word | IMMORTAL, Ordering::Relaxed);
+                if marked_before {
+                    // Counted above; only `immortalize` visits marked slots. An atomic OR: the
+                    // header of an object a straggler was building may be written meanwhile.
+                    cell.fetch_or(IMMORTAL, Ordering::Relaxed);
                 } else if word & IMMORTAL != 0 {
                     census.live_objects += 1;
                     census.live_bytes += size;
-                    if immortalize {
-                        cell.store(word | IMMORTAL, Ordering::Relaxed);
-                    }
                 // SAFETY: a non-zero header was written by `Gc::new` (flags aside).
                 } else if unsafe { vtable_of(word) }.drop.is_some() {
                     cell.store(word | CONDEMNED, Ordering::Relaxed);
@@ -964,6 +1098,7 @@ fn sweep_condemned(glue: Glue) -> Swept {
                         // Drop glue may allocate and free; the condemned slots stay allocated
                         // meanwhile, so the span cannot be released or re-carved under us.
                         drop_or_abort(drop, slot);
+                        DROPPED.fetch_add(1, Ordering::Relaxed);
                         dead.push(slot);
                     }
                 }

@@ -18,11 +18,14 @@ pub(crate) type Job = Box<dyn FnOnce() + Send>;
 struct State {
     /// The job handed over and not yet taken.
     pending: Option<Job>,
+    /// Whether a job is running.
+    busy: bool,
     started: bool,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
     pending: None,
+    busy: false,
     started: false,
 });
 static WORK: Condvar = Condvar::new();
@@ -35,6 +38,17 @@ static TID: AtomicI32 = AtomicI32::new(0);
 pub fn sweeper_thread_id() -> Option<i32> {
     let tid = TID.load(Ordering::Relaxed);
     (tid != 0).then_some(tid)
+}
+
+/// Gives `job` to the sweeper to run once the job it runs now is over; returns false, keeping
+/// nothing, when it runs none (or has one waiting already).
+pub(crate) fn hand_over_after_current(job: Job) -> bool {
+    let mut state = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    if !state.busy || state.pending.is_some() {
+        return false;
+    }
+    state.pending = Some(job);
+    true
 }
 
 /// Gives `job` to the sweeper.
@@ -61,12 +75,14 @@ fn sweeper_main() {
     let mut state = STATE.lock().unwrap_or_else(|p| p.into_inner());
     loop {
         let Some(job) = state.pending.take() else {
+            state.busy = false;
             // SAFETY: a condition-variable wait only sleeps and takes its mutex back: the
             // collector may count this thread as stopped meanwhile (goro-alloc's `parked`).
             state = unsafe { goro_alloc::parked::while_parked(|| WORK.wait(state)) }
                 .unwrap_or_else(|p| p.into_inner());
             continue;
         };
+        state.busy = true;
         drop(state);
         job();
         // What drop glue freed sits in this thread's cache, linked through the free blocks; the
