@@ -586,6 +586,14 @@ pub fn relist_freed_gc_spans() {
     mcache::reclaim_detached_gc_spans();
 }
 
+/// Gives every span that no cache holds and that has no live object back to the page heap (Go's
+/// sweeper frees a span it finds empty): after a collection has freed whole spans, so that the
+/// heap's in-use bytes (and, once the scavenger releases them, its RSS) drop at once. Takes each
+/// central list's lock in turn; no system call.
+pub fn release_empty_spans() {
+    mcentral::release_empty_spans();
+}
+
 /// The heap's counters, like Go's `runtime.ReadMemStats` but without stopping anything: this
 /// thread's batched counts are flushed, then a few hundred relaxed loads.
 pub fn stats() -> AllocStats {

@@ -160,20 +160,23 @@ fn count_batch(bytes: usize) {
         // The cycle under way started before the goal: let it catch up.
         return;
     }
-    // Past the goal with a cycle marking: wait until it has decided what is dead and freed what
-    // needs no drop (Go parks an allocating goroutine that finds no marking work to assist with
-    // until the cycle ends), so that however little CPU the collector gets, allocation cannot
-    // run away from it. Marking and condemning run no user code, so this cannot wait for a lock
-    // this thread holds. A goroutine parks meanwhile (`pause`), and a thread is stopped by
-    // signal where it sleeps, so the second pause does not wait for the waiters.
-    // Acquire: pairs with the sweep's Release of `COLLECTING`.
-    while COLLECTING.load(Ordering::Acquire) && deciding() {
-        if !finish_pending() {
-            mutators.pause();
+    // Far past the goal with a cycle marking: wait until it has decided what is dead and freed
+    // what needs no drop (Go parks an allocating goroutine that finds no marking work to assist
+    // with until the cycle ends), so that however little CPU the collector gets, allocation
+    // cannot run away from it. Marking and condemning run no user code, so this cannot wait for
+    // a lock this thread holds. A goroutine parks meanwhile (`pause`), and a thread is stopped
+    // by signal where it sleeps, so the second pause does not wait for the waiters.
+    if pacer::heap_alloc() >= pacer::ceiling() {
+        // Acquire: pairs with the sweep's Release of `COLLECTING`.
+        while COLLECTING.load(Ordering::Acquire) && deciding() {
+            if !finish_pending() {
+                mutators.pause();
+            }
         }
     }
-    // Past the goal with the cycle's sweep under way: wait for it a little, but not forever
-    // (drop glue runs there, and it may wait for a lock this thread holds).
+    // Past the goal with a cycle under way: wait for it a little per batch (which slows
+    // allocation down to the collector's pace without long stalls), but not forever (drop glue
+    // runs in its sweep, and may wait for a lock this thread holds).
     let began = Instant::now();
     while COLLECTING.load(Ordering::Acquire) && began.elapsed() < SWEEP_WAIT {
         if !finish_pending() {
@@ -679,6 +682,9 @@ pub(crate) fn sweep(job: Sweep) {
                 + stats::thread_cpu().saturating_sub(cpu),
         });
     }
+    // The spans the cycle emptied go back to the page heap (the scavenger returns their pages
+    // to the OS later), as Go's sweeper frees the spans it finds empty.
+    goro_alloc::release_empty_spans();
     if ends_a_cycle {
         // Release: a forced collection waiting for this cycle sees the sweep's frees.
         CYCLES_SWEPT.fetch_add(1, Ordering::Release);

@@ -10,7 +10,8 @@
 //! (stacks, G structs), since scanning roots is work that grows with them just as marking does. A
 //! cycle starts when the Gc heap (live bytes plus bytes allocated since) has covered 70 % of the
 //! way from `live` to the goal, so that concurrent marking ends near the goal; an allocation
-//! past the goal while a cycle runs waits for it a little. GOGC < 0
+//! past the goal while a cycle runs waits for it a little, and one an eighth past it waits
+//! until the cycle has decided what is dead. GOGC < 0
 //! ("off") disables the trigger; a memory limit (GOMEMLIMIT) caps the goal, but never below
 //! `live + live / 8`, so that a heap over its limit does not collect back-to-back forever (Go
 //! bounds that case by capping the collector at half the CPU; this is the stop-the-world version's
@@ -74,6 +75,13 @@ pub fn memory_limit() -> usize {
 /// The heap size at which the next cycle starts.
 pub fn goal() -> usize {
     GOAL.load(Ordering::Relaxed)
+}
+
+/// The heap past which allocation waits for the cycle under way to decide what is dead: an
+/// eighth over the goal. Between the goal and here, each allocation batch waits a little.
+pub(crate) fn ceiling() -> usize {
+    let goal = goal();
+    goal.saturating_add(goal / 8)
 }
 
 /// The Gc heap now: live bytes at the last cycle plus bytes allocated since (counted in batches).
