@@ -157,12 +157,13 @@ thread_local! {
 /// traces it: every word of it that points into a block the marker has not marked is logged
 /// for the marker to mark (a word pointing into a marked block needs nothing: that block is
 /// traced or scanned by whoever marked it). In a tree built bottom-up every child is new, hence
-/// black, and nothing is logged. The bytes are read as the marker reads them (`read_word`),
-/// padding included; a stale word only keeps garbage alive.
+/// black, and nothing is logged. The value's bytes are read as the marker reads them
+/// (`read_word`), padding included (a stale word only keeps garbage alive); the rest of the
+/// slot up to its header is zeros (`Gc::new`).
 #[cold]
 #[inline(never)]
-pub(crate) fn shade_new(start: usize, size: usize) {
-    for at in (start..start + size - 8).step_by(8) {
+pub(crate) fn shade_new(start: usize, value_bytes: usize) {
+    for at in (start..start + value_bytes).step_by(8) {
         // SAFETY: an aligned word of the object this thread has just built, inside its slot.
         let word = unsafe { core::ptr::read_volatile(at as *const usize) };
         if goro_alloc::may_be_heap(word) {

@@ -119,7 +119,7 @@ impl<T: Trace + Send + 'static> Gc<T> {
             if crate::barrier::marking() {
                 // Allocated black: what the value points to must be shaded (it may have come
                 // from a stack the marker scanned already).
-                crate::barrier::shade_new(slot as usize, slot_size);
+                crate::barrier::shade_new(slot as usize, value_end);
             }
             Gc {
                 ptr: NonNull::new_unchecked(slot.cast::<T>()),
