@@ -129,9 +129,11 @@ fn shade<T>(ptr: *mut T) {
     // program order (a signal fence, no instruction), or a thread stopped between the look and
     // a store moved after it would store unlogged into a marking heap.
     core::sync::atomic::compiler_fence(Ordering::SeqCst);
-    if barrier::marking() && !ptr.is_null() {
-        barrier::shade_stored(ptr as usize);
-    }
+    barrier::when_marking(|| {
+        if !ptr.is_null() {
+            barrier::shade_stored(ptr as usize);
+        }
+    });
 }
 
 impl<T> Default for AtomicGc<T> {

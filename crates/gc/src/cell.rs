@@ -255,6 +255,17 @@ pub struct GcRefMut<'a, T: ?Sized> {
 // SAFETY: the guard lends `&mut T` and `&T`: sharing it shares `&T`.
 unsafe impl<T: ?Sized + Sync> Sync for GcRefMut<'_, T> {}
 
+/// The barrier's slow path for a `borrow_mut` that ends while the collector marks: logs the
+/// cell's value for the marker (out of line, so that the check inlined at every release needs
+/// nothing computed for it).
+#[cold]
+#[inline(never)]
+fn log_borrowed<T: ?Sized>(cell: &GcCell<T>) {
+    let lo = cell.value.get().cast::<u8>() as usize;
+    // SAFETY: the caller's guard owns the borrow; only the value's address and size are used.
+    barrier::log_range(lo, lo + size_of_val(unsafe { &*cell.value.get() }));
+}
+
 impl<'a, T: ?Sized> GcRefMut<'a, T> {
     #[inline(always)]
     fn cell(&self) -> &'a GcCell<T> {
@@ -286,13 +297,9 @@ impl<T: ?Sized> Drop for GcRefMut<'_, T> {
     #[inline]
     fn drop(&mut self) {
         let cell = self.cell();
-        if barrier::marking() {
-            // Logged before the flag is released: a thread stopped in between still holds the
-            // borrow, and termination finds it by its guard.
-            let lo = cell.value.get().cast::<u8>() as usize;
-            // SAFETY: the guard owns the borrow; only the value's address and size are used.
-            barrier::log_range(lo, lo + size_of_val(unsafe { &*cell.value.get() }));
-        }
+        // Logged before the flag is released: a thread stopped in between still holds the
+        // borrow, and termination finds it by its guard.
+        barrier::when_marking(|| log_borrowed(cell));
         // Release: pairs with the Acquire in `try_borrow` / `try_borrow_mut`.
         cell.flag.store(0, Ordering::Release);
     }

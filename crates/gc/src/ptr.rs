@@ -116,11 +116,9 @@ impl<T: Trace + Send + 'static> Gc<T> {
                 vtable as *const _ as usize,
                 core::sync::atomic::Ordering::Release,
             );
-            if crate::barrier::marking() {
-                // Allocated black: what the value points to must be shaded (it may have come
-                // from a stack the marker scanned already).
-                crate::barrier::shade_new(slot as usize, value_end);
-            }
+            // Allocated black: what the value points to must be shaded (it may have come from
+            // a stack the marker scanned already).
+            crate::barrier::when_marking(|| crate::barrier::shade_new(slot as usize, value_end));
             Gc {
                 ptr: NonNull::new_unchecked(slot.cast::<T>()),
             }
