@@ -15,7 +15,7 @@
 //!
 //! Which routes this covers, and which are still open, is argued in docs/soundness.md.
 
-use crate::world::{self, PAGE, Stopped};
+use crate::world::{self, OwnStack, PAGE, Stopped};
 use goro_gc::{Mutators, RootVisitor};
 use goro_sched::{RootRange, RootsLock};
 use std::cell::Cell;
@@ -127,15 +127,16 @@ fn stopped_cycle(cycle: &mut dyn FnMut()) {
     // goroutine is stopped by `stop_others` before the cycle reads the Gs, and the lock is
     // dropped before the closure returns.
     let goroutines = unsafe { RootsLock::new() };
-    run_stopped(&|visit| goroutines.for_each(visit), cycle);
+    run_stopped(&|visit| goroutines.for_each(visit), OwnStack::Here, cycle);
     drop(goroutines);
 }
 
 /// Stops every other thread of the process, runs `cycle` with `goroutines` and them as the
 /// roots [`report_active`] gives, and lets them go.
-fn run_stopped(goroutines: &GoroutineRootsFn<'_>, cycle: &mut dyn FnMut()) {
+fn run_stopped(goroutines: &GoroutineRootsFn<'_>, own: OwnStack, cycle: &mut dyn FnMut()) {
     let statics = writable_segments();
-    let threads = world::stop_others();
+    let mut threads = world::stop_others();
+    threads.set_own_stack(own);
     let roots = CycleRoots {
         goroutines,
         statics: &statics,
@@ -158,7 +159,19 @@ fn report_active(visitor: &mut RootVisitor<'_>, active: &CycleRoots<'_>) {
 /// (`goro_gc::retire`): every thread of the process, stopped by signal (none is a goroutine
 /// any more), the static data, and the goroutines the runtime abandoned.
 pub(crate) struct RetiredWorld {
-    ended: std::sync::Mutex<Option<(goro_sched::Abandoned, usize)>>,
+    ended: std::sync::Mutex<Option<Ended>>,
+}
+
+/// The runtime that ended, as the retired world needs it.
+#[derive(Clone, Copy)]
+struct Ended {
+    abandoned: goro_sched::Abandoned,
+    procs: usize,
+    /// The thread that ran it, and the lowest address of its stack that holds its caller's
+    /// frames (run's among them, with the result): a pause on that thread scans its stack
+    /// from there, not from the pause's frame, since the dead frames in between held the
+    /// scheduler's and the marker's words while the runtime ran on it.
+    caller: (i32, usize),
 }
 
 pub(crate) static RETIRED_WORLD: RetiredWorld = RetiredWorld {
@@ -167,15 +180,22 @@ pub(crate) static RETIRED_WORLD: RetiredWorld = RetiredWorld {
 
 impl RetiredWorld {
     /// Makes this the world of the runtime that just ended, which left `abandoned` behind and
-    /// ran `procs` Ps (the collector marks with a helper thread where it had two or more).
-    pub(crate) fn set(&self, abandoned: goro_sched::Abandoned, procs: usize) {
+    /// ran `procs` Ps (the collector marks with a helper thread where it had two or more), on
+    /// the calling thread, whose stack from `floor` up holds its caller's frames.
+    pub(crate) fn set(&self, abandoned: goro_sched::Abandoned, procs: usize, floor: usize) {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
         *self
             .ended
             .lock()
-            .unwrap_or_else(|poison| poison.into_inner()) = Some((abandoned, procs));
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(Ended {
+            abandoned,
+            procs,
+            caller: (tid, floor),
+        });
     }
 
-    fn ended(&self) -> (goro_sched::Abandoned, usize) {
+    fn ended(&self) -> Ended {
         self.ended
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
@@ -192,8 +212,18 @@ impl RetiredWorld {
 // abandoned goroutine's G struct and stacks (which stay allocated for ever).
 unsafe impl Mutators for RetiredWorld {
     fn stop_the_world(&self, cycle: &mut dyn FnMut()) -> bool {
-        let abandoned = self.ended().0.roots();
-        run_stopped(&|visit| abandoned.for_each(visit), cycle);
+        let ended = self.ended();
+        let abandoned = ended.abandoned.roots();
+        // SAFETY: gettid has no preconditions.
+        let me = unsafe { libc::gettid() };
+        // The runtime's thread from its caller's frames; a collector thread (the sweeper, which
+        // may start a retirement queued behind a sweep, or the mark worker) not at all.
+        let own = if me == ended.caller.0 {
+            OwnStack::From(ended.caller.1)
+        } else {
+            OwnStack::Skip
+        };
+        run_stopped(&|visit| abandoned.for_each(visit), own, cycle);
         true
     }
 
@@ -211,7 +241,7 @@ unsafe impl Mutators for RetiredWorld {
     fn safe_point(&self) {}
 
     fn procs(&self) -> usize {
-        self.ended().1
+        self.ended().procs
     }
 
     fn prepare_stop(&self) {

@@ -520,7 +520,7 @@ impl Runtime {
         let finished = goro_sched::run(config, main);
         // SAFETY: installed above by this runtime, which is over.
         unsafe { goro_gc::uninstall() };
-        roots::RETIRED_WORLD.set(finished.abandoned(), self.max_procs);
+        roots::RETIRED_WORLD.set(finished.abandoned(), self.max_procs, stack_floor());
         // Every goroutine has stopped for good; the retired world stops every other thread and
         // reports each one (this thread from its frame up, so the result too, until `run`
         // returns it: then it is wherever the caller keeps it), the abandoned goroutines and the
@@ -538,6 +538,14 @@ impl Runtime {
             Err(panic) => panic.resume(),
         }
     }
+}
+
+/// An address of the calling thread's stack below every frame of its caller's (the frame of
+/// this call): what the retirement's first pause scans that thread from.
+#[inline(never)]
+fn stack_floor() -> usize {
+    let here = 0usize;
+    std::hint::black_box(&here) as *const usize as usize
 }
 
 /// Registers, once, an `atexit` handler that waits for a retirement under way

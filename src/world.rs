@@ -209,10 +209,24 @@ fn stop_self() {
     }
 }
 
+/// Where the stopping thread's own stack is scanned from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum OwnStack {
+    /// From the frame of the scan up: the collecting thread's live frames.
+    Here,
+    /// From this address up: a frame of the thread's caller, below which lie only the
+    /// collector's frames and dead ones (which may hold stale words of objects it marked).
+    From(usize),
+    /// Not at all, nor its TLS: one of the collector's own threads, which holds no `Gc`.
+    Skip,
+}
+
 /// The other threads of the process, stopped. Dropping it resumes them.
 pub(crate) struct Stopped {
     used: usize,
     me: i32,
+    /// Where this thread's own stack is scanned from.
+    own: OwnStack,
     /// The static TLS block, as offsets from a thread's `pthread_self()`.
     tls: Option<(isize, isize)>,
     /// goro-alloc's thread cache, as offsets from a thread's `pthread_self()` (see `skip`).
@@ -292,6 +306,7 @@ pub(crate) fn stop_others() -> Stopped {
     Stopped {
         used,
         me,
+        own: OwnStack::Here,
         tls,
         cache,
     }
@@ -404,8 +419,14 @@ fn blocks_the_signal(tid: i32) -> bool {
 }
 
 impl Stopped {
-    /// Calls `f` with the roots of every stopped thread, and of the calling thread (from the
-    /// caller's frame up).
+    /// Sets where the stopping thread's own stack is scanned from (from the scan's frame up
+    /// unless told otherwise).
+    pub(crate) fn set_own_stack(&mut self, own: OwnStack) {
+        self.own = own;
+    }
+
+    /// Calls `f` with the roots of every stopped thread, and of the calling thread (as
+    /// [`set_own_stack`](Stopped::set_own_stack) says).
     pub(crate) fn for_each_thread(&self, mut f: impl FnMut(ThreadRoots)) {
         let mut places = ThreadPlaces::take();
         let here = 0usize;
@@ -434,7 +455,11 @@ impl Stopped {
                 skip,
             });
         };
-        report(self.me, my_sp, my_tp);
+        match self.own {
+            OwnStack::Here => report(self.me, my_sp, my_tp),
+            OwnStack::From(sp) => report(self.me, sp.max(my_sp), my_tp),
+            OwnStack::Skip => {}
+        }
         for slot in slots(self.used) {
             // Acquire: pairs with the handler's Release.
             if matches!(slot.state.load(Ordering::Acquire), SUSPENDED | CLAIMED) {

@@ -773,9 +773,9 @@ static RETIREMENT_DECIDING: AtomicBool = AtomicBool::new(false);
 /// [`retire`]).
 static RETIREMENT_QUEUED: AtomicBool = AtomicBool::new(false);
 
-/// Objects the sweeper has dropped so far: how a wait at the process's exit tells a sweep that
-/// goes on from one stuck in a drop.
-static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Objects dropped and spans visited by sweeps so far: how a wait at the process's exit tells a
+/// sweep that goes on from one stuck in a drop.
+static SWEEP_PROGRESS: AtomicU64 = AtomicU64::new(0);
 
 /// How long the process's exit waits for the last retirement's drop glue once it makes no
 /// progress (a drop waiting for a lock the exiting thread holds would wait for ever).
@@ -832,24 +832,24 @@ holds?)\n";
 
 /// Waits while `busy`, finishing the cycle's after-restart work if nobody has; with
 /// `patience`, gives up once what it waits for is drop glue (the retirement's sweep, or the
-/// sweep a queued retirement waits behind) and the sweeper has dropped nothing for that long.
+/// sweep a queued retirement waits behind) and the sweeps have made no progress for that long.
 /// Returns whether it is no longer busy. Returns at once on the collector's own threads.
 fn wait_while(busy: &dyn Fn() -> bool, patience: Option<Duration>) -> bool {
     if is_collector_thread() {
         return !busy();
     }
-    let mut progress = (DROPPED.load(Ordering::Relaxed), Instant::now());
+    let mut progress = (SWEEP_PROGRESS.load(Ordering::Relaxed), Instant::now());
     while busy() {
         if finish_pending() {
             continue;
         }
         std::thread::sleep(Duration::from_micros(100));
         if let Some(patience) = patience {
-            let dropped = DROPPED.load(Ordering::Relaxed);
+            let swept = SWEEP_PROGRESS.load(Ordering::Relaxed);
             let on_drops = !RETIREMENT_DECIDING.load(Ordering::Relaxed)
                 || RETIREMENT_QUEUED.load(Ordering::Relaxed);
-            if dropped != progress.0 || !on_drops {
-                progress = (dropped, Instant::now());
+            if swept != progress.0 || !on_drops {
+                progress = (swept, Instant::now());
             } else if progress.1.elapsed() >= patience {
                 return false;
             }
@@ -1079,6 +1079,7 @@ fn sweep_condemned(glue: Glue) -> Swept {
             // `condemn` freed the small spans' dead objects without drop glue already.
             return;
         }
+        SWEEP_PROGRESS.fetch_add(1, Ordering::Relaxed);
         let size = span.elem_size();
         dead.clear();
         for w in 0..span.len().div_ceil(64) {
@@ -1104,7 +1105,7 @@ fn sweep_condemned(glue: Glue) -> Swept {
                         // Drop glue may allocate and free; the condemned slots stay allocated
                         // meanwhile, so the span cannot be released or re-carved under us.
                         drop_or_abort(drop, slot);
-                        DROPPED.fetch_add(1, Ordering::Relaxed);
+                        SWEEP_PROGRESS.fetch_add(1, Ordering::Relaxed);
                         dead.push(slot);
                     }
                 }
