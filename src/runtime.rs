@@ -456,7 +456,7 @@ impl Runtime {
     ///
     /// # Panics
     /// Resumes the main goroutine's panic; panics if it ended with `goro::exit()`, or if called
-    /// from inside a goroutine.
+    /// from inside a goroutine or from drop glue the collector runs (its sweeper thread).
     #[track_caller]
     pub fn run<R, F>(&self, main: F) -> R
     where

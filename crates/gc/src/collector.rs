@@ -212,7 +212,8 @@ const SWEEP_WAIT: Duration = Duration::from_millis(10);
 /// Works on any thread of the process while a runtime runs.
 ///
 /// # Panics
-/// Panics when called while no goro runtime runs.
+/// Panics when called while no goro runtime runs, or from drop glue the collector runs (the
+/// next cycle cannot start until that drop returns).
 #[track_caller]
 pub fn collect() {
     let Some(mutators) = roots::current() else {
