@@ -167,11 +167,9 @@ pub(crate) struct RetiredWorld {
 struct Ended {
     abandoned: goro_sched::Abandoned,
     procs: usize,
-    /// The thread that ran it, and the lowest address of its stack that holds its caller's
-    /// frames (run's among them, with the result): a pause on that thread scans its stack
-    /// from there, not from the pause's frame, since the dead frames in between held the
-    /// scheduler's and the marker's words while the runtime ran on it.
-    caller: (i32, usize),
+    /// The thread that ran it: a pause there scans its stack from the pause's frame up, as a
+    /// cycle's does; a pause on any other thread (a collector's) scans none of its own.
+    caller: i32,
 }
 
 pub(crate) static RETIRED_WORLD: RetiredWorld = RetiredWorld {
@@ -181,8 +179,8 @@ pub(crate) static RETIRED_WORLD: RetiredWorld = RetiredWorld {
 impl RetiredWorld {
     /// Makes this the world of the runtime that just ended, which left `abandoned` behind and
     /// ran `procs` Ps (the collector marks with a helper thread where it had two or more), on
-    /// the calling thread, whose stack from `floor` up holds its caller's frames.
-    pub(crate) fn set(&self, abandoned: goro_sched::Abandoned, procs: usize, floor: usize) {
+    /// the calling thread.
+    pub(crate) fn set(&self, abandoned: goro_sched::Abandoned, procs: usize) {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
         *self
@@ -191,7 +189,7 @@ impl RetiredWorld {
             .unwrap_or_else(|poison| poison.into_inner()) = Some(Ended {
             abandoned,
             procs,
-            caller: (tid, floor),
+            caller: tid,
         });
     }
 
@@ -216,10 +214,10 @@ unsafe impl Mutators for RetiredWorld {
         let abandoned = ended.abandoned.roots();
         // SAFETY: gettid has no preconditions.
         let me = unsafe { libc::gettid() };
-        // The runtime's thread from its caller's frames; a collector thread (the sweeper, which
-        // may start a retirement queued behind a sweep, or the mark worker) not at all.
-        let own = if me == ended.caller.0 {
-            OwnStack::From(ended.caller.1)
+        // The runtime's thread from here up; a collector thread (the sweeper, which may start a
+        // retirement queued behind a sweep, or the mark worker) not at all.
+        let own = if me == ended.caller {
+            OwnStack::Here
         } else {
             OwnStack::Skip
         };

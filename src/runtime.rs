@@ -520,7 +520,8 @@ impl Runtime {
         let finished = goro_sched::run(config, main);
         // SAFETY: installed above by this runtime, which is over.
         unsafe { goro_gc::uninstall() };
-        roots::RETIRED_WORLD.set(finished.abandoned(), self.max_procs, stack_floor());
+        roots::RETIRED_WORLD.set(finished.abandoned(), self.max_procs);
+        clear_dead_stack();
         // Every goroutine has stopped for good; the retired world stops every other thread and
         // reports each one (this thread from its frame up, so the result too, until `run`
         // returns it: then it is wherever the caller keeps it), the abandoned goroutines and the
@@ -540,13 +541,18 @@ impl Runtime {
     }
 }
 
-/// An address of the calling thread's stack below every frame of its caller's (the frame of
-/// this call): what the retirement's first pause scans that thread from.
+/// Zeroes the stack below the caller's frame, where the retirement's first pause will lay its
+/// frames: the scheduler and the marker ran there while the runtime ran on this thread, and
+/// their words, left in slots the pause's frames do not write, would be scanned as roots and
+/// keep what they point to immortal. (The pause scans this thread from its own frame up, so
+/// every register saved on the way is still seen.)
 #[inline(never)]
-fn stack_floor() -> usize {
-    let here = 0usize;
-    std::hint::black_box(&here) as *const usize as usize
+fn clear_dead_stack() {
+    std::hint::black_box([0u64; DEAD_STACK_CLEARED / 8]);
 }
+
+/// Bytes of stack [`clear_dead_stack`] zeroes: more than the retirement's first pause uses.
+const DEAD_STACK_CLEARED: usize = 16 << 10;
 
 /// Registers, once, an `atexit` handler that waits for a retirement under way
 /// ([`goro_gc::wait_for_retirement_at_exit`]): the drop glue of what the last runtime left

@@ -214,9 +214,6 @@ fn stop_self() {
 pub(crate) enum OwnStack {
     /// From the frame of the scan up: the collecting thread's live frames.
     Here,
-    /// From this address up: a frame of the thread's caller, below which lie only the
-    /// collector's frames and dead ones (which may hold stale words of objects it marked).
-    From(usize),
     /// Not at all, nor its TLS: one of the collector's own threads, which holds no `Gc`.
     Skip,
 }
@@ -457,7 +454,6 @@ impl Stopped {
         };
         match self.own {
             OwnStack::Here => report(self.me, my_sp, my_tp),
-            OwnStack::From(sp) => report(self.me, sp.max(my_sp), my_tp),
             OwnStack::Skip => {}
         }
         for slot in slots(self.used) {
