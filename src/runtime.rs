@@ -507,13 +507,7 @@ impl Runtime {
             stash_parked_stacks: promised(self.stash_parked_stacks()),
             migrate: promised(self.migrate_goroutines),
             max_stack_size: self.max_stack_size,
-            runtime_threads: Some(|| {
-                [
-                    goro_gc::sweeper_thread_id(),
-                    goro_gc::helper_thread_id(),
-                    goro_gc::worker_thread_id(),
-                ]
-            }),
+            runtime_threads: Some(goro_gc::collector_thread_ids),
             collector_busy: Some(goro_gc::is_busy),
             detached_panics_exit: self.detached_panics_exit,
         };

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{Rng, watchdog};
 
 use goro::gc::GcRefMut;
 use goro::{Gc, GcCell, Trace};
@@ -22,23 +22,6 @@ use std::time::{Duration, Instant};
 static ALLOC: goro::alloc::GoroAlloc = goro::alloc::GoroAlloc;
 
 const POISON: u64 = 0xdead_beef_dead_beef;
-
-/// Aborts the process if the test is not done within `secs`.
-fn watchdog(name: &'static str, secs: u64) -> Arc<AtomicBool> {
-    let done = Arc::new(AtomicBool::new(false));
-    let d = done.clone();
-    std::thread::spawn(move || {
-        let began = Instant::now();
-        while !d.load(Ordering::Relaxed) {
-            if began.elapsed() > Duration::from_secs(secs) {
-                eprintln!("WATCHDOG: {name} hung for {secs} s");
-                std::process::abort();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
-    done
-}
 
 #[derive(Trace)]
 struct X {

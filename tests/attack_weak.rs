@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{Rng, run_clobbering};
+use common::{Rng, run_clobbering, watchdog};
 use goro::gc::{self, Weak, add_cleanup};
 use goro::{Gc, GcCell, Trace};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -31,37 +31,6 @@ use std::time::{Duration, Instant};
 static ALLOC: goro::alloc::GoroAlloc = goro::alloc::GoroAlloc;
 
 const CHILD: &str = "ATTACK_WEAK_CHILD";
-
-/// Aborts the process if not told done within `secs` (a test that fails tells it on unwinding).
-fn watchdog(name: &'static str, secs: u64) -> Watchdog {
-    let done = Arc::new(AtomicBool::new(false));
-    let d = done.clone();
-    std::thread::spawn(move || {
-        let began = Instant::now();
-        while !d.load(Ordering::Relaxed) {
-            if began.elapsed() > Duration::from_secs(secs) {
-                eprintln!("WATCHDOG: {name} hung for {secs} s");
-                std::process::abort();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
-    Watchdog(done)
-}
-
-struct Watchdog(Arc<AtomicBool>);
-
-impl Watchdog {
-    fn store(&self, value: bool, order: Ordering) {
-        self.0.store(value, order);
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
 
 /// Runs the test `name` of this binary in a child process; returns (success, stdout, stderr).
 fn child(name: &str) -> (bool, String, String) {

@@ -148,3 +148,36 @@ pub fn run_clobbering<R: Send + 'static>(
             f()
         })
 }
+
+/// Aborts the process if not told done within `secs` (a test that fails tells it as it
+/// unwinds: dropping the returned value does).
+pub fn watchdog(name: &'static str, secs: u64) -> Watchdog {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = done.clone();
+    std::thread::spawn(move || {
+        let began = std::time::Instant::now();
+        while !seen.load(Ordering::Relaxed) {
+            if began.elapsed() > std::time::Duration::from_secs(secs) {
+                eprintln!("WATCHDOG: {name} hung for {secs} s");
+                std::process::abort();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    });
+    Watchdog(done)
+}
+
+/// What [`watchdog`] returns: `store(true, ..)` or a drop tells it the test is done.
+pub struct Watchdog(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Watchdog {
+    pub fn store(&self, value: bool, order: Ordering) {
+        self.0.store(value, order);
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}

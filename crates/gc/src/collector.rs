@@ -864,12 +864,17 @@ fn wait_while(busy: &dyn Fn() -> bool, patience: Option<Duration>) -> bool {
 pub fn is_collector_thread() -> bool {
     // SAFETY: gettid has no preconditions.
     let here = unsafe { libc::gettid() };
+    collector_thread_ids().contains(&Some(here))
+}
+
+/// The kernel thread ids of the collector's own threads that run: its sweeper, mark worker and
+/// mark helper (the scheduler's deadlock check counts them as no mutator's).
+pub fn collector_thread_ids() -> [Option<i32>; 3] {
     [
         sweeper::sweeper_thread_id(),
         worker::worker_thread_id(),
         helper::helper_thread_id(),
     ]
-    .contains(&Some(here))
 }
 
 /// The end of a retirement, on the mark worker once its second pause is over: clears the weak

@@ -76,8 +76,8 @@ mod worker;
 pub use atomic::AtomicGc;
 pub use cell::{BorrowError, GcCell, GcRef, GcRefMut};
 pub use collector::{
-    POISON, collect, is_busy, is_collector_thread, keep_alive, retire, set_checkmark,
-    set_clobber_free, set_stress, wait_for_retirement, wait_for_retirement_at_exit,
+    POISON, collect, collector_thread_ids, is_busy, is_collector_thread, keep_alive, retire,
+    set_checkmark, set_clobber_free, set_stress, wait_for_retirement, wait_for_retirement_at_exit,
     wait_until_retirement_decided,
 };
 pub use helper::{helper_thread_id, start_mark_helper};
