@@ -492,11 +492,9 @@ impl Runtime {
         // SAFETY: this runtime is the world `GOROUTINE_ROOTS` describes, and it runs from here
         // until the uninstall below.
         unsafe { goro_gc::install(&GOROUTINE_ROOTS) };
-        if self.max_procs >= 2 {
-            // Asleep on a CPU of its own by the first cycle, which finds every cache cold and
-            // needs the help most.
-            goro_gc::start_mark_helper();
-        }
+        // Asleep on CPUs of their own by the first cycle, which finds every cache cold and
+        // needs the help most.
+        goro_gc::start_mark_helpers(self.max_procs);
         let config = goro_sched::Config {
             procs: self.max_procs,
             stack_size: self.stack_size,
@@ -507,7 +505,7 @@ impl Runtime {
             stash_parked_stacks: promised(self.stash_parked_stacks()),
             migrate: promised(self.migrate_goroutines),
             max_stack_size: self.max_stack_size,
-            runtime_threads: Some(goro_gc::collector_thread_ids),
+            runtime_threads: Some(|| goro_gc::collector_threads().iter().collect()),
             collector_busy: Some(goro_gc::is_busy),
             detached_panics_exit: self.detached_panics_exit,
         };

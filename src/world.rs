@@ -14,7 +14,7 @@
 //!    published, below its saved registers, without waking it. Then it lists `/proc/self/task`
 //!    and sends each other thread [`SUSPEND_SIGNAL`] (`tgkill`). It leaves out only itself, the
 //!    stash-trap thread (which blocks every signal, holds no `Gc`, and must go on answering
-//!    stack faults) and goro-gc's mark helper (which holds no `Gc` and marks while the world is
+//!    stack faults) and goro-gc's mark helpers (which hold no `Gc` and mark while the world is
 //!    stopped).
 //! 2. The handler runs on the thread's current stack (no `SA_ONSTACK`), so the kernel's signal
 //!    frame, holding every register of the interrupted code, lies between the handler's frame
@@ -242,7 +242,7 @@ pub(crate) struct ThreadRoots {
     pub(crate) skip: (usize, usize),
 }
 
-/// Stops every other thread of the process but the stash-trap thread and the mark helper (see
+/// Stops every other thread of the process but the stash-trap thread and the mark helpers (see
 /// the module docs).
 ///
 /// Must be called with no lock held that a thread of the process may wait for in a way that
@@ -261,7 +261,7 @@ pub(crate) fn stop_others() -> Stopped {
     // SAFETY: gettid has no preconditions.
     let me = unsafe { libc::gettid() };
     let trap = goro_stack::trap_thread_id();
-    let helper = goro_gc::helper_thread_id();
+    let helpers = goro_gc::helper_threads();
     USED.store(0, Ordering::Release);
     PENDING.store(0, Ordering::Relaxed);
     let mut used = 0;
@@ -280,7 +280,7 @@ pub(crate) fn stop_others() -> Stopped {
         for_each_task(|tid| {
             if tid == me
                 || Some(tid) == trap
-                || Some(tid) == helper
+                || helpers.contains(tid)
                 || slots(used)
                     .iter()
                     .any(|s| s.tid.load(Ordering::Relaxed) == tid)
@@ -702,10 +702,10 @@ pub(crate) fn prepare_stop() {
     // A fresh, empty table if none was kept (the first stop) or a stop under way holds it.
     let mut places = ThreadPlaces::take();
     let trap = goro_stack::trap_thread_id();
-    let helper = goro_gc::helper_thread_id();
+    let helpers = goro_gc::helper_threads();
     let mut unknown = false;
     for_each_task(|tid| {
-        unknown |= Some(tid) != trap && Some(tid) != helper && !places.knows(tid);
+        unknown |= Some(tid) != trap && !helpers.contains(tid) && !places.knows(tid);
     });
     places.put_back();
     if unknown {

@@ -343,9 +343,7 @@ fn finish_pending() -> bool {
 }
 
 fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
-    if mutators.procs() >= 2 {
-        helper::start_mark_helper();
-    }
+    helper::start_mark_helpers(mutators.procs());
     barrier::prepare();
     worker::start(mark_concurrently);
     loop {
@@ -490,7 +488,7 @@ fn mark_concurrently() {
                 break;
             }
         }
-        let shared = started.mutators.procs() >= 2 && helper::arm();
+        let shared = helper::arm(started.mutators.procs());
         shared_work += helper::drain(tracer, shared);
         // The work list is empty now: what comes next is the log's.
         caught_up = true;
@@ -575,7 +573,7 @@ fn terminate(
     mark::TERMINATING.store(true, Ordering::Relaxed);
     mark::CACHE_RECENT.store(true, Ordering::Relaxed);
     tracer.marker.forget_recent();
-    let shared = started.mutators.procs() >= 2 && helper::arm();
+    let shared = helper::arm(started.mutators.procs());
     // This runs on the mark worker, whose own stack is no root: the thread runs only the
     // collector and holds no mutator's `Gc`, and its frames keep words of the objects it marked
     // (this cycle or an earlier one), which would keep them alive for another cycle.
@@ -747,9 +745,7 @@ pub unsafe fn retire(world: &'static dyn Mutators) {
 
 /// The first pause of a retirement, `COLLECTING` held.
 fn start_retirement(world: &'static dyn Mutators) {
-    if world.procs() >= 2 {
-        helper::start_mark_helper();
-    }
+    helper::start_mark_helpers(world.procs());
     barrier::prepare();
     worker::start(mark_concurrently);
     world.prepare_stop();
@@ -860,21 +856,44 @@ fn wait_while(busy: &dyn Fn() -> bool, patience: Option<Duration>) -> bool {
 }
 
 /// Whether the calling thread is one of the collector's own (its sweeper, where drop glue runs;
-/// its mark worker and helper): one that a wait for the collector would wait for itself.
+/// its mark worker and helpers): one that a wait for the collector would wait for itself.
 pub fn is_collector_thread() -> bool {
     // SAFETY: gettid has no preconditions.
     let here = unsafe { libc::gettid() };
-    collector_thread_ids().contains(&Some(here))
+    collector_threads().contains(here)
 }
 
 /// The kernel thread ids of the collector's own threads that run: its sweeper, mark worker and
-/// mark helper (the scheduler's deadlock check counts them as no mutator's).
-pub fn collector_thread_ids() -> [Option<i32>; 3] {
-    [
-        sweeper::sweeper_thread_id(),
-        worker::worker_thread_id(),
-        helper::helper_thread_id(),
-    ]
+/// mark helpers (the scheduler's deadlock check counts them as no mutator's).
+pub fn collector_threads() -> CollectorThreads {
+    CollectorThreads {
+        sweeper: sweeper::sweeper_thread_id().unwrap_or(0),
+        worker: worker::worker_thread_id().unwrap_or(0),
+        helpers: helper::helper_threads(),
+    }
+}
+
+/// What [`collector_threads`] found. Copy, allocation-free.
+#[derive(Clone, Copy)]
+pub struct CollectorThreads {
+    sweeper: i32,
+    worker: i32,
+    helpers: helper::HelperThreads,
+}
+
+impl CollectorThreads {
+    /// Whether `tid` is one of them.
+    pub fn contains(&self, tid: i32) -> bool {
+        self.iter().any(|ours| ours == tid)
+    }
+
+    /// Their kernel thread ids.
+    pub fn iter(&self) -> impl Iterator<Item = i32> + '_ {
+        [self.sweeper, self.worker]
+            .into_iter()
+            .filter(|&tid| tid != 0)
+            .chain(self.helpers.iter())
+    }
 }
 
 /// The end of a retirement, on the mark worker once its second pause is over: clears the weak

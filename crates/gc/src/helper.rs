@@ -1,167 +1,457 @@
-//! Draining the mark work list, with a second CPU when there is one: the mark helper thread.
+//! Draining the mark work list on every CPU the cycle may use: the mark helper threads, and
+//! the packets through which markers share work.
 //!
-//! While the world is stopped every CPU but the collector's sits idle, and most of a pause with
-//! many goroutines is reading their stacks and G structs, each in its own cold page. So a cycle
-//! that runs with two or more Ps shares its work with one helper thread, as Go's mark workers
-//! share theirs, but without stealing: the collector hands over half of its work list whenever
-//! the helper has none and it has enough, and the helper never hands work back. Marks are
-//! atomic (goro-alloc's `Block::mark` is the claim), so a block reached by both markers is
-//! scanned once, by whichever claims it.
+//! The thread that runs a cycle (the mark worker, or a retirement's or a pause's collector)
+//! marks from its own work list; with two Ps or more, up to one helper thread per further P
+//! (and per further CPU the process may run on) marks beside it, as Go's mark workers do.
+//! Each marker keeps a work list of its own, a stack: it pushes what it finds and pops the
+//! newest, so its list stays as short as a depth-first walk. A marker with work to spare that
+//! sees a hungry one moves its oldest items (the ones nearest the roots, which lead to the most
+//! work) into a packet on a shared list; a hungry marker takes a whole packet onto its own
+//! list. Marks are atomic (goro-alloc's `Block::mark` is the claim), so a block reached by two
+//! markers is scanned once, by whichever claims it.
 //!
-//! The helper is goro's own thread, started once by the first cycle with two Ps. It holds no
-//! `Gc` (it runs nothing but the marker) and takes no lock and allocates nothing while helping,
-//! so the stop leaves it running ([`helper_thread_id`]). The two agree through one word:
+//! **A session** is one drain with helpers: `arm` opens it, and the cycle's own thread (the
+//! driver) closes it once no work is left anywhere. "Anywhere" is one counter, [`PENDING`]:
+//! the markers that hold work, plus the packets on the shared list. A marker holds one unit
+//! while it has work; a shared packet adds one before it is published; a marker that runs dry
+//! gives its unit back, after taking a packet (whose unit it keeps) if there is one; an idle
+//! marker that takes a packet takes over its unit. So the count reaches 0 only when every
+//! marker is idle and the list is empty, and nothing can raise it again except the driver,
+//! which is the only one that reads it to decide. The driver's Acquire load of 0 follows every
+//! helper's Release decrement, so their marks happen before whatever the cycle does next.
 //!
-//! ```text
-//!   IDLE --collector, at mark start--> ARMED --helper, awake--> HUNGRY
-//!   HUNGRY --collector, after filling the helper's list--> FED --helper, list empty--> HUNGRY
-//!   ARMED | HUNGRY --collector, its own list empty (CAS)--> IDLE
-//! ```
-//!
-//! The collector never waits for an ARMED helper: one that is slow to wake (or was stopped
-//! because it had not published its id before the stop began) is simply not used. It waits for
-//! a FED one, whose list it filled. The helper's Release store of HUNGRY (and the collector's
-//! Acquire CAS) make the helper's marks visible before the collector condemns what is unmarked.
+//! The helpers are goro's own threads, started with the world running by a runtime with two
+//! Ps or more (or the first cycle that has them). They hold no `Gc` (they run nothing but the
+//! marker), and take no lock but the packet list's spin lock and allocate nothing while they
+//! mark, so the stop leaves them running ([`helper_threads`]). The driver never waits for a
+//! helper: one slow to wake (or stopped because it had not published its id before the stop
+//! began) joins late or not at all, and a helper that wakes after its session ended finds the
+//! shared list closed to it (each packet list is stamped with its session).
 
 use crate::mark::{Source, Work};
 use crate::object::vtable_of;
 use crate::trace::Tracer;
+use core::mem::MaybeUninit;
 use std::cell::UnsafeCell;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
-use std::thread::Thread;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// No cycle wants help; the helper sleeps (or is about to).
-const IDLE: u32 = 0;
-/// A cycle wants help; the helper has not yet answered.
-const ARMED: u32 = 1;
-/// The helper waits for work, spinning.
-const HUNGRY: u32 = 2;
-/// The helper's work list holds work the collector gave it.
-const FED: u32 = 3;
+/// Most helper threads a process starts (eight markers with the driver).
+pub const MAX_HELPERS: usize = 7;
 
-/// Where the collector and the helper stand (see the module docs).
-static PHASE: AtomicU32 = AtomicU32::new(IDLE);
+/// Work items in a packet.
+const PACKET_ITEMS: usize = 256;
 
-/// The helper thread, once started.
-static HELPER: OnceLock<Option<Thread>> = OnceLock::new();
-
-/// The helper's kernel thread id, or 0 before it published it.
-static TID: AtomicI32 = AtomicI32::new(0);
-
-/// The process the helper runs in: a child forked later has no helper, and its id may go to
-/// one of the child's threads once the parent's helper is gone.
-static PID: AtomicI32 = AtomicI32::new(0);
-
-/// The helper's tracer. Only the thread that PHASE names may touch it: the collector while it
-/// is HUNGRY (to fill its list), the helper otherwise.
-struct Share(UnsafeCell<Option<Tracer>>);
-
-// SAFETY: access is handed back and forth through PHASE with Release/Acquire (see `Share`),
-// so the tracer is used by one thread at a time, and a tracer holds only addresses and its
-// own mapping.
-unsafe impl Sync for Share {}
-
-static SHARE: Share = Share(UnsafeCell::new(None));
-
-/// Work items a list must hold before half of it is handed over: fewer cost more to hand over
-/// than to scan.
+/// Work items a marker must hold before it shares: fewer cost more to hand over than to scan.
 const MIN_SHARED: usize = 16;
 
-/// The kernel thread id of the mark helper, if it runs. It is goro's own: it holds no `Gc`,
-/// wakes no goroutine, and must not be stopped with the world (it marks while the world is
-/// stopped).
-pub fn helper_thread_id() -> Option<i32> {
-    let tid = TID.load(Ordering::Acquire);
-    // SAFETY: getpid has no preconditions.
-    (tid != 0 && PID.load(Ordering::Relaxed) == unsafe { libc::getpid() }).then_some(tid)
+/// Bit 0 of [`SESSION`]: a session is open.
+const OPEN: u32 = 1;
+
+/// The session under way (its number times two, plus [`OPEN`] while it is open). Helpers sleep
+/// on it as a futex.
+static SESSION: AtomicU32 = AtomicU32::new(0);
+
+/// Helpers the open session uses (the first ones by index).
+static WANTED: AtomicUsize = AtomicUsize::new(0);
+
+/// Markers holding work plus packets on the shared list (see the module docs).
+static PENDING: AtomicUsize = AtomicUsize::new(0);
+
+/// Markers waiting for work in the open session: a hint for those that hold some to share. A
+/// stale count costs a packet shared for nobody, which its owner takes back.
+static HUNGRY: AtomicUsize = AtomicUsize::new(0);
+
+/// Packets on the shared list.
+static FULL: AtomicUsize = AtomicUsize::new(0);
+
+/// Work items shared through packets, over all sessions.
+static SHARED_ITEMS: AtomicUsize = AtomicUsize::new(0);
+
+/// A batch of work items on its way from one marker to another, in collector-mapped memory.
+struct Packet {
+    next: *mut Packet,
+    len: usize,
+    items: [MaybeUninit<Work>; PACKET_ITEMS],
 }
 
-/// Starts the mark helper thread if it is not running yet, and waits (a little) until it can
-/// help. A runtime with two or more Ps calls it as it starts; the first cycle with two Ps
-/// calls it too. The helper sleeps until a cycle wakes it. Called with the world running.
-pub fn start_mark_helper() {
-    HELPER.get_or_init(|| {
-        let helper = std::thread::Builder::new()
-            .name("goro-gc-helper".into())
-            .spawn(helper_main)
-            .ok()
-            .map(|handle| handle.thread().clone());
-        let began = Instant::now();
-        while helper.is_some() && TID.load(Ordering::Acquire) == 0 && began.elapsed() < START_WAIT {
-            std::thread::yield_now();
+/// Packets mapped at a time.
+const PACKETS_PER_MAPPING: usize = 16;
+
+/// The shared packet lists, behind [`LOCK`].
+struct Lists {
+    /// The session whose markers may take packets.
+    session: u32,
+    full: *mut Packet,
+    free: *mut Packet,
+}
+
+/// The packet lists. Touched only with [`LOCK`] held.
+struct Shared(UnsafeCell<Lists>);
+
+// SAFETY: every access goes through `with_lists`, which holds the spin lock.
+unsafe impl Sync for Shared {}
+
+static LISTS: Shared = Shared(UnsafeCell::new(Lists {
+    session: 0,
+    full: core::ptr::null_mut(),
+    free: core::ptr::null_mut(),
+}));
+
+/// A spin lock, not a futex: markers run while every other thread is stopped, possibly with a
+/// mutex held, and a marker holds this one only to link or unlink a packet (or to map more).
+static LOCK: AtomicBool = AtomicBool::new(false);
+
+/// Runs `f` on the packet lists with the lock held.
+fn with_lists<R>(f: impl FnOnce(&mut Lists) -> R) -> R {
+    let mut wait = Backoff::default();
+    // Acquire: what the last holder wrote (packets included) is seen.
+    while LOCK
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        wait.snooze();
+    }
+    // SAFETY: the lock is held: nobody else touches the lists.
+    let result = f(unsafe { &mut *LISTS.0.get() });
+    // Release: our writes (packets included) to the next holder.
+    LOCK.store(false, Ordering::Release);
+    result
+}
+
+/// A packet off the free list, or from a fresh mapping. Its contents are garbage.
+fn free_packet() -> *mut Packet {
+    with_lists(|lists| {
+        if lists.free.is_null() {
+            let packets =
+                crate::workbuf::map(PACKETS_PER_MAPPING * size_of::<Packet>()).cast::<Packet>();
+            for i in 0..PACKETS_PER_MAPPING {
+                // SAFETY: `i` is inside the fresh mapping, which nothing else uses; packets
+                // are never unmapped.
+                unsafe {
+                    let packet = packets.add(i);
+                    (*packet).next = lists.free;
+                    lists.free = packet;
+                }
+            }
         }
-        helper
-    });
+        let packet = lists.free;
+        // SAFETY: a packet of the free list, which we now take off it.
+        lists.free = unsafe { (*packet).next };
+        packet
+    })
 }
 
-/// How long [`start_mark_helper`] waits for a new helper to publish its id.
+/// Moves some of the oldest items of `tracer`'s list onto the shared list, for a hungry marker.
+/// Called by a marker that holds work (a unit of [`PENDING`]), so the session stays open.
+#[cold]
+fn share(tracer: &mut Tracer) {
+    let count = (tracer.marker.work.len() / 2).min(PACKET_ITEMS);
+    let packet = free_packet();
+    // SAFETY: the packet is ours (off the free list), has room for `count <= PACKET_ITEMS`
+    // items and lies in a mapping of its own; the list holds at least `2 * count` items.
+    unsafe {
+        let items = (*packet).items.as_mut_ptr().cast::<Work>();
+        tracer.marker.work.take_oldest(items, count);
+        (*packet).len = count;
+    }
+    // Before the packet can be taken (and its taker give a unit back).
+    PENDING.fetch_add(1, Ordering::Relaxed);
+    with_lists(|lists| {
+        // SAFETY: the packet is ours until it is linked.
+        unsafe { (*packet).next = lists.full };
+        lists.full = packet;
+    });
+    FULL.fetch_add(1, Ordering::Relaxed);
+    SHARED_ITEMS.fetch_add(count, Ordering::Relaxed);
+}
+
+/// Takes a packet of `session` onto `tracer`'s list, if one is shared; returns whether it did.
+/// The packet's unit of [`PENDING`] is the caller's from here on.
+fn take_packet(tracer: &mut Tracer, session: u32) -> bool {
+    let packet = with_lists(|lists| {
+        let packet = lists.full;
+        if lists.session != session || packet.is_null() {
+            return core::ptr::null_mut();
+        }
+        // SAFETY: a packet of the full list, which we now take off it.
+        lists.full = unsafe { (*packet).next };
+        packet
+    });
+    if packet.is_null() {
+        return false;
+    }
+    FULL.fetch_sub(1, Ordering::Relaxed);
+    // SAFETY: the packet is ours; its first `len` items were written by `share` before it was
+    // linked (the lock's Release and Acquire order them before this read).
+    unsafe {
+        let len = (*packet).len;
+        let items = core::slice::from_raw_parts((*packet).items.as_ptr().cast::<Work>(), len);
+        tracer.marker.work.push_all(items);
+    }
+    with_lists(|lists| {
+        // SAFETY: the packet is ours until it is linked.
+        unsafe { (*packet).next = lists.free };
+        lists.free = packet;
+    });
+    true
+}
+
+/// One helper thread's place.
+struct Helper {
+    /// Its kernel thread id, or 0 before it published it.
+    tid: AtomicI32,
+}
+
+#[allow(
+    clippy::declare_interior_mutable_const,
+    reason = "an array initialiser"
+)]
+const NO_HELPER: Helper = Helper {
+    tid: AtomicI32::new(0),
+};
+
+static HELPERS: [Helper; MAX_HELPERS] = [NO_HELPER; MAX_HELPERS];
+
+/// The process the helpers run in: a child forked later has none, and their ids may go to the
+/// child's own threads.
+static PID: AtomicI32 = AtomicI32::new(0);
+
+/// Helpers started in this process (under the mutex) and helpers that published their id.
+static STARTED: Mutex<usize> = Mutex::new(0);
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// CPUs the process may run on, once known (0 before).
+static CPUS: AtomicUsize = AtomicUsize::new(0);
+
+/// Helpers a cycle with `procs` Ps uses: one per further P the CPUs can run at once.
+fn helpers_for(procs: usize) -> usize {
+    let cpus = CPUS.load(Ordering::Relaxed).max(1);
+    procs.min(cpus).saturating_sub(1).min(MAX_HELPERS)
+}
+
+/// Helpers that run in this process and have published their id.
+fn running_here() -> usize {
+    // SAFETY: getpid has no preconditions.
+    if PID.load(Ordering::Acquire) == unsafe { libc::getpid() } {
+        RUNNING.load(Ordering::Acquire)
+    } else {
+        0
+    }
+}
+
+/// The kernel thread ids of the mark helpers that run in this process, for a stop of the world
+/// to leave running (they mark while it is stopped). Copy, allocation-free.
+#[derive(Clone, Copy, Default)]
+pub struct HelperThreads {
+    tids: [i32; MAX_HELPERS],
+}
+
+impl HelperThreads {
+    /// Whether `tid` is one of them.
+    pub fn contains(&self, tid: i32) -> bool {
+        tid != 0 && self.tids.contains(&tid)
+    }
+
+    /// Their ids.
+    pub fn iter(&self) -> impl Iterator<Item = i32> + '_ {
+        self.tids.iter().copied().filter(|&tid| tid != 0)
+    }
+}
+
+/// The mark helpers that run in this process. They are goro's own: they hold no `Gc`, wake no
+/// goroutine, and must not be stopped with the world.
+pub fn helper_threads() -> HelperThreads {
+    let mut threads = HelperThreads::default();
+    for (i, tid) in threads.tids.iter_mut().enumerate().take(running_here()) {
+        *tid = HELPERS[i].tid.load(Ordering::Acquire);
+    }
+    threads
+}
+
+/// Starts the mark helpers a runtime with `procs` Ps uses, if they are not running yet, and
+/// waits (a little) until they can help. A runtime with two or more Ps calls it as it starts;
+/// a cycle with two Ps or more calls it too. Helpers sleep until a cycle wakes them. Called
+/// with the world running.
+pub fn start_mark_helpers(procs: usize) {
+    if CPUS.load(Ordering::Relaxed) == 0 {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        CPUS.store(cpus, Ordering::Relaxed);
+    }
+    let wanted = helpers_for(procs);
+    if running_here() >= wanted {
+        return;
+    }
+    let mut started = STARTED.lock().unwrap_or_else(|p| p.into_inner());
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    if PID.load(Ordering::Acquire) != pid {
+        // A forked child: the parent's helpers are not here (and a session the fork cut short
+        // left the packet lists as they were): start afresh.
+        *started = 0;
+        RUNNING.store(0, Ordering::Relaxed);
+        LOCK.store(false, Ordering::Relaxed);
+        SESSION.store(SESSION.load(Ordering::Relaxed) & !OPEN, Ordering::Relaxed);
+        // SAFETY: no helper of this process exists to hold the lock or touch the lists.
+        unsafe { (*LISTS.0.get()).full = core::ptr::null_mut() };
+        FULL.store(0, Ordering::Relaxed);
+        PID.store(pid, Ordering::Release);
+    }
+    while *started < wanted {
+        let index = *started;
+        HELPERS[index].tid.store(0, Ordering::Relaxed);
+        let spawned = std::thread::Builder::new()
+            .name("goro-gc-helper".into())
+            .spawn(move || helper_main(index));
+        if spawned.is_err() {
+            break;
+        }
+        *started += 1;
+    }
+    let began = Instant::now();
+    while running_here() < *started && began.elapsed() < START_WAIT {
+        std::thread::yield_now();
+    }
+}
+
+/// How long [`start_mark_helpers`] waits for new helpers to publish their ids.
 const START_WAIT: Duration = Duration::from_millis(10);
 
 /// How long an early-woken helper waits for the cycle to arm it before it sleeps again.
 const EARLY_WAIT: Duration = Duration::from_millis(2);
 
-/// Wakes the helper ahead of a cycle that is about to stop the world, if it runs: a thread
-/// asleep on an idle virtual CPU takes tens of microseconds to run again, which would otherwise
-/// come out of the pause. It waits (yielding its CPU to the threads that must reach a safe point)
-/// for [`arm`], and sleeps again after [`EARLY_WAIT`] if no cycle comes.
+/// Wakes the helpers ahead of a cycle that is about to stop the world: a thread asleep on an
+/// idle virtual CPU takes tens of microseconds to run again, which would otherwise come out of
+/// the pause. They wait (yielding their CPU to the threads that must reach a safe point) for
+/// [`arm`], and sleep again after [`EARLY_WAIT`] if no cycle comes.
 pub(crate) fn wake_early() {
-    if let Some(Some(helper)) = HELPER.get() {
-        helper.unpark();
+    if running_here() > 0 {
+        goro_alloc::futex_wake(&SESSION, i32::MAX);
     }
 }
 
-/// Asks the helper to wake for the cycle under way, if it runs and has published its id. Called
-/// by the collector with the world stopped; it neither allocates nor blocks.
-pub(crate) fn arm() -> bool {
-    let Some(Some(helper)) = HELPER.get() else {
-        return false;
-    };
-    if helper_thread_id().is_none() {
+/// Opens a session for a cycle with `procs` Ps: wakes the helpers it uses, if any run, and
+/// returns whether there are any. Called by the thread that runs the cycle (the world stopped
+/// or not) before it drains; allocation-free, lock-free but for the packet lists' spin lock.
+pub(crate) fn arm(procs: usize) -> bool {
+    let helpers = helpers_for(procs).min(running_here());
+    if helpers == 0 {
         return false;
     }
-    debug_assert_eq!(PHASE.load(Ordering::Relaxed), IDLE);
-    // Release: the cycle's cleared marks are visible to the helper before it marks.
-    PHASE.store(ARMED, Ordering::Release);
-    // Futex-based and allocation-free.
-    helper.unpark();
+    let session = (SESSION.load(Ordering::Relaxed) | OPEN).wrapping_add(2);
+    with_lists(|lists| {
+        debug_assert!(lists.full.is_null(), "a closed session left packets shared");
+        lists.session = session;
+    });
+    HUNGRY.store(0, Ordering::Relaxed);
+    // The driver holds a unit until its own list runs dry.
+    PENDING.store(1, Ordering::Relaxed);
+    WANTED.store(helpers, Ordering::Relaxed);
+    // Release: the cycle's cleared marks, and the stores above, are seen by a helper that sees
+    // the session.
+    SESSION.store(session, Ordering::Release);
+    goro_alloc::futex_wake(&SESSION, i32::MAX);
     true
 }
 
-/// Marks until `tracer`'s work list is empty, handing half of it to the helper whenever the
-/// helper is hungry (`shared`: the cycle armed it), then releases the helper once it is done.
-/// Returns how many work items it handed over. Called only by the thread that runs the cycle
-/// (or a retirement's, or gccheckmark's marking, with the barrier off): it takes the barrier's
-/// log as it goes.
+/// Marks until no work is left: `tracer`'s list alone, or, in a session `arm` opened
+/// (`shared`), every marker's and the shared packets, then closes the session. Returns how many
+/// work items were shared through packets. Called only by the thread that runs the cycle (or a
+/// retirement's, or gccheckmark's marking, with the barrier off): it takes the barrier's log as
+/// it goes.
 pub(crate) fn drain(tracer: &mut Tracer, shared: bool) -> usize {
-    let mut given = 0;
-    if shared {
-        let mut wait = Backoff::default();
-        loop {
-            given += drain_sharing(tracer);
-            // Our list is empty: release the helper once it finished what it was given.
-            match PHASE.load(Ordering::Acquire) {
-                // Acquire on success: the helper's marks happen before whatever follows.
-                phase @ (ARMED | HUNGRY) => {
-                    if PHASE
-                        .compare_exchange(phase, IDLE, Ordering::Acquire, Ordering::Acquire)
-                        .is_ok()
-                    {
-                        return given;
-                    }
+    if !shared {
+        let mut since_log = 0;
+        while let Some(work) = tracer.marker.work.pop() {
+            take_log_if_filling(tracer, &mut since_log);
+            process(tracer, work);
+        }
+        return 0;
+    }
+    let before = SHARED_ITEMS.load(Ordering::Relaxed);
+    let session = SESSION.load(Ordering::Relaxed);
+    mark_in_session(tracer, session, Role::Driver);
+    // Release: nothing a helper reads; it sees the session closed and leaves.
+    SESSION.store(session & !OPEN, Ordering::Release);
+    SHARED_ITEMS.load(Ordering::Relaxed) - before
+}
+
+/// Who marks in a session.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The cycle's thread: it holds a unit at the start, takes the barrier's log, and closes
+    /// the session once no work is left.
+    Driver,
+    /// A helper thread: it starts idle and leaves when the session is closed.
+    Helper,
+}
+
+/// Marks in `session` until it is over for `role` (see [`Role`]).
+fn mark_in_session(tracer: &mut Tracer, session: u32, role: Role) {
+    let mut busy = role == Role::Driver;
+    loop {
+        if busy {
+            mark_own(tracer, role);
+            // Our list is empty. Taking a packet, we keep one unit for both; otherwise we go
+            // idle. (Release: our marks to the driver's Acquire load of the count.)
+            if !take_packet(tracer, session) {
+                if role == Role::Helper {
+                    count_cpu();
                 }
-                FED => wait.snooze(),
-                _ => return given,
+                HUNGRY.fetch_add(1, Ordering::Relaxed);
+                PENDING.fetch_sub(1, Ordering::Release);
+                busy = false;
+            } else {
+                PENDING.fetch_sub(1, Ordering::Release);
+            }
+            continue;
+        }
+        let mut wait = Backoff::default();
+        while !busy {
+            if FULL.load(Ordering::Relaxed) > 0 && take_packet(tracer, session) {
+                // The packet's unit is ours now.
+                busy = true;
+            } else if role == Role::Driver {
+                // Acquire: every helper's marks happen before the cycle goes on.
+                if PENDING.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                if crate::barrier::filling() {
+                    // Only the driver decides the session is over, so it may hold a unit
+                    // again.
+                    PENDING.fetch_add(1, Ordering::Relaxed);
+                    crate::barrier::drain(&mut tracer.marker, false);
+                    busy = true;
+                }
+            } else if SESSION.load(Ordering::Acquire) != session {
+                return;
+            }
+            if busy {
+                HUNGRY.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                wait.snooze();
             }
         }
     }
+}
+
+/// Drains `tracer`'s own list, sharing its oldest work when other markers are hungry; the
+/// driver takes the barrier's log as it goes.
+fn mark_own(tracer: &mut Tracer, role: Role) {
     let mut since_log = 0;
     while let Some(work) = tracer.marker.work.pop() {
-        take_log_if_filling(tracer, &mut since_log);
+        if HUNGRY.load(Ordering::Relaxed) > FULL.load(Ordering::Relaxed)
+            && tracer.marker.work.len() >= MIN_SHARED
+        {
+            share(tracer);
+        }
+        if role == Role::Driver {
+            take_log_if_filling(tracer, &mut since_log);
+        }
         process(tracer, work);
     }
-    given
 }
 
 /// Items between two looks at the barrier's log while a pass marks.
@@ -170,7 +460,7 @@ const LOG_LOOK_EVERY: usize = 256;
 /// Every [`LOG_LOOK_EVERY`] items, takes the barrier's log onto the work list if it is filling:
 /// a mutator that finds the log full waits for the marker, which must not make it wait for a
 /// whole pass over a large heap. Only the thread that runs the cycle drains the log (its one
-/// consumer); `drain` is called only by that thread.
+/// consumer).
 #[inline]
 fn take_log_if_filling(tracer: &mut Tracer, since_log: &mut usize) {
     *since_log += 1;
@@ -179,26 +469,6 @@ fn take_log_if_filling(tracer: &mut Tracer, since_log: &mut usize) {
         if crate::barrier::filling() {
             crate::barrier::drain(&mut tracer.marker, false);
         }
-    }
-}
-
-/// Drains `tracer`, feeding the helper; returns how many items it handed over.
-fn drain_sharing(tracer: &mut Tracer) -> usize {
-    let mut given = 0;
-    let mut since_log = 0;
-    while let Some(work) = tracer.marker.work.pop() {
-        if PHASE.load(Ordering::Relaxed) == HUNGRY && tracer.marker.work.len() >= MIN_SHARED {
-            given += feed(tracer);
-        }
-        take_log_if_filling(tracer, &mut since_log);
-        process(tracer, work);
-    }
-    given
-}
-
-fn drain_alone(tracer: &mut Tracer) {
-    while let Some(work) = tracer.marker.work.pop() {
-        process(tracer, work);
     }
 }
 
@@ -216,26 +486,8 @@ fn process(tracer: &mut Tracer, work: Work) {
     }
 }
 
-/// Moves half of `tracer`'s work to the hungry helper; returns how many items.
-#[cold]
-fn feed(tracer: &mut Tracer) -> usize {
-    // Acquire: pairs with the helper's Release store of HUNGRY, after which it no longer
-    // touches its tracer.
-    if PHASE.load(Ordering::Acquire) != HUNGRY {
-        return 0;
-    }
-    // SAFETY: the helper is HUNGRY, so its tracer is ours until we store FED (see `Share`).
-    let Some(helper) = (unsafe { &mut *SHARE.0.get() }) else {
-        return 0;
-    };
-    let given = tracer.marker.work.give_half(&mut helper.marker.work);
-    // Release: publishes the handed-over items.
-    PHASE.store(FED, Ordering::Release);
-    given
-}
-
-/// Waiting for the other marker: spinning a little, then yielding the CPU. The two may share one
-/// CPU (the kernel put the helper where it found room), and a waiter that only spins keeps the
+/// Waiting for another marker: spinning a little, then yielding the CPU. Markers may share one
+/// CPU (the kernel put a helper where it found room), and a waiter that only spins keeps the
 /// other off it for a whole time slice, milliseconds.
 #[derive(Default)]
 struct Backoff {
@@ -281,70 +533,57 @@ fn leave_this_cpu() {
     }
 }
 
-fn helper_main() {
+fn helper_main(index: usize) {
     leave_this_cpu();
-    // SAFETY: nobody else touches the cell before TID is published below (`arm` needs it).
-    unsafe { *SHARE.0.get() = Some(Tracer::new()) };
-    // SAFETY: gettid and getpid have no preconditions.
-    let (tid, pid) = unsafe { (libc::gettid(), libc::getpid()) };
-    PID.store(pid, Ordering::Relaxed);
-    // Release: publishes the tracer to the collector's Acquire load in `arm`.
-    TID.store(tid, Ordering::Release);
+    let mut tracer = Tracer::new();
+    // SAFETY: gettid has no preconditions.
+    HELPERS[index]
+        .tid
+        .store(unsafe { libc::gettid() }, Ordering::Release);
+    RUNNING.fetch_add(1, Ordering::Release);
     loop {
         // Acquire: pairs with `arm`'s Release.
-        while PHASE.load(Ordering::Acquire) == IDLE {
-            std::thread::park();
-            // Woken early (`wake_early`): the cycle arms us once the world is stopped.
+        let session = SESSION.load(Ordering::Acquire);
+        if session & OPEN == 0 || index >= WANTED.load(Ordering::Relaxed) {
+            goro_alloc::futex_wait(&SESSION, session, None);
+            // Woken early (`wake_early`), or by a session: wait a little for it.
             let woken = Instant::now();
             let mut wait = Backoff::default();
-            while PHASE.load(Ordering::Relaxed) == IDLE && woken.elapsed() < EARLY_WAIT {
+            while SESSION.load(Ordering::Relaxed) == session && woken.elapsed() < EARLY_WAIT {
                 wait.snooze();
             }
-        }
-        // A new cycle: forget the words the last one marked (the marks were cleared since).
-        // SAFETY: the tracer is ours until we store HUNGRY.
-        if let Some(tracer) = unsafe { (*SHARE.0.get()).as_mut() } {
-            tracer.marker.forget_recent();
-        }
-        if PHASE
-            .compare_exchange(ARMED, HUNGRY, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            // The cycle was over before we woke.
             continue;
         }
-        let session = crate::stats::thread_cpu();
-        let mut wait = Backoff::default();
-        loop {
-            match PHASE.load(Ordering::Acquire) {
-                HUNGRY => wait.snooze(),
-                FED => {
-                    wait = Backoff::default();
-                    // SAFETY: FED hands the tracer to us until we store HUNGRY.
-                    let tracer = unsafe { (*SHARE.0.get()).as_mut() }
-                        .expect("the helper's tracer is set before its id is published");
-                    drain_alone(tracer);
-                    // Release: our marks, and the end of our use of the tracer, to the
-                    // collector.
-                    PHASE.store(HUNGRY, Ordering::Release);
-                }
-                // IDLE: the cycle is over; ARMED: the next one already began.
-                _ => break,
-            }
-        }
-        let used = crate::stats::thread_cpu().saturating_sub(session);
-        CPU_NANOS.fetch_add(
-            u64::try_from(used.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        // A new session: forget the words the last one marked from (the marks may have been
+        // cleared since).
+        tracer.marker.forget_recent();
+        CPU_MARK.with(|mark| mark.set(crate::stats::thread_cpu()));
+        HUNGRY.fetch_add(1, Ordering::Relaxed);
+        mark_in_session(&mut tracer, session, Role::Helper);
+        count_cpu();
     }
 }
 
-/// CPU time the helper spent armed (marking or waiting for work), over all cycles.
+std::thread_local! {
+    /// The helper's CPU time when it last counted it.
+    static CPU_MARK: core::cell::Cell<Duration> = const { core::cell::Cell::new(Duration::ZERO) };
+}
+
+/// Adds the helper's CPU time since it last counted to [`CPU_NANOS`].
+fn count_cpu() {
+    let now = crate::stats::thread_cpu();
+    let used = now.saturating_sub(CPU_MARK.with(|mark| mark.replace(now)));
+    CPU_NANOS.fetch_add(
+        u64::try_from(used.as_nanos()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+}
+
+/// CPU time the helpers spent in sessions (marking or waiting for work), over all cycles.
 static CPU_NANOS: AtomicU64 = AtomicU64::new(0);
 
-/// The helper's CPU time so far (see [`CPU_NANOS`]); a session under way is counted when it
-/// ends.
+/// The helpers' CPU time so far (see [`CPU_NANOS`]): a helper counts what it used each time it
+/// runs out of work, so a session's marking is counted before the session closes.
 pub(crate) fn cpu_used() -> Duration {
     Duration::from_nanos(CPU_NANOS.load(Ordering::Relaxed))
 }

@@ -65,6 +65,8 @@ mod object;
 pub mod pacer;
 mod ptr;
 mod roots;
+#[cfg(all(test, loom))]
+mod session_model;
 mod special;
 mod stats;
 mod sweeper;
@@ -76,11 +78,11 @@ mod worker;
 pub use atomic::AtomicGc;
 pub use cell::{BorrowError, GcCell, GcRef, GcRefMut};
 pub use collector::{
-    POISON, collect, collector_thread_ids, is_busy, is_collector_thread, keep_alive, retire,
-    set_checkmark, set_clobber_free, set_stress, wait_for_retirement, wait_for_retirement_at_exit,
-    wait_until_retirement_decided,
+    CollectorThreads, POISON, collect, collector_threads, is_busy, is_collector_thread, keep_alive,
+    retire, set_checkmark, set_clobber_free, set_stress, wait_for_retirement,
+    wait_for_retirement_at_exit, wait_until_retirement_decided,
 };
-pub use helper::{helper_thread_id, start_mark_helper};
+pub use helper::{HelperThreads, MAX_HELPERS, helper_threads, start_mark_helpers};
 pub use mark::set_scan_unaligned;
 pub use pacer::{set_memory_limit, set_percent};
 pub use ptr::Gc;

@@ -9,9 +9,12 @@
 
 use core::sync::atomic::{AtomicPtr, Ordering};
 
-/// A stack of `T` items in its own mapping.
+/// A stack of `T` items in its own mapping. Items are pushed and popped at the top; a marker
+/// shares its oldest ones from the bottom (the ones nearest the roots, which lead to the most
+/// work), so the live items are `[head, len)`.
 pub(crate) struct WorkStack<T: Copy> {
     base: *mut T,
+    head: usize,
     len: usize,
     capacity: usize,
 }
@@ -37,6 +40,7 @@ impl<T: Copy> WorkStack<T> {
                 spare
             }
             .cast(),
+            head: 0,
             len: 0,
             capacity: Self::INITIAL_CAPACITY,
         }
@@ -45,7 +49,7 @@ impl<T: Copy> WorkStack<T> {
     #[inline]
     pub(crate) fn push(&mut self, item: T) {
         if self.len == self.capacity {
-            self.grow();
+            self.make_room(1);
         }
         // SAFETY: `len < capacity`, so the slot lies inside the mapping.
         unsafe { self.base.add(self.len).write(item) };
@@ -54,48 +58,81 @@ impl<T: Copy> WorkStack<T> {
 
     #[inline]
     pub(crate) fn pop(&mut self) -> Option<T> {
-        if self.len == 0 {
+        if self.len == self.head {
+            self.head = 0;
+            self.len = 0;
             return None;
         }
         self.len -= 1;
-        // SAFETY: slot `len` was written by `push` and not popped since.
+        // SAFETY: slot `len` was written by `push` and not popped or shared since.
         Some(unsafe { self.base.add(self.len).read() })
     }
 
     /// Items on the stack.
     #[inline]
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.len - self.head
     }
 
-    /// Moves the top half of the items onto `other`; returns how many.
-    pub(crate) fn give_half(&mut self, other: &mut WorkStack<T>) -> usize {
-        let moved = self.len / 2;
-        while other.capacity - other.len < moved {
-            other.grow();
+    /// Moves the `count` oldest items to `to`.
+    ///
+    /// # Safety
+    /// `count` may be at most [`len`](Self::len), and `to` must be valid for writing `count`
+    /// items and lie outside the stack's mapping.
+    pub(crate) unsafe fn take_oldest(&mut self, to: *mut T, count: usize) {
+        debug_assert!(
+            count <= self.len(),
+            "taking more items than the stack holds"
+        );
+        // SAFETY: items `[head, head + count)` were written by `push` and are no longer ours
+        // once `head` moves past them; the caller vouches for `to`.
+        unsafe { core::ptr::copy_nonoverlapping(self.base.add(self.head), to, count) };
+        self.head += count;
+    }
+
+    /// Pushes every item of `items`, the last one on top.
+    pub(crate) fn push_all(&mut self, items: &[T]) {
+        if self.capacity - self.len < items.len() {
+            self.make_room(items.len());
         }
-        self.len -= moved;
-        // SAFETY: items `[len, len + moved)` were written by `push` and are no longer ours;
-        // `other` has room for `moved` more after its `len`; the mappings are distinct.
+        // SAFETY: there is room for `items.len()` more after `len`; `items` is not in our
+        // mapping (it is a packet's).
         unsafe {
-            core::ptr::copy_nonoverlapping(
-                self.base.add(self.len),
-                other.base.add(other.len),
-                moved,
-            );
-        }
-        other.len += moved;
-        moved
+            core::ptr::copy_nonoverlapping(items.as_ptr(), self.base.add(self.len), items.len())
+        };
+        self.len += items.len();
     }
 
+    /// Makes room for `more` items after `len`: moves the live items down over the shared ones
+    /// if that leaves at least half of the stack free, or else maps larger stacks until there
+    /// is room (each move is then paid for by as many pushes).
     #[cold]
+    fn make_room(&mut self, more: usize) {
+        let live = self.len();
+        if self.head > 0 && live + more <= self.capacity / 2 {
+            // SAFETY: both ranges lie inside the mapping; `copy` allows them to overlap.
+            unsafe { core::ptr::copy(self.base.add(self.head), self.base, live) };
+            self.head = 0;
+            self.len = live;
+            return;
+        }
+        while self.capacity - self.len < more {
+            self.grow();
+        }
+    }
+
+    /// Moves the live items to the bottom of a mapping twice as large.
     fn grow(&mut self) {
         let capacity = self.capacity * 2;
+        let live = self.len();
         let base = map(capacity * size_of::<T>()).cast::<T>();
-        // SAFETY: both mappings are ours and distinct; the old one holds `len` items.
-        unsafe { core::ptr::copy_nonoverlapping(self.base, base, self.len) };
+        // SAFETY: both mappings are ours and distinct; the old one holds the live items at
+        // `[head, len)`.
+        unsafe { core::ptr::copy_nonoverlapping(self.base.add(self.head), base, live) };
         retire_mapping(self.base.cast(), self.capacity * size_of::<T>());
         self.base = base;
+        self.head = 0;
+        self.len = live;
         self.capacity = capacity;
     }
 }
@@ -157,4 +194,59 @@ pub(crate) fn map(bytes: usize) -> *mut u8 {
 pub(crate) unsafe fn unmap(base: *mut u8, bytes: usize) {
     // SAFETY: the caller's contract.
     unsafe { libc::munmap(base.cast(), bytes) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WorkStack;
+    use std::collections::VecDeque;
+
+    /// Pushes, pops, shares and takes back in a pseudo-random order, across compactions and
+    /// growths, against a `VecDeque` (the newest at the back).
+    #[test]
+    fn a_stack_keeps_its_items_through_sharing_compaction_and_growth() {
+        let mut stack = WorkStack::<u64>::new();
+        let mut model = VecDeque::new();
+        let mut packet = vec![0u64; 256];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = 0u64;
+        for step in 0..400_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            // Phases of mostly pushing, then of mostly popping, so the stack fills its mapping
+            // (with shared items below) and grows, and empties again.
+            let filling = (step / 50_000) % 2 == 0;
+            match seed % 16 {
+                0..=8 if filling => {
+                    stack.push(next);
+                    model.push_back(next);
+                    next += 1;
+                }
+                0..=11 => assert_eq!(stack.pop(), model.pop_back()),
+                12..=13 => {
+                    let count = (stack.len() / 2).min(packet.len());
+                    // SAFETY: `count <= len`, and the packet is a separate buffer.
+                    unsafe { stack.take_oldest(packet.as_mut_ptr(), count) };
+                    let taken: Vec<u64> = model.drain(..count).collect();
+                    assert_eq!(&packet[..count], &taken[..]);
+                    if seed.is_multiple_of(3) {
+                        stack.push_all(&packet[..count]);
+                        model.extend(&packet[..count]);
+                    }
+                }
+                _ => {
+                    let items: Vec<u64> = (next..next + seed % 300).collect();
+                    next += items.len() as u64;
+                    stack.push_all(&items);
+                    model.extend(&items);
+                }
+            }
+            assert_eq!(stack.len(), model.len());
+        }
+        while let Some(item) = model.pop_back() {
+            assert_eq!(stack.pop(), Some(item));
+        }
+        assert_eq!(stack.pop(), None);
+    }
 }

@@ -37,8 +37,8 @@ pub struct Config {
     pub stash_parked_stacks: Promised,
     /// The kernel ids of other threads of the runtime's that the deadlock check must not count
     /// as ones that could wake a goroutine, if they run (the collector's sweeper, mark
-    /// helper and mark worker).
-    pub runtime_threads: Option<fn() -> [Option<i32>; 3]>,
+    /// helpers and mark worker).
+    pub runtime_threads: Option<fn() -> Vec<i32>>,
     /// Whether the collector is at work in a way that may still wake or start a goroutine
     /// without any goroutine running (its sweeper runs drop glue, its cleanups start a
     /// goroutine): while it says so, the deadlock check cannot prove a deadlock.

@@ -185,8 +185,7 @@ fn threads_outside_runtime(sched: &Sched) -> std::io::Result<Vec<i32>> {
             .config
             .runtime_threads
             .into_iter()
-            .flat_map(|tids| tids())
-            .flatten(),
+            .flat_map(|tids| tids()),
     );
     let mut outside = Vec::new();
     for task in std::fs::read_dir("/proc/self/task")? {
