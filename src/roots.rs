@@ -111,11 +111,11 @@ unsafe impl Mutators for GoroutineRoots {
         let _ = goro_sched::try_go(move || cleanups.run());
     }
 
-    fn pause(&self) {
+    fn pause(&self, duration: Duration) {
         if goro_sched::is_goroutine() {
-            goro_sched::sleep(Duration::from_micros(50));
+            goro_sched::sleep(duration);
         } else {
-            std::thread::sleep(Duration::from_micros(50));
+            std::thread::sleep(duration);
         }
     }
 }

@@ -168,9 +168,10 @@ fn count_batch(bytes: usize) {
     // by signal where it sleeps, so the second pause does not wait for the waiters.
     if pacer::heap_alloc() >= pacer::ceiling() {
         // Acquire: pairs with the sweep's Release of `COLLECTING`.
+        let mut patience = Patience::new(ALLOCATION_PAUSE_CAP);
         while COLLECTING.load(Ordering::Acquire) && deciding() {
             if !finish_pending() {
-                mutators.pause();
+                patience.pause(mutators);
             }
         }
     }
@@ -178,13 +179,48 @@ fn count_batch(bytes: usize) {
     // allocation down to the collector's pace without long stalls), but not forever (drop glue
     // runs in its sweep, and may wait for a lock this thread holds).
     let began = Instant::now();
+    let mut patience = Patience::new(ALLOCATION_PAUSE_CAP);
     while COLLECTING.load(Ordering::Acquire) && began.elapsed() < SWEEP_WAIT {
         if !finish_pending() {
-            mutators.pause();
+            patience.pause(mutators);
         }
     }
     if !COLLECTING.load(Ordering::Relaxed) {
         run_cycle(mutators, false);
+    }
+}
+
+/// Waiting for a cycle by polling: each pause twice as long as the last, from
+/// [`FIRST_PAUSE`] up to a cap. Every wake-up of a waiting goroutine costs a timer, a trip
+/// through the scheduler and, with the markers on every CPU, a context switch that takes a
+/// marker off its CPU: a forced collection that polled every 50 us took 1.6x the wall time of
+/// one that polled every millisecond with two Ps (BENCHMARKS.md, full_gc).
+struct Patience {
+    next: Duration,
+    cap: Duration,
+}
+
+/// The first pause of a wait for the cycle.
+const FIRST_PAUSE: Duration = Duration::from_micros(50);
+
+/// The longest pause of `collect`'s waits: how late it may notice the end of its cycle.
+const COLLECT_PAUSE_CAP: Duration = Duration::from_millis(1);
+
+/// The longest pause of an allocation's waits past the goal, which stall the allocating
+/// goroutine (and are bounded by [`SWEEP_WAIT`] or by the cycle's decision anyway).
+const ALLOCATION_PAUSE_CAP: Duration = Duration::from_micros(200);
+
+impl Patience {
+    fn new(cap: Duration) -> Patience {
+        Patience {
+            next: FIRST_PAUSE,
+            cap,
+        }
+    }
+
+    fn pause(&mut self, mutators: &dyn Mutators) {
+        mutators.pause(self.next);
+        self.next = (self.next * 2).min(self.cap);
     }
 }
 
@@ -350,9 +386,10 @@ fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
         if forced {
             // A cycle's marking and sweep run with the world going: wait for them (or finish
             // the sweep), then run our own.
+            let mut patience = Patience::new(COLLECT_PAUSE_CAP);
             while COLLECTING.load(Ordering::Acquire) {
                 if !finish_pending() {
-                    mutators.pause();
+                    patience.pause(mutators);
                 }
             }
         }
@@ -375,9 +412,10 @@ fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
         if let Some(cycle) = ran {
             if forced {
                 // Acquire: pairs with the Release in `sweep`, so the sweep's frees are seen.
+                let mut patience = Patience::new(COLLECT_PAUSE_CAP);
                 while CYCLES_SWEPT.load(Ordering::Acquire) < cycle {
                     if !finish_pending() {
-                        mutators.pause();
+                        patience.pause(mutators);
                     }
                 }
             }

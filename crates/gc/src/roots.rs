@@ -39,11 +39,12 @@ pub unsafe trait Mutators: Sync {
     /// before exists).
     fn prepare_stop(&self) {}
 
-    /// Waits a moment without holding up other mutators or a stop of the world (a goroutine
-    /// parks on a timer, so its M can run others; a thread sleeps): `collect` waits so for the
-    /// cycle to end.
-    fn pause(&self) {
-        std::thread::sleep(std::time::Duration::from_micros(50));
+    /// Waits about `duration` without holding up other mutators or a stop of the world (a
+    /// goroutine parks on a timer, so its M can run others; a thread sleeps): `collect` and
+    /// an allocation far past the goal wait so for the cycle, each wait longer than the last
+    /// (see `collector::Patience`).
+    fn pause(&self, duration: std::time::Duration) {
+        std::thread::sleep(duration);
     }
 
     /// Called with the world going when cleanups ([`crate::add_cleanup`]) are queued and no one

@@ -65,9 +65,9 @@ unsafe impl Mutators for Fake {
             hold_world();
         }
     }
-    fn pause(&self) {
+    fn pause(&self, duration: std::time::Duration) {
         let held = let_go_of_world();
-        std::thread::sleep(std::time::Duration::from_micros(50));
+        std::thread::sleep(duration);
         if held {
             hold_world();
         }
