@@ -100,6 +100,10 @@ unsafe impl Mutators for GoroutineRoots {
         goro_sched::procs()
     }
 
+    fn idle_procs(&self) -> usize {
+        goro_sched::idle_procs()
+    }
+
     fn prepare_stop(&self) {
         world::prepare_stop();
     }
@@ -239,6 +243,11 @@ unsafe impl Mutators for RetiredWorld {
     fn safe_point(&self) {}
 
     fn procs(&self) -> usize {
+        self.ended().procs
+    }
+
+    /// Every P: no goroutine runs once a runtime has ended.
+    fn idle_procs(&self) -> usize {
         self.ended().procs
     }
 

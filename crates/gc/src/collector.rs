@@ -177,10 +177,14 @@ fn count_batch(bytes: usize) {
     }
     // Past the goal with a cycle under way: wait for it a little per batch (which slows
     // allocation down to the collector's pace without long stalls), but not forever (drop glue
-    // runs in its sweep, and may wait for a lock this thread holds).
+    // runs in its sweep, and may wait for a lock this thread holds), and no longer than the heap
+    // stays past the goal.
     let began = Instant::now();
     let mut patience = Patience::new(ALLOCATION_PAUSE_CAP);
-    while COLLECTING.load(Ordering::Acquire) && began.elapsed() < SWEEP_WAIT {
+    while COLLECTING.load(Ordering::Acquire)
+        && pacer::heap_alloc() >= pacer::goal()
+        && began.elapsed() < SWEEP_WAIT
+    {
         if !finish_pending() {
             patience.pause(mutators);
         }
@@ -526,7 +530,7 @@ fn mark_concurrently() {
                 break;
             }
         }
-        let shared = helper::arm(started.mutators.procs());
+        let shared = helper::arm(started.mutators.procs(), true);
         shared_work += helper::drain(tracer, shared);
         // The work list is empty now: what comes next is the log's.
         caught_up = true;
@@ -611,7 +615,7 @@ fn terminate(
     mark::TERMINATING.store(true, Ordering::Relaxed);
     mark::CACHE_RECENT.store(true, Ordering::Relaxed);
     tracer.marker.forget_recent();
-    let shared = helper::arm(started.mutators.procs());
+    let shared = helper::arm(started.mutators.procs(), false);
     // This runs on the mark worker, whose own stack is no root: the thread runs only the
     // collector and holds no mutator's `Gc`, and its frames keep words of the objects it marked
     // (this cycle or an earlier one), which would keep them alive for another cycle.

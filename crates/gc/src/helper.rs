@@ -57,6 +57,10 @@ static SESSION: AtomicU32 = AtomicU32::new(0);
 /// Helpers the open session uses (the first ones by index).
 static WANTED: AtomicUsize = AtomicUsize::new(0);
 
+/// Whether the open session marks beside running goroutines, where a helper takes work only
+/// while a P is idle for it ([`admitted`]).
+static BESIDE_MUTATORS: AtomicBool = AtomicBool::new(false);
+
 /// Markers holding work plus packets on the shared list (see the module docs).
 static PENDING: AtomicUsize = AtomicUsize::new(0);
 
@@ -333,9 +337,11 @@ pub(crate) fn wake_early() {
 }
 
 /// Opens a session for a cycle with `procs` Ps: wakes the helpers it uses, if any run, and
-/// returns whether there are any. Called by the thread that runs the cycle (the world stopped
-/// or not) before it drains; allocation-free, lock-free but for the packet lists' spin lock.
-pub(crate) fn arm(procs: usize) -> bool {
+/// returns whether there are any. `beside_mutators`: the session marks while goroutines run,
+/// and helpers take work only on CPUs their Ps leave idle ([`admitted`]). Called by the thread
+/// that runs the cycle (the world stopped or not) before it drains; allocation-free, lock-free
+/// but for the packet lists' spin lock.
+pub(crate) fn arm(procs: usize, beside_mutators: bool) -> bool {
     let helpers = helpers_for(procs).min(running_here());
     if helpers == 0 {
         return false;
@@ -349,6 +355,7 @@ pub(crate) fn arm(procs: usize) -> bool {
     // The driver holds a unit until its own list runs dry.
     PENDING.store(1, Ordering::Relaxed);
     WANTED.store(helpers, Ordering::Relaxed);
+    BESIDE_MUTATORS.store(beside_mutators, Ordering::Relaxed);
     // Release: the cycle's cleared marks, and the stores above, are seen by a helper that sees
     // the session.
     SESSION.store(session, Ordering::Release);
@@ -384,9 +391,22 @@ enum Role {
     /// The cycle's thread: it holds a unit at the start, takes the barrier's log, and closes
     /// the session once no work is left.
     Driver,
-    /// A helper thread: it starts idle and leaves when the session is closed.
-    Helper,
+    /// A helper thread (its index): it starts idle and leaves when the session is closed.
+    Helper(usize),
 }
+
+/// Whether helper `index` may take work now. Beside running goroutines (Go's idle-P marking),
+/// only while the Ps leave a CPU idle for it beyond the mark worker's: with two Ps and one
+/// running goroutine, a helper would take turns on the CPUs with the goroutine and the worker,
+/// and the goroutine would wait a scheduler time slice (4 ms here) at each turn. A runtime
+/// that has ended (its retirement marks) has no goroutine to make room for.
+fn admitted(index: usize) -> bool {
+    !BESIDE_MUTATORS.load(Ordering::Relaxed)
+        || crate::roots::current().is_none_or(|mutators| mutators.idle_procs() >= index + 2)
+}
+
+/// How long a helper that may not take work sleeps before it looks again.
+const NOT_ADMITTED_NAP: Duration = Duration::from_millis(1);
 
 /// Marks in `session` until it is over for `role` (see [`Role`]).
 fn mark_in_session(tracer: &mut Tracer, session: u32, role: Role) {
@@ -397,7 +417,7 @@ fn mark_in_session(tracer: &mut Tracer, session: u32, role: Role) {
             // Our list is empty. Taking a packet, we keep one unit for both; otherwise we go
             // idle. (Release: our marks to the driver's Acquire load of the count.)
             if !take_packet(tracer, session) {
-                if role == Role::Helper {
+                if role != Role::Driver {
                     count_cpu();
                 }
                 HUNGRY.fetch_add(1, Ordering::Relaxed);
@@ -409,7 +429,26 @@ fn mark_in_session(tracer: &mut Tracer, session: u32, role: Role) {
             continue;
         }
         let mut wait = Backoff::default();
+        // Whether we are counted in HUNGRY (an idle marker is, unless it may not take work).
+        let mut counted = true;
         while !busy {
+            if let Role::Helper(index) = role
+                && !admitted(index)
+            {
+                if counted {
+                    HUNGRY.fetch_sub(1, Ordering::Relaxed);
+                    counted = false;
+                }
+                if SESSION.load(Ordering::Acquire) != session {
+                    return;
+                }
+                goro_alloc::futex_wait(&SESSION, session, Some(NOT_ADMITTED_NAP));
+                continue;
+            }
+            if !counted {
+                HUNGRY.fetch_add(1, Ordering::Relaxed);
+                counted = true;
+            }
             if FULL.load(Ordering::Relaxed) > 0 && take_packet(tracer, session) {
                 // The packet's unit is ours now.
                 busy = true;
@@ -559,7 +598,7 @@ fn helper_main(index: usize) {
         tracer.marker.forget_recent();
         CPU_MARK.with(|mark| mark.set(crate::stats::thread_cpu()));
         HUNGRY.fetch_add(1, Ordering::Relaxed);
-        mark_in_session(&mut tracer, session, Role::Helper);
+        mark_in_session(&mut tracer, session, Role::Helper(index));
         count_cpu();
     }
 }

@@ -146,6 +146,12 @@ impl Marker {
         let start = block.start as usize;
         match block.kind {
             SpanKind::Gc => {
+                // Marked already (a cycle marks only allocated slots): the header, the last
+                // word of the slot, need not be read. Reading it is a cache miss for most
+                // objects; their mark bits sit together in the span's metadata.
+                if block.is_marked() {
+                    return false;
+                }
                 // Acquire: pairs with `Gc::new`'s Release stores, so a built object's value is
                 // seen (marking runs beside the mutators).
                 // SAFETY: `block` is a slot of a Gc span; its header word lies inside it, and

@@ -31,8 +31,13 @@ pub unsafe trait Mutators: Sync {
     /// A safe point: if a stop of the world is pending, the caller stops here until it is over.
     fn safe_point(&self);
 
-    /// How many Ps run mutators (for the gctrace line).
+    /// How many Ps run mutators (for the gctrace line, and the mark helpers a cycle may use).
     fn procs(&self) -> usize;
+
+    /// How many Ps have nothing to run now: marking beside the mutators takes one CPU for the
+    /// mark worker, and a mark helper joins only while a further P is idle, so that the
+    /// collector does not take CPU time from running goroutines (Go's idle-P marking).
+    fn idle_procs(&self) -> usize;
 
     /// Called before each stop, with the world running: work the stop would otherwise do with
     /// it stopped (the facade reads `/proc/self/maps` here when a thread it has not stopped

@@ -75,6 +75,9 @@ unsafe impl Mutators for Fake {
     fn procs(&self) -> usize {
         1
     }
+    fn idle_procs(&self) -> usize {
+        0
+    }
 }
 
 static FAKE: Fake = Fake;

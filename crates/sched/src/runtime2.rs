@@ -517,6 +517,13 @@ pub fn procs() -> usize {
     current_sched().map_or(0, |s| s.gomaxprocs())
 }
 
+/// How many of the running runtime's Ps are idle (no M runs goroutines on them), 0 outside a
+/// runtime: a hint, read without a lock, for work that should take only CPUs the goroutines
+/// leave (the collector's mark helpers).
+pub fn idle_procs() -> usize {
+    current_sched().map_or(0, |s| s.idle_ps.load(Ordering::Relaxed))
+}
+
 /// Switches from the running goroutine to its M's g0 with `request`; returns when g0 resumes it.
 ///
 /// # Panics
