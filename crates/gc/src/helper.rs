@@ -64,11 +64,14 @@ static BESIDE_MUTATORS: AtomicBool = AtomicBool::new(false);
 /// Markers holding work plus packets on the shared list (see the module docs).
 static PENDING: AtomicUsize = AtomicUsize::new(0);
 
-/// Markers waiting for work in the open session: a hint for those that hold some to share. A
-/// stale count costs a packet shared for nobody, which its owner takes back.
+/// Markers waiting for work: a hint for those that hold some to share. Each marker adds itself
+/// when it goes idle (a helper as it joins a session) and takes itself off when it takes work
+/// or leaves the session, so the count is never reset (a late helper would then take off what
+/// it added before the reset). A helper still in a closed session counts for the next one
+/// until it notices, which costs a packet shared for nobody, taken back by its owner.
 static HUNGRY: AtomicUsize = AtomicUsize::new(0);
 
-/// Packets on the shared list.
+/// Packets on the shared list (changed with the lists' lock held, so it never runs below 0).
 static FULL: AtomicUsize = AtomicUsize::new(0);
 
 /// Work items shared through packets, over all sessions.
@@ -167,8 +170,8 @@ fn share(tracer: &mut Tracer) {
         // SAFETY: the packet is ours until it is linked.
         unsafe { (*packet).next = lists.full };
         lists.full = packet;
+        FULL.fetch_add(1, Ordering::Relaxed);
     });
-    FULL.fetch_add(1, Ordering::Relaxed);
     SHARED_ITEMS.fetch_add(count, Ordering::Relaxed);
 }
 
@@ -182,12 +185,12 @@ fn take_packet(tracer: &mut Tracer, session: u32) -> bool {
         }
         // SAFETY: a packet of the full list, which we now take off it.
         lists.full = unsafe { (*packet).next };
+        FULL.fetch_sub(1, Ordering::Relaxed);
         packet
     });
     if packet.is_null() {
         return false;
     }
-    FULL.fetch_sub(1, Ordering::Relaxed);
     // SAFETY: the packet is ours; its first `len` items were written by `share` before it was
     // linked (the lock's Release and Acquire order them before this read).
     unsafe {
@@ -351,7 +354,6 @@ pub(crate) fn arm(procs: usize, beside_mutators: bool) -> bool {
         debug_assert!(lists.full.is_null(), "a closed session left packets shared");
         lists.session = session;
     });
-    HUNGRY.store(0, Ordering::Relaxed);
     // The driver holds a unit until its own list runs dry.
     PENDING.store(1, Ordering::Relaxed);
     WANTED.store(helpers, Ordering::Relaxed);
@@ -455,6 +457,7 @@ fn mark_in_session(tracer: &mut Tracer, session: u32, role: Role) {
             } else if role == Role::Driver {
                 // Acquire: every helper's marks happen before the cycle goes on.
                 if PENDING.load(Ordering::Acquire) == 0 {
+                    HUNGRY.fetch_sub(1, Ordering::Relaxed);
                     return;
                 }
                 if crate::barrier::filling() {
@@ -465,6 +468,7 @@ fn mark_in_session(tracer: &mut Tracer, session: u32, role: Role) {
                     busy = true;
                 }
             } else if SESSION.load(Ordering::Acquire) != session {
+                HUNGRY.fetch_sub(1, Ordering::Relaxed);
                 return;
             }
             if busy {
