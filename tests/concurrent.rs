@@ -304,3 +304,59 @@ fn rewiring_during_marking_misses_nothing_at_2_ps() {
 fn rewiring_during_marking_misses_nothing_at_4_ps() {
     rewire_during_collections(4, 200);
 }
+
+/// `collect` wants one whole cycle that starts after the call, as Go's `runtime.GC` does, and
+/// takes one another goroutine starts: goroutines under gcstress start a cycle the moment the
+/// last one ends, and a `collect` that waited to win the start itself lost the race over and
+/// over (one call saw 225 cycles go by). Each call may see the cycle under way end, the one it
+/// wants, and what else ends before it looks; a handful more would be the old starvation.
+fn forced_collection_takes_a_cycle_others_start(procs: usize) {
+    let _watchdog = common::watchdog("forced_collection_takes_a_cycle_others_start", 120);
+    goro::Runtime::builder()
+        .max_procs(procs)
+        .build()
+        .unwrap()
+        .run(move || {
+            let keep = common::build(10, 3);
+            let sum = common::checksum(&keep);
+            let stop = Arc::new(AtomicBool::new(false));
+            let stressers: Vec<_> = (0..procs as u64)
+                .map(|seed| {
+                    let stop = Arc::clone(&stop);
+                    goro::go(move || {
+                        goro::gc::set_stress(true);
+                        while !stop.load(Ordering::Relaxed) {
+                            let _garbage = common::build(4, seed);
+                            goro::yield_now();
+                        }
+                    })
+                })
+                .collect();
+            let mut most = 0;
+            for _ in 0..20 {
+                let before = goro::gc::stats().cycles;
+                goro::gc::collect();
+                most = most.max(goro::gc::stats().cycles - before);
+                assert_eq!(common::checksum(&keep), sum);
+            }
+            stop.store(true, Ordering::Relaxed);
+            for stresser in stressers {
+                stresser.join().unwrap();
+            }
+            goro::gc::set_stress(false);
+            assert!(
+                most <= 6,
+                "one collect saw {most} cycles end: it waited to start its own"
+            );
+        });
+}
+
+#[test]
+fn forced_collection_takes_a_cycle_others_start_at_1_p() {
+    forced_collection_takes_a_cycle_others_start(1);
+}
+
+#[test]
+fn forced_collection_takes_a_cycle_others_start_at_3_ps() {
+    forced_collection_takes_a_cycle_others_start(3);
+}

@@ -248,7 +248,8 @@ fn stress() {
 /// How long an allocation past the heap goal waits for the cycle under way.
 const SWEEP_WAIT: Duration = Duration::from_millis(10);
 
-/// Runs a full collection now (Go's `runtime.GC`): returns when it is complete, sweep included.
+/// Runs a full collection now (Go's `runtime.GC`): returns when a whole cycle that started after
+/// the call is complete, sweep included (its own, or one another thread started meanwhile).
 /// Works on any thread of the process while a runtime runs.
 ///
 /// # Panics
@@ -386,15 +387,26 @@ fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
     helper::start_mark_helpers(mutators.procs());
     barrier::prepare();
     worker::start(mark_concurrently);
+    // A forced collection wants a whole cycle that starts after this call (Go's `runtime.GC`):
+    // the one under way may have marked before the caller dropped what it wants collected. A
+    // cycle another thread starts meanwhile will do: waiting to win the start itself, against
+    // allocating threads that start one the moment the last ends, could wait for ever.
+    // Relaxed: cycles are numbered by this counter alone, under the world's stop.
+    let wanted = CYCLES_RUN.load(Ordering::Relaxed) + 1;
     loop {
         if forced {
             // A cycle's marking and sweep run with the world going: wait for them (or finish
-            // the sweep), then run our own.
+            // the sweep), then run our own unless another thread started one after our call.
             let mut patience = Patience::new(COLLECT_PAUSE_CAP);
-            while COLLECTING.load(Ordering::Acquire) {
+            while COLLECTING.load(Ordering::Acquire) && CYCLES_RUN.load(Ordering::Relaxed) < wanted
+            {
                 if !finish_pending() {
                     patience.pause(mutators);
                 }
+            }
+            if CYCLES_RUN.load(Ordering::Relaxed) >= wanted {
+                wait_until_swept(mutators, wanted);
+                return;
             }
         }
         mutators.prepare_stop();
@@ -402,8 +414,12 @@ fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
         let mut ran = None;
         let open = mutators.stop_the_world(&mut || {
             // Another thread may have started a cycle while this one waited for the world to
-            // stop.
-            let due = forced || STRESS.load(Ordering::Relaxed) || pacer::should_trigger();
+            // stop (for a forced collection, one that started after the call will do).
+            let due = if forced {
+                CYCLES_RUN.load(Ordering::Relaxed) < wanted
+            } else {
+                STRESS.load(Ordering::Relaxed) || pacer::should_trigger()
+            };
             if due && !COLLECTING.swap(true, Ordering::Acquire) {
                 start_marking(mutators, forced, requested, false);
                 ran = Some(CYCLES_RUN.fetch_add(1, Ordering::Relaxed) + 1);
@@ -413,20 +429,24 @@ fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
             // The runtime is ending: its retirement collects instead.
             return;
         }
-        if let Some(cycle) = ran {
-            if forced {
-                // Acquire: pairs with the Release in `sweep`, so the sweep's frees are seen.
-                let mut patience = Patience::new(COLLECT_PAUSE_CAP);
-                while CYCLES_SWEPT.load(Ordering::Acquire) < cycle {
-                    if !finish_pending() {
-                        patience.pause(mutators);
-                    }
-                }
-            }
-            return;
-        }
         if !forced {
             return;
+        }
+        if let Some(cycle) = ran {
+            wait_until_swept(mutators, cycle);
+            return;
+        }
+    }
+}
+
+/// Waits until cycle number `cycle` (of `CYCLES_RUN`) has been swept, finishing its
+/// after-restart work if nobody has taken it.
+fn wait_until_swept(mutators: &dyn Mutators, cycle: u64) {
+    let mut patience = Patience::new(COLLECT_PAUSE_CAP);
+    // Acquire: pairs with the Release in `sweep`, so the sweep's frees are seen.
+    while CYCLES_SWEPT.load(Ordering::Acquire) < cycle {
+        if !finish_pending() {
+            patience.pause(mutators);
         }
     }
 }

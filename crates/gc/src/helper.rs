@@ -398,13 +398,19 @@ enum Role {
 }
 
 /// Whether helper `index` may take work now. Beside running goroutines (Go's idle-P marking),
-/// only while the Ps leave a CPU idle for it beyond the mark worker's: with two Ps and one
+/// only while the busy Ps leave a CPU free for it beyond the mark worker's: with two Ps and one
 /// running goroutine, a helper would take turns on the CPUs with the goroutine and the worker,
-/// and the goroutine would wait a scheduler time slice (4 ms here) at each turn. A runtime
-/// that has ended (its retirement marks) has no goroutine to make room for.
+/// and the goroutine would wait a scheduler time slice (4 ms here) at each turn. CPUs, not idle
+/// Ps: with more Ps than CPUs, Ps sit idle while every CPU is taken. A runtime that has ended
+/// (its retirement marks) has no goroutine to make room for.
 fn admitted(index: usize) -> bool {
-    !BESIDE_MUTATORS.load(Ordering::Relaxed)
-        || crate::roots::current().is_none_or(|mutators| mutators.idle_procs() >= index + 2)
+    if !BESIDE_MUTATORS.load(Ordering::Relaxed) {
+        return true;
+    }
+    crate::roots::current().is_none_or(|mutators| {
+        let busy = mutators.procs().saturating_sub(mutators.idle_procs());
+        CPUS.load(Ordering::Relaxed).saturating_sub(busy) >= index + 2
+    })
 }
 
 /// How long a helper that may not take work sleeps before it looks again.

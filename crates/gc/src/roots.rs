@@ -35,8 +35,8 @@ pub unsafe trait Mutators: Sync {
     fn procs(&self) -> usize;
 
     /// How many Ps have nothing to run now: marking beside the mutators takes one CPU for the
-    /// mark worker, and a mark helper joins only while a further P is idle, so that the
-    /// collector does not take CPU time from running goroutines (Go's idle-P marking).
+    /// mark worker, and a mark helper joins only while the busy Ps leave a further CPU free, so
+    /// that the collector does not take CPU time from running goroutines (Go's idle-P marking).
     fn idle_procs(&self) -> usize;
 
     /// Called before each stop, with the world running: work the stop would otherwise do with
