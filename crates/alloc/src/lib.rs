@@ -94,6 +94,7 @@ pub use stats::{AllocStats, Bytes};
 
 pub use os::{futex_wait, futex_wake};
 pub use scavenger::scavenger_thread_id;
+pub use sync::{SpinGuard, SpinLock};
 
 /// Bytes per page: the unit spans are made of.
 pub const PAGE_SIZE: usize = 8192;

@@ -1,7 +1,8 @@
 //! The crate's one lock: a test-and-test-and-set spin lock that never allocates.
 //!
 //! The allocator cannot use `std::sync::Mutex` (it may allocate, and it would make the global
-//! allocator re-enter itself). Critical sections here are short (list pushes and pops, page-heap
+//! allocator re-enter itself). goro-gc uses it too, for the list through which its markers share
+//! work while the world is stopped (where a thread may have been stopped holding a `Mutex`). Critical sections here are short (list pushes and pops, page-heap
 //! carving; an `mmap` when the heap grows), so spinning with `spin_loop` and then yielding the CPU
 //! with `sched_yield` (through `std::thread::yield_now`, which does not allocate) is enough.
 //! A futex-based lock is left for the tuning issue.
@@ -11,7 +12,7 @@ use core::ops::{Deref, DerefMut};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 /// A spin lock protecting a `T`.
-pub(crate) struct SpinLock<T> {
+pub struct SpinLock<T> {
     locked: AtomicBool,
     value: UnsafeCell<T>,
 }
@@ -22,7 +23,7 @@ unsafe impl<T: Send> Sync for SpinLock<T> {}
 
 impl<T> SpinLock<T> {
     /// A new unlocked lock.
-    pub(crate) const fn new(value: T) -> Self {
+    pub const fn new(value: T) -> Self {
         SpinLock {
             locked: AtomicBool::new(false),
             value: UnsafeCell::new(value),
@@ -31,7 +32,7 @@ impl<T> SpinLock<T> {
 
     /// Takes the lock, spinning (then yielding) while another thread holds it.
     #[inline]
-    pub(crate) fn lock(&self) -> SpinGuard<'_, T> {
+    pub fn lock(&self) -> SpinGuard<'_, T> {
         // Acquire: pairs with the Release store in `SpinGuard::drop`.
         if self
             .locked
@@ -77,15 +78,15 @@ impl<T> SpinLock<T> {
     ///
     /// # Safety
     /// May be called only by the thread that took the lock with `lock_raw`, or in the child of a
-    /// `fork` whose parent held it (the only thread of the child).
-    pub(crate) unsafe fn unlock_raw(&self) {
+    /// `fork` whose parent held it (when no thread of the child holds it).
+    pub unsafe fn unlock_raw(&self) {
         // Release: pairs with the Acquire in `lock`.
         self.locked.store(false, Ordering::Release);
     }
 }
 
 /// Proof of holding a [`SpinLock`]; unlocks on drop.
-pub(crate) struct SpinGuard<'a, T> {
+pub struct SpinGuard<'a, T> {
     lock: &'a SpinLock<T>,
 }
 

@@ -168,40 +168,39 @@ fn count_batch(bytes: usize) {
     // by signal where it sleeps, so the second pause does not wait for the waiters.
     if pacer::heap_alloc() >= pacer::ceiling() {
         // Acquire: pairs with the sweep's Release of `COLLECTING`.
-        let mut patience = Patience::new(ALLOCATION_PAUSE_CAP);
-        while COLLECTING.load(Ordering::Acquire) && deciding() {
-            if !finish_pending() {
-                patience.pause(mutators);
-            }
-        }
+        wait_on_cycle(mutators, ALLOCATION_PAUSE_CAP, || {
+            COLLECTING.load(Ordering::Acquire) && deciding()
+        });
     }
     // Past the goal with a cycle under way: wait for it a little per batch (which slows
     // allocation down to the collector's pace without long stalls), but not forever (drop glue
     // runs in its sweep, and may wait for a lock this thread holds), and no longer than the heap
     // stays past the goal.
     let began = Instant::now();
-    let mut patience = Patience::new(ALLOCATION_PAUSE_CAP);
-    while COLLECTING.load(Ordering::Acquire)
-        && pacer::heap_alloc() >= pacer::goal()
-        && began.elapsed() < SWEEP_WAIT
-    {
-        if !finish_pending() {
-            patience.pause(mutators);
-        }
-    }
+    wait_on_cycle(mutators, ALLOCATION_PAUSE_CAP, || {
+        COLLECTING.load(Ordering::Acquire)
+            && pacer::heap_alloc() >= pacer::goal()
+            && began.elapsed() < SWEEP_WAIT
+    });
     if !COLLECTING.load(Ordering::Relaxed) {
         run_cycle(mutators, false);
     }
 }
 
-/// Waiting for a cycle by polling: each pause twice as long as the last, from
-/// [`FIRST_PAUSE`] up to a cap. Every wake-up of a waiting goroutine costs a timer, a trip
+/// Waits while `busy` says so, finishing the cycle's after-restart work if nobody has taken it
+/// (see [`finish_pending`]) and otherwise pausing, each pause twice as long as the last, from
+/// [`FIRST_PAUSE`] up to `cap`. Every wake-up of a waiting goroutine costs a timer, a trip
 /// through the scheduler and, with the markers on every CPU, a context switch that takes a
 /// marker off its CPU: a forced collection that polled every 50 us took 1.6x the wall time of
 /// one that polled every millisecond with two Ps (BENCHMARKS.md, full_gc).
-struct Patience {
-    next: Duration,
-    cap: Duration,
+fn wait_on_cycle(mutators: &dyn Mutators, cap: Duration, busy: impl Fn() -> bool) {
+    let mut pause = FIRST_PAUSE;
+    while busy() {
+        if !finish_pending() {
+            mutators.pause(pause);
+            pause = (pause * 2).min(cap);
+        }
+    }
 }
 
 /// The first pause of a wait for the cycle.
@@ -213,20 +212,6 @@ const COLLECT_PAUSE_CAP: Duration = Duration::from_millis(1);
 /// The longest pause of an allocation's waits past the goal, which stall the allocating
 /// goroutine (and are bounded by [`SWEEP_WAIT`] or by the cycle's decision anyway).
 const ALLOCATION_PAUSE_CAP: Duration = Duration::from_micros(200);
-
-impl Patience {
-    fn new(cap: Duration) -> Patience {
-        Patience {
-            next: FIRST_PAUSE,
-            cap,
-        }
-    }
-
-    fn pause(&mut self, mutators: &dyn Mutators) {
-        mutators.pause(self.next);
-        self.next = (self.next * 2).min(self.cap);
-    }
-}
 
 /// Whether the cycle under way has yet to decide what is dead and free what needs no drop: it
 /// marks, condemns (new objects black), or its after-restart work waits for a taker.
@@ -397,13 +382,9 @@ fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
         if forced {
             // A cycle's marking and sweep run with the world going: wait for them (or finish
             // the sweep), then run our own unless another thread started one after our call.
-            let mut patience = Patience::new(COLLECT_PAUSE_CAP);
-            while COLLECTING.load(Ordering::Acquire) && CYCLES_RUN.load(Ordering::Relaxed) < wanted
-            {
-                if !finish_pending() {
-                    patience.pause(mutators);
-                }
-            }
+            wait_on_cycle(mutators, COLLECT_PAUSE_CAP, || {
+                COLLECTING.load(Ordering::Acquire) && CYCLES_RUN.load(Ordering::Relaxed) < wanted
+            });
             if CYCLES_RUN.load(Ordering::Relaxed) >= wanted {
                 wait_until_swept(mutators, wanted);
                 return;
@@ -442,13 +423,10 @@ fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
 /// Waits until cycle number `cycle` (of `CYCLES_RUN`) has been swept, finishing its
 /// after-restart work if nobody has taken it.
 fn wait_until_swept(mutators: &dyn Mutators, cycle: u64) {
-    let mut patience = Patience::new(COLLECT_PAUSE_CAP);
     // Acquire: pairs with the Release in `sweep`, so the sweep's frees are seen.
-    while CYCLES_SWEPT.load(Ordering::Acquire) < cycle {
-        if !finish_pending() {
-            patience.pause(mutators);
-        }
-    }
+    wait_on_cycle(mutators, COLLECT_PAUSE_CAP, || {
+        CYCLES_SWEPT.load(Ordering::Acquire) < cycle
+    });
 }
 
 /// A cycle between its two pauses, as its first pause hands it to the mark worker.

@@ -33,7 +33,7 @@ use crate::mark::{Source, Work};
 use crate::object::vtable_of;
 use crate::trace::Tracer;
 use core::mem::MaybeUninit;
-use std::cell::UnsafeCell;
+use goro_alloc::SpinLock;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -58,7 +58,7 @@ static SESSION: AtomicU32 = AtomicU32::new(0);
 static WANTED: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether the open session marks beside running goroutines, where a helper takes work only
-/// while a P is idle for it ([`admitted`]).
+/// while a CPU is free for it ([`admitted`]).
 static BESIDE_MUTATORS: AtomicBool = AtomicBool::new(false);
 
 /// Markers holding work plus packets on the shared list (see the module docs).
@@ -87,7 +87,7 @@ struct Packet {
 /// Packets mapped at a time.
 const PACKETS_PER_MAPPING: usize = 16;
 
-/// The shared packet lists, behind [`LOCK`].
+/// The shared packet lists, behind [`LISTS`]'s lock.
 struct Lists {
     /// The session whose markers may take packets.
     session: u32,
@@ -95,60 +95,41 @@ struct Lists {
     free: *mut Packet,
 }
 
-/// The packet lists. Touched only with [`LOCK`] held.
-struct Shared(UnsafeCell<Lists>);
+// SAFETY: the lists hold only pointers into collector-mapped packets, which are never unmapped;
+// a packet belongs to whoever holds the lock while it is linked, and to the marker that took
+// it off a list otherwise.
+unsafe impl Send for Lists {}
 
-// SAFETY: every access goes through `with_lists`, which holds the spin lock.
-unsafe impl Sync for Shared {}
-
-static LISTS: Shared = Shared(UnsafeCell::new(Lists {
+/// The packet lists, behind goro-alloc's spin lock, not a futex: markers run while every other
+/// thread is stopped, possibly with a mutex held, and a marker holds this one only to link or
+/// unlink a packet (or to map more). The lock's Release and Acquire order a packet's items,
+/// written before it is linked, before the reads of the marker that takes it.
+static LISTS: SpinLock<Lists> = SpinLock::new(Lists {
     session: 0,
     full: core::ptr::null_mut(),
     free: core::ptr::null_mut(),
-}));
-
-/// A spin lock, not a futex: markers run while every other thread is stopped, possibly with a
-/// mutex held, and a marker holds this one only to link or unlink a packet (or to map more).
-static LOCK: AtomicBool = AtomicBool::new(false);
-
-/// Runs `f` on the packet lists with the lock held.
-fn with_lists<R>(f: impl FnOnce(&mut Lists) -> R) -> R {
-    let mut wait = Backoff::default();
-    // Acquire: what the last holder wrote (packets included) is seen.
-    while LOCK
-        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        wait.snooze();
-    }
-    // SAFETY: the lock is held: nobody else touches the lists.
-    let result = f(unsafe { &mut *LISTS.0.get() });
-    // Release: our writes (packets included) to the next holder.
-    LOCK.store(false, Ordering::Release);
-    result
-}
+});
 
 /// A packet off the free list, or from a fresh mapping. Its contents are garbage.
 fn free_packet() -> *mut Packet {
-    with_lists(|lists| {
-        if lists.free.is_null() {
-            let packets =
-                crate::workbuf::map(PACKETS_PER_MAPPING * size_of::<Packet>()).cast::<Packet>();
-            for i in 0..PACKETS_PER_MAPPING {
-                // SAFETY: `i` is inside the fresh mapping, which nothing else uses; packets
-                // are never unmapped.
-                unsafe {
-                    let packet = packets.add(i);
-                    (*packet).next = lists.free;
-                    lists.free = packet;
-                }
+    let mut lists = LISTS.lock();
+    if lists.free.is_null() {
+        let packets =
+            crate::workbuf::map(PACKETS_PER_MAPPING * size_of::<Packet>()).cast::<Packet>();
+        for i in 0..PACKETS_PER_MAPPING {
+            // SAFETY: `i` is inside the fresh mapping, which nothing else uses; packets are
+            // never unmapped.
+            unsafe {
+                let packet = packets.add(i);
+                (*packet).next = lists.free;
+                lists.free = packet;
             }
         }
-        let packet = lists.free;
-        // SAFETY: a packet of the free list, which we now take off it.
-        lists.free = unsafe { (*packet).next };
-        packet
-    })
+    }
+    let packet = lists.free;
+    // SAFETY: a packet of the free list, which we now take off it.
+    lists.free = unsafe { (*packet).next };
+    packet
 }
 
 /// Moves some of the oldest items of `tracer`'s list onto the shared list, for a hungry marker.
@@ -157,70 +138,51 @@ fn free_packet() -> *mut Packet {
 fn share(tracer: &mut Tracer) {
     let count = (tracer.marker.work.len() / 2).min(PACKET_ITEMS);
     let packet = free_packet();
-    // SAFETY: the packet is ours (off the free list), has room for `count <= PACKET_ITEMS`
-    // items and lies in a mapping of its own; the list holds at least `2 * count` items.
-    unsafe {
-        let items = (*packet).items.as_mut_ptr().cast::<Work>();
-        tracer.marker.work.take_oldest(items, count);
-        (*packet).len = count;
-    }
+    // SAFETY: the packet is ours (off the free list) until it is linked below; nothing else
+    // refers to it.
+    let owned = unsafe { &mut *packet };
+    tracer.marker.work.take_oldest(&mut owned.items[..count]);
+    owned.len = count;
     // Before the packet can be taken (and its taker give a unit back).
     PENDING.fetch_add(1, Ordering::Relaxed);
-    with_lists(|lists| {
-        // SAFETY: the packet is ours until it is linked.
-        unsafe { (*packet).next = lists.full };
-        lists.full = packet;
-        FULL.fetch_add(1, Ordering::Relaxed);
-    });
+    let mut lists = LISTS.lock();
+    owned.next = lists.full;
+    lists.full = packet;
+    FULL.fetch_add(1, Ordering::Relaxed);
+    drop(lists);
     SHARED_ITEMS.fetch_add(count, Ordering::Relaxed);
 }
 
 /// Takes a packet of `session` onto `tracer`'s list, if one is shared; returns whether it did.
 /// The packet's unit of [`PENDING`] is the caller's from here on.
 fn take_packet(tracer: &mut Tracer, session: u32) -> bool {
-    let packet = with_lists(|lists| {
+    let packet = {
+        let mut lists = LISTS.lock();
         let packet = lists.full;
         if lists.session != session || packet.is_null() {
-            return core::ptr::null_mut();
+            return false;
         }
         // SAFETY: a packet of the full list, which we now take off it.
         lists.full = unsafe { (*packet).next };
         FULL.fetch_sub(1, Ordering::Relaxed);
         packet
-    });
-    if packet.is_null() {
-        return false;
-    }
-    // SAFETY: the packet is ours; its first `len` items were written by `share` before it was
-    // linked (the lock's Release and Acquire order them before this read).
-    unsafe {
-        let len = (*packet).len;
-        let items = core::slice::from_raw_parts((*packet).items.as_ptr().cast::<Work>(), len);
-        tracer.marker.work.push_all(items);
-    }
-    with_lists(|lists| {
-        // SAFETY: the packet is ours until it is linked.
-        unsafe { (*packet).next = lists.free };
-        lists.free = packet;
-    });
+    };
+    // SAFETY: the packet is ours (off the list) until it is linked again below.
+    let owned = unsafe { &mut *packet };
+    // SAFETY: `share` wrote its first `len` items before it linked it (the lock's Release and
+    // Acquire order them before this read).
+    let items =
+        unsafe { core::slice::from_raw_parts(owned.items.as_ptr().cast::<Work>(), owned.len) };
+    tracer.marker.work.push_all(items);
+    let mut lists = LISTS.lock();
+    owned.next = lists.free;
+    lists.free = packet;
     true
 }
 
-/// One helper thread's place.
-struct Helper {
-    /// Its kernel thread id, or 0 before it published it.
-    tid: AtomicI32,
-}
-
-#[allow(
-    clippy::declare_interior_mutable_const,
-    reason = "an array initialiser"
-)]
-const NO_HELPER: Helper = Helper {
-    tid: AtomicI32::new(0),
-};
-
-static HELPERS: [Helper; MAX_HELPERS] = [NO_HELPER; MAX_HELPERS];
+/// Each helper's kernel thread id, by index, or 0 before it published it. Helpers publish in
+/// any order, so every slot is read.
+static HELPER_TIDS: [AtomicI32; MAX_HELPERS] = [const { AtomicI32::new(0) }; MAX_HELPERS];
 
 /// The process the helpers run in: a child forked later has none, and their ids may go to the
 /// child's own threads.
@@ -272,8 +234,10 @@ impl HelperThreads {
 /// goroutine, and must not be stopped with the world.
 pub fn helper_threads() -> HelperThreads {
     let mut threads = HelperThreads::default();
-    for (i, tid) in threads.tids.iter_mut().enumerate().take(running_here()) {
-        *tid = HELPERS[i].tid.load(Ordering::Acquire);
+    if running_here() > 0 {
+        for (tid, published) in threads.tids.iter_mut().zip(&HELPER_TIDS) {
+            *tid = published.load(Ordering::Acquire);
+        }
     }
     threads
 }
@@ -299,16 +263,20 @@ pub fn start_mark_helpers(procs: usize) {
         // left the packet lists as they were): start afresh.
         *started = 0;
         RUNNING.store(0, Ordering::Relaxed);
-        LOCK.store(false, Ordering::Relaxed);
+        for tid in &HELPER_TIDS {
+            tid.store(0, Ordering::Relaxed);
+        }
         SESSION.store(SESSION.load(Ordering::Relaxed) & !OPEN, Ordering::Relaxed);
-        // SAFETY: no helper of this process exists to hold the lock or touch the lists.
-        unsafe { (*LISTS.0.get()).full = core::ptr::null_mut() };
+        // SAFETY: the child of a fork whose parent's marker may have held the lock; no thread
+        // of this process marks (its helpers are not started, and no cycle runs while a cycle
+        // starts them).
+        unsafe { LISTS.unlock_raw() };
+        LISTS.lock().full = core::ptr::null_mut();
         FULL.store(0, Ordering::Relaxed);
         PID.store(pid, Ordering::Release);
     }
     while *started < wanted {
         let index = *started;
-        HELPERS[index].tid.store(0, Ordering::Relaxed);
         let spawned = std::thread::Builder::new()
             .name("goro-gc-helper".into())
             .spawn(move || helper_main(index));
@@ -345,15 +313,16 @@ pub(crate) fn wake_early() {
 /// that runs the cycle (the world stopped or not) before it drains; allocation-free, lock-free
 /// but for the packet lists' spin lock.
 pub(crate) fn arm(procs: usize, beside_mutators: bool) -> bool {
-    let helpers = helpers_for(procs).min(running_here());
-    if helpers == 0 {
+    let helpers = helpers_for(procs);
+    if helpers == 0 || running_here() == 0 {
         return false;
     }
     let session = (SESSION.load(Ordering::Relaxed) | OPEN).wrapping_add(2);
-    with_lists(|lists| {
+    {
+        let mut lists = LISTS.lock();
         debug_assert!(lists.full.is_null(), "a closed session left packets shared");
         lists.session = session;
-    });
+    }
     // The driver holds a unit until its own list runs dry.
     PENDING.store(1, Ordering::Relaxed);
     WANTED.store(helpers, Ordering::Relaxed);
@@ -525,8 +494,9 @@ fn take_log_if_filling(tracer: &mut Tracer, since_log: &mut usize) {
 fn process(tracer: &mut Tracer, work: Work) {
     match work {
         Work::Object(start, header) => {
-            // SAFETY: the header came from an allocated slot of a Gc span; the object is live
-            // (every mutator is stopped) and of the vtable's type.
+            // SAFETY: the header was read (Acquire, after the object was built) from a slot
+            // this cycle marked, and a marked slot is neither freed nor reused before the
+            // cycle's sweep: the object is live and of the vtable's type.
             unsafe { (vtable_of(header).trace)(start as *const u8, tracer) };
         }
         Work::Range(lo, hi) => tracer.marker.scan(lo, hi, Source::Object),
@@ -586,9 +556,7 @@ fn helper_main(index: usize) {
     leave_this_cpu();
     let mut tracer = Tracer::new();
     // SAFETY: gettid has no preconditions.
-    HELPERS[index]
-        .tid
-        .store(unsafe { libc::gettid() }, Ordering::Release);
+    HELPER_TIDS[index].store(unsafe { libc::gettid() }, Ordering::Release);
     RUNNING.fetch_add(1, Ordering::Release);
     loop {
         // Acquire: pairs with `arm`'s Release.

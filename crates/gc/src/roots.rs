@@ -47,7 +47,7 @@ pub unsafe trait Mutators: Sync {
     /// Waits about `duration` without holding up other mutators or a stop of the world (a
     /// goroutine parks on a timer, so its M can run others; a thread sleeps): `collect` and
     /// an allocation far past the goal wait so for the cycle, each wait longer than the last
-    /// (see `collector::Patience`).
+    /// (see `collector::wait_on_cycle`).
     fn pause(&self, duration: std::time::Duration) {
         std::thread::sleep(duration);
     }

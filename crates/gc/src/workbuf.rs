@@ -7,15 +7,16 @@
 //! fresh one faults its pages in one by one, and `munmap` sends each CPU running a thread of
 //! the process a TLB shootdown, which together cost a small cycle a tenth of its pause.
 
+use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
 /// A stack of `T` items in its own mapping. Items are pushed and popped at the top; a marker
 /// shares its oldest ones from the bottom (the ones nearest the roots, which lead to the most
-/// work), so the live items are `[head, len)`.
+/// work), so the live items are `[head, top)`.
 pub(crate) struct WorkStack<T: Copy> {
     base: *mut T,
     head: usize,
-    len: usize,
+    top: usize,
     capacity: usize,
 }
 
@@ -41,69 +42,72 @@ impl<T: Copy> WorkStack<T> {
             }
             .cast(),
             head: 0,
-            len: 0,
+            top: 0,
             capacity: Self::INITIAL_CAPACITY,
         }
     }
 
     #[inline]
     pub(crate) fn push(&mut self, item: T) {
-        if self.len == self.capacity {
+        if self.top == self.capacity {
             self.make_room(1);
         }
-        // SAFETY: `len < capacity`, so the slot lies inside the mapping.
-        unsafe { self.base.add(self.len).write(item) };
-        self.len += 1;
+        // SAFETY: `top < capacity`, so the slot lies inside the mapping.
+        unsafe { self.base.add(self.top).write(item) };
+        self.top += 1;
     }
 
     #[inline]
     pub(crate) fn pop(&mut self) -> Option<T> {
-        if self.len == self.head {
+        if self.top == self.head {
             self.head = 0;
-            self.len = 0;
+            self.top = 0;
             return None;
         }
-        self.len -= 1;
-        // SAFETY: slot `len` was written by `push` and not popped or shared since.
-        Some(unsafe { self.base.add(self.len).read() })
+        self.top -= 1;
+        // SAFETY: slot `top` was written by `push` and not popped or shared since.
+        Some(unsafe { self.base.add(self.top).read() })
     }
 
     /// Items on the stack.
     #[inline]
     pub(crate) fn len(&self) -> usize {
-        self.len - self.head
+        self.top - self.head
     }
 
-    /// Moves the `count` oldest items to `to`.
+    /// Moves the oldest items into `to`, as many as it holds.
     ///
-    /// # Safety
-    /// `count` may be at most [`len`](Self::len), and `to` must be valid for writing `count`
-    /// items and lie outside the stack's mapping.
-    pub(crate) unsafe fn take_oldest(&mut self, to: *mut T, count: usize) {
-        debug_assert!(
+    /// # Panics
+    /// Panics if `to` holds more items than the stack.
+    pub(crate) fn take_oldest(&mut self, to: &mut [MaybeUninit<T>]) {
+        let count = to.len();
+        assert!(
             count <= self.len(),
             "taking more items than the stack holds"
         );
         // SAFETY: items `[head, head + count)` were written by `push` and are no longer ours
-        // once `head` moves past them; the caller vouches for `to`.
-        unsafe { core::ptr::copy_nonoverlapping(self.base.add(self.head), to, count) };
+        // once `head` moves past them; `to` is a distinct buffer (a `&mut` cannot alias the
+        // mapping, which no reference covers) with room for `count`.
+        unsafe {
+            core::ptr::copy_nonoverlapping(self.base.add(self.head), to.as_mut_ptr().cast(), count)
+        };
         self.head += count;
     }
 
     /// Pushes every item of `items`, the last one on top.
     pub(crate) fn push_all(&mut self, items: &[T]) {
-        if self.capacity - self.len < items.len() {
+        if self.capacity - self.top < items.len() {
             self.make_room(items.len());
         }
-        // SAFETY: there is room for `items.len()` more after `len`; `items` is not in our
+        // SAFETY: there is room for `items.len()` more after `top`; `items` is not in our
         // mapping (it is a packet's).
         unsafe {
-            core::ptr::copy_nonoverlapping(items.as_ptr(), self.base.add(self.len), items.len())
+            core::ptr::copy_nonoverlapping(items.as_ptr(), self.base.add(self.top), items.len())
         };
-        self.len += items.len();
+        self.top += items.len();
     }
 
-    /// Makes room for `more` items after `len`: moves the live items down over the shared ones
+    /// Makes room for `more` items after `top`: moves the live items down over the shared ones
     /// if that leaves at least half of the stack free, or else maps larger stacks until there
     /// is room (each move is then paid for by as many pushes).
     #[cold]
@@ -113,10 +117,10 @@ impl<T: Copy> WorkStack<T> {
             // SAFETY: both ranges lie inside the mapping; `copy` allows them to overlap.
             unsafe { core::ptr::copy(self.base.add(self.head), self.base, live) };
             self.head = 0;
-            self.len = live;
+            self.top = live;
             return;
         }
-        while self.capacity - self.len < more {
+        while self.capacity - self.top < more {
             self.grow();
         }
     }
@@ -127,12 +131,12 @@ impl<T: Copy> WorkStack<T> {
         let live = self.len();
         let base = map(capacity * size_of::<T>()).cast::<T>();
         // SAFETY: both mappings are ours and distinct; the old one holds the live items at
-        // `[head, len)`.
+        // `[head, top)`.
         unsafe { core::ptr::copy_nonoverlapping(self.base.add(self.head), base, live) };
         retire_mapping(self.base.cast(), self.capacity * size_of::<T>());
         self.base = base;
         self.head = 0;
-        self.len = live;
+        self.top = live;
         self.capacity = capacity;
     }
 }
@@ -199,6 +203,7 @@ pub(crate) unsafe fn unmap(base: *mut u8, bytes: usize) {
 #[cfg(test)]
 mod tests {
     use super::WorkStack;
+    use core::mem::MaybeUninit;
     use std::collections::VecDeque;
 
     /// Pushes, pops, shares and takes back in a pseudo-random order, across compactions and
@@ -207,7 +212,7 @@ mod tests {
     fn a_stack_keeps_its_items_through_sharing_compaction_and_growth() {
         let mut stack = WorkStack::<u64>::new();
         let mut model = VecDeque::new();
-        let mut packet = vec![0u64; 256];
+        let mut packet = vec![MaybeUninit::<u64>::uninit(); 256];
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = 0u64;
         for step in 0..400_000 {
@@ -226,13 +231,17 @@ mod tests {
                 0..=11 => assert_eq!(stack.pop(), model.pop_back()),
                 12..=13 => {
                     let count = (stack.len() / 2).min(packet.len());
-                    // SAFETY: `count <= len`, and the packet is a separate buffer.
-                    unsafe { stack.take_oldest(packet.as_mut_ptr(), count) };
+                    stack.take_oldest(&mut packet[..count]);
+                    // SAFETY: `take_oldest` wrote the first `count` items.
+                    let shared: Vec<u64> = packet[..count]
+                        .iter()
+                        .map(|item| unsafe { item.assume_init() })
+                        .collect();
                     let taken: Vec<u64> = model.drain(..count).collect();
-                    assert_eq!(&packet[..count], &taken[..]);
+                    assert_eq!(shared, taken);
                     if seed.is_multiple_of(3) {
-                        stack.push_all(&packet[..count]);
-                        model.extend(&packet[..count]);
+                        stack.push_all(&shared);
+                        model.extend(&shared);
                     }
                 }
                 _ => {
