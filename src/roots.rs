@@ -16,10 +16,10 @@
 //! Which routes this covers, and which are still open, is argued in docs/soundness.md.
 
 use crate::world::{self, OwnStack, PAGE, Stopped};
-use goro_gc::{Mutators, RootVisitor};
-use goro_sched::{RootRange, RootsLock};
+use goro_gc::{Goroutines, Mutators, RootVisitor};
+use goro_sched::{GoroutineScan, RootRange, RootsLock};
 use std::cell::Cell;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Free stack slots per size whose pages a collection leaves committed.
 const STACKS_KEPT_WARM: usize = 16;
@@ -34,9 +34,9 @@ struct CycleRoots<'a> {
     threads: &'a Stopped,
 }
 
-/// Hands every goroutine root (`RootsLock::for_each`, `AbandonedRoots::for_each`) to its
-/// argument.
-type GoroutineRootsFn<'a> = dyn Fn(&mut dyn FnMut(RootRange)) + 'a;
+/// Hands the goroutine roots a scan asks for (`RootsLock::for_each`; every one of
+/// `AbandonedRoots::for_each`) to its argument.
+type GoroutineRootsFn<'a> = dyn Fn(GoroutineScan, &mut dyn FnMut(RootRange)) + 'a;
 
 thread_local! {
     /// The roots of the cycle this thread runs, while it runs it.
@@ -56,22 +56,24 @@ pub(crate) static GOROUTINE_ROOTS: GoroutineRoots = GoroutineRoots;
 // stacks, every thread's stack and static TLS, and the static data of every loaded object;
 // docs/soundness.md lists the routes left open.
 unsafe impl Mutators for GoroutineRoots {
-    fn stop_the_world(&self, cycle: &mut dyn FnMut()) -> bool {
-        let mut ran = false;
+    fn stop_the_world(&self, cycle: &mut dyn FnMut(), restarted: &mut dyn FnMut(Duration)) -> bool {
+        let ran = Cell::new(false);
         let mut stopped = || {
-            ran = true;
+            ran.set(true);
             stopped_cycle(cycle);
         };
         if goro_sched::is_goroutine() {
             // SAFETY: the cycle neither unwinds (the collector's marking panics only on broken
-            // runtime invariants, which abort) nor waits for a goroutine nor parks.
-            unsafe { goro_sched::stop_the_world(&mut stopped) };
+            // runtime invariants, which abort) nor waits for a goroutine nor parks; `restarted`
+            // neither.
+            unsafe { goro_sched::stop_the_world(&mut stopped, restarted) };
         } else {
             // A thread that is not a goroutine stops the world itself: it needs no P, so it can
             // collect while it holds a lock every goroutine waits for.
             // SAFETY: as above.
-            unsafe { goro_sched::stop_the_world_from_thread(&mut stopped) };
+            unsafe { goro_sched::stop_the_world_from_thread(&mut stopped, restarted) };
         }
+        let ran = ran.get();
         if ran {
             // Go frees stack memory at GC: release the pages of pooled stack slots beyond a warm
             // few, so a burst of deep goroutines does not keep its RSS after it is gone.
@@ -131,12 +133,17 @@ fn stopped_cycle(cycle: &mut dyn FnMut()) {
     // goroutine is stopped by `stop_others` before the cycle reads the Gs, and the lock is
     // dropped before the closure returns.
     let goroutines = unsafe { RootsLock::new() };
-    run_stopped(&|visit| goroutines.for_each(visit), OwnStack::Here, cycle);
+    run_stopped(
+        &|scan, visit| goroutines.for_each(scan, visit),
+        OwnStack::Here,
+        cycle,
+    );
     drop(goroutines);
 }
 
 /// Stops every other thread of the process, runs `cycle` with `goroutines` and them as the
-/// roots [`report_active`] gives, and lets them go.
+/// roots [`report_active`] gives, and releases them: they go on at the caller's
+/// `goro_alloc::parked::restart_world` (goro-sched's, when the scheduler's world is stopped).
 fn run_stopped(goroutines: &GoroutineRootsFn<'_>, own: OwnStack, cycle: &mut dyn FnMut()) {
     let statics = writable_segments();
     let mut threads = world::stop_others();
@@ -154,7 +161,12 @@ fn run_stopped(goroutines: &GoroutineRootsFn<'_>, own: OwnStack, cycle: &mut dyn
 
 /// Reports the roots of the stop under way on this thread.
 fn report_active(visitor: &mut RootVisitor<'_>, active: &CycleRoots<'_>) {
-    (active.goroutines)(&mut |root| report(visitor, root));
+    let scan = match visitor.goroutines() {
+        Goroutines::All => GoroutineScan::All,
+        Goroutines::Noting(cycle) => GoroutineScan::Noting(cycle),
+        Goroutines::ChangedSince(cycle) => GoroutineScan::ChangedSince(cycle),
+    };
+    (active.goroutines)(scan, &mut |root| report(visitor, root));
     report_segments(visitor, active.statics);
     report_threads(visitor, active.threads);
 }
@@ -213,7 +225,8 @@ impl RetiredWorld {
 // have exited. `roots` reports every thread's stack and static TLS, the static data, and every
 // abandoned goroutine's G struct and stacks (which stay allocated for ever).
 unsafe impl Mutators for RetiredWorld {
-    fn stop_the_world(&self, cycle: &mut dyn FnMut()) -> bool {
+    fn stop_the_world(&self, cycle: &mut dyn FnMut(), restarted: &mut dyn FnMut(Duration)) -> bool {
+        let stopped = Instant::now();
         let ended = self.ended();
         let abandoned = ended.abandoned.roots();
         // SAFETY: gettid has no preconditions.
@@ -225,7 +238,11 @@ unsafe impl Mutators for RetiredWorld {
         } else {
             OwnStack::Skip
         };
-        run_stopped(&|visit| abandoned.for_each(visit), own, cycle);
+        goro_alloc::parked::begin_stop();
+        // The abandoned goroutines never run again: every scan reports them all.
+        run_stopped(&|_, visit| abandoned.for_each(visit), own, cycle);
+        goro_alloc::parked::restart_world();
+        restarted(stopped.elapsed());
         true
     }
 

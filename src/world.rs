@@ -14,13 +14,14 @@
 //!    published, below its saved registers, without waking it. Then it lists `/proc/self/task`
 //!    and sends each other thread [`SUSPEND_SIGNAL`] (`tgkill`). It leaves out only itself, the
 //!    stash-trap thread (which blocks every signal, holds no `Gc`, and must go on answering
-//!    stack faults) and goro-gc's mark helpers (which hold no `Gc` and mark while the world is
-//!    stopped).
+//!    stack faults), goro-gc's mark helpers (which hold no `Gc` and mark while the world is
+//!    stopped) and its mark worker (which holds no `Gc` either: claimed if it sleeps, never
+//!    scanned, since its frames keep words of what it marked before).
 //! 2. The handler runs on the thread's current stack (no `SA_ONSTACK`), so the kernel's signal
 //!    frame, holding every register of the interrupted code, lies between the handler's frame
 //!    and the interrupted stack pointer. The handler records the address of one of its own
-//!    locals (below that frame) and the thread pointer, acknowledges, and waits on a futex until
-//!    the collector bumps [`EPOCH`]. Everything it calls is async-signal-safe: atomics, `gettid`,
+//!    locals (below that frame) and the thread pointer, acknowledges, and waits until the world
+//!    restarts (goro-alloc's restart word). Everything it calls is async-signal-safe: atomics, `gettid`,
 //!    `pthread_self`, `futex`. The handler that stops the last thread of a pass wakes the
 //!    collector (one wake-up per pass, not one per thread).
 //! 3. The collector lists the tasks again until a pass finds no thread it has not stopped: a
@@ -32,7 +33,9 @@
 //!    with `process_vm_readv` after that), and its static TLS block, at fixed offsets from its thread
 //!    pointer (the same for every thread; learnt from `dl_iterate_phdr` on the collecting
 //!    thread).
-//! 5. Bumping the epoch and a futex wake resume them all; claimed threads are released.
+//! 5. Dropping the stop releases the claimed threads; the one wake-up that restarts the world
+//!    (`goro_alloc::parked::restart_world`, which goro-sched's restart or the caller gives once
+//!    everything else is set down) resumes every thread at once.
 //!
 //! While threads are stopped the collector must not wait on anything a stopped thread may hold:
 //! it allocates nothing (the marker's work list is `mmap`ed), and takes no lock besides those it
@@ -103,8 +106,6 @@ static USED: AtomicUsize = AtomicUsize::new(0);
 /// the handler that brings it to zero wakes the collector, once per pass rather than once per
 /// thread.
 static PENDING: AtomicU32 = AtomicU32::new(0);
-/// Bumped to resume the stopped threads; handlers futex-wait on it.
-static EPOCH: AtomicU32 = AtomicU32::new(0);
 /// Whether the handler is installed (once per process).
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 /// Whether the "thread blocks the signal" warning was printed.
@@ -160,8 +161,9 @@ extern "C" fn on_suspend_signal(
     let saved_errno = unsafe { *errno };
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
-    // Read before acknowledging: the collector bumps it only after every acknowledgement.
-    let epoch = EPOCH.load(Ordering::Acquire);
+    // Read before acknowledging: the world restarts only after every acknowledgement, and
+    // this stop began (the generation odd) only once the last one's restart was done.
+    let generation = goro_alloc::parked::world_generation();
     // Acquire: pairs with the Release store of `USED`, so the slots below it are visible.
     let used = USED.load(Ordering::Acquire);
     if let Some(slot) = slots(used)
@@ -184,10 +186,10 @@ extern "C" fn on_suspend_signal(
             if PENDING.fetch_sub(1, Ordering::Release) == 1 {
                 futex_wake(&PENDING, 1);
             }
-            // Acquire: pairs with the Release bump in `Stopped::drop`, so the collector's
-            // writes (marks, the heap it swept) are visible when the thread goes on.
-            while EPOCH.load(Ordering::Acquire) == epoch {
-                futex_wait(&EPOCH, epoch, None);
+            // An Acquire load pairing with the restart's Release: the collector's writes
+            // (marks, the heap it swept) are visible when the thread goes on.
+            while goro_alloc::parked::world_generation() == generation {
+                goro_alloc::parked::wait_for_restart(generation);
             }
         }
     }
@@ -228,6 +230,9 @@ pub(crate) struct Stopped {
     tls: Option<(isize, isize)>,
     /// goro-alloc's thread cache, as offsets from a thread's `pthread_self()` (see `skip`).
     cache: (isize, isize),
+    /// goro-gc's mark worker (0 if none): stopped if it sleeps, like goro's other threads, but
+    /// no root (see `stop_others`).
+    worker: i32,
 }
 
 /// Where one thread keeps its roots.
@@ -243,7 +248,9 @@ pub(crate) struct ThreadRoots {
 }
 
 /// Stops every other thread of the process but the stash-trap thread and the mark helpers (see
-/// the module docs).
+/// the module docs). The caller must have begun the stop (`goro_alloc::parked::begin_stop`,
+/// goro-sched's stop of its world or the caller's own); the threads go on at its
+/// `goro_alloc::parked::restart_world`, after the returned value is dropped.
 ///
 /// Must be called with no lock held that a thread of the process may wait for in a way that
 /// keeps it from stopping (a signal handler interrupts futex waits, so ordinary locks are fine),
@@ -262,6 +269,11 @@ pub(crate) fn stop_others() -> Stopped {
     let me = unsafe { libc::gettid() };
     let trap = goro_stack::trap_thread_id();
     let helpers = goro_gc::helper_threads();
+    // The mark worker runs nothing but the collector, so it holds no mutator's `Gc`; its frames
+    // keep words of the objects it marked in earlier cycles, which would keep them alive (and
+    // at the end of a runtime, make them immortal). A sleeping worker is claimed like the
+    // others, so that it stays put; a running one is left to run.
+    let worker = goro_gc::collector_threads().mark_worker().unwrap_or(0);
     USED.store(0, Ordering::Release);
     PENDING.store(0, Ordering::Relaxed);
     let mut used = 0;
@@ -279,6 +291,7 @@ pub(crate) fn stop_others() -> Stopped {
         let before = used;
         for_each_task(|tid| {
             if tid == me
+                || tid == worker
                 || Some(tid) == trap
                 || helpers.contains(tid)
                 || slots(used)
@@ -306,6 +319,7 @@ pub(crate) fn stop_others() -> Stopped {
         own: OwnStack::Here,
         tls,
         cache,
+        worker,
     }
 }
 
@@ -431,6 +445,9 @@ impl Stopped {
         // SAFETY: pthread_self has no preconditions.
         let my_tp = unsafe { libc::pthread_self() } as usize;
         let mut report = |tid: i32, sp: usize, tp: usize| {
+            if tid == self.worker {
+                return;
+            }
             let slot_top = goro_stack::slot_bounds(sp).map(|(_, top)| top);
             let Some(place) = places.find(tid, sp, tp, slot_top.is_some(), self.tls) else {
                 return;
@@ -472,13 +489,12 @@ impl Stopped {
     }
 }
 
+/// Dropping the stop releases the claimed threads; the signalled ones (and claimed ones that
+/// woke) wait for the caller's `goro_alloc::parked::restart_world`.
 impl Drop for Stopped {
     fn drop(&mut self) {
         // SAFETY: the claims of this stop, which is ending.
         unsafe { goro_alloc::parked::release_claimed() };
-        // Release: pairs with the handlers' Acquire loads.
-        EPOCH.fetch_add(1, Ordering::Release);
-        futex_wake(&EPOCH, i32::MAX);
     }
 }
 

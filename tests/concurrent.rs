@@ -360,3 +360,142 @@ fn forced_collection_takes_a_cycle_others_start_at_1_p() {
 fn forced_collection_takes_a_cycle_others_start_at_3_ps() {
     forced_collection_takes_a_cycle_others_start(3);
 }
+
+/// Nodes between the root and the holder of the moved value: the marker walks them one by one
+/// (a chain gives it nothing to share), so it reaches the holder long after the mover has.
+const CHAIN: u64 = 100_000;
+
+/// What the channel carries: too large for the wait record to fit in the receiver's G, so the
+/// record (and the value delivered into it) is on the receiver's stack.
+type Delivery = (Gc<Node>, [u64; 12]);
+
+/// A chain of [`CHAIN`] nodes ending in a holder whose `next` holds the node of `value`, and a
+/// weak pointer to the holder. Its own frame, so that the holder's bits are left where `clobber`
+/// overwrites them: only the chain may lead the marker to it.
+#[inline(never)]
+fn chain_to_holder(value: u64) -> (Gc<Node>, goro::gc::Weak<Node>) {
+    let holder = node(u64::MAX, Some(node(value, None)));
+    let weak = goro::gc::Weak::new(&holder);
+    let head = (0..CHAIN).fold(holder, |next, value| node(value, Some(next)));
+    (head, weak)
+}
+
+/// Breaks a chain into lone nodes: a stale word (in a stack or a buffer's spare capacity) that
+/// a conservative scan finds then keeps one node, not the rest of the chain, and the end of the
+/// runtime makes nothing large immortal.
+fn unlink(head: Gc<Node>) {
+    let mut next = Some(head);
+    while let Some(node) = next {
+        next = node.next.borrow_mut().take();
+    }
+}
+
+/// Takes the node out of the holder and sends it to the receiver: a value moved, while the
+/// collector marks, out of an object the marker has not reached into the wait record of a
+/// goroutine parked since the cycle began.
+#[inline(never)]
+fn move_to_receiver(holder: &goro::gc::Weak<Node>, tx: &goro::chan::Sender<Delivery>) {
+    let holder = holder.upgrade().expect("the holder is reachable");
+    let moved = holder
+        .next
+        .borrow_mut()
+        .take()
+        .expect("the holder holds a node");
+    tx.send((moved, [7; 12]));
+}
+
+/// Overwrites the stack below the caller's frame, where callees left words of the values they
+/// moved, which a conservative scan would take for references.
+#[inline(never)]
+fn clobber() {
+    let words = [0usize; 4096];
+    std::hint::black_box(&words);
+}
+
+/// A goroutine parked through a whole cycle is scanned by the cycle's first pause only, unless
+/// its roots change; a value delivered into its wait record changes them. Here the receiver
+/// cannot run before the second pause (its one M is held by a goroutine that spins without a
+/// safe point), and the value was reachable from nothing the first pause scanned: without the
+/// delivery's note the cycle frees it, and the receiver reads poison.
+fn delivery_to_a_parked_goroutine_during_marking(attempts: u64) {
+    let _watchdog = common::watchdog("delivery_to_a_parked_goroutine_during_marking", 120);
+    common::run_clobbering(1, move || attempt_deliveries(attempts));
+}
+
+fn attempt_deliveries(attempts: u64) {
+    let previous = goro::gc::set_percent(-1);
+    for attempt in 0..attempts {
+        let (head, weak) = chain_to_holder(attempt);
+        clobber();
+        let (tx, rx) = goro::chan::channel::<Delivery>(0);
+        let receiver = goro::go(move || {
+            let (moved, _) = rx.recv().expect("the value arrives");
+            assert_intact(&moved);
+            moved.value
+        });
+        // The receiver parks; the collector's first pause, run on this M, scans it.
+        goro::yield_now();
+        let before = goro::gc::stats().cycles;
+        let collector = goro::go(goro::gc::collect);
+        goro::yield_now();
+        move_to_receiver(&weak, &tx);
+        clobber();
+        // Hold the M (no safe point) until the cycle is over: the receiver runs after it.
+        while goro::gc::stats().cycles == before {
+            std::hint::spin_loop();
+        }
+        collector.join().unwrap();
+        assert_eq!(receiver.join().unwrap(), attempt);
+        unlink(head);
+    }
+    goro::gc::set_percent(previous);
+}
+
+#[test]
+fn a_value_delivered_to_a_goroutine_parked_through_the_cycle_survives_it() {
+    delivery_to_a_parked_goroutine_during_marking(5);
+}
+
+/// Builds, again and again until told to stop, a large buffer whose words point into itself,
+/// and drops it: the allocator hands the same block back each time.
+fn rebuild_self_referencing_buffers(stop: &AtomicBool) -> usize {
+    let mut rounds = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let mut words = vec![0usize; 40_000];
+        let base = words.as_ptr() as usize;
+        for (i, word) in words.iter_mut().enumerate() {
+            *word = base + (i * 8 + 64) % (40_000 * 8);
+        }
+        std::hint::black_box(&words);
+        rounds += 1;
+    }
+    rounds
+}
+
+/// Marking ends while a thread frees and allocates again, in a loop, a large buffer that points
+/// into itself: each allocation clears the block's mark bit, and a marker that scheduled the
+/// block again for every pointer into it it found would scan it for as long as the thread ran.
+#[test]
+fn marking_ends_while_a_thread_rebuilds_a_buffer_that_points_into_itself() {
+    let _watchdog = common::watchdog("rebuilds_a_buffer_that_points_into_itself", 120);
+    for procs in [1, 2] {
+        // The thread runs only while this runtime does (another test's must not share the CPU
+        // with it); it goes on through the runtime's end, which marks the heap once more.
+        let (stop, builder) = common::run_clobbering(procs, || {
+            let stop = Arc::new(AtomicBool::new(false));
+            let builder = {
+                let stop = stop.clone();
+                std::thread::spawn(move || rebuild_self_referencing_buffers(&stop))
+            };
+            for _ in 0..30 {
+                let keep = node(1, Some(node(2, None)));
+                goro::gc::collect();
+                assert_intact(&keep);
+            }
+            (stop, builder)
+        });
+        goro::gc::wait_for_retirement();
+        stop.store(true, Ordering::Relaxed);
+        assert!(builder.join().unwrap() > 0);
+    }
+}

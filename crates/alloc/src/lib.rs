@@ -83,7 +83,7 @@ mod stats;
 mod sync;
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use size_class::{MAX_SMALL_SIZE, SizeClass};
 use span::{MAX_OBJECTS, STATE_LARGE, STATE_SMALL, Span};
@@ -158,6 +158,18 @@ fn malloc_slow(size: usize, align: usize, kind: SpanKind) -> *mut u8 {
     }
 }
 
+/// Whether a large malloc block is marked as it is allocated ([`set_mark_new_large_blocks`]).
+static MARK_NEW_LARGE_BLOCKS: AtomicBool = AtomicBool::new(false);
+
+/// Marks every large malloc block allocated from now on (`on`), as the collector does while it
+/// marks: each has a span of its own, whose mark bit a new allocation would clear, so a marker
+/// reaching a large buffer that the mutator frees and allocates again in a loop would find it
+/// unmarked, and scan it, every time. A marked malloc block is scanned again when the marking
+/// ends (the collector rescans every one), so marking it early loses nothing.
+pub fn set_mark_new_large_blocks(on: bool) {
+    MARK_NEW_LARGE_BLOCKS.store(on, Ordering::Relaxed);
+}
+
 /// A large object: its own span from the page heap. With `align > PAGE_SIZE` the span is
 /// over-allocated by `align - PAGE_SIZE` bytes and the object starts at the first aligned address.
 #[cold]
@@ -184,6 +196,9 @@ fn alloc_large(size: usize, align: usize, kind: SpanKind) -> *mut u8 {
         start + npages * PAGE_SIZE - obj
     };
     s.init_large(obj, elem_size, gc);
+    if !gc && MARK_NEW_LARGE_BLOCKS.load(Ordering::Relaxed) {
+        s.marks[0].store(1, Ordering::Relaxed);
+    }
     mheap::publish(s, STATE_LARGE);
     stats::LARGE_MALLOCS.fetch_add(1, Ordering::Relaxed);
     obj as *mut u8

@@ -24,6 +24,16 @@
 //! Records live in a fixed table (`RECORDS` of them); a thread takes one the first time it
 //! parks and gives it back when it exits. A thread that finds the table full parks unrecorded,
 //! and is stopped by the signal as before.
+//!
+//! **Restarting the world with one wake-up.** Every thread a stop holds (a claimed thread that
+//! woke, a signalled thread in its handler, an M waiting out the stop) waits on one futex word,
+//! the world's generation ([`world_generation`], odd while stopped), and the collector lets
+//! them all go with one `FUTEX_WAKE` ([`restart_world`]) once it has set down everything they
+//! wait for. A wake-up hands the CPU to the woken thread
+//! at once when the kernel finds it more deserving, and the collector, which has just run the
+//! whole pause, rarely is: with one wake-up per waiting thread or per kind of waiter, it was
+//! preempted after the first one and the rest of the world stayed stopped for milliseconds
+//! (BENCHMARKS.md, `stw_threads`). With one, whatever runs next, nobody is left waiting.
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
@@ -62,6 +72,79 @@ const FREE: Record = Record {
 };
 
 static TABLE: [Record; RECORDS] = [FREE; RECORDS];
+
+/// The world's generation: bumped as every stop of the world begins ([`begin_stop`], making it
+/// odd) and as it ends ([`restart_world`], even again). The futex word every thread a stop
+/// holds waits on.
+static WORLD: AtomicU32 = AtomicU32::new(0);
+
+/// The world's generation now: odd while a stop holds the world. A thread that must wait for
+/// the world to restart reads it before it checks what it waits for, and then waits with
+/// [`wait_for_restart`]: a restart between the check and the wait changes the word, so the wait
+/// returns at once. Async-signal-safe.
+#[inline]
+pub fn world_generation() -> u32 {
+    // Acquire: pairs with the Release of `begin_stop` and `restart_world`, so whatever the
+    // stopping or restarting thread set down before (the end of the stop: marks, frees) is seen
+    // by a thread that sees the new generation.
+    WORLD.load(Ordering::Acquire)
+}
+
+/// Sleeps until the world's generation is no longer `seen` (or spuriously: callers check
+/// again). Async-signal-safe.
+pub fn wait_for_restart(seen: u32) {
+    crate::os::futex_wait(&WORLD, seen, None);
+}
+
+/// Sleeps while a stop holds the world (the generation is odd).
+pub fn wait_while_world_stopped() {
+    loop {
+        let generation = world_generation();
+        if generation.is_multiple_of(2) {
+            return;
+        }
+        wait_for_restart(generation);
+    }
+}
+
+/// Marks the world stopped, once the last stop's restart is done: a thread a new stop signals
+/// reads the new (odd) generation, so only this stop's restart lets it go, never the end of the
+/// last one. Called by the thread that stops the world, before it asks any thread to stop.
+pub fn begin_stop() {
+    loop {
+        let generation = WORLD.load(Ordering::Relaxed);
+        if !generation.is_multiple_of(2) {
+            wait_for_restart(generation);
+            continue;
+        }
+        // Release: a thread that sees the odd generation (a signalled one) sees what the
+        // stopper did before; Acquire: the stopper sees what the last restart set down.
+        if WORLD
+            .compare_exchange(
+                generation,
+                generation.wrapping_add(1),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+/// Restarts the world: makes the generation even and wakes every thread waiting on it, in one
+/// system call, taking no lock (a stopped thread may hold any). The caller must have set down
+/// everything the waiters check first (the claims released, the scheduler's stop flag
+/// cleared): whatever runs next, nobody is left waiting for it.
+pub fn restart_world() {
+    let generation = WORLD.fetch_add(1, Ordering::Release);
+    debug_assert!(
+        !generation.is_multiple_of(2),
+        "restart_world without begin_stop"
+    );
+    crate::os::futex_wake(&WORLD, i32::MAX);
+}
 
 /// This thread's record: its index and the thread id it was taken with (a child process after
 /// `fork` has another id, and a cleared table).
@@ -151,14 +234,19 @@ pub unsafe fn while_parked<R>(f: impl FnOnce() -> R) -> R {
     // collector's Acquire claim.
     record.state.store(PARKED, Ordering::Release);
     let result = f();
-    // Acquire: the collector's writes (the marks, what it freed) happen before we go on.
-    while let Err(state) =
-        record
+    loop {
+        let seen = world_generation();
+        // Acquire: the collector's writes (the marks, what it freed) happen before we go on.
+        match record
             .state
             .compare_exchange(PARKED, RUNNING, Ordering::Acquire, Ordering::Relaxed)
-    {
-        debug_assert_eq!(state, CLAIMED);
-        crate::os::futex_wait(&record.state, CLAIMED, None);
+        {
+            Ok(_) => break,
+            Err(state) => {
+                debug_assert_eq!(state, CLAIMED);
+                wait_for_restart(seen);
+            }
+        }
     }
     core::hint::black_box(&saved);
     result
@@ -220,8 +308,8 @@ pub struct Claimed {
 /// Claims every parked thread but `except` (the caller), calling `f` with each.
 ///
 /// # Safety
-/// May be called only by the collector, as it stops the world, which must call
-/// [`release_claimed`] before the world restarts; no other stop may run meanwhile.
+/// May be called only by the collector, as it stops the world (after [`begin_stop`]), which
+/// must call [`release_claimed`] and then [`restart_world`]; no other stop may run meanwhile.
 pub unsafe fn claim_parked(except: i32, mut f: impl FnMut(Claimed)) {
     for record in &TABLE {
         let tid = record.tid.load(Ordering::Relaxed);
@@ -245,7 +333,8 @@ pub unsafe fn claim_parked(except: i32, mut f: impl FnMut(Claimed)) {
     }
 }
 
-/// Lets every claimed thread go.
+/// Lets every claimed thread go. A claimed thread that woke meanwhile goes on at the next
+/// [`restart_world`], which the caller owes it.
 ///
 /// # Safety
 /// May be called only by the collector whose stop made the claims, as it restarts the world.
@@ -254,7 +343,6 @@ pub unsafe fn release_claimed() {
         if record.state.load(Ordering::Relaxed) == CLAIMED {
             // Release: the collector's writes happen before the thread's Acquire CAS.
             record.state.store(PARKED, Ordering::Release);
-            crate::os::futex_wake(&record.state, 1);
         }
     }
 }

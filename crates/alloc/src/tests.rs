@@ -685,6 +685,7 @@ fn a_parked_thread_is_claimed_without_a_signal_and_held_until_released() {
     let began = Instant::now();
     let claimed = loop {
         let mut found = None;
+        parked::begin_stop();
         // SAFETY: this test is the only collector of its process; every claim is released
         // below or on the next round.
         unsafe {
@@ -699,6 +700,7 @@ fn a_parked_thread_is_claimed_without_a_signal_and_held_until_released() {
         }
         // SAFETY: as above.
         unsafe { parked::release_claimed() };
+        parked::restart_world();
         assert!(
             began.elapsed() < Duration::from_secs(10),
             "the sleeper never parked"
@@ -716,6 +718,8 @@ fn a_parked_thread_is_claimed_without_a_signal_and_held_until_released() {
     );
     // SAFETY: as above.
     unsafe { parked::release_claimed() };
+    // The stop's one wake-up lets it go.
+    parked::restart_world();
     let tid = sleeper.join().unwrap();
     assert!(returned.load(Ordering::Acquire));
     assert_eq!(tid, claimed.tid);

@@ -15,7 +15,9 @@
 //!    log are drained with an explicit stack (never recursion). New objects are black.
 //! 3. **Mark termination** (second pause, run by the worker): what has no barrier is scanned
 //!    again (roots, marked malloc blocks, objects an open `GcCell` borrow may have written), the
-//!    log taken, marking finished, the barrier turned off; `gccheckmark` checks it here.
+//!    log taken, marking finished, the barrier turned off; `gccheckmark` checks it here. Of the
+//!    goroutines, only those whose roots may have changed since the first pause noted them are
+//!    scanned again ([`Goroutines`]): a goroutine parked through the cycle is scanned once.
 //! 4. **Condemn**, by the worker once the world runs again (new objects stay black until it is
 //!    done): every allocated, unmarked, mortal object without drop glue in a small span is freed,
 //!    and every other one gets the [`CONDEMNED`] bit in its header. No user code runs.
@@ -37,7 +39,7 @@ use crate::header::{CONDEMNED, IMMORTAL, header_of};
 use crate::mark::{Source, Work};
 use crate::object::vtable_of;
 use crate::pacer;
-use crate::roots::{self, Mutators, Root, RootVisitor};
+use crate::roots::{self, Goroutines, Mutators, Root, RootVisitor};
 use crate::stats::{self, CycleReport};
 use crate::sweeper;
 use crate::trace::Tracer;
@@ -270,9 +272,9 @@ pub fn keep_alive<T: ?Sized>(value: &T) {
 
 /// What a cycle learnt by the end of its second pause.
 pub(crate) struct Marked {
-    start_pause: Duration,
-    /// From the end of the first pause to the end of the concurrent marking.
+    /// From the end of the first pause's work to the end of the concurrent marking.
     concurrent: Duration,
+    /// How long the world stood stopped for the second pause.
     end_pause: Duration,
     heap_before: usize,
     roots: usize,
@@ -392,20 +394,27 @@ fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
         }
         mutators.prepare_stop();
         let requested = Instant::now();
-        let mut ran = None;
-        let open = mutators.stop_the_world(&mut || {
-            // Another thread may have started a cycle while this one waited for the world to
-            // stop (for a forced collection, one that started after the call will do).
-            let due = if forced {
-                CYCLES_RUN.load(Ordering::Relaxed) < wanted
-            } else {
-                STRESS.load(Ordering::Relaxed) || pacer::should_trigger()
-            };
-            if due && !COLLECTING.swap(true, Ordering::Acquire) {
-                start_marking(mutators, forced, requested, false);
-                ran = Some(CYCLES_RUN.fetch_add(1, Ordering::Relaxed) + 1);
-            }
-        });
+        let ran = Cell::new(None);
+        let open = mutators.stop_the_world(
+            &mut || {
+                // Another thread may have started a cycle while this one waited for the world to
+                // stop (for a forced collection, one that started after the call will do).
+                let due = if forced {
+                    CYCLES_RUN.load(Ordering::Relaxed) < wanted
+                } else {
+                    STRESS.load(Ordering::Relaxed) || pacer::should_trigger()
+                };
+                if due && !COLLECTING.swap(true, Ordering::Acquire) {
+                    start_marking(mutators, forced, requested, false);
+                    ran.set(Some(CYCLES_RUN.fetch_add(1, Ordering::Relaxed) + 1));
+                }
+            },
+            &mut |pause| {
+                if ran.get().is_some() {
+                    publish_start_pause(pause);
+                }
+            },
+        );
         if !open {
             // The runtime is ending: its retirement collects instead.
             return;
@@ -413,7 +422,7 @@ fn run_cycle(mutators: &'static dyn Mutators, forced: bool) {
         if !forced {
             return;
         }
-        if let Some(cycle) = ran {
+        if let Some(cycle) = ran.get() {
             wait_until_swept(mutators, cycle);
             return;
         }
@@ -429,16 +438,43 @@ fn wait_until_swept(mutators: &dyn Mutators, cycle: u64) {
     });
 }
 
+/// The first pause of the cycle under way, as long as the world stood stopped (published by
+/// the thread that stopped it as soon as the world runs again, so after the worker may have
+/// taken the cycle): its nanoseconds plus one, 0 until then.
+static START_PAUSE: AtomicU64 = AtomicU64::new(0);
+
+fn publish_start_pause(pause: Duration) {
+    let nanos = u64::try_from(pause.as_nanos()).unwrap_or(u64::MAX - 1);
+    // Release: pairs with `published_start_pause`.
+    START_PAUSE.store(nanos + 1, Ordering::Release);
+}
+
+/// The first pause of the cycle being reported. The thread that restarted the world publishes
+/// it before it does anything else, long before the cycle's sweep ends (it waits for nothing
+/// meanwhile); if a report gets here first, it waits the few instructions that remain.
+fn published_start_pause() -> Duration {
+    loop {
+        // Acquire: pairs with `publish_start_pause`.
+        let published = START_PAUSE.load(Ordering::Acquire);
+        if published != 0 {
+            return Duration::from_nanos(published - 1);
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// A cycle between its two pauses, as its first pause hands it to the mark worker.
 struct Started {
     mutators: &'static dyn Mutators,
     forced: bool,
     /// A runtime's retirement ([`retire`]) rather than a cycle.
     retiring: bool,
+    /// Which goroutines the second pause rescans: those whose roots changed since the first
+    /// pause noted them, or (a retirement's, whose first pause notes nothing) all.
+    rescan: Goroutines,
     requested: Instant,
-    /// When the first pause ended.
+    /// When the first pause's work ended (the concurrent marking's start).
     restarted: Instant,
-    start_pause: Duration,
     heap_before: usize,
     roots: usize,
 }
@@ -460,8 +496,8 @@ fn start_marking(
     requested: Instant,
     retiring: bool,
 ) {
-    let began = Instant::now();
     let heap_before = pacer::heap_alloc();
+    START_PAUSE.store(0, Ordering::Relaxed);
     goro_alloc::clear_marks();
     barrier::discard_stale();
     barrier::set_marking(true);
@@ -473,6 +509,13 @@ fn start_marking(
     mark::CACHE_RECENT.store(true, Ordering::Relaxed);
     mark_immortals(tracer);
     let mut roots = 0;
+    // The number this cycle will have (a retirement's counts for nothing).
+    let cycle = CYCLES_RUN.load(Ordering::Relaxed) + 1;
+    let (scan, rescan) = if retiring {
+        (Goroutines::All, Goroutines::All)
+    } else {
+        (Goroutines::Noting(cycle), Goroutines::ChangedSince(cycle))
+    };
     // Root memory is scanned now, with its owners stopped: a stack may be gone by the time the
     // worker would get to it. What it reaches is traced once the world runs.
     mutators.roots(&mut RootVisitor {
@@ -484,6 +527,7 @@ fn start_marking(
                 roots += tracer.push_root(root);
             }
         },
+        goroutines: scan,
     });
     mark::CACHE_RECENT.store(false, Ordering::Relaxed);
     // SAFETY: as above; the worker reads the slot only after `worker::load`.
@@ -492,9 +536,9 @@ fn start_marking(
             mutators,
             forced,
             retiring,
+            rescan,
             requested,
             restarted: Instant::now(),
-            start_pause: began.duration_since(requested) + began.elapsed(),
             heap_before,
             roots,
         });
@@ -540,19 +584,17 @@ fn mark_concurrently() {
     if started.mutators.procs() >= 2 {
         helper::wake_early();
     }
-    let requested = Instant::now();
     let mut marked = None;
-    started.mutators.stop_the_world(&mut || {
-        marked = Some(terminate(
-            &started,
-            tracer,
-            requested,
-            marked_until,
-            shared_work,
-        ));
-        // The tracer is free for the next cycle, which cannot start before this one's sweep.
-        worker::done();
-    });
+    let mut pause = Duration::ZERO;
+    started.mutators.stop_the_world(
+        &mut || {
+            marked = Some(terminate(&started, tracer, marked_until, shared_work));
+            // The tracer is free for the next cycle, which cannot start before this one's
+            // sweep.
+            worker::done();
+        },
+        &mut |stood| pause = stood,
+    );
     let Some(mut marked) = marked else {
         // The runtime is ending (its retirement marks on its own): abandon the cycle.
         barrier::set_marking(false);
@@ -565,6 +607,7 @@ fn mark_concurrently() {
         COLLECTING.store(false, Ordering::Release);
         return;
     };
+    marked.end_pause = pause;
     if started.retiring {
         finish_retirement();
         return;
@@ -605,11 +648,9 @@ const MAX_REFILLS: usize = 8;
 fn terminate(
     started: &Started,
     tracer: &mut Tracer,
-    requested: Instant,
     marked_until: Instant,
     shared_work: usize,
 ) -> Marked {
-    let began = Instant::now();
     mark::TERMINATING.store(true, Ordering::Relaxed);
     mark::CACHE_RECENT.store(true, Ordering::Relaxed);
     tracer.marker.forget_recent();
@@ -625,6 +666,7 @@ fn terminate(
                 tracer.push_root(root);
             }
         },
+        goroutines: started.rescan,
     });
     goro_alloc::for_each_marked_malloc_block(|lo, hi| tracer.marker.work.push(Work::Block(lo, hi)));
     barrier::drain(&mut tracer.marker, true);
@@ -638,9 +680,9 @@ fn terminate(
     // Marks are final: weak pointers now answer by them until `settle` clears the dead ones.
     special::open_window();
     Marked {
-        start_pause: started.start_pause,
         concurrent: marked_until.duration_since(started.restarted),
-        end_pause: began.duration_since(requested) + began.elapsed(),
+        // Set once the world runs again.
+        end_pause: Duration::ZERO,
         heap_before: started.heap_before,
         roots: started.roots,
         shared_work,
@@ -702,7 +744,7 @@ pub(crate) fn sweep(job: Sweep) {
         stats::record(&CycleReport {
             forced,
             heap_before: marked.heap_before,
-            start_pause: marked.start_pause,
+            start_pause: published_start_pause(),
             mark: marked.concurrent,
             end_pause: marked.end_pause,
             sweep: inline.took + began.elapsed(),
@@ -790,7 +832,10 @@ fn start_retirement(world: &'static dyn Mutators) {
     worker::start(mark_concurrently);
     world.prepare_stop();
     let requested = Instant::now();
-    let stopped = world.stop_the_world(&mut || start_marking(world, true, requested, true));
+    let stopped = world.stop_the_world(
+        &mut || start_marking(world, true, requested, true),
+        &mut |_| {},
+    );
     assert!(
         stopped,
         "goro-gc: the world of a retirement refused to stop"
@@ -922,6 +967,11 @@ pub struct CollectorThreads {
 }
 
 impl CollectorThreads {
+    /// The mark worker's, if it runs.
+    pub fn mark_worker(&self) -> Option<i32> {
+        (self.worker != 0).then_some(self.worker)
+    }
+
     /// Whether `tid` is one of them.
     pub fn contains(&self, tid: i32) -> bool {
         self.iter().any(|ours| ours == tid)

@@ -203,6 +203,14 @@ impl Marker {
             if !goro_alloc::may_be_heap(word) {
                 continue;
             }
+            // A malloc block's pointers into itself add nothing to the scan under way, and
+            // must not schedule another: a block freed and allocated again while it is scanned
+            // has its mark bit cleared, and would be scanned again and again as long as the
+            // mutator kept doing so (a retirement never ended on a thread cloning a large
+            // `Vec` in a loop).
+            if source == Source::Block && (lo..hi).contains(&word) {
+                continue;
+            }
             if cache {
                 let index = (word / WORD) % RECENT_WORDS;
                 let seen = if own_cache {

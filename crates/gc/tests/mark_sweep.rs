@@ -45,13 +45,19 @@ fn let_go_of_world() -> bool {
 // stop of the world takes (the test thread's own stops run while it holds it); the only roots
 // it relies on are the words of `ROOTS`.
 unsafe impl Mutators for Fake {
-    fn stop_the_world(&self, cycle: &mut dyn FnMut()) -> bool {
+    fn stop_the_world(
+        &self,
+        cycle: &mut dyn FnMut(),
+        restarted: &mut dyn FnMut(std::time::Duration),
+    ) -> bool {
+        let stopped = std::time::Instant::now();
         if HELD.with(|held| held.borrow().is_some()) {
             cycle();
         } else {
             let _world = WORLD.lock().unwrap_or_else(|p| p.into_inner());
             cycle();
         }
+        restarted(stopped.elapsed());
         true
     }
     fn roots(&self, visitor: &mut RootVisitor<'_>) {

@@ -23,6 +23,7 @@ use crate::runtime2::{GRef, WAIT_SPACE_WORDS, current_g, current_sched};
 use crate::stw;
 use std::ptr::NonNull;
 use std::sync::Arc;
+use std::sync::atomic::{Ordering, compiler_fence};
 use std::time::{Duration, Instant};
 
 /// Who to wake.
@@ -45,6 +46,19 @@ impl Waiter {
         match self {
             Waiter::Goroutine(g) => proc::ready(g),
             Waiter::Thread(parker) => parker.unpark(),
+        }
+    }
+
+    /// Tells the collector that a value is about to be written into the waiter's wait record
+    /// (a channel's value, moved into a parked goroutine's G or stack): the pause that ends a
+    /// collection cycle must scan the goroutine again, though it has not run. Called before the
+    /// write, so that a pause between the two finds the value with its sender.
+    pub(crate) fn will_receive(&self) {
+        if let Waiter::Goroutine(g) = self {
+            g.g().roots_scanned_in.store(0, Ordering::Relaxed);
+            // A pause may stop this thread by signal anywhere: the compiler must not move the
+            // write of the value above the store.
+            compiler_fence(Ordering::SeqCst);
         }
     }
 

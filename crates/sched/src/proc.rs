@@ -594,6 +594,9 @@ fn execute(m: &M, g: GRef) {
         "a started goroutine changed M"
     );
     gg.set_status(GStatus::Running, Ordering::Relaxed);
+    // It may change its roots from here on. (A collection's pause reads this with every M
+    // stopped: the stop's handshake orders it.)
+    gg.roots_scanned_in.store(0, Ordering::Relaxed);
     if !m.inherit_slice.replace(false) {
         // Only this M writes its tick (sysmon reads it): no read-modify-write needed.
         let tick = m.schedtick.load(Ordering::Relaxed);
@@ -659,17 +662,22 @@ fn execute(m: &M, g: GRef) {
             gg.set_status(GStatus::Runnable, Ordering::Relaxed);
             m.push_ready(g, true);
         }
-        Request::StopTheWorld(f) => {
-            stw::stop(sched);
+        Request::StopTheWorld(f, restarted) => {
+            let stopped = stw::stop(sched);
             // Once the main goroutine has finished, the runtime is ending: its result is held
             // only by `run`'s frame, which no root covers, so no cycle may start any more. (The
             // main goroutine sets `shutdown` before it stops running, and `stop` waited for that.)
-            if !sched.shutdown.load(Ordering::SeqCst) {
+            let ran = !sched.shutdown.load(Ordering::SeqCst);
+            if ran {
                 // SAFETY: the closure lives on the requesting goroutine's stack, which is
                 // switched out until this M resumes it after this call.
                 unsafe { (*f)() };
             }
-            stw::start(sched);
+            let pause = stw::start(sched, stopped);
+            if ran {
+                // SAFETY: as above.
+                unsafe { (*restarted)(pause) };
+            }
             gg.set_status(GStatus::Runnable, Ordering::Relaxed);
             m.push_ready(g, true);
         }
@@ -827,6 +835,8 @@ pub(crate) fn new_g(sched: &'static Sched, entry: Entry) -> GRef {
         );
         gg.home.store(NO_HOME, Ordering::Relaxed);
         gg.queued_at.store(0, Ordering::Relaxed);
+        // Its G holds a new closure: no scan of this cycle has seen it.
+        gg.roots_scanned_in.store(0, Ordering::Relaxed);
         gg.set_status(GStatus::Runnable, Ordering::Release);
         count_spawn(sched);
         return g;
@@ -845,6 +855,7 @@ pub(crate) fn new_g(sched: &'static Sched, entry: Entry) -> GRef {
         parked_stack: ParkedStack::new(),
         segments: UnsafeCell::new(Vec::new()),
         wait_space: UnsafeCell::new(MaybeUninit::uninit()),
+        roots_scanned_in: AtomicU64::new(0),
     });
     let g = GRef::from_non_null(NonNull::from(Box::leak(g)));
     lock(&sched.allg[allg_list]).push(g);

@@ -4,11 +4,18 @@
 //!
 //! ```text
 //! initiator (on its g0, running = false)      each other M
-//!   stopping = true                              before running a G:  running = true
+//!   generation odd, stopping = true              before running a G:  running = true
 //!   for each M: wait until !running                                    if stopping: running = false, back off
 //!   ... world stopped: every G switched out ...  at a safe point in a G: switch to g0 (Request::Stop),
-//!   stopping = false, notify                                           running = false, notify, wait
+//!   stopping = false, generation even, wake all                        running = false, notify, wait
 //! ```
+//!
+//! The Ms that stopped, and every other thread the collector holds, wait on goro-alloc's world
+//! generation, which the initiator makes odd before it sets `stopping`
+//! ([`goro_alloc::parked::begin_stop`], which first waits for the last stop's restart) and even
+//! again after it clears it, with one wake-up for them all
+//! ([`goro_alloc::parked::restart_world`], which takes no lock: a thread stopped by signal may
+//! hold `stw_lock`).
 //!
 //! The two SeqCst store-then-load pairs form a Dekker handshake: an M that stores `running = true`
 //! either sees `stopping` and backs off, or the initiator sees it running and waits for it to reach
@@ -63,21 +70,30 @@ fn stop_at_safe_point(m: &M) {
 ///
 /// # Safety
 /// May be called only if `f` neither unwinds (it runs on g0, where an unwind would leave the
-/// world stopped) nor waits for a goroutine (they are stopped), nor parks.
-pub unsafe fn stop_the_world(f: &mut dyn FnMut()) {
+/// world stopped) nor waits for a goroutine (they are stopped), nor parks, and likewise
+/// `restarted`.
+///
+/// Once the world runs again, g0 calls `restarted` (if `f` ran) with how long it stood stopped (from the
+/// moment goroutines were asked to stop until every thread was let go), before it runs any
+/// goroutine: the caller may be resumed much later (another goroutine of its M may run first
+/// and block the M).
+pub unsafe fn stop_the_world(f: &mut dyn FnMut(), restarted: &mut dyn FnMut(Duration)) {
     if !runtime2::is_goroutine() {
         panic!("stop_the_world called outside a goroutine");
     }
-    // SAFETY: only the lifetime is erased; g0 runs the closure while this goroutine is switched
-    // out, before it can resume, so the frame it borrows from is live throughout.
-    let f: *mut (dyn FnMut() + 'static) = unsafe { std::mem::transmute(f) };
-    switch_to_g0(Request::StopTheWorld(f));
+    // SAFETY: only the lifetimes are erased; g0 runs the closures while this goroutine is
+    // switched out, before it can resume, so the frame they borrow from is live throughout.
+    let (f, restarted): (
+        *mut (dyn FnMut() + 'static),
+        *mut (dyn FnMut(Duration) + 'static),
+    ) = unsafe { (std::mem::transmute(f), std::mem::transmute(restarted)) };
+    switch_to_g0(Request::StopTheWorld(f, restarted));
 }
 
 /// [`stop_the_world`] for a thread that is not a goroutine (the main thread, a std thread): stops
 /// every goroutine of the running runtime at a safe point (or for `SAFE_POINT_GRACE`), runs
-/// `f` on this thread, and restarts them. Returns false, without running `f`, if no runtime runs
-/// or it is ending. The thread needs no P: a thread that holds a lock every goroutine waits for
+/// `f` on this thread, restarts them and calls `restarted` with how long the world stood stopped.
+/// Returns false, without running either, if no runtime runs or it is ending. The thread needs no P: a thread that holds a lock every goroutine waits for
 /// can still collect.
 ///
 /// # Panics
@@ -85,7 +101,10 @@ pub unsafe fn stop_the_world(f: &mut dyn FnMut()) {
 ///
 /// # Safety
 /// As for [`stop_the_world`].
-pub unsafe fn stop_the_world_from_thread(f: &mut dyn FnMut()) -> bool {
+pub unsafe fn stop_the_world_from_thread(
+    f: &mut dyn FnMut(),
+    restarted: &mut dyn FnMut(Duration),
+) -> bool {
     assert!(
         !runtime2::is_goroutine(),
         "stop_the_world_from_thread called on a goroutine"
@@ -96,13 +115,16 @@ pub unsafe fn stop_the_world_from_thread(f: &mut dyn FnMut()) -> bool {
     if sched.shutdown.load(Ordering::SeqCst) {
         return false;
     }
-    stop(sched);
+    let stopped = stop(sched);
     // As on an M: once the main goroutine has returned, no cycle may start.
     let ran = !sched.shutdown.load(Ordering::SeqCst);
     if ran {
         f();
     }
-    start(sched);
+    let pause = start(sched, stopped);
+    if ran {
+        restarted(pause);
+    }
     ran
 }
 
@@ -113,32 +135,41 @@ pub unsafe fn stop_the_world_from_thread(f: &mut dyn FnMut()) -> bool {
 pub(crate) const SAFE_POINT_GRACE: Duration = Duration::from_micros(100);
 
 /// Called on the initiator's g0: returns when no other M runs a goroutine, or when
-/// [`SAFE_POINT_GRACE`] has passed (the caller then stops the laggards by signal).
-pub(crate) fn stop(sched: &Sched) {
+/// [`SAFE_POINT_GRACE`] has passed (the caller then stops the laggards by signal), with the
+/// moment the world began to stop.
+pub(crate) fn stop(sched: &Sched) -> Instant {
     let mut guard = lock(&sched.stw_lock);
     // Another initiator is active: this M is already stopped (not running); wait our turn.
     while sched.stopping.load(Ordering::SeqCst) {
         guard = guard.wait(&sched.stw_cv);
     }
+    goro_alloc::parked::begin_stop();
+    let stopped = Instant::now();
     sched.stopping.store(true, Ordering::SeqCst);
-    let deadline = Instant::now() + SAFE_POINT_GRACE;
+    let deadline = stopped + SAFE_POINT_GRACE;
     for m in sched.ms() {
         while m.running.load(Ordering::SeqCst) {
             let now = Instant::now();
             if now >= deadline {
-                return;
+                return stopped;
             }
             // `notify` wakes us as soon as an M stops.
             guard = guard.wait_timeout(&sched.stw_cv, deadline - now);
         }
     }
+    stopped
 }
 
-/// Restarts the world.
-pub(crate) fn start(sched: &Sched) {
-    let _guard = lock(&sched.stw_lock);
+/// Restarts the world that began to stop at `stopped`, and returns how long it stood stopped.
+/// Every thread the stop holds goes on at the one wake-up of `restart_world`; initiators
+/// queued behind this one are told after it.
+pub(crate) fn start(sched: &Sched, stopped: Instant) -> Duration {
     sched.stopping.store(false, Ordering::SeqCst);
+    goro_alloc::parked::restart_world();
+    let pause = stopped.elapsed();
+    let _guard = lock(&sched.stw_lock);
     sched.stw_cv.notify_all();
+    pause
 }
 
 /// Wakes the initiator (and waiters): an M has stopped running goroutines.
@@ -147,13 +178,13 @@ pub(crate) fn notify(sched: &Sched) {
     sched.stw_cv.notify_all();
 }
 
-/// Blocks an M's g0 while the world is stopped.
+/// Blocks an M's g0 while the world is stopped, published as parked (so the collector claims
+/// it rather than signals it).
 pub(crate) fn wait_while_stopped(sched: &Sched) {
     if !sched.stopping.load(Ordering::SeqCst) {
         return;
     }
-    let mut guard = lock(&sched.stw_lock);
-    while sched.stopping.load(Ordering::SeqCst) {
-        guard = guard.wait(&sched.stw_cv);
-    }
+    // The generation turned odd before `stopping` was set, and turns even after it is cleared.
+    // SAFETY: futex waits only: they allocate nothing, move nothing, cannot unwind.
+    unsafe { goro_alloc::parked::while_parked(goro_alloc::parked::wait_while_world_stopped) };
 }
