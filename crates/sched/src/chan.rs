@@ -245,7 +245,7 @@ impl<T> RecordRef<T> {
             };
             let waiter = waiter.expect("a claimed record has a waiter");
             if value.is_some() {
-                waiter.will_receive();
+                waiter.will_receive(self.0.cast::<u8>());
                 *record.value.get() = value;
             }
             *record.closed.get() = closed;

@@ -60,6 +60,12 @@ pub(crate) enum GStatus {
 pub(crate) struct G {
     /// The goroutine's number; a G reused from a free list gets a new one.
     pub(crate) id: AtomicU64,
+    /// The collection cycle whose first pause scanned this goroutine's roots (its G and its
+    /// stacks), as long as they cannot have changed since; 0 when they may have. Set by that
+    /// pause; cleared whenever the goroutine runs ([`crate::proc`]'s `execute`), is made anew,
+    /// or has a value delivered into its wait record (`Waiter::will_receive`). The cycle's
+    /// second pause rescans only the goroutines whose roots changed (see `crate::roots`).
+    pub(crate) roots_scanned_in: AtomicU64,
     pub(crate) sched: &'static Sched,
     /// Informational state; written by whoever moves the G, read for decisions only by the
     /// deadlock check (see `deadlocked`).
@@ -91,12 +97,6 @@ pub(crate) struct G {
     /// Room for the wait record of the one operation the goroutine is blocked in (see
     /// [`wait_space`]). Only that operation touches it.
     pub(crate) wait_space: UnsafeCell<MaybeUninit<[usize; WAIT_SPACE_WORDS]>>,
-    /// The collection cycle whose first pause scanned this goroutine's roots (its G and its
-    /// stacks), as long as they cannot have changed since; 0 when they may have. Set by that
-    /// pause; cleared whenever the goroutine runs ([`crate::proc`]'s `execute`), is made anew,
-    /// or has a value delivered into its wait record (`Waiter::will_receive`). The cycle's
-    /// second pause rescans only the goroutines whose roots changed (see `crate::roots`).
-    pub(crate) roots_scanned_in: AtomicU64,
 }
 
 /// The size of a G's `wait_space`, in words: a channel record with a value of up to 64 bytes.
@@ -130,6 +130,13 @@ impl GRef {
     }
 }
 
+/// What a goroutine asks g0 to do with the world stopped: run `cycle`, restart the world, and
+/// call `restarted` with how long it stood stopped.
+pub(crate) struct StopRequest {
+    pub(crate) cycle: *mut dyn FnMut(),
+    pub(crate) restarted: *mut dyn FnMut(std::time::Duration),
+}
+
 /// Why a goroutine switched to g0; set by the goroutine, consumed by g0.
 #[derive(Clone, Copy)]
 pub(crate) enum Request {
@@ -141,9 +148,9 @@ pub(crate) enum Request {
     Exit,
     /// Stopped at a safe point because the world is stopping.
     Stop,
-    /// Asked g0 to stop the world, run the first closure, restart the world and call the second
-    /// with how long it stood stopped.
-    StopTheWorld(*mut dyn FnMut(), *mut dyn FnMut(std::time::Duration)),
+    /// Asked g0 to stop the world and run what the request (on the goroutine's stack) says.
+    /// One thin pointer: every switch copies a `Request`.
+    StopTheWorld(*const StopRequest),
     /// Back from `blocking`: queue the goroutine until this M holds a P again.
     Reschedule,
 }

@@ -31,7 +31,7 @@
 //! paths that must not be cut in half defer that signal (`goro_alloc::nosuspend`).
 
 use crate::lock::lock;
-use crate::runtime2::{self, M, Request, Sched, current_m, switch_to_g0};
+use crate::runtime2::{self, M, Request, Sched, StopRequest, current_m, switch_to_g0};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -83,11 +83,16 @@ pub unsafe fn stop_the_world(f: &mut dyn FnMut(), restarted: &mut dyn FnMut(Dura
     }
     // SAFETY: only the lifetimes are erased; g0 runs the closures while this goroutine is
     // switched out, before it can resume, so the frame they borrow from is live throughout.
-    let (f, restarted): (
-        *mut (dyn FnMut() + 'static),
-        *mut (dyn FnMut(Duration) + 'static),
-    ) = unsafe { (std::mem::transmute(f), std::mem::transmute(restarted)) };
-    switch_to_g0(Request::StopTheWorld(f, restarted));
+    let request = unsafe {
+        StopRequest {
+            cycle: std::mem::transmute::<*mut dyn FnMut(), *mut (dyn FnMut() + 'static)>(f),
+            restarted: std::mem::transmute::<
+                *mut dyn FnMut(Duration),
+                *mut (dyn FnMut(Duration) + 'static),
+            >(restarted),
+        }
+    };
+    switch_to_g0(Request::StopTheWorld(&raw const request));
 }
 
 /// [`stop_the_world`] for a thread that is not a goroutine (the main thread, a std thread): stops
