@@ -16,8 +16,8 @@
 //! Which routes this covers, and which are still open, is argued in docs/soundness.md.
 
 use crate::world::{self, OwnStack, PAGE, Stopped};
-use goro_gc::{Goroutines, Mutators, RootVisitor};
-use goro_sched::{GoroutineScan, RootRange, RootsLock};
+use goro_gc::{Mutators, RootVisitor};
+use goro_sched::{RootRange, RootsLock};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
@@ -34,9 +34,9 @@ struct CycleRoots<'a> {
     threads: &'a Stopped,
 }
 
-/// Hands the goroutine roots a scan asks for (`RootsLock::for_each`; every one of
-/// `AbandonedRoots::for_each`) to its argument.
-type GoroutineRootsFn<'a> = dyn Fn(GoroutineScan, &mut dyn FnMut(RootRange)) + 'a;
+/// Hands every goroutine root (`RootsLock::for_each`, `AbandonedRoots::for_each`) to its
+/// argument.
+type GoroutineRootsFn<'a> = dyn Fn(&mut dyn FnMut(RootRange)) + 'a;
 
 thread_local! {
     /// The roots of the cycle this thread runs, while it runs it.
@@ -133,11 +133,7 @@ fn stopped_cycle(cycle: &mut dyn FnMut()) {
     // goroutine is stopped by `stop_others` before the cycle reads the Gs, and the lock is
     // dropped before the closure returns.
     let goroutines = unsafe { RootsLock::new() };
-    run_stopped(
-        &|scan, visit| goroutines.for_each(scan, visit),
-        OwnStack::Here,
-        cycle,
-    );
+    run_stopped(&|visit| goroutines.for_each(visit), OwnStack::Here, cycle);
     drop(goroutines);
 }
 
@@ -161,12 +157,7 @@ fn run_stopped(goroutines: &GoroutineRootsFn<'_>, own: OwnStack, cycle: &mut dyn
 
 /// Reports the roots of the stop under way on this thread.
 fn report_active(visitor: &mut RootVisitor<'_>, active: &CycleRoots<'_>) {
-    let scan = match visitor.goroutines() {
-        Goroutines::All => GoroutineScan::All,
-        Goroutines::Noting(cycle) => GoroutineScan::Noting(cycle),
-        Goroutines::ChangedSince(cycle) => GoroutineScan::ChangedSince(cycle),
-    };
-    (active.goroutines)(scan, &mut |root| report(visitor, root));
+    (active.goroutines)(&mut |root| report(visitor, root));
     report_segments(visitor, active.statics);
     report_threads(visitor, active.threads);
 }
@@ -239,8 +230,7 @@ unsafe impl Mutators for RetiredWorld {
             OwnStack::Skip
         };
         goro_alloc::parked::begin_stop();
-        // The abandoned goroutines never run again: every scan reports them all.
-        run_stopped(&|_, visit| abandoned.for_each(visit), own, cycle);
+        run_stopped(&|visit| abandoned.for_each(visit), own, cycle);
         goro_alloc::parked::restart_world();
         restarted(stopped.elapsed());
         true

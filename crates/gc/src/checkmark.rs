@@ -14,7 +14,7 @@
 
 use crate::header::header_of;
 use crate::object::vtable_of;
-use crate::roots::{Goroutines, Mutators, Root, RootVisitor};
+use crate::roots::{Mutators, Root, RootVisitor};
 use crate::trace::Tracer;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -52,7 +52,6 @@ pub(crate) fn verify(mutators: &dyn Mutators, mark_immortals: fn(&mut Tracer)) {
                 tracer.push_root(root);
             }
         },
-        goroutines: Goroutines::All,
     });
     crate::helper::drain(&mut tracer, false);
     drop(tracer);
@@ -124,7 +123,6 @@ fn report(mutators: &dyn Mutators, span: GcSpan, slot: *mut u8) -> ! {
                         root = Some((start, end));
                     }
                 },
-                goroutines: Goroutines::All,
             });
             if let Some((start, end)) = root {
                 let _ = write!(message, "; root range {start:#x}..{end:#x} does");

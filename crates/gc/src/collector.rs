@@ -15,9 +15,7 @@
 //!    log are drained with an explicit stack (never recursion). New objects are black.
 //! 3. **Mark termination** (second pause, run by the worker): what has no barrier is scanned
 //!    again (roots, marked malloc blocks, objects an open `GcCell` borrow may have written), the
-//!    log taken, marking finished, the barrier turned off; `gccheckmark` checks it here. Of the
-//!    goroutines, only those whose roots may have changed since the first pause noted them are
-//!    scanned again ([`Goroutines`]): a goroutine parked through the cycle is scanned once.
+//!    log taken, marking finished, the barrier turned off; `gccheckmark` checks it here.
 //! 4. **Condemn**, by the worker once the world runs again (new objects stay black until it is
 //!    done): every allocated, unmarked, mortal object without drop glue in a small span is freed,
 //!    and every other one gets the [`CONDEMNED`] bit in its header. No user code runs.
@@ -39,7 +37,7 @@ use crate::header::{CONDEMNED, IMMORTAL, header_of};
 use crate::mark::{Source, Work};
 use crate::object::vtable_of;
 use crate::pacer;
-use crate::roots::{self, Goroutines, Mutators, Root, RootVisitor};
+use crate::roots::{self, Mutators, Root, RootVisitor};
 use crate::stats::{self, CycleReport};
 use crate::sweeper;
 use crate::trace::Tracer;
@@ -469,9 +467,6 @@ struct Started {
     forced: bool,
     /// A runtime's retirement ([`retire`]) rather than a cycle.
     retiring: bool,
-    /// Which goroutines the second pause rescans: those whose roots changed since the first
-    /// pause noted them, or (a retirement's, whose first pause notes nothing) all.
-    rescan: Goroutines,
     requested: Instant,
     /// When the first pause's work ended (the concurrent marking's start).
     restarted: Instant,
@@ -509,13 +504,6 @@ fn start_marking(
     mark::CACHE_RECENT.store(true, Ordering::Relaxed);
     mark_immortals(tracer);
     let mut roots = 0;
-    // The number this cycle will have (a retirement's counts for nothing).
-    let cycle = CYCLES_RUN.load(Ordering::Relaxed) + 1;
-    let (scan, rescan) = if retiring {
-        (Goroutines::All, Goroutines::All)
-    } else {
-        (Goroutines::Noting(cycle), Goroutines::ChangedSince(cycle))
-    };
     // Root memory is scanned now, with its owners stopped: a stack may be gone by the time the
     // worker would get to it. What it reaches is traced once the world runs.
     mutators.roots(&mut RootVisitor {
@@ -527,7 +515,6 @@ fn start_marking(
                 roots += tracer.push_root(root);
             }
         },
-        goroutines: scan,
     });
     mark::CACHE_RECENT.store(false, Ordering::Relaxed);
     // SAFETY: as above; the worker reads the slot only after `worker::load`.
@@ -536,7 +523,6 @@ fn start_marking(
             mutators,
             forced,
             retiring,
-            rescan,
             requested,
             restarted: Instant::now(),
             heap_before,
@@ -666,7 +652,6 @@ fn terminate(
                 tracer.push_root(root);
             }
         },
-        goroutines: started.rescan,
     });
     goro_alloc::for_each_marked_malloc_block(|lo, hi| tracer.marker.work.push(Work::Block(lo, hi)));
     barrier::drain(&mut tracer.marker, true);

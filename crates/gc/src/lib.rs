@@ -86,7 +86,7 @@ pub use helper::{HelperThreads, MAX_HELPERS, helper_threads, start_mark_helpers}
 pub use mark::set_scan_unaligned;
 pub use pacer::{set_memory_limit, set_percent};
 pub use ptr::Gc;
-pub use roots::{Cleanups, Goroutines, Mutators, RootVisitor, install, uninstall};
+pub use roots::{Cleanups, Mutators, RootVisitor, install, uninstall};
 pub use stats::{GcStats, set_trace, stats};
 pub use sweeper::sweeper_thread_id;
 pub use trace::{Trace, Tracer};

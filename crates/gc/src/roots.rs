@@ -16,10 +16,7 @@ use std::time::Duration;
 /// but the one running the closure executes code that can load or store a `Gc` (every other
 /// thread is stopped), and `roots` reports every memory range in which any thread may hold a
 /// `Gc` (its stack from its stack pointer up, its saved registers, its TLS, static data) along
-/// with every heap block only the runtime owns that may hold one, but that it may leave out a
-/// goroutine's roots when the visitor asks only for those that changed since a first pause
-/// (`Goroutines::ChangedSince`) and they cannot have changed since that pause reported them
-/// whole (`Goroutines::Noting`) with the world stopped. The closure must not be run
+/// with every heap block only the runtime owns that may hold one. The closure must not be run
 /// while a stopped thread holds a lock the closure needs; the collector's part of it allocates
 /// nothing and takes no lock but its own.
 pub unsafe trait Mutators: Sync {
@@ -32,8 +29,7 @@ pub unsafe trait Mutators: Sync {
     /// both closures may run on another stack of the caller's thread, and neither may block.
     fn stop_the_world(&self, cycle: &mut dyn FnMut(), restarted: &mut dyn FnMut(Duration)) -> bool;
 
-    /// Reports the roots to `visitor`, the goroutines' as [`RootVisitor::goroutines`] asks.
-    /// Called only inside `stop_the_world`'s closure.
+    /// Reports the roots to `visitor`. Called only inside `stop_the_world`'s closure.
     fn roots(&self, visitor: &mut RootVisitor<'_>);
 
     /// A safe point: if a stop of the world is pending, the caller stops here until it is over.
@@ -73,24 +69,6 @@ pub unsafe trait Mutators: Sync {
 /// Receives root memory from [`Mutators::roots`].
 pub struct RootVisitor<'a> {
     pub(crate) sink: &'a mut dyn FnMut(Root),
-    pub(crate) goroutines: Goroutines,
-}
-
-/// Which goroutines' roots a scan asks for ([`RootVisitor::goroutines`]). A cycle's first pause
-/// notes in each goroutine that it scanned it, and its second pause rescans only those whose
-/// roots may have changed since: the ones that ran, were made, or had a value written into
-/// them (a channel's, into a parked goroutine's wait record). A goroutine parked through the
-/// whole cycle is scanned once.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Goroutines {
-    /// Every goroutine's.
-    All,
-    /// Every goroutine's, noting in each (but a running one, which goes on changing its
-    /// stacks) that the first pause of cycle `n` scanned it.
-    Noting(u64),
-    /// Only those of goroutines whose roots may have changed since cycle `n`'s first pause
-    /// scanned them (or that it did not note).
-    ChangedSince(u64),
 }
 
 /// One root as [`RootVisitor`] hands it to the marker.
@@ -111,11 +89,6 @@ impl Root {
 }
 
 impl RootVisitor<'_> {
-    /// Which goroutines' roots the collector asks for.
-    pub fn goroutines(&self) -> Goroutines {
-        self.goroutines
-    }
-
     /// Scans `[lo, hi)` conservatively: every aligned word that points into an allocated block of
     /// goro's heap keeps that block alive.
     ///

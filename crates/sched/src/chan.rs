@@ -239,17 +239,15 @@ impl<T> RecordRef<T> {
         // so nobody else touches it.
         unsafe {
             let record = &*self.0;
+            if value.is_some() {
+                *record.value.get() = value;
+            }
+            *record.closed.get() = closed;
             let waiter = match record.select {
                 None => (*record.waiter.get()).take(),
                 Some((shared, _)) => (*(*shared).waiter.get()).take(),
             };
-            let waiter = waiter.expect("a claimed record has a waiter");
-            if value.is_some() {
-                waiter.will_receive(self.0.cast::<u8>());
-                *record.value.get() = value;
-            }
-            *record.closed.get() = closed;
-            waiter.wake();
+            waiter.expect("a claimed record has a waiter").wake();
         }
     }
 

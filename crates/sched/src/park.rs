@@ -23,7 +23,6 @@ use crate::runtime2::{GRef, WAIT_SPACE_WORDS, current_g, current_sched};
 use crate::stw;
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{Ordering, compiler_fence};
 use std::time::{Duration, Instant};
 
 /// Who to wake.
@@ -46,26 +45,6 @@ impl Waiter {
         match self {
             Waiter::Goroutine(g) => proc::ready(g),
             Waiter::Thread(parker) => parker.unpark(),
-        }
-    }
-
-    /// Tells the collector that a value is about to be written into the waiter's wait
-    /// record at `record` (a channel's value, moved into a parked goroutine's stack): the pause
-    /// that ends a collection cycle must scan the goroutine again, though it has not run.
-    /// Called before the write, so that a pause between the two finds the value with its
-    /// sender. A record in the G itself needs nothing: the G is a heap block the first pause
-    /// marked, and every marked block is scanned again at the end of the cycle (and the store
-    /// would cost the sender a miss on a line of the receiver's G it does not touch otherwise).
-    pub(crate) fn will_receive(&self, record: *const u8) {
-        if let Waiter::Goroutine(g) = self {
-            let in_g = g.as_ptr() as usize..g.as_ptr() as usize + size_of::<crate::runtime2::G>();
-            if in_g.contains(&(record as usize)) {
-                return;
-            }
-            g.g().roots_scanned_in.store(0, Ordering::Relaxed);
-            // A pause may stop this thread by signal anywhere: the compiler must not move the
-            // write of the value above the store.
-            compiler_fence(Ordering::SeqCst);
         }
     }
 

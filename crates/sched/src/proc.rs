@@ -594,9 +594,6 @@ fn execute(m: &M, g: GRef) {
         "a started goroutine changed M"
     );
     gg.set_status(GStatus::Running, Ordering::Relaxed);
-    // It may change its roots from here on. (A collection's pause reads this with every M
-    // stopped: the stop's handshake orders it.)
-    gg.roots_scanned_in.store(0, Ordering::Relaxed);
     if !m.inherit_slice.replace(false) {
         // Only this M writes its tick (sysmon reads it): no read-modify-write needed.
         let tick = m.schedtick.load(Ordering::Relaxed);
@@ -840,8 +837,6 @@ pub(crate) fn new_g(sched: &'static Sched, entry: Entry) -> GRef {
         );
         gg.home.store(NO_HOME, Ordering::Relaxed);
         gg.queued_at.store(0, Ordering::Relaxed);
-        // Its G holds a new closure: no scan of this cycle has seen it.
-        gg.roots_scanned_in.store(0, Ordering::Relaxed);
         gg.set_status(GStatus::Runnable, Ordering::Release);
         count_spawn(sched);
         return g;
@@ -860,7 +855,6 @@ pub(crate) fn new_g(sched: &'static Sched, entry: Entry) -> GRef {
         parked_stack: ParkedStack::new(),
         segments: UnsafeCell::new(Vec::new()),
         wait_space: UnsafeCell::new(MaybeUninit::uninit()),
-        roots_scanned_in: AtomicU64::new(0),
     });
     let g = GRef::from_non_null(NonNull::from(Box::leak(g)));
     lock(&sched.allg[allg_list]).push(g);

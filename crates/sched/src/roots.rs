@@ -33,19 +33,6 @@ pub enum RootRange {
     },
 }
 
-/// Which goroutines a pause reports the roots of ([`RootsLock::for_each`]).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum GoroutineScan {
-    /// Every goroutine's.
-    All,
-    /// Every goroutine's, noting in each that isn't running that cycle `n`'s first pause
-    /// scanned it.
-    Noting(u64),
-    /// Only those of goroutines not noted for cycle `n`: that ran, were made, or had a value
-    /// delivered into their wait record since that cycle's first pause, or were running then.
-    ChangedSince(u64),
-}
-
 /// Every goroutine of the running runtime, held still for a collection: the `allg` lists are
 /// locked (sysmon stashes under them, threads that are not Ms add Gs under them), so a stopped
 /// thread cannot be holding one. Take it *before* stopping threads that do not reach a safe point
@@ -80,41 +67,20 @@ impl RootsLock {
         }
     }
 
-    /// Reports the roots of the goroutines `scan` asks for. Allocates nothing and takes no lock.
-    pub fn for_each(&self, scan: GoroutineScan, visit: &mut dyn FnMut(RootRange)) {
-        roots_of(&self.lists, scan, visit);
+    /// Reports the roots of every goroutine. Allocates nothing and takes no lock.
+    pub fn for_each(&self, visit: &mut dyn FnMut(RootRange)) {
+        roots_of(&self.lists, visit);
     }
 }
 
-pub(crate) fn roots_of(
-    lists: &[RankedGuard<'_, Vec<GRef>>],
-    scan: GoroutineScan,
-    visit: &mut dyn FnMut(RootRange),
-) {
+pub(crate) fn roots_of(lists: &[RankedGuard<'_, Vec<GRef>>], visit: &mut dyn FnMut(RootRange)) {
     for g in lists.iter().flat_map(|list| list.iter()) {
         let gg = g.g();
         // Acquire: pairs with the release in `destroy`. A dead G holds nothing live (its stale
         // bytes would only keep garbage alive); one that is being reused by a spawner is not
         // possible here, since spawners on Ms are stopped goroutines.
-        let status = gg.status(Ordering::Acquire);
-        if status == GStatus::Dead {
+        if gg.status(Ordering::Acquire) == GStatus::Dead {
             continue;
-        }
-        // The world is stopped: the stop's handshake (or the signal) orders these with the
-        // stores of whoever ran the goroutine or delivered into it.
-        match scan {
-            GoroutineScan::All => {}
-            // A running goroutine (stopped by signal where it stands) goes on changing its
-            // stacks after the pause: never noted.
-            GoroutineScan::Noting(cycle) if status != GStatus::Running => {
-                gg.roots_scanned_in.store(cycle, Ordering::Relaxed);
-            }
-            GoroutineScan::Noting(_) => {}
-            GoroutineScan::ChangedSince(cycle) => {
-                if gg.roots_scanned_in.load(Ordering::Relaxed) == cycle {
-                    continue;
-                }
-            }
         }
         visit(RootRange::Block(g.as_ptr().cast::<u8>()));
         // SAFETY: the world is stopped (or the runtime is over), so the G is switched out and

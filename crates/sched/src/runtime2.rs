@@ -60,12 +60,6 @@ pub(crate) enum GStatus {
 pub(crate) struct G {
     /// The goroutine's number; a G reused from a free list gets a new one.
     pub(crate) id: AtomicU64,
-    /// The collection cycle whose first pause scanned this goroutine's roots (its G and its
-    /// stacks), as long as they cannot have changed since; 0 when they may have. Set by that
-    /// pause; cleared whenever the goroutine runs ([`crate::proc`]'s `execute`), is made anew,
-    /// or has a value delivered into its wait record (`Waiter::will_receive`). The cycle's
-    /// second pause rescans only the goroutines whose roots changed (see `crate::roots`).
-    pub(crate) roots_scanned_in: AtomicU64,
     pub(crate) sched: &'static Sched,
     /// Informational state; written by whoever moves the G, read for decisions only by the
     /// deadlock check (see `deadlocked`).

@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::join::{JoinHandle, Packet, Panic, Task};
 use crate::lock::{Rank, RankedGuard, RankedMutex, lock};
 use crate::proc::{self, begin_shutdown, m_main, new_g};
-use crate::roots::{GoroutineScan, RootRange, roots_of};
+use crate::roots::{RootRange, roots_of};
 use crate::runtime2::{CURRENT, Entry, GRef, GStatus, Sched, current_m, current_sched};
 use crate::{stw, sysmon};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -21,7 +21,7 @@ pub struct AbandonedRoots<'a> {
 impl AbandonedRoots<'_> {
     /// Reports every abandoned goroutine's G struct and live stack ranges; allocates nothing.
     pub fn for_each(&self, visit: &mut dyn FnMut(RootRange)) {
-        roots_of(&self.lists, GoroutineScan::All, visit);
+        roots_of(&self.lists, visit);
     }
 }
 
