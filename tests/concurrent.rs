@@ -499,3 +499,76 @@ fn marking_ends_while_a_thread_rebuilds_a_buffer_that_points_into_itself() {
         assert!(builder.join().unwrap() > 0);
     }
 }
+
+/// Takes the node out of the holder and stores it in `slot`, on a std thread that
+/// `std::thread::scope` lent a reference into a parked goroutine's stack.
+#[inline(never)]
+fn move_into_slot(holder: &goro::gc::Weak<Node>, slot: &mut Option<Gc<Node>>) {
+    let holder = holder.upgrade().expect("the holder is reachable");
+    *slot = holder.next.borrow_mut().take();
+}
+
+/// A parked goroutine's stack is not only changed by the goroutine: a std thread that
+/// `std::thread::scope` lent a reference into it may write a `Gc` there while the goroutine
+/// waits on a goro channel inside the scope. Here a node is moved, while the collector marks,
+/// from an object the marker has not reached into such a stack slot, and the goroutine cannot
+/// run before the second pause (its one M is held by a goroutine spinning without a safe
+/// point): the second pause must scan the parked goroutine again, or the cycle frees the node.
+fn write_into_a_parked_goroutines_stack_during_marking(attempts: u64) {
+    let _watchdog = common::watchdog("write_into_a_parked_goroutines_stack", 120);
+    common::run_clobbering(1, move || {
+        let previous = goro::gc::set_percent(-1);
+        for attempt in 0..attempts {
+            let (head, weak) = chain_to_holder(attempt);
+            clobber();
+            let (tx, rx) = goro::chan::channel::<()>(0);
+            let go_on = Arc::new(AtomicBool::new(false));
+            let moved = Arc::new(AtomicBool::new(false));
+            let parked = {
+                let (go_on, moved) = (go_on.clone(), moved.clone());
+                goro::go(move || {
+                    let mut slot: Option<Gc<Node>> = None;
+                    std::thread::scope(|scope| {
+                        let slot = &mut slot;
+                        scope.spawn(move || {
+                            while !go_on.load(Ordering::Acquire) {
+                                std::hint::spin_loop();
+                            }
+                            move_into_slot(&weak, slot);
+                            clobber();
+                            moved.store(true, Ordering::Release);
+                        });
+                        // Parks the goroutine while the scoped thread may still write.
+                        rx.recv();
+                    });
+                    let node = slot.expect("the thread moved the node");
+                    assert_intact(&node);
+                    node.value
+                })
+            };
+            // The goroutine parks in `recv`; the collector's first pause scans it.
+            goro::yield_now();
+            let before = goro::gc::stats().cycles;
+            let collector = goro::go(goro::gc::collect);
+            goro::yield_now();
+            go_on.store(true, Ordering::Release);
+            while !moved.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
+            // Hold the M (no safe point) until the cycle is over.
+            while goro::gc::stats().cycles == before {
+                std::hint::spin_loop();
+            }
+            collector.join().unwrap();
+            tx.send(());
+            assert_eq!(parked.join().unwrap(), attempt);
+            unlink(head);
+        }
+        goro::gc::set_percent(previous);
+    });
+}
+
+#[test]
+fn a_gc_a_scoped_thread_writes_into_a_parked_goroutines_stack_survives_the_cycle() {
+    write_into_a_parked_goroutines_stack_during_marking(5);
+}
