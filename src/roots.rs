@@ -217,7 +217,6 @@ impl RetiredWorld {
 // abandoned goroutine's G struct and stacks (which stay allocated for ever).
 unsafe impl Mutators for RetiredWorld {
     fn stop_the_world(&self, cycle: &mut dyn FnMut(), restarted: &mut dyn FnMut(Duration)) -> bool {
-        let stopped = Instant::now();
         let ended = self.ended();
         let abandoned = ended.abandoned.roots();
         // SAFETY: gettid has no preconditions.
@@ -230,6 +229,7 @@ unsafe impl Mutators for RetiredWorld {
             OwnStack::Skip
         };
         goro_alloc::parked::begin_stop();
+        let stopped = Instant::now();
         run_stopped(&|visit| abandoned.for_each(visit), own, cycle);
         goro_alloc::parked::restart_world();
         restarted(stopped.elapsed());

@@ -21,7 +21,7 @@
 //!    frame, holding every register of the interrupted code, lies between the handler's frame
 //!    and the interrupted stack pointer. The handler records the address of one of its own
 //!    locals (below that frame) and the thread pointer, acknowledges, and waits until the world
-//!    restarts (goro-alloc's restart word). Everything it calls is async-signal-safe: atomics, `gettid`,
+//!    restarts (goro-alloc's world generation). Everything it calls is async-signal-safe: atomics, `gettid`,
 //!    `pthread_self`, `futex`. The handler that stops the last thread of a pass wakes the
 //!    collector (one wake-up per pass, not one per thread).
 //! 3. The collector lists the tasks again until a pass finds no thread it has not stopped: a

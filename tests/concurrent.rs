@@ -412,43 +412,63 @@ fn clobber() {
     std::hint::black_box(&words);
 }
 
-/// A goroutine parked through a whole cycle is scanned by the cycle's first pause only, unless
-/// its roots change; a value delivered into its wait record changes them. Here the receiver
-/// cannot run before the second pause (its one M is held by a goroutine that spins without a
-/// safe point), and the value was reachable from nothing the first pause scanned: without the
-/// delivery's note the cycle frees it, and the receiver reads poison.
-fn delivery_to_a_parked_goroutine_during_marking(attempts: u64) {
-    let _watchdog = common::watchdog("delivery_to_a_parked_goroutine_during_marking", 120);
-    common::run_clobbering(1, move || attempt_deliveries(attempts));
+/// For each of `attempts`, on one P with automatic collection off: builds a chain ending in a
+/// holder of a node valued `attempt`, lets `park` make a goroutine and park it, starts a forced
+/// cycle (whose first pause, run on this M, scans the parked goroutine), calls `during` while
+/// the cycle marks, holds the M without a safe point until the cycle is over (so the parked
+/// goroutine cannot run before the second pause), and checks that the goroutine's result,
+/// `finish`ed, is the node's value.
+fn attempts_during_marking<P>(
+    name: &'static str,
+    attempts: u64,
+    park: impl Fn(goro::gc::Weak<Node>) -> P + Send + 'static,
+    during: impl Fn(&P) + Send + 'static,
+    finish: impl Fn(P) -> u64 + Send + 'static,
+) {
+    let _watchdog = common::watchdog(name, 120);
+    common::run_clobbering(1, move || {
+        let previous = goro::gc::set_percent(-1);
+        for attempt in 0..attempts {
+            let (head, weak) = chain_to_holder(attempt);
+            clobber();
+            let parked = park(weak);
+            goro::yield_now();
+            let before = goro::gc::stats().cycles;
+            let collector = goro::go(goro::gc::collect);
+            goro::yield_now();
+            during(&parked);
+            clobber();
+            while goro::gc::stats().cycles == before {
+                std::hint::spin_loop();
+            }
+            collector.join().unwrap();
+            assert_eq!(finish(parked), attempt);
+            unlink(head);
+        }
+        goro::gc::set_percent(previous);
+    });
 }
 
-fn attempt_deliveries(attempts: u64) {
-    let previous = goro::gc::set_percent(-1);
-    for attempt in 0..attempts {
-        let (head, weak) = chain_to_holder(attempt);
-        clobber();
-        let (tx, rx) = goro::chan::channel::<Delivery>(0);
-        let receiver = goro::go(move || {
-            let (moved, _) = rx.recv().expect("the value arrives");
-            assert_intact(&moved);
-            moved.value
-        });
-        // The receiver parks; the collector's first pause, run on this M, scans it.
-        goro::yield_now();
-        let before = goro::gc::stats().cycles;
-        let collector = goro::go(goro::gc::collect);
-        goro::yield_now();
-        move_to_receiver(&weak, &tx);
-        clobber();
-        // Hold the M (no safe point) until the cycle is over: the receiver runs after it.
-        while goro::gc::stats().cycles == before {
-            std::hint::spin_loop();
-        }
-        collector.join().unwrap();
-        assert_eq!(receiver.join().unwrap(), attempt);
-        unlink(head);
-    }
-    goro::gc::set_percent(previous);
+/// A goroutine parked through a whole cycle has a value delivered into its wait record, on its
+/// stack (the value is too large for the G): a node moved, while the collector marks, from an
+/// object the marker has not reached. The second pause must scan the goroutine again, though
+/// it has not run, or the cycle frees the node and the receiver reads poison.
+fn delivery_to_a_parked_goroutine_during_marking(attempts: u64) {
+    attempts_during_marking(
+        "delivery_to_a_parked_goroutine_during_marking",
+        attempts,
+        |weak| {
+            let (tx, rx) = goro::chan::channel::<Delivery>(0);
+            let receiver = goro::go(move || {
+                let (moved, _) = rx.recv().expect("the value arrives");
+                assert_intact(&moved);
+                moved.value
+            });
+            (weak, tx, receiver)
+        },
+        |(weak, tx, _)| move_to_receiver(weak, tx),
+        |(_, _, receiver)| receiver.join().unwrap(),
+    );
 }
 
 #[test]
@@ -510,20 +530,19 @@ fn move_into_slot(holder: &goro::gc::Weak<Node>, slot: &mut Option<Gc<Node>>) {
 
 /// A parked goroutine's stack is not only changed by the goroutine: a std thread that
 /// `std::thread::scope` lent a reference into it may write a `Gc` there while the goroutine
-/// waits on a goro channel inside the scope. Here a node is moved, while the collector marks,
-/// from an object the marker has not reached into such a stack slot, and the goroutine cannot
-/// run before the second pause (its one M is held by a goroutine spinning without a safe
-/// point): the second pause must scan the parked goroutine again, or the cycle frees the node.
+/// waits on a goro channel inside the scope. Here the thread moves a node, while the collector
+/// marks, from an object the marker has not reached into such a stack slot: the second pause
+/// must scan the parked goroutine again, or the cycle frees the node.
 fn write_into_a_parked_goroutines_stack_during_marking(attempts: u64) {
-    let _watchdog = common::watchdog("write_into_a_parked_goroutines_stack", 120);
-    common::run_clobbering(1, move || {
-        let previous = goro::gc::set_percent(-1);
-        for attempt in 0..attempts {
-            let (head, weak) = chain_to_holder(attempt);
-            clobber();
+    attempts_during_marking(
+        "write_into_a_parked_goroutines_stack",
+        attempts,
+        |weak| {
             let (tx, rx) = goro::chan::channel::<()>(0);
-            let go_on = Arc::new(AtomicBool::new(false));
-            let moved = Arc::new(AtomicBool::new(false));
+            let (go_on, moved) = (
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(AtomicBool::new(false)),
+            );
             let parked = {
                 let (go_on, moved) = (go_on.clone(), moved.clone());
                 goro::go(move || {
@@ -546,26 +565,19 @@ fn write_into_a_parked_goroutines_stack_during_marking(attempts: u64) {
                     node.value
                 })
             };
-            // The goroutine parks in `recv`; the collector's first pause scans it.
-            goro::yield_now();
-            let before = goro::gc::stats().cycles;
-            let collector = goro::go(goro::gc::collect);
-            goro::yield_now();
+            (tx, go_on, moved, parked)
+        },
+        |(_, go_on, moved, _)| {
             go_on.store(true, Ordering::Release);
             while !moved.load(Ordering::Acquire) {
                 std::hint::spin_loop();
             }
-            // Hold the M (no safe point) until the cycle is over.
-            while goro::gc::stats().cycles == before {
-                std::hint::spin_loop();
-            }
-            collector.join().unwrap();
+        },
+        |(tx, _, _, parked)| {
             tx.send(());
-            assert_eq!(parked.join().unwrap(), attempt);
-            unlink(head);
-        }
-        goro::gc::set_percent(previous);
-    });
+            parked.join().unwrap()
+        },
+    );
 }
 
 #[test]

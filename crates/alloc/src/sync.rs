@@ -2,9 +2,10 @@
 //!
 //! The allocator cannot use `std::sync::Mutex` (it may allocate, and it would make the global
 //! allocator re-enter itself). goro-gc uses it too, for the list through which its markers share
-//! work while the world is stopped (where a thread may have been stopped holding a `Mutex`). Critical sections here are short (list pushes and pops, page-heap
-//! carving; an `mmap` when the heap grows), so spinning with `spin_loop` and then yielding the CPU
-//! with `sched_yield` (through `std::thread::yield_now`, which does not allocate) is enough.
+//! work while the world is stopped (where a thread may have been stopped holding a `Mutex`).
+//! Critical sections here are short (list pushes and pops, page-heap carving; an `mmap` when the
+//! heap grows), so spinning with `spin_loop` and then yielding the CPU with `sched_yield`
+//! (through `std::thread::yield_now`, which does not allocate) is enough.
 //! A futex-based lock is left for the tuning issue.
 
 use core::cell::UnsafeCell;

@@ -106,8 +106,8 @@ use crate::local::drop_locals;
 use crate::lock::lock;
 use crate::panic::throw;
 use crate::runtime2::{
-    CURRENT_M, Entry, G, GRef, GStatus, Locals, M, NO_HOME, NO_P, PIdle, Request, Sched,
-    StopRequest, current_g, current_m, current_sched, is_goroutine, switch_to_g0,
+    CURRENT_M, Entry, G, GRef, GStatus, Locals, M, NO_HOME, NO_P, PIdle, Request, Sched, current_g,
+    current_m, current_sched, is_goroutine, switch_to_g0,
 };
 use crate::shrink::{ParkedStack, StashMode};
 use crate::stw;
@@ -660,26 +660,10 @@ fn execute(m: &M, g: GRef) {
             m.push_ready(g, true);
         }
         Request::StopTheWorld(request) => {
-            // SAFETY: the request lives on the requesting goroutine's stack, which is switched
-            // out until this M resumes it after this call.
-            let StopRequest {
-                cycle: f,
-                restarted,
-            } = unsafe { &*request };
-            let stopped = stw::stop(sched);
-            // Once the main goroutine has finished, the runtime is ending: its result is held
-            // only by `run`'s frame, which no root covers, so no cycle may start any more. (The
-            // main goroutine sets `shutdown` before it stops running, and `stop` waited for that.)
-            let ran = !sched.shutdown.load(Ordering::SeqCst);
-            if ran {
-                // SAFETY: as above: the closure lives there too.
-                unsafe { (**f)() };
-            }
-            let pause = stw::start(sched, stopped);
-            if ran {
-                // SAFETY: as above.
-                unsafe { (**restarted)(pause) };
-            }
+            // SAFETY: the request and the closures it points to live on the requesting
+            // goroutine's stack, which is switched out until this M resumes it after this call.
+            let (f, restarted) = unsafe { (&mut *(*request).cycle, &mut *(*request).restarted) };
+            stw::with_world_stopped(sched, f, restarted);
             gg.set_status(GStatus::Runnable, Ordering::Relaxed);
             m.push_ready(g, true);
         }

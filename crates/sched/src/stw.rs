@@ -73,10 +73,10 @@ fn stop_at_safe_point(m: &M) {
 /// world stopped) nor waits for a goroutine (they are stopped), nor parks, and likewise
 /// `restarted`.
 ///
-/// Once the world runs again, g0 calls `restarted` (if `f` ran) with how long it stood stopped (from the
-/// moment goroutines were asked to stop until every thread was let go), before it runs any
-/// goroutine: the caller may be resumed much later (another goroutine of its M may run first
-/// and block the M).
+/// Once the world runs again, g0 calls `restarted` (if `f` ran) with how long it stood stopped
+/// (from the moment goroutines were asked to stop until every thread was let go), before it
+/// runs any goroutine: the caller may be resumed much later (another goroutine of its M may run
+/// first and block the M).
 pub unsafe fn stop_the_world(f: &mut dyn FnMut(), restarted: &mut dyn FnMut(Duration)) {
     if !runtime2::is_goroutine() {
         panic!("stop_the_world called outside a goroutine");
@@ -97,9 +97,9 @@ pub unsafe fn stop_the_world(f: &mut dyn FnMut(), restarted: &mut dyn FnMut(Dura
 
 /// [`stop_the_world`] for a thread that is not a goroutine (the main thread, a std thread): stops
 /// every goroutine of the running runtime at a safe point (or for `SAFE_POINT_GRACE`), runs
-/// `f` on this thread, restarts them and calls `restarted` with how long the world stood stopped.
-/// Returns false, without running either, if no runtime runs or it is ending. The thread needs no P: a thread that holds a lock every goroutine waits for
-/// can still collect.
+/// `f` on this thread, restarts them and calls `restarted` with how long the world stood
+/// stopped. Returns false, without running either, if no runtime runs or it is ending. The
+/// thread needs no P: a thread that holds a lock every goroutine waits for can still collect.
 ///
 /// # Panics
 /// Panics if the caller is a goroutine (use [`stop_the_world`]).
@@ -120,8 +120,21 @@ pub unsafe fn stop_the_world_from_thread(
     if sched.shutdown.load(Ordering::SeqCst) {
         return false;
     }
+    with_world_stopped(sched, f, restarted)
+}
+
+/// Stops the world, runs `f` unless the runtime is ending, restarts the world, and calls
+/// `restarted` with how long it stood stopped if `f` ran; returns whether it did. On the
+/// initiator's g0 (for a goroutine) or on the thread that asked.
+pub(crate) fn with_world_stopped(
+    sched: &Sched,
+    f: &mut dyn FnMut(),
+    restarted: &mut dyn FnMut(Duration),
+) -> bool {
     let stopped = stop(sched);
-    // As on an M: once the main goroutine has returned, no cycle may start.
+    // Once the main goroutine has finished, the runtime is ending: its result is held only by
+    // `run`'s frame, which no root covers, so no cycle may start any more. (The main goroutine
+    // sets `shutdown` before it stops running, and `stop` waited for that.)
     let ran = !sched.shutdown.load(Ordering::SeqCst);
     if ran {
         f();
