@@ -34,9 +34,10 @@ struct CycleRoots<'a> {
     threads: &'a Stopped,
 }
 
-/// Hands every goroutine root (`RootsLock::for_each`, `AbandonedRoots::for_each`) to its
-/// argument.
-type GoroutineRootsFn<'a> = dyn Fn(&mut dyn FnMut(RootRange)) + 'a;
+/// Hands every goroutine root (`RootsLock::for_each`, `AbandonedRoots::for_each`) to its second
+/// argument; all but those of parked goroutines if the first is true and the world can report
+/// those later (`RootsLock::for_each_but_parked`).
+type GoroutineRootsFn<'a> = dyn Fn(bool, &mut dyn FnMut(RootRange)) + 'a;
 
 thread_local! {
     /// The roots of the cycle this thread runs, while it runs it.
@@ -53,8 +54,10 @@ pub(crate) static GOROUTINE_ROOTS: GoroutineRoots = GoroutineRoots;
 // thread (which holds no `Gc`) has stopped by signal (`world::stop_others`); before that it
 // takes the goroutine lists' locks and gathers the static segments, so the cycle needs no lock
 // or allocation a stopped thread could hold up. `roots` reports every goroutine's G struct and
-// stacks, every thread's stack and static TLS, and the static data of every loaded object;
-// docs/soundness.md lists the routes left open.
+// stacks (in a first pause, all but the parked goroutines'), every thread's stack and static
+// TLS, and the static data of every loaded object; `parked_roots` reports each parked
+// goroutine's while goro-sched holds it parked (`for_each_parked_goroutine`), so its ranges stay
+// mapped until the visitor returns. docs/soundness.md lists the routes left open.
 unsafe impl Mutators for GoroutineRoots {
     fn stop_the_world(&self, cycle: &mut dyn FnMut(), restarted: &mut dyn FnMut(Duration)) -> bool {
         let ran = Cell::new(false);
@@ -92,6 +95,10 @@ unsafe impl Mutators for GoroutineRoots {
         // which calls us.
         let active = unsafe { &*active };
         report_active(visitor, active);
+    }
+
+    fn parked_roots(&self, visitor: &mut RootVisitor<'_>) {
+        goro_sched::for_each_parked_goroutine(&mut |root| report(visitor, root));
     }
 
     fn safe_point(&self) {
@@ -133,7 +140,14 @@ fn stopped_cycle(cycle: &mut dyn FnMut()) {
     // goroutine is stopped by `stop_others` before the cycle reads the Gs, and the lock is
     // dropped before the closure returns.
     let goroutines = unsafe { RootsLock::new() };
-    run_stopped(&|visit| goroutines.for_each(visit), OwnStack::Here, cycle);
+    let report = |leave_parked, visit: &mut dyn FnMut(RootRange)| {
+        if leave_parked {
+            goroutines.for_each_but_parked(visit);
+        } else {
+            goroutines.for_each(visit);
+        }
+    };
+    run_stopped(&report, OwnStack::Here, cycle);
     drop(goroutines);
 }
 
@@ -157,7 +171,8 @@ fn run_stopped(goroutines: &GoroutineRootsFn<'_>, own: OwnStack, cycle: &mut dyn
 
 /// Reports the roots of the stop under way on this thread.
 fn report_active(visitor: &mut RootVisitor<'_>, active: &CycleRoots<'_>) {
-    (active.goroutines)(&mut |root| report(visitor, root));
+    let leave_parked = visitor.parked_later();
+    (active.goroutines)(leave_parked, &mut |root| report(visitor, root));
     report_segments(visitor, active.statics);
     report_threads(visitor, active.threads);
 }
@@ -230,9 +245,10 @@ unsafe impl Mutators for RetiredWorld {
         };
         goro_alloc::parked::begin_stop();
         let stopped = Instant::now();
-        run_stopped(&|visit| abandoned.for_each(visit), own, cycle);
-        goro_alloc::parked::restart_world();
-        restarted(stopped.elapsed());
+        // No goroutine runs any more: parked or not, the pause reads them all.
+        run_stopped(&|_, visit| abandoned.for_each(visit), own, cycle);
+        let let_go = goro_alloc::parked::restart_world();
+        restarted(let_go.duration_since(stopped));
         true
     }
 
@@ -299,13 +315,15 @@ pub(crate) fn report(visitor: &mut RootVisitor<'_>, root: RootRange) {
                 && hi_addr <= top
             {
                 // SAFETY: inside one stack slot's usable part, which stays mapped while the
-                // world is stopped (a stack is freed only when its goroutine exits); released
-                // pages read as zeros or are put back by the stash trap.
+                // world is stopped or the goroutine is held parked (`parked_roots`: a stack is
+                // freed only when its goroutine exits); released pages read as zeros or are put
+                // back by the stash trap.
                 unsafe { visitor.range(lo, hi) };
             }
         }
         // SAFETY: stashed bytes are a heap block that the stack's owner frees only when it
-        // takes them back or exits, neither of which happens while the world is stopped.
+        // takes them back or exits, neither of which happens while the world is stopped
+        // (`parked_roots` reads no stashed goroutine).
         RootRange::Stashed { lo, hi } => unsafe { visitor.range(lo, hi) },
     }
 }

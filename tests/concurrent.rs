@@ -584,3 +584,109 @@ fn write_into_a_parked_goroutines_stack_during_marking(attempts: u64) {
 fn a_gc_a_scoped_thread_writes_into_a_parked_goroutines_stack_survives_the_cycle() {
     write_into_a_parked_goroutines_stack_during_marking(5);
 }
+
+/// Recurses `depth` frames of a kilobyte each, through `maybe_grow`, so that a goroutine's stack
+/// grows segments and drops them again between two of its parks.
+#[inline(never)]
+fn deep(depth: u32, seed: u64) -> u64 {
+    goro::stack::maybe_grow(16 * 1024, || {
+        let frame = std::hint::black_box([seed; 128]);
+        if depth == 0 {
+            frame[7]
+        } else {
+            deep(depth - 1, frame[3].wrapping_add(1))
+        }
+    })
+}
+
+/// Goroutines parked at each cycle's start hold the only references to their nodes, on their
+/// stacks. The mark worker reads them once the world runs again, each held parked while it
+/// reads, while they are woken, grow and drop stack segments, exit, and are replaced by new
+/// goroutines on the reused Gs; a std thread collects throughout, with gccheckmark and
+/// clobberfree on: every node stays intact and no cycle misses one. (The claim that keeps a
+/// goroutine parked while it is read is checked by the loom models in goro-sched's shrink.rs,
+/// which fail without it; this runs the whole path against the churn it must survive.)
+fn parked_goroutines_wake_grow_and_exit_while_the_worker_reads_them(procs: usize) {
+    const LIVE: u64 = 200;
+    const RECEIVES: usize = 4;
+    const ROUNDS: u64 = 30;
+    let _watchdog = common::watchdog("parked_goroutines_wake_grow_and_exit", 120);
+    goro::Runtime::builder()
+        .max_procs(procs)
+        .stack_size(128 * 1024)
+        .build()
+        .unwrap()
+        .run(move || {
+            goro::gc::set_clobber_free(true);
+            goro::gc::set_checkmark(true);
+            let stop = Arc::new(AtomicBool::new(false));
+            let collector = {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut cycles = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        goro::gc::collect();
+                        cycles += 1;
+                    }
+                    cycles
+                })
+            };
+            let mut parked = Vec::new();
+            let mut next = 0;
+            for round in 0..ROUNDS {
+                while (parked.len() as u64) < LIVE {
+                    let (tx, rx) = goro::chan::channel::<u64>(0);
+                    let value = next;
+                    next += 1;
+                    let handle = goro::go(move || {
+                        let mine = node(value, Some(node(value + 1, None)));
+                        clobber();
+                        let mut depth_sum = 0;
+                        while let Some(sent) = rx.recv() {
+                            assert_intact(&mine);
+                            // 0 to 300 frames of a kilobyte or more: past the 128 KiB slot,
+                            // into segments.
+                            depth_sum += deep((sent % 300) as u32, sent);
+                            assert_intact(&mine);
+                        }
+                        std::hint::black_box(depth_sum);
+                        let next = (*mine.next.borrow()).expect("the second node");
+                        assert_intact(&next);
+                        mine.value
+                    });
+                    parked.push((value, tx, RECEIVES, handle));
+                }
+                // One wake-up each; a goroutine that has had its last one exits, and a new one
+                // takes its place (on its G, reused).
+                let mut waiting = Vec::with_capacity(parked.len());
+                for (value, tx, left, handle) in parked {
+                    tx.send(round * 1_000 + value);
+                    if left > 1 {
+                        waiting.push((value, tx, left - 1, handle));
+                    } else {
+                        drop(tx);
+                        assert_eq!(handle.join().unwrap(), value);
+                    }
+                }
+                parked = waiting;
+            }
+            for (value, tx, _, handle) in parked {
+                drop(tx);
+                assert_eq!(handle.join().unwrap(), value);
+            }
+            stop.store(true, Ordering::Relaxed);
+            let cycles = collector.join().unwrap();
+            goro::gc::set_checkmark(false);
+            assert!(cycles > 0, "no collection ran beside the goroutines");
+        });
+}
+
+#[test]
+fn parked_goroutines_wake_grow_and_exit_while_the_worker_reads_them_at_1_p() {
+    parked_goroutines_wake_grow_and_exit_while_the_worker_reads_them(1);
+}
+
+#[test]
+fn parked_goroutines_wake_grow_and_exit_while_the_worker_reads_them_at_2_ps() {
+    parked_goroutines_wake_grow_and_exit_while_the_worker_reads_them(2);
+}

@@ -37,6 +37,7 @@
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// The thread runs (or sleeps unrecorded): a collection must signal it.
 const RUNNING: u32 = 0;
@@ -137,13 +138,39 @@ pub fn begin_stop() {
 /// system call, taking no lock (a stopped thread may hold any). The caller must have set down
 /// everything the waiters check first (the claims released, the scheduler's stop flag
 /// cleared): whatever runs next, nobody is left waiting for it.
-pub fn restart_world() {
+///
+/// Returns the moment the last waiter was let go, where a stop of the world ends: the start of
+/// the wake-up plus the CPU time it took. The kernel wakes every waiter inside the call without
+/// blocking, so the wall time the call takes beyond its CPU time is spent on the way out,
+/// after every waiter was woken: a thread it woke often takes this one's CPU there, and gives
+/// it back milliseconds later on a busy machine, while the world runs. (A kernel with full
+/// preemption may preempt the caller between two wake-ups; this one's default, like most
+/// distributions' servers', preempts only on the way out.)
+pub fn restart_world() -> Instant {
     let generation = WORLD.fetch_add(1, Ordering::Release);
     debug_assert!(
         !generation.is_multiple_of(2),
         "restart_world without begin_stop"
     );
+    let began = Instant::now();
+    let cpu = thread_cpu();
     crate::os::futex_wake(&WORLD, i32::MAX);
+    let waking = thread_cpu().saturating_sub(cpu);
+    began + waking.min(began.elapsed())
+}
+
+/// The CPU time the calling thread has used.
+fn thread_cpu() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write; the thread's own CPU clock always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or(0),
+        u32::try_from(now.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// This thread's record: its index and the thread id it was taken with (a child process after

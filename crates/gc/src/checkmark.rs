@@ -52,6 +52,7 @@ pub(crate) fn verify(mutators: &dyn Mutators, mark_immortals: fn(&mut Tracer)) {
                 tracer.push_root(root);
             }
         },
+        parked_later: false,
     });
     crate::helper::drain(&mut tracer, false);
     drop(tracer);
@@ -123,6 +124,7 @@ fn report(mutators: &dyn Mutators, span: GcSpan, slot: *mut u8) -> ! {
                         root = Some((start, end));
                     }
                 },
+                parked_later: false,
             });
             if let Some((start, end)) = root {
                 let _ = write!(message, "; root range {start:#x}..{end:#x} does");

@@ -515,6 +515,7 @@ fn start_marking(
                 roots += tracer.push_root(root);
             }
         },
+        parked_later: true,
     });
     mark::CACHE_RECENT.store(false, Ordering::Relaxed);
     // SAFETY: as above; the worker reads the slot only after `worker::load`.
@@ -537,10 +538,24 @@ fn start_marking(
 fn mark_concurrently() {
     // SAFETY: the worker took the cycle (`worker::load`'s Release, its Acquire): the slot and the
     // tracer are this thread's until `worker::done`.
-    let started = unsafe { (*STARTED.0.get()).take() }.expect("a loaded cycle has its start");
+    let mut started = unsafe { (*STARTED.0.get()).take() }.expect("a loaded cycle has its start");
     // SAFETY: as above.
     let tracer = unsafe { worker::tracer() };
     let (worker_cpu, helper_cpu) = (stats::thread_cpu(), helper::cpu_used());
+    // The goroutines the first pause left out (those parked), each read while it is held
+    // parked: a range may change or go once the visitor returns, so it is scanned here.
+    started.mutators.parked_roots(&mut RootVisitor {
+        sink: &mut |root| {
+            started.roots += match root {
+                Root::Range(lo, hi) => {
+                    tracer.marker.scan(lo, hi, Source::Root);
+                    hi.saturating_sub(lo)
+                }
+                Root::Block(_) => tracer.push_root(root),
+            };
+        },
+        parked_later: false,
+    });
     let mut shared_work = 0;
     // Passes that took log entries after the work list first ran dry. Mutators that keep
     // rewriting cells keep logging them: past a few such passes, termination takes what is left
@@ -652,6 +667,7 @@ fn terminate(
                 tracer.push_root(root);
             }
         },
+        parked_later: false,
     });
     goro_alloc::for_each_marked_malloc_block(|lo, hi| tracer.marker.work.push(Work::Block(lo, hi)));
     barrier::drain(&mut tracer.marker, true);

@@ -16,7 +16,9 @@ use std::time::Duration;
 /// but the one running the closure executes code that can load or store a `Gc` (every other
 /// thread is stopped), and `roots` reports every memory range in which any thread may hold a
 /// `Gc` (its stack from its stack pointer up, its saved registers, its TLS, static data) along
-/// with every heap block only the runtime owns that may hold one. The closure must not be run
+/// with every heap block only the runtime owns that may hold one (but for what it may leave to
+/// `parked_roots` when [`RootVisitor::parked_later`] says so). `parked_roots` reports only
+/// ranges that stay mapped and readable until the visitor returns. The closure must not be run
 /// while a stopped thread holds a lock the closure needs; the collector's part of it allocates
 /// nothing and takes no lock but its own.
 pub unsafe trait Mutators: Sync {
@@ -29,8 +31,19 @@ pub unsafe trait Mutators: Sync {
     /// both closures may run on another stack of the caller's thread, and neither may block.
     fn stop_the_world(&self, cycle: &mut dyn FnMut(), restarted: &mut dyn FnMut(Duration)) -> bool;
 
-    /// Reports the roots to `visitor`. Called only inside `stop_the_world`'s closure.
+    /// Reports the roots to `visitor`. Called only inside `stop_the_world`'s closure. Where
+    /// [`RootVisitor::parked_later`] is true (a cycle's first pause), it may leave out parked
+    /// goroutines, which `parked_roots` reports once the world runs again.
     fn roots(&self, visitor: &mut RootVisitor<'_>);
+
+    /// Reports, with the world going, the roots of the goroutines `roots` left out in the first
+    /// pause of the cycle under way, or some of them: each one's ranges stay as they were
+    /// (mapped, and unchanged by their goroutine) until the visitor returns, which reads them
+    /// at once. Called by the mark worker after the first pause; what it misses, the cycle's
+    /// termination finds (it rescans every root). The default reports nothing.
+    fn parked_roots(&self, visitor: &mut RootVisitor<'_>) {
+        let _ = visitor;
+    }
 
     /// A safe point: if a stop of the world is pending, the caller stops here until it is over.
     fn safe_point(&self);
@@ -69,6 +82,7 @@ pub unsafe trait Mutators: Sync {
 /// Receives root memory from [`Mutators::roots`].
 pub struct RootVisitor<'a> {
     pub(crate) sink: &'a mut dyn FnMut(Root),
+    pub(crate) parked_later: bool,
 }
 
 /// One root as [`RootVisitor`] hands it to the marker.
@@ -89,11 +103,20 @@ impl Root {
 }
 
 impl RootVisitor<'_> {
+    /// Whether [`Mutators::roots`] may leave out the goroutines that are parked now: true in a
+    /// cycle's first pause, after which the mark worker asks for them with
+    /// [`Mutators::parked_roots`] (the first pause's roots only start the marking; the
+    /// termination rescans every root).
+    pub fn parked_later(&self) -> bool {
+        self.parked_later
+    }
+
     /// Scans `[lo, hi)` conservatively: every aligned word that points into an allocated block of
     /// goro's heap keeps that block alive.
     ///
     /// # Safety
-    /// May be called only if `[lo, hi)` is mapped and readable for the whole cycle.
+    /// May be called only if `[lo, hi)` is mapped and readable for the whole cycle (from
+    /// [`Mutators::parked_roots`]: until this call returns).
     pub unsafe fn range(&mut self, lo: *const u8, hi: *const u8) {
         (self.sink)(Root::Range(lo as usize, hi as usize));
     }

@@ -84,7 +84,7 @@ pub use join::{JoinHandle, Panic};
 pub use local::Local;
 pub use park::sleep;
 pub use proc::{LOCAL_QUEUE_SOFT_LIMIT, blocking, release_stack_memory, set_max_procs, yield_now};
-pub use roots::{RootRange, RootsLock};
+pub use roots::{RootRange, RootsLock, for_each_parked_goroutine};
 pub use runtime2::{current_goroutine_id, idle_procs, is_goroutine, num_goroutine, procs};
 pub use start::{Abandoned, AbandonedRoots, Finished, go, run, try_go};
 pub use stw::{safe_point, stop_the_world, stop_the_world_from_thread};

@@ -40,8 +40,16 @@
 //!   PARKED_* | TRIMMED --home M pops it from its ready queue (under that lock)--> ACTIVE
 //!   PARKED_* | TRIMMED --home M readies it into its runnext (CAS vs sysmon's CAS)--> ACTIVE
 //!   STASHED --home M, before resuming: put back (unless the trap did)--> ACTIVE
-//!   BUSY: the home M waits before resuming (sysmon is copying or releasing)
+//!   PARKED_* | TRIMMED --the collector, under the home M's ready lock--> BUSY
+//!       --the collector, once it has read the stack--> the state it found
+//!   BUSY: the home M waits before resuming (sysmon is copying or releasing, or the
+//!       collector reading)
 //! ```
+//!
+//! The collector's claim (`while_parked`) lets the mark worker scan a parked goroutine's stack
+//! beside the mutators, at the start of a cycle. It puts back the state it found, so a
+//! goroutine its M popped meanwhile may be PARKED_* or TRIMMED when its M gets to `reclaim`,
+//! which takes it back with a CAS (a claimant may take it first, and the M waits again).
 //!
 //! A parked goroutine runs again only after its M pops it from the M's `ready` queue, under that
 //! queue's lock, or after its own M readied it into `runnext`; sysmon claims a goroutine with a
@@ -171,8 +179,8 @@ impl ParkedStack {
 
     /// Called by the home M when it readies the goroutine into its `runnext` instead of passing
     /// it through its ready queue and lock:
-    /// a parked or trimmed goroutine becomes ACTIVE unless sysmon claimed it first (both sides
-    /// use a compare-and-swap on this path).
+    /// a parked or trimmed goroutine becomes ACTIVE unless sysmon or the collector claimed it
+    /// first (every side uses a compare-and-swap on this path).
     #[inline]
     pub(crate) fn readied_directly(&self) {
         let state = self.state.load(Ordering::Relaxed);
@@ -185,7 +193,7 @@ impl ParkedStack {
     }
 
     /// Takes the stack back before the home M resumes the goroutine: copies stashed bytes back,
-    /// or waits for sysmon to finish with it.
+    /// or waits for sysmon or the collector to finish with it.
     ///
     /// # Safety
     /// Only the goroutine's home M may call this, before switching to it and after popping it
@@ -207,11 +215,20 @@ impl ParkedStack {
         loop {
             match self.state.load(Ordering::Acquire) {
                 ACTIVE => return,
-                // sysmon finished trimming after the pop; it claims only parked goroutines,
-                // so this M may simply take it back.
-                TRIMMED => {
-                    self.state.store(ACTIVE, Ordering::Relaxed);
-                    return;
+                // sysmon finished trimming after the pop, or the collector put back the state
+                // it found after reading the stack: take it back unless a claimant was quicker
+                // (the collector claims parked and trimmed goroutines under the ready lock,
+                // which a popped goroutine's M no longer holds).
+                PARKED_RELEASABLE | PARKED_PINNED | TRIMMED => {
+                    let state = self.state.load(Ordering::Relaxed);
+                    if matches!(state, PARKED_RELEASABLE | PARKED_PINNED | TRIMMED)
+                        && self
+                            .state
+                            .compare_exchange(state, ACTIVE, Ordering::Acquire, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        return;
+                    }
                 }
                 BUSY => crate::sync_prims::spin_wait(),
                 STASHED => {
@@ -236,6 +253,61 @@ impl ParkedStack {
                 state => unreachable!("goroutine stack state {state}"),
             }
         }
+    }
+
+    /// Whether the goroutine is parked or trimmed (what [`while_parked`](Self::while_parked)
+    /// claims).
+    pub(crate) fn is_parked(&self) -> bool {
+        matches!(
+            self.state.load(Ordering::Relaxed),
+            PARKED_RELEASABLE | PARKED_PINNED | TRIMMED
+        )
+    }
+
+    /// Holds the goroutine parked while `read` runs, for the collector to read its stack and G
+    /// with the world going: claims it as sysmon does (BUSY, under the home M's ready lock) and
+    /// puts back the state it found afterwards; the home M waits meanwhile if it wants to
+    /// resume it (`reclaim`). Returns false, without calling `read`, if the goroutine is not
+    /// parked or trimmed: running, runnable, parked in a runtime that migrates (such parks
+    /// publish nothing), or held or stashed by sysmon.
+    ///
+    /// # Safety
+    /// `home_ready` locks the G's home M's ready queue.
+    pub(crate) unsafe fn while_parked<Guard>(
+        &self,
+        home_ready: impl FnOnce() -> Guard,
+        read: impl FnOnce(),
+    ) -> bool {
+        let claimable = |state| matches!(state, PARKED_RELEASABLE | PARKED_PINNED | TRIMMED);
+        if !claimable(self.state.load(Ordering::Relaxed)) {
+            return false;
+        }
+        let found = {
+            let _ready = home_ready();
+            // Acquire: pairs with the release in `parked` (the frames are visible) and with
+            // sysmon's release of TRIMMED.
+            let state = self.state.load(Ordering::Acquire);
+            // Under the lock a parked goroutine cannot be popped; one readied into runnext
+            // loses the CAS below (or wins it, and this returns).
+            if !claimable(state)
+                || self
+                    .state
+                    .compare_exchange(state, BUSY, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                return false;
+            }
+            state
+        };
+        read();
+        debug_assert_eq!(
+            self.state.load(Ordering::Relaxed),
+            BUSY,
+            "a claimed stack changed"
+        );
+        // Release: the home M's reads of its stack come after ours (it waits in `reclaim`).
+        self.state.store(found, Ordering::Release);
+        true
     }
 
     /// Stashes or trims the stack of a goroutine parked in an epoch before `before`.
@@ -327,10 +399,10 @@ impl ParkedStack {
 
 #[cfg(all(test, loom))]
 mod loom_tests {
-    //! The claim of a parked goroutine's stack: sysmon stashing it against its M taking it back,
-    //! by popping it from the ready queue (under the queue's lock) or by readying it into
-    //! `runnext` (CAS). In every interleaving the goroutine's live bytes are intact when its M
-    //! resumes it. `RUSTFLAGS="--cfg loom" cargo test -p goro-sched --lib loom`.
+    //! The claim of a parked goroutine's stack: sysmon stashing it, or the collector reading it,
+    //! against its M taking it back, by popping it from the ready queue (under the queue's lock)
+    //! or by readying it into `runnext` (CAS). In every interleaving the goroutine's live bytes
+    //! are intact when its M resumes it, and the collector reads them only before. `RUSTFLAGS="--cfg loom" cargo test -p goro-sched --lib loom`.
 
     use super::*;
     use loom::sync::{Arc, Mutex};
@@ -350,7 +422,8 @@ mod loom_tests {
 
     fn assert_intact(sp: StackPointer) {
         for i in 0..LIVE {
-            // SAFETY: the M owns the stack again (reclaimed): nothing else touches it.
+            // SAFETY: the M owns the stack again (reclaimed), or the collector holds it: nothing
+            // else touches it.
             assert_eq!(
                 unsafe { sp.0.add(i).read() },
                 i as u8 ^ 0x5a,
@@ -359,25 +432,47 @@ mod loom_tests {
         }
     }
 
-    fn race(ready_into_runnext: bool) {
+    /// Who claims the parked goroutine's stack against its M.
+    #[derive(Clone, Copy)]
+    enum Claimant {
+        /// sysmon, which stashes it.
+        Sysmon,
+        /// The collector, which reads it and puts its state back.
+        Collector,
+    }
+
+    fn race(ready_into_runnext: bool, claimant: Claimant) {
         loom::model(move || {
             let (stack, sp) = suspended_stack();
             let stack = Arc::new(stack);
             let parked = Arc::new(ParkedStack::new());
             let ready_lock = Arc::new(Mutex::new(()));
             parked.parked(true, 0);
-            let sysmon = {
+            let other = {
                 let (stack, parked, ready_lock) =
                     (stack.clone(), parked.clone(), ready_lock.clone());
-                loom::thread::spawn(move || {
+                loom::thread::spawn(move || match claimant {
                     // SAFETY: this thread plays sysmon; the stack and sp are the G's.
-                    unsafe {
+                    Claimant::Sysmon => unsafe {
                         parked.release(
                             1,
                             true,
                             || ready_lock.lock().unwrap(),
                             || Some((&*stack as *const Stack, sp)),
-                        )
+                        );
+                    },
+                    Claimant::Collector => {
+                        // SAFETY: the closure locks the G's ready queue.
+                        unsafe {
+                            parked.while_parked(
+                                || ready_lock.lock().unwrap(),
+                                || {
+                                    // Lets the M run between the claim and the read.
+                                    loom::thread::yield_now();
+                                    assert_intact(sp);
+                                },
+                            )
+                        };
                     }
                 })
             };
@@ -389,20 +484,43 @@ mod loom_tests {
             }
             // SAFETY: this thread plays the home M, about to resume the goroutine.
             unsafe { parked.reclaim(Some(&stack)) };
+            assert_eq!(parked.state.load(Ordering::Relaxed), ACTIVE);
             assert_intact(sp);
-            sysmon.join().unwrap();
-            // Whatever sysmon did, it did before the M took the stack back or not at all.
-            assert_intact(sp);
+            // The goroutine runs: it overwrites its stack, which no claimant may read any more.
+            for i in 0..LIVE {
+                // SAFETY: the M owns the stack again.
+                unsafe { sp.0.add(i).write(!(i as u8 ^ 0x5a)) };
+            }
+            other.join().unwrap();
+            // Whatever the claimant did, it did before the M took the stack back or not at all.
+            for i in 0..LIVE {
+                // SAFETY: as above.
+                assert_eq!(
+                    unsafe { sp.0.add(i).read() },
+                    !(i as u8 ^ 0x5a),
+                    "byte {i} lost"
+                );
+            }
         });
     }
 
     #[test]
     fn a_stack_popped_from_the_ready_queue_is_never_released_under_its_goroutine() {
-        race(false);
+        race(false, Claimant::Sysmon);
     }
 
     #[test]
     fn a_stack_readied_into_runnext_is_never_released_under_its_goroutine() {
-        race(true);
+        race(true, Claimant::Sysmon);
+    }
+
+    #[test]
+    fn the_collector_reads_a_stack_popped_from_the_ready_queue_only_before_it_runs() {
+        race(false, Claimant::Collector);
+    }
+
+    #[test]
+    fn the_collector_reads_a_stack_readied_into_runnext_only_before_it_runs() {
+        race(true, Claimant::Collector);
     }
 }

@@ -178,13 +178,13 @@ pub(crate) fn stop(sched: &Sched) -> Instant {
     stopped
 }
 
-/// Restarts the world that began to stop at `stopped`, and returns how long it stood stopped.
-/// Every thread the stop holds goes on at the one wake-up of `restart_world`; initiators
-/// queued behind this one are told after it.
+/// Restarts the world that began to stop at `stopped`, and returns how long it stood stopped
+/// (until `restart_world` let the last thread go). Every thread the stop holds goes on at its
+/// one wake-up; initiators queued behind this one are told after it.
 pub(crate) fn start(sched: &Sched, stopped: Instant) -> Duration {
     sched.stopping.store(false, Ordering::SeqCst);
-    goro_alloc::parked::restart_world();
-    let pause = stopped.elapsed();
+    let let_go = goro_alloc::parked::restart_world();
+    let pause = let_go.duration_since(stopped);
     let _guard = lock(&sched.stw_lock);
     sched.stw_cv.notify_all();
     pause
