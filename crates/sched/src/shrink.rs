@@ -115,6 +115,10 @@ impl StashMode {
     }
 }
 
+/// Spins of an M waiting for sysmon or the collector to let a stack go before it yields its CPU
+/// instead.
+const BUSY_SPINS: u32 = 100;
+
 /// sysmon's epoch: goroutines parked two epochs ago or earlier have their stack memory released.
 pub(crate) const EPOCH: Duration = Duration::from_millis(500);
 /// The longest sysmon works on one slice of a pass before it returns to its other duties.
@@ -212,6 +216,7 @@ impl ParkedStack {
     /// As for `reclaim`.
     #[cold]
     unsafe fn reclaim_slow(&self, stack: Option<&Stack>) {
+        let mut waits = 0u32;
         loop {
             match self.state.load(Ordering::Acquire) {
                 ACTIVE => return,
@@ -230,7 +235,16 @@ impl ParkedStack {
                         return;
                     }
                 }
-                BUSY => crate::sync_prims::spin_wait(),
+                // The holder is done within microseconds, unless it lost its CPU (perhaps
+                // this one): past a few spins, let it run.
+                BUSY => {
+                    waits += 1;
+                    if waits < BUSY_SPINS {
+                        crate::sync_prims::spin_wait();
+                    } else {
+                        crate::sync_prims::yield_thread();
+                    }
+                }
                 STASHED => {
                     let stack = stack.expect("a stashed goroutine has a stack");
                     {

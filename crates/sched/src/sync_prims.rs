@@ -25,3 +25,12 @@ pub(crate) fn spin_wait() {
     #[cfg(not(loom))]
     std::hint::spin_loop();
 }
+
+/// A longer wait step: gives the CPU to the thread waited for if it is waiting for one (it may
+/// share this CPU).
+pub(crate) fn yield_thread() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::thread::yield_now();
+}
