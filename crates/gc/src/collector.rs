@@ -502,7 +502,6 @@ fn start_marking(
     let tracer = unsafe { worker::tracer_while_idle() };
     tracer.marker.forget_recent();
     mark::CACHE_RECENT.store(true, Ordering::Relaxed);
-    mark_immortals(tracer);
     let mut roots = 0;
     // Root memory is scanned now, with its owners stopped: a stack may be gone by the time the
     // worker would get to it. What it reaches is traced once the world runs.
@@ -542,6 +541,10 @@ fn mark_concurrently() {
     // SAFETY: as above.
     let tracer = unsafe { worker::tracer() };
     let (worker_cpu, helper_cpu) = (stats::thread_cpu(), helper::cpu_used());
+    // Objects that earlier runtimes left immortal are marked now rather than in the first
+    // pause, which they would lengthen by their number (nothing is freed before termination,
+    // which finds them marked either way).
+    mark_immortals(tracer);
     // The goroutines the first pause left out (those parked), each read while it is held
     // parked: a range may change or go once the visitor returns, so it is scanned here.
     started.mutators.parked_roots(&mut RootVisitor {

@@ -199,8 +199,11 @@ pub fn for_each_parked_goroutine(visit: &mut dyn FnMut(RootRange)) {
                 };
                 // SAFETY: the closure locks the goroutine's home M's ready queue.
                 unsafe {
-                    gg.parked_stack
-                        .while_parked(|| lock(&sched.ms[home].ready), &mut read)
+                    gg.parked_stack.while_parked(
+                        || lock(&sched.ms[home].ready),
+                        || gg.home.load(Ordering::Relaxed) == home,
+                        &mut read,
+                    )
                 };
             }
         }

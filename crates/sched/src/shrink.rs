@@ -278,40 +278,66 @@ impl ParkedStack {
         )
     }
 
+    /// Claims the goroutine (BUSY) for sysmon or the collector, if `wanted` accepts its state as
+    /// read under `home_ready`'s lock; returns the state it found. `home_ready` locks the ready
+    /// queue of the M the caller read as the G's home, and `still_home` says whether that M is
+    /// its home now: a G is reused without any lock the caller holds, and the new goroutine may
+    /// be homed elsewhere, whose M pops it under another lock. So the home is checked after the
+    /// CAS, whose Acquire makes the new home visible if the state it replaced was written by the
+    /// new goroutine's M; on a mismatch the claim is given back untouched (that M may be
+    /// overwriting it with ACTIVE, which then wins). While BUSY the goroutine cannot run, so
+    /// it cannot exit and be reused: the home stays until the claim ends.
+    fn claim<Guard>(
+        &self,
+        home_ready: impl FnOnce() -> Guard,
+        still_home: impl FnOnce() -> bool,
+        wanted: impl FnOnce(u8) -> bool,
+    ) -> Option<u8> {
+        let _ready = home_ready();
+        // Acquire: pairs with the release in `parked` (the frames are visible) and with
+        // sysmon's release of TRIMMED or the collector's of what it found.
+        let state = self.state.load(Ordering::Acquire);
+        // Under the lock a goroutine of this M cannot be popped; one readied into runnext
+        // loses the CAS below (or wins it, and the claim fails).
+        if !wanted(state)
+            || self
+                .state
+                .compare_exchange(state, BUSY, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            return None;
+        }
+        if !still_home() {
+            let _ = self
+                .state
+                .compare_exchange(BUSY, state, Ordering::Release, Ordering::Relaxed);
+            return None;
+        }
+        Some(state)
+    }
+
     /// Holds the goroutine parked while `read` runs, for the collector to read its stack and G
     /// with the world going: claims it as sysmon does (BUSY, under the home M's ready lock) and
     /// puts back the state it found afterwards; the home M waits meanwhile if it wants to
     /// resume it (`reclaim`). Returns false, without calling `read`, if the goroutine is not
     /// parked or trimmed: running, runnable, parked in a runtime that migrates (such parks
-    /// publish nothing), or held or stashed by sysmon.
+    /// publish nothing), held or stashed by sysmon, or homed on another M than the caller read.
     ///
     /// # Safety
-    /// `home_ready` locks the G's home M's ready queue.
+    /// `home_ready` locks the ready queue of the M the caller read as the G's home, and
+    /// `still_home` says whether it is the G's home now (see `claim`).
     pub(crate) unsafe fn while_parked<Guard>(
         &self,
         home_ready: impl FnOnce() -> Guard,
+        still_home: impl FnOnce() -> bool,
         read: impl FnOnce(),
     ) -> bool {
         let claimable = |state| matches!(state, PARKED_RELEASABLE | PARKED_PINNED | TRIMMED);
         if !claimable(self.state.load(Ordering::Relaxed)) {
             return false;
         }
-        let found = {
-            let _ready = home_ready();
-            // Acquire: pairs with the release in `parked` (the frames are visible) and with
-            // sysmon's release of TRIMMED.
-            let state = self.state.load(Ordering::Acquire);
-            // Under the lock a parked goroutine cannot be popped; one readied into runnext
-            // loses the CAS below (or wins it, and this returns).
-            if !claimable(state)
-                || self
-                    .state
-                    .compare_exchange(state, BUSY, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_err()
-            {
-                return false;
-            }
-            state
+        let Some(found) = self.claim(home_ready, still_home, claimable) else {
+            return false;
         };
         read();
         debug_assert_eq!(
@@ -325,7 +351,8 @@ impl ParkedStack {
     }
 
     /// Stashes or trims the stack of a goroutine parked in an epoch before `before`.
-    /// `home_ready` locks its home M's ready queue. `unchecked` lets a stack be stashed where
+    /// `home_ready` locks the ready queue of the M the caller read as its home, and `still_home`
+    /// says whether it is its home now (see `claim`). `unchecked` lets a stack be stashed where
     /// the stash trap is off. A PARKED_RELEASABLE goroutine is stashed (if it can be), a
     /// PARKED_PINNED one trimmed; the home M publishes PARKED_RELEASABLE only where the
     /// runtime stashes (`StashMode` is not `TrimOnly`).
@@ -342,6 +369,7 @@ impl ParkedStack {
         before: u64,
         unchecked: bool,
         home_ready: impl FnOnce() -> Guard,
+        still_home: impl FnOnce() -> bool,
         stack: impl FnOnce() -> Option<(*const Stack, StackPointer)>,
     ) -> Released {
         let parked = |state| matches!(state, PARKED_RELEASABLE | PARKED_PINNED);
@@ -351,25 +379,9 @@ impl ParkedStack {
         if self.parked_in.load(Ordering::Relaxed) >= before {
             return Released::TooYoung;
         }
-        let state = {
-            let _ready = home_ready();
-            // Acquire: pairs with the release in `parked`, so the frames are visible. Under the
-            // lock: the M has not popped the goroutine since it parked, so it cannot resume it
-            // before it sees BUSY.
-            let state = self.state.load(Ordering::Acquire);
-            if !parked(state) || self.parked_in.load(Ordering::Relaxed) >= before {
-                return Released::Nothing; // resumed (and perhaps parked again) meanwhile
-            }
-            // A CAS, not a store: the home M may take a goroutine it readies itself without
-            // this lock (`readied_on_home_m`).
-            if self
-                .state
-                .compare_exchange(state, BUSY, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-            {
-                return Released::Nothing;
-            }
-            state
+        let wanted = |state| parked(state) && self.parked_in.load(Ordering::Relaxed) < before;
+        let Some(state) = self.claim(home_ready, still_home, wanted) else {
+            return Released::Nothing; // resumed (and perhaps parked again) meanwhile
         };
         let Some((stack, sp)) = stack() else {
             debug_assert_eq!(
@@ -472,6 +484,7 @@ mod loom_tests {
                             1,
                             true,
                             || ready_lock.lock().unwrap(),
+                            || true,
                             || Some((&*stack as *const Stack, sp)),
                         );
                     },
@@ -480,6 +493,7 @@ mod loom_tests {
                         unsafe {
                             parked.while_parked(
                                 || ready_lock.lock().unwrap(),
+                                || true,
                                 || {
                                     // Lets the M run between the claim and the read.
                                     loom::thread::yield_now();
@@ -536,5 +550,55 @@ mod loom_tests {
     #[test]
     fn the_collector_reads_a_stack_readied_into_runnext_only_before_it_runs() {
         race(true, Claimant::Collector);
+    }
+
+    /// The collector read the G's home (M 1) before the G was reused: its new goroutine, homed
+    /// on M 2, parks and is taken back by M 2, while the collector claims it under M 1's lock,
+    /// which M 2 never takes. The claim must give the goroutine up, never read it while M 2 runs
+    /// it, and leave it ACTIVE for M 2. M 2 takes it back by readying it into its `runnext`
+    /// (a CAS): loom cannot model the pop path's plain store against another thread's
+    /// read-modify-writes that the storing thread has not seen (a probe of two CASes and a
+    /// store showed the storing thread reading an older value after its own store, which
+    /// coherence forbids), and on either path the collector's home check is what keeps it
+    /// from reading.
+    #[test]
+    fn a_claim_under_a_former_homes_lock_gives_a_reused_goroutine_up() {
+        use loom::sync::atomic::AtomicUsize;
+        loom::model(|| {
+            let (stack, sp) = suspended_stack();
+            let parked = Arc::new(ParkedStack::new());
+            let home = Arc::new(AtomicUsize::new(1));
+            let former_lock = Arc::new(Mutex::new(()));
+            let collector = {
+                let (parked, home) = (parked.clone(), home.clone());
+                loom::thread::spawn(move || {
+                    // SAFETY: the closures lock the queue of M 1, read as the home before.
+                    unsafe {
+                        parked.while_parked(
+                            || former_lock.lock().unwrap(),
+                            || home.load(Ordering::Relaxed) == 1,
+                            || {
+                                loom::thread::yield_now();
+                                assert_intact(sp);
+                            },
+                        )
+                    }
+                })
+            };
+            // M 2: the new goroutine's first run sets its home, then it parks.
+            home.store(2, Ordering::Relaxed);
+            parked.parked(false, 0);
+            parked.readied_directly();
+            // SAFETY: this thread plays M 2, about to resume the goroutine.
+            unsafe { parked.reclaim(Some(&stack)) };
+            assert_eq!(parked.state.load(Ordering::Relaxed), ACTIVE);
+            for i in 0..LIVE {
+                // SAFETY: M 2 owns the stack.
+                unsafe { sp.0.add(i).write(!(i as u8 ^ 0x5a)) };
+            }
+            let read = collector.join().unwrap();
+            assert!(!read, "the collector read a goroutine homed on another M");
+            assert_eq!(parked.state.load(Ordering::Relaxed), ACTIVE);
+        });
     }
 }

@@ -31,7 +31,7 @@
 use crate::deadlock::{self, Deadlock, RuntimeThread};
 use crate::lock::lock;
 use crate::proc;
-use crate::runtime2::{M, Sched};
+use crate::runtime2::{M, NO_HOME, Sched};
 use crate::shrink::{self, Released, StashMode};
 use goro_stack::Stack;
 use std::sync::atomic::Ordering;
@@ -238,6 +238,9 @@ pub(crate) fn release_parked_stacks(
         for g in list.get(pass.index..end).unwrap_or(&[]) {
             let gg = g.g();
             let home = gg.home.load(Ordering::Relaxed);
+            if home == NO_HOME {
+                continue; // never ran (or reused since, and not yet run): nothing parked
+            }
             // SAFETY: we are sysmon and hold the G's allg lock. The stack fields of a parked G
             // are written only by its home M before its first run and at its exit, neither of
             // which can happen while it is parked.
@@ -246,6 +249,7 @@ pub(crate) fn release_parked_stacks(
                     pass.before,
                     sched.stash == StashMode::Unchecked,
                     || lock(&sched.ms[home].ready),
+                    || gg.home.load(Ordering::Relaxed) == home,
                     || {
                         let stack = gg.current_stack()?;
                         Some((stack as *const Stack, *gg.sp.get()))
