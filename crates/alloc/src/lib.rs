@@ -83,7 +83,7 @@ mod stats;
 mod sync;
 
 use core::alloc::{GlobalAlloc, Layout};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use size_class::{MAX_SMALL_SIZE, SizeClass};
 use span::{MAX_OBJECTS, STATE_LARGE, STATE_SMALL, Span};
@@ -197,7 +197,7 @@ fn alloc_large(size: usize, align: usize, kind: SpanKind) -> *mut u8 {
     };
     s.init_large(obj, elem_size, gc);
     if !gc && MARK_NEW_LARGE_BLOCKS.load(Ordering::Relaxed) {
-        s.marks[0].store(1, Ordering::Relaxed);
+        s.current_marks()[0].store(1, Ordering::Relaxed);
     }
     mheap::publish(s, STATE_LARGE);
     stats::LARGE_MALLOCS.fetch_add(1, Ordering::Relaxed);
@@ -299,30 +299,64 @@ pub struct Block {
     index: usize,
 }
 
-impl Block {
-    /// Sets this slot's mark bit; true if it was clear.
+/// A slot's mark bit in the current marking epoch ([`Block::mark_bit`]): a marker tests it and
+/// then claims it without validating the span's epoch twice.
+#[derive(Clone, Copy, Debug)]
+pub struct MarkBit {
+    word: Option<&'static AtomicU64>,
+    bit: u64,
+}
+
+impl MarkBit {
+    /// Whether the bit is set.
     #[inline]
-    pub fn mark(&self) -> bool {
-        let bit = 1u64 << (self.index % 64);
-        match self.span.marks.get(self.index / 64) {
+    pub fn is_set(self) -> bool {
+        // Acquire: pairs with the AcqRel in `set`.
+        self.word
+            .is_some_and(|w| w.load(Ordering::Acquire) & self.bit != 0)
+    }
+
+    /// Sets the bit; true if it was clear (the caller's claim).
+    #[inline]
+    pub fn set(self) -> bool {
+        match self.word {
             // A plain load first: most words a conservative scan finds point at blocks already
             // marked, and a locked RMW costs several times a load.
             // Relaxed: a set bit stays set for the cycle; the RMW below is the claim.
-            Some(w) if w.load(Ordering::Relaxed) & bit != 0 => false,
+            Some(w) if w.load(Ordering::Relaxed) & self.bit != 0 => false,
             // AcqRel: the bit is the collector's "grey" claim; pairs with other markers' RMWs.
-            Some(w) => w.fetch_or(bit, Ordering::AcqRel) & bit == 0,
+            Some(w) => w.fetch_or(self.bit, Ordering::AcqRel) & self.bit == 0,
             None => false,
         }
+    }
+}
+
+impl Block {
+    /// This slot's mark bit, for a marker about to test and set it: the span's bits are cleared
+    /// first if they belong to an older marking epoch.
+    #[inline]
+    pub fn mark_bit(&self) -> MarkBit {
+        MarkBit {
+            word: self.span.current_marks().get(self.index / 64),
+            bit: 1u64 << (self.index % 64),
+        }
+    }
+
+    /// Sets this slot's mark bit; true if it was clear.
+    #[inline]
+    pub fn mark(&self) -> bool {
+        self.mark_bit().set()
     }
 
     /// Whether this slot's mark bit is set.
     #[inline]
     pub fn is_marked(&self) -> bool {
         // Acquire: pairs with the AcqRel in `mark`.
-        self.span
-            .marks
-            .get(self.index / 64)
-            .is_some_and(|w| w.load(Ordering::Acquire) & (1u64 << (self.index % 64)) != 0)
+        self.span.marks_if_current().is_some_and(|marks| {
+            marks
+                .get(self.index / 64)
+                .is_some_and(|w| w.load(Ordering::Acquire) & (1u64 << (self.index % 64)) != 0)
+        })
     }
 }
 
@@ -410,14 +444,11 @@ pub unsafe fn free_gc(ptr: *mut u8) {
     unsafe { free(ptr) }
 }
 
-/// Clears the mark bits of every in-use span (both kinds).
+/// Clears the mark bits of every span (both kinds), by starting a new marking epoch: one
+/// atomic add, whatever the heap (each span's bits are cleared by its first mark in the epoch;
+/// see `span.rs`). Called with the world stopped.
 pub fn clear_marks() {
-    mheap::for_each_span(|s| {
-        let st = s.state.load(Ordering::Acquire);
-        if st == STATE_SMALL || st == STATE_LARGE {
-            s.clear_marks();
-        }
-    });
+    span::new_mark_epoch();
 }
 
 /// An in-use Gc-kind span, as seen by [`for_each_gc_span`]. Its geometry is a snapshot; the slots'
@@ -466,15 +497,15 @@ impl GcSpan {
     pub fn mark_word(&self, w: usize) -> u64 {
         // Acquire: pairs with the AcqRel in `Block::mark`.
         self.span
-            .marks
-            .get(w)
+            .marks_if_current()
+            .and_then(|marks| marks.get(w))
             .map_or(0, |word| word.load(Ordering::Acquire))
     }
 
     /// Sets mark bits of slots `64 * w .. 64 * w + 64` (a no-op past the end).
     #[inline]
     pub fn or_mark_word(&self, w: usize, bits: u64) {
-        if let Some(word) = self.span.marks.get(w) {
+        if let Some(word) = self.span.current_marks().get(w) {
             // AcqRel: as a marker's claim in `Block::mark`.
             word.fetch_or(bits, Ordering::AcqRel);
         }
@@ -535,11 +566,11 @@ impl GcSpan {
     pub fn is_marked(&self, i: usize) -> bool {
         // Acquire: pairs with the AcqRel in `Block::mark`.
         i < self.len
-            && self
-                .span
-                .marks
-                .get(i / 64)
-                .is_some_and(|w| w.load(Ordering::Acquire) & (1u64 << (i % 64)) != 0)
+            && self.span.marks_if_current().is_some_and(|marks| {
+                marks
+                    .get(i / 64)
+                    .is_some_and(|w| w.load(Ordering::Acquire) & (1u64 << (i % 64)) != 0)
+            })
     }
 }
 
@@ -578,10 +609,13 @@ pub fn for_each_marked_malloc_block(mut f: impl FnMut(usize, usize)) {
         let base = s.obj_base.load(Ordering::Relaxed);
         let size = s.elem_size.load(Ordering::Relaxed);
         let len = s.nelems.load(Ordering::Relaxed).min(MAX_OBJECTS);
+        let Some(marks) = s.marks_if_current() else {
+            return; // nothing in it marked this cycle
+        };
         if size == 0 {
             return;
         }
-        for (w, word) in s.marks.iter().enumerate().take(len.div_ceil(64)) {
+        for (w, word) in marks.iter().enumerate().take(len.div_ceil(64)) {
             let mut marks = word.load(Ordering::Acquire);
             while marks != 0 {
                 let i = 64 * w + marks.trailing_zeros() as usize;

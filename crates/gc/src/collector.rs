@@ -123,6 +123,17 @@ pub(crate) fn allocate(request: usize, align: usize, slot: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn allocate_black(slot: *mut u8) {
+    // The barrier is looked at again inside a window the collector's stop waits out: a thread
+    // preempted after `allocate` saw it on could otherwise mark its slot after the cycle ended
+    // and the next one began, where the mark would count without the value being traced.
+    // Inside the window the look and the mark belong to one cycle: the next one's first pause,
+    // which turns the barrier on, cannot come between them.
+    // SAFETY: a load, a lock-free index lookup and an atomic or (at most a span's 16 stores of
+    // a new marking epoch): no lock, no allocation, no wait.
+    let _window = unsafe { goro_alloc::nosuspend::NoSuspend::new() };
+    if !barrier::allocating_black() {
+        return;
+    }
     if let Some(block) = goro_alloc::find_block(slot as usize) {
         block.mark();
     }

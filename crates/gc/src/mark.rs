@@ -149,7 +149,8 @@ impl Marker {
                 // Marked already (a cycle marks only allocated slots): the header, the last
                 // word of the slot, need not be read. Reading it is a cache miss for most
                 // objects; their mark bits sit together in the span's metadata.
-                if block.is_marked() {
+                let bit = block.mark_bit();
+                if bit.is_set() {
                     return false;
                 }
                 // Acquire: pairs with `Gc::new`'s Release stores, so a built object's value is
@@ -161,7 +162,7 @@ impl Marker {
                 if header == 0 {
                     return true;
                 }
-                if !block.mark() {
+                if !bit.set() {
                     return false;
                 }
                 if header & CONSTRUCTING != 0 {
