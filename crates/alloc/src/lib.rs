@@ -600,20 +600,29 @@ pub fn for_each_gc_span(mut f: impl FnMut(GcSpan)) {
 /// it with every other thread stopped); a block freed since it was marked is visited too, and
 /// its bytes stay mapped.
 pub fn for_each_marked_malloc_block(mut f: impl FnMut(usize, usize)) {
-    mheap::for_each_span(|s| {
-        // Acquire: pairs with the Release in `mheap::publish`.
+    // Only the malloc spans marked in this epoch, not every span (on a 700 MB heap of Gc
+    // objects, walking them all took 230-310 us of the termination). A span pushed after this
+    // load was marked by a marker draining beside the caller, which scans what it marks.
+    // Acquire: pairs with the Release of `push_marked_malloc`.
+    let mut at = span::MARKED_MALLOC.load(Ordering::Acquire);
+    while !at.is_null() {
+        // SAFETY: span structs live in chunks that are never unmapped; the list holds spans.
+        let s: &'static Span = unsafe { &*at };
+        at = s.marked_next.load(Ordering::Relaxed);
+        // Acquire: pairs with the Release in `mheap::publish`. The span may have been freed
+        // and carved again since it was pushed: it counts only as it is now.
         let st = s.state.load(Ordering::Acquire);
         if (st != STATE_SMALL && st != STATE_LARGE) || s.is_gc() {
-            return;
+            continue;
         }
         let base = s.obj_base.load(Ordering::Relaxed);
         let size = s.elem_size.load(Ordering::Relaxed);
         let len = s.nelems.load(Ordering::Relaxed).min(MAX_OBJECTS);
         let Some(marks) = s.marks_if_current() else {
-            return; // nothing in it marked this cycle
+            continue; // nothing in it marked this cycle
         };
         if size == 0 {
-            return;
+            continue;
         }
         for (w, word) in marks.iter().enumerate().take(len.div_ceil(64)) {
             let mut marks = word.load(Ordering::Acquire);
@@ -626,7 +635,7 @@ pub fn for_each_marked_malloc_block(mut f: impl FnMut(usize, usize)) {
                 }
             }
         }
-    });
+    }
 }
 
 /// Lists again, for allocation, every Gc span that [`GcSpan::free_slots_lock_free`] gave free

@@ -150,7 +150,16 @@ pub(crate) struct Span {
     /// Mark bits, one per slot: read them through [`Span::marks_if_current`] or
     /// [`Span::current_marks`].
     pub(crate) marks: [AtomicU64; MARK_WORDS],
+    /// The last epoch in which this span, as a malloc span, went onto [`MARKED_MALLOC`].
+    listed_in: AtomicU64,
+    /// The next span on [`MARKED_MALLOC`] (set once per epoch, when the span goes onto it).
+    pub(crate) marked_next: AtomicPtr<Span>,
 }
+
+/// The malloc spans with a block marked in the current epoch (pushed by their first mark of the
+/// epoch, emptied by [`new_mark_epoch`]): what the collector's termination rescans, without
+/// walking every span.
+pub(crate) static MARKED_MALLOC: AtomicPtr<Span> = AtomicPtr::new(core::ptr::null_mut());
 
 /// The marking epoch: a span's bits count only if they belong to it. Starts at 1 (0 marks bits
 /// that belong to no epoch); never wraps.
@@ -163,6 +172,9 @@ const CLEARING: u64 = u64::MAX;
 /// with the world stopped, at a cycle's start (and by gccheckmark's marking from scratch).
 pub(crate) fn new_mark_epoch() {
     MARK_EPOCH.fetch_add(1, Ordering::Relaxed);
+    // No span is pushed meanwhile: markers are idle in a pause, and a mutator's first mark of an
+    // epoch runs in a window the pause waits out.
+    MARKED_MALLOC.store(core::ptr::null_mut(), Ordering::Relaxed);
 }
 
 const _: () = assert!(core::mem::offset_of!(Span, free_head) == 64);
@@ -193,6 +205,8 @@ impl Span {
             free_since: AtomicUsize::new(0),
             marks_epoch: AtomicU64::new(0),
             marks: [const { AtomicU64::new(0) }; MARK_WORDS],
+            listed_in: AtomicU64::new(0),
+            marked_next: AtomicPtr::new(core::ptr::null_mut()),
         }
     }
 
@@ -271,7 +285,29 @@ impl Span {
                 }
                 // Release: markers that see the epoch see the bits clear.
                 self.marks_epoch.store(now, Ordering::Release);
+                if !self.is_gc() && self.listed_in.swap(now, Ordering::Relaxed) != now {
+                    self.push_marked_malloc();
+                }
                 return;
+            }
+        }
+    }
+
+    /// Pushes this malloc span onto [`MARKED_MALLOC`] (once per epoch: `listed_in`).
+    fn push_marked_malloc(&self) {
+        let me = core::ptr::from_ref(self).cast_mut();
+        let mut head = MARKED_MALLOC.load(Ordering::Relaxed);
+        loop {
+            self.marked_next.store(head, Ordering::Relaxed);
+            // Release: the walker that sees this span sees its link.
+            match MARKED_MALLOC.compare_exchange_weak(
+                head,
+                me,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(now) => head = now,
             }
         }
     }
