@@ -197,7 +197,8 @@ pub fn for_each_parked_goroutine(visit: &mut dyn FnMut(RootRange)) {
                     // this closure returns.
                     unsafe { report_goroutine(*g, visit) }
                 };
-                // SAFETY: the closure locks the goroutine's home M's ready queue.
+                // SAFETY: the first closure locks the ready queue of the M read as the
+                // goroutine's home; the second says whether that M is its home now.
                 unsafe {
                     gg.parked_stack.while_parked(
                         || lock(&sched.ms[home].ready),
