@@ -222,10 +222,25 @@ impl Span {
         self.spc.load(Ordering::Relaxed) & 1 == 1
     }
 
-    /// Makes every mark bit read as clear (the bits belong to no epoch).
+    /// Makes every mark bit read as clear (the bits belong to no epoch). Waits out a marker
+    /// clearing them (one that holds a stale word into the span as it is freed): overwriting
+    /// its CLEARING would let it go on zeroing the bits after a new owner set one.
     pub(crate) fn clear_marks(&self) {
-        // Release: pairs with `marks_if_current`'s Acquire.
-        self.marks_epoch.store(0, Ordering::Release);
+        loop {
+            let epoch = self.marks_epoch.load(Ordering::Acquire);
+            if epoch == CLEARING {
+                self.wait_for_clearing();
+                continue;
+            }
+            // Release: pairs with `marks_if_current`'s Acquire.
+            if self
+                .marks_epoch
+                .compare_exchange(epoch, 0, Ordering::Release, Ordering::Relaxed)
+                .is_ok()
+            {
+                return;
+            }
+        }
     }
 
     /// The mark bits if they belong to the current epoch; `None` if no slot of the span has
