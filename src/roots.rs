@@ -314,10 +314,10 @@ pub(crate) fn report(visitor: &mut RootVisitor<'_>, root: RootRange) {
                 && lo_addr >= limit
                 && hi_addr <= top
             {
+                // A stack is freed only when its goroutine exits; released pages read as zeros
+                // or are put back by the stash trap.
                 // SAFETY: inside one stack slot's usable part, which stays mapped while the
-                // world is stopped or the goroutine is held parked (`parked_roots`: a stack is
-                // freed only when its goroutine exits); released pages read as zeros or are put
-                // back by the stash trap.
+                // world is stopped or the goroutine is held parked (`parked_roots`).
                 unsafe { visitor.range(lo, hi) };
             }
         }

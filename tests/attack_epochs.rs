@@ -120,6 +120,16 @@ blobs! {
     B16 = 8190, B17 = 12000,
 }
 
+/// A std thread that runs collections back to back until `stop`.
+fn collecting_thread(stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let stop = Arc::clone(stop);
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            gc::collect();
+        }
+    })
+}
+
 fn setup() {
     gc::set_clobber_free(true);
     // ATTACK_NO_CHECKMARK=1 turns gccheckmark off (to tell its epoch bump apart).
@@ -160,14 +170,12 @@ fn churn(procs: usize, iters: usize, stress: bool, seed0: u64) {
                     }
                 }
             });
-            // A std thread that forces cycles.
-            let s3 = stop.clone();
-            let no_collect = std::env::var_os("ATTACK_NO_COLLECT_THREAD").is_some();
-            let collector = std::thread::spawn(move || {
-                while !no_collect && !s3.load(Ordering::Relaxed) {
-                    gc::collect();
-                }
-            });
+            // A std thread that forces cycles (not with ATTACK_NO_COLLECT_THREAD).
+            let collector = if std::env::var_os("ATTACK_NO_COLLECT_THREAD").is_some() {
+                std::thread::spawn(|| {})
+            } else {
+                collecting_thread(&stop)
+            };
             let wg = Arc::new(goro::sync::WaitGroup::new());
             let workers = 4;
             for w in 0..workers {
@@ -257,12 +265,7 @@ fn black_children_only_via_black_parents() {
         .unwrap()
         .run(|| {
             let stop = Arc::new(AtomicBool::new(false));
-            let s3 = stop.clone();
-            let collector = std::thread::spawn(move || {
-                while !s3.load(Ordering::Relaxed) {
-                    gc::collect();
-                }
-            });
+            let collector = collecting_thread(&stop);
             let s2 = stop.clone();
             let malloc_churn = std::thread::spawn(move || {
                 let mut x = 0u64;
@@ -381,12 +384,7 @@ fn weak_upgrades_during_marking() {
         .unwrap()
         .run(|| {
             let stop = Arc::new(AtomicBool::new(false));
-            let s3 = stop.clone();
-            let collector = std::thread::spawn(move || {
-                while !s3.load(Ordering::Relaxed) {
-                    gc::collect();
-                }
-            });
+            let collector = collecting_thread(&stop);
             let mut rng = Rng(77);
             let mut weaks: Vec<(u64, Weak<B5>)> = Vec::new();
             let mut strong: Vec<Gc<B5>> = Vec::new();

@@ -23,6 +23,14 @@ struct Node {
     next: Option<Gc<Node>>,
 }
 
+/// A runtime with `procs` Ps, clobberfree and gccheckmark on.
+fn run_checked<R: Send + 'static>(procs: usize, f: impl FnOnce() -> R + Send + 'static) -> R {
+    common::run_clobbering(procs, move || {
+        goro::gc::set_checkmark(true);
+        f()
+    })
+}
+
 /// A list of `n` nodes with values derived from `seed`.
 #[inline(never)]
 fn chain(n: u64, seed: u64) -> Gc<Node> {
@@ -73,8 +81,7 @@ fn churn(stop: Arc<AtomicBool>) {
 /// one before it parks again.
 fn parked_holders(procs: usize, goroutines: u64, rounds: u64) {
     let _dog = watchdog("parked_holders", 240);
-    common::run_clobbering(procs, move || {
-        goro::gc::set_checkmark(true);
+    run_checked(procs, move || {
         let stop = Arc::new(AtomicBool::new(false));
         let churners: Vec<_> = (0..2)
             .map(|_| {
@@ -166,8 +173,7 @@ fn deep(depth: u32, seed: u64, rx: &Receiver<u64>, sum: &mut u64) -> Option<u64>
 
 fn segment_parkers(procs: usize) {
     let _dog = watchdog("segment_parkers", 240);
-    common::run_clobbering(procs, move || {
-        goro::gc::set_checkmark(true);
+    run_checked(procs, move || {
         let stop = Arc::new(AtomicBool::new(false));
         let churner = {
             let stop = stop.clone();
@@ -239,8 +245,7 @@ fn segment_parkers_two_procs() {
 /// while the worker walks the G lists; each checks a list it held across its park.
 fn g_reuse(procs: usize) {
     let _dog = watchdog("g_reuse", 240);
-    common::run_clobbering(procs, move || {
-        goro::gc::set_checkmark(true);
+    run_checked(procs, move || {
         goro::gc::set_stress(true);
         let deadline = Instant::now() + Duration::from_secs(3);
         let mut spawned = 0u64;
@@ -299,8 +304,7 @@ struct Big {
 
 fn select_and_big_values(procs: usize) {
     let _dog = watchdog("select_and_big_values", 240);
-    common::run_clobbering(procs, move || {
-        goro::gc::set_checkmark(true);
+    run_checked(procs, move || {
         goro::gc::set_stress(true);
         let (big_tx, big_rx) = channel::<Big>(0);
         let (small_tx, small_rx) = channel::<Gc<Node>>(0);
@@ -364,8 +368,7 @@ fn select_and_big_values_two_procs() {
 /// Goroutines wait on a `goro::sync::Mutex` holding lists; the holder keeps it across sleeps.
 fn mutex_waiters(procs: usize) {
     let _dog = watchdog("mutex_waiters", 240);
-    common::run_clobbering(procs, move || {
-        goro::gc::set_checkmark(true);
+    run_checked(procs, move || {
         goro::gc::set_stress(true);
         let m = Arc::new(goro::sync::Mutex::new(Vec::<Gc<Node>>::new()));
         let mut hs = Vec::new();
@@ -414,8 +417,7 @@ fn mutex_waiters_one_proc() {
 /// scope; the threads move lists into and out of its locals throughout the cycles.
 fn scoped_movers(procs: usize) {
     let _dog = watchdog("scoped_movers", 240);
-    common::run_clobbering(procs, move || {
-        goro::gc::set_checkmark(true);
+    run_checked(procs, move || {
         let stop = Arc::new(AtomicBool::new(false));
         let churner = {
             let stop = stop.clone();
@@ -515,8 +517,7 @@ fn scoped_movers_two_procs() {
 #[test]
 fn trimmed_parkers_woken_during_cycles() {
     let _dog = watchdog("trimmed_parkers", 240);
-    common::run_clobbering(2, || {
-        goro::gc::set_checkmark(true);
+    run_checked(2, || {
         let mut wakers = Vec::new();
         let mut hs = Vec::new();
         for g in 0..500u64 {
@@ -626,8 +627,7 @@ fn runtimes_end_during_parked_scan() {
     let _dog = watchdog("runtimes_end", 240);
     for round in 0..9u64 {
         let procs = [1, 2, 4][round as usize % 3];
-        let kept = common::run_clobbering(procs, move || {
-            goro::gc::set_checkmark(true);
+        let kept = run_checked(procs, move || {
             let (tx, rx) = channel::<u64>(0);
             for g in 0..1000u64 {
                 let rx = rx.clone();
@@ -655,8 +655,7 @@ fn runtimes_end_during_parked_scan() {
 fn many_parked_holders_under_stress() {
     let _dog = watchdog("many_parked_holders", 300);
     for procs in [1, 2, 4] {
-        common::run_clobbering(procs, move || {
-            goro::gc::set_checkmark(true);
+        run_checked(procs, move || {
             let n = 5_000u64;
             let mut wakers = Vec::new();
             let mut hs = Vec::new();
@@ -724,8 +723,7 @@ fn park_with_big_frame(rx: &Receiver<u64>, seed: u64) -> Option<u64> {
 
 fn big_frames(procs: usize) {
     let _dog = watchdog("big_frames", 300);
-    common::run_clobbering(procs, move || {
-        goro::gc::set_checkmark(true);
+    run_checked(procs, move || {
         let mut wakers = Vec::new();
         let mut hs = Vec::new();
         for g in 0..64u64 {
@@ -828,8 +826,7 @@ fn big_frames_four_procs() {
 #[test]
 fn max_procs_changes_during_parked_reads() {
     let _dog = watchdog("max_procs_changes", 240);
-    common::run_clobbering(4, || {
-        goro::gc::set_checkmark(true);
+    run_checked(4, || {
         let n = 2000u64;
         let mut wakers = Vec::new();
         let mut hs = Vec::new();

@@ -92,7 +92,7 @@ pub use stats::ClassStats;
 
 pub use stats::{AllocStats, Bytes};
 
-pub use os::{futex_wait, futex_wake};
+pub use os::{futex_wait, futex_wake, thread_cpu_time};
 pub use scavenger::scavenger_thread_id;
 pub use sync::{SpinGuard, SpinLock};
 
@@ -351,12 +351,7 @@ impl Block {
     /// Whether this slot's mark bit is set.
     #[inline]
     pub fn is_marked(&self) -> bool {
-        // Acquire: pairs with the AcqRel in `mark`.
-        self.span.marks_if_current().is_some_and(|marks| {
-            marks
-                .get(self.index / 64)
-                .is_some_and(|w| w.load(Ordering::Acquire) & (1u64 << (self.index % 64)) != 0)
-        })
+        self.span.slot_marked(self.index)
     }
 }
 
@@ -564,13 +559,7 @@ impl GcSpan {
     /// Whether slot `i`'s mark bit is set (false when `i >= len`).
     #[inline]
     pub fn is_marked(&self, i: usize) -> bool {
-        // Acquire: pairs with the AcqRel in `Block::mark`.
-        i < self.len
-            && self.span.marks_if_current().is_some_and(|marks| {
-                marks
-                    .get(i / 64)
-                    .is_some_and(|w| w.load(Ordering::Acquire) & (1u64 << (i % 64)) != 0)
-            })
+        i < self.len && self.span.slot_marked(i)
     }
 }
 

@@ -37,7 +37,7 @@
 
 use core::cell::Cell;
 use core::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The thread runs (or sleeps unrecorded): a collection must signal it.
 const RUNNING: u32 = 0;
@@ -153,24 +153,10 @@ pub fn restart_world() -> Instant {
         "restart_world without begin_stop"
     );
     let began = Instant::now();
-    let cpu = thread_cpu();
+    let cpu = crate::os::thread_cpu_time();
     crate::os::futex_wake(&WORLD, i32::MAX);
-    let waking = thread_cpu().saturating_sub(cpu);
+    let waking = crate::os::thread_cpu_time().saturating_sub(cpu);
     began + waking.min(began.elapsed())
-}
-
-/// The CPU time the calling thread has used.
-fn thread_cpu() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec to write; the thread's own CPU clock always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    Duration::new(
-        u64::try_from(now.tv_sec).unwrap_or(0),
-        u32::try_from(now.tv_nsec).unwrap_or(0),
-    )
 }
 
 /// This thread's record: its index and the thread id it was taken with (a child process after

@@ -253,6 +253,15 @@ impl Span {
         (epoch == MARK_EPOCH.load(Ordering::Relaxed)).then_some(&self.marks)
     }
 
+    /// Whether slot `i`'s mark bit is set in the current epoch.
+    #[inline]
+    pub(crate) fn slot_marked(&self, i: usize) -> bool {
+        // Acquire: pairs with the AcqRel of a marker's claim (`MarkBit::set`).
+        self.marks_if_current()
+            .and_then(|marks| marks.get(i / 64))
+            .is_some_and(|w| w.load(Ordering::Acquire) & (1u64 << (i % 64)) != 0)
+    }
+
     /// The mark bits, for setting one: clears them first if they belong to an older epoch.
     #[inline]
     pub(crate) fn current_marks(&self) -> &[AtomicU64; MARK_WORDS] {

@@ -76,15 +76,7 @@ impl GcCpu {
 }
 
 /// The CPU time the calling thread has used.
-pub(crate) fn thread_cpu() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes one timespec; the clock exists on every Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
-}
+pub(crate) use goro_alloc::thread_cpu_time as thread_cpu;
 
 impl GcStats {
     /// The most recent pause, if any cycle ran.

@@ -104,11 +104,11 @@ fn roots_but_parked(
         if leave_parked && gg.parked_stack.is_parked() {
             continue;
         }
-        // SAFETY: the world is stopped (or the runtime is over), so the G is switched out and
-        // its stack fields are stable; we hold its allg list's lock, so sysmon is not stashing
-        // it, and until the collection ends the world stays stopped, so its M cannot take
-        // stashed bytes back, sysmon does not stash (`release_parked_stacks`), and it cannot
-        // exit.
+        // The world stays stopped (or the runtime is over) until the collection ends, and we
+        // hold the G's allg list's lock: its M cannot take stashed bytes back, sysmon does not
+        // stash (`release_parked_stacks`), and the G cannot exit.
+        // SAFETY: so the G is switched out, its stack fields are stable and its stacks and
+        // stashed bytes stay until `visit` is done.
         unsafe { report_goroutine(*g, visit) };
     }
 }

@@ -115,6 +115,12 @@ impl StashMode {
     }
 }
 
+/// A goroutine parked (either way) or trimmed: out of its M's hands until the M takes it back,
+/// and what the collector may claim.
+const fn parked_or_trimmed(state: u8) -> bool {
+    matches!(state, PARKED_RELEASABLE | PARKED_PINNED | TRIMMED)
+}
+
 /// Spins of an M waiting for sysmon or the collector to let a stack go before it yields its CPU
 /// instead.
 const BUSY_SPINS: u32 = 100;
@@ -176,7 +182,7 @@ impl ParkedStack {
     #[inline]
     pub(crate) fn popped(&self) {
         let state = self.state.load(Ordering::Relaxed);
-        if matches!(state, PARKED_RELEASABLE | PARKED_PINNED | TRIMMED) {
+        if parked_or_trimmed(state) {
             self.state.store(ACTIVE, Ordering::Relaxed);
         }
     }
@@ -188,7 +194,7 @@ impl ParkedStack {
     #[inline]
     pub(crate) fn readied_directly(&self) {
         let state = self.state.load(Ordering::Relaxed);
-        if matches!(state, PARKED_RELEASABLE | PARKED_PINNED | TRIMMED) {
+        if parked_or_trimmed(state) {
             // Failure: sysmon claimed it (BUSY); `reclaim` waits for it.
             let _ =
                 self.state
@@ -224,13 +230,11 @@ impl ParkedStack {
                 // it found after reading the stack: take it back unless a claimant was quicker
                 // (the collector claims parked and trimmed goroutines under the ready lock,
                 // which a popped goroutine's M no longer holds).
-                PARKED_RELEASABLE | PARKED_PINNED | TRIMMED => {
-                    let state = self.state.load(Ordering::Relaxed);
-                    if matches!(state, PARKED_RELEASABLE | PARKED_PINNED | TRIMMED)
-                        && self
-                            .state
-                            .compare_exchange(state, ACTIVE, Ordering::Acquire, Ordering::Relaxed)
-                            .is_ok()
+                state @ (PARKED_RELEASABLE | PARKED_PINNED | TRIMMED) => {
+                    if self
+                        .state
+                        .compare_exchange(state, ACTIVE, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok()
                     {
                         return;
                     }
@@ -272,10 +276,7 @@ impl ParkedStack {
     /// Whether the goroutine is parked or trimmed (what [`while_parked`](Self::while_parked)
     /// claims).
     pub(crate) fn is_parked(&self) -> bool {
-        matches!(
-            self.state.load(Ordering::Relaxed),
-            PARKED_RELEASABLE | PARKED_PINNED | TRIMMED
-        )
+        parked_or_trimmed(self.state.load(Ordering::Relaxed))
     }
 
     /// Claims the goroutine (BUSY) for sysmon or the collector, if `wanted` accepts its state as
@@ -332,11 +333,10 @@ impl ParkedStack {
         still_home: impl FnOnce() -> bool,
         read: impl FnOnce(),
     ) -> bool {
-        let claimable = |state| matches!(state, PARKED_RELEASABLE | PARKED_PINNED | TRIMMED);
-        if !claimable(self.state.load(Ordering::Relaxed)) {
+        if !self.is_parked() {
             return false;
         }
-        let Some(found) = self.claim(home_ready, still_home, claimable) else {
+        let Some(found) = self.claim(home_ready, still_home, parked_or_trimmed) else {
             return false;
         };
         read();
