@@ -374,6 +374,9 @@ pub struct Runtime {
     debug: Debug,
 }
 
+/// A collector switch's setter (`goro_gc::set_trace` and its kin).
+type Switch = fn(bool);
+
 /// The `GORO_DEBUG` settings (Go's GODEBUG) read here: `gctrace=1`, `schedtrace=MS`,
 /// `clobberfree=1` (objects the collector frees are overwritten with `goro::gc::POISON`),
 /// `gcunaligned=1` (conservative scans look for pointers at every byte offset),
@@ -381,14 +384,16 @@ pub struct Runtime {
 /// aborts naming any object it missed), `gcstress=1` (every allocation starts a cycle when none
 /// is under way),
 /// `stackstash=off` (goro-stack reads `stacktrap` and `stackguard` itself). Unknown keys are
-/// ignored, as Go ignores unknown GODEBUG keys.
+/// ignored, as Go ignores unknown GODEBUG keys. The collector's switches are set only where the
+/// variable names them: one the program turned on (`goro::gc::set_clobber_free(true)` before
+/// building, say) stays on unless `GORO_DEBUG` says `=0`.
 #[derive(Debug, Clone, Copy, Default)]
 struct Debug {
-    gctrace: bool,
-    clobberfree: bool,
-    gcunaligned: bool,
-    gccheckmark: bool,
-    gcstress: bool,
+    gctrace: Option<bool>,
+    clobberfree: Option<bool>,
+    gcunaligned: Option<bool>,
+    gccheckmark: Option<bool>,
+    gcstress: Option<bool>,
     schedtrace: Option<std::time::Duration>,
     /// `stackstash=off`: no stash, whatever the builder says (to rule the stash out when
     /// bytes go missing). There is deliberately no `stackstash=on`.
@@ -406,11 +411,11 @@ impl Debug {
                 continue;
             };
             match key {
-                "gctrace" => debug.gctrace = setting_value == "1",
-                "clobberfree" => debug.clobberfree = setting_value == "1",
-                "gcunaligned" => debug.gcunaligned = setting_value == "1",
-                "gccheckmark" => debug.gccheckmark = setting_value == "1",
-                "gcstress" => debug.gcstress = setting_value == "1",
+                "gctrace" => debug.gctrace = Some(setting_value == "1"),
+                "clobberfree" => debug.clobberfree = Some(setting_value == "1"),
+                "gcunaligned" => debug.gcunaligned = Some(setting_value == "1"),
+                "gccheckmark" => debug.gccheckmark = Some(setting_value == "1"),
+                "gcstress" => debug.gcstress = Some(setting_value == "1"),
                 "stackstash" => debug.stackstash_off = setting_value == "off",
                 "schedtrace" => {
                     let ms: u64 = setting_value.parse().map_err(|_| BuildError::Environment {
@@ -482,11 +487,18 @@ impl Runtime {
         wait_for_retirement_at_exit();
         goro_gc::set_percent(self.gc_percent);
         goro_gc::set_memory_limit(self.memory_limit);
-        goro_gc::set_trace(self.debug.gctrace);
-        goro_gc::set_clobber_free(self.debug.clobberfree);
-        goro_gc::set_scan_unaligned(self.debug.gcunaligned);
-        goro_gc::set_checkmark(self.debug.gccheckmark);
-        goro_gc::set_stress(self.debug.gcstress);
+        let switches: [(Option<bool>, Switch); 5] = [
+            (self.debug.gctrace, goro_gc::set_trace),
+            (self.debug.clobberfree, goro_gc::set_clobber_free),
+            (self.debug.gcunaligned, goro_gc::set_scan_unaligned),
+            (self.debug.gccheckmark, goro_gc::set_checkmark),
+            (self.debug.gcstress, goro_gc::set_stress),
+        ];
+        for (setting, set) in switches {
+            if let Some(on) = setting {
+                set(on);
+            }
+        }
         crate::world::install();
         name_goroutines_in_panics();
         // SAFETY: this runtime is the world `GOROUTINE_ROOTS` describes, and it runs from here

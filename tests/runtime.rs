@@ -498,3 +498,65 @@ fn a_joined_panic_comes_back_from_join_and_ends_nothing() {
     });
     assert_eq!(message.as_deref(), Some("joined boom"));
 }
+
+/// A collector switch set in code before the runtime is built stays set, unless `GORO_DEBUG`
+/// names it (then the variable wins). Before, `run` reset every switch from the variable, so
+/// tests that turned on clobberfree and gccheckmark before building ran with both off.
+#[test]
+fn collector_switches_set_in_code_stay_unless_goro_debug_names_them() {
+    if std::env::var_os("GORO_SWITCH_CHILD").is_some() {
+        goro::gc::set_stress(true);
+        let cycles = goro::run(|| {
+            let before = goro::gc::stats().cycles;
+            // A few hundred small objects, slowly: the pacer starts no cycle for a heap this
+            // small, and each stressed cycle has time to end before the next allocation.
+            let kept: Vec<goro::Gc<u64>> = (0..200)
+                .map(|i| {
+                    std::thread::sleep(std::time::Duration::from_micros(300));
+                    goro::Gc::new(i)
+                })
+                .collect();
+            assert_eq!(kept.iter().map(|g| **g).sum::<u64>(), 199 * 100);
+            goro::gc::stats().cycles - before
+        });
+        goro::gc::set_stress(false);
+        println!("stress cycles: {cycles}");
+        return;
+    }
+    let _serial = serial();
+    let cycles = |debug: Option<&str>| {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child
+            .args([
+                "--exact",
+                "collector_switches_set_in_code_stay_unless_goro_debug_names_them",
+                "--nocapture",
+            ])
+            .env("GORO_SWITCH_CHILD", "1")
+            .env_remove("GORO_DEBUG");
+        if let Some(debug) = debug {
+            child.env("GORO_DEBUG", debug);
+        }
+        let out = child.output().expect("the child process");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "child failed: {stdout}");
+        stdout
+            .lines()
+            .find_map(|l| l.split("stress cycles: ").nth(1))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no cycle count in: {stdout}"))
+    };
+    assert!(
+        cycles(None) > 0,
+        "gcstress set in code was reset by the runtime"
+    );
+    assert!(
+        cycles(Some("gctrace=0")) > 0,
+        "a GORO_DEBUG without gcstress reset it"
+    );
+    assert_eq!(
+        cycles(Some("gcstress=0")),
+        0,
+        "GORO_DEBUG=gcstress=0 did not win"
+    );
+}

@@ -568,19 +568,24 @@ impl GcSpan {
 /// not be visited.
 pub fn for_each_gc_span(mut f: impl FnMut(GcSpan)) {
     mheap::for_each_span(|s| {
+        // A first look without the handshake: most structs are free runs or malloc spans.
         // Acquire: pairs with the Release in `mheap::publish`.
         let st = s.state.load(Ordering::Acquire);
-        if (st == STATE_SMALL || st == STATE_LARGE) && s.is_gc() {
+        if (st != STATE_SMALL && st != STATE_LARGE) || !s.is_gc() {
+            return;
+        }
+        // The geometry is read once the span is held: it stays so until `f` returns.
+        s.visit(|| {
             let g = GcSpan {
                 span: s,
                 base: s.obj_base.load(Ordering::Relaxed),
                 elem_size: s.elem_size.load(Ordering::Relaxed),
                 len: s.nelems.load(Ordering::Relaxed).min(MAX_OBJECTS),
             };
-            if g.elem_size != 0 {
+            if s.is_gc() && g.elem_size != 0 {
                 f(g);
             }
-        }
+        });
     });
 }
 

@@ -110,9 +110,18 @@ pub(crate) unsafe fn release(s: &'static Span) {
     // SAFETY: we are the owner (caller's contract).
     unsafe { s.collect_remote() };
     if s.allocated.load(Ordering::Relaxed) == 0 {
-        // No live slot: nobody can free into the span any more, so nobody else can touch it.
-        s.owner.store(OWNER_NONE, Ordering::Relaxed);
-        mheap::free_span(s);
+        // No live slot: nobody can free into the span any more, so nobody else can touch it,
+        // but a walker of the Gc spans may be reading it (`Span::visit`).
+        let owner = s.owner.load(Ordering::Relaxed);
+        // SeqCst: the releaser half of the handshake with walkers.
+        s.owner.store(OWNER_NONE, Ordering::SeqCst);
+        if s.may_leave_for_the_heap() {
+            mheap::free_span(s);
+        } else {
+            // Held: listed with its free slots, for `release_empty_spans` to give back later.
+            s.owner.store(owner, Ordering::Relaxed);
+            push(s);
+        }
         return;
     }
     if s.has_local_free() {
@@ -156,7 +165,7 @@ pub(crate) fn release_empty_spans() {
             let next = s.next.load(Ordering::Relaxed);
             // SAFETY: the list lock makes us the owner of listed spans.
             unsafe { s.collect_remote() };
-            if s.allocated.load(Ordering::Relaxed) == 0 {
+            if s.allocated.load(Ordering::Relaxed) == 0 && leaves_for_the_heap(s) {
                 if prev.is_null() {
                     l.head = next;
                 } else {
@@ -164,8 +173,6 @@ pub(crate) fn release_empty_spans() {
                     unsafe { &*prev }.next.store(next, Ordering::Relaxed);
                 }
                 s.next.store(null_mut(), Ordering::Relaxed);
-                // No live slot: nobody can free into it any more.
-                s.owner.store(OWNER_NONE, Ordering::Relaxed);
                 mheap::free_span(s);
             } else {
                 prev = p;
@@ -173,6 +180,19 @@ pub(crate) fn release_empty_spans() {
             p = next;
         }
     }
+}
+
+/// For `release_empty_spans`, holding the list's lock: gives up the listed empty span `s` unless
+/// a walker of the Gc spans holds it (`Span::visit`), which leaves it listed.
+fn leaves_for_the_heap(s: &Span) -> bool {
+    // No live slot: nobody can free into it any more.
+    // SeqCst: the releaser half of the handshake with walkers.
+    s.owner.store(OWNER_NONE, Ordering::SeqCst);
+    if s.may_leave_for_the_heap() {
+        return true;
+    }
+    s.owner.store(OWNER_CENTRAL, Ordering::Relaxed);
+    false
 }
 
 /// Takes every central lock (fork prepare; the order is the class order).

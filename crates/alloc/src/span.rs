@@ -154,6 +154,10 @@ pub(crate) struct Span {
     listed_in: AtomicU64,
     /// The next span on [`MARKED_MALLOC`] (set once per epoch, when the span goes onto it).
     pub(crate) marked_next: AtomicPtr<Span>,
+    /// Walkers of the Gc spans ([`crate::for_each_gc_span`]) visiting this span now: while
+    /// non-zero, a small span that empties is listed centrally instead of going back to the page
+    /// heap, so that its pages keep the geometry the walker read (see [`Span::visit`]).
+    visitors: AtomicU32,
 }
 
 /// The malloc spans with a block marked in the current epoch (pushed by their first mark of the
@@ -207,6 +211,7 @@ impl Span {
             marks: [const { AtomicU64::new(0) }; MARK_WORDS],
             listed_in: AtomicU64::new(0),
             marked_next: AtomicPtr::new(core::ptr::null_mut()),
+            visitors: AtomicU32::new(0),
         }
     }
 
@@ -282,7 +287,7 @@ impl Span {
 
     #[cold]
     #[inline(never)]
-    fn renew_marks(&self, now: u64) {
+    pub(crate) fn renew_marks(&self, now: u64) {
         loop {
             let epoch = self.marks_epoch.load(Ordering::Acquire);
             if epoch == CLEARING {
@@ -298,6 +303,15 @@ impl Span {
             // SAFETY: the window holds a CAS and at most 17 stores: no lock, no allocation, no
             // wait.
             let _window = unsafe { crate::nosuspend::NoSuspend::new() };
+            // The caller read the epoch before the window: a pause may have begun a new one
+            // since. Inside the window it cannot change, so the bits are renewed for the epoch
+            // that is current while they are, and the span is listed on that epoch's list
+            // (listed with an older epoch, on the new list, it would go onto it a second time
+            // at its next mark and tie the list into a loop).
+            let now = now.max(MARK_EPOCH.load(Ordering::Relaxed));
+            if epoch >= now {
+                return;
+            }
             // Acquire: the bits set in the old epoch are ours to clear now.
             if self
                 .marks_epoch
@@ -344,6 +358,43 @@ impl Span {
         }
     }
 
+    /// Runs `visit` with the span held as it is: an in-use span stays the span it is (its pages,
+    /// its geometry) until `visit` returns, though its owner may empty it meanwhile. Does not run
+    /// `visit` for a span that is not in use or is being given back to the page heap.
+    ///
+    /// A walker reads a span's geometry and then its slots' headers with the world going; were
+    /// the span emptied, given back and its pages carved again in between, it would read
+    /// another span's bytes as headers and free slots it does not hold (seen: condemning read
+    /// an emptied span while its pages went to another). The walker and the releaser of an
+    /// empty small span ([`Span::may_leave_for_the_heap`]) run a Dekker handshake: the walker
+    /// counts itself in `visitors` and then reads `owner`, the releaser stores `OWNER_NONE` and
+    /// then reads `visitors`, all SeqCst. Whichever comes second sees the other: the walker
+    /// skips the span, or the releaser lists it centrally instead (a later release finds it
+    /// empty and unvisited). Large spans need no handshake: only the collector frees a large
+    /// Gc object, and it is the walker.
+    pub(crate) fn visit(&self, visit: impl FnOnce()) {
+        // SeqCst: the walker half of the handshake.
+        self.visitors.fetch_add(1, Ordering::SeqCst);
+        // The owner first: a span carved again since gets its owner (Release) after its state
+        // left SMALL, so a state read after an owner that is not NONE is the carve's at least.
+        let owner = self.owner.load(Ordering::SeqCst);
+        let state = self.state.load(Ordering::Acquire);
+        let held = state == STATE_LARGE || (state == STATE_SMALL && owner != OWNER_NONE);
+        if held {
+            visit();
+        }
+        // Release: the walker's reads of the span are done before a releaser sees it gone.
+        self.visitors.fetch_sub(1, Ordering::Release);
+    }
+
+    /// For the releaser of a small span with no live slot, which has just stored `OWNER_NONE`
+    /// (SeqCst): whether no walker holds the span, so that it may go back to the page heap
+    /// (see [`Span::visit`]).
+    pub(crate) fn may_leave_for_the_heap(&self) -> bool {
+        // SeqCst: the releaser half of the handshake.
+        self.visitors.load(Ordering::SeqCst) == 0
+    }
+
     /// Initialises a freshly carved small span of `class`. Heap lock held, struct not yet
     /// published as in use.
     pub(crate) fn init_small(&self, spc: usize, class: SizeClass, owner: usize) {
@@ -384,7 +435,9 @@ impl Span {
     }
 
     fn reset_alloc_state(&self, owner: usize) {
-        self.owner.store(owner, Ordering::Relaxed);
+        // Release: a walker that reads this owner reads the span's state as it is now, not
+        // SMALL from before it was given back (see `Span::visit`).
+        self.owner.store(owner, Ordering::Release);
         self.remote.store(0, Ordering::Relaxed);
         self.free_head.store(0, Ordering::Relaxed);
         self.bump.store(0, Ordering::Relaxed);

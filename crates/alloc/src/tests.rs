@@ -724,3 +724,67 @@ fn a_parked_thread_is_claimed_without_a_signal_and_held_until_released() {
     assert!(returned.load(Ordering::Acquire));
     assert_eq!(tid, claimed.tid);
 }
+
+/// A Gc span that a walker holds is not given back to the page heap, even when every slot is
+/// freed and the memory released meanwhile; once the walker lets go, it is (`Span::visit`).
+/// Without the handshake the release inside the walk frees the span and the check fails.
+#[test]
+fn a_gc_span_being_walked_stays_a_span_until_the_walker_lets_go() {
+    // A class no other test of this crate allocates Gc slots of, on a thread of its own: the
+    // span fills, the cache moves on, and the full span is the thread's to free into.
+    std::thread::spawn(|| {
+        let size = 2304;
+        let first = alloc_gc(size, 8);
+        let block = find_block(first as usize).unwrap();
+        let per_span = block.span.nelems.load(Ordering::Relaxed);
+        let mut slots = vec![first];
+        slots.extend((1..per_span).map(|_| alloc_gc(size, 8)));
+        // One more: the first span is full, and no longer the cache's current one.
+        let next = alloc_gc(size, 8);
+        let base = block.span.obj_base.load(Ordering::Relaxed);
+        let mut walked = false;
+        for_each_gc_span(|span| {
+            if span.base() as usize != base {
+                return;
+            }
+            walked = true;
+            for &slot in &slots {
+                // SAFETY: a slot of ours, never built (header 0), freed once.
+                unsafe { free_gc(slot) };
+            }
+            release_memory();
+            let still = find_block(base).expect("the walked span was given back");
+            assert_eq!(still.kind, SpanKind::Gc);
+            assert_eq!(still.size, span.elem_size());
+        });
+        assert!(walked, "the walk never reached the span");
+        release_memory();
+        assert!(
+            find_block(base).is_none_or(|b| b.size != size),
+            "the span stayed in use once the walker let go"
+        );
+        // SAFETY: as above.
+        unsafe { free_gc(next) };
+    })
+    .join()
+    .unwrap();
+}
+
+/// A first mark whose caller read the epoch before a new one began renews the span's bits for
+/// the epoch current inside its window, not the one it read: renewed for the old epoch, the
+/// span would sit on the new epoch's list of marked malloc spans under the old one and go onto
+/// it a second time at its next mark, tying the list into a loop.
+#[test]
+fn a_first_mark_with_a_stale_epoch_renews_for_the_current_one() {
+    let p = a(4000, 8);
+    let span = find_block(p as usize).unwrap().span;
+    span.clear_marks();
+    let stale = span::MARK_EPOCH.load(Ordering::Relaxed);
+    span::new_mark_epoch();
+    span.renew_marks(stale);
+    assert!(
+        span.marks_epoch.load(Ordering::Relaxed) > stale,
+        "the bits were renewed for the epoch read before the new one began"
+    );
+    d(p, 4000, 8);
+}
