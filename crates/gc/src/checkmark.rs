@@ -64,10 +64,17 @@ pub(crate) fn verify(mutators: &dyn Mutators, mark_immortals: fn(&mut Tracer)) {
         }
         for w in 0..WORDS {
             let rechecked = span.mark_word(w);
-            let missed = rechecked & !saved.get(at + w);
-            if missed != 0 && miss.is_none() {
+            let mut missed = rechecked & !saved.get(at + w);
+            while missed != 0 && miss.is_none() {
                 let slot = span.slot(64 * w + missed.trailing_zeros() as usize);
-                miss = Some((span, slot));
+                missed &= missed - 1;
+                // A root marks a slot whose header is still 0 (one being built, or a free slot
+                // a stale word points at: `Marker::mark_held_slot`): not an object either
+                // marking could miss.
+                // SAFETY: a slot of this Gc span; its header word lies inside it.
+                if unsafe { crate::header::header_of(slot, span.elem_size()).read() } != 0 {
+                    miss = Some((span, slot));
+                }
             }
             span.or_mark_word(w, saved.get(at + w));
         }

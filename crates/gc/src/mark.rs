@@ -109,12 +109,39 @@ impl Marker {
     /// Marks whatever allocated block `word`, read from `source`, points into, if any.
     #[inline]
     fn mark_word_from(&mut self, word: usize, source: Source) {
-        if let Some(block) = goro_alloc::find_block(word)
-            && !self.mark_block(block)
-            && block.kind == SpanKind::Gc
-            && source != Source::Object
-        {
+        let Some(block) = goro_alloc::find_block(word) else {
+            return;
+        };
+        if source == Source::Root && block.kind == SpanKind::Gc {
+            self.mark_held_slot(block);
+        }
+        if !self.mark_block(block) && block.kind == SpanKind::Gc && source != Source::Object {
             self.marked_again(block, word, source);
+        }
+    }
+
+    /// A root points into a Gc slot whose header is still 0: the slot may be one a thread has
+    /// just been handed by the allocator and not yet begun to build (`Gc::new` writes the
+    /// header right after `allocate` returns, but the thread can be stopped, or kept off its
+    /// CPU for a whole cycle, in between). Allocated black in an earlier cycle, it would read
+    /// as free in this one and be freed while its builder holds it; so a root marks it (a slot
+    /// that is really free keeps a mark it does not need until the next cycle: condemning
+    /// skips slots whose header is 0). Found by `churn_1p_stress` in tests/attack_epochs.rs.
+    #[cold]
+    fn mark_held_slot(&mut self, block: Block) {
+        let bit = block.mark_bit();
+        if bit.is_set() {
+            return;
+        }
+        // Acquire: as in `mark_block`.
+        // SAFETY: `block` is a slot of a Gc span; its header word lies inside it, and every
+        // access to a header is atomic.
+        let header = unsafe { AtomicUsize::from_ptr(header_of(block.start, block.size)) }
+            .load(Ordering::Acquire);
+        if header == 0 {
+            // Nothing to trace yet: what the builder will write is on its stack, a root too,
+            // or is shaded by `Gc::new` while marking lasts.
+            let _ = bit.set();
         }
     }
 
@@ -290,4 +317,39 @@ pub fn set_scan_unaligned(on: bool) {
 unsafe fn read_word(at: *const usize) -> usize {
     // SAFETY: the caller guarantees alignment and that the memory is mapped and readable.
     unsafe { core::ptr::read_volatile(at) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Marker, Source};
+
+    /// A slot the allocator handed out whose builder has not written its header yet reads as
+    /// free; a root pointing at it marks it all the same (`Marker::mark_held_slot`), and a word
+    /// in an object does not. Without that, a thread kept off its CPU between `allocate` and
+    /// the header's store for a whole cycle had its object freed under it.
+    #[test]
+    fn a_root_marks_a_slot_handed_out_and_not_yet_built() {
+        let held = goro_alloc::alloc_gc(40, 8);
+        let other = goro_alloc::alloc_gc(40, 8);
+        let block = |p: *mut u8| goro_alloc::find_block(p as usize).expect("a Gc slot");
+        assert!(!block(held).is_marked() && !block(other).is_marked());
+        let words = [held as usize, other as usize];
+        let at = words.as_ptr() as usize;
+        let mut marker = Marker::new();
+        marker.scan(at, at + 8, Source::Root);
+        marker.scan(at + 8, at + 16, Source::Object);
+        assert!(
+            block(held).is_marked(),
+            "a root's slot with header 0 was left unmarked"
+        );
+        assert!(
+            !block(other).is_marked(),
+            "an object's word marked a slot with header 0"
+        );
+        // SAFETY: both slots are ours, never built (header 0), freed once.
+        unsafe {
+            goro_alloc::free_gc(held);
+            goro_alloc::free_gc(other);
+        }
+    }
 }
