@@ -130,6 +130,17 @@ fn collecting_thread(stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     })
 }
 
+/// Runs `f` on a runtime of `procs` Ps with the switches of [`setup`] on, under a watchdog.
+fn attack(name: &'static str, procs: usize, f: impl FnOnce() + Send + 'static) {
+    setup();
+    let _dog = watchdog(name, 240);
+    goro::Runtime::builder()
+        .max_procs(procs)
+        .build()
+        .unwrap()
+        .run(f);
+}
+
 fn setup() {
     gc::set_clobber_free(true);
     // ATTACK_NO_CHECKMARK=1 turns gccheckmark off (to tell its epoch bump apart).
@@ -139,89 +150,83 @@ fn setup() {
 /// Goroutines churn objects of every class; a std thread churns large malloc buffers (span
 /// structs freed and carved again during marking); cycles back to back.
 fn churn(procs: usize, iters: usize, stress: bool, seed0: u64) {
-    setup();
-    let _dog = watchdog("churn", 240);
-    goro::Runtime::builder()
-        .max_procs(procs)
-        .build()
-        .unwrap()
-        .run(move || {
-            gc::set_stress(stress);
-            let stop = Arc::new(AtomicBool::new(false));
-            // Large malloc churn on a std thread: a word on its stack points at a freed buffer,
-            // whose span struct is carved again for Gc spans.
-            let s2 = stop.clone();
-            let no_malloc = std::env::var_os("ATTACK_NO_MALLOC_CHURN").is_some();
-            let malloc_churn = std::thread::spawn(move || {
-                if no_malloc {
-                    return;
-                }
-                let mut rng = Rng(seed0 | 1);
-                let mut keep: Vec<Vec<u64>> = Vec::new();
-                while !s2.load(Ordering::Relaxed) {
-                    let n = 4096 + rng.below(20000);
-                    let v: Vec<u64> = vec![n as u64; n];
-                    if keep.len() < 8 {
-                        keep.push(v);
-                    } else {
-                        let i = rng.below(keep.len());
-                        assert!(keep[i].iter().all(|&x| x == keep[i].len() as u64));
-                        keep[i] = v;
-                    }
-                }
-            });
-            // A std thread that forces cycles (not with ATTACK_NO_COLLECT_THREAD).
-            let collector = if std::env::var_os("ATTACK_NO_COLLECT_THREAD").is_some() {
-                std::thread::spawn(|| {})
-            } else {
-                collecting_thread(&stop)
-            };
-            let wg = Arc::new(goro::sync::WaitGroup::new());
-            let workers = 4;
-            for w in 0..workers {
-                wg.add(1);
-                let wg = wg.clone();
-                goro::go(move || {
-                    let mut rng = Rng(seed0.wrapping_mul(w as u64 + 3) | 1);
-                    let mut live: Vec<Any> = Vec::new();
-                    let mut seed = (w as u64) << 40;
-                    for it in 0..iters {
-                        seed += 1;
-                        let kind = rng.below(Any::kinds());
-                        let obj = Any::make(kind, seed);
-                        if live.len() < 64 {
-                            live.push(obj);
-                        } else {
-                            let i = rng.below(live.len());
-                            live[i].check("replaced");
-                            live[i] = obj;
-                        }
-                        if it % 97 == 0 {
-                            for o in &live {
-                                o.check("sweep");
-                            }
-                            // Empty the set now and then: whole spans become free.
-                            if rng.below(4) == 0 {
-                                live.clear();
-                            }
-                        }
-                        if it % 13 == 0 {
-                            goro::yield_now();
-                        }
-                    }
-                    for o in &live {
-                        o.check("end");
-                    }
-                    wg.done();
-                });
+    attack("churn", procs, move || {
+        gc::set_stress(stress);
+        let stop = Arc::new(AtomicBool::new(false));
+        // Large malloc churn on a std thread: a word on its stack points at a freed buffer,
+        // whose span struct is carved again for Gc spans.
+        let s2 = stop.clone();
+        let no_malloc = std::env::var_os("ATTACK_NO_MALLOC_CHURN").is_some();
+        let malloc_churn = std::thread::spawn(move || {
+            if no_malloc {
+                return;
             }
-            wg.wait();
-            stop.store(true, Ordering::Relaxed);
-            malloc_churn.join().unwrap();
-            collector.join().unwrap();
-            gc::set_stress(false);
-            eprintln!("churn procs={procs}: {} cycles", gc::stats().cycles);
+            let mut rng = Rng(seed0 | 1);
+            let mut keep: Vec<Vec<u64>> = Vec::new();
+            while !s2.load(Ordering::Relaxed) {
+                let n = 4096 + rng.below(20000);
+                let v: Vec<u64> = vec![n as u64; n];
+                if keep.len() < 8 {
+                    keep.push(v);
+                } else {
+                    let i = rng.below(keep.len());
+                    assert!(keep[i].iter().all(|&x| x == keep[i].len() as u64));
+                    keep[i] = v;
+                }
+            }
         });
+        // A std thread that forces cycles (not with ATTACK_NO_COLLECT_THREAD).
+        let collector = if std::env::var_os("ATTACK_NO_COLLECT_THREAD").is_some() {
+            std::thread::spawn(|| {})
+        } else {
+            collecting_thread(&stop)
+        };
+        let wg = Arc::new(goro::sync::WaitGroup::new());
+        let workers = 4;
+        for w in 0..workers {
+            wg.add(1);
+            let wg = wg.clone();
+            goro::go(move || {
+                let mut rng = Rng(seed0.wrapping_mul(w as u64 + 3) | 1);
+                let mut live: Vec<Any> = Vec::new();
+                let mut seed = (w as u64) << 40;
+                for it in 0..iters {
+                    seed += 1;
+                    let kind = rng.below(Any::kinds());
+                    let obj = Any::make(kind, seed);
+                    if live.len() < 64 {
+                        live.push(obj);
+                    } else {
+                        let i = rng.below(live.len());
+                        live[i].check("replaced");
+                        live[i] = obj;
+                    }
+                    if it % 97 == 0 {
+                        for o in &live {
+                            o.check("sweep");
+                        }
+                        // Empty the set now and then: whole spans become free.
+                        if rng.below(4) == 0 {
+                            live.clear();
+                        }
+                    }
+                    if it % 13 == 0 {
+                        goro::yield_now();
+                    }
+                }
+                for o in &live {
+                    o.check("end");
+                }
+                wg.done();
+            });
+        }
+        wg.wait();
+        stop.store(true, Ordering::Relaxed);
+        malloc_churn.join().unwrap();
+        collector.join().unwrap();
+        gc::set_stress(false);
+        eprintln!("churn procs={procs}: {} cycles", gc::stats().cycles);
+    });
 }
 
 #[test]
@@ -257,51 +262,45 @@ struct Holder {
 
 #[test]
 fn black_children_only_via_black_parents() {
-    setup();
-    let _dog = watchdog("black_children", 240);
-    goro::Runtime::builder()
-        .max_procs(2)
-        .build()
-        .unwrap()
-        .run(|| {
-            let stop = Arc::new(AtomicBool::new(false));
-            let collector = collecting_thread(&stop);
-            let s2 = stop.clone();
-            let malloc_churn = std::thread::spawn(move || {
-                let mut x = 0u64;
-                while !s2.load(Ordering::Relaxed) {
-                    let v: Vec<u64> = vec![x; 5000 + (x as usize % 3000)];
-                    x = x.wrapping_add(v[7]).wrapping_add(1);
-                    drop(v);
-                }
-            });
-            let holder = Gc::new(Holder {
-                slots: (0..256).map(|_| GcCell::new(None)).collect(),
-            });
-            let mut rng = Rng(5);
-            let mut seeds = vec![0u64; 256];
-            for it in 1..200_000u64 {
-                let i = rng.below(256);
-                if let Some(old) = holder.slots[i].get() {
-                    assert_eq!(old.seed, seeds[i]);
-                    old.check("holder");
-                }
-                seeds[i] = it;
-                holder.slots[i].set(Some(B7::make(it)));
-                if it % 64 == 0 {
-                    goro::yield_now();
-                }
+    attack("black_children", 2, || {
+        let stop = Arc::new(AtomicBool::new(false));
+        let collector = collecting_thread(&stop);
+        let s2 = stop.clone();
+        let malloc_churn = std::thread::spawn(move || {
+            let mut x = 0u64;
+            while !s2.load(Ordering::Relaxed) {
+                let v: Vec<u64> = vec![x; 5000 + (x as usize % 3000)];
+                x = x.wrapping_add(v[7]).wrapping_add(1);
+                drop(v);
             }
-            for (i, s) in holder.slots.iter().enumerate() {
-                if let Some(o) = s.get() {
-                    assert_eq!(o.seed, seeds[i]);
-                    o.check("final");
-                }
-            }
-            stop.store(true, Ordering::Relaxed);
-            collector.join().unwrap();
-            malloc_churn.join().unwrap();
         });
+        let holder = Gc::new(Holder {
+            slots: (0..256).map(|_| GcCell::new(None)).collect(),
+        });
+        let mut rng = Rng(5);
+        let mut seeds = vec![0u64; 256];
+        for it in 1..200_000u64 {
+            let i = rng.below(256);
+            if let Some(old) = holder.slots[i].get() {
+                assert_eq!(old.seed, seeds[i]);
+                old.check("holder");
+            }
+            seeds[i] = it;
+            holder.slots[i].set(Some(B7::make(it)));
+            if it % 64 == 0 {
+                goro::yield_now();
+            }
+        }
+        for (i, s) in holder.slots.iter().enumerate() {
+            if let Some(o) = s.get() {
+                assert_eq!(o.seed, seeds[i]);
+                o.check("final");
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        collector.join().unwrap();
+        malloc_churn.join().unwrap();
+    });
 }
 
 /// Std threads inside a runtime allocate Gc objects (AtomicGc slots shared with goroutines).
@@ -312,124 +311,112 @@ struct Shared {
 
 #[test]
 fn std_threads_allocate_during_cycles() {
-    setup();
-    let _dog = watchdog("std_threads", 240);
-    goro::Runtime::builder()
-        .max_procs(2)
-        .build()
-        .unwrap()
-        .run(|| {
-            gc::set_stress(true);
-            let shared = Gc::new(Shared {
-                slots: (0..64).map(|_| AtomicGc::new(None)).collect(),
-            });
-            let stop = Arc::new(AtomicBool::new(false));
-            let mut threads = Vec::new();
-            for t in 0..3u64 {
-                let stop = stop.clone();
-                threads.push(std::thread::spawn(move || {
-                    let mut rng = Rng(t + 9);
-                    let mut n = 0u64;
-                    while !stop.load(Ordering::Relaxed) && n < 20000 {
-                        n += 1;
-                        let i = rng.below(64);
-                        let obj = B9::make((t << 50) | n);
-                        if let Some(old) = shared.slots[i].swap(Some(obj), Ordering::AcqRel) {
-                            old.check("std swap");
-                        }
-                    }
-                }));
-            }
-            let wg = Arc::new(goro::sync::WaitGroup::new());
-            for g in 0..3u64 {
-                wg.add(1);
-                let wg = wg.clone();
-                goro::go(move || {
-                    let mut rng = Rng(g + 99);
-                    for n in 0..20000u64 {
-                        let i = rng.below(64);
-                        let obj = B9::make(((g + 8) << 50) | n);
-                        if let Some(old) = shared.slots[i].swap(Some(obj), Ordering::AcqRel) {
-                            old.check("go swap");
-                        }
-                        if n % 32 == 0 {
-                            goro::yield_now();
-                        }
-                    }
-                    wg.done();
-                });
-            }
-            wg.wait();
-            stop.store(true, Ordering::Relaxed);
-            for t in threads {
-                t.join().unwrap();
-            }
-            for s in &shared.slots {
-                if let Some(o) = s.load(Ordering::Acquire) {
-                    o.check("end");
-                }
-            }
-            gc::set_stress(false);
+    attack("std_threads", 2, || {
+        gc::set_stress(true);
+        let shared = Gc::new(Shared {
+            slots: (0..64).map(|_| AtomicGc::new(None)).collect(),
         });
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for t in 0..3u64 {
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut rng = Rng(t + 9);
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && n < 20000 {
+                    n += 1;
+                    let i = rng.below(64);
+                    let obj = B9::make((t << 50) | n);
+                    if let Some(old) = shared.slots[i].swap(Some(obj), Ordering::AcqRel) {
+                        old.check("std swap");
+                    }
+                }
+            }));
+        }
+        let wg = Arc::new(goro::sync::WaitGroup::new());
+        for g in 0..3u64 {
+            wg.add(1);
+            let wg = wg.clone();
+            goro::go(move || {
+                let mut rng = Rng(g + 99);
+                for n in 0..20000u64 {
+                    let i = rng.below(64);
+                    let obj = B9::make(((g + 8) << 50) | n);
+                    if let Some(old) = shared.slots[i].swap(Some(obj), Ordering::AcqRel) {
+                        old.check("go swap");
+                    }
+                    if n % 32 == 0 {
+                        goro::yield_now();
+                    }
+                }
+                wg.done();
+            });
+        }
+        wg.wait();
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            t.join().unwrap();
+        }
+        for s in &shared.slots {
+            if let Some(o) = s.load(Ordering::Acquire) {
+                o.check("end");
+            }
+        }
+        gc::set_stress(false);
+    });
 }
 
 /// Weak pointers upgraded during marking, checked after; dropped ones must die.
 #[test]
 fn weak_upgrades_during_marking() {
-    setup();
-    let _dog = watchdog("weak", 240);
-    goro::Runtime::builder()
-        .max_procs(2)
-        .build()
-        .unwrap()
-        .run(|| {
-            let stop = Arc::new(AtomicBool::new(false));
-            let collector = collecting_thread(&stop);
-            let mut rng = Rng(77);
-            let mut weaks: Vec<(u64, Weak<B5>)> = Vec::new();
-            let mut strong: Vec<Gc<B5>> = Vec::new();
-            for it in 0..100_000u64 {
-                let o = B5::make(it);
-                weaks.push((it, Weak::new(&o)));
-                if rng.below(8) == 0 {
-                    strong.push(o);
-                }
-                if weaks.len() > 512 {
-                    weaks.drain(..256);
-                }
-                if strong.len() > 64 {
-                    strong.drain(..32);
-                }
-                // Upgrade some at random; whatever is upgraded must be intact, also after a yield.
-                for _ in 0..4 {
-                    let (seed, w) = &weaks[rng.below(weaks.len())];
-                    if let Some(g) = w.upgrade() {
-                        assert_eq!(g.seed, *seed);
-                        g.check("upgraded");
-                        goro::yield_now();
-                        g.check("upgraded after yield");
-                    }
+    attack("weak", 2, || {
+        let stop = Arc::new(AtomicBool::new(false));
+        let collector = collecting_thread(&stop);
+        let mut rng = Rng(77);
+        let mut weaks: Vec<(u64, Weak<B5>)> = Vec::new();
+        let mut strong: Vec<Gc<B5>> = Vec::new();
+        for it in 0..100_000u64 {
+            let o = B5::make(it);
+            weaks.push((it, Weak::new(&o)));
+            if rng.below(8) == 0 {
+                strong.push(o);
+            }
+            if weaks.len() > 512 {
+                weaks.drain(..256);
+            }
+            if strong.len() > 64 {
+                strong.drain(..32);
+            }
+            // Upgrade some at random; whatever is upgraded must be intact, also after a yield.
+            for _ in 0..4 {
+                let (seed, w) = &weaks[rng.below(weaks.len())];
+                if let Some(g) = w.upgrade() {
+                    assert_eq!(g.seed, *seed);
+                    g.check("upgraded");
+                    goro::yield_now();
+                    g.check("upgraded after yield");
                 }
             }
-            stop.store(true, Ordering::Relaxed);
-            collector.join().unwrap();
-            // The dropped ones die within a few cycles.
-            drop(strong);
-            let probe: Vec<(u64, Weak<B5>)> = std::mem::take(&mut weaks);
-            for _ in 0..6 {
-                gc::collect();
-            }
-            let alive = probe.iter().filter(|(_, w)| !w.is_dead()).count();
-            eprintln!(
-                "weak: {alive} of {} still alive after 6 cycles",
-                probe.len()
-            );
-            assert!(
-                alive < probe.len() / 4,
-                "{alive} of {} weak targets never freed",
-                probe.len()
-            );
-        });
+        }
+        stop.store(true, Ordering::Relaxed);
+        collector.join().unwrap();
+        // The dropped ones die within a few cycles.
+        drop(strong);
+        let probe: Vec<(u64, Weak<B5>)> = std::mem::take(&mut weaks);
+        for _ in 0..6 {
+            gc::collect();
+        }
+        let alive = probe.iter().filter(|(_, w)| !w.is_dead()).count();
+        eprintln!(
+            "weak: {alive} of {} still alive after 6 cycles",
+            probe.len()
+        );
+        assert!(
+            alive < probe.len() / 4,
+            "{alive} of {} weak targets never freed",
+            probe.len()
+        );
+    });
 }
 
 /// Runtimes in a row: objects that outlive a runtime become immortal and are checked in the

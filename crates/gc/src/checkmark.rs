@@ -69,7 +69,7 @@ pub(crate) fn verify(mutators: &dyn Mutators, mark_immortals: fn(&mut Tracer)) {
                 let slot = span.slot(64 * w + missed.trailing_zeros() as usize);
                 missed &= missed - 1;
                 // A root marks a slot whose header is still 0 (one being built, or a free slot
-                // a stale word points at: `Marker::mark_held_slot`): not an object either
+                // a stale word points at: `Marker::mark_block_from`): not an object either
                 // marking could miss.
                 // SAFETY: a slot of this Gc span; its header word lies inside it.
                 if unsafe { crate::header::header_of(slot, span.elem_size()).read() } != 0 {

@@ -109,39 +109,12 @@ impl Marker {
     /// Marks whatever allocated block `word`, read from `source`, points into, if any.
     #[inline]
     fn mark_word_from(&mut self, word: usize, source: Source) {
-        let Some(block) = goro_alloc::find_block(word) else {
-            return;
-        };
-        if source == Source::Root && block.kind == SpanKind::Gc {
-            self.mark_held_slot(block);
-        }
-        if !self.mark_block(block) && block.kind == SpanKind::Gc && source != Source::Object {
+        if let Some(block) = goro_alloc::find_block(word)
+            && !self.mark_block_from(block, source == Source::Root)
+            && block.kind == SpanKind::Gc
+            && source != Source::Object
+        {
             self.marked_again(block, word, source);
-        }
-    }
-
-    /// A root points into a Gc slot whose header is still 0: the slot may be one a thread has
-    /// just been handed by the allocator and not yet begun to build (`Gc::new` writes the
-    /// header right after `allocate` returns, but the thread can be stopped, or kept off its
-    /// CPU for a whole cycle, in between). Allocated black in an earlier cycle, it would read
-    /// as free in this one and be freed while its builder holds it; so a root marks it (a slot
-    /// that is really free keeps a mark it does not need until the next cycle: condemning
-    /// skips slots whose header is 0). Found by `churn_1p_stress` in tests/attack_epochs.rs.
-    #[cold]
-    fn mark_held_slot(&mut self, block: Block) {
-        let bit = block.mark_bit();
-        if bit.is_set() {
-            return;
-        }
-        // Acquire: as in `mark_block`.
-        // SAFETY: `block` is a slot of a Gc span; its header word lies inside it, and every
-        // access to a header is atomic.
-        let header = unsafe { AtomicUsize::from_ptr(header_of(block.start, block.size)) }
-            .load(Ordering::Acquire);
-        if header == 0 {
-            // Nothing to trace yet: what the builder will write is on its stack, a root too,
-            // or is shaded by `Gc::new` while marking lasts.
-            let _ = bit.set();
         }
     }
 
@@ -170,6 +143,20 @@ impl Marker {
     /// not marked, and reads as reached already.
     #[inline]
     pub(crate) fn mark_block(&mut self, block: Block) -> bool {
+        self.mark_block_from(block, false)
+    }
+
+    /// [`Marker::mark_block`]; with `root`, a Gc slot whose header is still 0 is marked too.
+    /// Such a slot may be one the allocator has just handed a thread, which writes the header
+    /// right after `allocate` returns but can be stopped, or kept off its CPU for a whole cycle,
+    /// in between. Allocated black in an earlier cycle, it would read as free in this one and
+    /// be freed under its builder; so a root word (the builder's stack or registers) marks it.
+    /// A slot that is really free keeps the mark until the next cycle: condemning skips slots
+    /// whose header is 0. What the builder will write is on its stack, a root too, or is
+    /// shaded by `Gc::new` while marking lasts. Found by `churn_1p_stress` in
+    /// tests/attack_epochs.rs.
+    #[inline]
+    fn mark_block_from(&mut self, block: Block, root: bool) -> bool {
         let start = block.start as usize;
         match block.kind {
             SpanKind::Gc => {
@@ -187,6 +174,9 @@ impl Marker {
                 let header = unsafe { AtomicUsize::from_ptr(header_of(block.start, block.size)) }
                     .load(Ordering::Acquire);
                 if header == 0 {
+                    if root {
+                        let _ = bit.set();
+                    }
                     return true;
                 }
                 if !bit.set() {
@@ -324,7 +314,7 @@ mod tests {
     use super::{Marker, Source};
 
     /// A slot the allocator handed out whose builder has not written its header yet reads as
-    /// free; a root pointing at it marks it all the same (`Marker::mark_held_slot`), and a word
+    /// free; a root pointing at it marks it all the same (`Marker::mark_block_from`), and a word
     /// in an object does not. Without that, a thread kept off its CPU between `allocate` and
     /// the header's store for a whole cycle had its object freed under it.
     #[test]
