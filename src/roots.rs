@@ -283,7 +283,10 @@ unsafe impl Mutators for RetiredWorld {
 /// goro-alloc cache.
 fn report_threads(visitor: &mut RootVisitor<'_>, threads: &Stopped) {
     threads.for_each_thread(|thread| {
-        for range in [Some(thread.stack), thread.tls].into_iter().flatten() {
+        for range in [Some(thread.stack), thread.tls, thread.alternate]
+            .into_iter()
+            .flatten()
+        {
             for (lo, hi) in without(range, thread.skip) {
                 // SAFETY: `[lo, hi)` lies in one readable mapping (or goroutine stack slot) of a
                 // thread that is stopped (or is this one, below the caller's frame) until the

@@ -547,6 +547,19 @@ fn a_gc_a_std_thread_keeps_outlives_run() {
     assert_eq!(thread.join().unwrap(), sum);
 }
 
+/// Runs test `name` again in a child process with `switch` set in its environment (the test
+/// then does its work), checks that the child passed, and returns its stderr.
+fn stderr_of_child(name: &str, switch: &str) -> String {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture"])
+        .env(switch, "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "the child failed:\n{stderr}");
+    stderr
+}
+
 #[test]
 fn a_goroutine_that_starves_its_thread_is_named_on_stderr() {
     if std::env::var_os("GORO_TEST_HOG").is_some() {
@@ -570,17 +583,10 @@ fn a_goroutine_that_starves_its_thread_is_named_on_stderr() {
         });
         return;
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "a_goroutine_that_starves_its_thread_is_named_on_stderr",
-            "--nocapture",
-        ])
-        .env("GORO_TEST_HOG", "1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the child failed:\n{stderr}");
+    let stderr = stderr_of_child(
+        "a_goroutine_that_starves_its_thread_is_named_on_stderr",
+        "GORO_TEST_HOG",
+    );
     assert!(
         stderr.contains("without reaching a safe point")
             && stderr.contains("1 goroutine(s) bound to that thread wait for it"),
@@ -621,4 +627,260 @@ fn a_gc_only_a_packed_struct_in_a_box_holds_survives_with_gcunaligned() {
             goro::gc::set_scan_unaligned(false);
         });
     }
+}
+
+/// Blocks the collector's stop signal on the calling thread.
+fn block_sigpwr() {
+    // SAFETY: a signal set built in place and passed to pthread_sigmask for this thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPWR);
+        assert_eq!(
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()),
+            0
+        );
+    }
+}
+
+#[test]
+fn threads_that_block_the_stop_signal_are_given_up_on_with_a_warning() {
+    if std::env::var_os("GORO_TEST_BLOCKER").is_some() {
+        run(1, || {
+            // One blocker sleeps, the other spins: both are given up on after a second (the
+            // spinner once it has had a CPU), and the collection goes on without their roots.
+            let stop = Arc::new(AtomicBool::new(false));
+            let (ready_tx, ready_rx) = mpsc::channel();
+            let (wake_tx, wake_rx) = mpsc::channel::<()>();
+            let sleeper = {
+                let ready = ready_tx.clone();
+                std::thread::spawn(move || {
+                    block_sigpwr();
+                    ready.send(()).unwrap();
+                    wake_rx.recv().unwrap();
+                })
+            };
+            let spinner = {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    block_sigpwr();
+                    ready_tx.send(()).unwrap();
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            };
+            goro::blocking(|| {
+                ready_rx.recv().unwrap();
+                ready_rx.recv().unwrap();
+            });
+            let kept = build(8, 3);
+            let sum = checksum(&kept);
+            within(Duration::from_secs(20), "a collection", || {
+                goro::gc::collect();
+                goro::gc::collect();
+            });
+            assert_eq!(checksum(&kept), sum);
+            stop.store(true, Ordering::Relaxed);
+            wake_tx.send(()).unwrap();
+            goro::blocking(|| {
+                sleeper.join().unwrap();
+                spinner.join().unwrap();
+            });
+        });
+        return;
+    }
+    let stderr = stderr_of_child(
+        "threads_that_block_the_stop_signal_are_given_up_on_with_a_warning",
+        "GORO_TEST_BLOCKER",
+    );
+    assert_eq!(
+        stderr
+            .matches("goro: a thread blocks SIGPWR, so the collector cannot stop it; Gc values only that thread holds are not seen (docs/soundness.md)")
+            .count(),
+        1,
+        "{stderr}"
+    );
+}
+
+/// Pins the calling thread, and every thread it starts, to the CPU it is on, until dropped.
+struct OneCpu(libc::cpu_set_t);
+
+impl OneCpu {
+    fn pin() -> OneCpu {
+        // SAFETY: sched_getaffinity and sched_setaffinity on the calling thread with valid
+        // CPU sets; sched_getcpu has no preconditions.
+        unsafe {
+            let mut before: libc::cpu_set_t = std::mem::zeroed();
+            let size = size_of::<libc::cpu_set_t>();
+            assert_eq!(libc::sched_getaffinity(0, size, &mut before), 0);
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(libc::sched_getcpu() as usize, &mut one);
+            assert_eq!(libc::sched_setaffinity(0, size, &one), 0);
+            OneCpu(before)
+        }
+    }
+}
+
+impl Drop for OneCpu {
+    fn drop(&mut self) {
+        // SAFETY: restores the set read in `pin`.
+        unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &self.0) };
+    }
+}
+
+/// Builds a tree and moves its only copy into a new std thread's closure, which checks it
+/// after a yield (a collection may have freed it before the thread first ran).
+#[inline(never)]
+fn spawn_checker(seed: u64) -> (std::thread::JoinHandle<u64>, u64) {
+    let tree = build(3, seed);
+    let sum = checksum(&tree);
+    let thread = std::thread::spawn(move || {
+        std::thread::yield_now();
+        checksum(&tree)
+    });
+    (thread, sum)
+}
+
+#[test]
+fn a_gc_moved_into_a_starting_std_threads_closure_survives() {
+    // A collection that begins while glibc creates a thread stops the thread right where it
+    // unblocks signals, before it reads its closure's address from its descriptor (the only
+    // copy once `spawn` has returned). A std thread spawns checkers, eight at a time. Every
+    // thread shares one CPU, so a new thread often waits for it through a whole cycle.
+    let _one_cpu = OneCpu::pin();
+    for procs in [1, 2] {
+        run(procs, || {
+            let stop = Arc::new(AtomicBool::new(false));
+            // Two threads collect back to back, two spin: a new thread waits its turn.
+            let busy: Vec<_> = (0..4)
+                .map(|i| {
+                    let stop = stop.clone();
+                    std::thread::spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            if i < 2 {
+                                goro::gc::collect();
+                            } else {
+                                std::hint::spin_loop();
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let spawner = std::thread::spawn(|| {
+                let mut running = std::collections::VecDeque::new();
+                for seed in 0..1_000 {
+                    running.push_back(spawn_checker(seed));
+                    if running.len() > 8 {
+                        let (thread, sum) = running.pop_front().unwrap();
+                        assert_eq!(thread.join().unwrap(), sum);
+                    }
+                }
+                for (thread, sum) in running {
+                    assert_eq!(thread.join().unwrap(), sum);
+                }
+            });
+            goro::blocking(|| spawner.join().unwrap());
+            stop.store(true, Ordering::Relaxed);
+            goro::blocking(|| {
+                for thread in busy {
+                    thread.join().unwrap();
+                }
+            });
+        });
+    }
+}
+
+/// Set while the `SIGUSR2` handler of the alternate-stack test should wait.
+static HOLD_IN_HANDLER: AtomicBool = AtomicBool::new(false);
+/// Set by that handler once it runs.
+static IN_HANDLER: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn wait_in_handler(_: libc::c_int) {
+    IN_HANDLER.store(true, Ordering::Release);
+    while HOLD_IN_HANDLER.load(Ordering::Acquire) {
+        // SAFETY: nanosleep is async-signal-safe; the timespec is valid.
+        unsafe {
+            libc::nanosleep(
+                &libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 200_000,
+                },
+                std::ptr::null_mut(),
+            )
+        };
+    }
+}
+
+/// Raises `SIGUSR2` on this thread (its handler runs on the alternate stack and waits) while the
+/// only copy of the tree lies in this frame, then checks the tree.
+#[inline(never)]
+fn hold_a_tree_through_a_handler(seed: u64) -> bool {
+    let mut kept = [build(6, seed)];
+    let sum = checksum(&kept[0]);
+    std::hint::black_box(&mut kept);
+    // SAFETY: raises a signal whose handler is installed, on this thread.
+    unsafe { libc::raise(libc::SIGUSR2) };
+    std::hint::black_box(&mut kept);
+    checksum(&kept[0]) == sum
+}
+
+#[test]
+fn a_gc_on_the_stack_a_handler_on_the_alternate_stack_interrupted_survives() {
+    const ALT: usize = 256 << 10;
+    // SAFETY: installs a handler (which waits on atomics and sleeps: async-signal-safe) with
+    // SA_ONSTACK for SIGUSR2, which nothing else in this test binary uses.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = wait_in_handler as *const () as usize;
+        action.sa_flags = libc::SA_ONSTACK;
+        libc::sigemptyset(&mut action.sa_mask);
+        assert_eq!(
+            libc::sigaction(libc::SIGUSR2, &action, std::ptr::null_mut()),
+            0
+        );
+    }
+    run(2, || {
+        for round in 0..4 {
+            HOLD_IN_HANDLER.store(true, Ordering::Release);
+            IN_HANDLER.store(false, Ordering::Release);
+            let thread = std::thread::spawn(move || {
+                // SAFETY: an anonymous mapping for the alternate stack, left mapped (the
+                // thread exits with it installed).
+                let alt = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        ALT,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                };
+                assert_ne!(alt, libc::MAP_FAILED);
+                let stack = libc::stack_t {
+                    ss_sp: alt,
+                    ss_flags: 0,
+                    ss_size: ALT,
+                };
+                // SAFETY: a valid, mapped alternate stack for this thread.
+                let installed = unsafe { libc::sigaltstack(&stack, std::ptr::null_mut()) };
+                assert_eq!(installed, 0);
+                hold_a_tree_through_a_handler(round)
+            });
+            goro::blocking(|| {
+                while !IN_HANDLER.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            });
+            for _ in 0..3 {
+                churn();
+            }
+            HOLD_IN_HANDLER.store(false, Ordering::Release);
+            assert!(
+                goro::blocking(|| thread.join().unwrap()),
+                "round {round}: the tree changed"
+            );
+        }
+    });
 }
