@@ -13,14 +13,23 @@
 //! past the goal while a cycle runs waits for it a little, and one an eighth past it waits
 //! until the cycle has decided what is dead. GOGC < 0
 //! ("off") disables the trigger; a memory limit (GOMEMLIMIT) caps the goal, but never below
-//! `live + live / 8`, so that a heap over its limit does not collect back-to-back forever (Go
-//! bounds that case by capping the collector at half the CPU; this is the stop-the-world version's
-//! equivalent).
+//! `live + live / 8`.
+//!
+//! A heap that cannot fit under its memory limit would still make the collector run cycle after
+//! cycle. As in Go 1.19, a CPU limiter caps it: a bucket that holds one second of CPU time per P
+//! fills with the collector's CPU time (its pauses times the Ps, marking, condemning, sweeping)
+//! and drains with the rest of the Ps' time. Once the bucket is full, the memory limit no longer
+//! lowers the goal (GOGC alone sets it, or nothing when GOGC is off) until the mutators have
+//! drained it to half: the heap grows past the limit instead of the collector taking more than
+//! about half of the Ps' time. (Go's limiter turns assists off mid-cycle; here a cycle's cost is
+//! paid in whole, so the limiter spaces cycles out instead, with the half-bucket as hysteresis.)
 //!
 //! Allocation is counted per thread and added here in batches (see `collector::allocate`), so the
 //! trigger fires within one batch per thread of the goal.
 
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// Go's heap minimum: the goal never drops below this times GOGC / 100.
 pub const HEAP_MINIMUM: usize = 4 << 20;
@@ -95,7 +104,114 @@ pub(crate) fn add_allocated(bytes: usize) {
 
 /// Whether the heap has reached the point where the next cycle starts.
 pub(crate) fn should_trigger() -> bool {
+    if LIMITING.load(Ordering::Relaxed) {
+        drain_limiter();
+    }
     heap_alloc() >= TRIGGER.load(Ordering::Relaxed)
+}
+
+/// The CPU limiter's bucket (see the module docs).
+struct Limiter {
+    bucket: CpuBucket,
+    /// When the bucket was last brought up to date, and the Ps then.
+    updated: Option<Instant>,
+    procs: u32,
+}
+
+static LIMITER: Mutex<Limiter> = Mutex::new(Limiter {
+    bucket: CpuBucket {
+        fill: Duration::ZERO,
+        limiting: false,
+    },
+    updated: None,
+    procs: 1,
+});
+
+/// Whether the limiter is on (`CpuBucket::limiting`): the memory limit is set aside.
+static LIMITING: AtomicBool = AtomicBool::new(false);
+
+/// Cycles that ended with the limiter on (Go's `/gc/limiter/last-enabled:gc-cycle`, counted).
+static LIMITED_CYCLES: AtomicU64 = AtomicU64::new(0);
+
+/// CPU time one P adds to the bucket's capacity (Go's `capacityPerProc`).
+const CAPACITY_PER_P: Duration = Duration::from_secs(1);
+
+/// The limiter's arithmetic, separate so it can be tested.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CpuBucket {
+    fill: Duration,
+    /// On from the moment the bucket is full until it is drained to half.
+    limiting: bool,
+}
+
+impl CpuBucket {
+    /// Adds `collector` CPU time out of `available` Ps' time (the rest was the mutators'),
+    /// capped at `capacity`; returns whether the limiter is on.
+    fn add(&mut self, collector: Duration, available: Duration, capacity: Duration) -> bool {
+        let mutators = available.saturating_sub(collector);
+        self.fill = (self.fill + collector)
+            .saturating_sub(mutators)
+            .min(capacity);
+        self.limiting = if self.limiting {
+            self.fill > capacity / 2
+        } else {
+            self.fill >= capacity
+        };
+        self.limiting
+    }
+}
+
+/// Called as each cycle ends with the CPU time the collector took for it and the Ps' time
+/// since the last cycle ended (`stats::record` measures both).
+pub(crate) fn account_cycle_cpu(collector: Duration, available: Duration, procs: usize) {
+    let mut limiter = LIMITER.lock().unwrap_or_else(|poison| poison.into_inner());
+    let procs = u32::try_from(procs.max(1)).unwrap_or(u32::MAX);
+    limiter.procs = procs;
+    limiter.updated = Some(Instant::now());
+    let limiting = limiter
+        .bucket
+        .add(collector, available, CAPACITY_PER_P * procs);
+    if limiting {
+        LIMITED_CYCLES.fetch_add(1, Ordering::Relaxed);
+    }
+    if LIMITING.swap(limiting, Ordering::Relaxed) != limiting {
+        recompute_goal();
+    }
+}
+
+/// While the limiter is on: drains the bucket by the Ps' time since it was last brought up to
+/// date (no cycle ran since, or one is under way and adds its CPU time when it ends), and sets
+/// the memory limit back in force once the bucket is down to half.
+fn drain_limiter() {
+    let Ok(mut limiter) = LIMITER.try_lock() else {
+        return;
+    };
+    let now = Instant::now();
+    let Some(updated) = limiter.updated else {
+        return;
+    };
+    let procs = limiter.procs;
+    let idle = now.saturating_duration_since(updated) * procs;
+    // A millisecond at least, so that allocation batches do not each take the lock.
+    if idle < Duration::from_millis(1) {
+        return;
+    }
+    limiter.updated = Some(now);
+    if !limiter
+        .bucket
+        .add(Duration::ZERO, idle, CAPACITY_PER_P * procs)
+    {
+        LIMITING.store(false, Ordering::Relaxed);
+        recompute_goal();
+    }
+}
+
+/// Whether the CPU limiter has set the memory limit aside, and how many cycles ended with it on.
+pub(crate) fn limiter_state() -> (bool, u64) {
+    (
+        LIMITING.load(Ordering::Relaxed),
+        LIMITED_CYCLES.load(Ordering::Relaxed),
+    )
 }
 
 /// Called at the end of each cycle with what it found.
@@ -109,7 +225,12 @@ pub(crate) fn cycle_done(live: usize, roots: usize) {
 fn recompute_goal() {
     let live = LIVE.load(Ordering::Relaxed);
     let roots = ROOTS.load(Ordering::Relaxed);
-    let goal = compute_goal(live, roots, percent(), memory_limit());
+    let limit = if LIMITING.load(Ordering::Relaxed) {
+        usize::MAX
+    } else {
+        memory_limit()
+    };
+    let goal = compute_goal(live, roots, percent(), limit);
     GOAL.store(goal, Ordering::Relaxed);
     TRIGGER.store(trigger_for(live, goal), Ordering::Relaxed);
 }
@@ -148,6 +269,45 @@ mod tests {
     #[test]
     fn negative_percent_turns_the_trigger_off() {
         assert_eq!(compute_goal(100 << 20, 0, -1, usize::MAX), usize::MAX);
+    }
+
+    #[test]
+    fn the_cpu_bucket_fills_with_the_collectors_time_and_drains_with_the_rest() {
+        let ms = Duration::from_millis;
+        let capacity = ms(2_000);
+        let mut bucket = CpuBucket {
+            fill: ms(0),
+            limiting: false,
+        };
+        // The collector took 40 % of the Ps' time: the bucket stays empty.
+        assert!(!bucket.add(ms(40), ms(100), capacity));
+        assert_eq!(bucket.fill, ms(0));
+        // 75 %: it fills by the difference, 50 ms of the Ps' 100 each time.
+        assert!(!bucket.add(ms(75), ms(100), capacity));
+        assert_eq!(bucket.fill, ms(50));
+        for _ in 0..38 {
+            assert!(!bucket.add(ms(75), ms(100), capacity));
+        }
+        assert_eq!(bucket.fill, ms(1_950));
+        assert!(
+            bucket.add(ms(75), ms(100), capacity),
+            "full: the limiter is on"
+        );
+        assert!(
+            bucket.add(ms(75), ms(100), capacity),
+            "and stays at its capacity"
+        );
+        assert_eq!(bucket.fill, capacity);
+        // Mutator time alone drains it; the limiter stays on down to half.
+        assert!(bucket.add(ms(0), ms(999), capacity));
+        assert_eq!(bucket.fill, ms(1_001));
+        assert!(
+            !bucket.add(ms(0), ms(1), capacity),
+            "half: the limiter is off"
+        );
+        // And comes on again only once the bucket is full.
+        assert!(!bucket.add(ms(75), ms(100), capacity));
+        assert_eq!(bucket.fill, ms(1_050));
     }
 
     #[test]

@@ -48,6 +48,12 @@ pub struct GcStats {
     pub percent: i32,
     /// The memory limit in force (`usize::MAX` when none).
     pub memory_limit: usize,
+    /// Whether the CPU limiter has set the memory limit aside: the collector took more than
+    /// half of the Ps' time for the last second's worth of it, so the goal follows GOGC alone
+    /// until the mutators have had their share again (Go 1.19's GC CPU limiter).
+    pub cpu_limited: bool,
+    /// Cycles that ended with the CPU limiter on.
+    pub cpu_limited_cycles: u64,
     /// CPU time the collector took, by phase, over all cycles.
     pub cpu: GcCpu,
     /// The share of the Ps' time the collector took since its first cycle began (Go's
@@ -160,6 +166,12 @@ impl fmt::Display for GcStats {
         f.write_str(", memory limit ")?;
         if self.memory_limit == usize::MAX {
             f.write_str("none")
+        } else if self.cpu_limited {
+            write!(
+                f,
+                "{} (set aside by the CPU limiter)",
+                Bytes(self.memory_limit)
+            )
         } else {
             write!(f, "{}", Bytes(self.memory_limit))
         }
@@ -200,6 +212,8 @@ const fn stats_zero() -> GcStats {
         freed_objects: 0,
         percent: 100,
         memory_limit: usize::MAX,
+        cpu_limited: false,
+        cpu_limited_cycles: 0,
         cpu: GcCpu {
             pauses: Duration::ZERO,
             marking: Duration::ZERO,
@@ -222,6 +236,7 @@ pub fn stats() -> GcStats {
     stats.heap_goal = pacer::goal();
     stats.percent = pacer::percent();
     stats.memory_limit = pacer::memory_limit();
+    (stats.cpu_limited, stats.cpu_limited_cycles) = pacer::limiter_state();
     stats
 }
 
@@ -258,10 +273,13 @@ pub(crate) fn record(report: &CycleReport) {
     let procs = u32::try_from(report.procs.max(1)).unwrap_or(u32::MAX);
     let end = report.began + pause + report.mark + report.sweep;
     let since = counters.last_end.unwrap_or(started).min(report.began);
-    counters.available += end.saturating_duration_since(since) * procs;
+    let window = end.saturating_duration_since(since) * procs;
+    counters.available += window;
     counters.last_end = Some(end);
     let available = counters.available;
     let stats = &mut counters.stats;
+    let collector = pause * procs + report.marking_cpu + report.sweeping_cpu;
+    pacer::account_cycle_cpu(collector, window, report.procs);
     stats.cpu.pauses += pause * procs;
     stats.cpu.marking += report.marking_cpu;
     stats.cpu.sweeping += report.sweeping_cpu;
@@ -362,6 +380,8 @@ mod tests {
             freed_objects: 2_000_000,
             percent: 100,
             memory_limit: 512 << 20,
+            cpu_limited: false,
+            cpu_limited_cycles: 0,
             cpu: GcCpu {
                 pauses: micros(8420),
                 marking: micros(20_000),
@@ -395,5 +415,19 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("18446744073709551615"), "{text}");
+    }
+
+    #[test]
+    fn a_memory_limit_the_cpu_limiter_set_aside_says_so() {
+        let stats = GcStats {
+            memory_limit: 64 << 20,
+            cpu_limited: true,
+            ..stats_zero()
+        };
+        let text = stats.to_string();
+        assert!(
+            text.ends_with("memory limit 64.0 MiB (set aside by the CPU limiter)"),
+            "{text}"
+        );
     }
 }
