@@ -337,7 +337,7 @@ fn report_segments(visitor: &mut RootVisitor<'_>, segments: &[(usize, usize)]) {
             // SAFETY: a writable PT_LOAD segment of a loaded object is mapped and readable while
             // the object stays loaded; objects are unloaded only by dlclose, which no thread runs
             // while the world is stopped.
-            unsafe { visitor.range(lo as *const u8, hi as *const u8) };
+            unsafe { visitor.global_range(lo as *const u8, hi as *const u8) };
         });
     }
 }

@@ -226,6 +226,12 @@ fn gctrace_prints_gos_line_with_the_cpu_split_and_stats_keep_it() {
                 "{stats:?}"
             );
             assert!(stats.to_string().contains("of the Ps' time"), "{stats}");
+            // The static data scanned is counted apart (gctrace's globals): this binary's
+            // touched `.data` and `.bss`, a part of the roots.
+            assert!(
+                stats.globals_scanned > 0 && stats.globals_scanned < stats.roots_scanned,
+                "{stats:?}"
+            );
         });
         return;
     }
@@ -265,6 +271,14 @@ fn gctrace_prints_gos_line_with_the_cpu_split_and_stats_keep_it() {
             );
         }
         assert!(line.contains(" MB goal, ") && line.ends_with(" P") || line.ends_with("(forced)"));
+        let at = fields
+            .iter()
+            .position(|&field| field == "globals,")
+            .expect("a globals field");
+        assert_eq!(fields[at - 1], "MB", "line: {line}");
+        fields[at - 2]
+            .parse::<usize>()
+            .expect("megabytes of globals");
     }
 }
 

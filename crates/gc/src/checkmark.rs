@@ -53,6 +53,7 @@ pub(crate) fn verify(mutators: &dyn Mutators, mark_immortals: fn(&mut Tracer)) {
             }
         },
         parked_later: false,
+        globals: 0,
     });
     crate::helper::drain(&mut tracer, false);
     drop(tracer);
@@ -132,6 +133,7 @@ fn report(mutators: &dyn Mutators, span: GcSpan, slot: *mut u8) -> ! {
                     }
                 },
                 parked_later: false,
+                globals: 0,
             });
             if let Some((start, end)) = root {
                 let _ = write!(message, "; root range {start:#x}..{end:#x} does");

@@ -287,6 +287,8 @@ pub(crate) struct Marked {
     end_pause: Duration,
     heap_before: usize,
     roots: usize,
+    /// The part of `roots` that was static data.
+    globals: usize,
     /// Work items handed to the mark helper.
     shared_work: usize,
     census: Census,
@@ -483,6 +485,8 @@ struct Started {
     restarted: Instant,
     heap_before: usize,
     roots: usize,
+    /// The part of `roots` that was static data (the first pause's).
+    globals: usize,
 }
 
 /// The cycle the mark worker runs: written by the first pause while the worker waits, read by
@@ -516,17 +520,21 @@ fn start_marking(
     let mut roots = 0;
     // Root memory is scanned now, with its owners stopped: a stack may be gone by the time the
     // worker would get to it. What it reaches is traced once the world runs.
-    mutators.roots(&mut RootVisitor {
-        sink: &mut |root| {
-            if let Root::Range(lo, hi) = root {
-                tracer.marker.scan(lo, hi, Source::Root);
-                roots += hi.saturating_sub(lo);
-            } else {
-                roots += tracer.push_root(root);
-            }
-        },
+    let mut sink = |root| {
+        if let Root::Range(lo, hi) = root {
+            tracer.marker.scan(lo, hi, Source::Root);
+            roots += hi.saturating_sub(lo);
+        } else {
+            roots += tracer.push_root(root);
+        }
+    };
+    let mut visitor = RootVisitor {
+        sink: &mut sink,
         parked_later: true,
-    });
+        globals: 0,
+    };
+    mutators.roots(&mut visitor);
+    let globals = visitor.globals;
     mark::CACHE_RECENT.store(false, Ordering::Relaxed);
     // SAFETY: as above; the worker reads the slot only after `worker::load`.
     unsafe {
@@ -538,6 +546,7 @@ fn start_marking(
             restarted: Instant::now(),
             heap_before,
             roots,
+            globals,
         });
     }
     worker::load();
@@ -569,6 +578,7 @@ fn mark_concurrently() {
             };
         },
         parked_later: false,
+        globals: 0,
     });
     let mut shared_work = 0;
     // Passes that took log entries after the work list first ran dry. Mutators that keep
@@ -682,6 +692,7 @@ fn terminate(
             }
         },
         parked_later: false,
+        globals: 0,
     });
     goro_alloc::for_each_marked_malloc_block(|lo, hi| tracer.marker.work.push(Work::Block(lo, hi)));
     barrier::drain(&mut tracer.marker, true);
@@ -700,6 +711,7 @@ fn terminate(
         end_pause: Duration::ZERO,
         heap_before: started.heap_before,
         roots: started.roots,
+        globals: started.globals,
         shared_work,
         census: Census::default(),
         marking_cpu: Duration::ZERO,
@@ -768,6 +780,7 @@ pub(crate) fn sweep(job: Sweep) {
             freed_bytes: marked.census.freed.bytes + inline.bytes + swept.bytes,
             freed_objects: marked.census.freed.objects + inline.objects + swept.objects,
             roots: marked.roots,
+            globals: marked.globals,
             shared_work: marked.shared_work,
             procs,
             began: requested,

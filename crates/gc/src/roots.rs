@@ -83,6 +83,8 @@ pub unsafe trait Mutators: Sync {
 pub struct RootVisitor<'a> {
     pub(crate) sink: &'a mut dyn FnMut(Root),
     pub(crate) parked_later: bool,
+    /// Bytes of static data reported ([`RootVisitor::global_range`]), for gctrace's globals.
+    pub(crate) globals: usize,
 }
 
 /// One root as [`RootVisitor`] hands it to the marker.
@@ -119,6 +121,17 @@ impl RootVisitor<'_> {
     /// [`Mutators::parked_roots`]: until this call returns).
     pub unsafe fn range(&mut self, lo: *const u8, hi: *const u8) {
         (self.sink)(Root::Range(lo as usize, hi as usize));
+    }
+
+    /// [`RootVisitor::range`] for static data (a loaded object's writable segments), counted
+    /// apart as Go's gctrace counts globals apart from stacks.
+    ///
+    /// # Safety
+    /// As for [`RootVisitor::range`].
+    pub unsafe fn global_range(&mut self, lo: *const u8, hi: *const u8) {
+        self.globals += (hi as usize).saturating_sub(lo as usize);
+        // SAFETY: the caller's promise is `range`'s.
+        unsafe { self.range(lo, hi) };
     }
 
     /// Keeps the heap block that contains `ptr` (e.g. a G struct) alive and scans it

@@ -35,8 +35,11 @@ pub struct GcStats {
     pub heap_alloc: usize,
     /// Heap size at which the next cycle starts (Go's `NextGC`).
     pub heap_goal: usize,
-    /// Root bytes (stacks, runtime structures) scanned by the last cycle.
+    /// Root bytes (stacks, runtime structures, static data) scanned by the last cycle.
     pub roots_scanned: usize,
+    /// The part of `roots_scanned` that was static data (the loaded objects' writable segments,
+    /// the pages of them the process has touched): gctrace's globals.
+    pub globals_scanned: usize,
     /// Work items (objects and ranges to scan) the last cycle handed to the mark helper thread,
     /// which marks beside the collector when the runtime has two or more Ps.
     pub shared_work: usize,
@@ -207,6 +210,7 @@ const fn stats_zero() -> GcStats {
         heap_alloc: 0,
         heap_goal: 0,
         roots_scanned: 0,
+        globals_scanned: 0,
         shared_work: 0,
         total_freed: 0,
         freed_objects: 0,
@@ -256,6 +260,8 @@ pub(crate) struct CycleReport {
     pub(crate) freed_bytes: usize,
     pub(crate) freed_objects: usize,
     pub(crate) roots: usize,
+    /// The part of `roots` that was static data.
+    pub(crate) globals: usize,
     pub(crate) shared_work: usize,
     pub(crate) procs: usize,
     pub(crate) began: Instant,
@@ -296,6 +302,7 @@ pub(crate) fn record(report: &CycleReport) {
     stats.heap_live = report.live_bytes;
     stats.live_objects = report.live_objects;
     stats.roots_scanned = report.roots;
+    stats.globals_scanned = report.globals;
     stats.shared_work = report.shared_work;
     stats.total_freed += report.freed_bytes as u64;
     stats.freed_objects += report.freed_objects as u64;
@@ -314,7 +321,7 @@ pub(crate) fn record(report: &CycleReport) {
     let _ = writeln!(
         std::io::stderr(),
         "gc {} @{:.3}s {:.0}%: {:.3}+{:.3}+{:.3} ms clock, {:.3}+{:.3}+{:.3} ms cpu, \
-         {}->{}->{} MB, {} MB goal, {} MB stacks, 0 MB globals, {} P{}",
+         {}->{}->{} MB, {} MB goal, {} MB stacks, {} MB globals, {} P{}",
         cycles,
         elapsed.as_secs_f64(),
         share,
@@ -328,7 +335,8 @@ pub(crate) fn record(report: &CycleReport) {
         mb(report.heap_before),
         mb(report.live_bytes),
         mb(pacer::goal()),
-        mb(report.roots),
+        mb(report.roots.saturating_sub(report.globals)),
+        mb(report.globals),
         report.procs,
         if report.forced { " (forced)" } else { "" },
     );
@@ -375,6 +383,7 @@ mod tests {
             heap_alloc: (12 << 20) + (300 << 10),
             heap_goal: 16 << 20,
             roots_scanned: 256 << 10,
+            globals_scanned: 64 << 10,
             shared_work: 0,
             total_freed: (120 << 20) + (512 << 10),
             freed_objects: 2_000_000,
