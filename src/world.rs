@@ -61,7 +61,7 @@
 mod procfs;
 
 use goro_sched::{futex_wait, futex_wake};
-use procfs::{Maps, blocks_the_signal, cpu_use, for_each_task, pages_readable};
+use procfs::{CpuUse, Maps, blocks_the_signal, cpu_use, for_each_task, pages_readable};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -96,6 +96,10 @@ struct Slot {
     /// handler was running there when the signal came), else zeros.
     alt_lo: AtomicUsize,
     alt_hi: AtomicUsize,
+    /// The return address the kernel put below the handler's context (the restorer, glibc's
+    /// `__restore_rt` for a handler installed through it): the first frame on the alternate
+    /// stack has the same one when its handler was installed the same way (`interrupted_sp`).
+    restorer: AtomicUsize,
     /// The thread's use of the CPU at the last check of a thread that blocks the signal
     /// (`may_give_up`): nanoseconds on a CPU, and times put on one plus one (0: not checked).
     seen_ran_ns: AtomicU64,
@@ -203,6 +207,10 @@ extern "C" fn on_suspend_signal(
             .store(if on_alt { alt_lo } else { 0 }, Ordering::Relaxed);
         slot.alt_hi
             .store(if on_alt { alt_hi } else { 0 }, Ordering::Relaxed);
+        // SAFETY: the kernel's signal frame holds the restorer's address in the word below the
+        // context it passes.
+        let restorer = unsafe { context.cast::<usize>().sub(1).read() };
+        slot.restorer.store(restorer, Ordering::Relaxed);
         // Release: publishes `sp` and `tp`, and every write the thread made before the
         // signal, to the collector's Acquire load of the state.
         if slot
@@ -366,6 +374,7 @@ fn take_slot(used: &mut usize, tid: i32, state: u32) -> &'static Slot {
     slot.seen_runs.store(0, Ordering::Relaxed);
     slot.alt_lo.store(0, Ordering::Relaxed);
     slot.alt_hi.store(0, Ordering::Relaxed);
+    slot.restorer.store(0, Ordering::Relaxed);
     *used += 1;
     slot
 }
@@ -396,7 +405,7 @@ fn wait_for(slots: &[Slot]) {
                     continue;
                 }
                 let tid = slot.tid.load(Ordering::Relaxed);
-                if !signal_target_exists(tid) {
+                if !signal_target_exists(tid) || cpu_use(tid).is_some_and(CpuUse::exited) {
                     give_up_on(slot, GONE);
                 } else if waited > Duration::from_secs(1)
                     && blocks_the_signal(tid, SUSPEND_SIGNAL)
@@ -430,7 +439,8 @@ fn give_up_on(slot: &Slot, state: u32) -> bool {
 }
 
 /// Whether the collector may give up on the thread of `slot` (`tid`), which blocks the signal:
-/// unless it is runnable and has not been on a CPU since the last check. glibc blocks every
+/// unless it is runnable and has not been on a CPU since the last check, or sleeps in the
+/// kernel uninterruptibly (`CpuUse::may_be_given_up`). glibc blocks every
 /// signal in a thread it is creating until the thread first runs, so a new thread kept off the
 /// CPUs looks like one that blocks the signal; yet it stops as soon as it runs, and until then
 /// the closure `std::thread::spawn` gave it is reachable only from its descriptor, which no
@@ -447,7 +457,7 @@ fn may_give_up(slot: &Slot, tid: i32) -> bool {
     };
     slot.seen_ran_ns.store(now.ran_ns, Ordering::Relaxed);
     slot.seen_runs.store(now.runs + 1, Ordering::Relaxed);
-    now.has_had_a_cpu_since(seen)
+    now.may_be_given_up(seen)
 }
 
 /// Whether the thread `tid` of this process still exists.
@@ -471,43 +481,45 @@ impl Stopped {
         let my_sp = core::hint::black_box(&here) as *const usize as usize;
         // SAFETY: pthread_self has no preconditions.
         let my_tp = unsafe { libc::pthread_self() } as usize;
-        let mut report = |tid: i32, sp: usize, tp: usize, alternate: Option<(usize, usize)>| {
-            if tid == self.worker {
-                return;
-            }
-            // Stopped on its alternate signal stack: scan that stack's live part, and the
-            // interrupted stack as if the thread had stopped where the first handler took it.
-            let (sp, alternate) =
-                match alternate.and_then(|(lo, hi)| Some((interrupted_sp(lo, hi)?, (sp, hi)))) {
+        let mut report =
+            |tid: i32, sp: usize, tp: usize, alternate: Option<(usize, usize, usize)>| {
+                if tid == self.worker {
+                    return;
+                }
+                // Stopped on its alternate signal stack: scan that stack's live part, and the
+                // interrupted stack as if the thread had stopped where the first handler took it.
+                let (sp, alternate) = match alternate.and_then(|(lo, hi, restorer)| {
+                    Some((interrupted_sp(lo, hi, sp, restorer)?, (sp, hi)))
+                }) {
                     Some((interrupted, live)) => {
                         (interrupted, pages_readable(live.0, live.1).then_some(live))
                     }
                     None => (sp, None),
                 };
-            let slot_top = goro_stack::slot_bounds(sp).map(|(_, top)| top);
-            let Some(place) = places.find(tid, sp, tp, slot_top.is_some(), self.tls) else {
-                return;
+                let slot_top = goro_stack::slot_bounds(sp).map(|(_, top)| top);
+                let Some(place) = places.find(tid, sp, tp, slot_top.is_some(), self.tls) else {
+                    return;
+                };
+                let top = slot_top.unwrap_or(place.stack_end);
+                let tls = {
+                    let (lo, hi) = self.tls;
+                    let (lo, hi) = (tp.wrapping_add_signed(lo), tp.wrapping_add_signed(hi));
+                    // glibc puts a thread's TLS and descriptor at the top of its stack mapping:
+                    // scanned already.
+                    let in_stack = lo >= sp && hi <= top;
+                    (!in_stack && place.tls_readable).then_some((lo, hi))
+                };
+                let skip = (
+                    tp.wrapping_add_signed(self.cache.0),
+                    tp.wrapping_add_signed(self.cache.1),
+                );
+                f(ThreadRoots {
+                    stack: (sp, top),
+                    tls,
+                    alternate,
+                    skip,
+                });
             };
-            let top = slot_top.unwrap_or(place.stack_end);
-            let tls = {
-                let (lo, hi) = self.tls;
-                let (lo, hi) = (tp.wrapping_add_signed(lo), tp.wrapping_add_signed(hi));
-                // glibc puts a thread's TLS and descriptor at the top of its stack mapping:
-                // scanned already.
-                let in_stack = lo >= sp && hi <= top;
-                (!in_stack && place.tls_readable).then_some((lo, hi))
-            };
-            let skip = (
-                tp.wrapping_add_signed(self.cache.0),
-                tp.wrapping_add_signed(self.cache.1),
-            );
-            f(ThreadRoots {
-                stack: (sp, top),
-                tls,
-                alternate,
-                skip,
-            });
-        };
         match self.own {
             OwnStack::Here => report(self.me, my_sp, my_tp, None),
             OwnStack::Skip => {}
@@ -518,6 +530,7 @@ impl Stopped {
                 let alternate = (
                     slot.alt_lo.load(Ordering::Relaxed),
                     slot.alt_hi.load(Ordering::Relaxed),
+                    slot.restorer.load(Ordering::Relaxed),
                 );
                 report(
                     slot.tid.load(Ordering::Relaxed),
@@ -769,11 +782,15 @@ pub(crate) fn prepare_stop() {
 }
 
 /// The stack pointer a thread had when a signal first took it onto its alternate stack
-/// `[lo, hi)`, which it is still on: read from the kernel's signal frame nearest the top of that
-/// stack (the first one pushed there), whose `ucontext_t` names the alternate stack it was
-/// delivered on (`uc_stack`) and holds the interrupted registers. `None` if no frame there
-/// names it, or on an architecture whose frame this does not read.
-fn interrupted_sp(lo: usize, hi: usize) -> Option<usize> {
+/// `[lo, hi)`, which it is still on at `sp`: read from the kernel's signal frame nearest the top
+/// of that stack (the first one pushed there), whose `ucontext_t` names the alternate stack it
+/// was delivered on (`uc_stack`) and holds the interrupted registers. A candidate must also
+/// have the kernel frame's shape: `restorer` (the stop handler's own return address, the same
+/// for every handler installed through glibc) in the word below it, and its FP state pointer
+/// pointing above it, inside the stack (the FP save area above a frame holds the interrupted
+/// vector registers, which user code can fill with the very words `uc_stack` holds). `None` if
+/// no frame there passes, or on an architecture whose frame this does not read.
+fn interrupted_sp(lo: usize, hi: usize, sp: usize, restorer: usize) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     {
         use core::mem::offset_of;
@@ -783,17 +800,27 @@ fn interrupted_sp(lo: usize, hi: usize) -> Option<usize> {
         let rsp = offset_of!(libc::ucontext_t, uc_mcontext)
             + offset_of!(libc::mcontext_t, gregs)
             + libc::REG_RSP as usize * size_of::<libc::greg_t>();
+        let fpregs =
+            offset_of!(libc::ucontext_t, uc_mcontext) + offset_of!(libc::mcontext_t, fpregs);
         let word = |at: usize| {
             // SAFETY: `at` is an aligned word inside the alternate stack, mapped while the
             // thread runs on it; the thread is stopped.
             unsafe { core::ptr::read_volatile(at as *const usize) }
         };
-        if !pages_readable(lo, hi) {
+        // Every frame lies between the stop handler's frame and the top: the live part, which
+        // the kernel wrote (a guard page may sit at the range's bottom).
+        let bottom = lo.max(sp) + size_of::<usize>();
+        if !pages_readable(bottom - size_of::<usize>(), hi) {
             return None;
         }
-        let mut at = hi.checked_sub(rsp + size_of::<usize>())? & !(size_of::<usize>() - 1);
-        while at >= lo {
-            if word(at + base) == lo && word(at + size) == hi - lo {
+        let last = rsp.max(fpregs) + size_of::<usize>();
+        let mut at = hi.checked_sub(last)? & !(size_of::<usize>() - 1);
+        while at >= bottom {
+            if word(at + base) == lo
+                && word(at + size) == hi - lo
+                && word(at - size_of::<usize>()) == restorer
+                && (at + last..hi).contains(&word(at + fpregs))
+            {
                 let interrupted = word(at + rsp);
                 if !(lo..hi).contains(&interrupted) {
                     return Some(interrupted);
@@ -805,7 +832,7 @@ fn interrupted_sp(lo: usize, hi: usize) -> Option<usize> {
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (lo, hi);
+        let _ = (lo, hi, sp, restorer);
         None
     }
 }

@@ -791,10 +791,12 @@ fn a_gc_moved_into_a_starting_std_threads_closure_survives() {
     }
 }
 
-/// Set while the `SIGUSR2` handler of the alternate-stack test should wait.
+/// Set while the `SIGUSR2` handler of the alternate-stack tests should wait.
 static HOLD_IN_HANDLER: AtomicBool = AtomicBool::new(false);
 /// Set by that handler once it runs.
 static IN_HANDLER: AtomicBool = AtomicBool::new(false);
+/// Set by that handler as it returns.
+static HANDLED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn wait_in_handler(_: libc::c_int) {
     IN_HANDLER.store(true, Ordering::Release);
@@ -810,19 +812,94 @@ extern "C" fn wait_in_handler(_: libc::c_int) {
             )
         };
     }
+    HANDLED.store(true, Ordering::Release);
 }
 
-/// Raises `SIGUSR2` on this thread (its handler runs on the alternate stack and waits) while the
-/// only copy of the tree lies in this frame, then checks the tree.
+/// How the holder's handler comes to run on its alternate stack.
+#[derive(Clone, Copy, Debug)]
+enum AltCase {
+    /// It raises the signal itself.
+    Raise,
+    /// As `Raise`, with the registered range starting with a guard page (as std's own).
+    GuardBelow,
+    /// The signal comes from another thread while the holder copies the alternate stack's
+    /// address and size through vector registers, which the kernel saves above the frame
+    /// where `uc_stack` holds the same two words.
+    AsyncWithTheStackInRegisters,
+}
+
+/// Holds the only copy of a tree in this frame while the `SIGUSR2` handler runs on the
+/// alternate stack `stack` and waits, then checks the tree.
 #[inline(never)]
-fn hold_a_tree_through_a_handler(seed: u64) -> bool {
+fn hold_a_tree_through_a_handler(seed: u64, case: AltCase, stack: (usize, usize)) -> bool {
     let mut kept = [build(6, seed)];
     let sum = checksum(&kept[0]);
     std::hint::black_box(&mut kept);
-    // SAFETY: raises a signal whose handler is installed, on this thread.
-    unsafe { libc::raise(libc::SIGUSR2) };
+    match case {
+        // SAFETY: raises a signal whose handler is installed, on this thread.
+        AltCase::Raise | AltCase::GuardBelow => unsafe {
+            libc::raise(libc::SIGUSR2);
+        },
+        AltCase::AsyncWithTheStackInRegisters => {
+            while !HANDLED.load(Ordering::Acquire) {
+                // xmm0 and xmm1 hold the stack's address and size: the kernel saves them 16
+                // bytes apart, as `uc_stack` holds them.
+                // SAFETY: writes two vector registers, declared clobbered.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    core::arch::asm!(
+                        "movq xmm0, {base}",
+                        "movq xmm1, {size}",
+                        "pause",
+                        base = in(reg) stack.0,
+                        size = in(reg) stack.1,
+                        out("xmm0") _,
+                        out("xmm1") _,
+                    )
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                std::hint::black_box(stack);
+            }
+        }
+    }
     std::hint::black_box(&mut kept);
     checksum(&kept[0]) == sum
+}
+
+/// Maps and registers an alternate signal stack of `bytes` for this thread (and a guard page
+/// below it, inside the registered range, for `GuardBelow`); returns the registered range.
+fn install_alternate_stack(bytes: usize, case: AltCase) -> (usize, usize) {
+    let guard = if matches!(case, AltCase::GuardBelow) {
+        4096
+    } else {
+        0
+    };
+    // SAFETY: an anonymous mapping for the alternate stack, left mapped (the thread exits with
+    // it installed); the guard page is the mapping's first.
+    let base = unsafe {
+        let base = libc::mmap(
+            std::ptr::null_mut(),
+            bytes + guard,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(base, libc::MAP_FAILED);
+        if guard > 0 {
+            assert_eq!(libc::mprotect(base, guard, libc::PROT_NONE), 0);
+        }
+        base
+    };
+    let stack = libc::stack_t {
+        ss_sp: base,
+        ss_flags: 0,
+        ss_size: bytes + guard,
+    };
+    // SAFETY: a valid, mapped alternate stack for this thread.
+    let installed = unsafe { libc::sigaltstack(&stack, std::ptr::null_mut()) };
+    assert_eq!(installed, 0);
+    (base as usize, bytes + guard)
 }
 
 #[test]
@@ -841,33 +918,29 @@ fn a_gc_on_the_stack_a_handler_on_the_alternate_stack_interrupted_survives() {
         );
     }
     run(2, || {
-        for round in 0..4 {
+        let cases = [
+            AltCase::Raise,
+            AltCase::GuardBelow,
+            AltCase::AsyncWithTheStackInRegisters,
+        ];
+        for (round, case) in cases.into_iter().cycle().take(9).enumerate() {
             HOLD_IN_HANDLER.store(true, Ordering::Release);
             IN_HANDLER.store(false, Ordering::Release);
+            HANDLED.store(false, Ordering::Release);
+            let (tid_tx, tid_rx) = mpsc::channel();
             let thread = std::thread::spawn(move || {
-                // SAFETY: an anonymous mapping for the alternate stack, left mapped (the
-                // thread exits with it installed).
-                let alt = unsafe {
-                    libc::mmap(
-                        std::ptr::null_mut(),
-                        ALT,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                        -1,
-                        0,
-                    )
-                };
-                assert_ne!(alt, libc::MAP_FAILED);
-                let stack = libc::stack_t {
-                    ss_sp: alt,
-                    ss_flags: 0,
-                    ss_size: ALT,
-                };
-                // SAFETY: a valid, mapped alternate stack for this thread.
-                let installed = unsafe { libc::sigaltstack(&stack, std::ptr::null_mut()) };
-                assert_eq!(installed, 0);
-                hold_a_tree_through_a_handler(round)
+                let stack = install_alternate_stack(ALT, case);
+                // SAFETY: gettid has no preconditions.
+                tid_tx.send(unsafe { libc::gettid() }).unwrap();
+                hold_a_tree_through_a_handler(round as u64, case, stack)
             });
+            let tid = goro::blocking(|| tid_rx.recv().unwrap());
+            if matches!(case, AltCase::AsyncWithTheStackInRegisters) {
+                goro::sleep(Duration::from_millis(2));
+                // SAFETY: a signal whose handler is installed, to a thread of this process
+                // that waits for it.
+                unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGUSR2) };
+            }
             goro::blocking(|| {
                 while !IN_HANDLER.load(Ordering::Acquire) {
                     std::thread::sleep(Duration::from_millis(1));
@@ -879,7 +952,7 @@ fn a_gc_on_the_stack_a_handler_on_the_alternate_stack_interrupted_survives() {
             HOLD_IN_HANDLER.store(false, Ordering::Release);
             assert!(
                 goro::blocking(|| thread.join().unwrap()),
-                "round {round}: the tree changed"
+                "round {round} ({case:?}): the tree changed"
             );
         }
     });

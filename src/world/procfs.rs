@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// A thread's use of the CPU, from `/proc/self/task/TID/stat` and `schedstat`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct CpuUse {
-    /// In state `R`: running, or waiting for a CPU.
-    pub(super) runnable: bool,
+    /// Its state in `stat`: `R` running or waiting for a CPU, `S` asleep, `D` asleep in the
+    /// kernel uninterruptibly, `Z` a zombie (a thread-group leader that exited before the
+    /// other threads), ...
+    pub(super) state: u8,
     /// Nanoseconds on a CPU (the kernel brings it up to date at each tick and switch).
     pub(super) ran_ns: u64,
     /// Times the thread was put on a CPU.
@@ -18,10 +20,24 @@ pub(super) struct CpuUse {
 }
 
 impl CpuUse {
-    /// Whether the thread is not waiting for its turn on a CPU, or has had one since it used
-    /// `seen` (nanoseconds, runs).
-    pub(super) fn has_had_a_cpu_since(self, seen: Option<(u64, u64)>) -> bool {
-        !self.runnable || seen.is_some_and(|seen| seen != (self.ran_ns, self.runs))
+    /// Whether the thread has exited: a zombie leader (its process goes on with the other
+    /// threads) stays listed in `/proc/self/task` and accepts signals it will never take.
+    pub(super) fn exited(self) -> bool {
+        matches!(self.state, b'Z' | b'X' | b'x')
+    }
+
+    /// Whether a thread that blocks the stop signal may be given up on, as it used the CPU
+    /// now and at the last check (`seen`: nanoseconds, runs). Not while it waits for its turn
+    /// on a CPU and has not had one since (glibc's creation window), nor while it sleeps in the
+    /// kernel uninterruptibly (glibc's `posix_spawn`, which `std::process::Command` uses, blocks
+    /// every signal and waits so for its child to exec); yes once it sleeps interruptibly or has
+    /// run since.
+    pub(super) fn may_be_given_up(self, seen: Option<(u64, u64)>) -> bool {
+        match self.state {
+            b'R' => seen.is_some_and(|seen| seen != (self.ran_ns, self.runs)),
+            b'D' => false,
+            _ => true,
+        }
     }
 }
 
@@ -32,7 +48,7 @@ pub(super) fn cpu_use(tid: i32) -> Option<CpuUse> {
     // The state follows the command name, which may itself hold ") ".
     let text = &buf[..n];
     let after_name = text.iter().rposition(|&b| b == b')')?;
-    let runnable = text.get(after_name + 2) == Some(&b'R');
+    let state = *text.get(after_name + 2)?;
     let n = read_file(&task_path(tid, b"schedstat\0"), &mut buf)?;
     let mut fields = buf[..n]
         .split(|b| b.is_ascii_whitespace())
@@ -41,7 +57,7 @@ pub(super) fn cpu_use(tid: i32) -> Option<CpuUse> {
     let ran_ns = fields.next()??;
     let runs = fields.nth(1)??;
     Some(CpuUse {
-        runnable,
+        state,
         ran_ns,
         runs,
     })
@@ -439,27 +455,41 @@ mod tests {
     #[test]
     fn a_thread_waiting_for_its_first_cpu_is_not_given_up_on() {
         let waiting = CpuUse {
-            runnable: true,
+            state: b'R',
             ran_ns: 0,
             runs: 0,
         };
         // Never run: wait for it, however often it is checked.
-        assert!(!waiting.has_had_a_cpu_since(None));
-        assert!(!waiting.has_had_a_cpu_since(Some((0, 0))));
+        assert!(!waiting.may_be_given_up(None));
+        assert!(!waiting.may_be_given_up(Some((0, 0))));
         // Runnable and on a CPU since the last check: it has had its chance.
         let ran = CpuUse {
             ran_ns: 40_000,
             runs: 1,
             ..waiting
         };
-        assert!(ran.has_had_a_cpu_since(Some((0, 0))));
-        assert!(!ran.has_had_a_cpu_since(Some((40_000, 1))));
+        assert!(ran.may_be_given_up(Some((0, 0))));
+        assert!(!ran.may_be_given_up(Some((40_000, 1))));
         // Asleep: it will not stop by itself.
         let asleep = CpuUse {
-            runnable: false,
+            state: b'S',
             ..waiting
         };
-        assert!(asleep.has_had_a_cpu_since(None));
+        assert!(asleep.may_be_given_up(None));
+        // Asleep in the kernel (a `posix_spawn` waiting for its child's exec): wait for it.
+        let in_the_kernel = CpuUse {
+            state: b'D',
+            ..waiting
+        };
+        assert!(!in_the_kernel.may_be_given_up(Some((0, 0))));
+        assert!(
+            CpuUse {
+                state: b'Z',
+                ..waiting
+            }
+            .exited()
+        );
+        assert!(!asleep.exited());
     }
 
     #[test]
@@ -467,7 +497,7 @@ mod tests {
         // SAFETY: gettid has no preconditions.
         let me = unsafe { libc::gettid() };
         let mine = cpu_use(me).unwrap();
-        assert!(mine.runnable, "{mine:?}");
+        assert_eq!(mine.state, b'R', "{mine:?}");
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let sleeper = std::thread::spawn(move || {
@@ -478,7 +508,7 @@ mod tests {
         let tid = tid_rx.recv().unwrap();
         let asleep = loop {
             let now = cpu_use(tid).unwrap();
-            if !now.runnable {
+            if now.state == b'S' {
                 break now;
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
