@@ -52,8 +52,11 @@
 //! A thread that blocks the signal cannot be stopped. After a second of waiting the collector
 //! checks the thread's blocked set; if the signal is blocked it warns once and goes on without
 //! that thread, whose roots are then not seen (docs/soundness.md lists this route as open) —
-//! unless the thread is runnable and has not had a CPU since the last check: glibc blocks every
-//! signal in a thread it is creating until it first runs (`may_give_up`).
+//! unless the thread is runnable and has not had a CPU since the last check (glibc blocks every
+//! signal in a thread it is creating until it first runs), or sleeps in the kernel
+//! uninterruptibly (glibc's `posix_spawn` waiting for its child's exec): `may_give_up`. A
+//! thread that has exited (a zombie thread-group leader, which stays listed and accepts signals
+//! it never takes) counts as gone.
 //! Rejected: `ptrace` (a process cannot trace its own threads), scanning threads without
 //! stopping them (the `rotate_left` race above), and stopping only threads that registered
 //! (users cannot be asked to register every thread a C library starts).
