@@ -244,36 +244,43 @@ fn rewire(graph: Gc<Graph>, seed: u64, stop: &AtomicBool, yields: bool) -> u64 {
     rounds
 }
 
-fn rewire_during_collections(procs: usize, cycles: u64) {
+/// Runs `mutate` on two goroutines and a std thread (seeded from `seeds`) over the object
+/// `build` makes, while the test collects `cycles` times, `check`ing the object after each, with
+/// gccheckmark and clobberfree on. `check` returns how many objects it saw.
+fn mutate_during_collections<T: goro::gc::Trace + Send + Sync + 'static>(
+    procs: usize,
+    cycles: u64,
+    build: fn() -> Gc<T>,
+    mutate: fn(Gc<T>, u64, &AtomicBool, bool) -> u64,
+    check: fn(&T) -> usize,
+    seeds: [u64; 3],
+) {
     common::run_clobbering(procs, move || {
         goro::gc::set_checkmark(true);
-        let graph = Gc::new(Graph {
-            slots: core::array::from_fn(|i| GcCell::new(Some(node(i as u64, None)))),
-        });
+        let shared = build();
         let stop = Arc::new(AtomicBool::new(false));
         let rounds = Arc::new(AtomicUsize::new(0));
-        let mutators: Vec<_> = (0..2)
-            .map(|m| {
-                let stop = Arc::clone(&stop);
-                let rounds = Arc::clone(&rounds);
+        let mutators: Vec<_> = seeds[..2]
+            .iter()
+            .map(|&seed| {
+                let (stop, rounds) = (Arc::clone(&stop), Arc::clone(&rounds));
                 goro::go(move || {
-                    let done = rewire(graph, 0x9e37_79b9 + m, &stop, true);
+                    let done = mutate(shared, seed, &stop, true);
                     rounds.fetch_add(done as usize, Ordering::Relaxed);
                 })
             })
             .collect();
         let thread = {
-            let stop = Arc::clone(&stop);
-            let rounds = Arc::clone(&rounds);
+            let (stop, rounds) = (Arc::clone(&stop), Arc::clone(&rounds));
             std::thread::spawn(move || {
-                let done = rewire(graph, 0x51ed_270b, &stop, false);
+                let done = mutate(shared, seeds[2], &stop, false);
                 rounds.fetch_add(done as usize, Ordering::Relaxed);
             })
         };
         let before = goro::gc::stats().cycles;
         while goro::gc::stats().cycles < before + cycles {
             goro::gc::collect();
-            check_graph(&graph);
+            check(&shared);
         }
         stop.store(true, Ordering::Relaxed);
         for m in mutators {
@@ -281,13 +288,28 @@ fn rewire_during_collections(procs: usize, cycles: u64) {
         }
         thread.join().unwrap();
         goro::gc::collect();
-        assert!(check_graph(&graph) >= 1);
+        assert!(check(&shared) >= 1);
         goro::gc::set_checkmark(false);
         assert!(
             rounds.load(Ordering::Relaxed) > 0,
             "the mutators never ran beside the collections"
         );
     });
+}
+
+fn rewire_during_collections(procs: usize, cycles: u64) {
+    mutate_during_collections(
+        procs,
+        cycles,
+        || {
+            Gc::new(Graph {
+                slots: core::array::from_fn(|i| GcCell::new(Some(node(i as u64, None)))),
+            })
+        },
+        rewire,
+        check_graph,
+        [0x9e37_79b9, 0x9e37_79ba, 0x51ed_270b],
+    );
 }
 
 #[test]
@@ -689,4 +711,125 @@ fn parked_goroutines_wake_grow_and_exit_while_the_worker_reads_them_at_1_p() {
 #[test]
 fn parked_goroutines_wake_grow_and_exit_while_the_worker_reads_them_at_2_ps() {
     parked_goroutines_wake_grow_and_exit_while_the_worker_reads_them(2);
+}
+
+/// A pointer-free object (`Trace::POINTER_FREE`): marking sets its bit without reading it.
+#[derive(Trace)]
+struct Payload {
+    words: [u64; 31],
+}
+
+/// Slots of pointer-free payloads, each word of a payload its own value.
+#[derive(Trace)]
+struct Payloads {
+    slots: [GcCell<Gc<Payload>>; SLOTS],
+}
+
+fn payload(value: u64) -> Gc<Payload> {
+    Gc::new(Payload { words: [value; 31] })
+}
+
+/// What a slot holds, unless another mutator is writing it.
+fn read_slot(slot: &GcCell<Gc<Payload>>) -> Option<Gc<Payload>> {
+    slot.try_borrow().ok().map(|held| *held)
+}
+
+/// Stores into a slot unless another mutator is using it; returns whether it did.
+fn write_slot(slot: &GcCell<Gc<Payload>>, value: Gc<Payload>) -> bool {
+    slot.try_borrow_mut().map(|mut held| *held = value).is_ok()
+}
+
+fn assert_payload_intact(payload: &Payload) {
+    assert!(
+        payload.words.iter().all(|&w| w == payload.words[0]),
+        "a reachable pointer-free object was freed or overwritten"
+    );
+}
+
+/// Checks every payload the slots hold; returns how many it saw.
+fn check_payloads(payloads: &Payloads) -> usize {
+    let mut seen = 0;
+    for slot in &payloads.slots {
+        if let Some(held) = read_slot(slot) {
+            assert_payload_intact(&held);
+            seen += 1;
+        }
+    }
+    seen
+}
+
+/// One mutator's churn: replaces payloads, swaps them between slots through its stack, and
+/// moves them out into a `Vec` (yielding while they are only there) and back; checks what it
+/// reads.
+fn churn_payloads(payloads: Gc<Payloads>, seed: u64, stop: &AtomicBool, yields: bool) -> u64 {
+    let mut rng = Rng(seed | 1);
+    let mut rounds = 0;
+    while !stop.load(Ordering::Relaxed) {
+        rounds += 1;
+        churn_payloads_once(&payloads, &mut rng, yields);
+    }
+    rounds
+}
+
+fn churn_payloads_once(payloads: &Payloads, rng: &mut Rng, yields: bool) {
+    let (i, j) = (rng.below(SLOTS), rng.below(SLOTS));
+    match rng.below(3) {
+        0 => {
+            write_slot(&payloads.slots[i], payload(rng.next()));
+        }
+        1 => {
+            if let (Some(a), Some(b)) =
+                (read_slot(&payloads.slots[i]), read_slot(&payloads.slots[j]))
+                && write_slot(&payloads.slots[i], b)
+            {
+                write_slot(&payloads.slots[j], a);
+            }
+        }
+        _ => {
+            let mut held: Vec<Gc<Payload>> = Vec::new();
+            for k in 0..4 {
+                let slot = &payloads.slots[(i + k) % SLOTS];
+                if let Some(p) = read_slot(slot)
+                    && write_slot(slot, payload(rng.next()))
+                {
+                    held.push(p);
+                }
+            }
+            if yields {
+                goro::yield_now();
+            }
+            for (k, p) in held.into_iter().enumerate() {
+                assert_payload_intact(&p);
+                write_slot(&payloads.slots[(j + k) % SLOTS], p);
+            }
+        }
+    }
+}
+
+/// Pointer-free objects churned by two goroutines and a std thread while collections run, with
+/// gccheckmark and clobberfree on: none is missed (marked without being read), none reachable
+/// is freed.
+fn churn_pointer_free_objects_during_collections(procs: usize, cycles: u64) {
+    mutate_during_collections(
+        procs,
+        cycles,
+        || {
+            Gc::new(Payloads {
+                slots: core::array::from_fn(|i| GcCell::new(payload(i as u64))),
+            })
+        },
+        churn_payloads,
+        check_payloads,
+        [0x2545_f491, 0x2545_f492, 0x4f6c_dd1d],
+    );
+}
+
+#[test]
+fn churning_pointer_free_objects_during_marking_misses_nothing_at_1_p() {
+    churn_pointer_free_objects_during_collections(1, 200);
+}
+
+#[test]
+fn churning_pointer_free_objects_during_marking_misses_nothing_at_2_ps() {
+    churn_pointer_free_objects_during_collections(2, 200);
 }

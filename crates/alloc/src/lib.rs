@@ -9,7 +9,9 @@
 //! - *span* (`mspan`): a run of pages; in use it holds equal *slots* of one *size class*
 //!   ([`size_class`], 67 classes from 8 B to 32 KiB) or one *large* object (> 32 KiB).
 //! - *span class*: size class × kind, kind being [`SpanKind::Malloc`] (ordinary Rust heap
-//!   blocks) or [`SpanKind::Gc`] (collector objects). The kinds never share a span.
+//!   blocks) or [`SpanKind::Gc`] (collector objects), the latter split in two like Go's
+//!   *scan* and *noscan* classes: objects that may hold pointers ([`alloc_gc`]) and
+//!   pointer-free ones ([`alloc_gc_pointer_free`]). The kinds never share a span.
 //! - *mcache*: per-thread cache owning one current span per span class (`mcache.rs`).
 //! - *mcentral*: per span class, the unowned spans with free slots (`mcentral.rs`).
 //! - *mheap*: the page heap carving spans out of arenas and coalescing freed runs (`mheap.rs`).
@@ -86,7 +88,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use size_class::{MAX_SMALL_SIZE, SizeClass};
-use span::{MAX_OBJECTS, STATE_LARGE, STATE_SMALL, Span};
+use span::{MAX_OBJECTS, POINTER_FREE_BASE, STATE_LARGE, STATE_SMALL, Span};
 
 pub use stats::ClassStats;
 
@@ -154,7 +156,7 @@ fn malloc(size: usize, align: usize, kind: SpanKind) -> *mut u8 {
 fn malloc_slow(size: usize, align: usize, kind: SpanKind) -> *mut u8 {
     match SizeClass::for_size_align(size, align) {
         Some(c) => mcache::alloc_small((c.index() * 2 + kind as usize) as u8),
-        None => alloc_large(size, align, kind),
+        None => alloc_large(size, align, kind as usize),
     }
 }
 
@@ -170,10 +172,11 @@ pub fn set_mark_new_large_blocks(on: bool) {
     MARK_NEW_LARGE_BLOCKS.store(on, Ordering::Relaxed);
 }
 
-/// A large object: its own span from the page heap. With `align > PAGE_SIZE` the span is
-/// over-allocated by `align - PAGE_SIZE` bytes and the object starts at the first aligned address.
+/// A large object: its own span from the page heap, of span class `spc` (0 Malloc, 1 Gc,
+/// [`POINTER_FREE_BASE`] pointer-free Gc). With `align > PAGE_SIZE` the span is over-allocated
+/// by `align - PAGE_SIZE` bytes and the object starts at the first aligned address.
 #[cold]
-fn alloc_large(size: usize, align: usize, kind: SpanKind) -> *mut u8 {
+fn alloc_large(size: usize, align: usize, spc: usize) -> *mut u8 {
     let Some(elem) = size.max(16).checked_next_multiple_of(8) else {
         return core::ptr::null_mut();
     };
@@ -187,7 +190,7 @@ fn alloc_large(size: usize, align: usize, kind: SpanKind) -> *mut u8 {
     scavenger::ensure_started();
     let start = s.start.load(Ordering::Relaxed);
     let obj = start.next_multiple_of(align.max(8));
-    let gc = kind == SpanKind::Gc;
+    let gc = span::spc_is_gc(spc);
     // Malloc objects may grow in place up to the end of the span; Gc objects keep the exact
     // (8-rounded) size so the header word sits where the collector expects it.
     let elem_size = if gc {
@@ -195,7 +198,7 @@ fn alloc_large(size: usize, align: usize, kind: SpanKind) -> *mut u8 {
     } else {
         start + npages * PAGE_SIZE - obj
     };
-    s.init_large(obj, elem_size, gc);
+    s.init_large(obj, elem_size, spc);
     if !gc && MARK_NEW_LARGE_BLOCKS.load(Ordering::Relaxed) {
         s.current_marks()[0].store(1, Ordering::Relaxed);
     }
@@ -295,6 +298,7 @@ pub struct Block {
     pub size: usize,
     /// Kind of the span holding the slot.
     pub kind: SpanKind,
+    pointer_free: bool,
     span: &'static Span,
     index: usize,
 }
@@ -353,6 +357,12 @@ impl Block {
     pub fn is_marked(&self) -> bool {
         self.span.slot_marked(self.index)
     }
+
+    /// Whether the slot lies in a span of pointer-free Gc objects ([`alloc_gc_pointer_free`]).
+    #[inline]
+    pub fn is_pointer_free(&self) -> bool {
+        self.pointer_free
+    }
 }
 
 impl core::fmt::Debug for Span {
@@ -381,7 +391,8 @@ pub fn find_block(addr: usize) -> Option<Block> {
     let s: &'static Span = unsafe { &*s };
     let (start, size, index) = s.locate(addr)?;
     debug_assert!(index < MAX_OBJECTS);
-    let kind = if s.is_gc() {
+    let spc = s.spc.load(Ordering::Relaxed) as usize;
+    let kind = if span::spc_is_gc(spc) {
         SpanKind::Gc
     } else {
         SpanKind::Malloc
@@ -390,6 +401,7 @@ pub fn find_block(addr: usize) -> Option<Block> {
         start: start as *mut u8,
         size,
         kind,
+        pointer_free: span::spc_is_pointer_free(spc),
         span: s,
         index,
     })
@@ -427,6 +439,36 @@ pub fn alloc_gc(size: usize, align: usize) -> *mut u8 {
         return core::ptr::null_mut();
     }
     malloc(size.max(16), align, SpanKind::Gc)
+}
+
+/// [`alloc_gc`] for an object the collector need not scan: its slot lies in a span of
+/// pointer-free Gc objects ([`Block::is_pointer_free`]), Go's *noscan* spans. A marker marks
+/// such an object without reading it, its header included (a cache miss per object
+/// otherwise). Same slot convention and sizes as [`alloc_gc`].
+#[inline]
+pub fn alloc_gc_pointer_free(size: usize, align: usize) -> *mut u8 {
+    if !align.is_power_of_two() || size > isize::MAX as usize {
+        return core::ptr::null_mut();
+    }
+    let size = size.max(16);
+    let idx = size.wrapping_add(7) >> 3;
+    // As in `malloc`: `idx < 256` and `align < 16` in one compare.
+    if (idx >> 4) | align < 16 {
+        // SAFETY: `idx >> 4 < 16` was just checked.
+        unsafe { core::hint::assert_unchecked(idx < 256) };
+        let class = SizeClass::small_spc(idx as u8) as usize / 2;
+        return mcache::alloc_small((POINTER_FREE_BASE + class) as u8);
+    }
+    alloc_gc_pointer_free_slow(size, align)
+}
+
+#[cold]
+#[inline(never)]
+fn alloc_gc_pointer_free_slow(size: usize, align: usize) -> *mut u8 {
+    match SizeClass::for_size_align(size, align) {
+        Some(c) => mcache::alloc_small((POINTER_FREE_BASE + c.index()) as u8),
+        None => alloc_large(size, align, POINTER_FREE_BASE),
+    }
 }
 
 /// Frees a Gc slot, from any thread.

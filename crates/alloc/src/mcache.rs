@@ -57,7 +57,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use crate::arena::{ARENA_SHIFT, ArenaMeta};
 use crate::span::{
     CURRENT_BIAS, FIRST_CACHE_ID, GLOBAL_CACHE_ID, IN_PARTIAL, NUM_SPAN_CLASSES, OWNER_DETACHED,
-    STATE_SMALL, Span,
+    POINTER_FREE_BASE, STATE_SMALL, Span, spc_is_gc, spc_size_class,
 };
 use crate::stats::{CLASS_FREES, CLASS_MALLOCS, FLUSH_EVERY, add};
 use crate::sync::SpinLock;
@@ -472,7 +472,7 @@ impl MCache {
         // registered with the id, pushes the chains): a thread that never allocated registers
         // it at its first remote free (a pure consumer batches too); not a dying thread
         // (DEAD_ID), not the shared cache. Gc frees take the direct path.
-        if spc & 1 == 0 && (FIRST_CACHE_ID..DEAD_ID).contains(&self.id) {
+        if !spc_is_gc(spc as usize) && (FIRST_CACHE_ID..DEAD_ID).contains(&self.id) {
             // SAFETY: caller's contract.
             return unsafe { self.free_remote_batched(s, p, spc as usize) };
         }
@@ -597,7 +597,7 @@ impl MCache {
 
 /// Carves a fresh small span of span class `spc` owned by `owner`.
 fn new_small_span(spc: usize, owner: usize) -> Option<&'static Span> {
-    let class = crate::size_class::SizeClass::from_index(spc / 2)?;
+    let class = crate::size_class::SizeClass::from_index(spc_size_class(spc))?;
     let s = mheap::alloc_span(class.pages())?;
     crate::scavenger::ensure_started();
     s.init_small(spc, class, owner);
@@ -734,10 +734,10 @@ const BIN_BYTES: usize = 64 << 10;
 
 /// Capacity of the bin of span class `spc` (0 for Gc classes, which have none).
 const fn bin_cap(spc: usize) -> usize {
-    if spc % 2 == 1 {
+    if spc_is_gc(spc) {
         return 0;
     }
-    match crate::size_class::SizeClass::from_index(spc / 2) {
+    match crate::size_class::SizeClass::from_index(spc_size_class(spc)) {
         Some(c) => {
             let n = BIN_BYTES / c.size();
             if n < 16 {
@@ -963,7 +963,7 @@ impl MCache {
     /// Counts every bin's pops and gives all their slots back to the spans (`stats()`,
     /// `release_memory()`, thread exit).
     fn flush_all_bins(&mut self) {
-        for spc in (0..NUM_SPAN_CLASSES as u8).step_by(2) {
+        for spc in (0..POINTER_FREE_BASE as u8).step_by(2) {
             self.count_bin(spc as usize);
             self.bin_release_all(spc);
         }

@@ -73,8 +73,36 @@ pub(crate) const CURRENT_BIAS: usize = 1 << 40;
 /// `cache_list`: on the owning cache's partial list.
 pub(crate) const IN_PARTIAL: u8 = 1;
 
-/// Number of span classes: size class × {Malloc, Gc}.
-pub(crate) const NUM_SPAN_CLASSES: usize = crate::size_class::NUM_SIZE_CLASSES * 2;
+/// Number of span classes: size class × {Malloc, Gc, pointer-free Gc}. Malloc and Gc classes
+/// interleave (`size_class * 2 + kind`, which the allocation fast path's table gives directly);
+/// the pointer-free Gc classes follow them (`POINTER_FREE_BASE + size_class`).
+pub(crate) const NUM_SPAN_CLASSES: usize = crate::size_class::NUM_SIZE_CLASSES * 3;
+
+/// The first pointer-free Gc span class (see [`NUM_SPAN_CLASSES`]); also a large pointer-free
+/// Gc span's class.
+pub(crate) const POINTER_FREE_BASE: usize = crate::size_class::NUM_SIZE_CLASSES * 2;
+
+/// Whether span class `spc` holds Gc-kind slots (pointer-free or not).
+#[inline(always)]
+pub(crate) const fn spc_is_gc(spc: usize) -> bool {
+    spc & 1 == 1 || spc >= POINTER_FREE_BASE
+}
+
+/// Whether span class `spc` holds pointer-free Gc objects.
+#[inline(always)]
+pub(crate) const fn spc_is_pointer_free(spc: usize) -> bool {
+    spc >= POINTER_FREE_BASE
+}
+
+/// The size class of span class `spc`.
+#[inline(always)]
+pub(crate) const fn spc_size_class(spc: usize) -> usize {
+    if spc >= POINTER_FREE_BASE {
+        spc - POINTER_FREE_BASE
+    } else {
+        spc / 2
+    }
+}
 
 /// A value alone on its cache line(s).
 #[repr(C, align(64))]
@@ -108,7 +136,8 @@ pub(crate) struct Span {
     pub(crate) div_magic: AtomicU32,
     /// `STATE_*`. Heap lock; Release on publish, Acquire in readers.
     pub(crate) state: AtomicU8,
-    /// Span class (`size_class * 2 + kind`); kind bit also meaningful for large spans.
+    /// Span class (see [`NUM_SPAN_CLASSES`]); for a large span 0 (Malloc), 1 (Gc) or
+    /// [`POINTER_FREE_BASE`] (pointer-free Gc).
     pub(crate) spc: AtomicU8,
     /// Owner-only: whether the span is on its cache's partial list ([`IN_PARTIAL`]).
     pub(crate) cache_list: AtomicU8,
@@ -224,7 +253,7 @@ impl Span {
     /// Whether the span holds Gc-kind slots.
     #[inline]
     pub(crate) fn is_gc(&self) -> bool {
-        self.spc.load(Ordering::Relaxed) & 1 == 1
+        spc_is_gc(self.spc.load(Ordering::Relaxed) as usize)
     }
 
     /// Makes every mark bit read as clear (the bits belong to no epoch). Waits out a marker
@@ -406,7 +435,7 @@ impl Span {
         self.div_magic.store(class.div_magic(), Ordering::Relaxed);
         self.spc.store(spc as u8, Ordering::Relaxed);
         self.reset_alloc_state(owner);
-        if spc & 1 == 1 {
+        if spc_is_gc(spc) {
             // Gc convention: the header word (last word of every slot) is 0 in free slots. The
             // pages may be dirty from an earlier span, so zero every header now.
             let size = class.size();
@@ -420,12 +449,13 @@ impl Span {
     }
 
     /// Initialises a large span whose object starts at `obj_base` with `elem_size` bytes.
-    pub(crate) fn init_large(&self, obj_base: usize, elem_size: usize, gc: bool) {
+    pub(crate) fn init_large(&self, obj_base: usize, elem_size: usize, spc: usize) {
+        let gc = spc_is_gc(spc);
         self.obj_base.store(obj_base, Ordering::Relaxed);
         self.elem_size.store(elem_size, Ordering::Relaxed);
         self.nelems.store(1, Ordering::Relaxed);
         self.div_magic.store(0, Ordering::Relaxed);
-        self.spc.store(gc as u8, Ordering::Relaxed);
+        self.spc.store(spc as u8, Ordering::Relaxed);
         self.reset_alloc_state(OWNER_NONE);
         if gc {
             // SAFETY: the object's last word lies inside the span's pages, which belong to the

@@ -95,7 +95,7 @@ pub(crate) fn snapshot() -> AllocStats {
     by_size[0].mallocs = LARGE_MALLOCS.load(Ordering::Relaxed);
     by_size[0].frees = LARGE_FREES.load(Ordering::Relaxed);
     for (spc, (m, f)) in CLASS_MALLOCS.iter().zip(&CLASS_FREES).enumerate() {
-        let row = &mut by_size[spc / 2];
+        let row = &mut by_size[crate::span::spc_size_class(spc)];
         row.mallocs += m.load(Ordering::Relaxed);
         row.frees += f.load(Ordering::Relaxed);
     }

@@ -105,6 +105,57 @@ fn gc_large_header_position() {
     unsafe { free_gc(p) };
 }
 
+/// A pointer-free Gc slot follows the Gc slot convention (its size, its zero header, its span
+/// of one kind) and lies in a span of its own kind, small or large, whatever its alignment;
+/// `alloc_gc` never hands out such a slot.
+#[test]
+fn gc_pointer_free_slots_have_spans_of_their_own() {
+    for (size, align) in [
+        (16, 8),
+        (40, 8),
+        (264, 8),
+        (2040, 8),
+        (4000, 8),
+        (100, 64),
+        (32_768, 8),
+        (50_001, 8),
+    ] {
+        let free = alloc_gc_pointer_free(size, align);
+        let scanned = alloc_gc(size, align);
+        assert!(
+            (free as usize).is_multiple_of(align) && (scanned as usize).is_multiple_of(align),
+            "{size}/{align}"
+        );
+        let (f, s) = (
+            find_block(free as usize + size - 1).unwrap(),
+            find_block(scanned as usize).unwrap(),
+        );
+        assert_eq!((f.start, s.start), (free, scanned));
+        assert_eq!((f.kind, s.kind), (SpanKind::Gc, SpanKind::Gc));
+        assert!(
+            f.is_pointer_free() && !s.is_pointer_free(),
+            "{size}/{align}"
+        );
+        assert_eq!(f.size, s.size, "both kinds round {size} to the same slot");
+        if align == 8 {
+            assert_eq!(f.size, gc_slot_size(size));
+        }
+        assert_eq!((header(free, f.size), header(scanned, s.size)), (0, 0));
+        // SAFETY: live Gc slots with zero headers, freed once.
+        unsafe {
+            free_gc(free);
+            free_gc(scanned);
+        }
+    }
+    let block = malloc(64, 8, SpanKind::Malloc);
+    assert!(
+        !find_block(block as usize).unwrap().is_pointer_free(),
+        "a malloc block is not a pointer-free Gc slot"
+    );
+    // SAFETY: a live block from `malloc`, freed once.
+    unsafe { free(block) };
+}
+
 #[test]
 fn alloc_free_realloc_patterns() {
     let mut live: Vec<(*mut u8, usize, usize, u8)> = Vec::new();

@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! unsafe impl<T: Trace> Trace for Node<T> {              // `Trace` spanned at the `T` it bounds
+//!     const POINTER_FREE: bool =                          // no field can hold a `Gc`
+//!         true && <Option<Gc<Node<T>>> as Trace>::POINTER_FREE && <T as Trace>::POINTER_FREE;
 //!     fn trace(&self, tracer: &mut Tracer) {
 //!         let Self { next: __field0, value: __field1 } = self;
 //!         Trace::trace(__field0, tracer);                 // each call spanned at its field's type
@@ -64,6 +66,7 @@ pub(crate) fn expand(mut input: DeriveInput) -> syn::Result<TokenStream2> {
         param.bounds.push(parse_quote!(#bound));
     }
     let body = trace_body(&input.data, &krate)?;
+    let pointer_free = pointer_free(&input.data, &krate);
     let no_drop = no_drop_check(&input);
     let name = &input.ident;
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
@@ -71,6 +74,8 @@ pub(crate) fn expand(mut input: DeriveInput) -> syn::Result<TokenStream2> {
         // SAFETY: every field is traced (the body names each one), and the check below rules out
         // a `Drop` impl that could touch other collected objects during sweeping.
         unsafe impl #impl_generics #trace for #name #ty_generics #where_clause {
+            const POINTER_FREE: bool = #pointer_free;
+
             #[inline]
             fn trace(&self, tracer: &mut #krate::Tracer) {
                 #body
@@ -104,6 +109,25 @@ fn respan(path: &syn::Path, span: Span) -> TokenStream2 {
         .map(|mut token| {
             token.set_span(span);
             token
+        })
+        .collect()
+}
+
+/// `tokens`, each reported at `span`'s location (their hygiene kept), groups included.
+fn relocate(tokens: TokenStream2, span: Span) -> TokenStream2 {
+    tokens
+        .into_iter()
+        .map(|token| match token {
+            TokenTree::Group(group) => {
+                let mut inner =
+                    proc_macro2::Group::new(group.delimiter(), relocate(group.stream(), span));
+                inner.set_span(group.span().located_at(span));
+                TokenTree::Group(inner)
+            }
+            mut token => {
+                token.set_span(token.span().located_at(span));
+                token
+            }
         })
         .collect()
 }
@@ -252,6 +276,25 @@ fn trace_body(data: &Data, krate: &syn::Path) -> syn::Result<TokenStream2> {
             "`Trace` cannot be derived for a union: the collector cannot tell which field is live",
         )),
     }
+}
+
+/// `Trace::POINTER_FREE` of the type: true when every field's type is pointer-free (a union is
+/// rejected by [`trace_body`]). Each term is spanned at its field's type, like the `trace` call.
+fn pointer_free(data: &Data, krate: &syn::Path) -> TokenStream2 {
+    let fields: Vec<&syn::Field> = match data {
+        Data::Struct(data) => data.fields.iter().collect(),
+        Data::Enum(data) => data.variants.iter().flat_map(|v| v.fields.iter()).collect(),
+        Data::Union(_) => return quote! { false },
+    };
+    let terms = fields.iter().map(|field| {
+        let span = field.ty.span();
+        let trace = respan(&parse_quote!(#krate::Trace), span);
+        // Every token at the span the field's `trace` call has, so that a field type without
+        // `Trace` gets one error, not a second one here (the compiler merges identical ones).
+        let ty: TokenStream2 = relocate(field.ty.to_token_stream(), span);
+        quote_spanned! {span=> <#ty as #trace>::POINTER_FREE }
+    });
+    quote! { true #(&& #terms)* }
 }
 
 /// A pattern binding every field, and one `Trace::trace` call per binding. Each binding and its

@@ -24,6 +24,7 @@
 //! producer logs before it releases the borrow, so the cell still reads as mutably borrowed and
 //! the producer holds a pointer to it, which the termination scan of its registers finds.
 
+use crate::Alone;
 use crate::header::header_of;
 use crate::mark::{Marker, Work};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
@@ -31,7 +32,7 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering}
 /// Non-zero from mark start to mark termination (both with the world stopped): the barrier
 /// logs. A byte compared with zero rather than a `bool`: the check is then one compare with
 /// memory and a branch (a `bool` is loaded into a register and tested, one instruction more).
-static MARKING: AtomicU8 = AtomicU8::new(0);
+static MARKING: Alone<AtomicU8> = Alone(AtomicU8::new(0));
 
 /// Whether the collector is marking: the barrier's one branch.
 #[inline(always)]
@@ -46,9 +47,9 @@ pub(crate) fn marking() -> bool {
 #[inline(always)]
 pub(crate) fn when_marking(slow: impl FnOnce()) {
     #[cfg(all(target_arch = "x86_64", not(miri)))]
-    // SAFETY: the assembly reads the byte of `MARKING` (an aligned byte read, atomic on x86-64:
-    // the relaxed load `marking` makes), writes no memory and no stack, and jumps to the label
-    // block, ordinary Rust code, or falls through.
+    // SAFETY: the assembly reads the byte of `MARKING` (its first, `Alone` being `repr(C)`: an
+    // aligned byte read, atomic on x86-64, the relaxed load `marking` makes), writes no memory
+    // and no stack, and jumps to the label block, ordinary Rust code, or falls through.
     unsafe {
         core::arch::asm!(
             "cmp byte ptr [rip + {flag}], 0",
@@ -72,7 +73,7 @@ pub(crate) fn set_marking(on: bool) {
 
 /// True from mark start until the cycle has condemned what it did not mark, which it does with
 /// the world going, after mark termination: an object allocated meanwhile must not look dead.
-static ALLOCATE_BLACK: AtomicBool = AtomicBool::new(false);
+static ALLOCATE_BLACK: Alone<AtomicBool> = Alone(AtomicBool::new(false));
 
 /// Whether new objects get their mark bit at allocation.
 #[inline(always)]
@@ -100,11 +101,11 @@ struct Entry {
 }
 
 /// The ring's memory, mapped by [`prepare`] before the first cycle.
-static RING: AtomicPtr<Entry> = AtomicPtr::new(core::ptr::null_mut());
+static RING: Alone<AtomicPtr<Entry>> = Alone(AtomicPtr::new(core::ptr::null_mut()));
 /// The next position a producer reserves.
-static TAIL: AtomicUsize = AtomicUsize::new(0);
+static TAIL: Alone<AtomicUsize> = Alone(AtomicUsize::new(0));
 /// The next position the consumer takes (the consumer is the one thread that marks).
-static HEAD: AtomicUsize = AtomicUsize::new(0);
+static HEAD: Alone<AtomicUsize> = Alone(AtomicUsize::new(0));
 
 /// Maps the log if it is not yet mapped. Called before a cycle stops the world (mapping and
 /// touching it is work the pause can do without).

@@ -75,6 +75,22 @@ mod weak;
 mod workbuf;
 mod worker;
 
+/// A value alone on its cache lines (a pair of them, against the adjacent-line prefetcher), for
+/// hot statics: the linker places statics side by side in an order any change to the crate may
+/// shuffle, and a flag every allocation reads sharing a line with a word the mark worker writes
+/// for every object it marks made binary_trees a third slower (BENCHMARKS.md).
+#[repr(C, align(128))]
+pub(crate) struct Alone<T>(pub(crate) T);
+
+impl<T> core::ops::Deref for Alone<T> {
+    type Target = T;
+
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 pub use atomic::AtomicGc;
 pub use cell::{BorrowError, GcCell, GcRef, GcRefMut};
 pub use collector::{

@@ -78,7 +78,12 @@ impl<T: Trace + Send + 'static> Gc<T> {
     #[inline]
     #[track_caller]
     pub fn new(value: T) -> Gc<T> {
-        let slot = collector::allocate(Layout::<T>::REQUEST, Layout::<T>::ALIGN, Layout::<T>::SLOT);
+        let slot = collector::allocate(
+            Layout::<T>::REQUEST,
+            Layout::<T>::ALIGN,
+            Layout::<T>::SLOT,
+            T::POINTER_FREE,
+        );
         // Over-aligned types may get a larger class than `gc_slot_size` says (the first class
         // whose size is a multiple of the alignment); the header sits at the real slot's end.
         let slot_size = if Layout::<T>::ALIGN > 8 {
@@ -117,8 +122,12 @@ impl<T: Trace + Send + 'static> Gc<T> {
                 core::sync::atomic::Ordering::Release,
             );
             // Allocated black: what the value points to must be shaded (it may have come from
-            // a stack the marker scanned already).
-            crate::barrier::when_marking(|| crate::barrier::shade_new(slot as usize, value_end));
+            // a stack the marker scanned already). A pointer-free value points to nothing.
+            if !T::POINTER_FREE {
+                crate::barrier::when_marking(|| {
+                    crate::barrier::shade_new(slot as usize, value_end)
+                });
+            }
             Gc {
                 ptr: NonNull::new_unchecked(slot.cast::<T>()),
             }

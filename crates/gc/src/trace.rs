@@ -44,7 +44,7 @@
 //!
 //! [`Mutators`]: crate::Mutators
 
-use crate::mark::Marker;
+use crate::mark::{Marker, Source};
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, LinkedList, VecDeque};
 use std::hash::{BuildHasherDefault, RandomState};
 use std::sync::Arc;
@@ -74,6 +74,11 @@ use std::sync::Arc;
 /// must also be held as a plain, aligned pointer, in the value itself or in blocks of goro's heap
 /// that it owns (every field of a Rust struct is; a pointer hidden in a packed struct, an XOR or
 /// a tag bit is not).
+///
+/// An impl that sets [`POINTER_FREE`](Trace::POINTER_FREE) to `true` promises more: no value of
+/// the type owns or reaches a `Gc`, a `GcCell`, an `AtomicGc` or memory that holds one, at any
+/// time (its `trace` reports nothing). The collector then never reads the object of a
+/// `Gc<Self>` while marking.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be traced by goro's collector: it does not implement `Trace`",
     label = "`{Self}` does not implement `Trace`",
@@ -82,6 +87,15 @@ use std::sync::Arc;
     note = "`Cell`, `RefCell` and `Mutex` have no `Trace` impl on purpose: use `goro::GcCell`"
 )]
 pub unsafe trait Trace {
+    /// True when no value of the type can hold a `Gc` (Go's *noscan*): a `Gc<Self>` is
+    /// allocated among pointer-free objects, which the collector marks without reading them
+    /// (their header included, a cache miss per object otherwise) and whose `trace` it never
+    /// calls. `false` unless an impl says otherwise; leaves (`u64`, `String`, ...) say `true`,
+    /// fixed shapes (`[T; N]`, `Option<T>`, tuples) and derived types take it from their
+    /// members, and `Gc`, `GcCell`, boxes and std containers keep `false`. See the trait's
+    /// safety section.
+    const POINTER_FREE: bool = false;
+
     /// Reports every `Gc` directly owned by `self` to `tracer`.
     fn trace(&self, tracer: &mut Tracer);
 }
@@ -106,11 +120,15 @@ impl Tracer {
     /// block found this way is scanned whole, over its allocation rather than over what a length
     /// field says is in use. For containers whose length std lowers while user code runs
     /// (`Vec::extract_if`, `VecDeque::drain`, `BinaryHeap::peek_mut`).
+    ///
+    /// The bytes are scanned here and now, not scheduled as a work item of their own: a scan
+    /// only marks and schedules what it finds, so it cannot recurse, and an object of many
+    /// cells (an array of 1,024 `GcCell`s) costs one work item instead of 1,025.
     #[inline]
     pub(crate) fn scan_bytes_of<T: ?Sized>(&mut self, value: &T) {
         let lo = std::ptr::from_ref(value).cast::<u8>() as usize;
         self.marker
-            .push_range(lo, lo + std::mem::size_of_val(value));
+            .scan(lo, lo + std::mem::size_of_val(value), Source::Object);
     }
 }
 
@@ -119,6 +137,8 @@ macro_rules! trace_leaf {
     ($($ty:ty),* $(,)?) => {$(
         // SAFETY: the type owns no `Gc`, and its drop glue touches none.
         unsafe impl Trace for $ty {
+            const POINTER_FREE: bool = true;
+
             #[inline]
             fn trace(&self, _: &mut Tracer) {}
         }
@@ -168,6 +188,8 @@ trace_leaf!(
 
 // SAFETY: a `PhantomData` owns nothing.
 unsafe impl<T: ?Sized> Trace for core::marker::PhantomData<T> {
+    const POINTER_FREE: bool = true;
+
     #[inline]
     fn trace(&self, _: &mut Tracer) {}
 }
@@ -175,12 +197,16 @@ unsafe impl<T: ?Sized> Trace for core::marker::PhantomData<T> {
 // SAFETY: the hashers std provides own no `Gc` and have no drop glue that could touch one
 // (`BuildHasherDefault<H>` holds no `H` at all, only `PhantomData<fn() -> H>`).
 unsafe impl Trace for RandomState {
+    const POINTER_FREE: bool = true;
+
     #[inline]
     fn trace(&self, _: &mut Tracer) {}
 }
 
 // SAFETY: as above.
 unsafe impl<H> Trace for BuildHasherDefault<H> {
+    const POINTER_FREE: bool = true;
+
     #[inline]
     fn trace(&self, _: &mut Tracer) {}
 }
@@ -217,6 +243,8 @@ trace_container!(
 // `fill_with`) keep a valid element in every slot (a moved-out one is copied, not dropped, and
 // sits on the stack or in a scratch buffer of goro's heap, both scanned).
 unsafe impl<T: Trace> Trace for [T] {
+    const POINTER_FREE: bool = T::POINTER_FREE;
+
     fn trace(&self, tracer: &mut Tracer) {
         for element in self {
             element.trace(tracer);
@@ -226,6 +254,8 @@ unsafe impl<T: Trace> Trace for [T] {
 
 // SAFETY: every element is traced; a slice of fixed length `N`, as above.
 unsafe impl<T: Trace, const N: usize> Trace for [T; N] {
+    const POINTER_FREE: bool = T::POINTER_FREE;
+
     fn trace(&self, tracer: &mut Tracer) {
         self.as_slice().trace(tracer);
     }
@@ -255,6 +285,8 @@ unsafe impl<T: Trace + ?Sized> Trace for Arc<T> {
 // (`get_or_insert_with`, `take_if`, `map`, ...) either leave the payload in place and whole or
 // have moved it out (onto the stack, which is scanned) and left `None`.
 unsafe impl<T: Trace> Trace for Option<T> {
+    const POINTER_FREE: bool = T::POINTER_FREE;
+
     #[inline]
     fn trace(&self, tracer: &mut Tracer) {
         if let Some(value) = self {
@@ -266,6 +298,8 @@ unsafe impl<T: Trace> Trace for Option<T> {
 // SAFETY: whichever side is present is traced; as for `Option`, the payload is whole in place
 // or moved out.
 unsafe impl<T: Trace, E: Trace> Trace for Result<T, E> {
+    const POINTER_FREE: bool = T::POINTER_FREE && E::POINTER_FREE;
+
     #[inline]
     fn trace(&self, tracer: &mut Tracer) {
         match self {
@@ -279,6 +313,8 @@ macro_rules! trace_tuple {
     ($(($($name:ident),+)),* $(,)?) => {$(
         // SAFETY: every member is traced; a tuple's members are fixed by its type.
         unsafe impl<$($name: Trace),+> Trace for ($($name,)+) {
+            const POINTER_FREE: bool = true $(&& $name::POINTER_FREE)+;
+
             #[inline]
             #[allow(non_snake_case, reason = "the bindings reuse the type parameter names")]
             fn trace(&self, tracer: &mut Tracer) {

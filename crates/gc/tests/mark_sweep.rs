@@ -379,3 +379,157 @@ fn dead_objects_without_drop_glue_are_freed_and_their_slots_reused() {
         .saturating_sub(before);
     assert!(grown < 4 << 20, "Gc spans in use grew by {grown} bytes");
 }
+
+/// A field with drop glue that holds no `Gc`, and says so: objects made of it are pointer-free.
+struct PlainCounter;
+
+impl Drop for PlainCounter {
+    fn drop(&mut self) {
+        DROPS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+// SAFETY: owns no Gc (nor memory holding one); its drop touches only a static counter.
+unsafe impl Trace for PlainCounter {
+    const POINTER_FREE: bool = true;
+
+    fn trace(&self, _: &mut Tracer) {}
+}
+
+/// A pointer-free object: words, a string, drop glue.
+#[derive(Trace)]
+#[trace(crate = "goro_gc")]
+struct Payload {
+    words: [u64; 30],
+    name: String,
+    counter: PlainCounter,
+}
+
+fn payload(value: u64) -> Gc<Payload> {
+    Gc::new(Payload {
+        words: [value; 30],
+        name: value.to_string(),
+        counter: PlainCounter,
+    })
+}
+
+fn assert_payload(p: &Payload, value: u64) {
+    assert!(
+        p.words.iter().all(|&w| w == value) && p.name == value.to_string(),
+        "a reachable pointer-free object was freed or overwritten"
+    );
+}
+
+/// `Trace::POINTER_FREE`: true exactly for types no value of which can hold a `Gc`, derived
+/// from the fields, through arrays, tuples, `Option` and generic parameters.
+#[test]
+fn pointer_free_types_are_told_by_their_fields() {
+    #[derive(Trace)]
+    #[trace(crate = "goro_gc")]
+    #[allow(dead_code, reason = "only the type is looked at")]
+    enum Shape {
+        Empty,
+        Point(f64, f64),
+        Named { name: String, sides: Option<u32> },
+    }
+    #[derive(Trace)]
+    #[trace(crate = "goro_gc")]
+    #[allow(dead_code, reason = "only the type is looked at")]
+    struct Wrapper<T> {
+        inner: (u8, [T; 2]),
+    }
+    #[derive(Trace)]
+    #[trace(crate = "goro_gc")]
+    #[allow(dead_code, reason = "only the type is looked at")]
+    struct WithCell {
+        count: GcCell<u64>,
+    }
+    let pointer_free = [
+        <u64 as Trace>::POINTER_FREE,
+        <[u64; 32] as Trace>::POINTER_FREE,
+        <(u8, String, Option<char>) as Trace>::POINTER_FREE,
+        <Shape as Trace>::POINTER_FREE,
+        <Wrapper<Shape> as Trace>::POINTER_FREE,
+        <Payload as Trace>::POINTER_FREE,
+        <Wrapper<Wrapper<u16>> as Trace>::POINTER_FREE,
+    ];
+    assert_eq!(pointer_free, [true; 7]);
+    let scanned = [
+        <Gc<u64> as Trace>::POINTER_FREE,
+        <Option<Gc<Payload>> as Trace>::POINTER_FREE,
+        <Wrapper<Gc<u64>> as Trace>::POINTER_FREE,
+        <WithCell as Trace>::POINTER_FREE,
+        <Vec<u64> as Trace>::POINTER_FREE,
+        <Box<u64> as Trace>::POINTER_FREE,
+        <(u64, Gc<u64>) as Trace>::POINTER_FREE,
+        <Node as Trace>::POINTER_FREE,
+        <DropCounter as Trace>::POINTER_FREE,
+    ];
+    assert_eq!(scanned, [false; 9]);
+}
+
+/// Pointer-free objects go to spans of their own, where marking sets their bits without reading
+/// them: they stay alive while a root (even an interior pointer) or a traced object reaches
+/// them, and are dropped and freed once nothing does, small and large alike.
+#[test]
+fn pointer_free_objects_live_apart_and_die_when_unreachable() {
+    let _serial = setup();
+    #[derive(Trace)]
+    #[trace(crate = "goro_gc")]
+    struct LargePayload {
+        words: [u64; 8192],
+        counter: PlainCounter,
+    }
+    #[derive(Trace)]
+    #[trace(crate = "goro_gc")]
+    struct Holder {
+        held: [GcCell<Option<Gc<Payload>>>; 8],
+    }
+    let pointer_free = |address: usize| {
+        goro_alloc::find_block(address)
+            .expect("a Gc slot")
+            .is_pointer_free()
+    };
+    let alone = payload(1);
+    let large = Gc::new(LargePayload {
+        words: [2; 8192],
+        counter: PlainCounter,
+    });
+    let holder = Gc::new(Holder {
+        held: core::array::from_fn(|i| GcCell::new(Some(payload(10 + i as u64)))),
+    });
+    assert!(pointer_free(alone.as_ptr() as usize));
+    assert!(pointer_free(large.as_ptr() as usize));
+    assert!(!pointer_free(holder.as_ptr() as usize));
+    assert!(!pointer_free(node(3).as_ptr() as usize));
+    // Garbage around them, pointer-free or not: 20 payloads and the node above.
+    for i in 0..20 {
+        payload(100 + i);
+    }
+    ROOTS.0[4].store(&alone.words[7] as *const u64 as usize + 4, Ordering::SeqCst);
+    ROOTS.0[5].store(large.as_ptr() as usize, Ordering::SeqCst);
+    ROOTS.0[6].store(holder.as_ptr() as usize, Ordering::SeqCst);
+    goro_gc::collect();
+    assert_eq!(DROPS.load(Ordering::SeqCst), 21);
+    assert_payload(&alone, 1);
+    assert!(large.words.iter().all(|&w| w == 2));
+    for (i, cell) in holder.held.iter().enumerate() {
+        assert_payload(&cell.get().unwrap(), 10 + i as u64);
+    }
+    // Half the holder's payloads let go: exactly those die.
+    for cell in holder.held.iter().step_by(2) {
+        cell.set(None);
+    }
+    goro_gc::collect();
+    assert_eq!(DROPS.load(Ordering::SeqCst), 25);
+    for (i, cell) in holder.held.iter().enumerate().skip(1).step_by(2) {
+        assert_payload(&cell.get().unwrap(), 10 + i as u64);
+    }
+    assert_payload(&alone, 1);
+    for root in &ROOTS.0[4..7] {
+        root.store(0, Ordering::SeqCst);
+    }
+    goro_gc::collect();
+    // The last four payloads, the lone one, the large one.
+    assert_eq!(DROPS.load(Ordering::SeqCst), 31);
+}
