@@ -185,9 +185,6 @@ extern "C" fn on_suspend_signal(
     let saved_errno = unsafe { *errno };
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
-    // Read before acknowledging: the world restarts only after every acknowledgement, and
-    // this stop began (the generation odd) only once the last one's restart was done.
-    let generation = goro_alloc::parked::world_generation();
     // Acquire: pairs with the Release store of `USED`, so the slots below it are visible.
     let used = USED.load(Ordering::Acquire);
     if let Some(slot) = slots(used)
@@ -221,14 +218,19 @@ extern "C" fn on_suspend_signal(
             .compare_exchange(REQUESTED, SUSPENDED, Ordering::Release, Ordering::Relaxed)
             .is_ok()
         {
+            // Read once the slot is ours and before the acknowledgement: the stop that asked
+            // (the generation odd) holds the world until every acknowledgement, so the restart
+            // changes what is read here. Read before the exchange, it could predate the stop: a
+            // signal given up on earlier and taken late, the handler preempted before the
+            // exchange while a new stop began and asked this thread again, would leave at once.
+            let generation = goro_alloc::parked::world_generation();
+            // Counted in before the acknowledgement, so that the next stop waits until this
+            // thread has left the handler (`begin_stop`).
+            goro_alloc::parked::hold_in_stop();
             if PENDING.fetch_sub(1, Ordering::Release) == 1 {
                 futex_wake(&PENDING, 1);
             }
-            // An Acquire load pairing with the restart's Release: the collector's writes
-            // (marks, the heap it swept) are visible when the thread goes on.
-            while goro_alloc::parked::world_generation() == generation {
-                goro_alloc::parked::wait_for_restart(generation);
-            }
+            goro_alloc::parked::wait_held(generation);
         }
     }
     // SAFETY: as above.

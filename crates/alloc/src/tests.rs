@@ -696,11 +696,72 @@ fn sleep_ms_sleeps_its_whole_time_through_signals() {
     );
 }
 
+/// Serialises the tests that stop this process's world: each acts as its only collector.
+static STOPS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A stop begins only once every thread the last one held in its signal handler has left it
+/// (`parked::hold_in_stop`, `wait_held`). Here the last stop's restart bumps the generation but
+/// its wake-up comes late (the restarting thread preempted, or interrupted by a signal, in
+/// between): the held thread sleeps on, deaf to a new stop's signal, and a new stop that did
+/// not wait would give up on it as a thread that blocks the signal, its roots unscanned.
+#[test]
+fn a_stop_waits_for_the_threads_the_last_one_held() {
+    use core::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let _stops = STOPS.lock().unwrap_or_else(|p| p.into_inner());
+    parked::begin_stop();
+    let generation = parked::world_generation();
+    // A thread held by this stop, counted in before it waits, as a signal handler does.
+    parked::hold_in_stop();
+    let (tell, told) = std::sync::mpsc::channel();
+    let held = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tell.send(unsafe { libc::gettid() }).unwrap();
+        parked::wait_held(generation);
+    });
+    let tid = told.recv().unwrap();
+    // Until it sleeps in its wait (state S: the futex is its only sleep).
+    let began = Instant::now();
+    while !std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+        .unwrap()
+        .rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('S'))
+    {
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "the held thread never slept"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    parked::restart_without_waking();
+    let stopped = Arc::new(AtomicBool::new(false));
+    let stopper = {
+        let stopped = stopped.clone();
+        std::thread::spawn(move || {
+            parked::begin_stop();
+            stopped.store(true, Ordering::Release);
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        !stopped.load(Ordering::Acquire),
+        "a stop began while a thread the last one held was still in its handler"
+    );
+    // The late wake-up: the held thread leaves, and the new stop begins.
+    parked::wake_late();
+    held.join().unwrap();
+    stopper.join().unwrap();
+    assert!(stopped.load(Ordering::Acquire));
+    parked::restart_world();
+}
+
 #[test]
 fn a_parked_thread_is_claimed_without_a_signal_and_held_until_released() {
     use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
+    let _stops = STOPS.lock().unwrap_or_else(|p| p.into_inner());
     let wake = Arc::new(AtomicU32::new(0));
     let frame = Arc::new(AtomicUsize::new(0));
     let returned = Arc::new(AtomicBool::new(false));
