@@ -115,8 +115,9 @@ fn scenario() {
 }
 
 /// The same wait in a plainer program: no registry, a large live heap (so each cycle marks for
-/// a while) and GOGC 1 (so cycles follow each other); the main goroutine lets go of the object,
-/// allocates a little garbage (which starts a cycle) and waits for the cleanup.
+/// a while) and GOGC 1 (so cycles follow each other); the main goroutine lets go of the object
+/// once no cycle runs, allocates a little garbage (which starts a cycle) and waits for the
+/// cleanup.
 fn scenario_plain() {
     let got = goro::Runtime::builder()
         .max_procs(1)
@@ -125,6 +126,10 @@ fn scenario_plain() {
         .unwrap()
         .run(|| {
             let live: Vec<Gc<[u64; 6]>> = (0..400_000u64).map(|i| Gc::new([i; 6])).collect();
+            // No cycle under way from here: the object below must die before the cycle that
+            // the garbage starts, not be allocated black by one that building `live` started
+            // (which ends before the garbage is made, when allocation waits little for it).
+            goro::gc::collect();
             let (tx, rx) = goro::chan::channel(1);
             let _probes = dying(tx);
             for _ in 0..20_000 {

@@ -59,9 +59,15 @@ impl ArenaMeta {
     /// `addr` are used), or null; validated by callers as for [`span_of`].
     #[inline(always)]
     pub(crate) fn span_at(&self, addr: usize) -> *const Span {
-        self.spans[(addr >> PAGE_SIZE.trailing_zeros()) & (PAGES_PER_ARENA - 1)]
+        self.entry(addr)
             .load(Ordering::Acquire) // Acquire: pairs with the Release in `set_span`.
             .cast_const()
+    }
+
+    /// The entry of the page holding `addr`.
+    #[inline(always)]
+    pub(crate) fn entry(&self, addr: usize) -> &AtomicPtr<Span> {
+        &self.spans[(addr >> PAGE_SIZE.trailing_zeros()) & (PAGES_PER_ARENA - 1)]
     }
 }
 

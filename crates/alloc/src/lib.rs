@@ -407,6 +407,47 @@ pub fn find_block(addr: usize) -> Option<Block> {
     })
 }
 
+/// Asks the CPU for the first line [`find_block`] would load for `addr`: the arena index's entry
+/// for its page. A marker that calls this, then [`prefetch_span`] a few words later, then
+/// `find_block` a few words after that, has the cache misses of many words in flight at once
+/// instead of taking two or three in a row for each. A hint: no effect on what any call returns.
+#[inline(always)]
+pub fn prefetch_span_entry(addr: usize) {
+    if arena::within_arenas(addr)
+        && let Some(meta) = arena::meta_of(addr)
+    {
+        prefetch(core::ptr::from_ref(meta.entry(addr)).cast());
+    }
+}
+
+/// Asks the CPU for the lines of `addr`'s span that [`find_block`] and a mark read: its first
+/// line (state, bounds, slot size) and its first mark words. Loads the index entry, which
+/// [`prefetch_span_entry`] should have asked for some time before.
+#[inline(always)]
+pub fn prefetch_span(addr: usize) {
+    if !arena::within_arenas(addr) {
+        return;
+    }
+    let span = arena::span_of(addr);
+    if !span.is_null() {
+        prefetch(span.cast());
+        // SAFETY: span metadata is never unmapped; only the field's address is taken.
+        prefetch(unsafe { core::ptr::addr_of!((*span).marks) }.cast());
+    }
+}
+
+/// A prefetch of the line holding `at` for reading.
+#[inline(always)]
+fn prefetch(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it never faults and changes no memory, whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(at.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
 /// False when `addr` cannot be in the goro heap: it lies outside every arena. Two compares of
 /// values that stay in cache, where [`find_block`] walks the arena index; a conservative scan
 /// calls it on every word first.
@@ -573,31 +614,6 @@ impl GcSpan {
         unsafe { mcache::free_chain(self.span, first, last, slots.len()) };
     }
 
-    /// Frees the given slots of this small span as [`free_slots`](GcSpan::free_slots) does, but
-    /// takes no lock and allocates nothing: the collector frees dead objects so while every
-    /// other thread is stopped where it stood, possibly inside the allocator. A span its owner
-    /// let go of stays unlisted until [`relist_freed_gc_spans`] runs. False, freeing nothing,
-    /// for a large span: its pages go back to the page heap under the heap's lock.
-    ///
-    /// # Safety
-    /// As [`free_slots`](GcSpan::free_slots).
-    pub unsafe fn free_slots_lock_free(&self, slots: &[*mut u8]) -> bool {
-        let (Some(&first), Some(&last)) = (slots.first(), slots.last()) else {
-            return true;
-        };
-        if self.span.state.load(Ordering::Acquire) != STATE_SMALL {
-            return false;
-        }
-        for pair in slots.windows(2) {
-            // SAFETY: the slots are dead and ours (caller); word 0 is the free-list link.
-            unsafe { (pair[0] as *mut usize).write(pair[1] as usize) };
-        }
-        // SAFETY: the chain links exactly `slots`, all allocated slots of this small span. A
-        // detached span is left for `relist_freed_gc_spans`.
-        unsafe { mcache::push_chain(self.span, first, last, slots.len()) };
-        true
-    }
-
     /// Whether slot `i`'s mark bit is set (false when `i >= len`).
     #[inline]
     pub fn is_marked(&self, i: usize) -> bool {
@@ -672,13 +688,6 @@ pub fn for_each_marked_malloc_block(mut f: impl FnMut(usize, usize)) {
             }
         }
     }
-}
-
-/// Lists again, for allocation, every Gc span that [`GcSpan::free_slots_lock_free`] gave free
-/// slots while its owner had let go of it. Takes the central lists' locks: call it once the
-/// stopped threads run again.
-pub fn relist_freed_gc_spans() {
-    mcache::reclaim_detached_gc_spans();
 }
 
 /// Gives every span that no cache holds and that has no live object back to the page heap (Go's

@@ -1051,19 +1051,6 @@ pub(crate) unsafe fn push_chain(
     s.owner.load(Ordering::SeqCst) == OWNER_DETACHED
 }
 
-/// Relists every Gc span that [`push_chain`] left detached with free slots.
-pub(crate) fn reclaim_detached_gc_spans() {
-    crate::mheap::for_each_span(|s| {
-        // SeqCst: as the freer half of the handshake, after the pushes.
-        if s.is_gc()
-            && s.owner.load(Ordering::SeqCst) == OWNER_DETACHED
-            && s.remote.load(Ordering::SeqCst) != 0
-        {
-            mcentral::reclaim_detached(s);
-        }
-    });
-}
-
 /// # Safety
 /// As [`free`].
 #[inline]

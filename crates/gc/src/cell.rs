@@ -203,6 +203,10 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for GcCell<T> {
 // changes after the scan is logged by the barrier. The value's bytes lie in the cell, inside
 // the object being traced, which stays allocated for the whole cycle.
 unsafe impl<T: Trace + ?Sized> Trace for GcCell<T> {
+    // The cell's flag is an integer: a scan of the whole cell finds what the scan of its value
+    // does.
+    const SCANNED_AS_BYTES: bool = true;
+
     #[inline]
     fn trace(&self, tracer: &mut Tracer) {
         // SAFETY: the reference is used only for the value's address and size; its bytes are

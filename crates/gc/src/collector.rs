@@ -247,7 +247,7 @@ fn stress() {
 }
 
 /// How long an allocation past the heap goal waits for the cycle under way.
-const SWEEP_WAIT: Duration = Duration::from_millis(10);
+const SWEEP_WAIT: Duration = Duration::from_millis(1);
 
 /// Runs a full collection now (Go's `runtime.GC`): returns when a whole cycle that started after
 /// the call is complete, sweep included (its own, or one another thread started meanwhile).
@@ -1028,7 +1028,6 @@ fn finish_retirement() {
     // A thread that was inside `Gc::new` as the runtime ended has its object by now (condemn
     // left the black ones alone): from here on, objects are born white again.
     barrier::set_allocate_black(false);
-    goro_alloc::relist_freed_gc_spans();
     list_immortals();
     pacer::cycle_done(0, 0);
     // Release: the next runtime, which starts once the decision is made, sees it.
@@ -1096,11 +1095,14 @@ struct Census {
 }
 
 /// Step 3, one pass over the heap's Gc slots: frees every allocated, unmarked, mortal object
-/// without drop glue in a small span (lock-free, see `GcSpan::free_slots_lock_free`) and flags
-/// the others [`CONDEMNED`] for the sweeps that follow; with `immortalize`, flags every marked
-/// object [`IMMORTAL`]. A cycle runs it with the world going and black allocation on (a slot
-/// allocated meanwhile is marked: its mark is read again once its header is seen), and so does
-/// a retirement (a thread may be inside `Gc::new` as its runtime ends). No allocation, no lock.
+/// without drop glue in a small span and flags the others [`CONDEMNED`] for the sweeps that
+/// follow; with `immortalize`, flags every marked object [`IMMORTAL`]. A cycle runs it with the
+/// world going and black allocation on (a slot allocated meanwhile is marked: its mark is read
+/// again once its header is seen), and so does a retirement (a thread may be inside `Gc::new`
+/// as its runtime ends). It allocates nothing. The freed slots can be allocated at once (a span
+/// whose owner had let go of it goes back on its central list, under that list's lock), and
+/// their bytes leave the pacer's heap span by span: an allocation that waits at the goal for
+/// the cycle goes on as soon as enough is freed, into the slots freed, not into new spans.
 /// Only unmarked slots' headers are read (a marked slot holds an object), so a group of 64
 /// marked slots costs one load.
 fn condemn(immortalize: bool) -> Census {
@@ -1176,11 +1178,11 @@ fn condemn(immortalize: bool) -> Census {
         }
         if dying > 0 {
             // SAFETY: distinct dead slots of this small span, headers zeroed, unreachable
-            // (nothing the marker could see points at them, and every thread is stopped).
-            let freed = unsafe { span.free_slots_lock_free(&dead[..dying]) };
-            debug_assert!(freed, "a small span's slots are freed lock-free");
+            // (nothing the marker could see points at them, nor can any mutator now).
+            unsafe { span.free_slots(&dead[..dying]) };
             census.freed.objects += dying;
             census.freed.bytes += dying * size;
+            pacer::add_freed(dying * size);
             // This frame's bytes stay on the collecting thread's stack, which the next cycle
             // scans: left there, the slot addresses would keep the objects allocated in those
             // slots meanwhile alive (black_box keeps the stores from being elided).
@@ -1240,9 +1242,6 @@ enum Glue {
 /// read.
 fn sweep_condemned(glue: Glue) -> Swept {
     let began = Instant::now();
-    if glue == Glue::Defer {
-        goro_alloc::relist_freed_gc_spans();
-    }
     let mut swept = Swept::default();
     let mut dead: Vec<*mut u8> = Vec::new();
     let clobber = CLOBBER_FREE.load(Ordering::Relaxed);
@@ -1297,6 +1296,7 @@ fn sweep_condemned(glue: Glue) -> Swept {
         unsafe { span.free_slots(&dead) };
         swept.objects += dead.len();
         swept.bytes += dead.len() * size;
+        pacer::add_freed(dead.len() * size);
     });
     // Freed heap blocks keep their bytes, and a conservative scan reads a free block that a
     // stale word still points at: left in the list's buffer, these slot addresses would keep

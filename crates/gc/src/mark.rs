@@ -71,6 +71,9 @@ pub(crate) struct Marker {
 /// Entries of [`Marker::recent`].
 pub(crate) const RECENT_WORDS: usize = 64;
 
+/// Words a conservative scan has in flight (see [`Marker::scan`]).
+const PIPELINE: usize = 16;
+
 impl Marker {
     /// A marker with nothing to do.
     pub(crate) fn new() -> Marker {
@@ -211,6 +214,9 @@ impl Marker {
         // same word first: roots keep a cache of their own.
         let own_cache = source == Source::Root && TERMINATING.load(Ordering::Relaxed);
         let mut own = [0usize; RECENT_WORDS];
+        let mut ring = [0usize; PIPELINE];
+        // Words taken out of the ring, and words in it.
+        let (mut taken, mut waiting) = (0usize, 0usize);
         let mut at = lo.next_multiple_of(WORD);
         while at + WORD <= hi {
             // SAFETY: the range was reported as readable root memory, or is an allocated block
@@ -240,7 +246,31 @@ impl Marker {
                 }
                 *seen = word;
             }
-            self.mark_word_from(word, source);
+            if hi - lo <= 2 * WORD {
+                // A cell's or a pointer's worth: nothing to overlap.
+                self.mark_word_from(word, source);
+                continue;
+            }
+            // Marking a word costs up to three cache misses in a row (the arena index's entry,
+            // the span's line, its mark word), and a heap scattered over many spans misses on
+            // all three for most words: 85 % of the marker's time on gc_latency went to the
+            // first two. So a word waits in a ring: as it goes in, its index entry is asked
+            // for; half the ring later, its span; as it comes out it is marked, mostly from
+            // cache by then. The ring is emptied before the scan returns.
+            if waiting == PIPELINE {
+                self.mark_word_from(ring[taken % PIPELINE], source);
+                taken += 1;
+                waiting -= 1;
+            }
+            if waiting >= PIPELINE / 2 {
+                goro_alloc::prefetch_span(ring[(taken + waiting - PIPELINE / 2) % PIPELINE]);
+            }
+            goro_alloc::prefetch_span_entry(word);
+            ring[(taken + waiting) % PIPELINE] = word;
+            waiting += 1;
+        }
+        for k in taken..taken + waiting {
+            self.mark_word_from(ring[k % PIPELINE], source);
         }
     }
 

@@ -8,8 +8,9 @@
 //!
 //! where `live` is the Gc bytes the cycle marked and `roots` the bytes of root memory it scanned
 //! (stacks, G structs), since scanning roots is work that grows with them just as marking does. A
-//! cycle starts when the Gc heap (live bytes plus bytes allocated since) has covered 70 % of the
-//! way from `live` to the goal, so that concurrent marking ends near the goal; an allocation
+//! cycle starts when the Gc heap (the bytes of allocated slots: allocation adds to it, the
+//! cycle's frees take off it as they are made) has covered 70 % of the way from `live` to the
+//! goal, so that concurrent marking ends near the goal; an allocation
 //! past the goal while a cycle runs waits for it a little, and one an eighth past it waits
 //! until the cycle has decided what is dead. GOGC < 0
 //! ("off") disables the trigger; a memory limit (GOMEMLIMIT) caps the goal, but never below
@@ -38,7 +39,10 @@ static PERCENT: AtomicI32 = AtomicI32::new(100);
 static MEMORY_LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static ROOTS: AtomicUsize = AtomicUsize::new(0);
-static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
+/// Bytes in allocated Gc slots: added in batches as threads allocate, taken off as the cycle's
+/// condemning and sweeping free slots. Wrapping, read as signed: a slot freed before the batch
+/// that allocated it was counted may take it below zero for a moment.
+static HEAP: AtomicUsize = AtomicUsize::new(0);
 static GOAL: AtomicUsize = AtomicUsize::new(HEAP_MINIMUM);
 static TRIGGER: AtomicUsize = AtomicUsize::new(trigger_for(0, HEAP_MINIMUM));
 
@@ -93,13 +97,19 @@ pub(crate) fn ceiling() -> usize {
     goal.saturating_add(goal / 8)
 }
 
-/// The Gc heap now: live bytes at the last cycle plus bytes allocated since (counted in batches).
+/// The Gc heap now: the bytes of allocated slots, dead ones not yet freed included (allocation
+/// is counted in batches per thread). A cycle's frees count as they are made, so an allocation
+/// waiting for the cycle at the goal goes on as soon as condemning has freed enough.
 pub fn heap_alloc() -> usize {
-    LIVE.load(Ordering::Relaxed) + ALLOCATED.load(Ordering::Relaxed)
+    (HEAP.load(Ordering::Relaxed) as isize).max(0) as usize
 }
 
 pub(crate) fn add_allocated(bytes: usize) {
-    ALLOCATED.fetch_add(bytes, Ordering::Relaxed);
+    HEAP.fetch_add(bytes, Ordering::Relaxed);
+}
+
+pub(crate) fn add_freed(bytes: usize) {
+    HEAP.fetch_sub(bytes, Ordering::Relaxed);
 }
 
 /// Whether the heap has reached the point where the next cycle starts.
@@ -218,7 +228,6 @@ pub(crate) fn limiter_state() -> (bool, u64) {
 pub(crate) fn cycle_done(live: usize, roots: usize) {
     LIVE.store(live, Ordering::Relaxed);
     ROOTS.store(roots, Ordering::Relaxed);
-    ALLOCATED.store(0, Ordering::Relaxed);
     recompute_goal();
 }
 

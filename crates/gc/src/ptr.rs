@@ -242,6 +242,9 @@ impl Tracer {
 
 // SAFETY: the pointee is reported; `Gc` has no drop glue.
 unsafe impl<T: Trace + ?Sized> Trace for Gc<T> {
+    // A `Gc` is the object's address, which a scan marks as `visit` does.
+    const SCANNED_AS_BYTES: bool = true;
+
     #[inline]
     fn trace(&self, tracer: &mut Tracer) {
         tracer.visit(self);
