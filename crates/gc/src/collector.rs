@@ -82,7 +82,27 @@ pub fn set_stress(on: bool) {
 pub const POISON: usize = 0xdead_beef_dead_beef;
 
 thread_local! {
-    static UNCOUNTED: Cell<usize> = const { Cell::new(0) };
+    /// Bytes this thread allocated that the pacer has not been told of. It starts at a whole
+    /// batch, so that a thread's first allocation goes through `count_batch`, which arms
+    /// [`EXIT_COUNT`].
+    static UNCOUNTED: Cell<usize> = const { Cell::new(ALLOCATION_BATCH) };
+    /// Whether this thread tells the pacer what it left uncounted when it exits.
+    static EXIT_COUNT: ExitCount = const { ExitCount(Cell::new(false)) };
+}
+
+/// Tells the pacer, as its thread exits, what the thread allocated since its last batch. The
+/// pacer's heap is exact (frees are taken off it as the collector makes them), so bytes a thread
+/// took away uncounted would make it read smaller than it is for good: a program that ran many
+/// short threads each allocating under a batch hid the whole heap from the pacer and its memory
+/// limit (a helper's attack, tests/pacer_drift.rs).
+struct ExitCount(Cell<bool>);
+
+impl Drop for ExitCount {
+    fn drop(&mut self) {
+        if self.0.get() {
+            pacer::add_allocated(UNCOUNTED.with(|cell| cell.replace(0)));
+        }
+    }
 }
 
 /// Turns `GORO_DEBUG=clobberfree=1` on or off (the facade reads the variable).
@@ -90,11 +110,18 @@ pub fn set_clobber_free(on: bool) {
     CLOBBER_FREE.store(on, Ordering::Relaxed);
 }
 
-/// Allocates a slot for a new object: the allocation half of `Gc::new`. A `pointer_free`
-/// object goes among the pointer-free ones, which marking never reads (`Trace::POINTER_FREE`).
+/// Allocates a slot for a new object: the allocation half of `Gc::new`; returns it and its size
+/// (`slot`, which the caller computed for alignment 8, unless the type is over-aligned). A
+/// `pointer_free` object goes among the pointer-free ones, which marking never reads
+/// (`Trace::POINTER_FREE`).
 #[inline]
 #[track_caller]
-pub(crate) fn allocate(request: usize, align: usize, slot: usize, pointer_free: bool) -> *mut u8 {
+pub(crate) fn allocate(
+    request: usize,
+    align: usize,
+    slot: usize,
+    pointer_free: bool,
+) -> (*mut u8, usize) {
     if roots::current().is_none() {
         not_in_a_runtime();
     }
@@ -120,7 +147,25 @@ pub(crate) fn allocate(request: usize, align: usize, slot: usize, pointer_free: 
     if barrier::allocating_black() {
         allocate_black(ptr);
     }
-    ptr
+    if align > 8 {
+        return (ptr, count_over_aligned(ptr, slot));
+    }
+    (ptr, slot)
+}
+
+/// The real size of an over-aligned type's slot, which may be another size class than the
+/// one `slot` (alignment 8) names, or a large slot of its own; the pacer counted `slot` and is
+/// put right, as the collector takes the real size off when the object dies.
+#[cold]
+#[inline(never)]
+fn count_over_aligned(ptr: *mut u8, slot: usize) -> usize {
+    let real = goro_alloc::find_block(ptr as usize).map_or(slot, |block| block.size);
+    if real > slot {
+        pacer::add_allocated(real - slot);
+    } else {
+        pacer::add_freed(slot - real);
+    }
+    real
 }
 
 /// Marks a slot allocated while the collector marks: the cycle keeps it (its value is traced
@@ -164,7 +209,16 @@ fn out_of_memory(request: usize, align: usize) -> ! {
 #[inline(never)]
 fn count_batch(bytes: usize) {
     UNCOUNTED.with(|cell| cell.set(0));
-    pacer::add_allocated(bytes);
+    // A thread's first batch: it started at a whole batch (see `UNCOUNTED`). Once destroyed,
+    // at the thread's exit, the counter reads as armed.
+    let first = EXIT_COUNT
+        .try_with(|armed| !armed.0.replace(true))
+        .unwrap_or(false);
+    pacer::add_allocated(if first {
+        bytes - ALLOCATION_BATCH
+    } else {
+        bytes
+    });
     let Some(mutators) = roots::current() else {
         return;
     };
@@ -772,7 +826,11 @@ pub(crate) fn sweep(job: Sweep) {
         swept: inline,
     } = job
     {
-        pacer::cycle_done(marked.census.live_bytes, marked.roots);
+        pacer::cycle_done(
+            marked.census.live_bytes,
+            marked.roots,
+            goro_alloc::stats().gc_spans_inuse_bytes,
+        );
         stats::record(&CycleReport {
             forced,
             heap_before: marked.heap_before,
@@ -1029,7 +1087,7 @@ fn finish_retirement() {
     // left the black ones alone): from here on, objects are born white again.
     barrier::set_allocate_black(false);
     list_immortals();
-    pacer::cycle_done(0, 0);
+    pacer::cycle_done(0, 0, goro_alloc::stats().gc_spans_inuse_bytes);
     // Release: the next runtime, which starts once the decision is made, sees it.
     RETIREMENT_DECIDING.store(false, Ordering::Release);
     // The objects left behind are dropped on the sweeper thread; a drop that waits for a lock

@@ -26,7 +26,11 @@
 //! paid in whole, so the limiter spaces cycles out instead, with the half-bucket as hysteresis.)
 //!
 //! Allocation is counted per thread and added here in batches (see `collector::allocate`), so the
-//! trigger fires within one batch per thread of the goal.
+//! trigger fires within one batch per thread of the goal. The heap is exact, not reset by each
+//! cycle, so every slot must be counted at its real size (an over-aligned type's too) and a
+//! thread's last, partial batch when it exits; and at the end of each cycle the count is kept
+//! between the bytes found live and the bytes of the spans in use, so that no miscount can
+//! outlive a cycle (tests/pacer_drift.rs).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
@@ -224,10 +228,17 @@ pub(crate) fn limiter_state() -> (bool, u64) {
     )
 }
 
-/// Called at the end of each cycle with what it found.
-pub(crate) fn cycle_done(live: usize, roots: usize) {
+/// Called at the end of each cycle with what it found: its live bytes, its root bytes, and the
+/// bytes of the Gc spans in use (which hold every allocated slot).
+pub(crate) fn cycle_done(live: usize, roots: usize, spans_in_use: usize) {
     LIVE.store(live, Ordering::Relaxed);
     ROOTS.store(roots, Ordering::Relaxed);
+    // The counted heap cannot be below what the cycle found live, nor above what the spans in
+    // use can hold: whatever a count missed (a slot size told wrong, a thread's batch lost) is
+    // put right here, so no drift outlives a cycle.
+    let counted = HEAP.load(Ordering::Relaxed) as isize;
+    let bounded = counted.clamp(live as isize, spans_in_use.max(live) as isize);
+    HEAP.fetch_add(bounded.wrapping_sub(counted) as usize, Ordering::Relaxed);
     recompute_goal();
 }
 

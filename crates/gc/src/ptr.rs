@@ -78,19 +78,14 @@ impl<T: Trace + Send + 'static> Gc<T> {
     #[inline]
     #[track_caller]
     pub fn new(value: T) -> Gc<T> {
-        let slot = collector::allocate(
+        // Over-aligned types may get another class than `gc_slot_size` says (the first class
+        // whose size is a multiple of the alignment): the header sits at the real slot's end.
+        let (slot, slot_size) = collector::allocate(
             Layout::<T>::REQUEST,
             Layout::<T>::ALIGN,
             Layout::<T>::SLOT,
             T::POINTER_FREE,
         );
-        // Over-aligned types may get a larger class than `gc_slot_size` says (the first class
-        // whose size is a multiple of the alignment); the header sits at the real slot's end.
-        let slot_size = if Layout::<T>::ALIGN > 8 {
-            goro_alloc::find_block(slot as usize).map_or(Layout::<T>::SLOT, |block| block.size)
-        } else {
-            Layout::<T>::SLOT
-        };
         // SAFETY: `slot` is a fresh, exclusively owned slot of `slot_size` bytes, aligned for
         // `T`, and its last word (the header) lies past `size_of::<T>()` within it.
         unsafe {
