@@ -601,6 +601,18 @@ fn new_small_span(spc: usize, owner: usize) -> Option<&'static Span> {
     let s = mheap::alloc_span(class.pages())?;
     crate::scavenger::ensure_started();
     s.init_small(spc, class, owner);
+    if crate::span::spc_is_gc(spc) {
+        // The look at the flag and the marks belong to one marking epoch: inside the window,
+        // the collector's stop (which begins a new epoch) cannot come between them. Marks
+        // set for a later epoch would let a slot allocated before that epoch's marking began
+        // pass for marked, and go untraced.
+        // SAFETY: a load and at most 16 atomic ors (and a renewal's stores): no lock, no
+        // allocation, no wait.
+        let _window = unsafe { crate::nosuspend::NoSuspend::new() };
+        if crate::ALLOCATE_BLACK.load(Ordering::Relaxed) {
+            s.mark_every_slot();
+        }
+    }
     mheap::publish(s, crate::span::STATE_SMALL);
     Some(s)
 }

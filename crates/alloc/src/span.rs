@@ -448,6 +448,20 @@ impl Span {
         }
     }
 
+    /// Sets the mark bit of every slot, in the epoch now current (see `set_allocate_black`).
+    pub(crate) fn mark_every_slot(&self) {
+        let slots = self.nelems.load(Ordering::Relaxed);
+        for (w, word) in self.current_marks().iter().enumerate() {
+            if 64 * w >= slots {
+                break;
+            }
+            word.fetch_or(
+                u64::MAX >> (64 - (slots - 64 * w).min(64)),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
     /// Initialises a large span whose object starts at `obj_base` with `elem_size` bytes.
     pub(crate) fn init_large(&self, obj_base: usize, elem_size: usize, spc: usize) {
         let gc = spc_is_gc(spc);

@@ -85,7 +85,7 @@ pub(crate) fn allocating_black() -> bool {
 /// condemned; an allocation that raced with the store is marked, which only keeps it one cycle).
 pub(crate) fn set_allocate_black(on: bool) {
     ALLOCATE_BLACK.store(on, Ordering::Relaxed);
-    goro_alloc::set_mark_new_large_blocks(on);
+    goro_alloc::set_allocate_black(on);
 }
 
 /// Entries of the log (a power of two).
