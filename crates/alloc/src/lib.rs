@@ -577,6 +577,13 @@ impl GcSpan {
     pub fn slot(&self, i: usize) -> *mut u8 {
         self.base.wrapping_add(i.wrapping_mul(self.elem_size)) as *mut u8
     }
+    /// Whether every slot of the span was marked as it was carved, in this marking epoch
+    /// ([`set_allocate_black`]): then a marked slot may be free (its header 0).
+    #[inline]
+    pub fn marked_whole(&self) -> bool {
+        self.span.marked_whole()
+    }
+
     /// Mark bits of slots `64 * w .. 64 * w + 64` (bit `i % 64` for slot `i`); 0 past the end.
     #[inline]
     pub fn mark_word(&self, w: usize) -> u64 {

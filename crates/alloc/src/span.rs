@@ -181,6 +181,9 @@ pub(crate) struct Span {
     pub(crate) marks: [AtomicU64; MARK_WORDS],
     /// The last epoch in which this span, as a malloc span, went onto [`MARKED_MALLOC`].
     listed_in: AtomicU64,
+    /// The epoch in which [`Span::mark_every_slot`] marked every slot of this span, free ones
+    /// included: in it, a marked slot is not necessarily an object.
+    marked_whole_in: AtomicU64,
     /// The next span on [`MARKED_MALLOC`] (set once per epoch, when the span goes onto it).
     pub(crate) marked_next: AtomicPtr<Span>,
     /// Walkers of the Gc spans ([`crate::for_each_gc_span`]) visiting this span now: while
@@ -239,6 +242,7 @@ impl Span {
             marks_epoch: AtomicU64::new(0),
             marks: [const { AtomicU64::new(0) }; MARK_WORDS],
             listed_in: AtomicU64::new(0),
+            marked_whole_in: AtomicU64::new(0),
             marked_next: AtomicPtr::new(core::ptr::null_mut()),
             visitors: AtomicU32::new(0),
         }
@@ -285,6 +289,11 @@ impl Span {
         // bits set since.
         let epoch = self.marks_epoch.load(Ordering::Acquire);
         (epoch == MARK_EPOCH.load(Ordering::Relaxed)).then_some(&self.marks)
+    }
+
+    /// Whether [`Span::mark_every_slot`] marked this span in the current epoch.
+    pub(crate) fn marked_whole(&self) -> bool {
+        self.marked_whole_in.load(Ordering::Relaxed) == MARK_EPOCH.load(Ordering::Relaxed)
     }
 
     /// Whether slot `i`'s mark bit is set in the current epoch.
@@ -451,7 +460,11 @@ impl Span {
     /// Sets the mark bit of every slot, in the epoch now current (see `set_allocate_black`).
     pub(crate) fn mark_every_slot(&self) {
         let slots = self.nelems.load(Ordering::Relaxed);
-        for (w, word) in self.current_marks().iter().enumerate() {
+        let marks = self.current_marks();
+        // Read after `current_marks` renewed the bits: the epoch they now belong to.
+        self.marked_whole_in
+            .store(MARK_EPOCH.load(Ordering::Relaxed), Ordering::Relaxed);
+        for (w, word) in marks.iter().enumerate() {
             if 64 * w >= slots {
                 break;
             }

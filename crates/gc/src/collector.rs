@@ -1170,6 +1170,9 @@ fn condemn(immortalize: bool) -> Census {
     goro_alloc::for_each_gc_span(|span| {
         let size = span.elem_size();
         let small = !span.is_large();
+        // A span marked whole as it was carved counts its marked slots by their headers: the
+        // free ones among them are no objects (the only marked slots whose headers are read).
+        let marked_whole = span.marked_whole();
         // One chain per span, in address order: the allocator hands the slots out in the order
         // they are chained, and ascending addresses keep its next allocations in cache.
         let mut dead = [core::ptr::null_mut(); goro_alloc::MAX_SPAN_SLOTS];
@@ -1178,7 +1181,11 @@ fn condemn(immortalize: bool) -> Census {
             let slots = (span.len() - 64 * w).min(64);
             let in_span = u64::MAX >> (64 - slots);
             let marks = span.mark_word(w) & in_span;
-            let marked = marks.count_ones() as usize;
+            let marked = if marked_whole {
+                built_among(span, w, marks)
+            } else {
+                marks.count_ones() as usize
+            };
             census.live_objects += marked;
             census.live_bytes += marked * size;
             let mut visit = if immortalize {
@@ -1250,6 +1257,20 @@ fn condemn(immortalize: bool) -> Census {
     });
     census.freed.took = began.elapsed();
     census
+}
+
+/// How many of the slots of mark word `w` whose bits `marks` holds have a header: built
+/// objects, or objects being built (a slot handed out whose header is not written yet is not
+/// counted, which only the statistics see).
+#[cold]
+fn built_among(span: GcSpan, w: usize, mut marks: u64) -> usize {
+    let mut built = 0;
+    while marks != 0 {
+        let slot = span.slot(64 * w + marks.trailing_zeros() as usize);
+        marks &= marks - 1;
+        built += usize::from(header(span, slot) != 0);
+    }
+    built
 }
 
 /// Asks the CPU for the cache lines `condemn` is about to touch in the slots of mark word `w`
