@@ -181,10 +181,12 @@ pub(crate) fn log_range(lo: usize, hi: usize) {
 /// object, allocated black, whose span this thread has just allocated from (its metadata in
 /// this CPU's cache); logged, the cell cost the marker a read of memory another CPU wrote and a
 /// span lookup that missed, for every store (half the mark worker's time on gc_latency, whose
-/// mutator stores a new object 650,000 times per cycle). Larger cells are logged unlooked-at.
+/// mutator stores a new object 650,000 times per cycle). Larger cells are logged unlooked-at,
+/// and every cell under `GORO_DEBUG=gcunaligned=1`, whose scans read every byte offset where
+/// this look reads aligned words only.
 #[inline]
 fn holds_nothing_unmarked(lo: usize, hi: usize) -> bool {
-    if hi - lo > LOOKED_AT_BYTES {
+    if hi - lo > LOOKED_AT_BYTES || crate::mark::scans_unaligned() {
         return false;
     }
     let mut at = lo.next_multiple_of(8);

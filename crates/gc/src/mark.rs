@@ -320,6 +320,11 @@ const WORD: usize = core::mem::size_of::<usize>();
 /// Whether conservative scans look for pointers at every byte offset (see `scan_every_byte`).
 static SCAN_UNALIGNED: AtomicBool = AtomicBool::new(false);
 
+/// Whether conservative scans look for pointers at every byte offset (`gcunaligned`).
+pub(crate) fn scans_unaligned() -> bool {
+    SCAN_UNALIGNED.load(Ordering::Relaxed)
+}
+
 /// Turns `GORO_DEBUG=gcunaligned=1` on or off: conservative scans (stacks, TLS, statics, malloc
 /// blocks) look for a pointer at every byte offset, so that a `Gc` kept only in a
 /// `#[repr(packed)]` struct outside the collected heap is found. Costs about eight times the
