@@ -704,6 +704,12 @@ pub fn for_each_marked_malloc_block(mut f: impl FnMut(usize, usize)) {
     }
 }
 
+/// Bytes of the Gc spans in use (small and large), which hold every allocated Gc slot: one load,
+/// where [`stats`] gathers every counter.
+pub fn gc_spans_in_use_bytes() -> usize {
+    stats::GC_SPANS_INUSE_BYTES.load(Ordering::Relaxed)
+}
+
 /// Gives every span that no cache holds and that has no live object back to the page heap (Go's
 /// sweeper frees a span it finds empty): after a collection has freed whole spans, so that the
 /// heap's in-use bytes (and, once the scavenger releases them, its RSS) drop at once. Takes each

@@ -1036,31 +1036,15 @@ pub(crate) unsafe fn free_sized(p: *mut u8, size: usize, align: usize) {
 /// # Safety
 /// As [`free`], for every slot of the chain.
 pub(crate) unsafe fn free_chain(s: &'static Span, first: *mut u8, last: *mut u8, count: usize) {
-    // SAFETY: caller's contract.
-    if unsafe { push_chain(s, first, last, count) } {
-        mcentral::reclaim_detached(s);
-    }
-}
-
-/// The lock-free half of [`free_chain`]: pushes the chain and counts it. True when the span is
-/// detached, so that the caller must `reclaim_detached` it (the freer half of the handshake in
-/// mcentral's docs), which may take a lock.
-///
-/// # Safety
-/// As [`free_chain`].
-pub(crate) unsafe fn push_chain(
-    s: &'static Span,
-    first: *mut u8,
-    last: *mut u8,
-    count: usize,
-) -> bool {
     if let Some(c) = CLASS_FREES.get(s.spc.load(Ordering::Relaxed) as usize) {
         add(c, count as u64);
     }
     // SAFETY: caller's contract.
     unsafe { s.push_remote_chain(first, last, count) };
     // SeqCst: the freer half of the handshake in mcentral's docs.
-    s.owner.load(Ordering::SeqCst) == OWNER_DETACHED
+    if s.owner.load(Ordering::SeqCst) == OWNER_DETACHED {
+        mcentral::reclaim_detached(s);
+    }
 }
 
 /// # Safety

@@ -829,7 +829,7 @@ pub(crate) fn sweep(job: Sweep) {
         pacer::cycle_done(
             marked.census.live_bytes,
             marked.roots,
-            goro_alloc::stats().gc_spans_inuse_bytes,
+            goro_alloc::gc_spans_in_use_bytes(),
         );
         stats::record(&CycleReport {
             forced,
@@ -1087,7 +1087,7 @@ fn finish_retirement() {
     // left the black ones alone): from here on, objects are born white again.
     barrier::set_allocate_black(false);
     list_immortals();
-    pacer::cycle_done(0, 0, goro_alloc::stats().gc_spans_inuse_bytes);
+    pacer::cycle_done(0, 0, goro_alloc::gc_spans_in_use_bytes());
     // Release: the next runtime, which starts once the decision is made, sees it.
     RETIREMENT_DECIDING.store(false, Ordering::Release);
     // The objects left behind are dropped on the sweeper thread; a drop that waits for a lock
