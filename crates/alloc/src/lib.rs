@@ -47,8 +47,9 @@
 //!   *header word*. The allocator never reads or writes it, except that it is **0 in every free
 //!   slot**: the allocator zeroes all headers when it carves a Gc span (reused pages may be
 //!   dirty), and the client must zero the header before calling [`free_gc`].
-//! - The allocator's free-list link lives in word 0 of a free slot, so Gc slots are at least
-//!   16 bytes ([`gc_slot_size`]).
+//! - The allocator's free-list link lives in the word before the header of a free Gc slot (on
+//!   the header's cache line, so that freeing a dead object touches one line of it), so Gc
+//!   slots are at least 16 bytes ([`gc_slot_size`]); in word 0 of a free malloc slot.
 //! - A large Gc object (> 32 KiB) has its own span with one slot: `elem_size` is the size rounded
 //!   up to 8 and the header is at `start + elem_size - 8`.
 //! - When `alloc_gc` is asked for an alignment above 8, the slot may come from a larger class than
@@ -621,8 +622,8 @@ impl GcSpan {
             return;
         }
         for pair in slots.windows(2) {
-            // SAFETY: the slots are dead and ours (caller); word 0 is the free-list link.
-            unsafe { (pair[0] as *mut usize).write(pair[1] as usize) };
+            // SAFETY: the slots are dead and ours (caller); the link word lies inside each.
+            unsafe { self.span.link_of(pair[0] as usize).write(pair[1] as usize) };
         }
         // SAFETY: the chain links exactly `slots`, all allocated slots of this small span.
         unsafe { mcache::free_chain(self.span, first, last, slots.len()) };

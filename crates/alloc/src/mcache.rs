@@ -102,7 +102,7 @@ pub(crate) struct MCache {
     /// (the arena index's root, its L1 entry, then the page entry).
     arena_key: usize,
     arena: *const ArenaMeta,
-    /// Per span class: remote frees into one span, chained through word 0 and not pushed yet
+    /// Per span class: remote frees into one span, chained through their link words and not pushed yet
     /// (see [`MCache::free_remote_batched`]).
     pending: [Pending; NUM_SPAN_CLASSES],
     /// Per Malloc span class, the *bin* (see the module docs): a stack of free slots in this
@@ -494,8 +494,8 @@ impl MCache {
             return unsafe { free_remote(s, p) };
         };
         if core::ptr::eq(pd.span, s) {
-            // SAFETY: the slot is ours (being freed); word 0 becomes the chain link.
-            unsafe { (p as *mut usize).write(pd.first) };
+            // SAFETY: the slot is ours (being freed); its link word becomes the chain link.
+            unsafe { s.link_of(p as usize).write(pd.first) };
             pd.first = p as usize;
             pd.count += 1;
             if pd.count >= pd.limit {
@@ -506,7 +506,7 @@ impl MCache {
         self.push_pending(i);
         let pd = &mut self.pending[i];
         // SAFETY: as above; the chain of one ends here.
-        unsafe { (p as *mut usize).write(0) };
+        unsafe { s.link_of(p as usize).write(0) };
         *pd = Pending {
             span: s,
             first: p as usize,
@@ -1030,7 +1030,8 @@ pub(crate) unsafe fn free_sized(p: *mut u8, size: usize, align: usize) {
     })
 }
 
-/// Frees a chain of slots of the small span `s` (linked through word 0 from `first` to `last`)
+/// Frees a chain of slots of the small span `s` (linked through their link words ([`Span::link_of`])
+/// from `first` to `last`)
 /// as remote frees, with one push.
 ///
 /// # Safety

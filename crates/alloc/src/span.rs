@@ -6,7 +6,8 @@
 //!   | slot 0 | slot 1 | slot 2 | ...                 | slot nelems-1 | tail waste |
 //!   ^obj_base = start (small)            find_block(tail waste) = None
 //!
-//!   Gc-kind slot:  | word 0: free-list link when free | ... | last word: client header (0 = free) |
+//!   Gc-kind slot:  | ... | free-list link when free | last word: client header (0 = free) |
+//!   Malloc slot:   | word 0: free-list link when free | ... |
 //!   Large span:    | (alignment padding) | obj_base: the object, elem_size bytes | rest |
 //! ```
 //!
@@ -17,7 +18,7 @@
 //!   atomics only so that `Span` is `Sync`; they are read and written with Relaxed by one thread
 //!   at a time, ownership being handed over through the central lock or the `owner` CAS.
 //! - `remote` is the lock-free remote-free stack (Treiber push by any thread, `swap(0)` by the
-//!   owner). Its link is word 0 of the freed slot.
+//!   owner). It links through the freed slots' link words ([`Span::link_of`]).
 //! - `owner` is the ownership word: a cache id (>= [`FIRST_CACHE_ID`]), [`OWNER_CENTRAL`],
 //!   [`OWNER_DETACHED`], or [`OWNER_NONE`]; see `mcentral` for the protocol.
 //! - Geometry fields (`start`, `npages`, `obj_base`, `elem_size`, `nelems`, `div_magic`, `spc`)
@@ -160,6 +161,11 @@ pub(crate) struct Span {
     pub(crate) allocated: AtomicUsize,
     /// Owner-only: slots `[bump, nelems)` were never handed out.
     pub(crate) bump: AtomicUsize,
+    /// Where a free slot keeps its free-list link: word 0 of a malloc slot; in a Gc slot the
+    /// word before the header, on the header's cache line (but for a header that begins its
+    /// line), so that the collector freeing a dead object touches one line of it, not two. Set
+    /// as the span is carved (heap lock), before any slot of it is free.
+    link: AtomicUsize,
     /// Intrusive links: page-heap free lists and metadata free list (heap lock), central lists
     /// (central lock), a cache's partial FIFO (owner).
     pub(crate) next: AtomicPtr<Span>,
@@ -234,6 +240,7 @@ impl Span {
             remote: CacheLine(AtomicUsize::new(0)),
             free_head: AtomicUsize::new(0),
             bump: AtomicUsize::new(0),
+            link: AtomicUsize::new(0),
             allocated: AtomicUsize::new(0),
             last_owner: AtomicUsize::new(0),
             cache_list: AtomicU8::new(0),
@@ -443,6 +450,10 @@ impl Span {
             .store(class.objects_per_span(), Ordering::Relaxed);
         self.div_magic.store(class.div_magic(), Ordering::Relaxed);
         self.spc.store(spc as u8, Ordering::Relaxed);
+        self.link.store(
+            if spc_is_gc(spc) { class.size() - 16 } else { 0 },
+            Ordering::Relaxed,
+        );
         self.reset_alloc_state(owner);
         if spc_is_gc(spc) {
             // Gc convention: the header word (last word of every slot) is 0 in free slots. The
@@ -506,6 +517,12 @@ impl Span {
         self.clear_marks();
     }
 
+    /// The word of free slot `slot` that holds its free-list link ([`Span::link`]).
+    #[inline(always)]
+    pub(crate) fn link_of(&self, slot: usize) -> *mut usize {
+        slot.wrapping_add(self.link.load(Ordering::Relaxed)) as *mut usize
+    }
+
     /// Pops a slot off the owner's local free list; null when it is empty. The fast path: four
     /// instructions and one branch (load head, test, load link, store head). It counts nothing:
     /// `allocated` of a cache's current span is settled when the span stops being current
@@ -519,9 +536,9 @@ impl Span {
         if head == 0 {
             return core::ptr::null_mut();
         }
-        // SAFETY: `head` is a free slot of this span on the owner's list; word 0 holds the
-        // link, written by the owner or published by the remote stack's Acquire swap.
-        let next = unsafe { (head as *const usize).read() };
+        // SAFETY: `head` is a free slot of this span on the owner's list; its link word holds
+        // the next, written by the owner or published by the remote stack's Acquire swap.
+        let next = unsafe { self.link_of(head).read() };
         self.free_head.store(next, Ordering::Relaxed);
         head as *mut u8
     }
@@ -536,9 +553,9 @@ impl Span {
         let mut p = self.free_head.load(Ordering::Relaxed);
         while p != 0 && n < MAX_OBJECTS {
             n += 1;
-            // SAFETY: every node of the owner's list is a free slot of this span whose word 0
-            // is the link (the list ends with 0).
-            p = unsafe { (p as *const usize).read() };
+            // SAFETY: every node of the owner's list is a free slot of this span, linked
+            // through its link word (the list ends with 0).
+            p = unsafe { self.link_of(p).read() };
         }
         n
     }
@@ -569,9 +586,9 @@ impl Span {
         let mut link = self.free_head.load(Ordering::Relaxed);
         for i in (0..count).rev() {
             let slot = base + i * size;
-            // SAFETY: slot `b + i` was never handed out, so it belongs to the owner; word 0 is
-            // the free-list link (below the Gc header word: slots are >= 16 bytes).
-            unsafe { (slot as *mut usize).write(link) };
+            // SAFETY: slot `b + i` was never handed out, so it belongs to the owner; its link
+            // word lies inside it, below the Gc header word (slots are >= 16 bytes).
+            unsafe { self.link_of(slot).write(link) };
             link = slot;
         }
         self.free_head.store(link, Ordering::Relaxed);
@@ -592,8 +609,11 @@ impl Span {
     /// May be called only by the owner, with `p` an allocated slot start of this span.
     #[inline]
     pub(crate) unsafe fn push_local(&self, p: *mut u8) {
-        // SAFETY: the slot is ours now (being freed); word 0 becomes the link.
-        unsafe { (p as *mut usize).write(self.free_head.load(Ordering::Relaxed)) };
+        // SAFETY: the slot is ours now (being freed); its link word becomes the link.
+        unsafe {
+            self.link_of(p as usize)
+                .write(self.free_head.load(Ordering::Relaxed))
+        };
         self.free_head.store(p as usize, Ordering::Relaxed);
     }
 
@@ -607,7 +627,7 @@ impl Span {
         unsafe { self.push_remote_chain(p, p, 1) }
     }
 
-    /// Pushes a chain of slots, already linked through word 0 from `first` to `last`, onto the
+    /// Pushes a chain of slots, already linked through their link words from `first` to `last`, onto the
     /// remote-free stack with one CAS (the sweeper frees a span's dead slots this way).
     ///
     /// # Safety
@@ -622,7 +642,10 @@ impl Span {
         let mut head = self.remote.load(Ordering::Relaxed);
         loop {
             // SAFETY: the chain is ours until the CAS below publishes it.
-            unsafe { (last as *mut usize).write(head & REMOTE_ADDRESS_MASK) };
+            unsafe {
+                self.link_of(last as usize)
+                    .write(head & REMOTE_ADDRESS_MASK)
+            };
             let length = (head >> REMOTE_COUNT_SHIFT) + count;
             // SeqCst: Release publishes the links to the owner's Acquire swap in
             // `collect_remote`; the SeqCst total order is the Dekker handshake with `release`
@@ -677,16 +700,16 @@ impl Span {
             // come when the local list is empty).
             let mut last = list;
             loop {
-                // SAFETY: every node is a freed slot of this span whose word 0 is the link
+                // SAFETY: every node is a freed slot of this span linked through its link word
                 // (visible through the Acquire swap); the list ends with 0.
-                let next = unsafe { (last as *const usize).read() };
+                let next = unsafe { self.link_of(last).read() };
                 if next == 0 {
                     break;
                 }
                 last = next;
             }
             // SAFETY: `last` is the list's last slot, now owned by us.
-            unsafe { (last as *mut usize).write(local) };
+            unsafe { self.link_of(last).write(local) };
         }
         self.free_head.store(list, Ordering::Relaxed);
         n

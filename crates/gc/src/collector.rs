@@ -1274,22 +1274,25 @@ fn built_among(span: GcSpan, w: usize, mut marks: u64) -> usize {
 }
 
 /// Asks the CPU for the cache lines `condemn` is about to touch in the slots of mark word `w`
-/// whose bits `visit` holds: each header, read, and each slot's first word, which the free list
-/// links through when the slot is dead. A dead object is otherwise two cache misses in a row,
-/// one slot after another; asked for together they overlap (the lines of one mark word, at
-/// most 128, are all in flight at once).
+/// whose bits `visit` holds: each header, read and then written, and the word before it, where
+/// the free list links a dead slot (the same line but where the header begins its line). A
+/// dead object is otherwise a cache miss after the one before; asked for together they overlap
+/// (the lines of one mark word are all in flight at once).
 #[inline]
 fn prefetch_dead(span: GcSpan, w: usize, mut visit: u64, size: usize) {
     #[cfg(target_arch = "x86_64")]
     while visit != 0 {
-        use core::arch::x86_64::{_MM_HINT_ET0, _MM_HINT_T0, _mm_prefetch};
+        use core::arch::x86_64::{_MM_HINT_ET0, _mm_prefetch};
         let slot = span.slot(64 * w + visit.trailing_zeros() as usize);
         visit &= visit - 1;
-        // SAFETY: a prefetch is a hint: it never faults and changes no memory, whatever the
-        // address (here a slot of the span and the span's last word of it).
+        // SAFETY: `slot` is a slot of the Gc span `span`, `size` its element size; a prefetch
+        // is a hint: it never faults and changes no memory, whatever the address.
         unsafe {
-            _mm_prefetch::<_MM_HINT_T0>(header_of(slot, size).cast::<i8>());
-            _mm_prefetch::<_MM_HINT_ET0>(slot.cast::<i8>());
+            let header = header_of(slot, size).cast::<i8>();
+            _mm_prefetch::<_MM_HINT_ET0>(header);
+            if (header as usize).is_multiple_of(64) {
+                _mm_prefetch::<_MM_HINT_ET0>(header.wrapping_sub(8));
+            }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
