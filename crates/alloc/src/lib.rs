@@ -714,7 +714,7 @@ pub fn gc_spans_in_use_bytes() -> usize {
 /// Gives every span that no cache holds and that has no live object back to the page heap (Go's
 /// sweeper frees a span it finds empty): after a collection has freed whole spans, so that the
 /// heap's in-use bytes (and, once the scavenger releases them, its RSS) drop at once. Takes each
-/// central list's lock in turn; no system call.
+/// central list's lock once per batch of 32 spans, never for a whole list; no system call.
 pub fn release_empty_spans() {
     mcentral::release_empty_spans();
 }

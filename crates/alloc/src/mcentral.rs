@@ -44,16 +44,93 @@ use crate::mheap;
 use crate::span::{NUM_SPAN_CLASSES, OWNER_CENTRAL, OWNER_DETACHED, OWNER_NONE, Span};
 use crate::sync::SpinLock;
 
-/// One central list: a stack of spans linked through `Span::next`.
+/// One central list: three stacks of spans linked through `Span::next`, every span on them
+/// listed. `head` is where spans are pushed. While [`release_empty_spans`] walks the list,
+/// `to_walk` holds what `head` held when the walk began (the walk takes its batches from it) and
+/// `walked` the spans it has looked at and kept, until it puts them back on top of `head`.
+/// `take` pops `head`, then `to_walk`, then `walked`.
 struct CentralList {
     head: *mut Span,
+    to_walk: *mut Span,
+    walked: *mut Span,
+    /// The last span of `walked` (null when it is empty).
+    walked_tail: *mut Span,
+}
+
+impl CentralList {
+    const fn new() -> CentralList {
+        CentralList {
+            head: null_mut(),
+            to_walk: null_mut(),
+            walked: null_mut(),
+            walked_tail: null_mut(),
+        }
+    }
+
+    /// Pops `head`, else `to_walk`, else `walked`.
+    fn pop(&mut self) -> Option<&'static Span> {
+        if !self.head.is_null() {
+            return Some(pop_stack(&mut self.head));
+        }
+        if !self.to_walk.is_null() {
+            return Some(pop_stack(&mut self.to_walk));
+        }
+        if self.walked.is_null() {
+            return None;
+        }
+        let s = pop_stack(&mut self.walked);
+        if self.walked.is_null() {
+            self.walked_tail = null_mut();
+        }
+        Some(s)
+    }
+
+    /// Pushes the chain `first ..= last` (linked through `next`) onto `walked`.
+    fn push_walked(&mut self, first: *mut Span, last: *mut Span) {
+        // SAFETY: `last` ends a chain of span metadata structs, which are never unmapped.
+        unsafe { &*last }.next.store(self.walked, Ordering::Relaxed);
+        if self.walked.is_null() {
+            self.walked_tail = last;
+        }
+        self.walked = first;
+    }
+
+    /// Puts the walked spans back on top of `head`.
+    fn restore_walked(&mut self) {
+        if self.walked.is_null() {
+            return;
+        }
+        // SAFETY: `walked_tail` is the last span of the non-empty `walked` stack.
+        unsafe { &*self.walked_tail }
+            .next
+            .store(self.head, Ordering::Relaxed);
+        self.head = self.walked;
+        self.walked = null_mut();
+        self.walked_tail = null_mut();
+    }
+}
+
+/// Pops the non-empty stack `top`.
+fn pop_stack(top: &mut *mut Span) -> &'static Span {
+    // SAFETY: listed spans are live metadata structs (never unmapped).
+    let s: &'static Span = unsafe { &**top };
+    *top = s.next.load(Ordering::Relaxed);
+    s.next.store(null_mut(), Ordering::Relaxed);
+    s
 }
 
 // SAFETY: the pointers refer to never-freed span metadata; the list is only used under its lock.
 unsafe impl Send for CentralList {}
 
 static CENTRAL: [SpinLock<CentralList>; NUM_SPAN_CLASSES] =
-    [const { SpinLock::new(CentralList { head: null_mut() }) }; NUM_SPAN_CLASSES];
+    [const { SpinLock::new(CentralList::new()) }; NUM_SPAN_CLASSES];
+
+/// One per central list, held for a whole walk of it by [`release_empty_spans`]: one walk of a
+/// list at a time (the sweep, the scavenger and `release_memory` may all walk at once, and a
+/// walk that began second would miss the spans the first has in hand), and none across a
+/// `fork` (the fork handlers take them all first, so a child never inherits spans that a walk
+/// had off its list).
+static WALKING: [SpinLock<()>; NUM_SPAN_CLASSES] = [const { SpinLock::new(()) }; NUM_SPAN_CLASSES];
 
 /// Lists `s` on its class's central list.
 fn push(s: &'static Span) {
@@ -75,15 +152,7 @@ fn push(s: &'static Span) {
 
 /// Takes a span of class `spc` off the central list and makes `id` its owner.
 pub(crate) fn take(spc: usize, id: usize) -> Option<&'static Span> {
-    let mut l = CENTRAL.get(spc)?.lock();
-    let p = l.head;
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: listed spans are live metadata structs (never unmapped).
-    let s: &'static Span = unsafe { &*p };
-    l.head = s.next.load(Ordering::Relaxed);
-    s.next.store(null_mut(), Ordering::Relaxed);
+    let s = CENTRAL.get(spc)?.lock().pop()?;
     debug_assert_eq!(
         s.owner.load(Ordering::Relaxed),
         OWNER_CENTRAL,
@@ -152,38 +221,88 @@ pub(crate) fn reclaim_detached(s: &'static Span) {
     }
 }
 
-/// Returns every listed span with no live object to the page heap (the scavenger and
-/// `release_memory`). Holding a list's lock makes us the owner of its spans.
+/// Spans [`release_empty_spans`] takes off a list per hold of its lock.
+const RELEASE_BATCH: usize = 32;
+
+/// Returns every listed span with no live object to the page heap (the collector's sweep, the
+/// scavenger and `release_memory`). A list is walked [`RELEASE_BATCH`] spans at a time, one
+/// walk of it at a time ([`WALKING`]): the walk moves `head` to `to_walk`, and each batch is
+/// taken off `to_walk` under the list's lock (a span off every list, its owner word still
+/// CENTRAL, is the walk's alone), looked at without the lock, and what stays goes onto
+/// `walked`, still listed; once `to_walk` is empty, `walked` goes back on top of `head`.
+/// Holding the lock for a whole list, thousands of spans each a cache miss or two, kept a
+/// mutator that needed a span of the class spinning on it for milliseconds (gc_latency's worst
+/// stalls).
 pub(crate) fn release_empty_spans() {
-    for list in &CENTRAL {
-        let mut l = list.lock();
-        let mut prev: *mut Span = null_mut();
-        let mut p = l.head;
-        while !p.is_null() {
-            // SAFETY: listed spans are live metadata structs (never unmapped).
-            let s: &'static Span = unsafe { &*p };
-            let next = s.next.load(Ordering::Relaxed);
-            // SAFETY: the list lock makes us the owner of listed spans.
-            unsafe { s.collect_remote() };
-            if s.allocated.load(Ordering::Relaxed) == 0 && leaves_for_the_heap(s) {
-                if prev.is_null() {
-                    l.head = next;
-                } else {
-                    // SAFETY: `prev` is a listed span, as above.
-                    unsafe { &*prev }.next.store(next, Ordering::Relaxed);
-                }
-                s.next.store(null_mut(), Ordering::Relaxed);
-                mheap::free_span(s);
-            } else {
-                prev = p;
+    for (list, walking) in CENTRAL.iter().zip(&WALKING) {
+        let _walking = walking.lock();
+        {
+            let mut l = list.lock();
+            if l.to_walk.is_null() {
+                l.to_walk = l.head;
+                l.head = null_mut();
             }
-            p = next;
         }
+        loop {
+            let mut batch = [null_mut::<Span>(); RELEASE_BATCH];
+            let mut taken = 0;
+            {
+                let mut l = list.lock();
+                while taken < RELEASE_BATCH && !l.to_walk.is_null() {
+                    batch[taken] = core::ptr::from_ref(pop_stack(&mut l.to_walk)).cast_mut();
+                    taken += 1;
+                }
+            }
+            if taken == 0 {
+                break;
+            }
+            // The spans kept, chained through `next`, first to last.
+            let (mut first, mut last) = (null_mut::<Span>(), null_mut::<Span>());
+            for &p in &batch[..taken] {
+                // SAFETY: span metadata is never unmapped; the batch's spans are ours (taken
+                // off the list under its lock, on no list now, their owner word CENTRAL).
+                let s: &'static Span = unsafe { &*p };
+                // SAFETY: as above, we own `s`.
+                unsafe { s.collect_remote() };
+                if s.allocated.load(Ordering::Relaxed) == 0 && leaves_for_the_heap(s) {
+                    mheap::free_span(s);
+                    continue;
+                }
+                s.next.store(first, Ordering::Relaxed);
+                if last.is_null() {
+                    last = p;
+                }
+                first = p;
+            }
+            if !first.is_null() {
+                list.lock().push_walked(first, last);
+            }
+        }
+        list.lock().restore_walked();
     }
 }
 
-/// For `release_empty_spans`, holding the list's lock: gives up the listed empty span `s` unless
-/// a walker of the Gc spans holds it (`Span::visit`), which leaves it listed.
+/// Takes every [`WALKING`] lock (fork prepare, before every other allocator lock: a walk takes
+/// its list's lock and the page heap's while it holds its own).
+pub(crate) fn lock_walks() {
+    for walking in &WALKING {
+        walking.lock_raw();
+    }
+}
+
+/// Releases every lock taken by [`lock_walks`].
+///
+/// # Safety
+/// As `SpinLock::unlock_raw`: only the thread that called `lock_walks` (or its fork child).
+pub(crate) unsafe fn unlock_walks() {
+    for walking in &WALKING {
+        // SAFETY: caller's contract.
+        unsafe { walking.unlock_raw() };
+    }
+}
+
+/// For `release_empty_spans`, owning the empty span `s` taken off its list: gives it up unless a
+/// walker of the Gc spans holds it (`Span::visit`), which leaves it to be listed again.
 fn leaves_for_the_heap(s: &Span) -> bool {
     // No live slot: nobody can free into it any more.
     // SeqCst: the releaser half of the handshake with walkers.

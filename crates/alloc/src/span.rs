@@ -14,7 +14,8 @@
 //! Allocation state of a small span (who may touch which field):
 //!
 //! - `free_head`, `bump`, `allocated` belong to the span's *owner*: the cache whose id is in
-//!   `owner`, or the holder of the central lock while the span is on a central list. They are
+//!   `owner`, or the holder of the central lock while the span is on a central list, or the
+//!   walk of `mcentral::release_empty_spans` that took it off its list in a batch. They are
 //!   atomics only so that `Span` is `Sync`; they are read and written with Relaxed by one thread
 //!   at a time, ownership being handed over through the central lock or the `owner` CAS.
 //! - `remote` is the lock-free remote-free stack (Treiber push by any thread, `swap(0)` by the
@@ -59,7 +60,8 @@ pub(crate) const STATE_LARGE: u8 = 3;
 
 /// `owner`: not a small span in use (free, large, unused).
 pub(crate) const OWNER_NONE: usize = 0;
-/// `owner`: on its central list (or being pushed there by the winner of the detach CAS).
+/// `owner`: on its central list (or being pushed there by the winner of the detach CAS, or in a
+/// batch `mcentral::release_empty_spans` took off the list).
 pub(crate) const OWNER_CENTRAL: usize = 1;
 /// `owner`: released by its cache while full; the next remote free moves it to central.
 pub(crate) const OWNER_DETACHED: usize = 2;

@@ -284,3 +284,87 @@ fn stats_count_per_class_and_release() {
         s.heap_idle
     );
 }
+
+/// `release_empty_spans` walks a central list a batch at a time, with the list's lock free
+/// between batches: threads that take spans from the lists, release them onto them and free
+/// into them meanwhile, and other walks, must neither lose a span (the heap's in-use bytes come
+/// back down once everything is freed) nor get one twice (every block keeps its cookie).
+#[test]
+fn central_lists_walked_while_threads_take_release_and_free() {
+    let _serial = serial();
+    goro_alloc::release_memory();
+    let before = stats().heap_inuse;
+    let stop = AtomicBool::new(false);
+    let walks = AtomicUsize::new(0);
+    let transfer: Vec<std::sync::Mutex<Option<Obj>>> =
+        (0..512).map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        // Two walks at once, as the sweep and the scavenger may make them, and a third through
+        // `release_memory`.
+        for walker in 0..3 {
+            let (stop, walks) = (&stop, &walks);
+            s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if walker == 2 {
+                        goro_alloc::release_memory();
+                    } else {
+                        goro_alloc::release_empty_spans();
+                    }
+                    walks.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        let workers: Vec<_> = (0..4)
+            .map(|t| {
+                let transfer = &transfer;
+                s.spawn(move || {
+                    let mut rng = Rng(((t + 7) as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
+                    let mut mine: Vec<Obj> = Vec::new();
+                    for _ in 0..200_000 {
+                        match rng.next() % 4 {
+                            0 | 1 => mine.push(Obj::new(&mut rng)),
+                            2 if !mine.is_empty() => {
+                                let i = rng.next() as usize % mine.len();
+                                drop(mine.swap_remove(i));
+                            }
+                            _ if !mine.is_empty() => {
+                                // Another thread frees it: a remote free into a span this
+                                // thread may have given back to a central list.
+                                let i = rng.next() as usize % mine.len();
+                                let j = rng.next() as usize % transfer.len();
+                                let given = mine.swap_remove(i);
+                                let old = transfer[j].lock().unwrap().replace(given);
+                                drop(old);
+                            }
+                            _ => {}
+                        }
+                        if mine.len() > 2_000 {
+                            mine.truncate(500);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let joined: Vec<_> = workers.into_iter().map(|worker| worker.join()).collect();
+        // Before a worker's panic goes on: the walker stops only when told.
+        stop.store(true, Ordering::Relaxed);
+        for result in joined {
+            if let Err(panic) = result {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    });
+    for slot in &transfer {
+        drop(slot.lock().unwrap().take());
+    }
+    goro_alloc::release_memory();
+    let after = stats().heap_inuse;
+    assert!(
+        walks.load(Ordering::Relaxed) > 0,
+        "no walk ran beside the threads"
+    );
+    assert!(
+        after <= before + (4 << 20),
+        "heap in use grew from {before} to {after}: spans lost from the central lists"
+    );
+}

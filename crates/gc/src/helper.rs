@@ -475,15 +475,21 @@ fn mark_own(tracer: &mut Tracer, role: Role) {
 /// Items between two looks at the barrier's log while a pass marks.
 const LOG_LOOK_EVERY: usize = 256;
 
-/// Every [`LOG_LOOK_EVERY`] items, takes the barrier's log onto the work list if it is filling:
-/// a mutator that finds the log full waits for the marker, which must not make it wait for a
-/// whole pass over a large heap. Only the thread that runs the cycle drains the log (its one
-/// consumer).
+/// Words scanned between two looks at the barrier's log (128 KiB: a few hundred microseconds).
+const LOG_LOOK_WORDS: usize = 16 << 10;
+
+/// Every [`LOG_LOOK_EVERY`] items or [`LOG_LOOK_WORDS`] words scanned, whichever comes first,
+/// takes the barrier's log onto the work list if it is filling: a mutator that finds the log
+/// full waits for the marker, which must not make it wait for a whole pass over a large heap.
+/// Items alone were not enough: 256 objects of 1,024 cells each (gc_latency's chunks) are
+/// 2 MiB to scan, and a mutator waited 10 ms for them on the full log, its worst stall. Only
+/// the thread that runs the cycle drains the log (its one consumer).
 #[inline]
 fn take_log_if_filling(tracer: &mut Tracer, since_log: &mut usize) {
     *since_log += 1;
-    if *since_log >= LOG_LOOK_EVERY {
+    if *since_log >= LOG_LOOK_EVERY || tracer.marker.scanned_words >= LOG_LOOK_WORDS {
         *since_log = 0;
+        tracer.marker.scanned_words = 0;
         if crate::barrier::filling() {
             crate::barrier::drain(&mut tracer.marker, false);
         }

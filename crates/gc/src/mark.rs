@@ -66,6 +66,9 @@ pub(crate) struct Marker {
     /// was free is allocated black if it is allocated while the cycle marks. Forgotten when
     /// termination begins, whose rescan must see every word.
     pub(crate) recent: [usize; RECENT_WORDS],
+    /// Words the conservative scans read since the driver last looked at the barrier's log
+    /// (helper.rs: `take_log_if_filling`).
+    pub(crate) scanned_words: usize,
 }
 
 /// Entries of [`Marker::recent`].
@@ -80,6 +83,7 @@ impl Marker {
         Marker {
             work: WorkStack::new(),
             recent: [0; RECENT_WORDS],
+            scanned_words: 0,
         }
     }
 
@@ -205,6 +209,7 @@ impl Marker {
 
     /// Scans `[lo, hi)`, read from `source`, conservatively.
     pub(crate) fn scan(&mut self, lo: usize, hi: usize, source: Source) {
+        self.scanned_words += hi.saturating_sub(lo) / WORD;
         if SCAN_UNALIGNED.load(Ordering::Relaxed) {
             self.scan_every_byte(lo, hi, source);
             return;
