@@ -1,7 +1,7 @@
 //! `fork` safety: handlers that take every allocator lock before a `fork` and release them after
 //! it in both processes, so that the child never inherits a lock held by a thread it does not
-//! have. They take the locks in the order the allocator nests them (the central lists' walk
-//! locks, the fallback cache, the central lists in class order, the page heap, the bin pool), so this file sits above every
+//! have. They take the locks in the order the allocator nests them (the fallback cache, the
+//! central lists in class order, the page heap, the bin pool), so this file sits above every
 //! other: nothing imports it. The handlers are registered when the program is loaded (an
 //! `.init_array` entry), before any thread could fork.
 
@@ -20,7 +20,6 @@ extern "C" fn register() {
 
 /// Before `fork`: take every allocator lock, in nesting order.
 extern "C" fn prepare() {
-    mcentral::lock_walks();
     mcache::lock_global();
     mcentral::lock_all();
     mheap::lock_for_fork();
@@ -37,8 +36,6 @@ extern "C" fn parent() {
     unsafe { mcentral::unlock_all() };
     // SAFETY: as above.
     unsafe { mcache::unlock_global() };
-    // SAFETY: as above.
-    unsafe { mcentral::unlock_walks() };
 }
 
 /// After `fork`, in the child: release the locks (the child's only thread is the one that took
@@ -52,8 +49,6 @@ extern "C" fn child() {
     unsafe { mcentral::unlock_all() };
     // SAFETY: as above.
     unsafe { mcache::unlock_global() };
-    // SAFETY: as above.
-    unsafe { mcentral::unlock_walks() };
     scavenger::forget_in_child();
     parked::forget_in_child();
 }

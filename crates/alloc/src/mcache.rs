@@ -102,8 +102,8 @@ pub(crate) struct MCache {
     /// (the arena index's root, its L1 entry, then the page entry).
     arena_key: usize,
     arena: *const ArenaMeta,
-    /// Per span class: remote frees into one span, chained through their link words and not pushed yet
-    /// (see [`MCache::free_remote_batched`]).
+    /// Per span class: remote frees into one span, chained through their link words and not
+    /// pushed yet (see [`MCache::free_remote_batched`]).
     pending: [Pending; NUM_SPAN_CLASSES],
     /// Per Malloc span class, the *bin* (see the module docs): a stack of free slots in this
     /// cache's bin array (`bins`; [`BIN_LAYOUT`] places each class), `bin_low[i] <= bin_top[i]
@@ -1030,9 +1030,8 @@ pub(crate) unsafe fn free_sized(p: *mut u8, size: usize, align: usize) {
     })
 }
 
-/// Frees a chain of slots of the small span `s` (linked through their link words ([`Span::link_of`])
-/// from `first` to `last`)
-/// as remote frees, with one push.
+/// Frees a chain of slots of the small span `s`, linked through their link words
+/// ([`Span::link_of`]) from `first` to `last`, as remote frees, with one push.
 ///
 /// # Safety
 /// As [`free`], for every slot of the chain.

@@ -128,8 +128,8 @@ static CENTRAL: [SpinLock<CentralList>; NUM_SPAN_CLASSES] =
 /// One per central list, held for a whole walk of it by [`release_empty_spans`]: one walk of a
 /// list at a time (the sweep, the scavenger and `release_memory` may all walk at once, and a
 /// walk that began second would miss the spans the first has in hand), and none across a
-/// `fork` (the fork handlers take them all first, so a child never inherits spans that a walk
-/// had off its list).
+/// `fork` (the fork handlers take them all, so a child never inherits spans that a walk had off
+/// its list).
 static WALKING: [SpinLock<()>; NUM_SPAN_CLASSES] = [const { SpinLock::new(()) }; NUM_SPAN_CLASSES];
 
 /// Lists `s` on its class's central list.
@@ -282,25 +282,6 @@ pub(crate) fn release_empty_spans() {
     }
 }
 
-/// Takes every [`WALKING`] lock (fork prepare, before every other allocator lock: a walk takes
-/// its list's lock and the page heap's while it holds its own).
-pub(crate) fn lock_walks() {
-    for walking in &WALKING {
-        walking.lock_raw();
-    }
-}
-
-/// Releases every lock taken by [`lock_walks`].
-///
-/// # Safety
-/// As `SpinLock::unlock_raw`: only the thread that called `lock_walks` (or its fork child).
-pub(crate) unsafe fn unlock_walks() {
-    for walking in &WALKING {
-        // SAFETY: caller's contract.
-        unsafe { walking.unlock_raw() };
-    }
-}
-
 /// For `release_empty_spans`, owning the empty span `s` taken off its list: gives it up unless a
 /// walker of the Gc spans holds it (`Span::visit`), which leaves it to be listed again.
 fn leaves_for_the_heap(s: &Span) -> bool {
@@ -314,8 +295,13 @@ fn leaves_for_the_heap(s: &Span) -> bool {
     false
 }
 
-/// Takes every central lock (fork prepare; the order is the class order).
+/// Takes every central list's walk lock, then every central lock (fork prepare; each in class
+/// order). A walk holds its walk lock while it takes its list's lock and the page heap's, never
+/// the other way round.
 pub(crate) fn lock_all() {
+    for walking in &WALKING {
+        walking.lock_raw();
+    }
     for list in &CENTRAL {
         list.lock_raw();
     }
@@ -329,5 +315,9 @@ pub(crate) unsafe fn unlock_all() {
     for list in &CENTRAL {
         // SAFETY: caller's contract.
         unsafe { list.unlock_raw() };
+    }
+    for walking in &WALKING {
+        // SAFETY: caller's contract (`lock_all` took the walk locks too).
+        unsafe { walking.unlock_raw() };
     }
 }

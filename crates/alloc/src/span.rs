@@ -525,8 +525,9 @@ impl Span {
         slot.wrapping_add(self.link.load(Ordering::Relaxed)) as *mut usize
     }
 
-    /// Pops a slot off the owner's local free list; null when it is empty. The fast path: four
-    /// instructions and one branch (load head, test, load link, store head). It counts nothing:
+    /// Pops a slot off the owner's local free list; null when it is empty. The fast path: five
+    /// instructions and one branch (load head, test, load the link's offset from the span's
+    /// line the head is on, load link, store head). It counts nothing:
     /// `allocated` of a cache's current span is settled when the span stops being current
     /// (see [`Span::settle_allocated`]).
     ///
@@ -629,8 +630,8 @@ impl Span {
         unsafe { self.push_remote_chain(p, p, 1) }
     }
 
-    /// Pushes a chain of slots, already linked through their link words from `first` to `last`, onto the
-    /// remote-free stack with one CAS (the sweeper frees a span's dead slots this way).
+    /// Pushes a chain of slots, already linked through their link words from `first` to `last`,
+    /// onto the remote-free stack with one CAS (the sweeper frees a span's dead slots this way).
     ///
     /// # Safety
     /// Every slot of the chain must be an allocated slot start of this span, freed exactly once,

@@ -210,7 +210,7 @@ impl Marker {
     /// Scans `[lo, hi)`, read from `source`, conservatively.
     pub(crate) fn scan(&mut self, lo: usize, hi: usize, source: Source) {
         self.scanned_words += hi.saturating_sub(lo) / WORD;
-        if SCAN_UNALIGNED.load(Ordering::Relaxed) {
+        if scans_unaligned() {
             self.scan_every_byte(lo, hi, source);
             return;
         }
