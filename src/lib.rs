@@ -158,7 +158,8 @@ pub mod gc {
     pub use goro_gc::{
         AtomicGc, BorrowError, Cleanup, Gc, GcCell, GcRef, GcRefMut, GcStats, POISON, Trace,
         Tracer, Weak, add_cleanup, collect, keep_alive, pacer, set_checkmark, set_clobber_free,
-        set_memory_limit, set_percent, set_scan_unaligned, set_stress, stats, wait_for_retirement,
+        set_memory_limit, set_percent, set_scan_unaligned, set_stress, set_track_writes, stats,
+        wait_for_retirement,
     };
 }
 

@@ -380,6 +380,8 @@ type Switch = fn(bool);
 /// The `GORO_DEBUG` settings (Go's GODEBUG) read here: `gctrace=1`, `schedtrace=MS`,
 /// `clobberfree=1` (objects the collector frees are overwritten with `goro::gc::POISON`),
 /// `gcunaligned=1` (conservative scans look for pointers at every byte offset),
+/// `gctrackwrites=0` (mark termination rescans large malloc blocks whole, not only the pages the
+/// kernel saw written),
 /// `gccheckmark=1` (each cycle's concurrent marking is checked by a stop-the-world one, which
 /// aborts naming any object it missed), `gcstress=1` (every allocation starts a cycle when none
 /// is under way),
@@ -392,6 +394,7 @@ struct Debug {
     gctrace: Option<bool>,
     clobberfree: Option<bool>,
     gcunaligned: Option<bool>,
+    gctrackwrites: Option<bool>,
     gccheckmark: Option<bool>,
     gcstress: Option<bool>,
     schedtrace: Option<std::time::Duration>,
@@ -414,6 +417,7 @@ impl Debug {
                 "gctrace" => debug.gctrace = Some(setting_value == "1"),
                 "clobberfree" => debug.clobberfree = Some(setting_value == "1"),
                 "gcunaligned" => debug.gcunaligned = Some(setting_value == "1"),
+                "gctrackwrites" => debug.gctrackwrites = Some(setting_value != "0"),
                 "gccheckmark" => debug.gccheckmark = Some(setting_value == "1"),
                 "gcstress" => debug.gcstress = Some(setting_value == "1"),
                 "stackstash" => debug.stackstash_off = setting_value == "off",
@@ -487,10 +491,11 @@ impl Runtime {
         wait_for_retirement_at_exit();
         goro_gc::set_percent(self.gc_percent);
         goro_gc::set_memory_limit(self.memory_limit);
-        let switches: [(Option<bool>, Switch); 5] = [
+        let switches: [(Option<bool>, Switch); 6] = [
             (self.debug.gctrace, goro_gc::set_trace),
             (self.debug.clobberfree, goro_gc::set_clobber_free),
             (self.debug.gcunaligned, goro_gc::set_scan_unaligned),
+            (self.debug.gctrackwrites, goro_gc::set_track_writes),
             (self.debug.gccheckmark, goro_gc::set_checkmark),
             (self.debug.gcstress, goro_gc::set_stress),
         ];

@@ -127,6 +127,22 @@ pub(crate) fn set_span_range(start: usize, npages: usize, span: *const Span) {
     }
 }
 
+/// Calls `f` with the base of every registered arena. Called with the heap lock held, so that
+/// none is added meanwhile.
+pub(crate) fn for_each_arena(mut f: impl FnMut(usize)) {
+    let (lo, hi) = (
+        ARENAS_LO.load(Ordering::Relaxed),
+        ARENAS_HI.load(Ordering::Relaxed),
+    );
+    let mut base = lo;
+    while base < hi {
+        if meta_of(base).is_some() {
+            f(base);
+        }
+        base += ARENA_SIZE;
+    }
+}
+
 /// Makes the arena at `base` (ARENA_SIZE-aligned) indexable. Called with the heap lock held.
 /// Returns false when a mapping fails or the address is outside the indexed range.
 pub(crate) fn register_arena(base: usize) -> bool {

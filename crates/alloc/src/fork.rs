@@ -5,7 +5,7 @@
 //! other: nothing imports it. The handlers are registered when the program is loaded (an
 //! `.init_array` entry), before any thread could fork.
 
-use crate::{mcache, mcentral, mheap, os, parked, scavenger};
+use crate::{dirty, mcache, mcentral, mheap, os, parked, scavenger};
 
 /// Registers the handlers with `pthread_atfork` as the program is loaded.
 #[used]
@@ -51,4 +51,5 @@ extern "C" fn child() {
     unsafe { mcache::unlock_global() };
     scavenger::forget_in_child();
     parked::forget_in_child();
+    dirty::forget_in_child();
 }

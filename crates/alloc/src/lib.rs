@@ -73,6 +73,7 @@
 pub mod size_class;
 
 mod arena;
+pub mod dirty;
 mod fork;
 mod mcache;
 mod mcentral;
@@ -208,7 +209,7 @@ fn alloc_large(size: usize, align: usize, spc: usize) -> *mut u8 {
     };
     s.init_large(obj, elem_size, spc);
     if !gc && ALLOCATE_BLACK.load(Ordering::Relaxed) {
-        s.current_marks()[0].store(1, Ordering::Relaxed);
+        s.mark_black();
     }
     mheap::publish(s, STATE_LARGE);
     stats::LARGE_MALLOCS.fetch_add(1, Ordering::Relaxed);
@@ -662,11 +663,12 @@ pub fn for_each_gc_span(mut f: impl FnMut(GcSpan)) {
     });
 }
 
-/// Calls `f(start, end)` on every marked slot of every in-use malloc-kind span: the blocks a
-/// collection reached, which its termination scans again. No lock is taken (the collector calls
-/// it with every other thread stopped); a block freed since it was marked is visited too, and
-/// its bytes stay mapped.
-pub fn for_each_marked_malloc_block(mut f: impl FnMut(usize, usize)) {
+/// Calls `f(start, end, black)` on every marked slot of every in-use malloc-kind span: the
+/// blocks a collection reached, which its termination scans again; `black` says that a large
+/// block was allocated while the collector marked (marked, and not scanned for it). No lock is
+/// taken (the collector calls it with every other thread stopped); a block freed since it was
+/// marked is visited too, and its bytes stay mapped.
+pub fn for_each_marked_malloc_block(mut f: impl FnMut(usize, usize, bool)) {
     // Only the malloc spans marked in this epoch, not every span (on a 700 MB heap of Gc
     // objects, walking them all took 230-310 us of the termination). A span pushed after this
     // load was marked by a marker draining beside the caller, which scans what it marks.
@@ -691,6 +693,7 @@ pub fn for_each_marked_malloc_block(mut f: impl FnMut(usize, usize)) {
         if size == 0 {
             continue;
         }
+        let black = st == STATE_LARGE && s.allocated_black();
         for (w, word) in marks.iter().enumerate().take(len.div_ceil(64)) {
             let mut marks = word.load(Ordering::Acquire);
             while marks != 0 {
@@ -698,7 +701,7 @@ pub fn for_each_marked_malloc_block(mut f: impl FnMut(usize, usize)) {
                 marks &= marks - 1;
                 if i < len {
                     let start = base + i * size;
-                    f(start, start + size);
+                    f(start, start + size, black);
                 }
             }
         }

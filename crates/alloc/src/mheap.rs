@@ -34,7 +34,7 @@ use crate::stats::{
     GC_SPANS_INUSE_BYTES, HEAP_INUSE, HEAP_RELEASED, HEAP_SYS, SCAVENGES, SPANS_INUSE,
 };
 use crate::sync::SpinLock;
-use crate::{ARENA_SIZE, PAGE_SIZE, arena, os};
+use crate::{ARENA_SIZE, PAGE_SIZE, arena, dirty, os};
 
 /// `state` of a span taken from the heap but not yet published.
 pub(crate) const STATE_CARVING: u8 = 4;
@@ -293,6 +293,7 @@ impl Heap {
                 return None;
             }
         }
+        dirty::register_new_arenas(base, bytes);
         let s = self.new_struct()?;
         s.start.store(base, Ordering::Relaxed);
         s.npages.store(bytes / PAGE_SIZE, Ordering::Relaxed);
@@ -455,6 +456,12 @@ pub(crate) fn release_all() -> usize {
 pub(crate) fn tick_and_scavenge(min_age: usize) {
     TICKS.fetch_add(1, Ordering::Relaxed);
     HEAP.lock().scavenge(min_age);
+}
+
+/// Runs `f` under the heap lock, where no arena is mapped meanwhile.
+pub(crate) fn with_heap_locked<R>(f: impl FnOnce() -> R) -> R {
+    let _heap = HEAP.lock();
+    f()
 }
 
 /// Takes the heap lock across a `fork` (see `fork.rs`).

@@ -192,6 +192,9 @@ pub(crate) struct Span {
     /// The epoch in which [`Span::mark_every_slot`] marked every slot of this span, free ones
     /// included: in it, a marked slot is not necessarily an object.
     marked_whole_in: AtomicU64,
+    /// The epoch in which this span, as a large malloc block, was allocated black
+    /// ([`Span::mark_black`]): marked, and never scanned in that epoch.
+    black_in: AtomicU64,
     /// The next span on [`MARKED_MALLOC`] (set once per epoch, when the span goes onto it).
     pub(crate) marked_next: AtomicPtr<Span>,
     /// Walkers of the Gc spans ([`crate::for_each_gc_span`]) visiting this span now: while
@@ -252,6 +255,7 @@ impl Span {
             marks: [const { AtomicU64::new(0) }; MARK_WORDS],
             listed_in: AtomicU64::new(0),
             marked_whole_in: AtomicU64::new(0),
+            black_in: AtomicU64::new(0),
             marked_next: AtomicPtr::new(core::ptr::null_mut()),
             visitors: AtomicU32::new(0),
         }
@@ -298,6 +302,21 @@ impl Span {
         // bits set since.
         let epoch = self.marks_epoch.load(Ordering::Acquire);
         (epoch == MARK_EPOCH.load(Ordering::Relaxed)).then_some(&self.marks)
+    }
+
+    /// Marks this large malloc span's block as allocated while the collector marks: it is
+    /// marked without being scanned, and [`Span::allocated_black`] says so for the epoch.
+    pub(crate) fn mark_black(&self) {
+        self.current_marks()[0].store(1, Ordering::Relaxed);
+        // The epoch read after the marks were renewed: if a pause began a new one in between,
+        // the block reads as black in the new epoch too, which only makes it rescanned whole.
+        self.black_in
+            .store(MARK_EPOCH.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Whether this span's block was allocated black in the current epoch ([`Span::mark_black`]).
+    pub(crate) fn allocated_black(&self) -> bool {
+        self.black_in.load(Ordering::Relaxed) == MARK_EPOCH.load(Ordering::Relaxed)
     }
 
     /// Whether [`Span::mark_every_slot`] marked this span in the current epoch.

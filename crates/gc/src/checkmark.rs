@@ -110,7 +110,7 @@ fn report(mutators: &dyn Mutators, span: GcSpan, slot: *mut u8) -> ! {
         None => {
             let _ = write!(message, "; no marked object points to it");
             let mut block = None;
-            goro_alloc::for_each_marked_malloc_block(|start, end| {
+            goro_alloc::for_each_marked_malloc_block(|start, end, _black| {
                 if block.is_none() && words(start, end).any(|w| (lo..lo + size).contains(&w)) {
                     block = Some((start, end));
                 }

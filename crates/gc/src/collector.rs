@@ -41,7 +41,7 @@ use crate::roots::{self, Mutators, Root, RootVisitor};
 use crate::stats::{self, CycleReport};
 use crate::sweeper;
 use crate::trace::Tracer;
-use crate::{barrier, checkmark, helper, mark, special, worker};
+use crate::{barrier, checkmark, helper, mark, special, tracked, worker};
 use goro_alloc::GcSpan;
 use std::cell::{Cell, UnsafeCell};
 use std::sync::Mutex;
@@ -620,6 +620,8 @@ fn mark_concurrently() {
     // SAFETY: as above.
     let tracer = unsafe { worker::tracer() };
     let (worker_cpu, helper_cpu) = (stats::thread_cpu(), helper::cpu_used());
+    // Before anything of the cycle is scanned (tracked.rs, rule 1).
+    tracked::arm();
     // Objects that earlier runtimes left immortal are marked now rather than in the first
     // pause, which they would lengthen by their number (nothing is freed before termination,
     // which finds them marked either way).
@@ -645,10 +647,17 @@ fn mark_concurrently() {
     // (the log is bounded, and a drain scans each cell once however often it was logged).
     let mut refills = 0;
     let mut caught_up = false;
+    let (mut precleans, mut precleaned) = (0, 0);
     loop {
         let took = barrier::drain(&mut tracer.marker, false);
         if tracer.marker.work.len() == 0 && !barrier::has_ready() {
-            break;
+            // Large blocks written meanwhile are rescanned now rather than in the pause.
+            if precleans == tracked::PRECLEANS
+                || !tracked::preclean(&mut tracer.marker, precleans, &mut precleaned)
+            {
+                break;
+            }
+            precleans += 1;
         }
         if caught_up && took > 0 {
             refills += 1;
@@ -683,6 +692,7 @@ fn mark_concurrently() {
         // The runtime is ending (its retirement marks on its own): abandon the cycle.
         barrier::set_marking(false);
         barrier::set_allocate_black(false);
+        tracked::disarm();
         while tracer.marker.work.pop().is_some() {}
         worker::done();
         // Release: a forced collection waiting for this cycle (in a later runtime) goes on.
@@ -753,7 +763,7 @@ fn terminate(
         parked_later: false,
         globals: 0,
     });
-    goro_alloc::for_each_marked_malloc_block(|lo, hi| tracer.marker.work.push(Work::Block(lo, hi)));
+    tracked::rescan_marked_blocks(&mut tracer.marker);
     barrier::drain(&mut tracer.marker, true);
     let shared_work = shared_work + helper::drain(tracer, shared);
     barrier::set_marking(false);

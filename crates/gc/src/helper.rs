@@ -506,7 +506,16 @@ fn process(tracer: &mut Tracer, work: Work) {
             unsafe { (vtable_of(header).trace)(start as *const u8, tracer) };
         }
         Work::Range(lo, hi) => tracer.marker.scan(lo, hi, Source::Object),
-        Work::Block(lo, hi) => tracer.marker.scan(lo, hi, Source::Block),
+        Work::Block(lo, hi) => {
+            tracer.marker.noting = crate::tracked::noting(hi - lo);
+            tracer.marker.scan(lo, hi, Source::Block);
+            tracer.marker.noting = false;
+        }
+        Work::Pages(lo, hi) => {
+            tracer.marker.noting = crate::tracked::noting(usize::MAX);
+            tracer.marker.scan(lo, hi, Source::Block);
+            tracer.marker.noting = false;
+        }
         Work::Root(lo, hi) => tracer.marker.scan(lo, hi, Source::Root),
     }
 }

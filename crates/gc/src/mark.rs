@@ -17,6 +17,10 @@ pub(crate) enum Work {
     Range(usize, usize),
     /// A marked malloc block: memory without a barrier (see [`TERMINATING`]).
     Block(usize, usize),
+    /// Pages of a large malloc block written since marking scanned it, rescanned beside the
+    /// mutators before termination (tracked.rs: `preclean`); scanned as a `Block`, its interior
+    /// words noted.
+    Pages(usize, usize),
     /// Root memory to scan conservatively (stacks, registers, thread-locals, statics): at
     /// termination, every marked object it points into is scanned again (see [`TERMINATING`]).
     Root(usize, usize),
@@ -69,6 +73,9 @@ pub(crate) struct Marker {
     /// Words the conservative scans read since the driver last looked at the barrier's log
     /// (helper.rs: `take_log_if_filling`).
     pub(crate) scanned_words: usize,
+    /// Set while a concurrent scan of a large malloc block notes the words that point into Gc
+    /// objects other than at their start (tracked.rs).
+    pub(crate) noting: bool,
 }
 
 /// Entries of [`Marker::recent`].
@@ -84,6 +91,7 @@ impl Marker {
             work: WorkStack::new(),
             recent: [0; RECENT_WORDS],
             scanned_words: 0,
+            noting: false,
         }
     }
 
@@ -108,13 +116,22 @@ impl Marker {
     /// Marks whatever allocated block `word`, read from `source`, points into, if any.
     #[inline]
     fn mark_word_from(&mut self, word: usize, source: Source) {
-        if let Some(block) = goro_alloc::find_block(word)
-            && !self.mark_block_from(block, source == Source::Root)
-            && block.kind == SpanKind::Gc
-            && source != Source::Object
-        {
-            self.marked_again(block, word, source);
+        if let Some(block) = goro_alloc::find_block(word) {
+            let first = self.mark_block_from(block, source == Source::Root);
+            if block.kind == SpanKind::Gc && source != Source::Object {
+                if !first {
+                    self.marked_again(block, word, source);
+                } else if self.noting {
+                    note_if_interior(block, word);
+                }
+            }
         }
+    }
+
+    /// Takes `word` as termination's rescan of a malloc block would have read it (tracked.rs:
+    /// a word noted by the concurrent scan of a large block whose page was not written since).
+    pub(crate) fn mark_word_as_block(&mut self, word: usize) {
+        self.mark_word_from(word, Source::Block);
     }
 
     /// `word`, read from `source`, points into `block`, a Gc object marked already: at
@@ -123,6 +140,9 @@ impl Marker {
     #[cold]
     fn marked_again(&mut self, block: Block, word: usize, source: Source) {
         if !TERMINATING.load(Ordering::Relaxed) {
+            if self.noting {
+                note_if_interior(block, word);
+            }
             return;
         }
         let start = block.start as usize;
@@ -307,6 +327,15 @@ impl Marker {
             word = next;
             at = next_at;
         }
+    }
+}
+
+/// Notes `word` for termination if it points into the Gc object `block` other than at its
+/// start: it may stand for an open `GcCell` borrow (see [`TERMINATING`] and tracked.rs).
+#[cold]
+fn note_if_interior(block: Block, word: usize) {
+    if word != block.start as usize {
+        crate::tracked::note_interior(word);
     }
 }
 

@@ -43,6 +43,9 @@ pub struct GcStats {
     /// Work items (objects and ranges to scan) the last cycle handed to the mark helper thread,
     /// which marks beside the collector when the runtime has two or more Ps.
     pub shared_work: usize,
+    /// Bytes of large malloc blocks (256 KiB and up) that the last cycle's mark termination did
+    /// not scan again: the kernel saw their pages unwritten since marking scanned them.
+    pub rescan_skipped: usize,
     /// Bytes of Gc objects freed by all cycles.
     pub total_freed: u64,
     /// Gc objects freed by all cycles (Go's `Frees`, Gc part).
@@ -212,6 +215,7 @@ const fn stats_zero() -> GcStats {
         roots_scanned: 0,
         globals_scanned: 0,
         shared_work: 0,
+        rescan_skipped: 0,
         total_freed: 0,
         freed_objects: 0,
         percent: 100,
@@ -241,6 +245,7 @@ pub fn stats() -> GcStats {
     stats.percent = pacer::percent();
     stats.memory_limit = pacer::memory_limit();
     (stats.cpu_limited, stats.cpu_limited_cycles) = pacer::limiter_state();
+    stats.rescan_skipped = crate::tracked::last_skipped();
     stats
 }
 
@@ -385,6 +390,7 @@ mod tests {
             roots_scanned: 256 << 10,
             globals_scanned: 64 << 10,
             shared_work: 0,
+            rescan_skipped: 0,
             total_freed: (120 << 20) + (512 << 10),
             freed_objects: 2_000_000,
             percent: 100,
