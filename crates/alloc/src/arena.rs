@@ -127,8 +127,8 @@ pub(crate) fn set_span_range(start: usize, npages: usize, span: *const Span) {
     }
 }
 
-/// Calls `f` with the base of every registered arena. Called with the heap lock held, so that
-/// none is added meanwhile.
+/// Calls `f` with the base of every registered arena (those registered while it runs may be
+/// left out).
 pub(crate) fn for_each_arena(mut f: impl FnMut(usize)) {
     let (lo, hi) = (
         ARENAS_LO.load(Ordering::Relaxed),

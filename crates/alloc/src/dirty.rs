@@ -24,7 +24,7 @@
 //! ([`forget_in_child`]) and starts over if its collector asks.
 
 use crate::{ARENA_SIZE, arena};
-use core::sync::atomic::{AtomicI32, Ordering};
+use core::sync::atomic::{AtomicI32, Ordering, fence};
 
 // The kernel's uapi: `linux/userfaultfd.h` and `linux/fs.h` (the libc crate has neither).
 const UFFD_USER_MODE_ONLY: libc::c_int = 1;
@@ -99,8 +99,8 @@ const UNTRIED: i32 = -1;
 /// Asked for and refused (the kernel, a sandbox, `/proc` missing): never asked again.
 const UNAVAILABLE: i32 = -2;
 
-/// The userfaultfd every arena is registered with, or [`UNTRIED`] / [`UNAVAILABLE`]. Set under
-/// the heap lock, so that an arena mapped meanwhile is registered by whoever maps it.
+/// The userfaultfd every arena is registered with, or [`UNTRIED`] / [`UNAVAILABLE`]. An arena
+/// mapped while it is set is registered by [`start`] or by whoever maps it.
 static UFFD: AtomicI32 = AtomicI32::new(UNTRIED);
 /// `/proc/self/pagemap`, opened with the userfaultfd.
 static PAGEMAP: AtomicI32 = AtomicI32::new(-1);
@@ -120,34 +120,43 @@ pub fn start() -> bool {
         _ => return owned(),
     }
     let Some((uffd, pagemap)) = open() else {
-        UFFD.store(UNAVAILABLE, Ordering::Release);
-        return false;
+        // A lost race with another opener leaves its descriptors in place.
+        let _ = UFFD.compare_exchange(UNTRIED, UNAVAILABLE, Ordering::AcqRel, Ordering::Acquire);
+        return start();
     };
-    let registered = crate::mheap::with_heap_locked(|| {
-        if UFFD.load(Ordering::Relaxed) != UNTRIED {
-            return false; // another thread won the race
+    let mut all = true;
+    arena::for_each_arena(|base| all &= register(uffd, base, ARENA_SIZE));
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    if all {
+        PAGEMAP.store(pagemap, Ordering::Relaxed);
+        OWNER.store(me, Ordering::Relaxed);
+    }
+    let published = all
+        && UFFD
+            .compare_exchange(UNTRIED, uffd, Ordering::SeqCst, Ordering::Acquire)
+            .is_ok();
+    if !published {
+        if !all {
+            let _ =
+                UFFD.compare_exchange(UNTRIED, UNAVAILABLE, Ordering::AcqRel, Ordering::Acquire);
         }
-        let mut all = true;
-        arena::for_each_arena(|base| all &= register(uffd, base, ARENA_SIZE));
-        if all {
-            PAGEMAP.store(pagemap, Ordering::Relaxed);
-            // SAFETY: getpid has no preconditions.
-            OWNER.store(unsafe { libc::getpid() }, Ordering::Relaxed);
-            // Release: pairs with the Acquire loads above and in `usable`.
-            UFFD.store(uffd, Ordering::Release);
-        } else {
-            UFFD.store(UNAVAILABLE, Ordering::Release);
-        }
-        all
-    });
-    if !registered {
-        // SAFETY: both descriptors were opened above and published nowhere.
+        // SAFETY: both descriptors were opened above and published nowhere; closing the
+        // userfaultfd unregisters what this call registered.
         unsafe {
             libc::close(uffd);
             libc::close(pagemap);
         }
+        return start();
     }
-    start()
+    // An arena the heap indexed after the walk above, and before it could see the descriptor,
+    // is registered here; one indexed later registers itself (`register_new_arenas`): the heap
+    // indexes, fences, then reads `UFFD`; this stores `UFFD`, fences, then reads the index.
+    fence(Ordering::SeqCst);
+    arena::for_each_arena(|base| {
+        register(uffd, base, ARENA_SIZE);
+    });
+    true
 }
 
 /// Opens a userfaultfd with asynchronous write-protect and `/proc/self/pagemap`.
@@ -203,9 +212,11 @@ fn register(uffd: i32, base: usize, len: usize) -> bool {
     unsafe { libc::ioctl(uffd, UFFDIO_REGISTER as _, &mut reg) == 0 }
 }
 
-/// Registers an arena mapped after tracking started. Called by the heap, under its lock.
+/// Registers arenas the heap has just mapped and indexed, if tracking has started (or is
+/// starting: see [`start`]).
 pub(crate) fn register_new_arenas(base: usize, bytes: usize) {
-    let uffd = UFFD.load(Ordering::Relaxed);
+    fence(Ordering::SeqCst);
+    let uffd = UFFD.load(Ordering::SeqCst);
     if uffd >= 0 && owned() && !register(uffd, base, bytes) {
         // An arena left unregistered would read as written throughout: still sound, only
         // slower. Say so once rather than fail the allocation.

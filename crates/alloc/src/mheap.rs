@@ -458,12 +458,6 @@ pub(crate) fn tick_and_scavenge(min_age: usize) {
     HEAP.lock().scavenge(min_age);
 }
 
-/// Runs `f` under the heap lock, where no arena is mapped meanwhile.
-pub(crate) fn with_heap_locked<R>(f: impl FnOnce() -> R) -> R {
-    let _heap = HEAP.lock();
-    f()
-}
-
 /// Takes the heap lock across a `fork` (see `fork.rs`).
 pub(crate) fn lock_for_fork() {
     HEAP.lock_raw();

@@ -70,6 +70,11 @@ pub(crate) struct Marker {
     /// was free is allocated black if it is allocated while the cycle marks. Forgotten when
     /// termination begins, whose rescan must see every word.
     pub(crate) recent: [usize; RECENT_WORDS],
+    /// [`Marker::recent`] for malloc blocks' words at termination, apart from collected objects':
+    /// a block's interior word must reach the open-borrow rule (`marked_again`) even if a cell
+    /// showed the same word first (a `GcCell<usize>` may hold the address a leaked guard's
+    /// `&mut` points at).
+    pub(crate) recent_blocks: [usize; RECENT_WORDS],
     /// Words the conservative scans read since the driver last looked at the barrier's log
     /// (helper.rs: `take_log_if_filling`).
     pub(crate) scanned_words: usize,
@@ -90,6 +95,7 @@ impl Marker {
         Marker {
             work: WorkStack::new(),
             recent: [0; RECENT_WORDS],
+            recent_blocks: [0; RECENT_WORDS],
             scanned_words: 0,
             noting: false,
         }
@@ -98,6 +104,7 @@ impl Marker {
     /// Forgets the words marked lately: a new cycle cleared their marks.
     pub(crate) fn forget_recent(&mut self) {
         self.recent = [0; RECENT_WORDS];
+        self.recent_blocks = [0; RECENT_WORDS];
     }
 
     /// Marks the Gc object starting at `start` (a precise pointer from a `Trace` impl).
@@ -236,8 +243,10 @@ impl Marker {
         }
         let cache = CACHE_RECENT.load(Ordering::Relaxed);
         // At termination a root word must reach `marked_again` even if a heap block showed the
-        // same word first: roots keep a cache of their own.
-        let own_cache = source == Source::Root && TERMINATING.load(Ordering::Relaxed);
+        // same word first: roots keep a cache of their own; blocks one apart from objects'.
+        let terminating = TERMINATING.load(Ordering::Relaxed);
+        let own_cache = source == Source::Root && terminating;
+        let blocks_cache = source == Source::Block && terminating;
         let mut own = [0usize; RECENT_WORDS];
         let mut ring = [0usize; PIPELINE];
         // Words taken out of the ring, and words in it.
@@ -263,6 +272,8 @@ impl Marker {
                 let index = (word / WORD) % RECENT_WORDS;
                 let seen = if own_cache {
                     &mut own[index]
+                } else if blocks_cache {
+                    &mut self.recent_blocks[index]
                 } else {
                     &mut self.recent[index]
                 };
@@ -335,7 +346,27 @@ impl Marker {
 #[cold]
 fn note_if_interior(block: Block, word: usize) {
     if word != block.start as usize {
-        crate::tracked::note_interior(word);
+        note_interior(word);
+    }
+}
+
+/// Most interior words a cycle notes before tracked.rs gives up on skipping unwritten pages.
+pub(crate) const INTERIOR_MAX: usize = 4096;
+
+/// Interior words noted this cycle, complemented: statics are roots, and the plain words would
+/// keep their objects alive for another cycle.
+pub(crate) static INTERIOR: [AtomicUsize; INTERIOR_MAX] =
+    [const { AtomicUsize::new(0) }; INTERIOR_MAX];
+/// Notes taken this cycle (may run past [`INTERIOR_MAX`]: then some were dropped).
+pub(crate) static INTERIOR_LEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Notes `word`, read by a concurrent scan of a large block, which points into a Gc object other
+/// than at its start (tracked.rs, rule 3).
+#[cold]
+pub(crate) fn note_interior(word: usize) {
+    let at = INTERIOR_LEN.fetch_add(1, Ordering::Relaxed);
+    if at < INTERIOR_MAX {
+        INTERIOR[at].store(!word, Ordering::Relaxed);
     }
 }
 
@@ -388,7 +419,43 @@ unsafe fn read_word(at: *const usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::{Marker, Source};
+    use super::{CACHE_RECENT, Marker, Source, TERMINATING, Work};
+    use std::sync::atomic::Ordering;
+
+    /// At termination, a word pointing into a marked object other than at its start, read from
+    /// a malloc block, schedules the object's rescan (the open-borrow rule) even when a
+    /// collected object's scan read the same word just before: the two keep separate caches.
+    #[test]
+    fn a_blocks_interior_word_reaches_the_borrow_rule_after_a_cell_showed_it() {
+        let size = 64;
+        let object = goro_alloc::alloc_gc(size, 8);
+        let block = goro_alloc::find_block(object as usize).expect("a Gc slot");
+        // SAFETY: the slot is ours; its last word is the header, set to anything but 0 (built).
+        unsafe { (object.add(size - 8) as *mut usize).write(1 << 3) };
+        assert!(block.mark());
+        let interior = object as usize + 16;
+        let cell = [interior; 2];
+        let heap_block = Box::new([interior, 0]);
+        let mut marker = Marker::new();
+        CACHE_RECENT.store(true, Ordering::Relaxed);
+        TERMINATING.store(true, Ordering::Relaxed);
+        let at = cell.as_ptr() as usize;
+        marker.scan(at, at + 16, Source::Object);
+        let at = heap_block.as_ptr() as usize;
+        marker.scan(at, at + 16, Source::Block);
+        TERMINATING.store(false, Ordering::Relaxed);
+        CACHE_RECENT.store(false, Ordering::Relaxed);
+        let mut rescans = 0;
+        while let Some(work) = marker.work.pop() {
+            if let Work::Range(lo, _) = work {
+                assert_eq!(lo, object as usize);
+                rescans += 1;
+            }
+        }
+        assert_eq!(rescans, 1, "the block's interior word was skipped");
+        // SAFETY: our slot, freed once (its header is left set: nothing condemns in this test).
+        unsafe { goro_alloc::free_gc(object) };
+    }
 
     /// A slot the allocator handed out whose builder has not written its header yet reads as
     /// free; a root pointing at it marks it all the same (`Marker::mark_block_from`), and a word

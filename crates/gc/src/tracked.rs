@@ -34,7 +34,7 @@
 //! that is new this cycle has unprotected pages and is rescanned whole, as before. Each
 //! protected page costs the mutator one minor fault at its first write of the cycle (~1.6 us).
 
-use crate::mark::{Marker, Work};
+use crate::mark::{INTERIOR, INTERIOR_LEN, INTERIOR_MAX, Marker, Work};
 use goro_alloc::SpanKind;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -51,15 +51,6 @@ static NOTING: AtomicBool = AtomicBool::new(false);
 
 /// Whether termination may skip unwritten pages: [`arm`] ran this cycle with noting on.
 static ARMED: AtomicBool = AtomicBool::new(false);
-
-/// Most interior words a cycle notes before giving up on skipping.
-pub(crate) const INTERIOR_MAX: usize = 4096;
-
-/// Interior words noted this cycle, complemented: statics are roots, and the plain words would
-/// keep their objects alive for another cycle.
-static INTERIOR: [AtomicUsize; INTERIOR_MAX] = [const { AtomicUsize::new(0) }; INTERIOR_MAX];
-/// Notes taken this cycle (may run past [`INTERIOR_MAX`]: then some were dropped).
-static INTERIOR_LEN: AtomicUsize = AtomicUsize::new(0);
 
 /// Most blocks protected per cycle.
 const TRACKED_MAX: usize = 512;
@@ -123,16 +114,6 @@ pub(crate) fn disarm() {
 #[inline]
 pub(crate) fn noting(bytes: usize) -> bool {
     bytes >= TRACK_MIN && NOTING.load(Ordering::Relaxed)
-}
-
-/// Notes `word`, read by a concurrent scan of a large block, which points into a Gc object other
-/// than at its start (see rule 3 above).
-#[cold]
-pub(crate) fn note_interior(word: usize) {
-    let at = INTERIOR_LEN.fetch_add(1, Ordering::Relaxed);
-    if at < INTERIOR_MAX {
-        INTERIOR[at].store(!word, Ordering::Relaxed);
-    }
 }
 
 /// Passes of [`preclean`] a cycle makes at most.
