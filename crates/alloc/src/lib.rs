@@ -708,6 +708,14 @@ pub fn for_each_marked_malloc_block(mut f: impl FnMut(usize, usize, bool)) {
     }
 }
 
+/// Bytes of the spans in use that hold malloc blocks (`Box`, `Vec`, ... storage): the spans in
+/// use that are not Gc spans. Two loads; a span being carved may count on either side.
+pub fn malloc_spans_in_use_bytes() -> usize {
+    stats::HEAP_INUSE
+        .load(Ordering::Relaxed)
+        .saturating_sub(stats::GC_SPANS_INUSE_BYTES.load(Ordering::Relaxed))
+}
+
 /// Bytes of the Gc spans in use (small and large), which hold every allocated Gc slot: one load,
 /// where [`stats`] gathers every counter.
 pub fn gc_spans_in_use_bytes() -> usize {

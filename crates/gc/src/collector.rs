@@ -226,7 +226,7 @@ fn count_batch(bytes: usize) {
     if !pacer::should_trigger() {
         return;
     }
-    if COLLECTING.load(Ordering::Relaxed) && pacer::heap_alloc() < pacer::goal() {
+    if COLLECTING.load(Ordering::Relaxed) && pacer::heap_paced() < pacer::goal() {
         // The cycle under way started before the goal: let it catch up.
         return;
     }
@@ -236,7 +236,7 @@ fn count_batch(bytes: usize) {
     // cannot run away from it. Marking and condemning run no user code, so this cannot wait for
     // a lock this thread holds. A goroutine parks meanwhile (`pause`), and a thread is stopped
     // by signal where it sleeps, so the second pause does not wait for the waiters.
-    if pacer::heap_alloc() >= pacer::ceiling() {
+    if pacer::heap_paced() >= pacer::ceiling() {
         // Acquire: pairs with the sweep's Release of `COLLECTING`.
         wait_on_cycle(mutators, ALLOCATION_PAUSE_CAP, || {
             COLLECTING.load(Ordering::Acquire) && deciding()
@@ -249,7 +249,7 @@ fn count_batch(bytes: usize) {
     let began = Instant::now();
     wait_on_cycle(mutators, ALLOCATION_PAUSE_CAP, || {
         COLLECTING.load(Ordering::Acquire)
-            && pacer::heap_alloc() >= pacer::goal()
+            && pacer::heap_paced() >= pacer::goal()
             && began.elapsed() < SWEEP_WAIT
     });
     if !COLLECTING.load(Ordering::Relaxed) {
@@ -867,6 +867,7 @@ pub(crate) fn sweep(job: Sweep) {
     // The spans the cycle emptied go back to the page heap (the scavenger returns their pages
     // to the OS later), as Go's sweeper frees the spans it finds empty.
     goro_alloc::release_empty_spans();
+    pacer::malloc_settled(goro_alloc::malloc_spans_in_use_bytes());
     if ends_a_cycle {
         // Release: a forced collection waiting for this cycle sees the sweep's frees.
         CYCLES_SWEPT.fetch_add(1, Ordering::Release);

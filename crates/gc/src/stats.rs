@@ -33,7 +33,10 @@ pub struct GcStats {
     pub live_objects: usize,
     /// Gc heap size now: live at the last cycle plus allocated since (Go's `HeapAlloc`, Gc part).
     pub heap_alloc: usize,
-    /// Heap size at which the next cycle starts (Go's `NextGC`).
+    /// The malloc heap in use now: the spans holding `Box`, `Vec`, ... blocks. The pacer measures
+    /// `heap_alloc` plus this against `heap_goal`, as Go measures its whole heap.
+    pub malloc_in_use: usize,
+    /// Heap size (Gc and malloc) at which the next cycle starts (Go's `NextGC`).
     pub heap_goal: usize,
     /// Root bytes (stacks, runtime structures, static data) scanned by the last cycle.
     pub roots_scanned: usize,
@@ -110,7 +113,7 @@ impl fmt::Display for Millis {
 ///
 /// ```text
 /// gc: 12 cycles (3 forced); pauses 4.210 ms in total, the last 0.350 ms, the longest of the last 12 0.512 ms
-/// heap: 12.3 MiB now, the next cycle at 16.0 MiB; the last cycle found 4.0 MiB live in 10234 objects and scanned 256.0 KiB of roots
+/// heap: 12.3 MiB Gc and 2.0 MiB malloc now, the next cycle at 16.0 MiB; the last cycle found 4.0 MiB live in 10234 objects and scanned 256.0 KiB of roots
 /// freed: 120.5 MiB in 2000000 objects by all cycles
 /// settings: GOGC=100, memory limit none
 /// ```
@@ -143,8 +146,9 @@ impl fmt::Display for GcStats {
         }
         write!(
             f,
-            "heap: {} now, the next cycle at {}",
+            "heap: {} Gc and {} malloc now, the next cycle at {}",
             Bytes(self.heap_alloc),
+            Bytes(self.malloc_in_use),
             Bytes(self.heap_goal),
         )?;
         if self.cycles > 0 {
@@ -211,6 +215,7 @@ const fn stats_zero() -> GcStats {
         heap_live: 0,
         live_objects: 0,
         heap_alloc: 0,
+        malloc_in_use: 0,
         heap_goal: 0,
         roots_scanned: 0,
         globals_scanned: 0,
@@ -241,6 +246,7 @@ pub fn stats() -> GcStats {
     let counters = COUNTERS.lock().unwrap_or_else(|poison| poison.into_inner());
     let mut stats = counters.stats.clone();
     stats.heap_alloc = pacer::heap_alloc();
+    stats.malloc_in_use = goro_alloc::malloc_spans_in_use_bytes();
     stats.heap_goal = pacer::goal();
     stats.percent = pacer::percent();
     stats.memory_limit = pacer::memory_limit();
@@ -370,7 +376,7 @@ mod tests {
         assert_eq!(
             stats.to_string(),
             "gc: no cycle yet\n\
-             heap: 0 B now, the next cycle at 0 B\n\
+             heap: 0 B Gc and 0 B malloc now, the next cycle at 0 B\n\
              freed: 0 B in 0 objects by all cycles\n\
              settings: GOGC=100, memory limit none"
         );
@@ -386,6 +392,7 @@ mod tests {
             heap_live: 4 << 20,
             live_objects: 10234,
             heap_alloc: (12 << 20) + (300 << 10),
+            malloc_in_use: 2 << 20,
             heap_goal: 16 << 20,
             roots_scanned: 256 << 10,
             globals_scanned: 64 << 10,
@@ -410,7 +417,8 @@ mod tests {
              longest of the last 3 0.512 ms\n\
              cpu: 8.420 ms in pauses, 20.000 ms marking, 5.500 ms sweeping: 12.5 % of the Ps' \
              time\n\
-             heap: 12.3 MiB now, the next cycle at 16.0 MiB; the last cycle found 4.0 MiB live \
+             heap: 12.3 MiB Gc and 2.0 MiB malloc now, the next cycle at 16.0 MiB; the last cycle \
+             found 4.0 MiB live \
              in 10234 objects and scanned 256.0 KiB of roots\n\
              freed: 120.5 MiB in 2000000 objects by all cycles\n\
              settings: GOGC=100, memory limit 512.0 MiB"
