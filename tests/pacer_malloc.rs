@@ -64,3 +64,36 @@ fn buffers_owned_by_gc_objects_count_toward_the_goal() {
         }
     });
 }
+
+/// Gc objects that each own a 1 MiB buffer and die at once: the Gc heap grows by 32 bytes per
+/// object, so its 64 KiB batches alone would look at the pacer once per 2,048 objects (2 GiB of
+/// buffers). Spans carved past the trigger make the next Gc allocation look.
+#[test]
+fn buffers_of_dead_gc_objects_bring_cycles_on() {
+    let rt = goro::Runtime::builder().max_procs(1).build().unwrap();
+    let (peak, cycles) = rt.run(|| {
+        goro::gc::set_percent(100);
+        let before = goro::gc::stats().cycles;
+        let mut peak = 0;
+        for i in 0..1024usize {
+            let owner = Gc::new(Owner {
+                bytes: vec![i as u8; 1 << 20],
+            });
+            // Gc is Copy: the object is garbage once this copy goes.
+            std::hint::black_box(owner);
+            if i % 8 == 0 {
+                peak = peak.max(goro::gc::stats().malloc_in_use);
+            }
+        }
+        (peak, goro::gc::stats().cycles - before)
+    });
+    assert!(
+        cycles > 0,
+        "1 GiB of buffers owned by dead Gc objects and no cycle"
+    );
+    assert!(
+        peak <= 256 << 20,
+        "the malloc heap reached {} MiB with 1 MiB live at a time ({cycles} cycles)",
+        peak >> 20
+    );
+}

@@ -94,7 +94,7 @@ use span::{MAX_OBJECTS, POINTER_FREE_BASE, STATE_LARGE, STATE_SMALL, Span};
 
 pub use stats::ClassStats;
 
-pub use stats::{AllocStats, Bytes};
+pub use stats::{AllocStats, Bytes, set_pressure_hook, set_pressure_threshold};
 
 pub use os::{futex_wait, futex_wake, thread_cpu_time};
 pub use scavenger::scavenger_thread_id;

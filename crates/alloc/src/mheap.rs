@@ -34,7 +34,7 @@ use crate::stats::{
     GC_SPANS_INUSE_BYTES, HEAP_INUSE, HEAP_RELEASED, HEAP_SYS, SCAVENGES, SPANS_INUSE,
 };
 use crate::sync::SpinLock;
-use crate::{ARENA_SIZE, PAGE_SIZE, arena, dirty, os};
+use crate::{ARENA_SIZE, PAGE_SIZE, arena, dirty, os, stats};
 
 /// `state` of a span taken from the heap but not yet published.
 pub(crate) const STATE_CARVING: u8 = 4;
@@ -351,7 +351,8 @@ impl Heap {
         };
         s.state.store(STATE_CARVING, Ordering::Relaxed);
         arena::set_span_range(start, npages, s);
-        HEAP_INUSE.fetch_add(npages * PAGE_SIZE, Ordering::Relaxed);
+        let in_use = HEAP_INUSE.fetch_add(npages * PAGE_SIZE, Ordering::Relaxed);
+        stats::note_in_use(in_use + npages * PAGE_SIZE);
         Some(s)
     }
 }

@@ -12,7 +12,7 @@
 //! allocates nothing (it writes straight to the formatter), like the rest of the crate.
 
 use core::fmt;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use crate::size_class::{NUM_SIZE_CLASSES, SizeClass};
 use crate::span::NUM_SPAN_CLASSES;
@@ -36,6 +36,40 @@ pub(crate) static CLASS_FREES: [AtomicU64; NUM_SPAN_CLASSES] =
     [const { AtomicU64::new(0) }; NUM_SPAN_CLASSES];
 /// Times the scavenger (or `release_memory`) returned pages to the OS.
 pub(crate) static SCAVENGES: AtomicU64 = AtomicU64::new(0);
+
+/// Heap in use (`HEAP_INUSE`) at or past which carving a span calls the pressure hook;
+/// `usize::MAX` for never. Set by the collector's pacer to its trigger.
+static PRESSURE_AT: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// The collector's pressure hook (a `fn()`), or null.
+static PRESSURE_HOOK: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Sets the heap in use past which carving a span calls the pressure hook.
+pub fn set_pressure_threshold(bytes: usize) {
+    PRESSURE_AT.store(bytes, Ordering::Relaxed);
+}
+
+/// Sets the function a thread calls when it carves a span with the heap in use past the
+/// pressure threshold: the collector's, which makes that thread's next Gc allocation compare
+/// the heap with the trigger. Malloc allocation does not reach the pacer otherwise: Gc objects
+/// that each own a 1 MiB buffer would grow the heap by 2 GiB per 64 KiB batch of Gc
+/// allocation. The hook runs inside the allocator, under the page heap's lock: it must not
+/// allocate, lock or block (the collector's sets a bit in a thread-local).
+pub fn set_pressure_hook(hook: fn()) {
+    PRESSURE_HOOK.store(hook as *mut (), Ordering::Relaxed);
+}
+
+/// Called with the heap in use after a span was carved, on the carving thread.
+#[inline]
+pub(crate) fn note_in_use(in_use: usize) {
+    if in_use >= PRESSURE_AT.load(Ordering::Relaxed) {
+        let hook = PRESSURE_HOOK.load(Ordering::Relaxed);
+        if !hook.is_null() {
+            // SAFETY: only `set_pressure_hook` stores here, and it stores a `fn()`.
+            let hook: fn() = unsafe { core::mem::transmute::<*mut (), fn()>(hook) };
+            hook();
+        }
+    }
+}
 
 /// Adds `n` to a counter with a relaxed RMW (only for batched flushes).
 #[inline]

@@ -90,6 +90,19 @@ thread_local! {
     static EXIT_COUNT: ExitCount = const { ExitCount(Cell::new(false)) };
 }
 
+/// Set in a thread's [`UNCOUNTED`] by [`pressed`]: its next Gc allocation goes through
+/// `count_batch` at once.
+const PRESSED: usize = 1 << 62;
+
+/// The allocator's pressure hook (`goro_alloc::set_pressure_hook`): this thread carved a span
+/// with the heap's spans past the trigger, which it may have reached through malloc blocks alone
+/// (no Gc allocation batch counts those). Its next Gc allocation compares the heap with the
+/// trigger then rather than at its next 64 KiB batch, at no cost to allocations in between.
+/// Runs inside the allocator: a thread-local bit, nothing else.
+fn pressed() {
+    let _ = UNCOUNTED.try_with(|cell| cell.set(cell.get() | PRESSED));
+}
+
 /// Tells the pacer, as its thread exits, what the thread allocated since its last batch. The
 /// pacer's heap is exact (frees are taken off it as the collector makes them), so bytes a thread
 /// took away uncounted would make it read smaller than it is for good: a program that ran many
@@ -100,7 +113,7 @@ struct ExitCount(Cell<bool>);
 impl Drop for ExitCount {
     fn drop(&mut self) {
         if self.0.get() {
-            pacer::add_allocated(UNCOUNTED.with(|cell| cell.replace(0)));
+            pacer::add_allocated(UNCOUNTED.with(|cell| cell.replace(0)) & !PRESSED);
         }
     }
 }
@@ -208,12 +221,16 @@ fn out_of_memory(request: usize, align: usize) -> ! {
 #[cold]
 #[inline(never)]
 fn count_batch(bytes: usize) {
+    let bytes = bytes & !PRESSED;
     UNCOUNTED.with(|cell| cell.set(0));
     // A thread's first batch: it started at a whole batch (see `UNCOUNTED`). Once destroyed,
     // at the thread's exit, the counter reads as armed.
     let first = EXIT_COUNT
         .try_with(|armed| !armed.0.replace(true))
         .unwrap_or(false);
+    if first {
+        goro_alloc::set_pressure_hook(pressed);
+    }
     pacer::add_allocated(if first {
         bytes - ALLOCATION_BATCH
     } else {

@@ -13,8 +13,10 @@
 //! beside a 1 MiB Gc heap have every cycle scan the 48 MB, and a goal of 4 MiB had the collector
 //! take 85 % of the CPU. The heap measured against the goal is the same sum: the Gc heap (the
 //! bytes of allocated slots: allocation adds to it, the cycle's frees take off it as they are
-//! made) plus the malloc spans in use now. Malloc allocation does not start a cycle by itself;
-//! the next Gc allocation batch sees it. A cycle starts when that heap has covered 70 % of the
+//! made) plus the malloc spans in use now. Once the heap's spans in use pass the trigger, a
+//! thread that carves a span compares the heap at its next Gc allocation rather than at its
+//! next 64 KiB batch: Gc objects that each own a 1 MiB buffer would otherwise grow the heap by
+//! 2 GiB between two looks. A cycle starts when that heap has covered 70 % of the
 //! way from `live` to the goal, so that concurrent marking ends near the goal; an allocation
 //! past the goal while a cycle runs waits for it a little, and one an eighth past it waits
 //! until the cycle has decided what is dead. GOGC < 0
@@ -274,7 +276,11 @@ fn recompute_goal() {
     };
     let goal = compute_goal(live, roots, percent(), limit);
     GOAL.store(goal, Ordering::Relaxed);
-    TRIGGER.store(trigger_for(live, goal), Ordering::Relaxed);
+    let trigger = trigger_for(live, goal);
+    TRIGGER.store(trigger, Ordering::Relaxed);
+    // A span carved past the trigger makes its thread's next Gc allocation look
+    // (`collector::pressed`), so that malloc blocks alone bring a cycle on.
+    goro_alloc::set_pressure_threshold(trigger);
 }
 
 /// The goal formula, separate so it can be tested.
