@@ -351,8 +351,7 @@ impl Heap {
         };
         s.state.store(STATE_CARVING, Ordering::Relaxed);
         arena::set_span_range(start, npages, s);
-        let in_use = HEAP_INUSE.fetch_add(npages * PAGE_SIZE, Ordering::Relaxed);
-        stats::note_in_use(in_use + npages * PAGE_SIZE);
+        HEAP_INUSE.fetch_add(npages * PAGE_SIZE, Ordering::Relaxed);
         Some(s)
     }
 }
@@ -363,7 +362,10 @@ pub(crate) fn alloc_span(npages: usize) -> Option<&'static Span> {
     if npages == 0 {
         return None;
     }
-    HEAP.lock().alloc_pages(npages)
+    let s = HEAP.lock().alloc_pages(npages)?;
+    // Outside the lock: the collector's pressure hook needs none.
+    stats::note_in_use(HEAP_INUSE.load(Ordering::Relaxed));
+    Some(s)
 }
 
 /// Makes an initialised span visible as in use (`STATE_SMALL` or `STATE_LARGE`).

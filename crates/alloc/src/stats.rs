@@ -52,19 +52,24 @@ pub fn set_pressure_threshold(bytes: usize) {
 /// pressure threshold: the collector's, which makes that thread's next Gc allocation compare
 /// the heap with the trigger. Malloc allocation does not reach the pacer otherwise: Gc objects
 /// that each own a 1 MiB buffer would grow the heap by 2 GiB per 64 KiB batch of Gc
-/// allocation. The hook runs inside the allocator, under the page heap's lock: it must not
-/// allocate, lock or block (the collector's sets a bit in a thread-local).
-pub fn set_pressure_hook(hook: fn()) {
+/// allocation.
+///
+/// # Safety
+/// The hook runs inside the allocator (inside any `alloc` of any thread, the collector's
+/// included): it must not allocate, take a lock, block or panic (the collector's sets a bit in a
+/// thread-local).
+pub unsafe fn set_pressure_hook(hook: fn()) {
     PRESSURE_HOOK.store(hook as *mut (), Ordering::Relaxed);
 }
 
-/// Called with the heap in use after a span was carved, on the carving thread.
+/// Called with the heap in use after a span was carved, on the carving thread, with no lock held.
 #[inline]
 pub(crate) fn note_in_use(in_use: usize) {
     if in_use >= PRESSURE_AT.load(Ordering::Relaxed) {
         let hook = PRESSURE_HOOK.load(Ordering::Relaxed);
         if !hook.is_null() {
-            // SAFETY: only `set_pressure_hook` stores here, and it stores a `fn()`.
+            // SAFETY: only `set_pressure_hook` stores here, and it stores a `fn()`, which its
+            // caller promised may run inside the allocator.
             let hook: fn() = unsafe { core::mem::transmute::<*mut (), fn()>(hook) };
             hook();
         }

@@ -229,7 +229,9 @@ fn count_batch(bytes: usize) {
         .try_with(|armed| !armed.0.replace(true))
         .unwrap_or(false);
     if first {
-        goro_alloc::set_pressure_hook(pressed);
+        // SAFETY: `pressed` sets a bit in a thread-local with a const initialiser and no
+        // destructor: no allocation, lock, wait or panic.
+        unsafe { goro_alloc::set_pressure_hook(pressed) };
     }
     pacer::add_allocated(if first {
         bytes - ALLOCATION_BATCH
@@ -664,17 +666,14 @@ fn mark_concurrently() {
     // (the log is bounded, and a drain scans each cell once however often it was logged).
     let mut refills = 0;
     let mut caught_up = false;
-    let (mut precleans, mut precleaned) = (0, 0);
+    let mut precleaned = tracked::Precleaned::default();
     loop {
         let took = barrier::drain(&mut tracer.marker, false);
         if tracer.marker.work.len() == 0 && !barrier::has_ready() {
             // Large blocks written meanwhile are rescanned now rather than in the pause.
-            if precleans == tracked::PRECLEANS
-                || !tracked::preclean(&mut tracer.marker, precleans, &mut precleaned)
-            {
+            if !tracked::preclean(&mut tracer.marker, &mut precleaned) {
                 break;
             }
-            precleans += 1;
         }
         if caught_up && took > 0 {
             refills += 1;

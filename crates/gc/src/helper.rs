@@ -506,13 +506,10 @@ fn process(tracer: &mut Tracer, work: Work) {
             unsafe { (vtable_of(header).trace)(start as *const u8, tracer) };
         }
         Work::Range(lo, hi) => tracer.marker.scan(lo, hi, Source::Object),
-        Work::Block(lo, hi) => {
-            tracer.marker.noting = crate::tracked::noting(hi - lo);
-            tracer.marker.scan(lo, hi, Source::Block);
-            tracer.marker.noting = false;
-        }
-        Work::Pages(lo, hi) => {
-            tracer.marker.noting = crate::tracked::noting(usize::MAX);
+        Work::Block(lo, hi) | Work::Pages(lo, hi) => {
+            // Pages are a large block's, whatever their own length.
+            let large = matches!(work, Work::Pages(..)) || hi - lo >= crate::tracked::TRACK_MIN;
+            tracer.marker.noting = large && crate::tracked::noting();
             tracer.marker.scan(lo, hi, Source::Block);
             tracer.marker.noting = false;
         }

@@ -110,30 +110,40 @@ pub(crate) fn disarm() {
     INTERIOR_LEN.store(0, Ordering::Relaxed);
 }
 
-/// Whether a concurrent scan of a malloc block of `bytes` must note its interior words.
+/// Whether concurrent scans of large malloc blocks (and of their pages) note their interior
+/// words now.
 #[inline]
-pub(crate) fn noting(bytes: usize) -> bool {
-    bytes >= TRACK_MIN && NOTING.load(Ordering::Relaxed)
+pub(crate) fn noting() -> bool {
+    NOTING.load(Ordering::Relaxed)
 }
 
 /// Passes of [`preclean`] a cycle makes at most.
-pub(crate) const PRECLEANS: usize = 2;
+const PRECLEANS: usize = 2;
 
-/// Whether the cycle should preclean, pass `pass` (from 0), given what the last pass took (in
-/// bytes): rescanning pages beside the mutators pays only if fewer are written again before
-/// termination. A mutator that writes all over its blocks (a `Box<[GcCell<..>]>` replaced at
-/// random, gc_latency) would have every page rescanned twice: the first pass runs only if the
-/// last termination skipped at least half of what it tracked, the second only if the first
-/// took at most a quarter.
-fn worth_precleaning(pass: usize, taken_last_pass: usize, tracked: usize) -> bool {
-    if pass == 0 {
-        let (skipped, asked) = (
-            LAST_SKIPPED.load(Ordering::Relaxed),
-            LAST_TRACKED.load(Ordering::Relaxed),
-        );
-        asked == 0 || 2 * skipped >= asked
-    } else {
-        4 * taken_last_pass <= tracked
+/// What a [`preclean`] pass found, for the next pass to decide by.
+#[derive(Default)]
+pub(crate) struct Precleaned {
+    passes: usize,
+    /// Bytes of large blocks the last pass asked about, and bytes it took as written.
+    tracked: usize,
+    taken: usize,
+}
+
+/// Whether to preclean once more: rescanning pages beside the mutators pays only if fewer are
+/// written again before termination. A mutator that writes all over its blocks (a
+/// `Box<[GcCell<..>]>` replaced at random, gc_latency) would have every page rescanned twice:
+/// the first pass runs only if the last termination skipped at least half of what it tracked,
+/// a second only if the first took at most a quarter of what it asked about.
+fn worth_precleaning(last: &Precleaned) -> bool {
+    match last.passes {
+        0 => {
+            let (skipped, asked) = (
+                LAST_SKIPPED.load(Ordering::Relaxed),
+                LAST_TRACKED.load(Ordering::Relaxed),
+            );
+            asked == 0 || 2 * skipped >= asked
+        }
+        passes => passes < PRECLEANS && 4 * last.taken <= last.tracked,
     }
 }
 
@@ -144,37 +154,33 @@ fn worth_precleaning(pass: usize, taken_last_pass: usize, tracked: usize) -> boo
 ///
 /// Sound for the same reason as the rest (rule 2): a page protected again here is rescanned
 /// after the protection, so at termination, unwritten since, it holds what that rescan read.
-pub(crate) fn preclean(marker: &mut Marker, pass: usize, taken_last_pass: &mut usize) -> bool {
-    if !ARMED.load(Ordering::Relaxed) || !NOTING.load(Ordering::Relaxed) {
+pub(crate) fn preclean(marker: &mut Marker, last: &mut Precleaned) -> bool {
+    if !ARMED.load(Ordering::Relaxed) || !NOTING.load(Ordering::Relaxed) || !worth_precleaning(last)
+    {
         return false;
     }
+    let (mut tracked, mut taken) = (0, 0);
     // Beside the mutators the list may name blocks freed since (their pages stay mapped, and a
     // freed block's words only keep garbage a cycle longer) or spans carved again.
-    let large = |lo: usize, hi: usize, black: bool| hi - lo >= TRACK_MIN && !black;
-    let mut tracked = 0;
     goro_alloc::for_each_marked_malloc_block(|lo, hi, black| {
-        if large(lo, hi, black) {
-            tracked += hi - lo;
+        if hi - lo < TRACK_MIN || black {
+            return;
         }
+        tracked += hi - lo;
+        // SAFETY: every run taken is pushed for a rescan, which the mark loop runs before
+        // termination (rule 2).
+        unsafe {
+            goro_alloc::dirty::take_written(lo, hi, |from, to| {
+                marker.work.push(Work::Pages(from, to));
+                taken += to - from;
+            })
+        };
     });
-    if tracked == 0 || !worth_precleaning(pass, *taken_last_pass, tracked) {
-        return false;
-    }
-    // Pages taken are protected again: each must be rescanned, whatever happens after.
-    let mut taken = 0;
-    goro_alloc::for_each_marked_malloc_block(|lo, hi, black| {
-        if large(lo, hi, black) {
-            // SAFETY: every run taken is pushed for a rescan, which the mark loop runs
-            // before termination (rule 2).
-            unsafe {
-                goro_alloc::dirty::take_written(lo, hi, |from, to| {
-                    marker.work.push(Work::Pages(from, to));
-                    taken += to - from;
-                })
-            };
-        }
-    });
-    *taken_last_pass = taken;
+    *last = Precleaned {
+        passes: last.passes + 1,
+        tracked,
+        taken,
+    };
     taken > 0
 }
 
